@@ -1,0 +1,153 @@
+//! The Flotilla agent: runs trials on one host for the coordinator.
+//!
+//! # Layout
+//!
+//! - [`Agent`]: start an agent and stop it (draining its trials).
+//! - [`root`]: AgentRoot, which obeys commands and supervises one [`trial`] actor per attempt.
+//! - [`link`]: the QUIC link to the coordinator, with reconnects.
+//! - [`metric_line`]: the `@flotilla name=value` line format command trials print.
+
+pub mod link;
+pub mod metric_line;
+pub mod root;
+pub mod trial;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use flotilla_protocol::AgentId;
+use flotilla_protocol::messages::Role;
+use flotilla_protocol::tls::{self, Identity};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef, Message, RpcReplyPort};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::root::{AgentMsg, AgentRoot, RootArgs};
+
+#[derive(Clone)]
+pub struct AgentConfig {
+    pub coordinator: SocketAddr,
+    pub identity: Identity,
+    /// Stable across restarts of the same agent, so the coordinator recognises it.
+    pub agent_id: AgentId,
+    pub slots: u32,
+    pub gpus: u32,
+    /// Checkpoints and scratch space for trials.
+    pub work_dir: PathBuf,
+    /// Between SIGTERM and SIGKILL when a trial is stopped.
+    pub stop_grace: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(
+        coordinator: SocketAddr,
+        identity: Identity,
+        agent_id: AgentId,
+        slots: u32,
+        work_dir: PathBuf,
+    ) -> AgentConfig {
+        AgentConfig {
+            coordinator,
+            identity,
+            agent_id,
+            slots,
+            gpus: 0,
+            work_dir,
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+async fn ask<M: Message, R: Send + 'static>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(RpcReplyPort<R>) -> M,
+) -> anyhow::Result<R> {
+    match actor.call(build, Some(Duration::from_secs(30))).await {
+        Ok(CallResult::Success(value)) => Ok(value),
+        Ok(_) => Err(anyhow!("no answer")),
+        Err(error) => Err(anyhow!("actor unreachable: {error}")),
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    root: ActorRef<AgentMsg>,
+    root_done: tokio::task::JoinHandle<()>,
+    link: tokio::task::JoinHandle<Result<(), link::LinkError>>,
+    shutdown: CancellationToken,
+}
+
+impl Agent {
+    pub async fn start(config: AgentConfig) -> anyhow::Result<Agent> {
+        if config.identity.role()? != Role::Agent {
+            anyhow::bail!("the agent needs a certificate with the agent role");
+        }
+        if config.slots == 0 {
+            anyhow::bail!("an agent needs at least one slot");
+        }
+        let (outbox, outbox_receiver) = mpsc::unbounded_channel();
+        let root_args = RootArgs {
+            slots: config.slots,
+            outbox,
+            checkpoint_root: config.work_dir.join("checkpoints"),
+            stop_grace: config.stop_grace,
+        };
+        let (root, root_done) = Actor::spawn(None, AgentRoot, root_args)
+            .await
+            .context("starting the agent's actors")?;
+        let link_config = link::LinkConfig {
+            coordinator: config.coordinator,
+            client_config: tls::client_config(&config.identity)?,
+            agent_id: config.agent_id.clone(),
+            hostname: hostname(),
+            slots: config.slots,
+            gpus: config.gpus,
+        };
+        let shutdown = CancellationToken::new();
+        let link = tokio::spawn(link::run(
+            link_config,
+            root.clone(),
+            outbox_receiver,
+            shutdown.clone(),
+        ));
+        Ok(Agent {
+            root,
+            root_done,
+            link,
+            shutdown,
+        })
+    }
+
+    /// Resolves when the link gave up for good (the coordinator refused this agent).
+    pub async fn failed(&mut self) -> anyhow::Error {
+        match (&mut self.link).await {
+            Ok(Err(error)) => anyhow!(error),
+            Ok(Ok(())) => anyhow!("the link stopped"),
+            Err(error) => anyhow!("the link task failed: {error}"),
+        }
+    }
+
+    /// Stops every trial (their outcomes are reported as agent shutdown, which does not
+    /// spend their retry budget), flushes the reports, and stops.
+    pub async fn shutdown(self) {
+        if tokio::time::timeout(Duration::from_secs(30), ask(&self.root, AgentMsg::Drain))
+            .await
+            .is_err()
+        {
+            tracing::warn!("trials did not stop in time");
+        }
+        self.shutdown.cancel();
+        let _ = self.link.await;
+        self.root.stop(None);
+        let _ = self.root_done.await;
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,222 @@
+//! Link: the agent's QUIC connection to the coordinator, kept up for the agent's lifetime.
+//!
+//! Connects, says `Hello` as an agent, registers (with the attempts still running and the
+//! outcomes of recent ones, so nothing finished while disconnected is lost), then carries
+//! commands down to AgentRoot and the outbox up. On any failure it reconnects with
+//! exponential backoff (100 ms doubling to 5 s, with jitter). A refusal for role or version
+//! is final: retrying cannot fix a wrong certificate.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use flotilla_protocol::AgentId;
+use flotilla_protocol::framing;
+use flotilla_protocol::handshake;
+use flotilla_protocol::messages::{
+    AgentMessage, CoordinatorCommand, HelloReply, RefusalReason, Registration, Role,
+};
+use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME};
+use ractor::ActorRef;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::root::AgentMsg;
+
+pub struct LinkConfig {
+    pub coordinator: SocketAddr,
+    pub client_config: quinn::ClientConfig,
+    pub agent_id: AgentId,
+    pub hostname: String,
+    pub slots: u32,
+    pub gpus: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("the coordinator refused this agent: {0}")]
+    Refused(String),
+    #[error("cannot open a UDP socket: {0}")]
+    Socket(std::io::Error),
+}
+
+/// Runs until `shutdown` fires (after flushing the outbox) or the coordinator refuses us.
+pub async fn run(
+    config: LinkConfig,
+    root: ActorRef<AgentMsg>,
+    mut outbox: mpsc::UnboundedReceiver<AgentMessage>,
+    shutdown: CancellationToken,
+) -> Result<(), LinkError> {
+    let bind: SocketAddr = if config.coordinator.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(|_| LinkError::Socket(std::io::Error::other("bad bind address")))?;
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(LinkError::Socket)?;
+    endpoint.set_default_client_config(config.client_config.clone());
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = tokio::select! {
+            () = shutdown.cancelled() => break,
+            result = session(&endpoint, &config, &root, &mut outbox, &shutdown) => result,
+        };
+        let _ = root.cast(AgentMsg::LinkDown);
+        match attempt {
+            Ok(Session::Shutdown) => break,
+            Ok(Session::Served) => backoff = Duration::from_millis(100),
+            Err(SessionFailure::Fatal(message)) => {
+                endpoint.close(0u32.into(), b"refused");
+                return Err(LinkError::Refused(message));
+            }
+            Err(SessionFailure::Retry(message)) => {
+                tracing::warn!(coordinator = %config.coordinator, %message, retry_in_ms = backoff.as_millis() as u64, "link to the coordinator down");
+            }
+        }
+        let jitter = rand::rng().random_range(0.8..1.2);
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    endpoint.close(0u32.into(), b"agent shutting down");
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+enum Session {
+    /// The connection was up and then ended.
+    Served,
+    Shutdown,
+}
+
+enum SessionFailure {
+    Fatal(String),
+    Retry(String),
+}
+
+fn retry(error: impl std::fmt::Display) -> SessionFailure {
+    SessionFailure::Retry(error.to_string())
+}
+
+async fn session(
+    endpoint: &quinn::Endpoint,
+    config: &LinkConfig,
+    root: &ActorRef<AgentMsg>,
+    outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
+    shutdown: &CancellationToken,
+) -> Result<Session, SessionFailure> {
+    let connection = endpoint
+        .connect(config.coordinator, COORDINATOR_SERVER_NAME)
+        .map_err(retry)?
+        .await
+        .map_err(retry)?;
+    let peer = tls::peer_role(&connection).map_err(retry)?;
+    if peer != Role::Coordinator {
+        return Err(SessionFailure::Fatal(format!(
+            "the peer's certificate has the {} role, not coordinator",
+            peer.name()
+        )));
+    }
+    let (mut send, mut recv) = connection.open_bi().await.map_err(retry)?;
+    framing::write_frame(
+        &mut send,
+        &handshake::hello(Role::Agent, config.agent_id.0.clone()),
+    )
+    .await
+    .map_err(retry)?;
+    let welcome = match framing::read_frame::<_, HelloReply>(&mut recv)
+        .await
+        .map_err(retry)?
+    {
+        Some(HelloReply::Welcome(welcome)) => welcome,
+        Some(HelloReply::Refused(refusal)) => {
+            let message = format!("{:?}: {}", refusal.reason, refusal.message);
+            return Err(match refusal.reason {
+                RefusalReason::RoleNotPermitted | RefusalReason::UnsupportedVersion => {
+                    SessionFailure::Fatal(message)
+                }
+                _ => SessionFailure::Retry(message),
+            });
+        }
+        None => return Err(retry("the coordinator closed the handshake stream")),
+    };
+    let (running, finished) = crate::ask(root, AgentMsg::Snapshot).await.map_err(retry)?;
+    let registration = Registration {
+        agent_id: config.agent_id.clone(),
+        hostname: config.hostname.clone(),
+        slots: config.slots,
+        gpus: config.gpus,
+        running,
+        finished,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    framing::write_frame(&mut send, &AgentMessage::Register(registration))
+        .await
+        .map_err(retry)?;
+    let _ = root.cast(AgentMsg::LinkUp {
+        epoch: welcome.epoch,
+    });
+    tracing::info!(coordinator = %config.coordinator, epoch = %welcome.epoch, "connected to the coordinator");
+
+    let commands_root = root.clone();
+    let mut reader = tokio::spawn(async move {
+        loop {
+            match framing::read_frame::<_, CoordinatorCommand>(&mut recv).await {
+                Ok(Some(command)) => {
+                    if commands_root.cast(AgentMsg::Command(command)).is_err() {
+                        return "the agent is stopping".to_string();
+                    }
+                }
+                Ok(None) => return "the coordinator closed the control stream".to_string(),
+                Err(error) => return error.to_string(),
+            }
+        }
+    });
+    let mut buffer = Vec::with_capacity(16 * 1024);
+    let outcome = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                // Flush what is queued (final outcomes of drained trials) before leaving.
+                buffer.clear();
+                while let Ok(message) = outbox.try_recv() {
+                    let _ = framing::append_frame(&mut buffer, &message);
+                }
+                let _ = send.write_all(&buffer).await;
+                let _ = send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                break Ok(Session::Shutdown);
+            }
+            reason = &mut reader => {
+                let reason = reason.unwrap_or_else(|error| error.to_string());
+                tracing::warn!(%reason, "link to the coordinator lost; reconnecting");
+                break Ok(Session::Served);
+            }
+            message = outbox.recv() => {
+                let Some(first) = message else { break Ok(Session::Shutdown) };
+                buffer.clear();
+                let mut next = Some(first);
+                while let Some(message) = next {
+                    if let Err(error) = framing::append_frame(&mut buffer, &message) {
+                        tracing::error!(%error, "dropping a message that does not encode");
+                    }
+                    next = outbox.try_recv().ok();
+                }
+                if let Err(error) = send.write_all(&buffer).await {
+                    // Unsent outcomes are reported again in the next Register.
+                    tracing::warn!(%error, "link to the coordinator lost; reconnecting");
+                    break Ok(Session::Served);
+                }
+            }
+        }
+    };
+    reader.abort();
+    connection.close(0u32.into(), b"bye");
+    match outcome {
+        Err(failure) => Err(failure),
+        Ok(Session::Shutdown) => Ok(Session::Shutdown),
+        Ok(Session::Served) => Ok(Session::Served),
+    }
+}

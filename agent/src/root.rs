@@ -1,0 +1,254 @@
+//! AgentRoot: the agent's supervisor and the keeper of what it runs.
+//!
+//! Place in the tree: the agent's root; its children are one Trial actor per running
+//! attempt. It obeys coordinator commands (refusing those from an epoch older than the
+//! newest it has seen), keeps the outcomes of recently finished attempts so they can be
+//! reported again after a reconnect, and sends heartbeats while the link is up.
+//!
+//! Failure: a Trial that fails is reported as a failed attempt; AgentRoot itself failing
+//! ends the agent process (trial processes die with it: kill-on-drop and process groups).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flotilla_protocol::messages::{
+    AgentMessage, Command, CoordinatorCommand, Heartbeat, StopReason, TrialOutcome,
+};
+use flotilla_protocol::{AttemptId, Epoch};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::mpsc;
+
+use crate::trial::{Trial, TrialArgs, TrialMsg};
+
+/// Outcomes kept for re-reporting after a reconnect.
+const RECENT_OUTCOMES: usize = 4096;
+
+pub enum AgentMsg {
+    Command(CoordinatorCommand),
+    TrialExited {
+        attempt: AttemptId,
+        outcome: TrialOutcome,
+    },
+    /// Running attempts and recent outcomes, for `Register`.
+    Snapshot(RpcReplyPort<(Vec<AttemptId>, Vec<(AttemptId, TrialOutcome)>)>),
+    LinkUp {
+        epoch: Epoch,
+    },
+    LinkDown,
+    Tick,
+    /// Stop every trial (reported as `AgentShutdown`) and answer once all have exited.
+    Drain(RpcReplyPort<()>),
+}
+
+pub struct RootArgs {
+    pub slots: u32,
+    pub outbox: mpsc::UnboundedSender<AgentMessage>,
+    pub checkpoint_root: PathBuf,
+    pub stop_grace: Duration,
+}
+
+struct Running {
+    actor: ActorRef<TrialMsg>,
+    slots: u32,
+}
+
+pub struct RootState {
+    slots: u32,
+    running: HashMap<AttemptId, Running>,
+    recent: VecDeque<(AttemptId, TrialOutcome)>,
+    outbox: mpsc::UnboundedSender<AgentMessage>,
+    newest_epoch: Epoch,
+    link_up: bool,
+    checkpoint_root: PathBuf,
+    stop_grace: Duration,
+    draining: Option<RpcReplyPort<()>>,
+}
+
+pub struct AgentRoot;
+
+impl Actor for AgentRoot {
+    type Msg = AgentMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(1000), || AgentMsg::Tick);
+        Ok(RootState {
+            slots: args.slots,
+            running: HashMap::new(),
+            recent: VecDeque::new(),
+            outbox: args.outbox,
+            newest_epoch: Epoch(0),
+            link_up: false,
+            checkpoint_root: args.checkpoint_root,
+            stop_grace: args.stop_grace,
+            draining: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        message: AgentMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AgentMsg::Command(command) => state.command(&myself, command).await,
+            AgentMsg::TrialExited { attempt, outcome } => {
+                state.running.remove(&attempt);
+                tracing::debug!(%attempt, ?outcome, "trial exited");
+                if state.recent.len() == RECENT_OUTCOMES {
+                    state.recent.pop_front();
+                }
+                state.recent.push_back((attempt, outcome.clone()));
+                let _ = state
+                    .outbox
+                    .send(AgentMessage::TrialFinished { attempt, outcome });
+                if state.running.is_empty()
+                    && let Some(reply) = state.draining.take()
+                {
+                    let _ = reply.send(());
+                }
+            }
+            AgentMsg::Snapshot(reply) => {
+                let mut running: Vec<AttemptId> = state.running.keys().copied().collect();
+                running.sort();
+                let _ = reply.send((running, state.recent.iter().cloned().collect()));
+            }
+            AgentMsg::LinkUp { epoch } => {
+                state.newest_epoch = state.newest_epoch.max(epoch);
+                state.link_up = true;
+            }
+            AgentMsg::LinkDown => state.link_up = false,
+            AgentMsg::Tick => {
+                if state.link_up {
+                    let running = state.running.keys().copied().collect();
+                    let _ = state
+                        .outbox
+                        .send(AgentMessage::Heartbeat(Heartbeat { running }));
+                }
+            }
+            AgentMsg::Drain(reply) => {
+                for running in state.running.values() {
+                    let _ = running
+                        .actor
+                        .cast(TrialMsg::Stop(StopReason::AgentShutdown));
+                }
+                if state.running.is_empty() {
+                    let _ = reply.send(());
+                } else {
+                    state.draining = Some(reply);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<AgentMsg>,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(child, error) = event {
+            let failed = state
+                .running
+                .iter()
+                .find(|(_, running)| running.actor.get_id() == child.get_id())
+                .map(|(attempt, _)| *attempt);
+            if let Some(attempt) = failed {
+                tracing::error!(%attempt, %error, "trial actor failed");
+                let outcome = TrialOutcome::Failed {
+                    exit_code: None,
+                    signal: None,
+                    message: format!("agent error: {error}"),
+                    duration_ms: 0,
+                };
+                let _ = _myself.cast(AgentMsg::TrialExited { attempt, outcome });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RootState {
+    fn reject(&self, attempt: Option<AttemptId>, reason: String) {
+        tracing::warn!(attempt = ?attempt.map(|a| a.to_string()), %reason, "rejecting a command");
+        let _ = self
+            .outbox
+            .send(AgentMessage::CommandRejected { attempt, reason });
+    }
+
+    async fn command(&mut self, myself: &ActorRef<AgentMsg>, command: CoordinatorCommand) {
+        if command.epoch < self.newest_epoch {
+            let attempt = match &command.command {
+                Command::StartTrial(start) => Some(start.attempt),
+                Command::StopTrial { attempt, .. } => Some(*attempt),
+                Command::Registered { .. } => None,
+            };
+            self.reject(
+                attempt,
+                format!(
+                    "command from epoch {} but epoch {} is newer",
+                    command.epoch, self.newest_epoch
+                ),
+            );
+            return;
+        }
+        self.newest_epoch = command.epoch;
+        match command.command {
+            Command::Registered { adopted, .. } => {
+                for (attempt, running) in &self.running {
+                    if !adopted.contains(attempt) {
+                        tracing::info!(%attempt, "coordinator did not adopt this attempt; stopping it");
+                        let _ = running.actor.cast(TrialMsg::Stop(StopReason::Superseded));
+                    }
+                }
+            }
+            Command::StartTrial(start) => {
+                let attempt = start.attempt;
+                if self.running.contains_key(&attempt) {
+                    return;
+                }
+                if self.draining.is_some() {
+                    self.reject(Some(attempt), "the agent is shutting down".into());
+                    return;
+                }
+                let busy: u32 = self.running.values().map(|running| running.slots).sum();
+                if busy + start.slots > self.slots {
+                    self.reject(
+                        Some(attempt),
+                        format!("no free slot ({busy} of {} busy)", self.slots),
+                    );
+                    return;
+                }
+                let slots = start.slots;
+                let args = TrialArgs {
+                    start,
+                    outbox: self.outbox.clone(),
+                    root: myself.clone(),
+                    checkpoint_root: self.checkpoint_root.clone(),
+                    stop_grace: self.stop_grace,
+                };
+                match Actor::spawn_linked(None, Trial, args, myself.get_cell()).await {
+                    Ok((actor, _)) => {
+                        self.running.insert(attempt, Running { actor, slots });
+                    }
+                    Err(error) => {
+                        self.reject(Some(attempt), format!("cannot start the trial: {error}"))
+                    }
+                }
+            }
+            Command::StopTrial { attempt, reason } => {
+                if let Some(running) = self.running.get(&attempt) {
+                    let _ = running.actor.cast(TrialMsg::Stop(reason));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Trial: one actor per running attempt of a command trial.
+//!
+//! Place in the tree: child of AgentRoot. It starts the user's program in its own process
+//! group, with the parameters in the environment, and owns a task that reads its output
+//! (metric lines → `TrialMetrics`) and waits for its exit. Stop = SIGTERM to the group, then
+//! SIGKILL after the grace period; on exit the whole group is killed so no grandchild
+//! outlives the trial. The actor reports the outcome to AgentRoot and stops.
+//!
+//! Failure: a failure of this actor is reported to AgentRoot, which reports the attempt as
+//! failed; the child process is killed on drop.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_protocol::AttemptId;
+use flotilla_protocol::messages::{
+    AgentMessage, MetricPoint, Metrics, StartTrial, StopReason, TrialOutcome,
+};
+use flotilla_protocol::spec::substitute;
+use flotilla_protocol::value::json_string;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::metric_line;
+use crate::root::AgentMsg;
+
+pub enum TrialMsg {
+    Metric { step: Option<u64>, values: Metrics },
+    StderrTail(String),
+    Exited(Result<ExitStatus, String>),
+    Stop(StopReason),
+    ForceKill,
+}
+
+pub struct TrialArgs {
+    pub start: StartTrial,
+    pub outbox: mpsc::UnboundedSender<AgentMessage>,
+    pub root: ActorRef<AgentMsg>,
+    pub checkpoint_root: PathBuf,
+    pub stop_grace: Duration,
+}
+
+pub struct TrialState {
+    attempt: AttemptId,
+    process_group: Option<Pid>,
+    started: Instant,
+    latest: Metrics,
+    next_step: u64,
+    stop_reason: Option<StopReason>,
+    stderr_tail: String,
+    outbox: mpsc::UnboundedSender<AgentMessage>,
+    root: ActorRef<AgentMsg>,
+    stop_grace: Duration,
+    reported: bool,
+}
+
+pub struct Trial;
+
+impl Actor for Trial {
+    type Msg = TrialMsg;
+    type State = TrialState;
+    type Arguments = TrialArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TrialMsg>,
+        args: TrialArgs,
+    ) -> Result<TrialState, ActorProcessingErr> {
+        let attempt = args.start.attempt;
+        let mut state = TrialState {
+            attempt,
+            process_group: None,
+            started: Instant::now(),
+            latest: Metrics::new(),
+            next_step: 0,
+            stop_reason: None,
+            stderr_tail: String::new(),
+            outbox: args.outbox.clone(),
+            root: args.root.clone(),
+            stop_grace: args.stop_grace,
+            reported: false,
+        };
+        match spawn_process(&args, &myself) {
+            Ok(process_group) => {
+                state.process_group = Some(process_group);
+                let _ = args.outbox.send(AgentMessage::TrialStarted { attempt });
+                if let Some(timeout) = args.start.trial.timeout {
+                    myself.send_after(timeout, || TrialMsg::Stop(StopReason::TimedOut));
+                }
+            }
+            Err(message) => {
+                tracing::warn!(%attempt, %message, "trial could not start");
+                let outcome = TrialOutcome::Failed {
+                    exit_code: None,
+                    signal: None,
+                    message,
+                    duration_ms: 0,
+                };
+                state.report(outcome);
+                myself.stop(None);
+            }
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TrialMsg>,
+        message: TrialMsg,
+        state: &mut TrialState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            TrialMsg::Metric { step, values } => {
+                let step = step.unwrap_or(state.next_step);
+                state.next_step = step + 1;
+                state
+                    .latest
+                    .extend(values.iter().map(|(name, value)| (name.clone(), *value)));
+                let point = MetricPoint {
+                    step,
+                    values,
+                    elapsed_ms: state.started.elapsed().as_millis() as u64,
+                };
+                let _ = state.outbox.send(AgentMessage::TrialMetrics {
+                    attempt: state.attempt,
+                    points: vec![point],
+                });
+            }
+            TrialMsg::StderrTail(tail) => state.stderr_tail = tail,
+            TrialMsg::Stop(reason) => {
+                if state.stop_reason.is_none() {
+                    state.stop_reason = Some(reason);
+                    state.signal(Signal::SIGTERM);
+                    myself.send_after(state.stop_grace, || TrialMsg::ForceKill);
+                }
+            }
+            TrialMsg::ForceKill => state.signal(Signal::SIGKILL),
+            TrialMsg::Exited(status) => {
+                // Whatever the program left behind in its group goes with it.
+                state.signal(Signal::SIGKILL);
+                let outcome = state.outcome(status);
+                state.report(outcome);
+                myself.stop(None);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TrialState {
+    fn signal(&self, signal: Signal) {
+        if let Some(group) = self.process_group {
+            let _ = killpg(group, signal);
+        }
+    }
+
+    fn report(&mut self, outcome: TrialOutcome) {
+        if !self.reported {
+            self.reported = true;
+            let _ = self.root.cast(AgentMsg::TrialExited {
+                attempt: self.attempt,
+                outcome,
+            });
+        }
+    }
+
+    fn outcome(&self, status: Result<ExitStatus, String>) -> TrialOutcome {
+        use std::os::unix::process::ExitStatusExt;
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        if let Some(reason) = self.stop_reason {
+            return TrialOutcome::Stopped {
+                reason,
+                duration_ms,
+            };
+        }
+        match status {
+            Ok(status) if status.success() => TrialOutcome::Succeeded {
+                metrics: self.latest.clone(),
+                duration_ms,
+            },
+            Ok(status) => TrialOutcome::Failed {
+                exit_code: status.code(),
+                signal: status.signal(),
+                message: if self.stderr_tail.is_empty() {
+                    "no output on stderr".into()
+                } else {
+                    self.stderr_tail.clone()
+                },
+                duration_ms,
+            },
+            Err(message) => TrialOutcome::Failed {
+                exit_code: None,
+                signal: None,
+                message,
+                duration_ms,
+            },
+        }
+    }
+}
+
+/// The environment a command trial sees.
+pub fn trial_environment(
+    start: &StartTrial,
+    checkpoint_dir: &std::path::Path,
+) -> Vec<(String, String)> {
+    let attempt = start.attempt;
+    let params_json = format!(
+        "{{{}}}",
+        start
+            .params
+            .iter()
+            .map(|(name, value)| format!("{}:{}", json_string(name), value.to_json_fragment()))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut environment = vec![
+        ("FLOTILLA_PARAMS".to_string(), params_json),
+        (
+            "FLOTILLA_SWEEP_ID".to_string(),
+            attempt.trial.sweep.to_string(),
+        ),
+        ("FLOTILLA_TRIAL_ID".to_string(), attempt.trial.to_string()),
+        ("FLOTILLA_ATTEMPT".to_string(), attempt.attempt.to_string()),
+        (
+            "FLOTILLA_CHECKPOINT_DIR".to_string(),
+            checkpoint_dir.display().to_string(),
+        ),
+    ];
+    for (name, value) in &start.params {
+        environment.push((
+            format!("FLOTILLA_PARAM_{}", name.to_ascii_uppercase()),
+            value.to_string(),
+        ));
+    }
+    if let Some(resume) = &start.resume_from {
+        environment.push(("FLOTILLA_RESUME_FROM".to_string(), resume.clone()));
+    }
+    environment
+}
+
+fn spawn_process(args: &TrialArgs, myself: &ActorRef<TrialMsg>) -> Result<Pid, String> {
+    let start = &args.start;
+    let program = start
+        .trial
+        .command
+        .clone()
+        .ok_or("this agent runs command trials only; the trial names no command")?;
+    let checkpoint_dir = args
+        .checkpoint_root
+        .join(start.attempt.trial.sweep.to_string())
+        .join(start.attempt.trial.to_string());
+    std::fs::create_dir_all(&checkpoint_dir)
+        .map_err(|error| format!("cannot create {}: {error}", checkpoint_dir.display()))?;
+    let mut command = tokio::process::Command::new(&program);
+    command
+        .args(
+            start
+                .trial
+                .args
+                .iter()
+                .map(|arg| substitute(arg, &start.params)),
+        )
+        .envs(trial_environment(start, &checkpoint_dir))
+        .envs(&start.trial.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(workdir) = &start.trial.workdir {
+        command.current_dir(workdir);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|error| format!("cannot start '{program}': {error}"))?;
+    let pid = child
+        .id()
+        .ok_or("the process exited before it could be tracked")?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let actor = myself.clone();
+    let attempt = start.attempt;
+    // Owned by this actor: it ends when the process has exited and been reaped.
+    tokio::spawn(async move {
+        let stderr_actor = actor.clone();
+        let stderr_task = async move {
+            let Some(stderr) = stderr else { return };
+            let mut lines = BufReader::new(stderr).lines();
+            let mut tail: VecDeque<String> = VecDeque::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tail.len() == 5 {
+                    tail.pop_front();
+                }
+                tail.push_back(line.chars().take(400).collect());
+            }
+            let _ = stderr_actor.cast(TrialMsg::StderrTail(
+                tail.into_iter().collect::<Vec<_>>().join(" | "),
+            ));
+        };
+        let stdout_actor = actor.clone();
+        let stdout_task = async move {
+            let Some(stdout) = stdout else { return };
+            let mut lines = BufReader::new(stdout).lines();
+            let mut warned = false;
+            while let Ok(Some(line)) = lines.next_line().await {
+                match metric_line::parse(&line) {
+                    Some(Ok(metric)) => {
+                        let _ = stdout_actor.cast(TrialMsg::Metric {
+                            step: metric.step,
+                            values: metric.values,
+                        });
+                    }
+                    Some(Err(error)) if !warned => {
+                        warned = true;
+                        tracing::warn!(%attempt, %error, "ignoring a malformed metric line (further ones are ignored silently)");
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::join!(stdout_task, stderr_task);
+        let status = child
+            .wait()
+            .await
+            .map_err(|error| format!("waiting for the process failed: {error}"));
+        let _ = actor.cast(TrialMsg::Exited(status));
+    });
+    Ok(Pid::from_raw(pid as i32))
+}

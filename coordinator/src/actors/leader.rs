@@ -1,0 +1,213 @@
+//! Leader: the root of the coordinator's actors while this process leads.
+//!
+//! Place in the tree: the root. It loads the store, spawns the Registry, the Scheduler and
+//! one Sweep actor per stored sweep (resuming unfinished ones), accepts submissions and
+//! answers listings. High availability (etcd election) will put an Election actor above it.
+//!
+//! Failure: any child's failure stops the Leader (see [`super`]); the process then exits
+//! and a restart resumes from the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_protocol::messages::{ApiError, ApiErrorKind, SweepState, SweepSummary};
+use flotilla_protocol::spec::SweepSpec;
+use flotilla_protocol::{Epoch, SweepId};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::registry::{Registry, RegistryArgs, RegistryMsg};
+use super::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
+use super::sweep::{SweepActor, SweepArgs, SweepMsg};
+use crate::clock::now_ms;
+use crate::store::{StateStore, StateWrite, SweepRecord};
+
+pub enum LeaderMsg {
+    Submit {
+        spec: Box<SweepSpec>,
+        reply: RpcReplyPort<Result<SweepSummary, ApiError>>,
+    },
+    List(RpcReplyPort<Vec<SweepSummary>>),
+    Lookup {
+        sweep: SweepId,
+        reply: RpcReplyPort<Option<ActorRef<SweepMsg>>>,
+    },
+    /// The Registry and Scheduler, for agent sessions.
+    Parts(RpcReplyPort<(ActorRef<RegistryMsg>, ActorRef<SchedulerMsg>)>),
+}
+
+pub struct LeaderArgs {
+    pub store: Arc<dyn StateStore>,
+    pub epoch: Epoch,
+    pub agent_timeout: Duration,
+}
+
+pub struct LeaderState {
+    store: Arc<dyn StateStore>,
+    registry: ActorRef<RegistryMsg>,
+    scheduler: ActorRef<SchedulerMsg>,
+    sweeps: BTreeMap<SweepId, ActorRef<SweepMsg>>,
+    next_sweep: u64,
+}
+
+pub struct Leader;
+
+impl Actor for Leader {
+    type Msg = LeaderMsg;
+    type State = LeaderState;
+    type Arguments = LeaderArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<LeaderMsg>,
+        args: LeaderArgs,
+    ) -> Result<LeaderState, ActorProcessingErr> {
+        let scheduler_args = SchedulerArgs {
+            epoch: args.epoch,
+            adoption_grace: args.agent_timeout + Duration::from_secs(2),
+        };
+        let (scheduler, _) =
+            Actor::spawn_linked(None, Scheduler, scheduler_args, myself.get_cell()).await?;
+        let registry_args = RegistryArgs {
+            scheduler: scheduler.clone(),
+            agent_timeout: args.agent_timeout,
+        };
+        let (registry, _) =
+            Actor::spawn_linked(None, Registry, registry_args, myself.get_cell()).await?;
+        let stored = args.store.load().await?;
+        let mut state = LeaderState {
+            store: args.store,
+            registry,
+            scheduler,
+            sweeps: BTreeMap::new(),
+            next_sweep: stored
+                .sweeps
+                .keys()
+                .next_back()
+                .map_or(1, |last| last.0 + 1),
+        };
+        let mut trials = stored.trials;
+        for (id, record) in stored.sweeps {
+            let sweep_trials = trials.remove(&id).unwrap_or_default();
+            state.spawn_sweep(&myself, record, sweep_trials).await?;
+        }
+        tracing::info!(epoch = %args.epoch, sweeps = state.sweeps.len(), "leading");
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<LeaderMsg>,
+        message: LeaderMsg,
+        state: &mut LeaderState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            LeaderMsg::Submit { spec, reply } => {
+                let result = state.submit(&myself, *spec).await;
+                let _ = reply.send(result);
+            }
+            LeaderMsg::List(reply) => {
+                let mut summaries = Vec::with_capacity(state.sweeps.len());
+                for sweep in state.sweeps.values() {
+                    if let Ok(summary) = super::ask(sweep, SweepMsg::Summary).await {
+                        summaries.push(summary);
+                    }
+                }
+                let _ = reply.send(summaries);
+            }
+            LeaderMsg::Lookup { sweep, reply } => {
+                let _ = reply.send(state.sweeps.get(&sweep).cloned());
+            }
+            LeaderMsg::Parts(reply) => {
+                let _ = reply.send((state.registry.clone(), state.scheduler.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<LeaderMsg>,
+        event: SupervisionEvent,
+        _state: &mut LeaderState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(child, error) => {
+                tracing::error!(child = %child.get_id(), %error, "a coordinator actor failed; stopping so a restart resumes from the store");
+                myself.stop(Some(format!("child failed: {error}")));
+            }
+            SupervisionEvent::ActorTerminated(child, _, reason) => {
+                tracing::debug!(child = %child.get_id(), ?reason, "child stopped");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl LeaderState {
+    async fn spawn_sweep(
+        &mut self,
+        myself: &ActorRef<LeaderMsg>,
+        record: SweepRecord,
+        trials: BTreeMap<u32, flotilla_protocol::messages::TrialRecord>,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = record.id;
+        let args = SweepArgs {
+            record,
+            trials,
+            scheduler: self.scheduler.clone(),
+            store: self.store.clone(),
+        };
+        let (sweep, _) = Actor::spawn_linked(None, SweepActor, args, myself.get_cell()).await?;
+        self.sweeps.insert(id, sweep);
+        Ok(())
+    }
+
+    async fn submit(
+        &mut self,
+        myself: &ActorRef<LeaderMsg>,
+        spec: SweepSpec,
+    ) -> Result<SweepSummary, ApiError> {
+        if let Err(problems) = spec.validate() {
+            return Err(ApiError {
+                kind: ApiErrorKind::InvalidSweep,
+                message: format!("sweep '{}' has {} problem(s)", spec.name, problems.len()),
+                problems,
+            });
+        }
+        let id = SweepId(self.next_sweep);
+        self.next_sweep += 1;
+        let seed = spec.algorithm.seed.unwrap_or_else(rand::random);
+        let record = SweepRecord {
+            id,
+            spec,
+            seed,
+            state: SweepState::Running,
+            created_ms: now_ms(),
+            finished_ms: None,
+        };
+        let internal = |message: String| ApiError {
+            kind: ApiErrorKind::Internal,
+            message,
+            problems: vec![],
+        };
+        // The submission is acknowledged only once it is durable.
+        self.store
+            .write(vec![StateWrite::Sweep(Box::new(record.clone()))])
+            .durable()
+            .await
+            .map_err(|error| internal(format!("could not store the sweep: {error}")))?;
+        self.spawn_sweep(myself, record, BTreeMap::new())
+            .await
+            .map_err(|error| internal(error.to_string()))?;
+        tracing::info!(sweep = %id, "sweep submitted");
+        let sweep = self
+            .sweeps
+            .get(&id)
+            .ok_or_else(|| internal("sweep vanished".into()))?;
+        super::ask(sweep, SweepMsg::Summary)
+            .await
+            .map_err(|error| internal(error.to_string()))
+    }
+}

@@ -1,0 +1,169 @@
+//! Registry: which agents exist, how to reach them, and whether they are alive.
+//!
+//! Place in the tree: child of the Leader. Agent sessions report registrations, heartbeats
+//! and disconnects here. A disconnect alone does not lose an agent — it may reconnect within
+//! moments and report its running trials. An agent is lost when no heartbeat arrived for
+//! `agent_timeout`; the Scheduler is then told, and the agent's trials run elsewhere.
+//!
+//! Failure: linked to the Leader; a failure stops the coordinator (state is in the store).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use flotilla_protocol::AgentId;
+use flotilla_protocol::messages::{AgentInfo, Registration};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::scheduler::{AgentLink, SchedulerMsg};
+
+pub enum RegistryMsg {
+    Register {
+        registration: Registration,
+        link: AgentLink,
+        reply: RpcReplyPort<Vec<flotilla_protocol::AttemptId>>,
+    },
+    Heartbeat {
+        agent: AgentId,
+        connection: u64,
+    },
+    Disconnected {
+        agent: AgentId,
+        connection: u64,
+    },
+    CheckLiveness,
+    List(RpcReplyPort<Vec<AgentInfo>>),
+}
+
+pub struct RegistryArgs {
+    pub scheduler: ActorRef<SchedulerMsg>,
+    pub agent_timeout: Duration,
+}
+
+struct AgentEntry {
+    registration: Registration,
+    connection: u64,
+    connected: bool,
+    last_seen: Instant,
+}
+
+pub struct RegistryState {
+    scheduler: ActorRef<SchedulerMsg>,
+    agent_timeout: Duration,
+    agents: BTreeMap<AgentId, AgentEntry>,
+}
+
+pub struct Registry;
+
+impl Actor for Registry {
+    type Msg = RegistryMsg;
+    type State = RegistryState;
+    type Arguments = RegistryArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RegistryMsg>,
+        args: RegistryArgs,
+    ) -> Result<RegistryState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(250), || RegistryMsg::CheckLiveness);
+        Ok(RegistryState {
+            scheduler: args.scheduler,
+            agent_timeout: args.agent_timeout,
+            agents: BTreeMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RegistryMsg>,
+        message: RegistryMsg,
+        state: &mut RegistryState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RegistryMsg::Register {
+                registration,
+                link,
+                reply,
+            } => {
+                let agent = registration.agent_id.clone();
+                let message = SchedulerMsg::AgentUp {
+                    agent: agent.clone(),
+                    slots: registration.slots,
+                    gpus: registration.gpus,
+                    link: link.clone(),
+                    running: registration.running.clone(),
+                    finished: registration.finished.clone(),
+                    reply,
+                };
+                state.agents.insert(
+                    agent,
+                    AgentEntry {
+                        registration,
+                        connection: link.connection,
+                        connected: true,
+                        last_seen: Instant::now(),
+                    },
+                );
+                state.scheduler.cast(message)?;
+            }
+            RegistryMsg::Heartbeat { agent, connection } => {
+                if let Some(entry) = state
+                    .agents
+                    .get_mut(&agent)
+                    .filter(|entry| entry.connection == connection)
+                {
+                    entry.last_seen = Instant::now();
+                }
+            }
+            RegistryMsg::Disconnected { agent, connection } => {
+                if let Some(entry) = state
+                    .agents
+                    .get_mut(&agent)
+                    .filter(|entry| entry.connection == connection)
+                {
+                    tracing::info!(%agent, "agent disconnected; waiting for it to come back");
+                    entry.connected = false;
+                }
+            }
+            RegistryMsg::CheckLiveness => {
+                let timeout = state.agent_timeout;
+                let lost: Vec<AgentId> = state
+                    .agents
+                    .iter()
+                    .filter(|(_, entry)| entry.last_seen.elapsed() > timeout)
+                    .map(|(agent, _)| agent.clone())
+                    .collect();
+                for agent in lost {
+                    state.agents.remove(&agent);
+                    tracing::warn!(%agent, timeout_ms = timeout.as_millis() as u64, "no heartbeat from agent; declaring it lost");
+                    state.scheduler.cast(SchedulerMsg::AgentDown { agent })?;
+                }
+            }
+            RegistryMsg::List(reply) => {
+                let usage = super::ask(&state.scheduler, SchedulerMsg::Usage)
+                    .await
+                    .unwrap_or_default();
+                let agents = state
+                    .agents
+                    .iter()
+                    .map(|(agent, entry)| {
+                        let (busy, mut running) = usage.get(agent).cloned().unwrap_or_default();
+                        running.sort();
+                        AgentInfo {
+                            id: agent.clone(),
+                            hostname: entry.registration.hostname.clone(),
+                            slots: entry.registration.slots,
+                            busy_slots: busy,
+                            gpus: entry.registration.gpus,
+                            connected: entry.connected,
+                            last_seen_ms_ago: entry.last_seen.elapsed().as_millis() as u64,
+                            running,
+                            version: entry.registration.version.clone(),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(agents);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,487 @@
+//! Scheduler: queued trials → free agent slots; the owner of assignments.
+//!
+//! Place in the tree: child of the Leader. Inputs: trials queued by Sweep actors, agents
+//! coming and going (from the Registry), and trial reports from agent sessions, which it
+//! forwards to the owning Sweep after updating slot accounting. Placement itself is the
+//! pure [`crate::placement::assign`].
+//!
+//! After a coordinator restart, attempts the store says were running are *expected* on their
+//! agent: adopted when that agent reconnects and reports them, declared lost when it does not
+//! within the adoption grace.
+//!
+//! Failure: linked to the Leader; a failure stops the coordinator (state is in the store).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use flotilla_protocol::messages::{
+    Command, CoordinatorCommand, MetricPoint, StartTrial, StopReason, TrialOutcome,
+};
+use flotilla_protocol::{AgentId, AttemptId, Epoch, SweepId};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
+
+use super::QueuedTrial;
+use super::sweep::SweepMsg;
+use crate::placement::{self, Capacity};
+
+/// The send half of an agent session's command writer.
+#[derive(Debug, Clone)]
+pub struct AgentLink {
+    /// Distinguishes this connection from the agent's earlier ones.
+    pub connection: u64,
+    pub commands: mpsc::UnboundedSender<CoordinatorCommand>,
+}
+
+/// A restored attempt the store says was running on `agent`.
+#[derive(Debug, Clone)]
+pub struct ExpectedAttempt {
+    pub attempt: AttemptId,
+    pub agent: AgentId,
+    pub slots: u32,
+}
+
+pub enum SchedulerMsg {
+    RegisterSweep {
+        sweep: SweepId,
+        actor: ActorRef<SweepMsg>,
+    },
+    Enqueue(Vec<QueuedTrial>),
+    Expect(Vec<ExpectedAttempt>),
+    /// An agent registered (first time or after a reconnect). Replies with the reported
+    /// running attempts that are adopted; the agent stops the others.
+    AgentUp {
+        agent: AgentId,
+        slots: u32,
+        gpus: u32,
+        link: AgentLink,
+        running: Vec<AttemptId>,
+        finished: Vec<(AttemptId, TrialOutcome)>,
+        reply: RpcReplyPort<Vec<AttemptId>>,
+    },
+    /// The Registry declared the agent lost: its attempts go back to their sweeps.
+    AgentDown {
+        agent: AgentId,
+    },
+    TrialStarted {
+        agent: AgentId,
+        attempt: AttemptId,
+    },
+    TrialMetrics {
+        agent: AgentId,
+        attempt: AttemptId,
+        points: Vec<MetricPoint>,
+    },
+    TrialFinished {
+        agent: AgentId,
+        attempt: AttemptId,
+        outcome: TrialOutcome,
+    },
+    CommandRejected {
+        agent: AgentId,
+        attempt: Option<AttemptId>,
+        reason: String,
+    },
+    /// Stop running attempts (cancel, deadline).
+    Stop {
+        attempts: Vec<AttemptId>,
+        reason: StopReason,
+    },
+    /// Removes a sweep's queued attempts and returns them.
+    Withdraw {
+        sweep: SweepId,
+        reply: RpcReplyPort<Vec<AttemptId>>,
+    },
+    /// Busy slots and running attempts per agent.
+    Usage(RpcReplyPort<HashMap<AgentId, (u32, Vec<AttemptId>)>>),
+    ExpireExpected,
+}
+
+pub struct SchedulerArgs {
+    pub epoch: Epoch,
+    /// How long a restored running attempt waits for its agent.
+    pub adoption_grace: Duration,
+}
+
+struct AgentSlots {
+    slots: u32,
+    gpus: u32,
+    busy: u32,
+    link: AgentLink,
+}
+
+struct Assignment {
+    agent: AgentId,
+    slots: u32,
+    decided_at: Instant,
+}
+
+pub struct SchedulerState {
+    epoch: Epoch,
+    adoption_grace: Duration,
+    agents: BTreeMap<AgentId, AgentSlots>,
+    queues: BTreeMap<SweepId, VecDeque<QueuedTrial>>,
+    last_served: Option<SweepId>,
+    sweeps: HashMap<SweepId, ActorRef<SweepMsg>>,
+    assignments: HashMap<AttemptId, Assignment>,
+    expected: HashMap<AttemptId, (ExpectedAttempt, Instant)>,
+}
+
+pub struct Scheduler;
+
+impl Actor for Scheduler {
+    type Msg = SchedulerMsg;
+    type State = SchedulerState;
+    type Arguments = SchedulerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SchedulerMsg>,
+        args: SchedulerArgs,
+    ) -> Result<SchedulerState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(500), || SchedulerMsg::ExpireExpected);
+        Ok(SchedulerState {
+            epoch: args.epoch,
+            adoption_grace: args.adoption_grace,
+            agents: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            last_served: None,
+            sweeps: HashMap::new(),
+            assignments: HashMap::new(),
+            expected: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SchedulerMsg>,
+        message: SchedulerMsg,
+        state: &mut SchedulerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SchedulerMsg::RegisterSweep { sweep, actor } => {
+                state.sweeps.insert(sweep, actor);
+            }
+            SchedulerMsg::Enqueue(trials) => {
+                for trial in trials {
+                    state
+                        .queues
+                        .entry(trial.attempt.trial.sweep)
+                        .or_default()
+                        .push_back(trial);
+                }
+                state.place();
+            }
+            SchedulerMsg::Expect(attempts) => {
+                let deadline = Instant::now() + state.adoption_grace;
+                for expected in attempts {
+                    state
+                        .expected
+                        .insert(expected.attempt, (expected, deadline));
+                }
+            }
+            SchedulerMsg::AgentUp {
+                agent,
+                slots,
+                gpus,
+                link,
+                running,
+                finished,
+                reply,
+            } => {
+                let adopted = state.agent_up(agent, slots, gpus, link, running, finished);
+                let _ = reply.send(adopted);
+                state.place();
+            }
+            SchedulerMsg::AgentDown { agent } => {
+                state.agent_down(&agent);
+            }
+            SchedulerMsg::TrialStarted { agent, attempt } => {
+                if let Some(assignment) =
+                    state.assignments.get(&attempt).filter(|a| a.agent == agent)
+                {
+                    let latency = assignment.decided_at.elapsed();
+                    state.to_sweep(
+                        attempt,
+                        SweepMsg::Started {
+                            attempt,
+                            dispatch_latency: latency,
+                        },
+                    );
+                }
+            }
+            SchedulerMsg::TrialMetrics {
+                agent,
+                attempt,
+                points,
+            } => {
+                if state
+                    .assignments
+                    .get(&attempt)
+                    .is_some_and(|a| a.agent == agent)
+                {
+                    state.to_sweep(attempt, SweepMsg::Metrics { attempt, points });
+                }
+            }
+            SchedulerMsg::TrialFinished {
+                agent,
+                attempt,
+                outcome,
+            } => {
+                state.finish(&agent, attempt, outcome);
+                state.place();
+            }
+            SchedulerMsg::CommandRejected {
+                agent,
+                attempt,
+                reason,
+            } => {
+                tracing::warn!(%agent, attempt = ?attempt.map(|a| a.to_string()), %reason, "agent rejected a command");
+                if let Some(attempt) = attempt {
+                    // The agent will not run it: treat like an agent loss for that attempt.
+                    if state.release(&agent, attempt) {
+                        state.to_sweep(attempt, SweepMsg::Lost { attempt });
+                    }
+                    state.place();
+                }
+            }
+            SchedulerMsg::Stop { attempts, reason } => {
+                for attempt in attempts {
+                    if let Some(assignment) = state.assignments.get(&attempt) {
+                        let command = Command::StopTrial { attempt, reason };
+                        state.send(&assignment.agent.clone(), command);
+                    }
+                }
+            }
+            SchedulerMsg::Withdraw { sweep, reply } => {
+                let withdrawn = state.queues.remove(&sweep).unwrap_or_default();
+                let _ = reply.send(withdrawn.into_iter().map(|trial| trial.attempt).collect());
+            }
+            SchedulerMsg::Usage(reply) => {
+                let mut usage: HashMap<AgentId, (u32, Vec<AttemptId>)> = state
+                    .agents
+                    .iter()
+                    .map(|(agent, slots)| (agent.clone(), (slots.busy, Vec::new())))
+                    .collect();
+                for (attempt, assignment) in &state.assignments {
+                    usage
+                        .entry(assignment.agent.clone())
+                        .or_default()
+                        .1
+                        .push(*attempt);
+                }
+                let _ = reply.send(usage);
+            }
+            SchedulerMsg::ExpireExpected => {
+                let now = Instant::now();
+                let expired: Vec<AttemptId> = state
+                    .expected
+                    .iter()
+                    .filter(|(_, (_, deadline))| *deadline <= now)
+                    .map(|(attempt, _)| *attempt)
+                    .collect();
+                for attempt in expired {
+                    state.expected.remove(&attempt);
+                    tracing::info!(%attempt, "restored attempt was not reported by its agent; re-placing it");
+                    state.to_sweep(attempt, SweepMsg::Lost { attempt });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SchedulerState {
+    fn to_sweep(&self, attempt: AttemptId, message: SweepMsg) {
+        if let Some(sweep) = self.sweeps.get(&attempt.trial.sweep) {
+            let _ = sweep.cast(message);
+        }
+    }
+
+    fn send(&self, agent: &AgentId, command: Command) {
+        if let Some(slots) = self.agents.get(agent) {
+            let _ = slots.link.commands.send(CoordinatorCommand {
+                epoch: self.epoch,
+                command,
+            });
+        }
+    }
+
+    /// Frees the attempt's slot if it is assigned to `agent`; whether it was.
+    fn release(&mut self, agent: &AgentId, attempt: AttemptId) -> bool {
+        if self
+            .expected
+            .get(&attempt)
+            .is_some_and(|(expected, _)| &expected.agent == agent)
+        {
+            self.expected.remove(&attempt);
+            return true;
+        }
+        let Some(assignment) = self.assignments.get(&attempt) else {
+            return false;
+        };
+        if &assignment.agent != agent {
+            return false;
+        }
+        let slots = assignment.slots;
+        self.assignments.remove(&attempt);
+        if let Some(agent_slots) = self.agents.get_mut(agent) {
+            agent_slots.busy = agent_slots.busy.saturating_sub(slots);
+        }
+        true
+    }
+
+    fn finish(&mut self, agent: &AgentId, attempt: AttemptId, outcome: TrialOutcome) {
+        if self.release(agent, attempt) {
+            self.to_sweep(attempt, SweepMsg::Finished { attempt, outcome });
+        } else {
+            tracing::debug!(%agent, %attempt, "ignoring a result for an attempt not assigned to this agent");
+        }
+    }
+
+    fn agent_up(
+        &mut self,
+        agent: AgentId,
+        slots: u32,
+        gpus: u32,
+        link: AgentLink,
+        running: Vec<AttemptId>,
+        finished: Vec<(AttemptId, TrialOutcome)>,
+    ) -> Vec<AttemptId> {
+        let now = Instant::now();
+        // Restored attempts this agent reports become assignments again.
+        let mut adopted = Vec::new();
+        for attempt in &running {
+            let known = self
+                .assignments
+                .get(attempt)
+                .is_some_and(|a| a.agent == agent);
+            let expected = self
+                .expected
+                .get(attempt)
+                .is_some_and(|(e, _)| e.agent == agent);
+            if expected && let Some((restored, _)) = self.expected.remove(attempt) {
+                self.assignments.insert(
+                    *attempt,
+                    Assignment {
+                        agent: agent.clone(),
+                        slots: restored.slots,
+                        decided_at: now,
+                    },
+                );
+            }
+            if known || expected {
+                adopted.push(*attempt);
+            }
+        }
+        // Attempts assigned to this agent that it neither runs nor finished were lost with
+        // its previous connection.
+        let finished_attempts: Vec<AttemptId> =
+            finished.iter().map(|(attempt, _)| *attempt).collect();
+        let vanished: Vec<AttemptId> = self
+            .assignments
+            .iter()
+            .filter(|(attempt, a)| {
+                a.agent == agent
+                    && !running.contains(attempt)
+                    && !finished_attempts.contains(attempt)
+            })
+            .map(|(attempt, _)| *attempt)
+            .collect();
+        let busy = self
+            .assignments
+            .values()
+            .filter(|a| a.agent == agent)
+            .map(|a| a.slots)
+            .sum::<u32>();
+        self.agents.insert(
+            agent.clone(),
+            AgentSlots {
+                slots,
+                gpus,
+                busy,
+                link,
+            },
+        );
+        for attempt in vanished {
+            if self.release(&agent, attempt) {
+                self.to_sweep(attempt, SweepMsg::Lost { attempt });
+            }
+        }
+        for (attempt, outcome) in finished {
+            self.finish(&agent, attempt, outcome);
+        }
+        tracing::info!(%agent, slots, adopted = adopted.len(), "agent up");
+        adopted
+    }
+
+    fn agent_down(&mut self, agent: &AgentId) {
+        self.agents.remove(agent);
+        let lost: Vec<AttemptId> = self
+            .assignments
+            .iter()
+            .filter(|(_, assignment)| &assignment.agent == agent)
+            .map(|(attempt, _)| *attempt)
+            .chain(
+                self.expected
+                    .iter()
+                    .filter(|(_, (e, _))| &e.agent == agent)
+                    .map(|(attempt, _)| *attempt),
+            )
+            .collect();
+        tracing::warn!(%agent, lost = lost.len(), "agent lost; its attempts go back to their sweeps");
+        for attempt in lost {
+            self.assignments.remove(&attempt);
+            self.expected.remove(&attempt);
+            self.to_sweep(attempt, SweepMsg::Lost { attempt });
+        }
+        self.place();
+    }
+
+    /// Places every queued trial that fits and sends the start commands.
+    fn place(&mut self) {
+        if self.queues.is_empty() {
+            return;
+        }
+        let mut capacity: Vec<Capacity> = self
+            .agents
+            .iter()
+            .map(|(agent, slots)| Capacity {
+                agent: agent.clone(),
+                free_slots: slots.slots.saturating_sub(slots.busy),
+                gpus: slots.gpus,
+            })
+            .collect();
+        let placed = placement::assign(&mut self.queues, &mut self.last_served, &mut capacity);
+        let now = Instant::now();
+        for (trial, agent) in placed {
+            let attempt = trial.attempt;
+            if let Some(agent_slots) = self.agents.get_mut(&agent) {
+                agent_slots.busy += trial.slots;
+            }
+            self.assignments.insert(
+                attempt,
+                Assignment {
+                    agent: agent.clone(),
+                    slots: trial.slots,
+                    decided_at: now,
+                },
+            );
+            self.to_sweep(
+                attempt,
+                SweepMsg::Dispatched {
+                    attempt,
+                    agent: agent.clone(),
+                },
+            );
+            let start = StartTrial {
+                attempt,
+                params: trial.params,
+                trial: (*trial.trial).clone(),
+                resume_from: None,
+                slots: trial.slots,
+            };
+            self.send(&agent, Command::StartTrial(start));
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! Gateway: accepts QUIC connections, checks who is calling, and runs their sessions.
+//!
+//! Every connection passes three gates before it may do anything:
+//! 1. TLS 1.3 with a client certificate signed by the cluster CA (rustls refuses the rest);
+//! 2. `Hello` on the first stream: a protocol version both sides speak, and a requested
+//!    role that the certificate's role permits (an agent certificate cannot act as a
+//!    client, nor a client certificate as an agent);
+//! 3. per request, the role again (cluster operations need the admin role).
+//!
+//! An agent session keeps its handshake stream as the control stream. A client session
+//! serves one request per bidirectional stream. Sessions are tasks owned by the gateway's
+//! [`TaskTracker`]; all stop when the shutdown token fires.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use flotilla_protocol::framing::{self, FrameError};
+use flotilla_protocol::handshake::{PROTOCOL_VERSION, negotiate, role_permits};
+use flotilla_protocol::messages::{
+    AgentMessage, ApiError, ApiErrorKind, ClientRequest, ClientResponse, Command,
+    CoordinatorCommand, Hello, HelloReply, Refusal, RefusalReason, Role, SweepEvent, Welcome,
+};
+use flotilla_protocol::{AgentId, Epoch, tls};
+use quinn::{RecvStream, SendStream};
+use ractor::ActorRef;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::actors::ask;
+use crate::actors::leader::LeaderMsg;
+use crate::actors::registry::RegistryMsg;
+use crate::actors::scheduler::{AgentLink, SchedulerMsg};
+use crate::actors::sweep::SweepMsg;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What sessions need to reach the coordinator's actors.
+pub struct SessionContext {
+    pub epoch: Epoch,
+    pub name: String,
+    pub heartbeat_interval: Duration,
+    pub leader: ActorRef<LeaderMsg>,
+    pub registry: ActorRef<RegistryMsg>,
+    pub scheduler: ActorRef<SchedulerMsg>,
+    pub connections: AtomicU64,
+}
+
+/// Accepts connections until `shutdown` fires.
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    context: Arc<SessionContext>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            () = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { break };
+        let context = context.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let remote = incoming.remote_address();
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::info!(%remote, %error, "connection refused at the TLS handshake");
+                    return;
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => connection.close(0u32.into(), b"coordinator shutting down"),
+                result = serve_connection(connection.clone(), context) => {
+                    if let Err(error) = result {
+                        tracing::info!(%remote, %error, "session ended");
+                    }
+                }
+            }
+        });
+    }
+    endpoint.close(0u32.into(), b"coordinator shutting down");
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+async fn serve_connection(
+    connection: quinn::Connection,
+    context: Arc<SessionContext>,
+) -> Result<(), SessionError> {
+    let (mut send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept_bi())
+        .await
+        .map_err(|_| SessionError::Handshake("no hello within the handshake timeout".into()))??;
+    let hello: Hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, framing::read_frame(&mut recv))
+        .await
+        .map_err(|_| SessionError::Handshake("no hello within the handshake timeout".into()))??
+        .ok_or_else(|| SessionError::Handshake("stream closed before hello".into()))?;
+    let certified =
+        tls::peer_role(&connection).map_err(|error| SessionError::Handshake(error.to_string()));
+    let refusal = match (&certified, negotiate(&hello)) {
+        (Err(error), _) => Some((RefusalReason::RoleNotPermitted, error.to_string())),
+        (_, None) => Some((
+            RefusalReason::UnsupportedVersion,
+            format!(
+                "peer speaks versions {}..={}, this coordinator speaks 1..={PROTOCOL_VERSION}",
+                hello.min_version, hello.max_version
+            ),
+        )),
+        (Ok(role), Some(_))
+            if hello.role == Role::Coordinator || !role_permits(*role, hello.role) =>
+        {
+            Some((
+                RefusalReason::RoleNotPermitted,
+                format!(
+                    "a {} certificate may not act as {}",
+                    role.name(),
+                    hello.role.name()
+                ),
+            ))
+        }
+        _ => None,
+    };
+    if let Some((reason, message)) = refusal {
+        tracing::warn!(peer = %hello.peer_name, remote = %connection.remote_address(), %message, "refusing a peer at the handshake");
+        framing::write_frame(
+            &mut send,
+            &HelloReply::Refused(Refusal {
+                reason,
+                message: message.clone(),
+            }),
+        )
+        .await?;
+        let _ = send.finish();
+        // Give the refusal a moment to reach the peer before the connection closes.
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+        connection.close(1u32.into(), b"refused");
+        return Err(SessionError::Handshake(message));
+    }
+    let certified = certified.map_err(|error| SessionError::Internal(error.to_string()))?;
+    let welcome = Welcome {
+        version: PROTOCOL_VERSION,
+        epoch: context.epoch,
+        coordinator: context.name.clone(),
+    };
+    framing::write_frame(&mut send, &HelloReply::Welcome(welcome)).await?;
+    match hello.role {
+        Role::Agent => agent_session(connection, send, recv, context).await,
+        _ => client_session(connection, certified, context).await,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn agent_session(
+    connection: quinn::Connection,
+    send: SendStream,
+    mut recv: RecvStream,
+    context: Arc<SessionContext>,
+) -> Result<(), SessionError> {
+    let registration = match framing::read_frame::<_, AgentMessage>(&mut recv).await? {
+        Some(AgentMessage::Register(registration)) => registration,
+        Some(other) => {
+            return Err(SessionError::Handshake(format!(
+                "expected Register, got {other:?}"
+            )));
+        }
+        None => return Ok(()),
+    };
+    let agent = registration.agent_id.clone();
+    let connection_id = context.connections.fetch_add(1, Ordering::Relaxed);
+    let (commands, outgoing) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_commands(send, outgoing));
+    let link = AgentLink {
+        connection: connection_id,
+        commands: commands.clone(),
+    };
+    let adopted = ask(&context.registry, |reply| RegistryMsg::Register {
+        registration,
+        link,
+        reply,
+    })
+    .await
+    .map_err(|error| SessionError::Internal(error.to_string()))?;
+    let registered = Command::Registered {
+        heartbeat_interval_ms: context.heartbeat_interval.as_millis() as u64,
+        adopted,
+    };
+    let _ = commands.send(CoordinatorCommand {
+        epoch: context.epoch,
+        command: registered,
+    });
+    tracing::info!(%agent, remote = %connection.remote_address(), "agent registered");
+    let result = read_agent_messages(&agent, connection_id, &mut recv, &context).await;
+    let _ = context.registry.cast(RegistryMsg::Disconnected {
+        agent: agent.clone(),
+        connection: connection_id,
+    });
+    drop(commands);
+    writer.abort();
+    result
+}
+
+async fn read_agent_messages(
+    agent: &AgentId,
+    connection: u64,
+    recv: &mut RecvStream,
+    context: &SessionContext,
+) -> Result<(), SessionError> {
+    while let Some(message) = framing::read_frame::<_, AgentMessage>(recv).await? {
+        let agent = agent.clone();
+        let forwarded = match message {
+            AgentMessage::Heartbeat(_) => context
+                .registry
+                .cast(RegistryMsg::Heartbeat { agent, connection })
+                .map_err(|e| e.to_string()),
+            AgentMessage::TrialStarted { attempt } => context
+                .scheduler
+                .cast(SchedulerMsg::TrialStarted { agent, attempt })
+                .map_err(|e| e.to_string()),
+            AgentMessage::TrialMetrics { attempt, points } => context
+                .scheduler
+                .cast(SchedulerMsg::TrialMetrics {
+                    agent,
+                    attempt,
+                    points,
+                })
+                .map_err(|e| e.to_string()),
+            AgentMessage::TrialFinished { attempt, outcome } => context
+                .scheduler
+                .cast(SchedulerMsg::TrialFinished {
+                    agent,
+                    attempt,
+                    outcome,
+                })
+                .map_err(|e| e.to_string()),
+            AgentMessage::CommandRejected { attempt, reason } => context
+                .scheduler
+                .cast(SchedulerMsg::CommandRejected {
+                    agent,
+                    attempt,
+                    reason,
+                })
+                .map_err(|e| e.to_string()),
+            AgentMessage::Register(_) => Err("Register sent twice on one connection".to_string()),
+        };
+        forwarded.map_err(SessionError::Internal)?;
+    }
+    Ok(())
+}
+
+/// Writes commands, batching whatever is queued into one write.
+async fn write_commands(
+    mut send: SendStream,
+    mut commands: mpsc::UnboundedReceiver<CoordinatorCommand>,
+) {
+    let mut buffer = Vec::with_capacity(16 * 1024);
+    while let Some(first) = commands.recv().await {
+        buffer.clear();
+        let mut next = Some(first);
+        while let Some(command) = next {
+            if let Err(error) = framing::append_frame(&mut buffer, &command) {
+                tracing::error!(%error, "dropping a command that does not encode");
+            }
+            next = commands.try_recv().ok();
+        }
+        if send.write_all(&buffer).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn client_session(
+    connection: quinn::Connection,
+    role: Role,
+    context: Arc<SessionContext>,
+) -> Result<(), SessionError> {
+    let requests = TaskTracker::new();
+    let result = loop {
+        let (send, recv) = match connection.accept_bi().await {
+            Ok(streams) => streams,
+            Err(
+                quinn::ConnectionError::ApplicationClosed(_)
+                | quinn::ConnectionError::LocallyClosed,
+            ) => break Ok(()),
+            Err(error) => break Err(SessionError::Connection(error)),
+        };
+        let context = context.clone();
+        requests.spawn(async move {
+            if let Err(error) = serve_request(send, recv, role, &context).await {
+                tracing::debug!(%error, "request failed");
+            }
+        });
+    };
+    requests.close();
+    requests.wait().await;
+    result
+}
+
+fn error_response(kind: ApiErrorKind, message: impl Into<String>) -> ClientResponse {
+    ClientResponse::Error(ApiError {
+        kind,
+        message: message.into(),
+        problems: vec![],
+    })
+}
+
+async fn serve_request(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    role: Role,
+    context: &SessionContext,
+) -> Result<(), SessionError> {
+    let Some(request) = framing::read_frame::<_, ClientRequest>(&mut recv).await? else {
+        return Ok(());
+    };
+    if let ClientRequest::WatchSweep(sweep) = request {
+        return watch(send, sweep, context).await;
+    }
+    let response = answer(request, role, context).await;
+    framing::write_frame(&mut send, &response).await?;
+    let _ = send.finish();
+    Ok(())
+}
+
+async fn lookup(
+    context: &SessionContext,
+    sweep: flotilla_protocol::SweepId,
+) -> Result<ActorRef<SweepMsg>, ClientResponse> {
+    match ask(&context.leader, |reply| LeaderMsg::Lookup { sweep, reply }).await {
+        Ok(Some(actor)) => Ok(actor),
+        Ok(None) => Err(error_response(
+            ApiErrorKind::NotFound,
+            format!("no sweep {sweep}"),
+        )),
+        Err(error) => Err(error_response(ApiErrorKind::Unavailable, error.to_string())),
+    }
+}
+
+async fn answer(request: ClientRequest, role: Role, context: &SessionContext) -> ClientResponse {
+    let unavailable =
+        |error: anyhow::Error| error_response(ApiErrorKind::Unavailable, error.to_string());
+    match request {
+        ClientRequest::SubmitSweep(spec) => {
+            match ask(&context.leader, |reply| LeaderMsg::Submit { spec, reply }).await {
+                Ok(Ok(summary)) => ClientResponse::SweepSubmitted(summary),
+                Ok(Err(error)) => ClientResponse::Error(error),
+                Err(error) => unavailable(error),
+            }
+        }
+        ClientRequest::ListSweeps => ask(&context.leader, LeaderMsg::List)
+            .await
+            .map_or_else(unavailable, ClientResponse::Sweeps),
+        ClientRequest::SweepStatus(sweep) => match lookup(context, sweep).await {
+            Ok(actor) => ask(&actor, SweepMsg::Summary)
+                .await
+                .map_or_else(unavailable, ClientResponse::Status),
+            Err(response) => response,
+        },
+        ClientRequest::CancelSweep(sweep) => match lookup(context, sweep).await {
+            Ok(actor) => ask(&actor, SweepMsg::Cancel)
+                .await
+                .map_or_else(unavailable, ClientResponse::Cancelled),
+            Err(response) => response,
+        },
+        ClientRequest::BestTrial(sweep) => match lookup(context, sweep).await {
+            Ok(actor) => ask(&actor, SweepMsg::Best)
+                .await
+                .map_or_else(unavailable, ClientResponse::Best),
+            Err(response) => response,
+        },
+        ClientRequest::ListTrials(sweep) => match lookup(context, sweep).await {
+            Ok(actor) => ask(&actor, SweepMsg::Trials)
+                .await
+                .map_or_else(unavailable, ClientResponse::Trials),
+            Err(response) => response,
+        },
+        ClientRequest::ListAgents => {
+            if role != Role::Admin {
+                return error_response(
+                    ApiErrorKind::PermissionDenied,
+                    "listing agents needs an admin certificate",
+                );
+            }
+            ask(&context.registry, RegistryMsg::List)
+                .await
+                .map_or_else(unavailable, ClientResponse::Agents)
+        }
+        ClientRequest::WatchSweep(_) => {
+            error_response(ApiErrorKind::Internal, "watch is served as a stream")
+        }
+    }
+}
+
+async fn watch(
+    mut send: SendStream,
+    sweep: flotilla_protocol::SweepId,
+    context: &SessionContext,
+) -> Result<(), SessionError> {
+    let actor = match lookup(context, sweep).await {
+        Ok(actor) => actor,
+        Err(response) => {
+            framing::write_frame(&mut send, &response).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
+    };
+    let (events, mut receiver) = mpsc::unbounded_channel();
+    actor
+        .cast(SweepMsg::Watch(events))
+        .map_err(|error| SessionError::Internal(error.to_string()))?;
+    let mut buffer = Vec::with_capacity(16 * 1024);
+    while let Some(first) = receiver.recv().await {
+        buffer.clear();
+        let mut next = Some(first);
+        let mut done = false;
+        while let Some(event) = next {
+            done |= matches!(event, SweepEvent::SweepFinished(_));
+            framing::append_frame(&mut buffer, &ClientResponse::Event(event))?;
+            next = if done { None } else { receiver.try_recv().ok() };
+        }
+        send.write_all(&buffer)
+            .await
+            .map_err(|error| SessionError::Internal(error.to_string()))?;
+        if done {
+            break;
+        }
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+    Ok(())
+}

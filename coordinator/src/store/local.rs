@@ -1,0 +1,382 @@
+//! The embedded state store: one append-only file, crash-safe.
+//!
+//! Each record is `[length u32 BE][crc32 u32 BE][payload]`, the payload being a
+//! [`StateWrite`] in the protocol codec. A writer thread owns the file: it takes every write
+//! queued since its last pass, appends them, `fdatasync`s once, and resolves their tickets
+//! (group commit). On open, the file is replayed; a torn or corrupt tail (a crash in the
+//! middle of an append) is cut off at the last whole record, which loses only writes whose
+//! tickets never resolved. When the log holds many superseded records, it is compacted by
+//! writing the live records to a new file and renaming it over the old one.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+
+use flotilla_protocol::{Epoch, codec};
+use tokio::sync::oneshot;
+
+use super::{CommitTicket, StateStore, StateWrite, StoreError, StoredState};
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+pub struct LocalStore {
+    path: PathBuf,
+    /// State as of open, handed to the coordinator by `load`.
+    loaded: StoredState,
+    /// Queue to the writer thread; `None` after shutdown.
+    queue: Mutex<Option<mpsc::Sender<(Vec<StateWrite>, Reply)>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    next_epoch: Mutex<u64>,
+}
+
+impl LocalStore {
+    /// Opens (or creates) the state file at `path`, replaying and, if worthwhile, compacting it.
+    pub fn open(path: &Path) -> Result<LocalStore, StoreError> {
+        let io_error = |error: std::io::Error| StoreError::Io {
+            path: path.display().to_string(),
+            message: error.to_string(),
+        };
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(io_error)?;
+        }
+        let (loaded, valid_length, records) = replay(path)?;
+        let file = if records > 64 && records > loaded.record_count() * 2 {
+            compact(path, &loaded).map_err(io_error)?
+        } else {
+            let file = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(path)
+                .map_err(io_error)?;
+            // Cut a torn tail so new records follow the last whole one.
+            file.set_len(valid_length).map_err(io_error)?;
+            file
+        };
+        let (sender, receiver) = mpsc::channel();
+        let thread_path = path.to_path_buf();
+        let writer = std::thread::Builder::new()
+            .name("flotilla-state-writer".into())
+            .spawn(move || write_loop(file, &thread_path, receiver))
+            .map_err(io_error)?;
+        let next_epoch = loaded.epoch.map_or(1, |epoch| epoch.0 + 1);
+        Ok(LocalStore {
+            path: path.to_path_buf(),
+            loaded,
+            queue: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+            next_epoch: Mutex::new(next_epoch),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops the writer after it has written everything queued.
+    pub fn close(&self) {
+        let sender = self
+            .queue
+            .lock()
+            .map(|mut queue| queue.take())
+            .unwrap_or(None);
+        drop(sender);
+        let writer = self
+            .writer
+            .lock()
+            .map(|mut writer| writer.take())
+            .unwrap_or(None);
+        if let Some(writer) = writer {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[async_trait::async_trait]
+impl StateStore for LocalStore {
+    async fn load(&self) -> Result<StoredState, StoreError> {
+        Ok(self.loaded.clone())
+    }
+
+    async fn next_epoch(&self) -> Result<Epoch, StoreError> {
+        let epoch = {
+            let mut next = self.next_epoch.lock().map_err(|_| StoreError::Closed)?;
+            let epoch = Epoch(*next);
+            *next += 1;
+            epoch
+        };
+        self.write(vec![StateWrite::Epoch(epoch)]).durable().await?;
+        Ok(epoch)
+    }
+
+    fn write(&self, writes: Vec<StateWrite>) -> CommitTicket {
+        let (reply, receiver) = oneshot::channel();
+        let queue = self.queue.lock().ok().and_then(|queue| queue.clone());
+        match queue {
+            Some(queue) => {
+                if let Err(mpsc::SendError((_, reply))) = queue.send((writes, reply)) {
+                    let _ = reply.send(Err(StoreError::Closed));
+                }
+            }
+            None => {
+                let _ = reply.send(Err(StoreError::Closed));
+            }
+        }
+        CommitTicket::new(receiver)
+    }
+}
+
+fn write_loop(mut file: File, path: &Path, receiver: mpsc::Receiver<(Vec<StateWrite>, Reply)>) {
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = receiver.try_recv() {
+            batch.push(more);
+        }
+        buffer.clear();
+        let mut result = Ok(());
+        for (writes, _) in &batch {
+            for write in writes {
+                if let Err(error) = append_record(&mut buffer, write) {
+                    result = Err(error);
+                }
+            }
+        }
+        if result.is_ok() && !buffer.is_empty() {
+            result = file
+                .write_all(&buffer)
+                .and_then(|()| file.sync_data())
+                .map_err(|error| StoreError::Io {
+                    path: path.display().to_string(),
+                    message: error.to_string(),
+                });
+        }
+        for (_, reply) in batch {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+fn append_record(buffer: &mut Vec<u8>, write: &StateWrite) -> Result<(), StoreError> {
+    let payload = codec::encode(write).map_err(|error| StoreError::Io {
+        path: String::new(),
+        message: error.to_string(),
+    })?;
+    buffer.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    buffer.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+    buffer.extend_from_slice(&payload);
+    Ok(())
+}
+
+/// Replays the file: the state, the length of its whole records, and how many there were.
+fn replay(path: &Path) -> Result<(StoredState, u64, usize), StoreError> {
+    let mut state = StoredState::default();
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut file) => {
+            file.read_to_end(&mut bytes)
+                .map_err(|error| StoreError::Io {
+                    path: path.display().to_string(),
+                    message: error.to_string(),
+                })?;
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((state, 0, 0)),
+        Err(error) => {
+            return Err(StoreError::Io {
+                path: path.display().to_string(),
+                message: error.to_string(),
+            });
+        }
+    }
+    let mut offset = 0usize;
+    let mut records = 0usize;
+    while bytes.len() - offset >= 8 {
+        let length =
+            u32::from_be_bytes(bytes[offset..offset + 4].try_into().unwrap_or_default()) as usize;
+        let checksum =
+            u32::from_be_bytes(bytes[offset + 4..offset + 8].try_into().unwrap_or_default());
+        let Some(payload) = bytes.get(offset + 8..offset + 8 + length) else {
+            break;
+        };
+        if crc32fast::hash(payload) != checksum {
+            // A record whose checksum fails in the middle of the file is corruption, not a
+            // torn append: refuse to guess.
+            if offset + 8 + length < bytes.len() {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    offset: offset as u64,
+                    message: "checksum mismatch before the end of the file".into(),
+                });
+            }
+            break;
+        }
+        let write: StateWrite = codec::decode(payload).map_err(|error| StoreError::Corrupt {
+            path: path.display().to_string(),
+            offset: offset as u64,
+            message: error.to_string(),
+        })?;
+        state.apply(write);
+        offset += 8 + length;
+        records += 1;
+    }
+    if offset < bytes.len() {
+        tracing::warn!(path = %path.display(), kept = offset, dropped = bytes.len() - offset, "cutting a torn tail off the state file");
+    }
+    Ok((state, offset as u64, records))
+}
+
+fn compact(path: &Path, state: &StoredState) -> std::io::Result<File> {
+    let temporary = path.with_extension("compacting");
+    let mut buffer = Vec::new();
+    for write in state.to_writes() {
+        append_record(&mut buffer, &write)
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+    }
+    {
+        let mut file = File::create(&temporary)?;
+        file.write_all(&buffer)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, path)?;
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        File::open(parent)?.sync_all()?;
+    }
+    OpenOptions::new().read(true).append(true).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use flotilla_protocol::messages::{TrialRecord, TrialState};
+    use flotilla_protocol::{SweepId, TrialId};
+
+    use super::*;
+
+    fn trial(number: u32, state: TrialState) -> StateWrite {
+        StateWrite::Trial(Box::new(TrialRecord {
+            id: TrialId {
+                sweep: SweepId(1),
+                number,
+            },
+            attempt: 0,
+            params: BTreeMap::new(),
+            state,
+            metrics: BTreeMap::new(),
+            objective: None,
+            feasible: false,
+            agent: None,
+            failures: 0,
+            started_ms: None,
+            finished_ms: None,
+            duration_ms: None,
+            message: None,
+            dispatch_latency_us: None,
+        }))
+    }
+
+    #[tokio::test]
+    async fn writes_survive_reopen_and_last_write_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.log");
+        {
+            let store = LocalStore::open(&path).expect("open");
+            assert_eq!(store.next_epoch().await.expect("epoch"), Epoch(1));
+            store.write(vec![
+                trial(0, TrialState::Pending),
+                trial(1, TrialState::Pending),
+            ]);
+            store
+                .write(vec![trial(0, TrialState::Succeeded)])
+                .durable()
+                .await
+                .expect("durable");
+        }
+        let store = LocalStore::open(&path).expect("reopen");
+        let state = store.load().await.expect("load");
+        assert_eq!(state.trials[&SweepId(1)][&0].state, TrialState::Succeeded);
+        assert_eq!(state.trials[&SweepId(1)].len(), 2);
+        assert_eq!(store.next_epoch().await.expect("epoch"), Epoch(2));
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_and_writing_continues() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.log");
+        {
+            let store = LocalStore::open(&path).expect("open");
+            store
+                .write(vec![trial(0, TrialState::Pending)])
+                .durable()
+                .await
+                .expect("durable");
+        }
+        let whole = std::fs::metadata(&path).expect("meta").len();
+        let mut file = OpenOptions::new().append(true).open(&path).expect("append");
+        file.write_all(&[0, 0, 0, 40, 1, 2, 3]).expect("torn write");
+        drop(file);
+        {
+            let store = LocalStore::open(&path).expect("reopen with torn tail");
+            assert_eq!(std::fs::metadata(&path).expect("meta").len(), whole);
+            store
+                .write(vec![trial(1, TrialState::Pending)])
+                .durable()
+                .await
+                .expect("durable");
+        }
+        let store = LocalStore::open(&path).expect("reopen");
+        assert_eq!(
+            store.load().await.expect("load").trials[&SweepId(1)].len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn corruption_in_the_middle_is_refused_and_compaction_keeps_live_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.log");
+        {
+            let store = LocalStore::open(&path).expect("open");
+            for round in 0..100 {
+                let state = if round == 99 {
+                    TrialState::Succeeded
+                } else {
+                    TrialState::Running
+                };
+                store.write(vec![trial(0, state), trial(1, TrialState::Pending)]);
+            }
+            store.flush().await.expect("flush");
+        }
+        let before = std::fs::metadata(&path).expect("meta").len();
+        {
+            let store = LocalStore::open(&path).expect("reopen compacts");
+            assert_eq!(
+                store.load().await.expect("load").trials[&SweepId(1)][&0].state,
+                TrialState::Succeeded
+            );
+        }
+        assert!(std::fs::metadata(&path).expect("meta").len() < before / 10);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[10] ^= 0xff;
+        bytes.extend_from_slice(&bytes.clone());
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(matches!(
+            LocalStore::open(&path),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,138 @@
+//! Control state: sweeps and trials, behind one [`StateStore`] trait.
+//!
+//! Writes are *puts* of whole records (last write wins per key), handed to the store
+//! without waiting; each write returns a [`CommitTicket`] that resolves once the write is
+//! durable. A store applies writes in the order it receives them, so waiting for the
+//! newest ticket (or [`StateStore::flush`]) means every earlier write is durable too.
+//! This lets the Sweep actor keep scheduling while the store batches many writes into one
+//! `fsync` (group commit).
+//!
+//! Implementations: [`local::LocalStore`] (one crash-safe file, the embedded default).
+//! etcd comes with high availability.
+
+pub mod local;
+
+use std::collections::BTreeMap;
+
+use flotilla_protocol::messages::{SweepState, TrialRecord};
+use flotilla_protocol::spec::SweepSpec;
+use flotilla_protocol::{Epoch, SweepId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// A sweep as stored: its spec and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepRecord {
+    pub id: SweepId,
+    pub spec: SweepSpec,
+    /// The sampler seed actually used (the spec's, or one chosen at submission).
+    pub seed: u64,
+    pub state: SweepState,
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+}
+
+/// One record to store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StateWrite {
+    Sweep(Box<SweepRecord>),
+    Trial(Box<TrialRecord>),
+    /// The newest leader epoch handed out.
+    Epoch(Epoch),
+}
+
+/// Everything a coordinator needs to resume.
+#[derive(Debug, Clone, Default)]
+pub struct StoredState {
+    pub epoch: Option<Epoch>,
+    pub sweeps: BTreeMap<SweepId, SweepRecord>,
+    /// Trials of each sweep, indexed by trial number.
+    pub trials: BTreeMap<SweepId, BTreeMap<u32, TrialRecord>>,
+}
+
+impl StoredState {
+    pub fn apply(&mut self, write: StateWrite) {
+        match write {
+            StateWrite::Sweep(sweep) => {
+                self.sweeps.insert(sweep.id, *sweep);
+            }
+            StateWrite::Trial(trial) => {
+                self.trials
+                    .entry(trial.id.sweep)
+                    .or_default()
+                    .insert(trial.id.number, *trial);
+            }
+            StateWrite::Epoch(epoch) => self.epoch = Some(epoch),
+        }
+    }
+
+    /// The records that describe this state, for compaction.
+    pub fn to_writes(&self) -> Vec<StateWrite> {
+        let mut writes = Vec::new();
+        if let Some(epoch) = self.epoch {
+            writes.push(StateWrite::Epoch(epoch));
+        }
+        for sweep in self.sweeps.values() {
+            writes.push(StateWrite::Sweep(Box::new(sweep.clone())));
+            for trial in self
+                .trials
+                .get(&sweep.id)
+                .into_iter()
+                .flat_map(|trials| trials.values())
+            {
+                writes.push(StateWrite::Trial(Box::new(trial.clone())));
+            }
+        }
+        writes
+    }
+
+    pub fn record_count(&self) -> usize {
+        usize::from(self.epoch.is_some())
+            + self.sweeps.len()
+            + self.trials.values().map(BTreeMap::len).sum::<usize>()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("state file {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("state file {path} is corrupt at byte {offset}: {message}")]
+    Corrupt {
+        path: String,
+        offset: u64,
+        message: String,
+    },
+    #[error("the state store has shut down")]
+    Closed,
+}
+
+/// Resolves once a write is durable.
+pub struct CommitTicket(oneshot::Receiver<Result<(), StoreError>>);
+
+impl CommitTicket {
+    pub fn new(receiver: oneshot::Receiver<Result<(), StoreError>>) -> CommitTicket {
+        CommitTicket(receiver)
+    }
+
+    pub async fn durable(self) -> Result<(), StoreError> {
+        self.0.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Everything stored so far.
+    async fn load(&self) -> Result<StoredState, StoreError>;
+
+    /// Hands out the next leader epoch (greater than every earlier one) and stores it.
+    async fn next_epoch(&self) -> Result<Epoch, StoreError>;
+
+    /// Queues writes, in order; the ticket resolves when they are durable.
+    fn write(&self, writes: Vec<StateWrite>) -> CommitTicket;
+
+    /// Waits until every write queued so far is durable.
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.write(Vec::new()).durable().await
+    }
+}

@@ -1,0 +1,62 @@
+//! `Hello`/`Welcome` version negotiation, the same rule on both ends.
+
+use crate::messages::{Hello, Role};
+
+/// Newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// ALPN identifier; a peer without it fails the TLS handshake.
+pub const ALPN: &[u8] = b"flotilla";
+
+/// A `Hello` for this build.
+pub fn hello(role: Role, peer_name: impl Into<String>) -> Hello {
+    Hello {
+        min_version: MIN_PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        role,
+        peer_name: peer_name.into(),
+    }
+}
+
+/// The version both sides speak: the highest common one, if the ranges overlap.
+pub fn negotiate(peer: &Hello) -> Option<u16> {
+    let high = peer.max_version.min(PROTOCOL_VERSION);
+    let low = peer.min_version.max(MIN_PROTOCOL_VERSION);
+    (peer.min_version <= peer.max_version && low <= high).then_some(high)
+}
+
+/// Whether a certificate with `certified` may act as `requested`.
+pub fn role_permits(certified: Role, requested: Role) -> bool {
+    match requested {
+        Role::Client => matches!(certified, Role::Client | Role::Admin),
+        other => certified == other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version() {
+        let mut peer = hello(Role::Client, "t");
+        assert_eq!(negotiate(&peer), Some(PROTOCOL_VERSION));
+        peer.max_version = 99;
+        assert_eq!(negotiate(&peer), Some(PROTOCOL_VERSION));
+        peer.min_version = PROTOCOL_VERSION + 1;
+        assert_eq!(negotiate(&peer), None);
+        peer.min_version = 5;
+        peer.max_version = 2;
+        assert_eq!(negotiate(&peer), None);
+    }
+
+    #[test]
+    fn roles_do_not_cross() {
+        assert!(role_permits(Role::Admin, Role::Client));
+        assert!(role_permits(Role::Client, Role::Client));
+        assert!(!role_permits(Role::Agent, Role::Client));
+        assert!(!role_permits(Role::Client, Role::Agent));
+        assert!(!role_permits(Role::Client, Role::Admin));
+    }
+}

@@ -1,0 +1,395 @@
+//! Every frame Flotilla sends.
+//!
+//! Streams and who speaks on them:
+//!
+//! - Every connection starts with a bidirectional *handshake stream* opened by the connecting
+//!   side: [`Hello`] → [`HelloReply`]. An agent keeps that stream as its *control stream*:
+//!   [`AgentMessage`] frames go up, [`CoordinatorCommand`] frames come down.
+//! - A client opens one bidirectional stream per request: one [`ClientRequest`], then one
+//!   [`ClientResponse`] (or, for `WatchSweep`, a stream of `Event` responses ending with
+//!   the sweep's end).
+//!
+//! Enums here are append-only: add variants at the end, never reorder or remove; the
+//! golden-bytes tests (`tests/golden.rs`) fail on any change to existing encodings.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{Direction, SweepSpec, TrialSpec};
+use crate::{AgentId, AttemptId, Epoch, ParamValue, SweepId, TrialId};
+
+/// Parameter name → value, the point of the search space a trial runs.
+pub type Params = BTreeMap<String, ParamValue>;
+/// Metric name → value.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// What a certificate allows its holder to do. Carried in the certificate (see
+/// [`crate::tls`]), never taken from what a peer says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    Coordinator,
+    Agent,
+    /// Submits and watches sweeps.
+    Client,
+    /// Everything a client may do, plus cluster operations.
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Agent => "agent",
+            Role::Client => "client",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Role> {
+        [Role::Coordinator, Role::Agent, Role::Client, Role::Admin]
+            .into_iter()
+            .find(|role| role.name() == name)
+    }
+}
+
+/// First frame on a connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Oldest protocol version the sender speaks.
+    pub min_version: u16,
+    /// Newest protocol version the sender speaks.
+    pub max_version: u16,
+    /// The role the sender wants to act in; it must match its certificate.
+    pub role: Role,
+    /// Free-form name for logs (`agent-7`, `flotilla-cli 0.1.0`).
+    pub peer_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Welcome(Welcome),
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version both sides will speak: the highest in both ranges.
+    pub version: u16,
+    pub epoch: Epoch,
+    /// The coordinator's name, for logs.
+    pub coordinator: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RefusalReason {
+    UnsupportedVersion,
+    /// The certificate's role does not allow what the peer asked to do.
+    RoleNotPermitted,
+    /// This coordinator is not the leader; `leader` is where to go, if known.
+    NotLeader {
+        leader: Option<String>,
+    },
+    ShuttingDown,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent ⇄ coordinator
+
+/// Agent → coordinator, on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// First message after the handshake, and again after every reconnect.
+    Register(Registration),
+    Heartbeat(Heartbeat),
+    TrialStarted {
+        attempt: AttemptId,
+    },
+    TrialMetrics {
+        attempt: AttemptId,
+        points: Vec<MetricPoint>,
+    },
+    TrialFinished {
+        attempt: AttemptId,
+        outcome: TrialOutcome,
+    },
+    /// The agent would not run a command (stale epoch, unknown trainer, no free slot).
+    CommandRejected {
+        attempt: Option<AttemptId>,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub agent_id: AgentId,
+    pub hostname: String,
+    /// Trials the agent runs at once.
+    pub slots: u32,
+    pub gpus: u32,
+    /// Attempts the agent is running right now (non-empty after a reconnect).
+    pub running: Vec<AttemptId>,
+    /// Attempts that finished while the agent was disconnected, with their outcomes.
+    pub finished: Vec<(AttemptId, TrialOutcome)>,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub running: Vec<AttemptId>,
+}
+
+/// Metric values a trial reported at one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    pub step: u64,
+    pub values: Metrics,
+    /// Milliseconds since the attempt started.
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TrialOutcome {
+    /// The trial ran to the end; `metrics` are the last reported value of each metric.
+    Succeeded { metrics: Metrics, duration_ms: u64 },
+    /// The trial crashed or reported failure; this spends the retry budget.
+    Failed {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        message: String,
+        duration_ms: u64,
+    },
+    /// The trial was stopped on request (cancel, timeout, budget, drain).
+    Stopped {
+        reason: StopReason,
+        duration_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    Cancelled,
+    TimedOut,
+    BudgetSpent,
+    /// The coordinator no longer wants this attempt (superseded or unknown to it).
+    Superseded,
+    AgentShutdown,
+}
+
+/// Coordinator → agent, on the control stream. `epoch` is the sender's leader epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorCommand {
+    pub epoch: Epoch,
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Answer to `Register`: which of the reported running attempts the coordinator adopted
+    /// (the rest must stop).
+    Registered {
+        heartbeat_interval_ms: u64,
+        adopted: Vec<AttemptId>,
+    },
+    StartTrial(StartTrial),
+    StopTrial {
+        attempt: AttemptId,
+        reason: StopReason,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartTrial {
+    pub attempt: AttemptId,
+    pub params: Params,
+    pub trial: TrialSpec,
+    /// Checkpoint to resume from, when the trial ran before.
+    pub resume_from: Option<String>,
+    /// Slots the attempt occupies on the agent.
+    pub slots: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client ⇄ coordinator
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    SubmitSweep(Box<SweepSpec>),
+    ListSweeps,
+    SweepStatus(SweepId),
+    CancelSweep(SweepId),
+    BestTrial(SweepId),
+    ListTrials(SweepId),
+    /// Streams `Event`s: what happened so far is not replayed; the stream ends after
+    /// `SweepFinished`.
+    WatchSweep(SweepId),
+    ListAgents,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientResponse {
+    SweepSubmitted(SweepSummary),
+    Sweeps(Vec<SweepSummary>),
+    Status(SweepSummary),
+    Cancelled(SweepSummary),
+    Best(Option<TrialRecord>),
+    Trials(Vec<TrialRecord>),
+    Event(SweepEvent),
+    Agents(Vec<AgentInfo>),
+    Error(ApiError),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub kind: ApiErrorKind,
+    pub message: String,
+    /// For invalid sweeps: every problem, each with its field path.
+    pub problems: Vec<crate::spec::FieldProblem>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiErrorKind {
+    InvalidSweep,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SweepState {
+    Running,
+    /// Every trial reached a final state.
+    Completed,
+    Cancelled,
+    /// The wall-clock budget ran out.
+    TimedOut,
+}
+
+impl SweepState {
+    pub fn is_final(self) -> bool {
+        self != SweepState::Running
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TrialCounts {
+    pub pending: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub stopped: u32,
+}
+
+impl TrialCounts {
+    pub fn finished(&self) -> u32 {
+        self.succeeded + self.failed + self.stopped
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepSummary {
+    pub id: SweepId,
+    pub name: String,
+    pub state: SweepState,
+    pub objective_metric: String,
+    pub direction: Direction,
+    pub max_trials: u32,
+    pub counts: TrialCounts,
+    pub best: Option<TrialRecord>,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrialState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Stopped,
+}
+
+impl TrialState {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TrialState::Succeeded | TrialState::Failed | TrialState::Stopped
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TrialState::Pending => "pending",
+            TrialState::Running => "running",
+            TrialState::Succeeded => "succeeded",
+            TrialState::Failed => "failed",
+            TrialState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A trial as the coordinator knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    pub id: TrialId,
+    /// The current (or last) attempt number, from 0.
+    pub attempt: u32,
+    pub params: Params,
+    pub state: TrialState,
+    /// Final metrics of a succeeded trial.
+    pub metrics: Metrics,
+    /// The objective metric's final value.
+    pub objective: Option<f64>,
+    /// Whether the final metrics meet every constraint.
+    pub feasible: bool,
+    pub agent: Option<AgentId>,
+    /// Crashes counted against the retry budget.
+    pub failures: u32,
+    /// Unix milliseconds of the current attempt's dispatch and of the trial's end.
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    /// Run time of the final attempt, as measured by the agent.
+    pub duration_ms: Option<u64>,
+    /// Why the trial failed or stopped.
+    pub message: Option<String>,
+    /// Microseconds from the placement decision to the agent's report that the attempt
+    /// started (includes one network hop back).
+    pub dispatch_latency_us: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SweepEvent {
+    TrialStarted {
+        attempt: AttemptId,
+        agent: AgentId,
+        params: Params,
+    },
+    Metric {
+        attempt: AttemptId,
+        point: MetricPoint,
+    },
+    TrialFinished(TrialRecord),
+    SweepFinished(SweepSummary),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub id: AgentId,
+    pub hostname: String,
+    pub slots: u32,
+    pub busy_slots: u32,
+    pub gpus: u32,
+    pub connected: bool,
+    /// Milliseconds since the agent's last heartbeat.
+    pub last_seen_ms_ago: u64,
+    pub running: Vec<AttemptId>,
+    pub version: String,
+}

@@ -1,0 +1,805 @@
+//! The sweep specification: what a user asks Flotilla to run.
+//!
+//! One type serves the TOML sweep file, the SDK builder and the wire. Everything optional
+//! has a default that works on a laptop. [`SweepSpec::validate`] reports every problem at
+//! once, each with the path of the field it concerns (`budget.max_trials`, `space.lr.low`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ParamValue;
+
+/// Names of the built-in trainers this build knows. Empty until the trainers land; a sweep
+/// that names one is refused with a message that says so.
+pub const BUILT_IN_TRAINERS: &[&str] = &[];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// A short name shown in listings and reports.
+    pub name: String,
+    pub objective: Objective,
+    /// Conditions a trial's final metrics must meet to be eligible as the winner,
+    /// written `"metric >= 0.30"` in sweep files.
+    #[serde(default)]
+    pub constraints: Vec<Constraint>,
+    /// Parameter name → its domain.
+    pub space: BTreeMap<String, ParamSpec>,
+    #[serde(default)]
+    pub algorithm: AlgorithmSpec,
+    pub budget: Budget,
+    pub trial: TrialSpec,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub retries: RetryPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Objective {
+    /// The metric the trial reports that the sweep optimises.
+    pub metric: String,
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Minimize,
+    Maximize,
+}
+
+impl Direction {
+    /// Whether `candidate` is strictly better than `incumbent`.
+    pub fn is_better(self, candidate: f64, incumbent: f64) -> bool {
+        match self {
+            Direction::Minimize => candidate < incumbent,
+            Direction::Maximize => candidate > incumbent,
+        }
+    }
+}
+
+/// `metric op threshold`, e.g. `class_1_accuracy >= 0.30`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Constraint {
+    pub metric: String,
+    pub op: ConstraintOp,
+    pub threshold: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConstraintOp {
+    AtLeast,
+    AtMost,
+    Above,
+    Below,
+}
+
+impl ConstraintOp {
+    fn symbol(self) -> &'static str {
+        match self {
+            ConstraintOp::AtLeast => ">=",
+            ConstraintOp::AtMost => "<=",
+            ConstraintOp::Above => ">",
+            ConstraintOp::Below => "<",
+        }
+    }
+}
+
+impl Constraint {
+    /// Whether `value` satisfies the constraint.
+    pub fn holds(&self, value: f64) -> bool {
+        match self.op {
+            ConstraintOp::AtLeast => value >= self.threshold,
+            ConstraintOp::AtMost => value <= self.threshold,
+            ConstraintOp::Above => value > self.threshold,
+            ConstraintOp::Below => value < self.threshold,
+        }
+    }
+
+    /// Whether a trial's final metrics satisfy it (a missing metric does not).
+    pub fn holds_for(&self, metrics: &BTreeMap<String, f64>) -> bool {
+        metrics
+            .get(&self.metric)
+            .is_some_and(|value| self.holds(*value))
+    }
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.metric, self.op.symbol(), self.threshold)
+    }
+}
+
+impl FromStr for Constraint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let operators = [
+            (">=", ConstraintOp::AtLeast),
+            ("<=", ConstraintOp::AtMost),
+            (">", ConstraintOp::Above),
+            ("<", ConstraintOp::Below),
+        ];
+        for (symbol, op) in operators {
+            let Some((metric, threshold)) = text.split_once(symbol) else {
+                continue;
+            };
+            let metric = metric.trim();
+            if metric.is_empty() || !is_identifier(metric) {
+                return Err(format!("'{text}': the left side must be a metric name"));
+            }
+            let threshold = threshold.trim().parse::<f64>().map_err(|_| {
+                format!(
+                    "'{text}': the right side must be a number, found '{}'",
+                    threshold.trim()
+                )
+            })?;
+            return Ok(Constraint {
+                metric: metric.to_string(),
+                op,
+                threshold,
+            });
+        }
+        Err(format!(
+            "'{text}' is not a constraint; write it like \"class_1_accuracy >= 0.30\""
+        ))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ConstraintWire {
+    metric: String,
+    op: ConstraintOp,
+    threshold: f64,
+}
+
+impl Serialize for Constraint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            return serializer.collect_str(self);
+        }
+        ConstraintWire {
+            metric: self.metric.clone(),
+            op: self.op,
+            threshold: self.threshold,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Constraint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            return text.parse().map_err(serde::de::Error::custom);
+        }
+        let wire = ConstraintWire::deserialize(deserializer)?;
+        Ok(Constraint {
+            metric: wire.metric,
+            op: wire.op,
+            threshold: wire.threshold,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamKind {
+    Float,
+    Int,
+    Categorical,
+}
+
+/// One dimension of the search space. `low`/`high` (and `log`) for float and int,
+/// `choices` for categorical.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    #[serde(rename = "type")]
+    pub kind: ParamKind,
+    #[serde(default)]
+    pub low: Option<f64>,
+    #[serde(default)]
+    pub high: Option<f64>,
+    /// Sample uniformly in log space (requires `low > 0`).
+    #[serde(default)]
+    pub log: bool,
+    #[serde(default)]
+    pub choices: Vec<ParamValue>,
+}
+
+impl ParamSpec {
+    pub fn float(low: f64, high: f64) -> Self {
+        ParamSpec {
+            kind: ParamKind::Float,
+            low: Some(low),
+            high: Some(high),
+            log: false,
+            choices: vec![],
+        }
+    }
+    pub fn log_float(low: f64, high: f64) -> Self {
+        ParamSpec {
+            log: true,
+            ..Self::float(low, high)
+        }
+    }
+    pub fn int(low: i64, high: i64) -> Self {
+        ParamSpec {
+            kind: ParamKind::Int,
+            low: Some(low as f64),
+            high: Some(high as f64),
+            log: false,
+            choices: vec![],
+        }
+    }
+    pub fn categorical(choices: impl IntoIterator<Item = ParamValue>) -> Self {
+        ParamSpec {
+            kind: ParamKind::Categorical,
+            low: None,
+            high: None,
+            log: false,
+            choices: choices.into_iter().collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AlgorithmName {
+    #[default]
+    Random,
+    Grid,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlgorithmSpec {
+    #[serde(default)]
+    pub name: AlgorithmName,
+    /// Seed for reproducible suggestions; chosen at submission when absent.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Grid only: points per float dimension (default 5).
+    #[serde(default)]
+    pub grid_points: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub max_trials: u32,
+    /// Trials of this sweep running at once.
+    #[serde(default = "default_max_parallel")]
+    pub max_parallel: u32,
+    /// Wall-clock budget: when it is spent, running trials are stopped and the sweep ends.
+    #[serde(default, with = "humantime_serde")]
+    pub max_duration: Option<Duration>,
+}
+
+fn default_max_parallel() -> u32 {
+    4
+}
+
+/// What a trial runs: a user `command` (with `args`, `env`), or a built-in `trainer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TrialSpec {
+    /// Program to run; `args` may contain `{param}` placeholders.
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory for command trials (default: the agent's working directory).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub trainer: Option<String>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, ParamValue>,
+    /// The metrics the trial reports; the objective and constraints must name them.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    /// A trial running longer than this is stopped and counted as failed.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Agent slots one trial occupies.
+    #[serde(default = "one")]
+    pub slots: u32,
+    /// GPUs one trial needs (placed only on agents that have them).
+    #[serde(default)]
+    pub gpus: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources { slots: 1, gpus: 0 }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Crashes a trial may have before it is marked failed. Agent loss and preemption do
+    /// not count.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: default_max_retries(),
+        }
+    }
+}
+
+fn default_max_retries() -> u32 {
+    2
+}
+
+/// One problem found in a sweep spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldProblem {
+    /// Dotted path of the field, e.g. `space.lr.low`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a sweep spec was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpecError {
+    #[error("{origin}: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("{origin}: the sweep has {} problem(s):\n{}", problems.len(), render_problems(problems))]
+    Invalid {
+        origin: String,
+        problems: Vec<FieldProblem>,
+    },
+    #[error("{origin}: cannot read the file: {message}")]
+    Unreadable { origin: String, message: String },
+}
+
+fn render_problems(problems: &[FieldProblem]) -> String {
+    problems
+        .iter()
+        .map(|problem| format!("  - {problem}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl SweepSpec {
+    /// Parses a sweep file's text and validates it. `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<SweepSpec, SpecError> {
+        let spec: SweepSpec = toml::from_str(text).map_err(|error| SpecError::Syntax {
+            origin: origin.to_string(),
+            message: error.to_string().trim_end().to_string(),
+        })?;
+        spec.validate().map_err(|problems| SpecError::Invalid {
+            origin: origin.to_string(),
+            problems,
+        })?;
+        Ok(spec)
+    }
+
+    /// Reads, parses and validates a sweep file.
+    pub fn from_file(path: &Path) -> Result<SweepSpec, SpecError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Unreadable {
+            origin: origin.clone(),
+            message: error.to_string(),
+        })?;
+        Self::from_toml(&text, &origin)
+    }
+
+    /// Renders the spec as a TOML sweep file.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# not representable: {error}"))
+    }
+
+    /// Every problem with the spec, each with its field path; `Ok` when there are none.
+    pub fn validate(&self) -> Result<(), Vec<FieldProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |path: &str, message: String| {
+            problems.push(FieldProblem {
+                path: path.to_string(),
+                message,
+            })
+        };
+
+        if self.name.trim().is_empty() {
+            problem("name", "must not be empty".into());
+        }
+        if self.space.is_empty() {
+            problem(
+                "space",
+                "the search space is empty; define at least one parameter".into(),
+            );
+        }
+        for (name, param) in &self.space {
+            let path = format!("space.{name}");
+            if !is_identifier(name) {
+                problem(
+                    &path,
+                    "parameter names use letters, digits and '_' only".into(),
+                );
+            }
+            check_param(&path, param, &mut problem);
+        }
+
+        let reported = self.reported_metrics();
+        if !is_identifier(&self.objective.metric) {
+            problem(
+                "objective.metric",
+                format!("'{}' is not a metric name", self.objective.metric),
+            );
+        } else if !reported.is_empty() && !reported.contains(&self.objective.metric) {
+            problem(
+                "objective.metric",
+                format!(
+                    "'{}' is not among the trial's metrics {:?}",
+                    self.objective.metric, reported
+                ),
+            );
+        }
+        for (index, constraint) in self.constraints.iter().enumerate() {
+            if !reported.contains(&constraint.metric) {
+                problem(
+                    &format!("constraints[{index}]"),
+                    format!(
+                        "unknown metric '{}' in \"{constraint}\"; the trial reports {:?}",
+                        constraint.metric, reported
+                    ),
+                );
+            }
+            if !constraint.threshold.is_finite() {
+                problem(
+                    &format!("constraints[{index}]"),
+                    "the threshold must be finite".into(),
+                );
+            }
+        }
+
+        if self.budget.max_trials == 0 {
+            problem("budget.max_trials", "must be at least 1".into());
+        }
+        if self.budget.max_parallel == 0 {
+            problem("budget.max_parallel", "must be at least 1".into());
+        }
+        if self.budget.max_duration == Some(Duration::ZERO) {
+            problem("budget.max_duration", "must be longer than zero".into());
+        }
+        if self.algorithm.name == AlgorithmName::Grid && self.algorithm.grid_points == Some(0) {
+            problem("algorithm.grid_points", "must be at least 1".into());
+        }
+
+        match (&self.trial.command, &self.trial.trainer) {
+            (None, None) => problem("trial", "set either `command` or `trainer`".into()),
+            (Some(_), Some(_)) => problem("trial", "set `command` or `trainer`, not both".into()),
+            (Some(command), None) => {
+                if command.trim().is_empty() {
+                    problem("trial.command", "must not be empty".into());
+                }
+                if self.trial.metrics.is_empty() {
+                    problem(
+                        "trial.metrics",
+                        "list the metrics the command reports (e.g. metrics = [\"loss\"])".into(),
+                    );
+                }
+                for (index, arg) in self.trial.args.iter().enumerate() {
+                    for placeholder in placeholders(arg) {
+                        if !self.space.contains_key(placeholder) {
+                            problem(
+                                &format!("trial.args[{index}]"),
+                                format!(
+                                    "placeholder {{{placeholder}}} names no parameter of the space"
+                                ),
+                            );
+                        }
+                    }
+                }
+                if !self.trial.settings.is_empty() {
+                    problem(
+                        "trial.settings",
+                        "settings apply to built-in trainers only".into(),
+                    );
+                }
+            }
+            (None, Some(trainer)) => {
+                if !BUILT_IN_TRAINERS.contains(&trainer.as_str()) {
+                    let known = if BUILT_IN_TRAINERS.is_empty() {
+                        "this build has no built-in trainers yet; use `command`".to_string()
+                    } else {
+                        format!("known trainers: {}", BUILT_IN_TRAINERS.join(", "))
+                    };
+                    problem(
+                        "trial.trainer",
+                        format!("unknown trainer '{trainer}' ({known})"),
+                    );
+                }
+            }
+        }
+        for name in self.trial.env.keys() {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                problem(
+                    &format!("trial.env.{name}"),
+                    "is not a valid environment variable name".into(),
+                );
+            }
+        }
+        if self.trial.timeout == Some(Duration::ZERO) {
+            problem("trial.timeout", "must be longer than zero".into());
+        }
+        if self.resources.slots == 0 {
+            problem("resources.slots", "must be at least 1".into());
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The metric names the trial is declared to report.
+    pub fn reported_metrics(&self) -> Vec<String> {
+        self.trial.metrics.clone()
+    }
+
+    /// Whether a trial's final metrics meet every constraint.
+    pub fn is_feasible(&self, metrics: &BTreeMap<String, f64>) -> bool {
+        self.constraints
+            .iter()
+            .all(|constraint| constraint.holds_for(metrics))
+    }
+}
+
+fn check_param(path: &str, param: &ParamSpec, problem: &mut impl FnMut(&str, String)) {
+    match param.kind {
+        ParamKind::Float | ParamKind::Int => {
+            let (Some(low), Some(high)) = (param.low, param.high) else {
+                problem(path, "numeric parameters need both `low` and `high`".into());
+                return;
+            };
+            if !low.is_finite() {
+                problem(&format!("{path}.low"), "must be a finite number".into());
+            }
+            if !high.is_finite() {
+                problem(&format!("{path}.high"), "must be a finite number".into());
+            }
+            if low >= high {
+                problem(
+                    &format!("{path}.high"),
+                    format!("must be greater than low ({low} >= {high})"),
+                );
+            }
+            if param.log && low <= 0.0 {
+                problem(
+                    &format!("{path}.low"),
+                    format!("a log-scaled range needs low > 0, found {low}"),
+                );
+            }
+            if param.kind == ParamKind::Int && (low.fract() != 0.0 || high.fract() != 0.0) {
+                problem(path, "int parameters need whole-number bounds".into());
+            }
+            if !param.choices.is_empty() {
+                problem(
+                    &format!("{path}.choices"),
+                    "only categorical parameters have choices".into(),
+                );
+            }
+        }
+        ParamKind::Categorical => {
+            if param.choices.is_empty() {
+                problem(
+                    &format!("{path}.choices"),
+                    "a categorical parameter needs at least one choice".into(),
+                );
+            }
+            if param.low.is_some() || param.high.is_some() || param.log {
+                problem(
+                    path,
+                    "categorical parameters take `choices`, not low/high/log".into(),
+                );
+            }
+            for (index, choice) in param.choices.iter().enumerate() {
+                if param.choices[..index].contains(choice) {
+                    problem(
+                        &format!("{path}.choices[{index}]"),
+                        format!("duplicate choice {choice}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn is_identifier(text: &str) -> bool {
+    !text.is_empty()
+        && text.chars().all(|character| {
+            character.is_ascii_alphanumeric()
+                || character == '_'
+                || character == '.'
+                || character == '/'
+        })
+}
+
+/// The `{name}` placeholders in a command argument.
+pub fn placeholders(arg: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = arg;
+    while let Some(start) = rest.find('{') {
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('}') else { break };
+        found.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    found
+}
+
+/// Replaces `{name}` placeholders with parameter values.
+pub fn substitute(arg: &str, params: &BTreeMap<String, ParamValue>) -> String {
+    let mut result = arg.to_string();
+    for (name, value) in params {
+        let placeholder = format!("{{{name}}}");
+        if result.contains(&placeholder) {
+            result = result.replace(&placeholder, &value.to_string());
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "quick"
+constraints = ["accuracy >= 0.3"]
+
+[objective]
+metric = "loss"
+direction = "minimize"
+
+[space.x]
+type = "float"
+low = -5.0
+high = 5.0
+
+[space.lr]
+type = "float"
+low = 1e-4
+high = 1e-1
+log = true
+
+[space.layers]
+type = "int"
+low = 1
+high = 4
+
+[space.opt]
+type = "categorical"
+choices = ["adam", "sgd"]
+
+[budget]
+max_trials = 10
+max_parallel = 2
+max_duration = "10m"
+
+[trial]
+command = "python3"
+args = ["train.py", "--x={x}"]
+metrics = ["loss", "accuracy"]
+"#;
+
+    fn problems_of(text: &str) -> Vec<FieldProblem> {
+        match SweepSpec::from_toml(text, "test.toml") {
+            Err(SpecError::Invalid { problems, .. }) => problems,
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let spec = SweepSpec::from_toml(GOOD, "test.toml").expect("valid");
+        assert_eq!(spec.space.len(), 4);
+        assert_eq!(spec.constraints[0].op, ConstraintOp::AtLeast);
+        assert_eq!(spec.budget.max_duration, Some(Duration::from_secs(600)));
+        assert_eq!(spec.resources, Resources::default());
+        assert_eq!(spec.retries.max_retries, 2);
+        assert_eq!(spec.algorithm.name, AlgorithmName::Random);
+        let again = SweepSpec::from_toml(&spec.to_toml(), "again").expect("round trip");
+        assert_eq!(again, spec);
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let text = GOOD.replace("max_parallel = 2", "max_paralel = 2");
+        let error = SweepSpec::from_toml(&text, "test.toml").expect_err("unknown field");
+        let message = error.to_string();
+        assert!(message.contains("max_paralel"), "{message}");
+        assert!(message.contains("line"), "{message}");
+    }
+
+    #[test]
+    fn bad_range_names_the_field() {
+        let text = GOOD.replace("low = -5.0", "low = 7.0");
+        let problems = problems_of(&text);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == "space.x.high" && p.message.contains("greater than low")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_constraint_metric_names_the_constraint() {
+        let text = GOOD.replace("accuracy >= 0.3", "class_1_accuracy >= 0.3");
+        let problems = problems_of(&text);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == "constraints[0]" && p.message.contains("class_1_accuracy")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn empty_space_is_refused_and_all_problems_are_reported() {
+        let start = GOOD.find("[space.x]").expect("has space");
+        let end = GOOD.find("[budget]").expect("has budget");
+        let text = format!("{}space = {{}}\n{}", &GOOD[..start], &GOOD[end..])
+            .replace("max_trials = 10", "max_trials = 0")
+            .replace("--x={x}", "--x={y}");
+        let problems = problems_of(&text);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"space"), "{paths:?}");
+        assert!(paths.contains(&"budget.max_trials"), "{paths:?}");
+        assert!(paths.contains(&"trial.args[1]"), "{paths:?}");
+    }
+
+    #[test]
+    fn log_range_needs_positive_low_and_constraints_parse_strictly() {
+        let text = GOOD.replace("low = 1e-4", "low = 0.0");
+        assert!(problems_of(&text).iter().any(|p| p.path == "space.lr.low"));
+        assert!("accuracy => 3".parse::<Constraint>().is_err());
+        assert!(">= 3".parse::<Constraint>().is_err());
+        assert!("acc >= high".parse::<Constraint>().is_err());
+        let parsed: Constraint = "class_1_accuracy >= 0.30".parse().expect("parses");
+        assert!(parsed.holds(0.3) && !parsed.holds(0.29));
+    }
+
+    #[test]
+    fn placeholders_are_substituted() {
+        let mut params = BTreeMap::new();
+        params.insert("x".to_string(), ParamValue::Float(0.5));
+        params.insert("opt".to_string(), ParamValue::Str("adam".into()));
+        assert_eq!(substitute("--x={x} --o={opt}", &params), "--x=0.5 --o=adam");
+        assert_eq!(placeholders("{a}-{b}"), vec!["a", "b"]);
+    }
+}

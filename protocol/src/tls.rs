@@ -1,0 +1,434 @@
+//! The cluster CA, role-carrying certificates, and QUIC/TLS configurations.
+//!
+//! Every certificate is signed by the cluster CA and carries its holder's [`Role`] as a URI
+//! subject alternative name, `urn:flotilla:role:<role>`. The coordinator's certificate also
+//! names [`COORDINATOR_SERVER_NAME`], which clients and agents verify instead of a host name:
+//! the CA is private to the cluster, so the role is the identity that matters, and
+//! coordinators can move between hosts without new certificates.
+//!
+//! Both directions are verified (TLS 1.3, client certificates required). There is no switch
+//! that turns verification off.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::handshake::ALPN;
+use crate::messages::Role;
+
+/// The DNS name every coordinator certificate carries and every peer verifies.
+pub const COORDINATOR_SERVER_NAME: &str = "coordinator.flotilla";
+const ROLE_URI_PREFIX: &str = "urn:flotilla:role:";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("cannot write {path}: {message}")]
+    Write { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Pem { path: PathBuf, message: String },
+    #[error("certificate generation failed: {0}")]
+    Generate(String),
+    #[error("TLS configuration failed: {0}")]
+    Config(String),
+    #[error("the peer presented no certificate")]
+    NoPeerCertificate,
+    #[error(
+        "the peer's certificate names no Flotilla role (expected a SAN URI {ROLE_URI_PREFIX}<role>)"
+    )]
+    NoRole,
+    #[error("the peer's certificate does not parse: {0}")]
+    BadCertificate(String),
+}
+
+/// A certificate chain, its private key, and the CA that peers must be signed by.
+#[derive(Debug)]
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub ca: CertificateDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+impl Identity {
+    /// Loads `ca.pem`, `<name>.pem` and `<name>-key.pem` from `dir` (the layout written by
+    /// `flotilla certs init`).
+    pub fn load_from_dir(dir: &Path, name: &str) -> Result<Identity, TlsError> {
+        Self::load(
+            &dir.join("ca.pem"),
+            &dir.join(format!("{name}.pem")),
+            &dir.join(format!("{name}-key.pem")),
+        )
+    }
+
+    pub fn load(ca_path: &Path, cert_path: &Path, key_path: &Path) -> Result<Identity, TlsError> {
+        let ca = read_certificates(ca_path)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| TlsError::Pem {
+                path: ca_path.into(),
+                message: "holds no certificate".into(),
+            })?;
+        let chain = read_certificates(cert_path)?;
+        if chain.is_empty() {
+            return Err(TlsError::Pem {
+                path: cert_path.into(),
+                message: "holds no certificate".into(),
+            });
+        }
+        let key_bytes = read_file(key_path)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|error| TlsError::Pem {
+            path: key_path.into(),
+            message: format!("no private key: {error}"),
+        })?;
+        Ok(Identity { chain, key, ca })
+    }
+
+    /// The role this identity's own certificate carries.
+    pub fn role(&self) -> Result<Role, TlsError> {
+        role_of_certificate(&self.chain[0])
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|error| TlsError::Read {
+        path: path.into(),
+        message: error.to_string(),
+    })
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read_file(path)?;
+    CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::Pem {
+            path: path.into(),
+            message: error.to_string(),
+        })
+}
+
+/// A certificate authority for one cluster, able to issue role certificates.
+pub struct ClusterCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    key_pem: String,
+}
+
+/// A freshly issued certificate and key in PEM.
+pub struct IssuedPem {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ClusterCa {
+    /// A new CA with a fresh key.
+    pub fn generate(cluster_name: &str) -> Result<ClusterCa, TlsError> {
+        let key = KeyPair::generate().map_err(generation_error)?;
+        let key_pem = key.serialize_pem();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(&format!("{cluster_name} CA"), "ca");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let issuer = CertifiedIssuer::self_signed(params, key).map_err(generation_error)?;
+        Ok(ClusterCa { issuer, key_pem })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.key_pem.clone()
+    }
+
+    pub fn cert_der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    /// Issues a certificate for `role`. Coordinator certificates also get
+    /// [`COORDINATOR_SERVER_NAME`] plus `extra_names` (DNS names or IP addresses).
+    pub fn issue_pem(
+        &self,
+        role: Role,
+        common_name: &str,
+        extra_names: &[String],
+    ) -> Result<IssuedPem, TlsError> {
+        let key = KeyPair::generate().map_err(generation_error)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(common_name, role.name());
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let role_uri = format!("{ROLE_URI_PREFIX}{}", role.name());
+        params
+            .subject_alt_names
+            .push(SanType::URI(role_uri.try_into().map_err(generation_error)?));
+        if role == Role::Coordinator {
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let mut names = vec![COORDINATOR_SERVER_NAME.to_string()];
+            names.extend(extra_names.iter().cloned());
+            for host in names {
+                let san = match host.parse::<std::net::IpAddr>() {
+                    Ok(address) => SanType::IpAddress(address),
+                    Err(_) => SanType::DnsName(host.try_into().map_err(generation_error)?),
+                };
+                params.subject_alt_names.push(san);
+            }
+        } else {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(generation_error)?;
+        Ok(IssuedPem {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Issues a certificate for `role` as an in-memory [`Identity`].
+    pub fn issue(&self, role: Role, common_name: &str) -> Result<Identity, TlsError> {
+        let issued = self.issue_pem(role, common_name, &[])?;
+        let chain = vec![
+            CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
+                .map_err(|error| TlsError::Generate(error.to_string()))?,
+        ];
+        let key = PrivatePkcs8KeyDer::from_pem_slice(issued.key_pem.as_bytes())
+            .map_err(|error| TlsError::Generate(error.to_string()))?;
+        Ok(Identity {
+            chain,
+            key: PrivateKeyDer::Pkcs8(key),
+            ca: self.cert_der(),
+        })
+    }
+
+    /// Writes the CA and one certificate per role into `dir` (the `flotilla certs init` layout).
+    pub fn write_cluster_material(
+        &self,
+        dir: &Path,
+        coordinator_names: &[String],
+    ) -> Result<Vec<PathBuf>, TlsError> {
+        std::fs::create_dir_all(dir).map_err(|error| TlsError::Write {
+            path: dir.into(),
+            message: error.to_string(),
+        })?;
+        let mut written = Vec::new();
+        write_private(&dir.join("ca.pem"), &self.cert_pem(), false, &mut written)?;
+        write_private(&dir.join("ca-key.pem"), &self.key_pem, true, &mut written)?;
+        for role in [Role::Coordinator, Role::Agent, Role::Client, Role::Admin] {
+            let issued = self.issue_pem(
+                role,
+                &format!("flotilla-{}", role.name()),
+                coordinator_names,
+            )?;
+            write_private(
+                &dir.join(format!("{}.pem", role.name())),
+                &issued.cert_pem,
+                false,
+                &mut written,
+            )?;
+            write_private(
+                &dir.join(format!("{}-key.pem", role.name())),
+                &issued.key_pem,
+                true,
+                &mut written,
+            )?;
+        }
+        Ok(written)
+    }
+}
+
+fn write_private(
+    path: &Path,
+    contents: &str,
+    secret: bool,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = if secret { 0o600 } else { 0o644 };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|error| TlsError::Write {
+            path: path.into(),
+            message: error.to_string(),
+        })?;
+    file.write_all(contents.as_bytes())
+        .map_err(|error| TlsError::Write {
+            path: path.into(),
+            message: error.to_string(),
+        })?;
+    written.push(path.into());
+    Ok(())
+}
+
+fn name(common_name: &str, unit: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Flotilla");
+    name.push(DnType::OrganizationalUnitName, unit);
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
+fn generation_error(error: impl std::fmt::Display) -> TlsError {
+    TlsError::Generate(error.to_string())
+}
+
+/// The role a certificate carries in its `urn:flotilla:role:` SAN URI.
+pub fn role_of_certificate(certificate: &CertificateDer<'_>) -> Result<Role, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())
+        .map_err(|error| TlsError::BadCertificate(error.to_string()))?;
+    let Ok(Some(names)) = parsed.subject_alternative_name() else {
+        return Err(TlsError::NoRole);
+    };
+    names
+        .value
+        .general_names
+        .iter()
+        .find_map(|general_name| match general_name {
+            x509_parser::extensions::GeneralName::URI(uri) => {
+                uri.strip_prefix(ROLE_URI_PREFIX).and_then(Role::from_name)
+            }
+            _ => None,
+        })
+        .ok_or(TlsError::NoRole)
+}
+
+/// The verified role of the peer on a QUIC connection.
+pub fn peer_role(connection: &quinn::Connection) -> Result<Role, TlsError> {
+    let identity = connection
+        .peer_identity()
+        .ok_or(TlsError::NoPeerCertificate)?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| TlsError::NoPeerCertificate)?;
+    let first = chain.first().ok_or(TlsError::NoPeerCertificate)?;
+    role_of_certificate(first)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(identity: &Identity) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(identity.ca.clone())
+        .map_err(|error| TlsError::Config(format!("CA certificate: {error}")))?;
+    Ok(Arc::new(roots))
+}
+
+/// Connection liveness: keep-alives well inside the idle timeout, so an idle but healthy
+/// connection stays up while a vanished peer is noticed within `IDLE_TIMEOUT`.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_idle_timeout(Some(
+        IDLE_TIMEOUT
+            .try_into()
+            .expect("5 s is a valid QUIC idle timeout"),
+    ));
+    transport.max_concurrent_bidi_streams(1024u32.into());
+    Arc::new(transport)
+}
+
+/// A QUIC server configuration that demands a client certificate signed by the cluster CA.
+pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsError> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(identity)?, provider())
+            .build()
+            .map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|error| TlsError::Config(error.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// A QUIC client configuration that presents `identity` and trusts only the cluster CA.
+pub fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|error| TlsError::Config(error.to_string()))?
+        .with_root_certificates(roots(identity)?)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_carry_their_role() {
+        let ca = ClusterCa::generate("test").expect("ca");
+        for role in [Role::Coordinator, Role::Agent, Role::Client, Role::Admin] {
+            let identity = ca.issue(role, "x").expect("issue");
+            assert_eq!(identity.role().expect("role"), role);
+        }
+        assert!(matches!(
+            role_of_certificate(&ca.cert_der()),
+            Err(TlsError::NoRole)
+        ));
+    }
+
+    #[test]
+    fn material_written_to_disk_loads_back() {
+        let dir = std::env::temp_dir().join(format!("flotilla-tls-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = ClusterCa::generate("test").expect("ca");
+        ca.write_cluster_material(&dir, &["127.0.0.1".into()])
+            .expect("write");
+        let agent = Identity::load_from_dir(&dir, "agent").expect("load");
+        assert_eq!(agent.role().expect("role"), Role::Agent);
+        assert!(
+            server_config(&Identity::load_from_dir(&dir, "coordinator").expect("load")).is_ok()
+        );
+        assert!(client_config(&agent).is_ok());
+        let missing = Identity::load_from_dir(&dir, "nobody").expect_err("missing");
+        assert!(missing.to_string().contains("nobody.pem"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,288 @@
+//! The client connection.
+
+use std::net::SocketAddr;
+
+use flotilla_protocol::SweepId;
+use flotilla_protocol::framing::{self, FrameError};
+use flotilla_protocol::handshake;
+use flotilla_protocol::messages::{
+    AgentInfo, ApiError, ClientRequest, ClientResponse, HelloReply, RefusalReason, Role,
+    SweepEvent, SweepSummary, TrialRecord, Welcome,
+};
+use flotilla_protocol::spec::{SpecError, SweepSpec};
+use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME, Identity, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SdkError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("cannot reach the coordinator at {address}: {message}")]
+    Connect {
+        address: SocketAddr,
+        message: String,
+    },
+    #[error("the coordinator refused this client ({reason:?}): {message}")]
+    Refused {
+        reason: RefusalReason,
+        message: String,
+    },
+    #[error("{}", render_api_error(.0))]
+    Api(ApiError),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Embedded(String),
+}
+
+fn render_api_error(error: &ApiError) -> String {
+    let mut text = format!("{:?}: {}", error.kind, error.message);
+    for problem in &error.problems {
+        text.push_str(&format!("\n  - {problem}"));
+    }
+    text
+}
+
+impl From<FrameError> for SdkError {
+    fn from(error: FrameError) -> Self {
+        SdkError::Protocol(error.to_string())
+    }
+}
+
+/// A connection to the coordinator, authenticated by a client or admin certificate.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    address: SocketAddr,
+    welcome: Welcome,
+}
+
+impl Client {
+    /// Connects with mutual TLS and performs the `Hello`/`Welcome` handshake. The role
+    /// requested is the certificate's (client or admin).
+    pub async fn connect(address: SocketAddr, identity: &Identity) -> Result<Client, SdkError> {
+        let role = identity.role()?;
+        let connect_error = |message: String| SdkError::Connect { address, message };
+        let bind: SocketAddr = if address.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .map_err(|_| connect_error("bad bind address".into()))?;
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|error| connect_error(error.to_string()))?;
+        endpoint.set_default_client_config(tls::client_config(identity)?);
+        let connection = endpoint
+            .connect(address, COORDINATOR_SERVER_NAME)
+            .map_err(|error| connect_error(error.to_string()))?
+            .await
+            .map_err(|error| connect_error(format!("TLS handshake failed: {error}")))?;
+        let peer = tls::peer_role(&connection)?;
+        if peer != Role::Coordinator {
+            return Err(connect_error(format!(
+                "the server's certificate has the {} role",
+                peer.name()
+            )));
+        }
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
+            connect_error(format!("the coordinator closed the connection: {error}"))
+        })?;
+        let requested = if role == Role::Admin {
+            Role::Admin
+        } else {
+            Role::Client
+        };
+        let hello = handshake::hello(
+            requested,
+            format!("flotilla-sdk {}", env!("CARGO_PKG_VERSION")),
+        );
+        framing::write_frame(&mut send, &hello).await?;
+        let reply = framing::read_frame::<_, HelloReply>(&mut recv)
+            .await
+            .map_err(|error| {
+                connect_error(format!(
+                    "handshake failed (is this certificate from the cluster's CA?): {error}"
+                ))
+            })?;
+        let welcome = match reply {
+            Some(HelloReply::Welcome(welcome)) => welcome,
+            Some(HelloReply::Refused(refusal)) => {
+                return Err(SdkError::Refused {
+                    reason: refusal.reason,
+                    message: refusal.message,
+                });
+            }
+            None => return Err(connect_error("the coordinator closed the handshake".into())),
+        };
+        let _ = send.finish();
+        Ok(Client {
+            endpoint,
+            connection,
+            address,
+            welcome,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// What the coordinator said in the handshake (protocol version, epoch, name).
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    async fn request(&self, request: &ClientRequest) -> Result<ClientResponse, SdkError> {
+        let (mut send, mut recv) =
+            self.connection
+                .open_bi()
+                .await
+                .map_err(|error| SdkError::Connect {
+                    address: self.address,
+                    message: error.to_string(),
+                })?;
+        framing::write_frame(&mut send, request).await?;
+        let _ = send.finish();
+        match framing::read_frame::<_, ClientResponse>(&mut recv).await? {
+            Some(ClientResponse::Error(error)) => Err(SdkError::Api(error)),
+            Some(response) => Ok(response),
+            None => Err(SdkError::Protocol(
+                "the coordinator closed the stream without answering".into(),
+            )),
+        }
+    }
+
+    fn unexpected(response: ClientResponse) -> SdkError {
+        SdkError::Protocol(format!("unexpected response {response:?}"))
+    }
+
+    /// Validates and submits a sweep.
+    pub async fn submit(&self, spec: SweepSpec) -> Result<SweepSummary, SdkError> {
+        if let Err(problems) = spec.validate() {
+            return Err(SpecError::Invalid {
+                origin: format!("sweep '{}'", spec.name),
+                problems,
+            }
+            .into());
+        }
+        match self
+            .request(&ClientRequest::SubmitSweep(Box::new(spec)))
+            .await?
+        {
+            ClientResponse::SweepSubmitted(summary) => Ok(summary),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    pub async fn status(&self, sweep: SweepId) -> Result<SweepSummary, SdkError> {
+        match self.request(&ClientRequest::SweepStatus(sweep)).await? {
+            ClientResponse::Status(summary) => Ok(summary),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<SweepSummary>, SdkError> {
+        match self.request(&ClientRequest::ListSweeps).await? {
+            ClientResponse::Sweeps(summaries) => Ok(summaries),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    pub async fn cancel(&self, sweep: SweepId) -> Result<SweepSummary, SdkError> {
+        match self.request(&ClientRequest::CancelSweep(sweep)).await? {
+            ClientResponse::Cancelled(summary) => Ok(summary),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// The best feasible trial so far, if any.
+    pub async fn best(&self, sweep: SweepId) -> Result<Option<TrialRecord>, SdkError> {
+        match self.request(&ClientRequest::BestTrial(sweep)).await? {
+            ClientResponse::Best(best) => Ok(best),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Every trial of the sweep, in trial order.
+    pub async fn trials(&self, sweep: SweepId) -> Result<Vec<TrialRecord>, SdkError> {
+        match self.request(&ClientRequest::ListTrials(sweep)).await? {
+            ClientResponse::Trials(trials) => Ok(trials),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// The cluster's agents (needs an admin certificate).
+    pub async fn agents(&self) -> Result<Vec<AgentInfo>, SdkError> {
+        match self.request(&ClientRequest::ListAgents).await? {
+            ClientResponse::Agents(agents) => Ok(agents),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Streams the sweep's events from now on; the stream ends after `SweepFinished`.
+    pub async fn watch(&self, sweep: SweepId) -> Result<EventStream, SdkError> {
+        let (mut send, recv) =
+            self.connection
+                .open_bi()
+                .await
+                .map_err(|error| SdkError::Connect {
+                    address: self.address,
+                    message: error.to_string(),
+                })?;
+        framing::write_frame(&mut send, &ClientRequest::WatchSweep(sweep)).await?;
+        let _ = send.finish();
+        Ok(EventStream { recv, done: false })
+    }
+
+    /// Waits until the sweep ends and returns its final summary.
+    pub async fn wait(&self, sweep: SweepId) -> Result<SweepSummary, SdkError> {
+        let mut events = self.watch(sweep).await?;
+        while let Some(event) = events.next().await {
+            if let SweepEvent::SweepFinished(summary) = event? {
+                return Ok(summary);
+            }
+        }
+        Err(SdkError::Protocol(
+            "the event stream ended before the sweep did".into(),
+        ))
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// A sweep's events, in order.
+pub struct EventStream {
+    recv: quinn::RecvStream,
+    done: bool,
+}
+
+impl EventStream {
+    pub async fn next(&mut self) -> Option<Result<SweepEvent, SdkError>> {
+        if self.done {
+            return None;
+        }
+        let result = match framing::read_frame::<_, ClientResponse>(&mut self.recv).await {
+            Ok(Some(ClientResponse::Event(event))) => {
+                self.done = matches!(event, SweepEvent::SweepFinished(_));
+                Ok(event)
+            }
+            Ok(Some(ClientResponse::Error(error))) => Err(SdkError::Api(error)),
+            Ok(Some(other)) => Err(Client::unexpected(other)),
+            Ok(None) => {
+                self.done = true;
+                return None;
+            }
+            Err(error) => Err(error.into()),
+        };
+        if result.is_err() {
+            self.done = true;
+        }
+        Some(result)
+    }
+}

@@ -1,0 +1,48 @@
+//! The Flotilla client SDK: submit sweeps from Rust, stream their events, read results.
+//!
+//! ```no_run
+//! # async fn demo(address: std::net::SocketAddr, certs: &std::path::Path) -> Result<(), flotilla_sdk::SdkError> {
+//! use flotilla_sdk::{Client, Identity, SweepBuilder, SweepEvent};
+//!
+//! let client = Client::connect(address, &Identity::load_from_dir(certs, "client")?).await?;
+//! let spec = SweepBuilder::new("quadratic")
+//!     .minimize("loss")
+//!     .float("x", -5.0, 5.0)
+//!     .command("python3", ["examples/trials/quadratic.py"])
+//!     .metrics(["loss"])
+//!     .max_trials(20)
+//!     .max_parallel(4)
+//!     .build()?;
+//! let sweep = client.submit(spec).await?;
+//! let mut events = client.watch(sweep.id).await?;
+//! while let Some(event) = events.next().await {
+//!     if let SweepEvent::SweepFinished(summary) = event? {
+//!         println!("best: {:?}", summary.best.map(|trial| trial.objective));
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`Client`]: a mutual-TLS QUIC connection to the coordinator and its requests.
+//! - [`SweepBuilder`]: sweep specs in code (or [`SweepSpec::from_file`] for TOML files).
+//! - [`LocalCluster`] (feature `embedded`): a coordinator and agents in this process, as
+//!   `flotilla up` runs them — for tests and notebooks-style use.
+
+mod builder;
+mod client;
+#[cfg(feature = "embedded")]
+mod local;
+
+pub use builder::SweepBuilder;
+pub use client::{Client, EventStream, SdkError};
+pub use flotilla_protocol::messages::{
+    AgentInfo, ApiError, ApiErrorKind, MetricPoint, Metrics, Params, Role, SweepEvent, SweepState,
+    SweepSummary, TrialCounts, TrialRecord, TrialState,
+};
+pub use flotilla_protocol::spec::{self, Direction, SpecError, SweepSpec};
+pub use flotilla_protocol::tls::{ClusterCa, Identity};
+pub use flotilla_protocol::{AgentId, AttemptId, ParamValue, SweepId, TrialId};
+#[cfg(feature = "embedded")]
+pub use local::{LocalCluster, LocalClusterOptions};

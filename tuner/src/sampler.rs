@@ -1,0 +1,265 @@
+//! Samplers: where the next trial goes.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::space::{Domain, Point, SearchSpace, Value};
+
+/// Chooses points of a search space.
+///
+/// `trial_number` is the position of the trial in its sweep. Samplers here are functions of
+/// `(seed, trial_number)`, so a coordinator that restarts and asks again for trial 17 gets the
+/// same point it got before. `None` means the sampler has nothing more to suggest (a grid
+/// that is exhausted).
+pub trait Sampler: Send {
+    fn suggest(&mut self, trial_number: u32) -> Option<Point>;
+
+    /// How many distinct points the sampler can suggest, where that is finite.
+    fn capacity(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Independent uniform sampling (log-uniform on log dimensions).
+pub struct RandomSampler {
+    space: SearchSpace,
+    seed: u64,
+}
+
+impl RandomSampler {
+    pub fn new(space: SearchSpace, seed: u64) -> RandomSampler {
+        RandomSampler { space, seed }
+    }
+}
+
+impl Sampler for RandomSampler {
+    fn suggest(&mut self, trial_number: u32) -> Option<Point> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(u64::from(trial_number));
+        let point = (0..self.space.dimensions().len())
+            .map(|index| self.space.value_from_unit(index, rng.random::<f64>()))
+            .collect();
+        Some(point)
+    }
+}
+
+/// Exhaustive grid: every combination of each dimension's grid values, in an order
+/// shuffled by the seed so that a budget smaller than the grid still spreads over it.
+pub struct GridSampler {
+    axes: Vec<Vec<Value>>,
+    order: Vec<u64>,
+}
+
+impl GridSampler {
+    /// `points_per_float` values for float dimensions (including both ends); int dimensions
+    /// use every integer when there are at most `points_per_float` of them, else that many
+    /// evenly spaced; categorical dimensions use every choice. The grid is capped at
+    /// `max_points` combinations (the sweep's trial budget is a natural cap).
+    pub fn new(
+        space: &SearchSpace,
+        points_per_float: u32,
+        seed: u64,
+        max_points: u64,
+    ) -> GridSampler {
+        let points = u64::from(points_per_float.max(1));
+        let axes: Vec<Vec<Value>> = space
+            .dimensions()
+            .iter()
+            .enumerate()
+            .map(|(index, dimension)| match dimension.domain {
+                Domain::Categorical { choices } => (0..choices).map(Value::Choice).collect(),
+                Domain::Int { low, high, log } if !log && ((high - low + 1) as u64) <= points => {
+                    (low..=high).map(Value::Int).collect()
+                }
+                _ => {
+                    let mut values: Vec<Value> = (0..points)
+                        .map(|step| {
+                            let unit = if points == 1 {
+                                0.5
+                            } else {
+                                step as f64 / (points - 1) as f64
+                            };
+                            grid_value(space, index, unit)
+                        })
+                        .collect();
+                    values.dedup();
+                    values
+                }
+            })
+            .collect();
+        let total = axes.iter().fold(1u64, |product, axis| {
+            product.saturating_mul(axis.len() as u64)
+        });
+        let mut order: Vec<u64> = (0..total.min(max_points.max(1)).min(1 << 24)).collect();
+        if total > order.len() as u64 {
+            // Budget smaller than the grid: take an even stride through the whole grid.
+            let stride = total as f64 / order.len() as f64;
+            for (position, slot) in order.iter_mut().enumerate() {
+                *slot = (position as f64 * stride) as u64;
+            }
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for index in (1..order.len()).rev() {
+            let other = rng.random_range(0..=index);
+            order.swap(index, other);
+        }
+        GridSampler { axes, order }
+    }
+}
+
+fn grid_value(space: &SearchSpace, index: usize, unit: f64) -> Value {
+    match space.dimensions()[index].domain {
+        Domain::Float { low, high, log } => {
+            let value = if log {
+                (low.ln() + unit * (high.ln() - low.ln())).exp()
+            } else {
+                low + unit * (high - low)
+            };
+            Value::Float(value.clamp(low, high))
+        }
+        Domain::Int { low, high, log } => {
+            let value = if log {
+                ((low as f64).ln() + unit * ((high as f64).ln() - (low as f64).ln())).exp()
+            } else {
+                low as f64 + unit * (high - low) as f64
+            };
+            Value::Int((value.round() as i64).clamp(low, high))
+        }
+        Domain::Categorical { .. } => space.value_from_unit(index, unit),
+    }
+}
+
+impl Sampler for GridSampler {
+    fn suggest(&mut self, trial_number: u32) -> Option<Point> {
+        let mut flat = *self.order.get(trial_number as usize)?;
+        let mut point = Vec::with_capacity(self.axes.len());
+        for axis in &self.axes {
+            let len = axis.len() as u64;
+            point.push(axis[(flat % len) as usize]);
+            flat /= len;
+        }
+        Some(point)
+    }
+
+    fn capacity(&self) -> Option<u64> {
+        Some(self.order.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::space::Dimension;
+
+    fn space() -> SearchSpace {
+        SearchSpace::new(vec![
+            Dimension {
+                name: "lr".into(),
+                domain: Domain::Float {
+                    low: 1e-4,
+                    high: 1e-1,
+                    log: true,
+                },
+            },
+            Dimension {
+                name: "layers".into(),
+                domain: Domain::Int {
+                    low: 1,
+                    high: 4,
+                    log: false,
+                },
+            },
+            Dimension {
+                name: "opt".into(),
+                domain: Domain::Categorical { choices: 3 },
+            },
+        ])
+        .expect("valid space")
+    }
+
+    #[test]
+    fn random_is_deterministic_per_trial_and_stays_in_the_space() {
+        let mut first = RandomSampler::new(space(), 7);
+        let mut second = RandomSampler::new(space(), 7);
+        for trial in 0..200 {
+            let point = first.suggest(trial).expect("always suggests");
+            assert!(space().contains(&point), "{point:?}");
+            assert_eq!(Some(point), second.suggest(trial));
+        }
+        assert_ne!(first.suggest(0), RandomSampler::new(space(), 8).suggest(0));
+    }
+
+    #[test]
+    fn random_log_dimension_is_log_uniform() {
+        let mut sampler = RandomSampler::new(space(), 1);
+        let below_1e3 = (0..4000)
+            .filter(|trial| matches!(sampler.suggest(*trial).expect("point")[0], Value::Float(x) if x < 1e-3))
+            .count();
+        // A third of the log range lies below 1e-3; a linear sampler would put ~1% there.
+        assert!((1100..1550).contains(&below_1e3), "{below_1e3}");
+    }
+
+    #[test]
+    fn random_covers_every_integer_and_choice() {
+        let mut sampler = RandomSampler::new(space(), 3);
+        let mut layers = HashSet::new();
+        let mut choices = HashSet::new();
+        for trial in 0..300 {
+            let point = sampler.suggest(trial).expect("point");
+            if let Value::Int(value) = point[1] {
+                layers.insert(value);
+            }
+            if let Value::Choice(value) = point[2] {
+                choices.insert(value);
+            }
+        }
+        assert_eq!(layers, HashSet::from([1, 2, 3, 4]));
+        assert_eq!(choices, HashSet::from([0, 1, 2]));
+    }
+
+    #[test]
+    fn grid_enumerates_every_combination_once_then_stops() {
+        let mut sampler = GridSampler::new(&space(), 3, 5, u64::MAX);
+        assert_eq!(sampler.capacity(), Some(3 * 4 * 3));
+        let mut seen = HashSet::new();
+        for trial in 0..36 {
+            let point = sampler.suggest(trial).expect("within the grid");
+            assert!(space().contains(&point));
+            assert!(seen.insert(format!("{point:?}")), "duplicate {point:?}");
+        }
+        assert_eq!(sampler.suggest(36), None);
+    }
+
+    #[test]
+    fn grid_with_small_budget_spreads_over_the_grid() {
+        let mut sampler = GridSampler::new(&space(), 5, 5, 6);
+        assert_eq!(sampler.capacity(), Some(6));
+        let points: Vec<Point> = (0..6)
+            .map(|trial| sampler.suggest(trial).expect("point"))
+            .collect();
+        let distinct_lr: HashSet<String> = points
+            .iter()
+            .map(|point| format!("{:?}", point[0]))
+            .collect();
+        assert!(distinct_lr.len() >= 2, "{points:?}");
+    }
+
+    #[test]
+    fn spaces_are_checked() {
+        let bad = SearchSpace::new(vec![Dimension {
+            name: "x".into(),
+            domain: Domain::Float {
+                low: 0.0,
+                high: 1.0,
+                log: true,
+            },
+        }]);
+        assert!(matches!(
+            bad,
+            Err(crate::SpaceError::InvalidDimension { .. })
+        ));
+        assert_eq!(SearchSpace::new(vec![]), Err(crate::SpaceError::Empty));
+    }
+}
