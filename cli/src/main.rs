@@ -1,1 +1,403 @@
-fn main() {}
+//! `flotilla`: run sweeps locally (`up`), run cluster processes (`coordinator`, `agent`),
+//! make certificates (`certs`), and talk to a cluster (`sweep`, `cluster`).
+
+mod report;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use flotilla_agent::{Agent, AgentConfig};
+use flotilla_coordinator::{Coordinator, CoordinatorConfig};
+use flotilla_sdk::{AgentId, Client, ClusterCa, Identity, LocalCluster, LocalClusterOptions, SweepId, SweepSpec};
+
+#[derive(Parser)]
+#[command(name = "flotilla", version, about = "Distributed ML sweeps on a fleet of GPU agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Start a coordinator and local agents in this process and run a sweep file
+    /// (examples/quickstart.toml by default), with live progress and a leaderboard.
+    Up(UpArgs),
+    /// Certificates for a cluster.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Run a coordinator.
+    Coordinator(CoordinatorArgs),
+    /// Run an agent that takes trials from a coordinator.
+    Agent(AgentArgs),
+    /// Submit and inspect sweeps.
+    #[command(subcommand)]
+    Sweep(SweepCommand),
+    /// Cluster administration (needs the admin certificate).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// The sweep file to run.
+    #[arg(default_value = "examples/quickstart.toml")]
+    sweep: PathBuf,
+    /// Local agents to start.
+    #[arg(long, default_value_t = 2)]
+    agents: u32,
+    /// Trial slots per agent.
+    #[arg(long, default_value_t = 2)]
+    slots: u32,
+    /// Where state, checkpoints and results go.
+    #[arg(long, default_value = "flotilla-up")]
+    dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Make a CA and coordinator, agent, client and admin certificates in DIR.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses for the coordinator's certificate.
+        #[arg(long = "coordinator-name")]
+        coordinator_names: Vec<String>,
+    },
+}
+
+/// Where the cluster is and who we are.
+#[derive(Args, Clone)]
+struct Connection {
+    /// The coordinator's address.
+    #[arg(long, env = "FLOTILLA_COORDINATOR", default_value = "127.0.0.1:7070")]
+    coordinator: SocketAddr,
+    /// Directory with ca.pem and NAME.pem / NAME-key.pem (from `flotilla certs init`).
+    #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
+    certs: PathBuf,
+    /// Which certificate in --certs to use (default: client, or admin for `cluster`).
+    #[arg(long, env = "FLOTILLA_IDENTITY")]
+    identity: Option<String>,
+}
+
+impl Connection {
+    async fn connect(&self, default_identity: &str) -> anyhow::Result<Client> {
+        let name = self.identity.as_deref().unwrap_or(default_identity);
+        let identity = Identity::load_from_dir(&self.certs, name)?;
+        Ok(Client::connect(self.coordinator, &identity).await?)
+    }
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
+    certs: PathBuf,
+    #[arg(long, default_value = "coordinator")]
+    identity: String,
+    /// The local state file (created if missing; resumed if present).
+    #[arg(long, env = "FLOTILLA_STATE", default_value = "flotilla-state/state.log")]
+    state: PathBuf,
+    /// An agent silent for this long is lost and its trials run elsewhere.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    agent_timeout: Duration,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    #[arg(long, env = "FLOTILLA_COORDINATOR", default_value = "127.0.0.1:7070")]
+    coordinator: SocketAddr,
+    #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
+    certs: PathBuf,
+    #[arg(long, default_value = "agent")]
+    identity: String,
+    /// Trials this agent runs at once.
+    #[arg(long, env = "FLOTILLA_SLOTS", default_value_t = 1)]
+    slots: u32,
+    /// GPUs this agent offers.
+    #[arg(long, default_value_t = 0)]
+    gpus: u32,
+    /// A stable name for this agent (default: hostname-pid).
+    #[arg(long, env = "FLOTILLA_AGENT_ID")]
+    id: Option<String>,
+    /// Checkpoints and scratch space.
+    #[arg(long, env = "FLOTILLA_WORK_DIR", default_value = "flotilla-agent")]
+    work_dir: PathBuf,
+    /// Between SIGTERM and SIGKILL when a trial is stopped.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    stop_grace: Duration,
+}
+
+#[derive(Subcommand)]
+enum SweepCommand {
+    /// Check a sweep file without submitting it.
+    Validate { file: PathBuf },
+    /// Submit a sweep file.
+    Submit {
+        file: PathBuf,
+        /// Follow progress until the sweep ends, then print the leaderboard.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: also write every trial to this JSON file.
+        #[arg(long)]
+        results: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// One sweep's state and counts.
+    Status {
+        id: SweepId,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// All sweeps.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Stop a sweep: queued trials are dropped, running ones stopped.
+    Cancel {
+        id: SweepId,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// The best feasible trial.
+    Best {
+        id: SweepId,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Every trial, as a leaderboard or JSON.
+    Results {
+        id: SweepId,
+        /// Write the results JSON here instead of printing the leaderboard.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The agents, their slots and what they run.
+    Agents {
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Commands::Up(args) => {
+            init_logging("warn");
+            up(args).await
+        }
+        Commands::Certs(CertsCommand::Init { out, coordinator_names }) => certs_init(&out, &coordinator_names),
+        Commands::Coordinator(args) => {
+            init_logging("info");
+            coordinator(args).await
+        }
+        Commands::Agent(args) => {
+            init_logging("info");
+            agent(args).await
+        }
+        Commands::Sweep(command) => {
+            init_logging("warn");
+            sweep(command).await
+        }
+        Commands::Cluster(ClusterCommand::Agents { connection }) => {
+            init_logging("warn");
+            cluster_agents(connection).await
+        }
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn certs_init(out: &Path, coordinator_names: &[String]) -> anyhow::Result<()> {
+    if out.join("ca.pem").exists() {
+        bail!("{} already holds a CA (ca.pem); choose another directory or remove it", out.display());
+    }
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    names.extend(coordinator_names.iter().cloned());
+    let ca = ClusterCa::generate("flotilla")?;
+    let written = ca.write_cluster_material(out, &names)?;
+    println!("wrote {} files to {}:", written.len(), out.display());
+    for path in written {
+        println!("  {}", path.display());
+    }
+    println!("keep ca-key.pem offline; hand each process only its own certificate and key");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let identity = Identity::load_from_dir(&args.certs, &args.identity)?;
+    let mut config = CoordinatorConfig::new(args.listen, identity, args.state);
+    config.agent_timeout = args.agent_timeout;
+    let mut coordinator = Coordinator::start(config).await?;
+    println!("coordinator listening on {} (epoch {})", coordinator.local_addr(), coordinator.epoch().0);
+    tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            coordinator.shutdown().await;
+            Ok(())
+        }
+        () = coordinator.stopped() => bail!("the coordinator's actors stopped unexpectedly; restart it to resume from the state file"),
+    }
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let identity = Identity::load_from_dir(&args.certs, &args.identity)?;
+    let id = args.id.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "agent".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let mut config = AgentConfig::new(args.coordinator, identity, AgentId(id.clone()), args.slots, args.work_dir);
+    config.gpus = args.gpus;
+    config.stop_grace = args.stop_grace;
+    let mut agent = Agent::start(config).await?;
+    println!("agent {id} with {} slot(s) serving {}", args.slots, args.coordinator);
+    tokio::select! {
+        () = shutdown_signal() => {
+            tracing::info!("draining trials and shutting down");
+            agent.shutdown().await;
+            Ok(())
+        }
+        error = agent.failed() => Err(error),
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let spec = SweepSpec::from_file(&args.sweep).with_context(|| {
+        if args.sweep.exists() { String::new() } else { "run `flotilla up` from the repository root, or pass a sweep file".to_string() }
+    })?;
+    let options = LocalClusterOptions { agents: args.agents, slots_per_agent: args.slots, dir: Some(args.dir.clone()), ..Default::default() };
+    let cluster = LocalCluster::start(options).await?;
+    println!(
+        "flotilla up: coordinator on {} with {} local agent(s) × {} slot(s); state in {}",
+        cluster.address(),
+        args.agents,
+        args.slots,
+        args.dir.display()
+    );
+    let client = cluster.client().await?;
+    let result = async {
+        let submitted = client.submit(spec.clone()).await?;
+        println!("running sweep {} '{}' ({} trials, {} in parallel)", submitted.id, submitted.name, submitted.max_trials, spec.budget.max_parallel);
+        let summary = tokio::select! {
+            summary = report::watch_with_progress(&client, &submitted) => summary?,
+            () = shutdown_signal() => {
+                eprintln!("interrupted: cancelling sweep {}", submitted.id);
+                client.cancel(submitted.id).await?;
+                client.wait(submitted.id).await?
+            }
+        };
+        let trials = client.trials(summary.id).await?;
+        report::print_leaderboard(&summary, &trials, 10);
+        let path = args.dir.join("results").join(format!("{}-{}.json", summary.id, report::file_safe(&summary.name)));
+        report::write_results(&path, &summary, &spec, &trials)?;
+        println!("results: {}", path.display());
+        anyhow::Ok(())
+    }
+    .await;
+    client.close().await;
+    cluster.shutdown().await;
+    result
+}
+
+async fn sweep(command: SweepCommand) -> anyhow::Result<()> {
+    match command {
+        SweepCommand::Validate { file } => {
+            let spec = SweepSpec::from_file(&file)?;
+            println!("{}: valid sweep '{}' with {} parameter(s)", file.display(), spec.name, spec.space.len());
+        }
+        SweepCommand::Submit { file, watch, results, connection } => {
+            let spec = SweepSpec::from_file(&file)?;
+            let client = connection.connect("client").await?;
+            let submitted = client.submit(spec.clone()).await?;
+            println!("submitted sweep {} '{}'", submitted.id, submitted.name);
+            if watch {
+                let summary = report::watch_with_progress(&client, &submitted).await?;
+                let trials = client.trials(summary.id).await?;
+                report::print_leaderboard(&summary, &trials, 10);
+                if let Some(path) = results {
+                    report::write_results(&path, &summary, &spec, &trials)?;
+                    println!("results: {}", path.display());
+                }
+            }
+            client.close().await;
+        }
+        SweepCommand::Status { id, connection } => {
+            let client = connection.connect("client").await?;
+            report::print_summaries(&[client.status(id).await?]);
+            client.close().await;
+        }
+        SweepCommand::List { connection } => {
+            let client = connection.connect("client").await?;
+            report::print_summaries(&client.list().await?);
+            client.close().await;
+        }
+        SweepCommand::Cancel { id, connection } => {
+            let client = connection.connect("client").await?;
+            let summary = client.cancel(id).await?;
+            println!("sweep {} is {:?}; running trials are being stopped", summary.id, summary.state);
+            client.close().await;
+        }
+        SweepCommand::Best { id, json, connection } => {
+            let client = connection.connect("client").await?;
+            let best = client.best(id).await?;
+            client.close().await;
+            match (best, json) {
+                (None, _) => bail!("sweep {id} has no succeeded feasible trial yet"),
+                (Some(trial), true) => println!("{}", serde_json::to_string_pretty(&report::trial_json(&trial))?),
+                (Some(trial), false) => report::print_trial(&trial),
+            }
+        }
+        SweepCommand::Results { id, out, connection } => {
+            let client = connection.connect("client").await?;
+            let summary = client.status(id).await?;
+            let trials = client.trials(id).await?;
+            client.close().await;
+            match out {
+                Some(path) => {
+                    report::write_results_without_spec(&path, &summary, &trials)?;
+                    println!("results: {}", path.display());
+                }
+                None => report::print_leaderboard(&summary, &trials, usize::MAX),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn cluster_agents(connection: Connection) -> anyhow::Result<()> {
+    let client = connection.connect("admin").await?;
+    let agents = client.agents().await?;
+    client.close().await;
+    report::print_agents(&agents);
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! What the CLI shows: live progress, leaderboards, tables and the results file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use flotilla_sdk::{AgentInfo, Client, Direction, SweepEvent, SweepSpec, SweepSummary, TrialRecord, TrialState};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+
+/// Follows a sweep's events with a progress bar until it ends.
+pub async fn watch_with_progress(client: &Client, submitted: &SweepSummary) -> anyhow::Result<SweepSummary> {
+    let bar = ProgressBar::new(u64::from(submitted.max_trials));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut events = client.watch(submitted.id).await?;
+    // Counts come from the coordinator first, then from events, so a watch that starts
+    // late still shows the truth.
+    let status = client.status(submitted.id).await?;
+    let (mut done, mut failed) = (status.counts.succeeded + status.counts.stopped, status.counts.failed);
+    let mut running: i64 = i64::from(status.counts.running);
+    let mut best: Option<f64> = status.best.as_ref().and_then(|trial| trial.objective);
+    let direction = submitted.direction;
+    let render = |done: u32, running: i64, failed: u32, best: Option<f64>| {
+        let best = best.map_or("-".to_string(), |value| format!("{value:.5}"));
+        format!("done {done} · running {} · failed {failed} · best {} {best}", running.max(0), submitted.objective_metric)
+    };
+    bar.set_position(u64::from(done + failed));
+    bar.set_message(render(done, running, failed, best));
+    let mut finished = None;
+    while let Some(event) = events.next().await {
+        match event? {
+            SweepEvent::TrialStarted { .. } => running += 1,
+            SweepEvent::Metric { .. } => continue,
+            SweepEvent::TrialFinished(trial) => {
+                running -= 1;
+                match trial.state {
+                    TrialState::Failed => failed += 1,
+                    _ => done += 1,
+                }
+                if trial.feasible
+                    && let Some(value) = trial.objective
+                    && best.is_none_or(|incumbent| direction.is_better(value, incumbent))
+                {
+                    best = Some(value);
+                }
+            }
+            SweepEvent::SweepFinished(summary) => {
+                finished = Some(summary);
+                break;
+            }
+        }
+        bar.set_position(u64::from(done + failed));
+        bar.set_message(render(done, running, failed, best));
+    }
+    bar.finish_and_clear();
+    let summary = match finished {
+        Some(summary) => summary,
+        None => client.status(submitted.id).await?,
+    };
+    println!(
+        "sweep {} {:?}: {} succeeded, {} failed, {} stopped",
+        summary.id, summary.state, summary.counts.succeeded, summary.counts.failed, summary.counts.stopped
+    );
+    Ok(summary)
+}
+
+fn format_params(trial: &TrialRecord) -> String {
+    trial.params.iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join(" ")
+}
+
+fn format_objective(value: Option<f64>) -> String {
+    value.map_or("-".into(), |value| format!("{value:.6}"))
+}
+
+/// Ranked trials: feasible succeeded trials by objective, then the rest.
+pub fn ranked<'a>(summary: &SweepSummary, trials: &'a [TrialRecord]) -> Vec<&'a TrialRecord> {
+    let mut ranked: Vec<&TrialRecord> = trials.iter().collect();
+    let key = |trial: &TrialRecord| match (trial.state == TrialState::Succeeded, trial.feasible, trial.objective) {
+        (true, true, Some(value)) => (0, if summary.direction == Direction::Minimize { value } else { -value }),
+        (true, _, Some(value)) => (1, if summary.direction == Direction::Minimize { value } else { -value }),
+        _ => (2, 0.0),
+    };
+    ranked.sort_by(|left, right| {
+        let (left_rank, left_value) = key(left);
+        let (right_rank, right_value) = key(right);
+        left_rank.cmp(&right_rank).then(left_value.total_cmp(&right_value)).then(left.id.cmp(&right.id))
+    });
+    ranked
+}
+
+pub fn print_leaderboard(summary: &SweepSummary, trials: &[TrialRecord], limit: usize) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(vec!["rank", "trial", summary.objective_metric.as_str(), "feasible", "state", "params", "time"]);
+    for (rank, trial) in ranked(summary, trials).into_iter().take(limit).enumerate() {
+        table.add_row(vec![
+            (rank + 1).to_string(),
+            trial.id.to_string(),
+            format_objective(trial.objective),
+            if trial.feasible { "yes".into() } else { "no".into() },
+            trial.state.name().to_string(),
+            format_params(trial),
+            trial.duration_ms.map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0)),
+        ]);
+    }
+    println!("{table}");
+    match &summary.best {
+        Some(best) => println!("best: {} {} = {} ({})", best.id, summary.objective_metric, format_objective(best.objective), format_params(best)),
+        None => println!("no trial succeeded while meeting the constraints"),
+    }
+}
+
+pub fn print_trial(trial: &TrialRecord) {
+    println!("trial      {}", trial.id);
+    println!("state      {}", trial.state.name());
+    println!("objective  {}", format_objective(trial.objective));
+    println!("feasible   {}", trial.feasible);
+    println!("params     {}", format_params(trial));
+    let metrics = trial.metrics.iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join(" ");
+    println!("metrics    {metrics}");
+    println!("agent      {}", trial.agent.as_ref().map_or("-".into(), ToString::to_string));
+}
+
+pub fn print_summaries(summaries: &[SweepSummary]) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(vec!["sweep", "name", "state", "done", "running", "pending", "failed", "best"]);
+    for summary in summaries {
+        table.add_row(vec![
+            summary.id.to_string(),
+            summary.name.clone(),
+            format!("{:?}", summary.state),
+            format!("{}/{}", summary.counts.finished(), summary.max_trials),
+            summary.counts.running.to_string(),
+            summary.counts.pending.to_string(),
+            summary.counts.failed.to_string(),
+            summary.best.as_ref().map_or("-".into(), |best| format!("{} {}", best.id, format_objective(best.objective))),
+        ]);
+    }
+    println!("{table}");
+}
+
+pub fn print_agents(agents: &[AgentInfo]) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(vec!["agent", "host", "slots", "busy", "gpus", "connected", "last seen", "running"]);
+    for agent in agents {
+        table.add_row(vec![
+            agent.id.to_string(),
+            agent.hostname.clone(),
+            agent.slots.to_string(),
+            agent.busy_slots.to_string(),
+            agent.gpus.to_string(),
+            agent.connected.to_string(),
+            format!("{}ms ago", agent.last_seen_ms_ago),
+            agent.running.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+        ]);
+    }
+    println!("{table}");
+}
+
+pub fn trial_json(trial: &TrialRecord) -> Value {
+    json!({
+        "id": trial.id.to_string(),
+        "number": trial.id.number,
+        "attempt": trial.attempt,
+        "state": trial.state.name(),
+        "params": trial.params,
+        "metrics": trial.metrics,
+        "objective": trial.objective,
+        "feasible": trial.feasible,
+        "agent": trial.agent.as_ref().map(ToString::to_string),
+        "failures": trial.failures,
+        "started_ms": trial.started_ms,
+        "finished_ms": trial.finished_ms,
+        "duration_ms": trial.duration_ms,
+        "dispatch_latency_us": trial.dispatch_latency_us,
+        "message": trial.message,
+    })
+}
+
+fn results_json(summary: &SweepSummary, spec: Option<&SweepSpec>, trials: &[TrialRecord]) -> Value {
+    json!({
+        "sweep": {
+            "id": summary.id.to_string(),
+            "name": summary.name,
+            "state": format!("{:?}", summary.state),
+            "objective": { "metric": summary.objective_metric, "direction": summary.direction },
+            "constraints": spec.map(|spec| spec.constraints.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            "counts": {
+                "succeeded": summary.counts.succeeded,
+                "failed": summary.counts.failed,
+                "stopped": summary.counts.stopped,
+                "running": summary.counts.running,
+                "pending": summary.counts.pending,
+            },
+            "created_ms": summary.created_ms,
+            "finished_ms": summary.finished_ms,
+            "best_trial": summary.best.as_ref().map(|best| best.id.to_string()),
+        },
+        "trials": trials.iter().map(trial_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn write_results(path: &Path, summary: &SweepSummary, spec: &SweepSpec, trials: &[TrialRecord]) -> anyhow::Result<()> {
+    write_json(path, &results_json(summary, Some(spec), trials))
+}
+
+pub fn write_results_without_spec(path: &Path, summary: &SweepSummary, trials: &[TrialRecord]) -> anyhow::Result<()> {
+    write_json(path, &results_json(summary, None, trials))
+}
+
+fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn file_safe(name: &str) -> String {
+    name.chars().map(|character| if character.is_ascii_alphanumeric() || character == '-' { character } else { '_' }).collect()
+}
