@@ -11,10 +11,16 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use flotilla_agent::{Agent, AgentConfig};
 use flotilla_coordinator::{Coordinator, CoordinatorConfig};
-use flotilla_sdk::{AgentId, Client, ClusterCa, Identity, LocalCluster, LocalClusterOptions, SweepId, SweepSpec};
+use flotilla_sdk::{
+    AgentId, Client, ClusterCa, Identity, LocalCluster, LocalClusterOptions, SweepId, SweepSpec,
+};
 
 #[derive(Parser)]
-#[command(name = "flotilla", version, about = "Distributed ML sweeps on a fleet of GPU agents")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "Distributed ML sweeps on a fleet of GPU agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -99,7 +105,11 @@ struct CoordinatorArgs {
     #[arg(long, default_value = "coordinator")]
     identity: String,
     /// The local state file (created if missing; resumed if present).
-    #[arg(long, env = "FLOTILLA_STATE", default_value = "flotilla-state/state.log")]
+    #[arg(
+        long,
+        env = "FLOTILLA_STATE",
+        default_value = "flotilla-state/state.log"
+    )]
     state: PathBuf,
     /// An agent silent for this long is lost and its trials run elsewhere.
     #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
@@ -194,8 +204,12 @@ enum ClusterCommand {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 #[tokio::main]
@@ -206,7 +220,10 @@ async fn main() {
             init_logging("warn");
             up(args).await
         }
-        Commands::Certs(CertsCommand::Init { out, coordinator_names }) => certs_init(&out, &coordinator_names),
+        Commands::Certs(CertsCommand::Init {
+            out,
+            coordinator_names,
+        }) => certs_init(&out, &coordinator_names),
         Commands::Coordinator(args) => {
             init_logging("info");
             coordinator(args).await
@@ -232,7 +249,10 @@ async fn main() {
 
 fn certs_init(out: &Path, coordinator_names: &[String]) -> anyhow::Result<()> {
     if out.join("ca.pem").exists() {
-        bail!("{} already holds a CA (ca.pem); choose another directory or remove it", out.display());
+        bail!(
+            "{} already holds a CA (ca.pem); choose another directory or remove it",
+            out.display()
+        );
     }
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     names.extend(coordinator_names.iter().cloned());
@@ -247,7 +267,8 @@ fn certs_init(out: &Path, coordinator_names: &[String]) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => {}
@@ -259,7 +280,11 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let mut config = CoordinatorConfig::new(args.listen, identity, args.state);
     config.agent_timeout = args.agent_timeout;
     let mut coordinator = Coordinator::start(config).await?;
-    println!("coordinator listening on {} (epoch {})", coordinator.local_addr(), coordinator.epoch().0);
+    println!(
+        "coordinator listening on {} (epoch {})",
+        coordinator.local_addr(),
+        coordinator.epoch().0
+    );
     tokio::select! {
         () = shutdown_signal() => {
             tracing::info!("shutting down");
@@ -273,14 +298,24 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let identity = Identity::load_from_dir(&args.certs, &args.identity)?;
     let id = args.id.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "agent".into());
+        let host =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "agent".into());
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let mut config = AgentConfig::new(args.coordinator, identity, AgentId(id.clone()), args.slots, args.work_dir);
+    let mut config = AgentConfig::new(
+        args.coordinator,
+        identity,
+        AgentId(id.clone()),
+        args.slots,
+        args.work_dir,
+    );
     config.gpus = args.gpus;
     config.stop_grace = args.stop_grace;
     let mut agent = Agent::start(config).await?;
-    println!("agent {id} with {} slot(s) serving {}", args.slots, args.coordinator);
+    println!(
+        "agent {id} with {} slot(s) serving {}",
+        args.slots, args.coordinator
+    );
     tokio::select! {
         () = shutdown_signal() => {
             tracing::info!("draining trials and shutting down");
@@ -293,9 +328,18 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let spec = SweepSpec::from_file(&args.sweep).with_context(|| {
-        if args.sweep.exists() { String::new() } else { "run `flotilla up` from the repository root, or pass a sweep file".to_string() }
+        if args.sweep.exists() {
+            String::new()
+        } else {
+            "run `flotilla up` from the repository root, or pass a sweep file".to_string()
+        }
     })?;
-    let options = LocalClusterOptions { agents: args.agents, slots_per_agent: args.slots, dir: Some(args.dir.clone()), ..Default::default() };
+    let options = LocalClusterOptions {
+        agents: args.agents,
+        slots_per_agent: args.slots,
+        dir: Some(args.dir.clone()),
+        ..Default::default()
+    };
     let cluster = LocalCluster::start(options).await?;
     println!(
         "flotilla up: coordinator on {} with {} local agent(s) × {} slot(s); state in {}",
@@ -307,7 +351,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let client = cluster.client().await?;
     let result = async {
         let submitted = client.submit(spec.clone()).await?;
-        println!("running sweep {} '{}' ({} trials, {} in parallel)", submitted.id, submitted.name, submitted.max_trials, spec.budget.max_parallel);
+        println!(
+            "running sweep {} '{}' ({} trials, {} in parallel)",
+            submitted.id, submitted.name, submitted.max_trials, spec.budget.max_parallel
+        );
         let summary = tokio::select! {
             summary = report::watch_with_progress(&client, &submitted) => summary?,
             () = shutdown_signal() => {
@@ -318,7 +365,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         };
         let trials = client.trials(summary.id).await?;
         report::print_leaderboard(&summary, &trials, 10);
-        let path = args.dir.join("results").join(format!("{}-{}.json", summary.id, report::file_safe(&summary.name)));
+        let path = args.dir.join("results").join(format!(
+            "{}-{}.json",
+            summary.id,
+            report::file_safe(&summary.name)
+        ));
         report::write_results(&path, &summary, &spec, &trials)?;
         println!("results: {}", path.display());
         anyhow::Ok(())
@@ -333,9 +384,19 @@ async fn sweep(command: SweepCommand) -> anyhow::Result<()> {
     match command {
         SweepCommand::Validate { file } => {
             let spec = SweepSpec::from_file(&file)?;
-            println!("{}: valid sweep '{}' with {} parameter(s)", file.display(), spec.name, spec.space.len());
+            println!(
+                "{}: valid sweep '{}' with {} parameter(s)",
+                file.display(),
+                spec.name,
+                spec.space.len()
+            );
         }
-        SweepCommand::Submit { file, watch, results, connection } => {
+        SweepCommand::Submit {
+            file,
+            watch,
+            results,
+            connection,
+        } => {
             let spec = SweepSpec::from_file(&file)?;
             let client = connection.connect("client").await?;
             let submitted = client.submit(spec.clone()).await?;
@@ -364,20 +425,34 @@ async fn sweep(command: SweepCommand) -> anyhow::Result<()> {
         SweepCommand::Cancel { id, connection } => {
             let client = connection.connect("client").await?;
             let summary = client.cancel(id).await?;
-            println!("sweep {} is {:?}; running trials are being stopped", summary.id, summary.state);
+            println!(
+                "sweep {} is {:?}; running trials are being stopped",
+                summary.id, summary.state
+            );
             client.close().await;
         }
-        SweepCommand::Best { id, json, connection } => {
+        SweepCommand::Best {
+            id,
+            json,
+            connection,
+        } => {
             let client = connection.connect("client").await?;
             let best = client.best(id).await?;
             client.close().await;
             match (best, json) {
                 (None, _) => bail!("sweep {id} has no succeeded feasible trial yet"),
-                (Some(trial), true) => println!("{}", serde_json::to_string_pretty(&report::trial_json(&trial))?),
+                (Some(trial), true) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report::trial_json(&trial))?
+                ),
                 (Some(trial), false) => report::print_trial(&trial),
             }
         }
-        SweepCommand::Results { id, out, connection } => {
+        SweepCommand::Results {
+            id,
+            out,
+            connection,
+        } => {
             let client = connection.connect("client").await?;
             let summary = client.status(id).await?;
             let trials = client.trials(id).await?;

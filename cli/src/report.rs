@@ -4,12 +4,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use flotilla_sdk::{AgentInfo, Client, Direction, SweepEvent, SweepSpec, SweepSummary, TrialRecord, TrialState};
+use flotilla_sdk::{
+    AgentInfo, Client, Direction, SweepEvent, SweepSpec, SweepSummary, TrialRecord, TrialState,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 /// Follows a sweep's events with a progress bar until it ends.
-pub async fn watch_with_progress(client: &Client, submitted: &SweepSummary) -> anyhow::Result<SweepSummary> {
+pub async fn watch_with_progress(
+    client: &Client,
+    submitted: &SweepSummary,
+) -> anyhow::Result<SweepSummary> {
     let bar = ProgressBar::new(u64::from(submitted.max_trials));
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -20,13 +25,20 @@ pub async fn watch_with_progress(client: &Client, submitted: &SweepSummary) -> a
     // Counts come from the coordinator first, then from events, so a watch that starts
     // late still shows the truth.
     let status = client.status(submitted.id).await?;
-    let (mut done, mut failed) = (status.counts.succeeded + status.counts.stopped, status.counts.failed);
+    let (mut done, mut failed) = (
+        status.counts.succeeded + status.counts.stopped,
+        status.counts.failed,
+    );
     let mut running: i64 = i64::from(status.counts.running);
     let mut best: Option<f64> = status.best.as_ref().and_then(|trial| trial.objective);
     let direction = submitted.direction;
     let render = |done: u32, running: i64, failed: u32, best: Option<f64>| {
         let best = best.map_or("-".to_string(), |value| format!("{value:.5}"));
-        format!("done {done} · running {} · failed {failed} · best {} {best}", running.max(0), submitted.objective_metric)
+        format!(
+            "done {done} · running {} · failed {failed} · best {} {best}",
+            running.max(0),
+            submitted.objective_metric
+        )
     };
     bar.set_position(u64::from(done + failed));
     bar.set_message(render(done, running, failed, best));
@@ -63,13 +75,22 @@ pub async fn watch_with_progress(client: &Client, submitted: &SweepSummary) -> a
     };
     println!(
         "sweep {} {:?}: {} succeeded, {} failed, {} stopped",
-        summary.id, summary.state, summary.counts.succeeded, summary.counts.failed, summary.counts.stopped
+        summary.id,
+        summary.state,
+        summary.counts.succeeded,
+        summary.counts.failed,
+        summary.counts.stopped
     );
     Ok(summary)
 }
 
 fn format_params(trial: &TrialRecord) -> String {
-    trial.params.iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join(" ")
+    trial
+        .params
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn format_objective(value: Option<f64>) -> String {
@@ -79,15 +100,36 @@ fn format_objective(value: Option<f64>) -> String {
 /// Ranked trials: feasible succeeded trials by objective, then the rest.
 pub fn ranked<'a>(summary: &SweepSummary, trials: &'a [TrialRecord]) -> Vec<&'a TrialRecord> {
     let mut ranked: Vec<&TrialRecord> = trials.iter().collect();
-    let key = |trial: &TrialRecord| match (trial.state == TrialState::Succeeded, trial.feasible, trial.objective) {
-        (true, true, Some(value)) => (0, if summary.direction == Direction::Minimize { value } else { -value }),
-        (true, _, Some(value)) => (1, if summary.direction == Direction::Minimize { value } else { -value }),
+    let key = |trial: &TrialRecord| match (
+        trial.state == TrialState::Succeeded,
+        trial.feasible,
+        trial.objective,
+    ) {
+        (true, true, Some(value)) => (
+            0,
+            if summary.direction == Direction::Minimize {
+                value
+            } else {
+                -value
+            },
+        ),
+        (true, _, Some(value)) => (
+            1,
+            if summary.direction == Direction::Minimize {
+                value
+            } else {
+                -value
+            },
+        ),
         _ => (2, 0.0),
     };
     ranked.sort_by(|left, right| {
         let (left_rank, left_value) = key(left);
         let (right_rank, right_value) = key(right);
-        left_rank.cmp(&right_rank).then(left_value.total_cmp(&right_value)).then(left.id.cmp(&right.id))
+        left_rank
+            .cmp(&right_rank)
+            .then(left_value.total_cmp(&right_value))
+            .then(left.id.cmp(&right.id))
     });
     ranked
 }
@@ -95,21 +137,41 @@ pub fn ranked<'a>(summary: &SweepSummary, trials: &'a [TrialRecord]) -> Vec<&'a 
 pub fn print_leaderboard(summary: &SweepSummary, trials: &[TrialRecord], limit: usize) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(vec!["rank", "trial", summary.objective_metric.as_str(), "feasible", "state", "params", "time"]);
+    table.set_header(vec![
+        "rank",
+        "trial",
+        summary.objective_metric.as_str(),
+        "feasible",
+        "state",
+        "params",
+        "time",
+    ]);
     for (rank, trial) in ranked(summary, trials).into_iter().take(limit).enumerate() {
         table.add_row(vec![
             (rank + 1).to_string(),
             trial.id.to_string(),
             format_objective(trial.objective),
-            if trial.feasible { "yes".into() } else { "no".into() },
+            if trial.feasible {
+                "yes".into()
+            } else {
+                "no".into()
+            },
             trial.state.name().to_string(),
             format_params(trial),
-            trial.duration_ms.map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0)),
+            trial
+                .duration_ms
+                .map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0)),
         ]);
     }
     println!("{table}");
     match &summary.best {
-        Some(best) => println!("best: {} {} = {} ({})", best.id, summary.objective_metric, format_objective(best.objective), format_params(best)),
+        Some(best) => println!(
+            "best: {} {} = {} ({})",
+            best.id,
+            summary.objective_metric,
+            format_objective(best.objective),
+            format_params(best)
+        ),
         None => println!("no trial succeeded while meeting the constraints"),
     }
 }
@@ -120,15 +182,25 @@ pub fn print_trial(trial: &TrialRecord) {
     println!("objective  {}", format_objective(trial.objective));
     println!("feasible   {}", trial.feasible);
     println!("params     {}", format_params(trial));
-    let metrics = trial.metrics.iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join(" ");
+    let metrics = trial
+        .metrics
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     println!("metrics    {metrics}");
-    println!("agent      {}", trial.agent.as_ref().map_or("-".into(), ToString::to_string));
+    println!(
+        "agent      {}",
+        trial.agent.as_ref().map_or("-".into(), ToString::to_string)
+    );
 }
 
 pub fn print_summaries(summaries: &[SweepSummary]) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(vec!["sweep", "name", "state", "done", "running", "pending", "failed", "best"]);
+    table.set_header(vec![
+        "sweep", "name", "state", "done", "running", "pending", "failed", "best",
+    ]);
     for summary in summaries {
         table.add_row(vec![
             summary.id.to_string(),
@@ -138,7 +210,9 @@ pub fn print_summaries(summaries: &[SweepSummary]) {
             summary.counts.running.to_string(),
             summary.counts.pending.to_string(),
             summary.counts.failed.to_string(),
-            summary.best.as_ref().map_or("-".into(), |best| format!("{} {}", best.id, format_objective(best.objective))),
+            summary.best.as_ref().map_or("-".into(), |best| {
+                format!("{} {}", best.id, format_objective(best.objective))
+            }),
         ]);
     }
     println!("{table}");
@@ -147,7 +221,16 @@ pub fn print_summaries(summaries: &[SweepSummary]) {
 pub fn print_agents(agents: &[AgentInfo]) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(vec!["agent", "host", "slots", "busy", "gpus", "connected", "last seen", "running"]);
+    table.set_header(vec![
+        "agent",
+        "host",
+        "slots",
+        "busy",
+        "gpus",
+        "connected",
+        "last seen",
+        "running",
+    ]);
     for agent in agents {
         table.add_row(vec![
             agent.id.to_string(),
@@ -157,7 +240,12 @@ pub fn print_agents(agents: &[AgentInfo]) {
             agent.gpus.to_string(),
             agent.connected.to_string(),
             format!("{}ms ago", agent.last_seen_ms_ago),
-            agent.running.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+            agent
+                .running
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
         ]);
     }
     println!("{table}");
@@ -206,23 +294,44 @@ fn results_json(summary: &SweepSummary, spec: Option<&SweepSpec>, trials: &[Tria
     })
 }
 
-pub fn write_results(path: &Path, summary: &SweepSummary, spec: &SweepSpec, trials: &[TrialRecord]) -> anyhow::Result<()> {
+pub fn write_results(
+    path: &Path,
+    summary: &SweepSummary,
+    spec: &SweepSpec,
+    trials: &[TrialRecord],
+) -> anyhow::Result<()> {
     write_json(path, &results_json(summary, Some(spec), trials))
 }
 
-pub fn write_results_without_spec(path: &Path, summary: &SweepSummary, trials: &[TrialRecord]) -> anyhow::Result<()> {
+pub fn write_results_without_spec(
+    path: &Path,
+    summary: &SweepSummary,
+    trials: &[TrialRecord],
+) -> anyhow::Result<()> {
     write_json(path, &results_json(summary, None, trials))
 }
 
 fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
     use anyhow::Context;
-    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn file_safe(name: &str) -> String {
-    name.chars().map(|character| if character.is_ascii_alphanumeric() || character == '-' { character } else { '_' }).collect()
+    name.chars()
+        .map(|character| {
+            if character.is_ascii_alphanumeric() || character == '-' {
+                character
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
