@@ -24,6 +24,9 @@ use crate::trial::{Trial, TrialArgs, TrialMsg};
 /// Outcomes kept for re-reporting after a reconnect.
 const RECENT_OUTCOMES: usize = 4096;
 
+/// Running attempts, and recent outcomes with their attempts.
+pub type Snapshot = (Vec<AttemptId>, Vec<(AttemptId, TrialOutcome)>);
+
 pub enum AgentMsg {
     Command(CoordinatorCommand),
     TrialExited {
@@ -31,7 +34,7 @@ pub enum AgentMsg {
         outcome: TrialOutcome,
     },
     /// Running attempts and recent outcomes, for `Register`.
-    Snapshot(RpcReplyPort<(Vec<AttemptId>, Vec<(AttemptId, TrialOutcome)>)>),
+    Snapshot(RpcReplyPort<Snapshot>),
     LinkUp {
         epoch: Epoch,
     },
@@ -229,7 +232,7 @@ impl RootState {
                 }
                 let slots = start.slots;
                 let args = TrialArgs {
-                    start,
+                    start: *start,
                     outbox: self.outbox.clone(),
                     root: myself.clone(),
                     checkpoint_root: self.checkpoint_root.clone(),

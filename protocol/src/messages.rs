@@ -197,7 +197,7 @@ pub enum Command {
         heartbeat_interval_ms: u64,
         adopted: Vec<AttemptId>,
     },
-    StartTrial(StartTrial),
+    StartTrial(Box<StartTrial>),
     StopTrial {
         attempt: AttemptId,
         reason: StopReason,

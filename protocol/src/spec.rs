@@ -773,7 +773,7 @@ metrics = ["loss", "accuracy"]
     fn empty_space_is_refused_and_all_problems_are_reported() {
         let start = GOOD.find("[space.x]").expect("has space");
         let end = GOOD.find("[budget]").expect("has budget");
-        let text = format!("{}space = {{}}\n{}", &GOOD[..start], &GOOD[end..])
+        let text = format!("{}[space]\n{}", &GOOD[..start], &GOOD[end..])
             .replace("max_trials = 10", "max_trials = 0")
             .replace("--x={x}", "--x={y}");
         let problems = problems_of(&text);

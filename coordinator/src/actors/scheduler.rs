@@ -481,7 +481,7 @@ impl SchedulerState {
                 resume_from: None,
                 slots: trial.slots,
             };
-            self.send(&agent, Command::StartTrial(start));
+            self.send(&agent, Command::StartTrial(Box::new(start)));
         }
     }
 }

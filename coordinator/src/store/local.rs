@@ -20,13 +20,14 @@ use tokio::sync::oneshot;
 use super::{CommitTicket, StateStore, StateWrite, StoreError, StoredState};
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
+type Queue = mpsc::Sender<(Vec<StateWrite>, Reply)>;
 
 pub struct LocalStore {
     path: PathBuf,
     /// State as of open, handed to the coordinator by `load`.
     loaded: StoredState,
     /// Queue to the writer thread; `None` after shutdown.
-    queue: Mutex<Option<mpsc::Sender<(Vec<StateWrite>, Reply)>>>,
+    queue: Mutex<Option<Queue>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     next_epoch: Mutex<u64>,
 }

@@ -1,0 +1,423 @@
+//! The wire encoding is a contract: these bytes must not change by accident.
+//!
+//! Every message variant is encoded from a fixed sample and compared with its pinned hex.
+//! A deliberate change (a new protocol version) updates the table; run with
+//! `FLOTILLA_PRINT_GOLDEN=1` to print the current encodings. Round-trip property tests and
+//! garbage/oversized inputs check that decoding never panics or over-allocates.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flotilla_protocol::codec::{self, MAX_FRAME_BYTES};
+use flotilla_protocol::framing::{self, FrameError};
+use flotilla_protocol::messages::*;
+use flotilla_protocol::spec::{
+    AlgorithmSpec, Budget, Constraint, ConstraintOp, Direction, FieldProblem, Objective, ParamSpec,
+    Resources, RetryPolicy, SweepSpec, TrialSpec,
+};
+use flotilla_protocol::{AgentId, AttemptId, Epoch, ParamValue, SweepId, TrialId};
+use proptest::prelude::*;
+
+fn attempt() -> AttemptId {
+    AttemptId {
+        trial: TrialId {
+            sweep: SweepId(3),
+            number: 7,
+        },
+        attempt: 1,
+    }
+}
+
+fn params() -> Params {
+    BTreeMap::from([
+        ("lr".to_string(), ParamValue::Float(0.01)),
+        ("opt".to_string(), ParamValue::Str("adam".into())),
+    ])
+}
+
+fn metrics() -> Metrics {
+    BTreeMap::from([("loss".to_string(), 0.5)])
+}
+
+fn spec() -> SweepSpec {
+    SweepSpec {
+        name: "g".into(),
+        objective: Objective {
+            metric: "loss".into(),
+            direction: Direction::Minimize,
+        },
+        constraints: vec![Constraint {
+            metric: "loss".into(),
+            op: ConstraintOp::AtMost,
+            threshold: 1.0,
+        }],
+        space: BTreeMap::from([
+            ("lr".to_string(), ParamSpec::log_float(1e-4, 1e-1)),
+            ("n".to_string(), ParamSpec::int(1, 3)),
+        ]),
+        algorithm: AlgorithmSpec::default(),
+        budget: Budget {
+            max_trials: 4,
+            max_parallel: 2,
+            max_duration: Some(Duration::from_secs(60)),
+        },
+        trial: TrialSpec {
+            command: Some("true".into()),
+            metrics: vec!["loss".into()],
+            ..TrialSpec::default()
+        },
+        resources: Resources::default(),
+        retries: RetryPolicy::default(),
+    }
+}
+
+fn record() -> TrialRecord {
+    TrialRecord {
+        id: attempt().trial,
+        attempt: 1,
+        params: params(),
+        state: TrialState::Succeeded,
+        metrics: metrics(),
+        objective: Some(0.5),
+        feasible: true,
+        agent: Some(AgentId("a1".into())),
+        failures: 0,
+        started_ms: Some(1000),
+        finished_ms: Some(2000),
+        duration_ms: Some(900),
+        message: None,
+        dispatch_latency_us: Some(250),
+    }
+}
+
+fn summary() -> SweepSummary {
+    SweepSummary {
+        id: SweepId(3),
+        name: "g".into(),
+        state: SweepState::Completed,
+        objective_metric: "loss".into(),
+        direction: Direction::Minimize,
+        max_trials: 4,
+        counts: TrialCounts {
+            pending: 0,
+            running: 0,
+            succeeded: 4,
+            failed: 0,
+            stopped: 0,
+        },
+        best: Some(record()),
+        created_ms: 1,
+        finished_ms: Some(2),
+    }
+}
+
+fn point() -> MetricPoint {
+    MetricPoint {
+        step: 2,
+        values: metrics(),
+        elapsed_ms: 40,
+    }
+}
+
+fn start() -> StartTrial {
+    StartTrial {
+        attempt: attempt(),
+        params: params(),
+        trial: spec().trial,
+        resume_from: None,
+        slots: 1,
+    }
+}
+
+/// (name, encoding) of one sample per message variant.
+fn samples() -> Vec<(&'static str, Vec<u8>)> {
+    let encode = |value: &dyn erased::Encode| value.encode();
+    vec![
+        (
+            "Hello",
+            encode(&Hello {
+                min_version: 1,
+                max_version: 1,
+                role: Role::Agent,
+                peer_name: "a1".into(),
+            }),
+        ),
+        (
+            "HelloReply::Welcome",
+            encode(&HelloReply::Welcome(Welcome {
+                version: 1,
+                epoch: Epoch(5),
+                coordinator: "c".into(),
+            })),
+        ),
+        (
+            "HelloReply::Refused",
+            encode(&HelloReply::Refused(Refusal {
+                reason: RefusalReason::NotLeader {
+                    leader: Some("x:1".into()),
+                },
+                message: "m".into(),
+            })),
+        ),
+        (
+            "AgentMessage::Register",
+            encode(&AgentMessage::Register(Registration {
+                agent_id: AgentId("a1".into()),
+                hostname: "h".into(),
+                slots: 2,
+                gpus: 1,
+                running: vec![attempt()],
+                finished: vec![(
+                    attempt(),
+                    TrialOutcome::Succeeded {
+                        metrics: metrics(),
+                        duration_ms: 9,
+                    },
+                )],
+                version: "0.1.0".into(),
+            })),
+        ),
+        (
+            "AgentMessage::Heartbeat",
+            encode(&AgentMessage::Heartbeat(Heartbeat {
+                running: vec![attempt()],
+            })),
+        ),
+        (
+            "AgentMessage::TrialStarted",
+            encode(&AgentMessage::TrialStarted { attempt: attempt() }),
+        ),
+        (
+            "AgentMessage::TrialMetrics",
+            encode(&AgentMessage::TrialMetrics {
+                attempt: attempt(),
+                points: vec![point()],
+            }),
+        ),
+        (
+            "AgentMessage::TrialFinished(Failed)",
+            encode(&AgentMessage::TrialFinished {
+                attempt: attempt(),
+                outcome: TrialOutcome::Failed {
+                    exit_code: Some(2),
+                    signal: None,
+                    message: "boom".into(),
+                    duration_ms: 3,
+                },
+            }),
+        ),
+        (
+            "AgentMessage::TrialFinished(Stopped)",
+            encode(&AgentMessage::TrialFinished {
+                attempt: attempt(),
+                outcome: TrialOutcome::Stopped {
+                    reason: StopReason::AgentShutdown,
+                    duration_ms: 3,
+                },
+            }),
+        ),
+        (
+            "AgentMessage::CommandRejected",
+            encode(&AgentMessage::CommandRejected {
+                attempt: Some(attempt()),
+                reason: "r".into(),
+            }),
+        ),
+        (
+            "CoordinatorCommand::Registered",
+            encode(&CoordinatorCommand {
+                epoch: Epoch(5),
+                command: Command::Registered {
+                    heartbeat_interval_ms: 1000,
+                    adopted: vec![attempt()],
+                },
+            }),
+        ),
+        (
+            "CoordinatorCommand::StartTrial",
+            encode(&CoordinatorCommand {
+                epoch: Epoch(5),
+                command: Command::StartTrial(Box::new(start())),
+            }),
+        ),
+        (
+            "CoordinatorCommand::StopTrial",
+            encode(&CoordinatorCommand {
+                epoch: Epoch(5),
+                command: Command::StopTrial {
+                    attempt: attempt(),
+                    reason: StopReason::Cancelled,
+                },
+            }),
+        ),
+        (
+            "ClientRequest::SubmitSweep",
+            encode(&ClientRequest::SubmitSweep(Box::new(spec()))),
+        ),
+        (
+            "ClientRequest::ListSweeps",
+            encode(&ClientRequest::ListSweeps),
+        ),
+        (
+            "ClientRequest::SweepStatus",
+            encode(&ClientRequest::SweepStatus(SweepId(3))),
+        ),
+        (
+            "ClientRequest::CancelSweep",
+            encode(&ClientRequest::CancelSweep(SweepId(3))),
+        ),
+        (
+            "ClientRequest::BestTrial",
+            encode(&ClientRequest::BestTrial(SweepId(3))),
+        ),
+        (
+            "ClientRequest::ListTrials",
+            encode(&ClientRequest::ListTrials(SweepId(3))),
+        ),
+        (
+            "ClientRequest::WatchSweep",
+            encode(&ClientRequest::WatchSweep(SweepId(3))),
+        ),
+        (
+            "ClientRequest::ListAgents",
+            encode(&ClientRequest::ListAgents),
+        ),
+        (
+            "ClientResponse::SweepSubmitted",
+            encode(&ClientResponse::SweepSubmitted(summary())),
+        ),
+        (
+            "ClientResponse::Best",
+            encode(&ClientResponse::Best(Some(record()))),
+        ),
+        (
+            "ClientResponse::Event(Started)",
+            encode(&ClientResponse::Event(SweepEvent::TrialStarted {
+                attempt: attempt(),
+                agent: AgentId("a1".into()),
+                params: params(),
+            })),
+        ),
+        (
+            "ClientResponse::Event(Metric)",
+            encode(&ClientResponse::Event(SweepEvent::Metric {
+                attempt: attempt(),
+                point: point(),
+            })),
+        ),
+        (
+            "ClientResponse::Event(SweepFinished)",
+            encode(&ClientResponse::Event(SweepEvent::SweepFinished(summary()))),
+        ),
+        (
+            "ClientResponse::Agents",
+            encode(&ClientResponse::Agents(vec![AgentInfo {
+                id: AgentId("a1".into()),
+                hostname: "h".into(),
+                slots: 2,
+                busy_slots: 1,
+                gpus: 0,
+                connected: true,
+                last_seen_ms_ago: 10,
+                running: vec![attempt()],
+                version: "0.1.0".into(),
+            }])),
+        ),
+        (
+            "ClientResponse::Error",
+            encode(&ClientResponse::Error(ApiError {
+                kind: ApiErrorKind::InvalidSweep,
+                message: "bad".into(),
+                problems: vec![FieldProblem {
+                    path: "budget.max_trials".into(),
+                    message: "must be at least 1".into(),
+                }],
+            })),
+        ),
+        ("ParamValue::Int", encode(&ParamValue::Int(-3))),
+        ("ParamValue::Bool", encode(&ParamValue::Bool(true))),
+    ]
+}
+
+mod erased {
+    pub trait Encode {
+        fn encode(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Encode for T {
+        fn encode(&self) -> Vec<u8> {
+            flotilla_protocol::codec::encode(self).expect("sample encodes")
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+include!("golden/table.rs");
+
+#[test]
+fn every_message_encodes_to_its_pinned_bytes() {
+    let samples = samples();
+    if std::env::var_os("FLOTILLA_PRINT_GOLDEN").is_some() {
+        println!("const GOLDEN: &[(&str, &str)] = &[");
+        for (name, bytes) in &samples {
+            println!("    ({name:?}, {:?}),", hex(bytes));
+        }
+        println!("];");
+    }
+    assert_eq!(
+        samples.len(),
+        GOLDEN.len(),
+        "every sample has a pinned encoding"
+    );
+    for ((name, bytes), (golden_name, golden_hex)) in samples.iter().zip(GOLDEN) {
+        assert_eq!(name, golden_name);
+        assert_eq!(&hex(bytes), golden_hex, "the encoding of {name} changed");
+    }
+}
+
+#[test]
+fn oversized_messages_are_refused_on_both_sides() {
+    let huge = "x".repeat(MAX_FRAME_BYTES + 1);
+    assert!(codec::encode(&huge).is_err());
+    let mut buffer = Vec::new();
+    assert!(matches!(
+        framing::append_frame(&mut buffer, &huge),
+        Err(FrameError::Codec(_) | FrameError::TooLarge { .. })
+    ));
+    // A payload whose inner length claims far more than the frame holds is an error, not an allocation.
+    let lying = [0xfc, 0xff, 0xff, 0xff, 0x7f, 0x01];
+    assert!(codec::decode::<Vec<String>>(&lying).is_err());
+}
+
+proptest! {
+    #[test]
+    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = codec::decode::<ClientRequest>(&bytes);
+        let _ = codec::decode::<AgentMessage>(&bytes);
+        let _ = codec::decode::<CoordinatorCommand>(&bytes);
+        let _ = codec::decode::<ClientResponse>(&bytes);
+        let _ = codec::decode::<HelloReply>(&bytes);
+    }
+
+    #[test]
+    fn metric_points_round_trip(step in any::<u64>(), elapsed in any::<u64>(), values in proptest::collection::btree_map("[a-z_]{1,12}", -1e12f64..1e12, 0..8)) {
+        let message = AgentMessage::TrialMetrics { attempt: attempt(), points: vec![MetricPoint { step, values, elapsed_ms: elapsed }] };
+        let bytes = codec::encode(&message).expect("encodes");
+        prop_assert_eq!(codec::decode::<AgentMessage>(&bytes).expect("decodes"), message);
+    }
+
+    #[test]
+    fn params_round_trip(float in -1e9f64..1e9, int in any::<i64>(), text in ".{0,20}", flag in any::<bool>()) {
+        let params: Params = BTreeMap::from([
+            ("a".to_string(), ParamValue::Float(float)),
+            ("b".to_string(), ParamValue::Int(int)),
+            ("c".to_string(), ParamValue::Str(text)),
+            ("d".to_string(), ParamValue::Bool(flag)),
+        ]);
+        let message = CoordinatorCommand { epoch: Epoch(int.unsigned_abs()), command: Command::StartTrial(Box::new(StartTrial { params, ..start() })) };
+        let bytes = codec::encode(&message).expect("encodes");
+        prop_assert_eq!(codec::decode::<CoordinatorCommand>(&bytes).expect("decodes"), message);
+    }
+}
