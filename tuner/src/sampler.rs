@@ -90,15 +90,22 @@ impl GridSampler {
         let total = axes.iter().fold(1u64, |product, axis| {
             product.saturating_mul(axis.len() as u64)
         });
-        let mut order: Vec<u64> = (0..total.min(max_points.max(1)).min(1 << 24)).collect();
-        if total > order.len() as u64 {
-            // Budget smaller than the grid: take an even stride through the whole grid.
-            let stride = total as f64 / order.len() as f64;
-            for (position, slot) in order.iter_mut().enumerate() {
-                *slot = (position as f64 * stride) as u64;
-            }
-        }
+        let wanted = total.min(max_points.max(1)).min(1 << 24);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut order: Vec<u64> = if wanted == total {
+            (0..total).collect()
+        } else {
+            // Budget smaller than the grid: a uniform random subset of the grid points
+            // (Floyd's algorithm), so no axis is starved by the index layout.
+            let mut chosen = std::collections::BTreeSet::new();
+            for upper in (total - wanted)..total {
+                let candidate = rng.random_range(0..=upper);
+                if !chosen.insert(candidate) {
+                    chosen.insert(upper);
+                }
+            }
+            chosen.into_iter().collect()
+        };
         for index in (1..order.len()).rev() {
             let other = rng.random_range(0..=index);
             order.swap(index, other);
@@ -221,15 +228,23 @@ mod tests {
 
     #[test]
     fn grid_enumerates_every_combination_once_then_stops() {
+        // lr: 3 points; layers: 4 integers > 3 points, so 3 spaced values; opt: 3 choices.
         let mut sampler = GridSampler::new(&space(), 3, 5, u64::MAX);
-        assert_eq!(sampler.capacity(), Some(3 * 4 * 3));
+        assert_eq!(sampler.capacity(), Some(3 * 3 * 3));
         let mut seen = HashSet::new();
-        for trial in 0..36 {
+        for trial in 0..27 {
             let point = sampler.suggest(trial).expect("within the grid");
             assert!(space().contains(&point));
             assert!(seen.insert(format!("{point:?}")), "duplicate {point:?}");
         }
-        assert_eq!(sampler.suggest(36), None);
+        assert_eq!(sampler.suggest(27), None);
+        let mut full = GridSampler::new(&space(), 4, 5, u64::MAX);
+        assert_eq!(
+            full.capacity(),
+            Some(4 * 4 * 3),
+            "every integer when they fit"
+        );
+        assert!(full.suggest(47).is_some() && full.suggest(48).is_none());
     }
 
     #[test]

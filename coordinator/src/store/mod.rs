@@ -74,14 +74,9 @@ impl StoredState {
         }
         for sweep in self.sweeps.values() {
             writes.push(StateWrite::Sweep(Box::new(sweep.clone())));
-            for trial in self
-                .trials
-                .get(&sweep.id)
-                .into_iter()
-                .flat_map(|trials| trials.values())
-            {
-                writes.push(StateWrite::Trial(Box::new(trial.clone())));
-            }
+        }
+        for trial in self.trials.values().flat_map(BTreeMap::values) {
+            writes.push(StateWrite::Trial(Box::new(trial.clone())));
         }
         writes
     }
