@@ -22,6 +22,6 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-cargo nextest run --workspace --all-features --no-fail-fast
-# Doc tests are not run by nextest.
+# Doc tests are not run by nextest; run them first so the suite's summary closes the log.
 cargo test --workspace --all-features --doc
+cargo nextest run --workspace --all-features --no-fail-fast
