@@ -121,12 +121,20 @@ impl Agent {
         })
     }
 
-    /// Resolves when the link gave up for good (the coordinator refused this agent).
+    /// Resolves when the agent cannot go on: the link gave up for good (the coordinator
+    /// refused this agent) or AgentRoot stopped. The caller should exit (its trial
+    /// processes are killed with their actors).
     pub async fn failed(&mut self) -> anyhow::Error {
-        match (&mut self.link).await {
-            Ok(Err(error)) => anyhow!(error),
-            Ok(Ok(())) => anyhow!("the link stopped"),
-            Err(error) => anyhow!("the link task failed: {error}"),
+        tokio::select! {
+            link = &mut self.link => match link {
+                Ok(Err(error)) => anyhow!(error),
+                Ok(Ok(())) => anyhow!("the link stopped"),
+                Err(error) => anyhow!("the link task failed: {error}"),
+            },
+            root = &mut self.root_done => match root {
+                Ok(()) => anyhow!("the agent's root actor stopped"),
+                Err(error) => anyhow!("the agent's root actor failed: {error}"),
+            },
         }
     }
 
@@ -144,6 +152,25 @@ impl Agent {
         self.root.stop(None);
         let _ = self.root_done.await;
     }
+}
+
+/// The agent id kept in `work_dir/agent-id`, created on first use as `<hostname>-<random>`.
+/// It survives restarts, so a restarted agent is recognised and its lost trials are
+/// re-placed at once instead of after the liveness timeout. Agents need separate work dirs.
+pub fn stable_agent_id(work_dir: &std::path::Path) -> anyhow::Result<AgentId> {
+    let path = work_dir.join("agent-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(AgentId(text.trim().to_string())),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(anyhow!("cannot read {}: {error}", path.display())),
+    }
+    std::fs::create_dir_all(work_dir)
+        .with_context(|| format!("cannot create {}", work_dir.display()))?;
+    let id = format!("{}-{:06x}", hostname(), rand::random::<u32>() & 0xff_ffff);
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(AgentId(id))
 }
 
 fn hostname() -> String {

@@ -143,19 +143,33 @@ async fn session(
         }
         None => return Err(retry("the coordinator closed the handshake stream")),
     };
-    let (running, finished) = crate::ask(root, AgentMsg::Snapshot).await.map_err(retry)?;
+    let snapshot = crate::ask(root, AgentMsg::Snapshot).await.map_err(retry)?;
+    if welcome.epoch < snapshot.newest_epoch {
+        // Obeying it could undo what a newer leader decided. A coordinator whose state file
+        // was replaced hands out low epochs again; restarting this agent joins it afresh.
+        return Err(SessionFailure::Fatal(format!(
+            "coordinator '{}' leads epoch {}, but this agent already obeyed epoch {}; \
+             refusing to follow an older leader (restart the agent to join a coordinator \
+             whose state was reset)",
+            welcome.coordinator, welcome.epoch, snapshot.newest_epoch
+        )));
+    }
     let registration = Registration {
         agent_id: config.agent_id.clone(),
         hostname: config.hostname.clone(),
         slots: config.slots,
         gpus: config.gpus,
-        running,
-        finished,
+        running: snapshot.running,
+        finished: snapshot.finished,
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    framing::write_frame(&mut send, &AgentMessage::Register(registration))
-        .await
+    let mut hello_frames = Vec::new();
+    framing::append_frame(&mut hello_frames, &AgentMessage::Register(registration))
         .map_err(retry)?;
+    if snapshot.draining {
+        framing::append_frame(&mut hello_frames, &AgentMessage::Draining).map_err(retry)?;
+    }
+    send.write_all(&hello_frames).await.map_err(retry)?;
     let _ = root.cast(AgentMsg::LinkUp {
         epoch: welcome.epoch,
     });

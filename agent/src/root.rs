@@ -24,8 +24,16 @@ use crate::trial::{Trial, TrialArgs, TrialMsg};
 /// Outcomes kept for re-reporting after a reconnect.
 const RECENT_OUTCOMES: usize = 4096;
 
-/// Running attempts, and recent outcomes with their attempts.
-pub type Snapshot = (Vec<AttemptId>, Vec<(AttemptId, TrialOutcome)>);
+/// What the link reports when it (re)registers.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub running: Vec<AttemptId>,
+    /// Recent outcomes, which the coordinator may not have received.
+    pub finished: Vec<(AttemptId, TrialOutcome)>,
+    /// The newest leader epoch this agent has obeyed.
+    pub newest_epoch: Epoch,
+    pub draining: bool,
+}
 
 pub enum AgentMsg {
     Command(CoordinatorCommand),
@@ -65,7 +73,12 @@ pub struct RootState {
     link_up: bool,
     checkpoint_root: PathBuf,
     stop_grace: Duration,
-    draining: Option<RpcReplyPort<()>>,
+    /// Once set, stays set: a draining agent takes no new trials.
+    draining: bool,
+    /// Answered when the last trial has exited during a drain.
+    drained: Option<RpcReplyPort<()>>,
+    heartbeat_interval: Duration,
+    heartbeat_timer: Option<ractor::concurrency::JoinHandle<()>>,
 }
 
 pub struct AgentRoot;
@@ -80,7 +93,8 @@ impl Actor for AgentRoot {
         myself: ActorRef<AgentMsg>,
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
-        myself.send_interval(Duration::from_millis(1000), || AgentMsg::Tick);
+        let heartbeat_interval = Duration::from_millis(1000);
+        let heartbeat_timer = myself.send_interval(heartbeat_interval, || AgentMsg::Tick);
         Ok(RootState {
             slots: args.slots,
             running: HashMap::new(),
@@ -90,7 +104,10 @@ impl Actor for AgentRoot {
             link_up: false,
             checkpoint_root: args.checkpoint_root,
             stop_grace: args.stop_grace,
-            draining: None,
+            draining: false,
+            drained: None,
+            heartbeat_interval,
+            heartbeat_timer: Some(heartbeat_timer),
         })
     }
 
@@ -113,7 +130,7 @@ impl Actor for AgentRoot {
                     .outbox
                     .send(AgentMessage::TrialFinished { attempt, outcome });
                 if state.running.is_empty()
-                    && let Some(reply) = state.draining.take()
+                    && let Some(reply) = state.drained.take()
                 {
                     let _ = reply.send(());
                 }
@@ -121,7 +138,12 @@ impl Actor for AgentRoot {
             AgentMsg::Snapshot(reply) => {
                 let mut running: Vec<AttemptId> = state.running.keys().copied().collect();
                 running.sort();
-                let _ = reply.send((running, state.recent.iter().cloned().collect()));
+                let _ = reply.send(Snapshot {
+                    running,
+                    finished: state.recent.iter().cloned().collect(),
+                    newest_epoch: state.newest_epoch,
+                    draining: state.draining,
+                });
             }
             AgentMsg::LinkUp { epoch } => {
                 state.newest_epoch = state.newest_epoch.max(epoch);
@@ -137,6 +159,10 @@ impl Actor for AgentRoot {
                 }
             }
             AgentMsg::Drain(reply) => {
+                if !state.draining {
+                    state.draining = true;
+                    let _ = state.outbox.send(AgentMessage::Draining);
+                }
                 for running in state.running.values() {
                     let _ = running
                         .actor
@@ -145,7 +171,7 @@ impl Actor for AgentRoot {
                 if state.running.is_empty() {
                     let _ = reply.send(());
                 } else {
-                    state.draining = Some(reply);
+                    state.drained = Some(reply);
                 }
             }
         }
@@ -187,6 +213,18 @@ impl RootState {
             .send(AgentMessage::CommandRejected { attempt, reason });
     }
 
+    /// Heartbeats at the period the coordinator asked for.
+    fn set_heartbeat(&mut self, myself: &ActorRef<AgentMsg>, interval: Duration) {
+        if interval == self.heartbeat_interval || interval.is_zero() {
+            return;
+        }
+        if let Some(timer) = self.heartbeat_timer.take() {
+            timer.abort();
+        }
+        self.heartbeat_interval = interval;
+        self.heartbeat_timer = Some(myself.send_interval(interval, || AgentMsg::Tick));
+    }
+
     async fn command(&mut self, myself: &ActorRef<AgentMsg>, command: CoordinatorCommand) {
         if command.epoch < self.newest_epoch {
             let attempt = match &command.command {
@@ -205,7 +243,11 @@ impl RootState {
         }
         self.newest_epoch = command.epoch;
         match command.command {
-            Command::Registered { adopted, .. } => {
+            Command::Registered {
+                adopted,
+                heartbeat_interval_ms,
+            } => {
+                self.set_heartbeat(myself, Duration::from_millis(heartbeat_interval_ms));
                 for (attempt, running) in &self.running {
                     if !adopted.contains(attempt) {
                         tracing::info!(%attempt, "coordinator did not adopt this attempt; stopping it");
@@ -218,7 +260,7 @@ impl RootState {
                 if self.running.contains_key(&attempt) {
                     return;
                 }
-                if self.draining.is_some() {
+                if self.draining {
                     self.reject(Some(attempt), "the agent is shutting down".into());
                     return;
                 }

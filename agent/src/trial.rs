@@ -57,6 +57,8 @@ pub struct TrialState {
     root: ActorRef<AgentMsg>,
     stop_grace: Duration,
     reported: bool,
+    /// Reads the program's output and waits for its exit; aborted if the actor stops first.
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct Trial;
@@ -84,10 +86,12 @@ impl Actor for Trial {
             root: args.root.clone(),
             stop_grace: args.stop_grace,
             reported: false,
+            watcher: None,
         };
         match spawn_process(&args, &myself) {
-            Ok(process_group) => {
+            Ok((process_group, watcher)) => {
                 state.process_group = Some(process_group);
+                state.watcher = Some(watcher);
                 let _ = args.outbox.send(AgentMessage::TrialStarted { attempt });
                 if let Some(timeout) = args.start.trial.timeout {
                     myself.send_after(timeout, || TrialMsg::Stop(StopReason::TimedOut));
@@ -141,12 +145,24 @@ impl Actor for Trial {
             }
             TrialMsg::ForceKill => state.signal(Signal::SIGKILL),
             TrialMsg::Exited(status) => {
-                // Whatever the program left behind in its group goes with it.
-                state.signal(Signal::SIGKILL);
                 let outcome = state.outcome(status);
                 state.report(outcome);
+                state.process_group = None;
                 myself.stop(None);
             }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<TrialMsg>,
+        state: &mut TrialState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stopped before the program exited (the agent is going away): nothing outlives us.
+        state.signal(Signal::SIGKILL);
+        if let Some(watcher) = state.watcher.take() {
+            watcher.abort();
         }
         Ok(())
     }
@@ -234,7 +250,7 @@ pub fn trial_environment(
     for (name, value) in &start.params {
         environment.push((
             format!("FLOTILLA_PARAM_{}", name.to_ascii_uppercase()),
-            value.to_string(),
+            value.exact(),
         ));
     }
     if let Some(resume) = &start.resume_from {
@@ -243,7 +259,13 @@ pub fn trial_environment(
     environment
 }
 
-fn spawn_process(args: &TrialArgs, myself: &ActorRef<TrialMsg>) -> Result<Pid, String> {
+/// How long output may keep flowing after the program exited (its group is killed first).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+
+fn spawn_process(
+    args: &TrialArgs,
+    myself: &ActorRef<TrialMsg>,
+) -> Result<(Pid, tokio::task::JoinHandle<()>), String> {
     let start = &args.start;
     let program = start
         .trial
@@ -285,8 +307,10 @@ fn spawn_process(args: &TrialArgs, myself: &ActorRef<TrialMsg>) -> Result<Pid, S
     let stderr = child.stderr.take();
     let actor = myself.clone();
     let attempt = start.attempt;
-    // Owned by this actor: it ends when the process has exited and been reaped.
-    tokio::spawn(async move {
+    let group = Pid::from_raw(pid as i32);
+    // Owned by this actor (aborted in its post_stop): it ends once the process has exited,
+    // been reaped, and its output has been read.
+    let watcher = tokio::spawn(async move {
         let stderr_actor = actor.clone();
         let stderr_task = async move {
             let Some(stderr) = stderr else { return };
@@ -323,12 +347,29 @@ fn spawn_process(args: &TrialArgs, myself: &ActorRef<TrialMsg>) -> Result<Pid, S
                 }
             }
         };
-        tokio::join!(stdout_task, stderr_task);
-        let status = child
-            .wait()
-            .await
-            .map_err(|error| format!("waiting for the process failed: {error}"));
+        // The program's exit decides the outcome, not its pipes: a grandchild that inherited
+        // stdout must not keep the trial alive. Once the program exits, its whole group is
+        // killed, which closes the pipes; what is left to read gets a short grace.
+        let output = async { tokio::join!(stdout_task, stderr_task) };
+        tokio::pin!(output);
+        let mut output_done = false;
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = &mut output => {
+                output_done = true;
+                child.wait().await
+            }
+        };
+        let _ = killpg(group, Signal::SIGKILL);
+        if !output_done
+            && tokio::time::timeout(OUTPUT_DRAIN, &mut output)
+                .await
+                .is_err()
+        {
+            tracing::warn!(%attempt, "trial output did not close after its exit; ignoring the rest");
+        }
+        let status = status.map_err(|error| format!("waiting for the process failed: {error}"));
         let _ = actor.cast(TrialMsg::Exited(status));
     });
-    Ok(Pid::from_raw(pid as i32))
+    Ok((group, watcher))
 }

@@ -130,7 +130,7 @@ struct AgentArgs {
     /// GPUs this agent offers.
     #[arg(long, default_value_t = 0)]
     gpus: u32,
-    /// A stable name for this agent (default: hostname-pid).
+    /// A stable name for this agent (default: kept in WORK_DIR/agent-id, made on first start).
     #[arg(long, env = "FLOTILLA_AGENT_ID")]
     id: Option<String>,
     /// Checkpoints and scratch space.
@@ -297,11 +297,10 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let identity = Identity::load_from_dir(&args.certs, &args.identity)?;
-    let id = args.id.unwrap_or_else(|| {
-        let host =
-            std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "agent".into());
-        format!("{}-{}", host.trim(), std::process::id())
-    });
+    let id = match args.id {
+        Some(id) => id,
+        None => flotilla_agent::stable_agent_id(&args.work_dir)?.0,
+    };
     let mut config = AgentConfig::new(
         args.coordinator,
         identity,

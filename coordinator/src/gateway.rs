@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_protocol::framing::{self, FrameError};
-use flotilla_protocol::handshake::{PROTOCOL_VERSION, negotiate, role_permits};
+use flotilla_protocol::handshake::{
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, negotiate, role_permits,
+};
 use flotilla_protocol::messages::{
     AgentMessage, ApiError, ApiErrorKind, ClientRequest, ClientResponse, Command,
     CoordinatorCommand, Hello, HelloReply, Refusal, RefusalReason, Role, SweepEvent, Welcome,
@@ -109,12 +111,13 @@ async fn serve_connection(
         .ok_or_else(|| SessionError::Handshake("stream closed before hello".into()))?;
     let certified =
         tls::peer_role(&connection).map_err(|error| SessionError::Handshake(error.to_string()));
-    let refusal = match (&certified, negotiate(&hello)) {
+    let negotiated = negotiate(&hello);
+    let refusal = match (&certified, negotiated) {
         (Err(error), _) => Some((RefusalReason::RoleNotPermitted, error.to_string())),
         (_, None) => Some((
             RefusalReason::UnsupportedVersion,
             format!(
-                "peer speaks versions {}..={}, this coordinator speaks 1..={PROTOCOL_VERSION}",
+                "peer speaks versions {}..={}, this coordinator speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}",
                 hello.min_version, hello.max_version
             ),
         )),
@@ -150,7 +153,7 @@ async fn serve_connection(
     }
     let certified = certified.map_err(|error| SessionError::Internal(error.to_string()))?;
     let welcome = Welcome {
-        version: PROTOCOL_VERSION,
+        version: negotiated.unwrap_or(PROTOCOL_VERSION),
         epoch: context.epoch,
         coordinator: context.name.clone(),
     };
@@ -182,9 +185,11 @@ async fn agent_session(
     let connection_id = context.connections.fetch_add(1, Ordering::Relaxed);
     let (commands, outgoing) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_commands(send, outgoing));
+    let closed = CancellationToken::new();
     let link = AgentLink {
         connection: connection_id,
         commands: commands.clone(),
+        close: closed.clone(),
     };
     let adopted = ask(&context.registry, |reply| RegistryMsg::Register {
         registration,
@@ -202,7 +207,15 @@ async fn agent_session(
         command: registered,
     });
     tracing::info!(%agent, remote = %connection.remote_address(), "agent registered");
-    let result = read_agent_messages(&agent, connection_id, &mut recv, &context).await;
+    let result = tokio::select! {
+        result = read_agent_messages(&agent, connection_id, &mut recv, &context) => result,
+        // The Registry declared this agent lost while its connection stayed open (it went
+        // quiet): end the session so the agent reconnects and registers afresh.
+        () = closed.cancelled() => {
+            connection.close(2u32.into(), b"declared lost; register again");
+            Err(SessionError::Internal("the agent was declared lost; closing its connection".into()))
+        }
+    };
     let _ = context.registry.cast(RegistryMsg::Disconnected {
         agent: agent.clone(),
         connection: connection_id,
@@ -252,6 +265,10 @@ async fn read_agent_messages(
                     attempt,
                     reason,
                 })
+                .map_err(|e| e.to_string()),
+            AgentMessage::Draining => context
+                .scheduler
+                .cast(SchedulerMsg::AgentDraining { agent })
                 .map_err(|e| e.to_string()),
             AgentMessage::Register(_) => Err("Register sent twice on one connection".to_string()),
         };

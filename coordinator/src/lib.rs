@@ -111,6 +111,18 @@ impl Coordinator {
             shutdown.clone(),
             tasks.clone(),
         ));
+        // Fail-stop when the store cannot persist: a restart resumes from what is durable.
+        let (watched_store, watched_leader, stop) =
+            (store.clone(), leader.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                error = watched_store.failed() => {
+                    tracing::error!(%error, "the state store failed; the coordinator stops");
+                    watched_leader.stop(Some(format!("state store failed: {error}")));
+                }
+            }
+        });
         tracing::info!(address = %local_addr, %epoch, state = %config.state_path.display(), "coordinator listening");
         Ok(Coordinator {
             local_addr,

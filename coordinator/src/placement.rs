@@ -20,7 +20,8 @@ pub trait Demand {
 pub struct Capacity {
     pub agent: AgentId,
     pub free_slots: u32,
-    pub gpus: u32,
+    /// GPUs not reserved by trials already placed there.
+    pub free_gpus: u32,
 }
 
 /// Pops every trial that fits somewhere and says where it goes. `last_served` is updated
@@ -46,6 +47,7 @@ pub fn assign<T: Demand>(
                 continue;
             };
             agents[index].free_slots -= trial.slots();
+            agents[index].free_gpus -= trial.gpus();
             placed.push((trial, agents[index].agent.clone()));
             *last_served = Some(sweep);
             progressed = true;
@@ -79,7 +81,7 @@ pub fn choose_agent(agents: &[Capacity], slots: u32, gpus: u32) -> Option<usize>
     agents
         .iter()
         .enumerate()
-        .filter(|(_, agent)| agent.free_slots >= slots && agent.gpus >= gpus)
+        .filter(|(_, agent)| agent.free_slots >= slots && agent.free_gpus >= gpus)
         .max_by(|(_, left), (_, right)| {
             left.free_slots
                 .cmp(&right.free_slots)
@@ -113,7 +115,7 @@ mod tests {
         Capacity {
             agent: AgentId(name.into()),
             free_slots: free,
-            gpus,
+            free_gpus: gpus,
         }
     }
 
@@ -162,11 +164,15 @@ mod tests {
     #[test]
     fn gpu_and_multi_slot_demands_only_go_where_they_fit() {
         let mut queues = BTreeMap::from([(SweepId(1), queue(1, 3, 2, 1))]);
-        let mut agents = vec![agent("cpu", 8, 0), agent("gpu", 3, 1)];
+        let mut agents = vec![agent("cpu", 8, 0), agent("gpu", 6, 1)];
         let placed = assign(&mut queues, &mut None, &mut agents);
-        assert_eq!(placed.len(), 1);
+        assert_eq!(
+            placed.len(),
+            1,
+            "one GPU is reserved by one trial at a time"
+        );
         assert_eq!(placed[0].1, AgentId("gpu".into()));
-        assert_eq!(agents[1].free_slots, 1);
+        assert_eq!((agents[1].free_slots, agents[1].free_gpus), (4, 0));
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub enum AgentMessage {
         attempt: Option<AttemptId>,
         reason: String,
     },
+    /// The agent is shutting down: it takes no new trials (sent again after a reconnect).
+    Draining,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -391,5 +393,7 @@ pub struct AgentInfo {
     /// Milliseconds since the agent's last heartbeat.
     pub last_seen_ms_ago: u64,
     pub running: Vec<AttemptId>,
+    /// The agent is shutting down: it finishes its trials and takes no new ones.
+    pub draining: bool,
     pub version: String,
 }

@@ -132,7 +132,7 @@ impl FromStr for Constraint {
                 continue;
             };
             let metric = metric.trim();
-            if metric.is_empty() || !is_identifier(metric) {
+            if !is_metric_name(metric) {
                 return Err(format!("'{text}': the left side must be a metric name"));
             }
             let threshold = threshold.trim().parse::<f64>().map_err(|_| {
@@ -442,17 +442,19 @@ impl SweepSpec {
         }
         for (name, param) in &self.space {
             let path = format!("space.{name}");
-            if !is_identifier(name) {
+            if !is_param_name(name) {
                 problem(
                     &path,
-                    "parameter names use letters, digits and '_' only".into(),
+                    "parameter names use letters, digits and '_' and do not start with a digit \
+                     (they become environment variable names)"
+                        .into(),
                 );
             }
             check_param(&path, param, &mut problem);
         }
 
         let reported = self.reported_metrics();
-        if !is_identifier(&self.objective.metric) {
+        if !is_metric_name(&self.objective.metric) {
             problem(
                 "objective.metric",
                 format!("'{}' is not a metric name", self.objective.metric),
@@ -638,14 +640,22 @@ fn check_param(path: &str, param: &ParamSpec, problem: &mut impl FnMut(&str, Str
     }
 }
 
-fn is_identifier(text: &str) -> bool {
+/// Metric names as the `@flotilla` line format accepts them (`val/loss`, `class_1.f1`).
+fn is_metric_name(text: &str) -> bool {
     !text.is_empty()
         && text.chars().all(|character| {
-            character.is_ascii_alphanumeric()
-                || character == '_'
-                || character == '.'
-                || character == '/'
+            character.is_ascii_alphanumeric() || matches!(character, '_' | '.' | '/')
         })
+}
+
+/// Parameter names: usable as `FLOTILLA_PARAM_<NAME>` and as `{name}` placeholders.
+fn is_param_name(text: &str) -> bool {
+    text.chars()
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && text
+            .chars()
+            .all(|character| character.is_ascii_alphanumeric() || character == '_')
 }
 
 /// The `{name}` placeholders in a command argument.
@@ -667,7 +677,7 @@ pub fn substitute(arg: &str, params: &BTreeMap<String, ParamValue>) -> String {
     for (name, value) in params {
         let placeholder = format!("{{{name}}}");
         if result.contains(&placeholder) {
-            result = result.replace(&placeholder, &value.to_string());
+            result = result.replace(&placeholder, &value.exact());
         }
     }
     result

@@ -30,6 +30,20 @@ impl ParamValue {
     }
 
     /// The value as JSON, for `FLOTILLA_PARAMS` and result files.
+    /// The value as a program should receive it (environment, `{name}` arguments): floats
+    /// in the shortest form that parses back to the same number, never rounded.
+    pub fn exact(&self) -> String {
+        match self {
+            ParamValue::Float(value) if *value != 0.0 && !(1e-4..1e16).contains(&value.abs()) => {
+                format!("{value:e}")
+            }
+            ParamValue::Float(value) => format!("{value}"),
+            ParamValue::Int(value) => value.to_string(),
+            ParamValue::Str(value) => value.clone(),
+            ParamValue::Bool(value) => value.to_string(),
+        }
+    }
+
     pub fn to_json_fragment(&self) -> String {
         match self {
             ParamValue::Float(value) if value.is_finite() => {
@@ -156,6 +170,16 @@ impl<'de> Deserialize<'de> for ParamValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_forms_parse_back_to_the_same_number() {
+        for value in [0.1234567891234, 3.0, -2.5e-7, 1e20, 0.0, 123456.789012345] {
+            let text = ParamValue::Float(value).exact();
+            assert_eq!(text.parse::<f64>().expect("parses"), value, "{text}");
+        }
+        assert_eq!(ParamValue::Float(1e-7).exact(), "1e-7");
+        assert_eq!(ParamValue::Float(0.001).exact(), "0.001");
+    }
 
     #[test]
     fn json_fragments_are_valid_json_values() {

@@ -223,6 +223,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 reason: "r".into(),
             }),
         ),
+        ("AgentMessage::Draining", encode(&AgentMessage::Draining)),
         (
             "CoordinatorCommand::Registered",
             encode(&CoordinatorCommand {
@@ -320,6 +321,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 connected: true,
                 last_seen_ms_ago: 10,
                 running: vec![attempt()],
+                draining: false,
                 version: "0.1.0".into(),
             }])),
         ),

@@ -41,7 +41,7 @@ pub struct RegistryArgs {
 
 struct AgentEntry {
     registration: Registration,
-    connection: u64,
+    link: AgentLink,
     connected: bool,
     last_seen: Instant,
 }
@@ -98,7 +98,7 @@ impl Actor for Registry {
                     agent,
                     AgentEntry {
                         registration,
-                        connection: link.connection,
+                        link: link.clone(),
                         connected: true,
                         last_seen: Instant::now(),
                     },
@@ -109,7 +109,7 @@ impl Actor for Registry {
                 if let Some(entry) = state
                     .agents
                     .get_mut(&agent)
-                    .filter(|entry| entry.connection == connection)
+                    .filter(|entry| entry.link.connection == connection)
                 {
                     entry.last_seen = Instant::now();
                 }
@@ -118,7 +118,7 @@ impl Actor for Registry {
                 if let Some(entry) = state
                     .agents
                     .get_mut(&agent)
-                    .filter(|entry| entry.connection == connection)
+                    .filter(|entry| entry.link.connection == connection)
                 {
                     tracing::info!(%agent, "agent disconnected; waiting for it to come back");
                     entry.connected = false;
@@ -133,7 +133,10 @@ impl Actor for Registry {
                     .map(|(agent, _)| agent.clone())
                     .collect();
                 for agent in lost {
-                    state.agents.remove(&agent);
+                    if let Some(entry) = state.agents.remove(&agent) {
+                        // If it is only quiet, not gone, it must register again.
+                        entry.link.close.cancel();
+                    }
                     tracing::warn!(%agent, timeout_ms = timeout.as_millis() as u64, "no heartbeat from agent; declaring it lost");
                     state.scheduler.cast(SchedulerMsg::AgentDown { agent })?;
                 }
@@ -146,17 +149,18 @@ impl Actor for Registry {
                     .agents
                     .iter()
                     .map(|(agent, entry)| {
-                        let (busy, mut running) = usage.get(agent).cloned().unwrap_or_default();
-                        running.sort();
+                        let mut usage = usage.get(agent).cloned().unwrap_or_default();
+                        usage.running.sort();
                         AgentInfo {
                             id: agent.clone(),
                             hostname: entry.registration.hostname.clone(),
                             slots: entry.registration.slots,
-                            busy_slots: busy,
+                            busy_slots: usage.busy_slots,
                             gpus: entry.registration.gpus,
                             connected: entry.connected,
                             last_seen_ms_ago: entry.last_seen.elapsed().as_millis() as u64,
-                            running,
+                            running: usage.running,
+                            draining: usage.draining,
                             version: entry.registration.version.clone(),
                         }
                     })

@@ -20,6 +20,7 @@ use flotilla_protocol::messages::{
 use flotilla_protocol::{AgentId, AttemptId, Epoch, SweepId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::QueuedTrial;
 use super::sweep::SweepMsg;
@@ -31,6 +32,16 @@ pub struct AgentLink {
     /// Distinguishes this connection from the agent's earlier ones.
     pub connection: u64,
     pub commands: mpsc::UnboundedSender<CoordinatorCommand>,
+    /// Fired to end the session (the agent was declared lost).
+    pub close: CancellationToken,
+}
+
+/// What an agent is doing, as the Scheduler sees it.
+#[derive(Debug, Clone, Default)]
+pub struct AgentUsage {
+    pub busy_slots: u32,
+    pub running: Vec<AttemptId>,
+    pub draining: bool,
 }
 
 /// A restored attempt the store says was running on `agent`.
@@ -39,6 +50,7 @@ pub struct ExpectedAttempt {
     pub attempt: AttemptId,
     pub agent: AgentId,
     pub slots: u32,
+    pub gpus: u32,
 }
 
 pub enum SchedulerMsg {
@@ -61,6 +73,10 @@ pub enum SchedulerMsg {
     },
     /// The Registry declared the agent lost: its attempts go back to their sweeps.
     AgentDown {
+        agent: AgentId,
+    },
+    /// The agent is shutting down: place nothing new there; its running trials finish.
+    AgentDraining {
         agent: AgentId,
     },
     TrialStarted {
@@ -93,7 +109,7 @@ pub enum SchedulerMsg {
         reply: RpcReplyPort<Vec<AttemptId>>,
     },
     /// Busy slots and running attempts per agent.
-    Usage(RpcReplyPort<HashMap<AgentId, (u32, Vec<AttemptId>)>>),
+    Usage(RpcReplyPort<HashMap<AgentId, AgentUsage>>),
     ExpireExpected,
 }
 
@@ -107,12 +123,16 @@ struct AgentSlots {
     slots: u32,
     gpus: u32,
     busy: u32,
+    busy_gpus: u32,
+    /// A draining agent finishes what it runs and takes nothing new.
+    draining: bool,
     link: AgentLink,
 }
 
 struct Assignment {
     agent: AgentId,
     slots: u32,
+    gpus: u32,
     decided_at: Instant,
 }
 
@@ -196,6 +216,12 @@ impl Actor for Scheduler {
             SchedulerMsg::AgentDown { agent } => {
                 state.agent_down(&agent);
             }
+            SchedulerMsg::AgentDraining { agent } => {
+                if let Some(slots) = state.agents.get_mut(&agent) {
+                    tracing::info!(%agent, "agent draining; placing nothing new there");
+                    slots.draining = true;
+                }
+            }
             SchedulerMsg::TrialStarted { agent, attempt } => {
                 if let Some(assignment) =
                     state.assignments.get(&attempt).filter(|a| a.agent == agent)
@@ -258,16 +284,23 @@ impl Actor for Scheduler {
                 let _ = reply.send(withdrawn.into_iter().map(|trial| trial.attempt).collect());
             }
             SchedulerMsg::Usage(reply) => {
-                let mut usage: HashMap<AgentId, (u32, Vec<AttemptId>)> = state
+                let mut usage: HashMap<AgentId, AgentUsage> = state
                     .agents
                     .iter()
-                    .map(|(agent, slots)| (agent.clone(), (slots.busy, Vec::new())))
+                    .map(|(agent, slots)| {
+                        let usage = AgentUsage {
+                            busy_slots: slots.busy,
+                            running: Vec::new(),
+                            draining: slots.draining,
+                        };
+                        (agent.clone(), usage)
+                    })
                     .collect();
                 for (attempt, assignment) in &state.assignments {
                     usage
                         .entry(assignment.agent.clone())
                         .or_default()
-                        .1
+                        .running
                         .push(*attempt);
                 }
                 let _ = reply.send(usage);
@@ -323,10 +356,11 @@ impl SchedulerState {
         if &assignment.agent != agent {
             return false;
         }
-        let slots = assignment.slots;
+        let (slots, gpus) = (assignment.slots, assignment.gpus);
         self.assignments.remove(&attempt);
         if let Some(agent_slots) = self.agents.get_mut(agent) {
             agent_slots.busy = agent_slots.busy.saturating_sub(slots);
+            agent_slots.busy_gpus = agent_slots.busy_gpus.saturating_sub(gpus);
         }
         true
     }
@@ -366,6 +400,7 @@ impl SchedulerState {
                     Assignment {
                         agent: agent.clone(),
                         slots: restored.slots,
+                        gpus: restored.gpus,
                         decided_at: now,
                     },
                 );
@@ -388,18 +423,19 @@ impl SchedulerState {
             })
             .map(|(attempt, _)| *attempt)
             .collect();
-        let busy = self
+        let (busy, busy_gpus) = self
             .assignments
             .values()
             .filter(|a| a.agent == agent)
-            .map(|a| a.slots)
-            .sum::<u32>();
+            .fold((0, 0), |(slots, gpus), a| (slots + a.slots, gpus + a.gpus));
         self.agents.insert(
             agent.clone(),
             AgentSlots {
                 slots,
                 gpus,
                 busy,
+                busy_gpus,
+                draining: false,
                 link,
             },
         );
@@ -446,10 +482,11 @@ impl SchedulerState {
         let mut capacity: Vec<Capacity> = self
             .agents
             .iter()
+            .filter(|(_, slots)| !slots.draining)
             .map(|(agent, slots)| Capacity {
                 agent: agent.clone(),
                 free_slots: slots.slots.saturating_sub(slots.busy),
-                gpus: slots.gpus,
+                free_gpus: slots.gpus.saturating_sub(slots.busy_gpus),
             })
             .collect();
         let placed = placement::assign(&mut self.queues, &mut self.last_served, &mut capacity);
@@ -458,12 +495,14 @@ impl SchedulerState {
             let attempt = trial.attempt;
             if let Some(agent_slots) = self.agents.get_mut(&agent) {
                 agent_slots.busy += trial.slots;
+                agent_slots.busy_gpus += trial.gpus;
             }
             self.assignments.insert(
                 attempt,
                 Assignment {
                     agent: agent.clone(),
                     slots: trial.slots,
+                    gpus: trial.gpus,
                     decided_at: now,
                 },
             );

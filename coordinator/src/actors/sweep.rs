@@ -165,8 +165,10 @@ impl Actor for SweepActor {
             }
             SweepMsg::Lost { attempt } => {
                 if state.current(attempt).is_some() {
-                    tracing::info!(%attempt, "attempt lost with its agent; re-placing the trial");
+                    tracing::info!(%attempt, "attempt lost with its agent");
                     state.retry(attempt.trial.number, false, "agent lost".into());
+                    state.fill();
+                    state.finish_if_done().await;
                 }
             }
             SweepMsg::Cancel(reply) => {
@@ -283,9 +285,10 @@ impl SweepActorState {
             .retain(|watcher| watcher.send(event.clone()).is_ok());
     }
 
-    fn queue(&self, number: u32) {
+    /// The trial's current attempt, as the Scheduler queues it.
+    fn queued(&self, number: u32) -> QueuedTrial {
         let trial = &self.trials[number as usize];
-        let queued = QueuedTrial {
+        QueuedTrial {
             attempt: AttemptId {
                 trial: trial.id,
                 attempt: trial.attempt,
@@ -294,8 +297,13 @@ impl SweepActorState {
             trial: self.trial_spec.clone(),
             slots: self.record.spec.resources.slots,
             gpus: self.record.spec.resources.gpus,
-        };
-        let _ = self.scheduler.cast(SchedulerMsg::Enqueue(vec![queued]));
+        }
+    }
+
+    fn queue(&self, number: u32) {
+        let _ = self
+            .scheduler
+            .cast(SchedulerMsg::Enqueue(vec![self.queued(number)]));
     }
 
     /// Re-queues what a previous coordinator left unfinished.
@@ -322,6 +330,7 @@ impl SweepActorState {
                         },
                         agent,
                         slots: self.record.spec.resources.slots,
+                        gpus: self.record.spec.resources.gpus,
                     });
                     continue;
                 }
@@ -390,22 +399,7 @@ impl SweepActorState {
             .map(|number| StateWrite::Trial(Box::new(self.trials[*number as usize].clone())))
             .collect();
         drop(self.store.write(writes));
-        let queued = created
-            .iter()
-            .map(|number| {
-                let trial = &self.trials[*number as usize];
-                QueuedTrial {
-                    attempt: AttemptId {
-                        trial: trial.id,
-                        attempt: 0,
-                    },
-                    params: trial.params.clone(),
-                    trial: self.trial_spec.clone(),
-                    slots: self.record.spec.resources.slots,
-                    gpus: self.record.spec.resources.gpus,
-                }
-            })
-            .collect();
+        let queued = created.iter().map(|number| self.queued(*number)).collect();
         let _ = self.scheduler.cast(SchedulerMsg::Enqueue(queued));
     }
 
@@ -547,9 +541,14 @@ impl SweepActorState {
         self.conclude(number, TrialState::Stopped);
     }
 
-    /// Runs the trial again under a new attempt number; `spend` counts it against the retry budget.
+    /// Runs the trial again under a new attempt number; `spend` counts it against the retry
+    /// budget. A sweep that is no longer running stops the trial instead.
     fn retry(&mut self, number: u32, spend: bool, why: String) {
         self.live.remove(&number);
+        if self.record.state != SweepState::Running {
+            self.stop_trial(number, why);
+            return;
+        }
         let max_retries = self.record.spec.retries.max_retries;
         let trial = &mut self.trials[number as usize];
         if spend {

@@ -30,6 +30,8 @@ pub struct LocalStore {
     queue: Mutex<Option<Queue>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     next_epoch: Mutex<u64>,
+    /// Set once by the writer when a write fails; every later write fails too.
+    failure: tokio::sync::watch::Receiver<Option<StoreError>>,
 }
 
 impl LocalStore {
@@ -60,10 +62,11 @@ impl LocalStore {
             file
         };
         let (sender, receiver) = mpsc::channel();
+        let (failure_sender, failure) = tokio::sync::watch::channel(None);
         let thread_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("flotilla-state-writer".into())
-            .spawn(move || write_loop(file, &thread_path, receiver))
+            .spawn(move || write_loop(file, &thread_path, receiver, &failure_sender))
             .map_err(io_error)?;
         let next_epoch = loaded.epoch.map_or(1, |epoch| epoch.0 + 1);
         Ok(LocalStore {
@@ -72,6 +75,7 @@ impl LocalStore {
             queue: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
             next_epoch: Mutex::new(next_epoch),
+            failure,
         })
     }
 
@@ -136,14 +140,40 @@ impl StateStore for LocalStore {
         }
         CommitTicket::new(receiver)
     }
+
+    async fn failed(&self) -> StoreError {
+        let mut failure = self.failure.clone();
+        let failed = failure
+            .wait_for(Option::is_some)
+            .await
+            .map(|error| error.clone());
+        match failed {
+            Ok(error) => error.unwrap_or(StoreError::Closed),
+            // The writer is gone without a failure: the store was closed.
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
-fn write_loop(mut file: File, path: &Path, receiver: mpsc::Receiver<(Vec<StateWrite>, Reply)>) {
+fn write_loop(
+    mut file: File,
+    path: &Path,
+    receiver: mpsc::Receiver<(Vec<StateWrite>, Reply)>,
+    failure: &tokio::sync::watch::Sender<Option<StoreError>>,
+) {
     let mut buffer = Vec::with_capacity(64 * 1024);
+    // After a failed write nothing more is written: later records must not land after a gap.
+    let mut failed: Option<StoreError> = None;
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while let Ok(more) = receiver.try_recv() {
             batch.push(more);
+        }
+        if let Some(error) = &failed {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(error.clone()));
+            }
+            continue;
         }
         buffer.clear();
         let mut result = Ok(());
@@ -162,6 +192,11 @@ fn write_loop(mut file: File, path: &Path, receiver: mpsc::Receiver<(Vec<StateWr
                     path: path.display().to_string(),
                     message: error.to_string(),
                 });
+        }
+        if let Err(error) = &result {
+            tracing::error!(path = %path.display(), %error, "a state write failed; the store accepts no more writes");
+            failed = Some(error.clone());
+            failure.send_replace(Some(error.clone()));
         }
         for (_, reply) in batch {
             let _ = reply.send(result.clone());
@@ -205,6 +240,17 @@ fn replay(path: &Path) -> Result<(StoredState, u64, usize), StoreError> {
     while bytes.len() - offset >= 8 {
         let length =
             u32::from_be_bytes(bytes[offset..offset + 4].try_into().unwrap_or_default()) as usize;
+        if length > codec::MAX_FRAME_BYTES {
+            // No record is ever this long: a damaged length field, not a torn append.
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                offset: offset as u64,
+                message: format!(
+                    "record length {length} exceeds the {} byte limit",
+                    codec::MAX_FRAME_BYTES
+                ),
+            });
+        }
         let checksum =
             u32::from_be_bytes(bytes[offset + 4..offset + 8].try_into().unwrap_or_default());
         let Some(payload) = bytes.get(offset + 8..offset + 8 + length) else {
@@ -232,7 +278,14 @@ fn replay(path: &Path) -> Result<(StoredState, u64, usize), StoreError> {
         records += 1;
     }
     if offset < bytes.len() {
-        tracing::warn!(path = %path.display(), kept = offset, dropped = bytes.len() - offset, "cutting a torn tail off the state file");
+        // Most likely an append cut short by a crash (its writes were never acknowledged).
+        // The bytes are kept beside the file all the same, in case they are something else.
+        let kept = path.with_extension(format!("torn-{offset}"));
+        std::fs::write(&kept, &bytes[offset..]).map_err(|error| StoreError::Io {
+            path: kept.display().to_string(),
+            message: error.to_string(),
+        })?;
+        tracing::warn!(path = %path.display(), kept = offset, dropped = bytes.len() - offset, saved_to = %kept.display(), "cutting a torn tail off the state file");
     }
     Ok((state, offset as u64, records))
 }

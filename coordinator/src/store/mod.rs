@@ -130,4 +130,9 @@ pub trait StateStore: Send + Sync + 'static {
     async fn flush(&self) -> Result<(), StoreError> {
         self.write(Vec::new()).durable().await
     }
+
+    /// Resolves when the store can no longer make writes durable (a full disk, an I/O
+    /// error). Writes are fire-and-forget for the actors, so the coordinator watches this
+    /// and stops: continuing would let memory and the store drift apart.
+    async fn failed(&self) -> StoreError;
 }

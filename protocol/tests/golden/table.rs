@@ -19,6 +19,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ),
     ("AgentMessage::TrialFinished(Stopped)", "04030701020403"),
     ("AgentMessage::CommandRejected", "05010307010172"),
+    ("AgentMessage::Draining", "06"),
     ("CoordinatorCommand::Registered", "0500fbe80301030701"),
     (
         "CoordinatorCommand::StartTrial",
@@ -58,7 +59,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ),
     (
         "ClientResponse::Agents",
-        "07010261310168020100010a0103070105302e312e30",
+        "07010261310168020100010a010307010005302e312e30",
     ),
     (
         "ClientResponse::Error",
