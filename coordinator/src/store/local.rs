@@ -386,6 +386,11 @@ mod tests {
         {
             let store = LocalStore::open(&path).expect("reopen with torn tail");
             assert_eq!(std::fs::metadata(&path).expect("meta").len(), whole);
+            let saved = path.with_extension(format!("torn-{whole}"));
+            assert_eq!(
+                std::fs::read(&saved).expect("the cut bytes are kept"),
+                [0, 0, 0, 40, 1, 2, 3]
+            );
             store
                 .write(vec![trial(1, TrialState::Pending)])
                 .durable()
@@ -432,5 +437,60 @@ mod tests {
             LocalStore::open(&path),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_length_is_corruption_not_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.log");
+        {
+            let store = LocalStore::open(&path).expect("open");
+            store.write(vec![trial(0, TrialState::Pending)]);
+            store
+                .write(vec![trial(1, TrialState::Pending)])
+                .durable()
+                .await
+                .expect("durable");
+        }
+        let mut bytes = std::fs::read(&path).expect("read");
+        let length = bytes.len();
+        // The first record's length now claims far more than the file holds.
+        bytes[0] = 0x7f;
+        std::fs::write(&path, &bytes).expect("write");
+        let error = LocalStore::open(&path).err().expect("refused");
+        assert!(
+            matches!(error, StoreError::Corrupt { offset: 0, .. }),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").len() as usize,
+            length,
+            "nothing was cut"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_every_later_write_and_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.log");
+        let store = LocalStore::open(&path).expect("open");
+        // A record over the codec's limit cannot be written.
+        let mut huge = trial(0, TrialState::Pending);
+        if let StateWrite::Trial(record) = &mut huge {
+            record.message = Some("x".repeat(codec::MAX_FRAME_BYTES + 1));
+        }
+        assert!(store.write(vec![huge]).durable().await.is_err());
+        assert!(
+            store
+                .write(vec![trial(1, TrialState::Pending)])
+                .durable()
+                .await
+                .is_err(),
+            "no write may land after a lost one"
+        );
+        let failure = tokio::time::timeout(std::time::Duration::from_secs(5), store.failed())
+            .await
+            .expect("the failure is reported");
+        assert!(failure.to_string().contains("limit"), "{failure}");
     }
 }
