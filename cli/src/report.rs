@@ -227,7 +227,7 @@ pub fn print_agents(agents: &[AgentInfo]) {
         "slots",
         "busy",
         "gpus",
-        "connected",
+        "state",
         "last seen",
         "running",
     ]);
@@ -238,7 +238,12 @@ pub fn print_agents(agents: &[AgentInfo]) {
             agent.slots.to_string(),
             agent.busy_slots.to_string(),
             agent.gpus.to_string(),
-            agent.connected.to_string(),
+            match (agent.connected, agent.draining) {
+                (true, false) => "connected",
+                (true, true) => "draining",
+                (false, _) => "disconnected",
+            }
+            .to_string(),
             format!("{}ms ago", agent.last_seen_ms_ago),
             agent
                 .running

@@ -164,7 +164,7 @@ impl Cluster {
             let output = self.flotilla(&["cluster", "agents"]);
             output.status.success()
                 && String::from_utf8_lossy(&output.stdout)
-                    .matches("true")
+                    .matches(" connected ")
                     .count()
                     >= agents
         });

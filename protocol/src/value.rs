@@ -34,10 +34,19 @@ impl ParamValue {
     /// in the shortest form that parses back to the same number, never rounded.
     pub fn exact(&self) -> String {
         match self {
-            ParamValue::Float(value) if *value != 0.0 && !(1e-4..1e16).contains(&value.abs()) => {
-                format!("{value:e}")
+            ParamValue::Float(value) => {
+                let text = if *value != 0.0 && !(1e-4..1e16).contains(&value.abs()) {
+                    format!("{value:e}")
+                } else {
+                    format!("{value}")
+                };
+                // A float stays recognisably a float: `3.0`, not `3`.
+                if value.is_finite() && !text.contains(['.', 'e']) {
+                    format!("{text}.0")
+                } else {
+                    text
+                }
             }
-            ParamValue::Float(value) => format!("{value}"),
             ParamValue::Int(value) => value.to_string(),
             ParamValue::Str(value) => value.clone(),
             ParamValue::Bool(value) => value.to_string(),
@@ -179,6 +188,7 @@ mod tests {
         }
         assert_eq!(ParamValue::Float(1e-7).exact(), "1e-7");
         assert_eq!(ParamValue::Float(0.001).exact(), "0.001");
+        assert_eq!(ParamValue::Float(3.0).exact(), "3.0");
     }
 
     #[test]

@@ -86,6 +86,8 @@ async fn run_sweep(
         .max_parallel(parallel)
         .max_retries(0)
         .command(program, args.iter().cloned())
+        // The programs report nothing; the sweep only needs a declared metric.
+        .metrics(["x"])
         .build()?;
     let started = Instant::now();
     let summary = client.submit(spec).await?;
@@ -112,6 +114,49 @@ async fn run_sweep(
         succeeded,
         wall,
         dispatch_us,
+    })
+}
+
+/// The floor under any process-per-trial scheduler on this machine: start `trials`
+/// processes of `true`, `parallel` at a time, the way an agent does (own process group,
+/// piped output read to the end, reaped), with no scheduler, network or store involved.
+async fn spawn_baseline(trials: u32, parallel: u32) -> anyhow::Result<Measured> {
+    use std::process::Stdio;
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel as usize));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..trials {
+        let permit = semaphore.clone().acquire_owned().await?;
+        tasks.spawn(async move {
+            let mut child = tokio::process::Command::new("true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()?;
+            let mut sink = Vec::new();
+            if let Some(mut stdout) = child.stdout.take() {
+                stdout.read_to_end(&mut sink).await?;
+            }
+            if let Some(mut stderr) = child.stderr.take() {
+                stderr.read_to_end(&mut sink).await?;
+            }
+            let status = child.wait().await?;
+            drop(permit);
+            anyhow::Ok(status.success())
+        });
+    }
+    let mut succeeded = 0;
+    while let Some(result) = tasks.join_next().await {
+        succeeded += usize::from(result??);
+    }
+    Ok(Measured {
+        trials,
+        succeeded,
+        wall: started.elapsed(),
+        dispatch_us: Vec::new(),
     })
 }
 
@@ -147,6 +192,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     if options.noop_trials > 0 {
+        let baseline = spawn_baseline(options.noop_trials, slots).await?;
+        report("baseline: spawn `true` only", &baseline, slots, 0.0);
         let noop = run_sweep(&cluster, "noop", options.noop_trials, slots, "true", &[]).await?;
         report("no-op (`true`)", &noop, slots, 0.0);
     }
