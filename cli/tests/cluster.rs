@@ -517,11 +517,7 @@ async fn connect_without_certificate(ca_path: &Path, address: std::net::SocketAd
 #[test]
 fn malformed_sweep_files_name_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/quickstart.toml"
-    ))
-    .expect("quickstart");
+    let good = std::fs::read_to_string(repo_file("examples/quickstart.toml")).expect("quickstart");
     let empty_space = {
         let start = good.find("[space.lr]").expect("space");
         let end = good.find("[algorithm]").expect("algorithm");
@@ -572,7 +568,9 @@ fn malformed_sweep_files_name_the_field() {
         .args([
             "sweep",
             "validate",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart.toml"),
+            repo_file("examples/quickstart.toml")
+                .to_str()
+                .expect("utf-8 path"),
         ])
         .output()
         .expect("run");
@@ -581,4 +579,14 @@ fn malformed_sweep_files_name_the_field() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A file of this checkout. The directory is read when the test runs (cargo and nextest set
+/// `CARGO_MANIFEST_DIR` for test processes), so a test binary reused from another checkout
+/// of the same sources through a shared target directory still reads this one's files.
+fn repo_file(relative: &str) -> std::path::PathBuf {
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    crate_dir.join("..").join(relative)
 }

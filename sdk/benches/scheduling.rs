@@ -160,12 +160,14 @@ async fn spawn_baseline(trials: u32, parallel: u32) -> anyhow::Result<Measured> 
     })
 }
 
-fn percentile(sorted: &[u64], fraction: f64) -> f64 {
+/// The `fraction` percentile of sorted microsecond samples, in milliseconds; "–" when
+/// there are none (the spawn baseline dispatches nothing).
+fn percentile(sorted: &[u64], fraction: f64) -> String {
     if sorted.is_empty() {
-        return f64::NAN;
+        return "–".into();
     }
     let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted[index] as f64 / 1000.0
+    format!("{:.2}", sorted[index] as f64 / 1000.0)
 }
 
 #[tokio::main]
@@ -226,7 +228,7 @@ fn report(label: &str, measured: &Measured, slots: u32, seconds: f64) {
         "–".into()
     };
     println!(
-        "| {label} | {} ({} ok) | {slots} | {wall:.2} | {:.0} | {:.2} | {:.2} | {ideal:.0} | {per_trial_ms:.2} | {percent} |",
+        "| {label} | {} ({} ok) | {slots} | {wall:.2} | {:.0} | {} | {} | {ideal:.0} | {per_trial_ms:.2} | {percent} |",
         measured.trials,
         measured.succeeded,
         f64::from(measured.trials) / wall,

@@ -12,10 +12,13 @@ async fn the_sdk_example_runs_a_sweep_to_completion_on_a_local_cluster() {
         .await
         .expect("local cluster");
     let client = cluster.client().await.expect("client");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/trials/quadratic.py"
-    );
+    // Read when the test runs, so a binary reused from another checkout through a shared
+    // target directory still runs this checkout's script.
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let script = crate_dir.join("../examples/trials/quadratic.py");
+    let script = script.to_str().expect("utf-8 path");
     let summary = example::run(&client, script).await.expect("example runs");
     assert_eq!(summary.state, SweepState::Completed);
     assert_eq!(summary.counts.succeeded, 12);
