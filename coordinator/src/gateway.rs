@@ -266,6 +266,17 @@ async fn read_agent_messages(
                     reason,
                 })
                 .map_err(|e| e.to_string()),
+            AgentMessage::TrialCheckpoint {
+                attempt,
+                checkpoint,
+            } => context
+                .scheduler
+                .cast(SchedulerMsg::TrialCheckpoint {
+                    agent,
+                    attempt,
+                    checkpoint,
+                })
+                .map_err(|e| e.to_string()),
             AgentMessage::Draining => context
                 .scheduler
                 .cast(SchedulerMsg::AgentDraining { agent })

@@ -59,6 +59,7 @@ mod tests {
             duration_ms: None,
             message: None,
             dispatch_latency_us: None,
+            checkpoint: None,
         }
     }
 

@@ -10,6 +10,7 @@
 //! - [`framing`]: length-prefixed frames over any async byte stream (QUIC streams in practice),
 //!   with the maximum frame size enforced before anything is allocated.
 //! - [`tls`]: the cluster CA, role-carrying certificates and the QUIC/TLS configurations.
+//! - [`trainers`]: the built-in trainers' hyperparameters and metrics, as data.
 //! - [`handshake`]: `Hello`/`Welcome` version negotiation shared by both ends.
 
 pub mod codec;
@@ -19,6 +20,7 @@ pub mod ids;
 pub mod messages;
 pub mod spec;
 pub mod tls;
+pub mod trainers;
 pub mod value;
 
 pub use ids::{AgentId, AttemptId, Epoch, SweepId, TrialId};

@@ -126,6 +126,37 @@ pub enum AgentMessage {
     },
     /// The agent is shutting down: it takes no new trials (sent again after a reconnect).
     Draining,
+    /// The attempt wrote a checkpoint (a new object under a unique name).
+    TrialCheckpoint {
+        attempt: AttemptId,
+        checkpoint: CheckpointRef,
+    },
+}
+
+/// A checkpoint object a trial attempt wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    /// Where the object lives: `file:///…` or `s3://bucket/key`. Never overwritten.
+    pub uri: String,
+    /// The attempt that wrote it.
+    pub attempt: u32,
+    /// Training progress it holds (optimizer steps since the trial began, over all attempts).
+    pub step: u64,
+    /// Completed epochs it holds.
+    pub epoch: u32,
+    pub bytes: u64,
+}
+
+impl CheckpointRef {
+    /// Whether this checkpoint, written by `self.attempt`, may become the trial's latest in
+    /// place of `latest`, when the trial's current attempt is `current_attempt`. Only the
+    /// current attempt moves the pointer, and only forward: a stale or deposed attempt
+    /// (older attempt number) never replaces anything, and a checkpoint never replaces a
+    /// newer one of the same attempt.
+    pub fn may_replace(&self, latest: Option<&CheckpointRef>, current_attempt: u32) -> bool {
+        self.attempt == current_attempt
+            && latest.is_none_or(|latest| (self.attempt, self.step) > (latest.attempt, latest.step))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -365,6 +396,8 @@ pub struct TrialRecord {
     /// Microseconds from the placement decision to the agent's report that the attempt
     /// started (includes one network hop back).
     pub dispatch_latency_us: Option<u64>,
+    /// The newest checkpoint of the trial; a new attempt resumes from it.
+    pub checkpoint: Option<CheckpointRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,10 +14,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ParamValue;
 
-/// Names of the built-in trainers this build knows. Empty until the trainers land; a sweep
-/// that names one is refused with a message that says so.
-pub const BUILT_IN_TRAINERS: &[&str] = &[];
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SweepSpec {
@@ -531,19 +527,19 @@ impl SweepSpec {
                     );
                 }
             }
-            (None, Some(trainer)) => {
-                if !BUILT_IN_TRAINERS.contains(&trainer.as_str()) {
-                    let known = if BUILT_IN_TRAINERS.is_empty() {
-                        "this build has no built-in trainers yet; use `command`".to_string()
-                    } else {
-                        format!("known trainers: {}", BUILT_IN_TRAINERS.join(", "))
-                    };
+            (None, Some(trainer)) => match crate::trainers::schema(trainer) {
+                None => {
+                    let known: Vec<&str> = crate::trainers::TRAINERS
+                        .iter()
+                        .map(|schema| schema.name)
+                        .collect();
                     problem(
                         "trial.trainer",
-                        format!("unknown trainer '{trainer}' ({known})"),
+                        format!("unknown trainer '{trainer}' (known: {})", known.join(", ")),
                     );
                 }
-            }
+                Some(schema) => self.check_trainer(schema, &mut problem),
+            },
         }
         for name in self.trial.env.keys() {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
@@ -567,9 +563,134 @@ impl SweepSpec {
         }
     }
 
-    /// The metric names the trial is declared to report.
+    /// The metric names the trial reports: those a command declares, or those the built-in
+    /// trainer reports (narrowed to `trial.metrics` when given).
     pub fn reported_metrics(&self) -> Vec<String> {
-        self.trial.metrics.clone()
+        match self
+            .trial
+            .trainer
+            .as_deref()
+            .and_then(crate::trainers::schema)
+        {
+            Some(schema) if self.trial.metrics.is_empty() => {
+                schema.reported_metrics(&self.trial.settings)
+            }
+            _ => self.trial.metrics.clone(),
+        }
+    }
+
+    /// Checks a built-in trainer's trial against its schema: every searched parameter and
+    /// every setting is a hyperparameter it knows, with values it accepts.
+    fn check_trainer(
+        &self,
+        schema: &crate::trainers::TrainerSchema,
+        problem: &mut impl FnMut(&str, String),
+    ) {
+        use crate::trainers::HyperKind;
+        let known = || {
+            schema
+                .hyperparameters
+                .iter()
+                .map(|h| h.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.trial.args.is_empty() {
+            problem("trial.args", "args apply to commands only".into());
+        }
+        if self.trial.workdir.is_some() {
+            problem(
+                "trial.workdir",
+                "a working directory applies to commands only".into(),
+            );
+        }
+        for (name, value) in &self.trial.settings {
+            let path = format!("trial.settings.{name}");
+            match schema.hyperparameter(name) {
+                None => problem(
+                    &path,
+                    format!(
+                        "'{}' has no hyperparameter '{name}' (it has: {})",
+                        schema.name,
+                        known()
+                    ),
+                ),
+                Some(hyper) => {
+                    if let Err(message) = hyper.check(value) {
+                        problem(&path, message);
+                    }
+                }
+            }
+            if self.space.contains_key(name) {
+                problem(
+                    &path,
+                    format!("'{name}' is both searched (space.{name}) and fixed here"),
+                );
+            }
+        }
+        for (name, param) in &self.space {
+            let path = format!("space.{name}");
+            let Some(hyper) = schema.hyperparameter(name) else {
+                problem(
+                    &path,
+                    format!(
+                        "'{}' has no hyperparameter '{name}' (it has: {})",
+                        schema.name,
+                        known()
+                    ),
+                );
+                continue;
+            };
+            if matches!(name.as_str(), "data" | "num_classes") {
+                problem(
+                    &path,
+                    format!("'{name}' shapes the data; set it in trial.settings"),
+                );
+                continue;
+            }
+            match (param.kind, hyper.kind) {
+                (ParamKind::Categorical, _) => {
+                    for (index, choice) in param.choices.iter().enumerate() {
+                        if let Err(message) = hyper.check(choice) {
+                            problem(&format!("{path}.choices[{index}]"), message);
+                        }
+                    }
+                }
+                (ParamKind::Float, HyperKind::Int { .. }) => problem(
+                    &path,
+                    format!("'{name}' is a whole number; search it as type = \"int\""),
+                ),
+                (
+                    ParamKind::Float | ParamKind::Int,
+                    HyperKind::Float { .. } | HyperKind::Int { .. },
+                ) => {
+                    if let (Some((min, max)), Some(low), Some(high)) =
+                        (hyper.numeric_range(), param.low, param.high)
+                        && (low < min || high > max)
+                    {
+                        problem(
+                            &path,
+                            format!(
+                                "'{name}' accepts [{min}, {max}]; the range [{low}, {high}] leaves it"
+                            ),
+                        );
+                    }
+                }
+                (ParamKind::Float | ParamKind::Int, _) => problem(
+                    &path,
+                    format!("'{name}' is not numeric; search it as a categorical parameter"),
+                ),
+            }
+        }
+        let available = schema.reported_metrics(&self.trial.settings);
+        for (index, metric) in self.trial.metrics.iter().enumerate() {
+            if !available.contains(metric) {
+                problem(
+                    &format!("trial.metrics[{index}]"),
+                    format!("'{}' does not report '{metric}'", schema.name),
+                );
+            }
+        }
     }
 
     /// Whether a trial's final metrics meet every constraint.

@@ -87,6 +87,17 @@ fn record() -> TrialRecord {
         duration_ms: Some(900),
         message: None,
         dispatch_latency_us: Some(250),
+        checkpoint: Some(checkpoint()),
+    }
+}
+
+fn checkpoint() -> CheckpointRef {
+    CheckpointRef {
+        uri: "file:///ckpt/s3-t7/a0001-s0000000040-00000000000000ab.ckpt".into(),
+        attempt: 1,
+        step: 40,
+        epoch: 2,
+        bytes: 4096,
     }
 }
 
@@ -224,6 +235,13 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             }),
         ),
         ("AgentMessage::Draining", encode(&AgentMessage::Draining)),
+        (
+            "AgentMessage::TrialCheckpoint",
+            encode(&AgentMessage::TrialCheckpoint {
+                attempt: attempt(),
+                checkpoint: checkpoint(),
+            }),
+        ),
         (
             "CoordinatorCommand::Registered",
             encode(&CoordinatorCommand {
@@ -422,4 +440,26 @@ proptest! {
         let bytes = codec::encode(&message).expect("encodes");
         prop_assert_eq!(codec::decode::<CoordinatorCommand>(&bytes).expect("decodes"), message);
     }
+}
+
+#[test]
+fn only_the_current_attempt_moves_the_checkpoint_pointer_forward() {
+    let at = |attempt, step| CheckpointRef {
+        uri: format!("file:///c/a{attempt}-s{step}"),
+        attempt,
+        step,
+        epoch: 0,
+        bytes: 1,
+    };
+    // Nothing yet: the current attempt's first checkpoint is taken.
+    assert!(at(1, 10).may_replace(None, 1));
+    // A stale (deposed) attempt never moves the pointer, however far it trained.
+    assert!(!at(0, 500).may_replace(Some(&at(1, 10)), 1));
+    assert!(!at(0, 500).may_replace(None, 1));
+    // Forward only within the current attempt; a late, older write is ignored.
+    assert!(at(1, 20).may_replace(Some(&at(1, 10)), 1));
+    assert!(!at(1, 5).may_replace(Some(&at(1, 10)), 1));
+    assert!(!at(1, 10).may_replace(Some(&at(1, 10)), 1));
+    // A new attempt that resumed from step 10 replaces the old attempt's pointer.
+    assert!(at(2, 12).may_replace(Some(&at(1, 10)), 2));
 }

@@ -51,6 +51,8 @@ pub struct QueuedTrial {
     pub trial: Arc<TrialSpec>,
     pub slots: u32,
     pub gpus: u32,
+    /// The trial's newest checkpoint, which this attempt continues from.
+    pub resume_from: Option<String>,
 }
 
 impl crate::placement::Demand for QueuedTrial {

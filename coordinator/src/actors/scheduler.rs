@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use flotilla_protocol::messages::{
-    Command, CoordinatorCommand, MetricPoint, StartTrial, StopReason, TrialOutcome,
+    CheckpointRef, Command, CoordinatorCommand, MetricPoint, StartTrial, StopReason, TrialOutcome,
 };
 use flotilla_protocol::{AgentId, AttemptId, Epoch, SweepId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -92,6 +92,11 @@ pub enum SchedulerMsg {
         agent: AgentId,
         attempt: AttemptId,
         outcome: TrialOutcome,
+    },
+    TrialCheckpoint {
+        agent: AgentId,
+        attempt: AttemptId,
+        checkpoint: CheckpointRef,
     },
     CommandRejected {
         agent: AgentId,
@@ -247,6 +252,25 @@ impl Actor for Scheduler {
                     .is_some_and(|a| a.agent == agent)
                 {
                     state.to_sweep(attempt, SweepMsg::Metrics { attempt, points });
+                }
+            }
+            SchedulerMsg::TrialCheckpoint {
+                agent,
+                attempt,
+                checkpoint,
+            } => {
+                if state
+                    .assignments
+                    .get(&attempt)
+                    .is_some_and(|a| a.agent == agent)
+                {
+                    state.to_sweep(
+                        attempt,
+                        SweepMsg::Checkpoint {
+                            attempt,
+                            checkpoint,
+                        },
+                    );
                 }
             }
             SchedulerMsg::TrialFinished {
@@ -517,7 +541,7 @@ impl SchedulerState {
                 attempt,
                 params: trial.params,
                 trial: (*trial.trial).clone(),
-                resume_from: None,
+                resume_from: trial.resume_from,
                 slots: trial.slots,
             };
             self.send(&agent, Command::StartTrial(Box::new(start)));

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_protocol::messages::{
-    MetricPoint, Metrics, Params, StopReason, SweepEvent, SweepState, SweepSummary, TrialCounts,
-    TrialOutcome, TrialRecord, TrialState,
+    CheckpointRef, MetricPoint, Metrics, Params, StopReason, SweepEvent, SweepState, SweepSummary,
+    TrialCounts, TrialOutcome, TrialRecord, TrialState,
 };
 use flotilla_protocol::spec::{AlgorithmName, ParamKind, SweepSpec, TrialSpec};
 use flotilla_protocol::{AgentId, AttemptId, ParamValue, SweepId, TrialId};
@@ -47,6 +47,11 @@ pub enum SweepMsg {
     Finished {
         attempt: AttemptId,
         outcome: TrialOutcome,
+    },
+    /// The attempt wrote a checkpoint.
+    Checkpoint {
+        attempt: AttemptId,
+        checkpoint: CheckpointRef,
     },
     /// The attempt's agent was lost (or never picked it up): run it again elsewhere.
     Lost {
@@ -158,6 +163,10 @@ impl Actor for SweepActor {
                 dispatch_latency,
             } => state.started(attempt, dispatch_latency),
             SweepMsg::Metrics { attempt, points } => state.metrics(attempt, points),
+            SweepMsg::Checkpoint {
+                attempt,
+                checkpoint,
+            } => state.checkpoint(attempt, checkpoint),
             SweepMsg::Finished { attempt, outcome } => {
                 state.finished(attempt, outcome);
                 state.fill();
@@ -297,6 +306,7 @@ impl SweepActorState {
             trial: self.trial_spec.clone(),
             slots: self.record.spec.resources.slots,
             gpus: self.record.spec.resources.gpus,
+            resume_from: trial.checkpoint.as_ref().map(|c| c.uri.clone()),
         }
     }
 
@@ -388,6 +398,7 @@ impl SweepActorState {
                 duration_ms: None,
                 message: None,
                 dispatch_latency_us: None,
+                checkpoint: None,
             });
             created.push(number);
         }
@@ -446,6 +457,22 @@ impl SweepActorState {
             agent,
             params,
         });
+    }
+
+    /// Moves the trial's latest-checkpoint pointer, only forward and only for the current
+    /// attempt (see `CheckpointRef::may_replace`); a stale attempt's report changes nothing.
+    fn checkpoint(&mut self, attempt: AttemptId, checkpoint: CheckpointRef) {
+        let number = attempt.trial.number;
+        let Some(trial) = self.current(attempt) else {
+            tracing::info!(%attempt, uri = %checkpoint.uri, "ignoring a checkpoint of an attempt that is not current");
+            return;
+        };
+        if !checkpoint.may_replace(trial.checkpoint.as_ref(), trial.attempt) {
+            tracing::info!(%attempt, uri = %checkpoint.uri, "ignoring a checkpoint older than the trial's latest");
+            return;
+        }
+        self.trials[number as usize].checkpoint = Some(checkpoint);
+        self.persist(number);
     }
 
     fn metrics(&mut self, attempt: AttemptId, points: Vec<MetricPoint>) {

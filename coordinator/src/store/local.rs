@@ -340,6 +340,7 @@ mod tests {
             duration_ms: None,
             message: None,
             dispatch_latency_us: None,
+            checkpoint: None,
         }))
     }
 
