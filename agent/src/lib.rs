@@ -39,6 +39,12 @@ pub struct AgentConfig {
     pub work_dir: PathBuf,
     /// Between SIGTERM and SIGKILL when a trial is stopped.
     pub stop_grace: Duration,
+    /// Where built-in trainers write checkpoints: a folder or `s3://bucket/prefix`. Every
+    /// agent of a cluster should share it so a trial can resume anywhere (default:
+    /// `<work_dir>/artifacts`).
+    pub artifacts: Option<String>,
+    /// Device for built-in trainers: auto, cpu, cuda, cuda:N.
+    pub device: flotilla_train::DeviceChoice,
 }
 
 impl AgentConfig {
@@ -57,6 +63,8 @@ impl AgentConfig {
             gpus: 0,
             work_dir,
             stop_grace: Duration::from_secs(10),
+            artifacts: None,
+            device: flotilla_train::DeviceChoice::Auto,
         }
     }
 }
@@ -89,11 +97,22 @@ impl Agent {
             anyhow::bail!("an agent needs at least one slot");
         }
         let (outbox, outbox_receiver) = mpsc::unbounded_channel();
+        let artifacts = config
+            .artifacts
+            .clone()
+            .unwrap_or_else(|| config.work_dir.join("artifacts").display().to_string());
+        let trainer_env = trial::TrainerEnv {
+            artifacts: flotilla_train::ArtifactStore::open(&artifacts)
+                .context("opening the artifact store")?,
+            device: config.device,
+            data_dir: std::env::current_dir().unwrap_or_else(|_| config.work_dir.clone()),
+        };
         let root_args = RootArgs {
             slots: config.slots,
             outbox,
             checkpoint_root: config.work_dir.join("checkpoints"),
             stop_grace: config.stop_grace,
+            trainer_env,
         };
         let (root, root_done) = Actor::spawn(None, AgentRoot, root_args)
             .await

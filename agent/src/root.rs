@@ -57,6 +57,7 @@ pub struct RootArgs {
     pub outbox: mpsc::UnboundedSender<AgentMessage>,
     pub checkpoint_root: PathBuf,
     pub stop_grace: Duration,
+    pub trainer_env: crate::trial::TrainerEnv,
 }
 
 struct Running {
@@ -73,6 +74,7 @@ pub struct RootState {
     link_up: bool,
     checkpoint_root: PathBuf,
     stop_grace: Duration,
+    trainer_env: crate::trial::TrainerEnv,
     /// Once set, stays set: a draining agent takes no new trials.
     draining: bool,
     /// Answered when the last trial has exited during a drain.
@@ -104,6 +106,7 @@ impl Actor for AgentRoot {
             link_up: false,
             checkpoint_root: args.checkpoint_root,
             stop_grace: args.stop_grace,
+            trainer_env: args.trainer_env,
             draining: false,
             drained: None,
             heartbeat_interval,
@@ -274,6 +277,7 @@ impl RootState {
                 }
                 let slots = start.slots;
                 let args = TrialArgs {
+                    trainer_env: self.trainer_env.clone(),
                     start: *start,
                     outbox: self.outbox.clone(),
                     root: myself.clone(),

@@ -26,18 +26,35 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use flotilla_train::{ArtifactStore, Control, DeviceChoice, Events, Finish, StopRequest, TrainJob};
+
 use crate::metric_line;
 use crate::root::AgentMsg;
 
 pub enum TrialMsg {
-    Metric { step: Option<u64>, values: Metrics },
+    Metric {
+        step: Option<u64>,
+        values: Metrics,
+    },
+    /// A built-in trainer's thread ended.
+    TrainerDone(Result<Finish, String>),
     StderrTail(String),
     Exited(Result<ExitStatus, String>),
     Stop(StopReason),
     ForceKill,
 }
 
+/// What built-in trainers need from the agent.
+#[derive(Debug, Clone)]
+pub struct TrainerEnv {
+    pub artifacts: ArtifactStore,
+    pub device: DeviceChoice,
+    /// Relative data paths resolve here.
+    pub data_dir: PathBuf,
+}
+
 pub struct TrialArgs {
+    pub trainer_env: TrainerEnv,
     pub start: StartTrial,
     pub outbox: mpsc::UnboundedSender<AgentMessage>,
     pub root: ActorRef<AgentMsg>,
@@ -59,6 +76,8 @@ pub struct TrialState {
     reported: bool,
     /// Reads the program's output and waits for its exit; aborted if the actor stops first.
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// A built-in trainer's stop switch (its thread checks it before every batch).
+    trainer: Option<Control>,
 }
 
 pub struct Trial;
@@ -87,7 +106,29 @@ impl Actor for Trial {
             stop_grace: args.stop_grace,
             reported: false,
             watcher: None,
+            trainer: None,
         };
+        if args.start.trial.trainer.is_some() {
+            match spawn_trainer(&args, &myself) {
+                Ok(control) => {
+                    state.trainer = Some(control);
+                    let _ = args.outbox.send(AgentMessage::TrialStarted { attempt });
+                    if let Some(timeout) = args.start.trial.timeout {
+                        myself.send_after(timeout, || TrialMsg::Stop(StopReason::TimedOut));
+                    }
+                }
+                Err(message) => {
+                    state.report(TrialOutcome::Failed {
+                        exit_code: None,
+                        signal: None,
+                        message,
+                        duration_ms: 0,
+                    });
+                    myself.stop(None);
+                }
+            }
+            return Ok(state);
+        }
         match spawn_process(&args, &myself) {
             Ok((process_group, watcher)) => {
                 state.process_group = Some(process_group);
@@ -136,6 +177,42 @@ impl Actor for Trial {
                 });
             }
             TrialMsg::StderrTail(tail) => state.stderr_tail = tail,
+            TrialMsg::Stop(reason) if state.trainer.is_some() => {
+                if state.stop_reason.is_none() {
+                    state.stop_reason = Some(reason);
+                    // A drain keeps the work: checkpoint the exact position, then stop.
+                    let request = if reason == StopReason::AgentShutdown {
+                        StopRequest::Checkpoint
+                    } else {
+                        StopRequest::Abort
+                    };
+                    if let Some(control) = &state.trainer {
+                        control.request(request);
+                    }
+                }
+            }
+            TrialMsg::TrainerDone(result) => {
+                let duration_ms = state.started.elapsed().as_millis() as u64;
+                let outcome = match result {
+                    Ok(Finish::Completed { metrics, .. }) => TrialOutcome::Succeeded {
+                        metrics,
+                        duration_ms,
+                    },
+                    Ok(Finish::Stopped { .. }) => TrialOutcome::Stopped {
+                        reason: state.stop_reason.unwrap_or(StopReason::AgentShutdown),
+                        duration_ms,
+                    },
+                    Err(message) => TrialOutcome::Failed {
+                        exit_code: None,
+                        signal: None,
+                        message,
+                        duration_ms,
+                    },
+                };
+                state.report(outcome);
+                state.trainer = None;
+                myself.stop(None);
+            }
             TrialMsg::Stop(reason) => {
                 if state.stop_reason.is_none() {
                     state.stop_reason = Some(reason);
@@ -161,6 +238,9 @@ impl Actor for Trial {
     ) -> Result<(), ActorProcessingErr> {
         // Stopped before the program exited (the agent is going away): nothing outlives us.
         state.signal(Signal::SIGKILL);
+        if let Some(control) = state.trainer.take() {
+            control.request(StopRequest::Abort);
+        }
         if let Some(watcher) = state.watcher.take() {
             watcher.abort();
         }
@@ -217,6 +297,69 @@ impl TrialState {
             },
         }
     }
+}
+
+/// Forwards a trainer's reports: metrics through the actor (which keeps the latest values),
+/// checkpoints straight to the coordinator.
+struct TrainerEvents {
+    trial: ActorRef<TrialMsg>,
+    outbox: mpsc::UnboundedSender<AgentMessage>,
+    attempt: AttemptId,
+}
+
+impl Events for TrainerEvents {
+    fn metrics(&mut self, point: MetricPoint) {
+        let _ = self.trial.cast(TrialMsg::Metric {
+            step: Some(point.step),
+            values: point.values,
+        });
+    }
+
+    fn checkpoint(&mut self, checkpoint: flotilla_protocol::messages::CheckpointRef) {
+        let _ = self.outbox.send(AgentMessage::TrialCheckpoint {
+            attempt: self.attempt,
+            checkpoint,
+        });
+    }
+
+    fn log(&mut self, line: String) {
+        tracing::info!(attempt = %self.attempt, "{line}");
+    }
+}
+
+/// Starts a built-in trainer on its own thread (training never runs in an actor handler).
+/// The thread reports its end to the actor; the returned control stops it.
+fn spawn_trainer(args: &TrialArgs, myself: &ActorRef<TrialMsg>) -> Result<Control, String> {
+    let start = &args.start;
+    let job = TrainJob {
+        trainer: start.trial.trainer.clone().unwrap_or_default(),
+        trial: start.attempt.trial.to_string(),
+        attempt: start.attempt.attempt,
+        params: start.params.clone(),
+        settings: start.trial.settings.clone(),
+        resume_from: start.resume_from.clone(),
+        artifacts: args.trainer_env.artifacts.clone(),
+        device: args.trainer_env.device,
+        data_dir: args.trainer_env.data_dir.clone(),
+    };
+    let control = Control::new();
+    let mut events = TrainerEvents {
+        trial: myself.clone(),
+        outbox: args.outbox.clone(),
+        attempt: start.attempt,
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let thread_control = control.clone();
+    let trial = myself.clone();
+    std::thread::Builder::new()
+        .name(format!("train-{}", start.attempt))
+        .spawn(move || {
+            let result = flotilla_train::run(job, &mut events, &thread_control, runtime)
+                .map_err(|error| error.to_string());
+            let _ = trial.cast(TrialMsg::TrainerDone(result));
+        })
+        .map_err(|error| format!("cannot start the training thread: {error}"))?;
+    Ok(control)
 }
 
 /// The environment a command trial sees.

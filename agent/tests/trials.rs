@@ -27,6 +27,14 @@ async fn harness(slots: u32, stop_grace: Duration) -> Harness {
         outbox,
         checkpoint_root: dir.path().join("checkpoints"),
         stop_grace,
+        trainer_env: flotilla_agent::trial::TrainerEnv {
+            artifacts: flotilla_train::ArtifactStore::open(
+                dir.path().join("artifacts").to_str().expect("utf-8"),
+            )
+            .expect("artifact store"),
+            device: flotilla_train::DeviceChoice::Cpu,
+            data_dir: dir.path().to_path_buf(),
+        },
     };
     let (root, _) = Actor::spawn(None, AgentRoot, args)
         .await
@@ -263,5 +271,112 @@ fn the_agent_id_is_kept_in_the_work_dir() {
     assert_ne!(
         first,
         flotilla_agent::stable_agent_id(other.path()).expect("id")
+    );
+}
+
+fn lstm_trial(number: u32, attempt_number: u32, resume_from: Option<String>) -> Command {
+    let settings: BTreeMap<String, ParamValue> = [
+        ("samples", ParamValue::Int(600)),
+        ("seq_len", ParamValue::Int(16)),
+        ("features", ParamValue::Int(2)),
+        ("hidden_size", ParamValue::Int(8)),
+        ("num_heads", ParamValue::Int(2)),
+        ("batch_size", ParamValue::Int(8)),
+        ("checkpoint_every", ParamValue::Int(0)),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value))
+    .collect();
+    let mut id = attempt(number);
+    id.attempt = attempt_number;
+    Command::StartTrial(Box::new(StartTrial {
+        attempt: id,
+        params: [("epochs".to_string(), ParamValue::Int(3))]
+            .into_iter()
+            .collect(),
+        trial: TrialSpec {
+            trainer: Some("lstm_classifier".into()),
+            settings,
+            ..TrialSpec::default()
+        },
+        resume_from,
+        slots: 1,
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_trainer_checkpoints_and_its_next_attempt_resumes_to_the_end() {
+    let mut agent = harness(1, Duration::from_secs(5)).await;
+    agent.send(1, lstm_trial(0, 0, None));
+    // Wait until the first epoch is reported, then drain the trial.
+    loop {
+        match agent.next(Duration::from_secs(60)).await {
+            AgentMessage::TrialMetrics { points, .. } if points.iter().any(|p| p.step >= 1) => {
+                break;
+            }
+            AgentMessage::TrialFinished { outcome, .. } => panic!("finished early: {outcome:?}"),
+            _ => {}
+        }
+    }
+    agent.send(
+        1,
+        Command::StopTrial {
+            attempt: attempt(0),
+            reason: StopReason::AgentShutdown,
+        },
+    );
+    let mut checkpoint = None;
+    let outcome = loop {
+        match agent.next(Duration::from_secs(30)).await {
+            AgentMessage::TrialCheckpoint {
+                attempt: from,
+                checkpoint: written,
+            } => {
+                assert_eq!(from, attempt(0));
+                checkpoint = Some(written);
+            }
+            AgentMessage::TrialFinished { outcome, .. } => break outcome,
+            _ => {}
+        }
+    };
+    assert!(
+        matches!(
+            outcome,
+            TrialOutcome::Stopped {
+                reason: StopReason::AgentShutdown,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let checkpoint = checkpoint.expect("a drain writes a checkpoint first");
+    assert!(
+        checkpoint.step > 0 && checkpoint.uri.starts_with("file:///"),
+        "{checkpoint:?}"
+    );
+
+    // The next attempt continues from it and runs to the end.
+    agent.send(1, lstm_trial(0, 1, Some(checkpoint.uri.clone())));
+    let mut steps = Vec::new();
+    let outcome = loop {
+        match agent.next(Duration::from_secs(60)).await {
+            AgentMessage::TrialMetrics { points, .. } => {
+                steps.extend(points.iter().map(|p| p.step))
+            }
+            AgentMessage::TrialFinished { outcome, .. } => break outcome,
+            _ => {}
+        }
+    };
+    match outcome {
+        TrialOutcome::Succeeded { metrics, .. } => {
+            assert_eq!(metrics["epoch"], 3.0);
+            assert!(metrics.contains_key("confusion_1_1"), "{metrics:?}");
+        }
+        other => panic!("expected success, got {other:?}"),
+    }
+    // The resumed attempt reports only the epochs it ran after the checkpoint.
+    assert!(
+        !steps.is_empty() && steps.iter().all(|step| u64::from(checkpoint.epoch) < *step),
+        "{steps:?} after {checkpoint:?}"
     );
 }

@@ -139,6 +139,14 @@ struct AgentArgs {
     /// Between SIGTERM and SIGKILL when a trial is stopped.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     stop_grace: Duration,
+    /// Where built-in trainers write checkpoints: a folder or s3://bucket/prefix, shared by
+    /// every agent of the cluster (default: WORK_DIR/artifacts).
+    #[arg(long, env = "FLOTILLA_ARTIFACTS")]
+    artifacts: Option<String>,
+    /// Device for built-in trainers: auto (CUDA when built with it and a GPU answers), cpu,
+    /// cuda, cuda:N.
+    #[arg(long, env = "FLOTILLA_DEVICE", default_value = "auto")]
+    device: flotilla_train::DeviceChoice,
 }
 
 #[derive(Subcommand)]
@@ -310,6 +318,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     );
     config.gpus = args.gpus;
     config.stop_grace = args.stop_grace;
+    config.artifacts = args.artifacts;
+    config.device = args.device;
     let mut agent = Agent::start(config).await?;
     println!(
         "agent {id} with {} slot(s) serving {}",
