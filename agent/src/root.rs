@@ -195,12 +195,7 @@ impl Actor for AgentRoot {
                 .map(|(attempt, _)| *attempt);
             if let Some(attempt) = failed {
                 tracing::error!(%attempt, %error, "trial actor failed");
-                let outcome = TrialOutcome::Failed {
-                    exit_code: None,
-                    signal: None,
-                    message: format!("agent error: {error}"),
-                    duration_ms: 0,
-                };
+                let outcome = TrialOutcome::error(format!("agent error: {error}"), 0);
                 let _ = _myself.cast(AgentMsg::TrialExited { attempt, outcome });
             }
         }

@@ -108,31 +108,16 @@ impl Actor for Trial {
             watcher: None,
             trainer: None,
         };
-        if args.start.trial.trainer.is_some() {
-            match spawn_trainer(&args, &myself) {
-                Ok(control) => {
-                    state.trainer = Some(control);
-                    let _ = args.outbox.send(AgentMessage::TrialStarted { attempt });
-                    if let Some(timeout) = args.start.trial.timeout {
-                        myself.send_after(timeout, || TrialMsg::Stop(StopReason::TimedOut));
-                    }
-                }
-                Err(message) => {
-                    state.report(TrialOutcome::Failed {
-                        exit_code: None,
-                        signal: None,
-                        message,
-                        duration_ms: 0,
-                    });
-                    myself.stop(None);
-                }
-            }
-            return Ok(state);
-        }
-        match spawn_process(&args, &myself) {
-            Ok((process_group, watcher)) => {
+        let started = if args.start.trial.trainer.is_some() {
+            spawn_trainer(&args, &myself).map(|control| state.trainer = Some(control))
+        } else {
+            spawn_process(&args, &myself).map(|(process_group, watcher)| {
                 state.process_group = Some(process_group);
                 state.watcher = Some(watcher);
+            })
+        };
+        match started {
+            Ok(()) => {
                 let _ = args.outbox.send(AgentMessage::TrialStarted { attempt });
                 if let Some(timeout) = args.start.trial.timeout {
                     myself.send_after(timeout, || TrialMsg::Stop(StopReason::TimedOut));
@@ -140,13 +125,7 @@ impl Actor for Trial {
             }
             Err(message) => {
                 tracing::warn!(%attempt, %message, "trial could not start");
-                let outcome = TrialOutcome::Failed {
-                    exit_code: None,
-                    signal: None,
-                    message,
-                    duration_ms: 0,
-                };
-                state.report(outcome);
+                state.report(TrialOutcome::error(message, 0));
                 myself.stop(None);
             }
         }
@@ -202,12 +181,7 @@ impl Actor for Trial {
                         reason: state.stop_reason.unwrap_or(StopReason::AgentShutdown),
                         duration_ms,
                     },
-                    Err(message) => TrialOutcome::Failed {
-                        exit_code: None,
-                        signal: None,
-                        message,
-                        duration_ms,
-                    },
+                    Err(message) => TrialOutcome::error(message, duration_ms),
                 };
                 state.report(outcome);
                 state.trainer = None;
@@ -289,12 +263,7 @@ impl TrialState {
                 },
                 duration_ms,
             },
-            Err(message) => TrialOutcome::Failed {
-                exit_code: None,
-                signal: None,
-                message,
-                duration_ms,
-            },
+            Err(message) => TrialOutcome::error(message, duration_ms),
         }
     }
 }

@@ -205,6 +205,19 @@ pub enum TrialOutcome {
     },
 }
 
+impl TrialOutcome {
+    /// A failure with no exit status: the program could not start, the trainer returned an
+    /// error, or the agent's trial runner failed.
+    pub fn error(message: String, duration_ms: u64) -> TrialOutcome {
+        TrialOutcome::Failed {
+            exit_code: None,
+            signal: None,
+            message,
+            duration_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopReason {
     Cancelled,

@@ -26,7 +26,7 @@ pub struct TrainerSchema {
 pub struct Hyperparameter {
     pub name: &'static str,
     pub kind: HyperKind,
-    pub default: Default,
+    pub default: DefaultValue,
     pub help: &'static str,
 }
 
@@ -51,20 +51,20 @@ pub enum HyperKind {
 
 /// A hyperparameter's default value (a `const`-friendly [`ParamValue`]).
 #[derive(Debug, Clone, Copy)]
-pub enum Default {
+pub enum DefaultValue {
     Float(f64),
     Int(i64),
     Bool(bool),
     Str(&'static str),
 }
 
-impl Default {
+impl DefaultValue {
     pub fn value(self) -> ParamValue {
         match self {
-            Default::Float(value) => ParamValue::Float(value),
-            Default::Int(value) => ParamValue::Int(value),
-            Default::Bool(value) => ParamValue::Bool(value),
-            Default::Str(value) => ParamValue::Str(value.to_string()),
+            DefaultValue::Float(value) => ParamValue::Float(value),
+            DefaultValue::Int(value) => ParamValue::Int(value),
+            DefaultValue::Bool(value) => ParamValue::Bool(value),
+            DefaultValue::Str(value) => ParamValue::Str(value.to_string()),
         }
     }
 }
@@ -79,7 +79,7 @@ const fn float(
     Hyperparameter {
         name,
         kind: HyperKind::Float { min, max },
-        default: Default::Float(default),
+        default: DefaultValue::Float(default),
         help,
     }
 }
@@ -94,7 +94,7 @@ const fn int(
     Hyperparameter {
         name,
         kind: HyperKind::Int { min, max },
-        default: Default::Int(default),
+        default: DefaultValue::Int(default),
         help,
     }
 }
@@ -108,7 +108,7 @@ const fn choice(
     Hyperparameter {
         name,
         kind: HyperKind::Choice(choices),
-        default: Default::Str(default),
+        default: DefaultValue::Str(default),
         help,
     }
 }
@@ -117,7 +117,7 @@ const fn text(name: &'static str, default: &'static str, help: &'static str) -> 
     Hyperparameter {
         name,
         kind: HyperKind::Text,
-        default: Default::Str(default),
+        default: DefaultValue::Str(default),
         help,
     }
 }

@@ -112,16 +112,21 @@ impl SeriesData {
         counts
     }
 
-    fn subset(&self, indices: &[usize]) -> SeriesData {
+    /// The samples at `indices`, concatenated `[sample][step][feature]`.
+    pub fn gather(&self, indices: &[usize]) -> Vec<f32> {
         let mut x = Vec::with_capacity(indices.len() * self.seq_len * self.features);
         for &index in indices {
             x.extend_from_slice(self.sample(index));
         }
+        x
+    }
+
+    fn subset(&self, indices: &[usize]) -> SeriesData {
         SeriesData {
             seq_len: self.seq_len,
             features: self.features,
             num_classes: self.num_classes,
-            x,
+            x: self.gather(indices),
             y: indices.iter().map(|&index| self.y[index]).collect(),
         }
     }
@@ -145,11 +150,6 @@ impl SeriesData {
         train.sort_unstable();
         val.sort_unstable();
         (self.subset(&train), self.subset(&val))
-    }
-
-    /// Per-feature mean and standard deviation over every step of every sample.
-    pub fn feature_stats(&self) -> Standardizer {
-        Standardizer::fit(&self.x, self.features)
     }
 }
 
@@ -453,6 +453,22 @@ impl CsvTable {
         })
     }
 
+    /// Every column but `named`, in header order; an error when there is none.
+    fn feature_columns(&self, named: &[usize], what: &str) -> Result<Vec<usize>, DataError> {
+        let columns: Vec<usize> = (0..self.header.len())
+            .filter(|column| !named.contains(column))
+            .collect();
+        if columns.is_empty() {
+            return Err(DataError::new(
+                &self.path,
+                Some(1),
+                None,
+                format!("no feature columns (every column but {what} is a feature)"),
+            ));
+        }
+        Ok(columns)
+    }
+
     fn number(&self, line: u64, column: usize, text: &str) -> Result<f32, DataError> {
         let value: f32 = text.parse().map_err(|_| {
             DataError::new(
@@ -480,17 +496,10 @@ pub fn load_series_csv(path: &Path, num_classes: usize) -> Result<SeriesData, Da
     let series_column = table.column("series")?;
     let step_column = table.column("step")?;
     let label_column = table.column("label")?;
-    let feature_columns: Vec<usize> = (0..table.header.len())
-        .filter(|c| ![series_column, step_column, label_column].contains(c))
-        .collect();
-    if feature_columns.is_empty() {
-        return Err(DataError::new(
-            path,
-            Some(1),
-            None,
-            "no feature columns (every column but series, step and label is a feature)".into(),
-        ));
-    }
+    let feature_columns = table.feature_columns(
+        &[series_column, step_column, label_column],
+        "series, step and label",
+    )?;
     struct Series {
         first_line: u64,
         label: usize,
@@ -606,17 +615,7 @@ pub fn load_series_csv(path: &Path, num_classes: usize) -> Result<SeriesData, Da
 pub fn load_table_csv(path: &Path) -> Result<TableData, DataError> {
     let table = read_csv(path)?;
     let target_column = table.column("target")?;
-    let feature_columns: Vec<usize> = (0..table.header.len())
-        .filter(|c| *c != target_column)
-        .collect();
-    if feature_columns.is_empty() {
-        return Err(DataError::new(
-            path,
-            Some(1),
-            None,
-            "no feature columns besides 'target'".into(),
-        ));
-    }
+    let feature_columns = table.feature_columns(&[target_column], "target")?;
     let mut x = Vec::with_capacity(table.rows.len() * feature_columns.len());
     let mut y = Vec::with_capacity(table.rows.len());
     for (line, fields) in &table.rows {

@@ -53,7 +53,7 @@ impl Predictor {
             "lstm_classifier" => {
                 let facts: LstmFacts =
                     serde_json::from_value(file.header.model).map_err(facts_error)?;
-                let model = LstmClassifier::new(facts.shape(), &mut rng, &device);
+                let model = LstmClassifier::new(facts.shape, &mut rng, &device);
                 let model = load_model(model, file.model, &device)?;
                 Ok(Predictor::Lstm {
                     model: Box::new(model),
@@ -63,14 +63,7 @@ impl Predictor {
             "mlp_regressor" => {
                 let facts: MlpFacts =
                     serde_json::from_value(file.header.model).map_err(facts_error)?;
-                let model = MlpRegressor::new(
-                    facts.features,
-                    facts.hidden,
-                    facts.layers,
-                    facts.dropout,
-                    &mut rng,
-                    &device,
-                );
+                let model = MlpRegressor::new(facts.shape, &mut rng, &device);
                 let model = load_model(model, file.model, &device)?;
                 Ok(Predictor::Mlp {
                     model: Box::new(model),
@@ -102,8 +95,8 @@ impl Predictor {
     /// the MLP.
     pub fn input_len(&self) -> usize {
         match self {
-            Predictor::Lstm { facts, .. } => facts.seq_len * facts.features,
-            Predictor::Mlp { facts, .. } => facts.features,
+            Predictor::Lstm { facts, .. } => facts.seq_len * facts.shape.features,
+            Predictor::Mlp { facts, .. } => facts.shape.features,
         }
     }
 
@@ -135,7 +128,7 @@ impl Predictor {
             Predictor::Lstm { model, facts } => {
                 facts.standardizer.apply(&mut x);
                 let input = Tensor::<NdArray, 3>::from_data(
-                    TensorData::new(x, [rows, facts.seq_len, facts.features]),
+                    TensorData::new(x, [rows, facts.seq_len, facts.shape.features]),
                     &device,
                 );
                 let probabilities = softmax(model.forward(input, &mut None), 1)
@@ -143,9 +136,9 @@ impl Predictor {
                     .to_vec::<f32>()
                     .map_err(|error| TrainError::Record(format!("{error:?}")))?;
                 Ok(probabilities
-                    .chunks_exact(facts.classes)
+                    .chunks_exact(facts.shape.classes)
                     .map(|row| Prediction::Class {
-                        class: crate::metrics::argmax_rows(row, facts.classes)[0],
+                        class: crate::metrics::argmax_rows(row, facts.shape.classes)[0],
                         probabilities: row.to_vec(),
                     })
                     .collect())
@@ -153,7 +146,7 @@ impl Predictor {
             Predictor::Mlp { model, facts } => {
                 facts.standardizer.apply(&mut x);
                 let input = Tensor::<NdArray, 2>::from_data(
-                    TensorData::new(x, [rows, facts.features]),
+                    TensorData::new(x, [rows, facts.shape.features]),
                     &device,
                 );
                 let values = model

@@ -180,8 +180,8 @@ pub struct LstmClassifier<B: Backend> {
     pub dropout: f64,
 }
 
-/// Shape of an [`LstmClassifier`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Shape of an [`LstmClassifier`] (kept in its checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LstmShape {
     pub features: usize,
     pub hidden: usize,
@@ -242,10 +242,16 @@ impl<B: Backend> LstmClassifier<B> {
         let states = self.encode(x, noise);
         self.reconstruct.forward_steps(states)
     }
+}
 
-    pub fn parameter_count(&self) -> usize {
-        self.num_params()
-    }
+/// Shape of an [`MlpRegressor`] (kept in its checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MlpShape {
+    pub features: usize,
+    /// Units per hidden layer.
+    pub hidden: usize,
+    pub layers: usize,
+    pub dropout: f64,
 }
 
 /// A multi-layer perceptron regressor: `num_layers` ReLU layers and a linear output.
@@ -257,28 +263,21 @@ pub struct MlpRegressor<B: Backend> {
 }
 
 impl<B: Backend> MlpRegressor<B> {
-    pub fn new(
-        features: usize,
-        width: usize,
-        layers: usize,
-        dropout: f64,
-        rng: &mut ChaCha8Rng,
-        device: &B::Device,
-    ) -> Self {
-        let hidden = (0..layers)
+    pub fn new(shape: MlpShape, rng: &mut ChaCha8Rng, device: &B::Device) -> Self {
+        let hidden = (0..shape.layers)
             .map(|index| {
-                Dense::new(
-                    if index == 0 { features } else { width },
-                    width,
-                    rng,
-                    device,
-                )
+                let input = if index == 0 {
+                    shape.features
+                } else {
+                    shape.hidden
+                };
+                Dense::new(input, shape.hidden, rng, device)
             })
             .collect();
         MlpRegressor {
             hidden,
-            output: Dense::new(width, 1, rng, device),
-            dropout,
+            output: Dense::new(shape.hidden, 1, rng, device),
+            dropout: shape.dropout,
         }
     }
 

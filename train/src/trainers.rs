@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::backend::ndarray::{NdArray, NdArrayDevice};
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -19,7 +19,7 @@ use crate::checkpoint::Position;
 use crate::data::{DataError, SeriesData, Standardizer, TableData};
 use crate::device::{self, Resolved};
 use crate::metrics::{Confusion, argmax_rows, regression};
-use crate::model::{LstmClassifier, LstmShape, MlpRegressor};
+use crate::model::{LstmClassifier, LstmShape, MlpRegressor, MlpShape};
 use crate::rng::{Stream, stream};
 use crate::session::{Hyper, Optim, Session, load_model, model_bytes};
 use crate::{Control, Events, Finish, StopRequest, TrainError, TrainJob};
@@ -27,37 +27,18 @@ use crate::{Control, Events, Finish, StopRequest, TrainError, TrainJob};
 /// Facts an LSTM checkpoint carries for inference.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LstmFacts {
-    pub features: usize,
-    pub hidden: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub classes: usize,
-    pub dropout: f64,
+    #[serde(flatten)]
+    pub shape: LstmShape,
     pub seq_len: usize,
     pub standardizer: Standardizer,
     pub class_weights: Vec<f32>,
 }
 
-impl LstmFacts {
-    pub fn shape(&self) -> LstmShape {
-        LstmShape {
-            features: self.features,
-            hidden: self.hidden,
-            layers: self.layers,
-            heads: self.heads,
-            classes: self.classes,
-            dropout: self.dropout,
-        }
-    }
-}
-
 /// Facts an MLP checkpoint carries for inference.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MlpFacts {
-    pub features: usize,
-    pub hidden: usize,
-    pub layers: usize,
-    pub dropout: f64,
+    #[serde(flatten)]
+    pub shape: MlpShape,
     pub standardizer: Standardizer,
 }
 
@@ -249,15 +230,6 @@ fn train_phase<B: AutodiffBackend, M: AutodiffModule<B>>(
     Ok(PhaseEnd::Done(model))
 }
 
-/// Gathers samples into a `[batch, steps, features]` host buffer.
-fn gather_series(data: &SeriesData, indices: &[usize]) -> Vec<f32> {
-    let mut x = Vec::with_capacity(indices.len() * data.seq_len * data.features);
-    for &index in indices {
-        x.extend_from_slice(data.sample(index));
-    }
-    x
-}
-
 fn lstm<B: AutodiffBackend>(s: &mut Session<'_>, device: B::Device) -> Result<Finish, TrainError> {
     let data = s.load_series()?;
     let (mut train, mut val) = data.split(s.hyper.f64("val_fraction"), s.hyper.u64("data_seed"));
@@ -268,7 +240,7 @@ fn lstm<B: AutodiffBackend>(s: &mut Session<'_>, device: B::Device) -> Result<Fi
         ))
         .into());
     }
-    let standardizer = train.feature_stats();
+    let standardizer = Standardizer::fit(&train.x, train.features);
     standardizer.apply(&mut train.x);
     standardizer.apply(&mut val.x);
     let classes = data.num_classes;
@@ -288,25 +260,27 @@ fn lstm<B: AutodiffBackend>(s: &mut Session<'_>, device: B::Device) -> Result<Fi
         vec![1.0; classes]
     };
     let facts = LstmFacts {
-        features: train.features,
-        hidden: s.hyper.usize("hidden_size"),
-        layers: s.hyper.usize("num_layers"),
-        heads: s.hyper.usize("num_heads"),
-        classes,
-        dropout: s.hyper.f64("dropout"),
+        shape: LstmShape {
+            features: train.features,
+            hidden: s.hyper.usize("hidden_size"),
+            layers: s.hyper.usize("num_layers"),
+            heads: s.hyper.usize("num_heads"),
+            classes,
+            dropout: s.hyper.f64("dropout"),
+        },
         seq_len: train.seq_len,
         standardizer,
         class_weights: class_weights.clone(),
     };
     let facts_json = serde_json::to_value(&facts).unwrap_or_default();
     let mut model = LstmClassifier::<B>::new(
-        facts.shape(),
+        facts.shape,
         &mut stream(s.seed, Stream::Init, 0, 0),
         &device,
     );
     s.events.log(format!(
         "lstm_classifier: {} parameters, {} training / {} validation series of {} steps × {} features, class counts {:?}",
-        model.parameter_count(),
+        model.num_params(),
         train.len(),
         val.len(),
         train.seq_len,
@@ -335,7 +309,7 @@ fn lstm<B: AutodiffBackend>(s: &mut Session<'_>, device: B::Device) -> Result<Fi
 
     // Augmented batch on the host: time-warped series, from the batch's own stream.
     let augmented = |indices: &[usize], key: u64, batch: u64| {
-        let mut x = gather_series(&train, indices);
+        let mut x = train.gather(indices);
         if sigma > 0.0 {
             let mut rng = stream(seed, Stream::Augment, key, batch);
             for series in x.chunks_exact_mut(seq_len * features) {
@@ -529,7 +503,7 @@ pub(crate) fn evaluate_lstm<B: Backend>(
     let indices: Vec<usize> = (0..data.len()).collect();
     for chunk in indices.chunks(256) {
         let rows = chunk.len();
-        let x = gather_series(data, chunk);
+        let x = data.gather(chunk);
         let input = Tensor::<B, 3>::from_data(
             TensorData::new(x, [rows, data.seq_len, data.features]),
             device,
@@ -566,18 +540,17 @@ fn mlp<B: AutodiffBackend>(s: &mut Session<'_>, device: B::Device) -> Result<Fin
     standardizer.apply(&mut train.x);
     standardizer.apply(&mut val.x);
     let facts = MlpFacts {
-        features: train.features,
-        hidden: s.hyper.usize("hidden_size"),
-        layers: s.hyper.usize("num_layers"),
-        dropout: s.hyper.f64("dropout"),
+        shape: MlpShape {
+            features: train.features,
+            hidden: s.hyper.usize("hidden_size"),
+            layers: s.hyper.usize("num_layers"),
+            dropout: s.hyper.f64("dropout"),
+        },
         standardizer,
     };
     let facts_json = serde_json::to_value(&facts).unwrap_or_default();
     let mut model = MlpRegressor::<B>::new(
-        facts.features,
-        facts.hidden,
-        facts.layers,
-        facts.dropout,
+        facts.shape,
         &mut stream(s.seed, Stream::Init, 0, 0),
         &device,
     );
