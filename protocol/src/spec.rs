@@ -925,6 +925,79 @@ metrics = ["loss", "accuracy"]
         assert!(parsed.holds(0.3) && !parsed.holds(0.29));
     }
 
+    const LSTM: &str = r#"
+name = "lstm"
+constraints = ["class_1_accuracy >= 0.30"]
+
+[objective]
+metric = "accuracy"
+direction = "maximize"
+
+[space.learning_rate]
+type = "float"
+low = 1e-4
+high = 1e-2
+log = true
+
+[space.hidden_size]
+type = "categorical"
+choices = [64, 128]
+
+[budget]
+max_trials = 4
+
+[trial]
+trainer = "lstm_classifier"
+settings = { epochs = 3, time_warp_sigma = 0.15 }
+"#;
+
+    #[test]
+    fn trainer_trials_are_checked_against_the_trainer() {
+        let spec = SweepSpec::from_toml(LSTM, "lstm.toml").expect("valid LSTM sweep");
+        assert!(
+            spec.reported_metrics()
+                .contains(&"class_1_accuracy".to_string())
+        );
+
+        let bad = LSTM
+            .replace(
+                "[space.hidden_size]\ntype = \"categorical\"\nchoices = [64, 128]",
+                "[space.hidden_size]\ntype = \"float\"\nlow = 8.0\nhigh = 64.0",
+            )
+            .replace("time_warp_sigma = 0.15", "time_warp_sigma = 3.0, hiden = 4")
+            .replace("class_1_accuracy >= 0.30", "class_2_accuracy >= 0.30")
+            .replace("low = 1e-4", "low = 1e-9");
+        let problems = problems_of(&bad);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "space.hidden_size",
+            "space.learning_rate",
+            "trial.settings.time_warp_sigma",
+            "trial.settings.hiden",
+            "constraints[0]",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "no problem at {expected}: {problems:?}"
+            );
+        }
+        let unknown = problems
+            .iter()
+            .find(|p| p.path == "trial.settings.hiden")
+            .expect("hiden");
+        assert!(
+            unknown.message.contains("no hyperparameter 'hiden'"),
+            "{unknown:?}"
+        );
+
+        let unknown_trainer = problems_of(&LSTM.replace("lstm_classifier", "transformer"));
+        assert!(
+            unknown_trainer.iter().any(|p| p.path == "trial.trainer"
+                && p.message.contains("known: lstm_classifier, mlp_regressor")),
+            "{unknown_trainer:?}"
+        );
+    }
+
     #[test]
     fn placeholders_are_substituted() {
         let mut params = BTreeMap::new();

@@ -136,7 +136,7 @@ macro_rules! with_common {
             float("grad_clip", 0.0, 1e6, 1.0, "clip the gradient norm to this value (0: off)"),
             int("seed", 0, i64::MAX, 0, "seeds initialisation, data order, augmentation and dropout"),
             int("checkpoint_every", 0, 100_000, 5, "write a checkpoint every N epochs (0: only when stopped)"),
-            text("data", "synthetic", "`synthetic` or the path of a CSV file (see docs/sdk.md)"),
+            text("data", "synthetic", "`synthetic` or the path of a CSV file (layout in docs/sdk.md, built-in trainers)"),
             float("val_fraction", 0.01, 0.9, 0.2, "share of the data held out for validation"),
             int("data_seed", 0, i64::MAX, 7, "seeds the synthetic data and the train/validation split"),
             int("samples", 16, 10_000_000, 2_000, "synthetic data: number of samples"),
