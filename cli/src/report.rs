@@ -273,6 +273,13 @@ pub fn trial_json(trial: &TrialRecord) -> Value {
         "duration_ms": trial.duration_ms,
         "dispatch_latency_us": trial.dispatch_latency_us,
         "message": trial.message,
+        "checkpoint": trial.checkpoint.as_ref().map(|checkpoint| json!({
+            "uri": checkpoint.uri,
+            "attempt": checkpoint.attempt,
+            "step": checkpoint.step,
+            "epoch": checkpoint.epoch,
+            "bytes": checkpoint.bytes,
+        })),
     })
 }
 

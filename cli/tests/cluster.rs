@@ -112,6 +112,10 @@ impl Cluster {
     }
 
     fn start_agent(&mut self, name: &str, slots: u32) {
+        self.start_agent_with(name, slots, &[]);
+    }
+
+    fn start_agent_with(&mut self, name: &str, slots: u32, extra: &[&str]) {
         let child = Command::new(BIN)
             .args([
                 "agent",
@@ -128,6 +132,7 @@ impl Cluster {
             .arg(self.path("certs"))
             .arg("--work-dir")
             .arg(self.path(name))
+            .args(extra)
             .env("FLOTILLA_LOG", "info")
             .stdout(self.log(name))
             .stderr(self.log(name))
@@ -404,6 +409,127 @@ fn restarting_the_coordinator_mid_sweep_resumes_it() {
     }
 }
 
+/// One LSTM trial whose agent is SIGKILLed after it has written checkpoints: the
+/// coordinator re-places it, the surviving agent resumes from the latest checkpoint the lost
+/// attempt reported, and the trial ends with exactly the metrics of the same trial run
+/// without interruption next to it (training is deterministic and resume is exact).
+#[test]
+fn a_trainer_trial_on_a_killed_agent_resumes_from_its_checkpoint_elsewhere() {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator();
+    let artifacts = cluster.path("artifacts");
+    let artifacts = artifacts.to_str().expect("utf-8 path");
+    for name in ["agent-0", "agent-1"] {
+        cluster.start_agent_with(name, 1, &["--artifacts", artifacts, "--device", "cpu"]);
+    }
+    cluster.wait_for_agents(2);
+    let sweep = |name: &str| {
+        let path = cluster.path(&format!("{name}.toml"));
+        let text = format!(
+            r#"
+name = "{name}"
+
+[objective]
+metric = "accuracy"
+direction = "maximize"
+
+[space.learning_rate]
+type = "categorical"
+choices = [0.003]
+
+[budget]
+max_trials = 1
+max_parallel = 1
+
+[trial]
+trainer = "lstm_classifier"
+
+[trial.settings]
+samples = 800
+seq_len = 32
+hidden_size = 32
+num_heads = 2
+epochs = 30
+checkpoint_every = 1
+"#
+        );
+        std::fs::write(&path, text).expect("write sweep file");
+        path
+    };
+    let interrupted = sweep("interrupted");
+    cluster.flotilla_ok(&["sweep", "submit", interrupted.to_str().expect("utf-8")]);
+    // The victim is whichever agent runs the trial once it has checkpointed twice.
+    let mut victim = None;
+    wait_until("two checkpoints of s1-t0", Duration::from_secs(120), || {
+        let trial = trials(&cluster.results("s1")).remove(0);
+        assert_ne!(
+            trial["state"], "succeeded",
+            "finished before it could be interrupted: {trial}"
+        );
+        victim = trial["agent"].as_str().map(String::from);
+        trial["checkpoint"]["epoch"].as_u64().unwrap_or(0) >= 2
+    });
+    let victim = victim.expect("the trial's agent");
+    // The same trial, uninterrupted, takes the other agent's only slot meanwhile.
+    let reference = sweep("reference");
+    cluster.flotilla_ok(&["sweep", "submit", reference.to_str().expect("utf-8")]);
+    let index = cluster
+        .agents
+        .iter()
+        .position(|(name, _)| *name == victim)
+        .expect("victim agent");
+    cluster.agents[index].1.kill();
+    let survivor = if victim == "agent-0" {
+        "agent-1"
+    } else {
+        "agent-0"
+    };
+
+    wait_until("both sweeps to complete", Duration::from_secs(240), || {
+        ["s1", "s2"]
+            .iter()
+            .all(|sweep| sweep_state(&cluster, sweep)["state"] == "Completed")
+    });
+    let resumed = trials(&cluster.results("s1")).remove(0);
+    let straight = trials(&cluster.results("s2")).remove(0);
+    assert_eq!(resumed["state"], "succeeded", "{resumed}");
+    assert_eq!(resumed["agent"], survivor, "{resumed}");
+    assert_eq!(
+        resumed["failures"], 0,
+        "agent loss spends no retry: {resumed}"
+    );
+    let attempt = resumed["attempt"].as_u64().expect("attempt");
+    assert!(attempt >= 1, "{resumed}");
+    assert_eq!(
+        resumed["checkpoint"]["attempt"], attempt,
+        "the latest checkpoint is the new attempt's: {resumed}"
+    );
+    assert_eq!(resumed["checkpoint"]["epoch"], 30, "{resumed}");
+
+    let log = std::fs::read_to_string(cluster.path(&format!("{survivor}.log"))).unwrap_or_default();
+    let resume_line = log
+        .lines()
+        .find(|line| line.contains("resuming from") && line.contains("attempt 0"))
+        .unwrap_or_else(|| panic!("{survivor} did not resume attempt 0's checkpoint:\n{log}"));
+    assert!(resume_line.contains(artifacts), "{resume_line}");
+    assert!(!resume_line.contains(", 0 epochs done"), "{resume_line}");
+
+    // Exact resume: every metric but the wall-clock throughput is identical.
+    let (resumed, straight) = (
+        resumed["metrics"].as_object().expect("metrics"),
+        straight["metrics"].as_object().expect("metrics"),
+    );
+    assert_eq!(
+        resumed.keys().collect::<Vec<_>>(),
+        straight.keys().collect::<Vec<_>>()
+    );
+    for (name, value) in straight {
+        if name != "samples_per_second" {
+            assert_eq!(&resumed[name], value, "{name}");
+        }
+    }
+}
+
 #[test]
 fn peers_without_the_right_certificate_are_refused() {
     let mut cluster = Cluster::new();
@@ -517,7 +643,7 @@ async fn connect_without_certificate(ca_path: &Path, address: std::net::SocketAd
 #[test]
 fn malformed_sweep_files_name_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = std::fs::read_to_string(repo_file("examples/quickstart.toml")).expect("quickstart");
+    let good = std::fs::read_to_string(repo_file("examples/logreg.toml")).expect("logreg example");
     let empty_space = {
         let start = good.find("[space.lr]").expect("space");
         let end = good.find("[algorithm]").expect("algorithm");
@@ -564,21 +690,18 @@ fn malformed_sweep_files_name_the_field() {
             "{name}: the error names the file:\n{stderr}"
         );
     }
-    let output = Command::new(BIN)
-        .args([
-            "sweep",
-            "validate",
-            repo_file("examples/quickstart.toml")
-                .to_str()
-                .expect("utf-8 path"),
-        ])
-        .output()
-        .expect("run");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    for example in ["examples/logreg.toml", "examples/quickstart.toml"] {
+        let output = Command::new(BIN)
+            .args(["sweep", "validate"])
+            .arg(repo_file(example))
+            .output()
+            .expect("run");
+        assert!(
+            output.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 /// A file of this checkout. The directory is read when the test runs (cargo and nextest set

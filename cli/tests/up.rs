@@ -1,6 +1,7 @@
 //! `flotilla up` as the README's first command runs it: the embedded coordinator and local
-//! agents (real QUIC on loopback, certificates made in memory) run the quickstart sweep and
-//! leave a leaderboard and a results file that agree with each other.
+//! agents (real QUIC on loopback, certificates made in memory) train the quickstart's LSTM
+//! sweep with the built-in trainer and leave a leaderboard, ranked by the objective, and a
+//! results file that agree with each other.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,7 +16,7 @@ fn repo_root() -> PathBuf {
 }
 
 #[test]
-fn up_runs_the_quickstart_to_a_leaderboard_and_a_complete_results_file() {
+fn up_trains_the_quickstart_lstm_sweep_to_a_ranked_leaderboard_and_a_complete_results_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = Command::new(BIN)
         .current_dir(repo_root())
@@ -34,7 +35,7 @@ fn up_runs_the_quickstart_to_a_leaderboard_and_a_complete_results_file() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("rank") && stdout.contains("val_loss"),
+        stdout.contains("rank") && stdout.contains("accuracy"),
         "{stdout}"
     );
 
@@ -53,28 +54,56 @@ fn up_runs_the_quickstart_to_a_leaderboard_and_a_complete_results_file() {
             trial["params"].as_object().is_some_and(|p| p.len() == 4),
             "{trial}"
         );
-        assert!(trial["metrics"]["val_loss"].is_f64(), "{trial}");
+        for metric in ["accuracy", "val_loss", "class_1_accuracy", "confusion_1_1"] {
+            assert!(trial["metrics"][metric].is_f64(), "{metric}: {trial}");
+        }
         assert!(
             trial["duration_ms"].is_u64() && trial["started_ms"].is_u64(),
             "{trial}"
         );
     }
 
-    // The best trial named in the file is the feasible minimum of val_loss, and it is the
+    // The best trial named in the file is the feasible maximum of accuracy, and it is the
     // one the last line of the leaderboard names.
     let best_id = results["sweep"]["best_trial"].as_str().expect("best trial");
-    let minimum = trials
+    let objective = |trial: &serde_json::Value| trial["objective"].as_f64().expect("objective");
+    let maximum = trials
         .iter()
         .filter(|trial| trial["feasible"] == true)
-        .min_by(|a, b| {
-            let a = a["objective"].as_f64().expect("objective");
-            let b = b["objective"].as_f64().expect("objective");
-            a.total_cmp(&b)
-        })
+        .max_by(|a, b| objective(a).total_cmp(&objective(b)))
         .expect("a feasible trial");
-    assert_eq!(minimum["id"], best_id);
+    assert_eq!(maximum["id"], best_id);
     assert!(
-        stdout.contains(&format!("best: {best_id} val_loss")),
+        stdout.contains(&format!("best: {best_id} accuracy")),
         "{stdout}"
     );
+    // The training was real: the best model beats always answering the majority class.
+    let metrics = &maximum["metrics"];
+    let majority = (metrics["confusion_0_0"].as_f64().unwrap()
+        + metrics["confusion_0_1"].as_f64().unwrap())
+        / ["0_0", "0_1", "1_0", "1_1"]
+            .iter()
+            .map(|cell| metrics[format!("confusion_{cell}")].as_f64().unwrap())
+            .sum::<f64>();
+    assert!(objective(maximum) > majority + 0.05, "{maximum}");
+
+    // The leaderboard's rows run 1, 2, … with the objective never increasing.
+    let rows: Vec<(u64, String, f64)> = stdout
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line
+                .trim_matches(|c| c == '│' || c == ' ')
+                .split('┆')
+                .map(str::trim)
+                .collect();
+            let rank = cells.first()?.parse().ok()?;
+            Some((rank, cells[1].to_string(), cells[2].parse().ok()?))
+        })
+        .collect();
+    assert!(rows.len() >= 5, "{stdout}");
+    assert_eq!(rows[0].1, best_id, "{stdout}");
+    for (index, pair) in rows.windows(2).enumerate() {
+        assert_eq!(pair[0].0, index as u64 + 1, "{stdout}");
+        assert!(pair[0].2 >= pair[1].2, "not ranked by accuracy:\n{stdout}");
+    }
 }
