@@ -77,6 +77,9 @@ impl LocalCluster {
                 dir.join("agents").join(&name),
             );
             config.stop_grace = options.stop_grace;
+            // One artifact store for every agent, as a cluster shares a bucket: a trial
+            // resumed on another agent reads the checkpoints the first one wrote.
+            config.artifacts = Some(dir.join("artifacts").display().to_string());
             agents.push(Agent::start(config).await.map_err(embedded)?);
         }
         Ok(LocalCluster {
