@@ -79,12 +79,13 @@ fn up_trains_the_quickstart_lstm_sweep_to_a_ranked_leaderboard_and_a_complete_re
     );
     // The training was real: the best model beats always answering the majority class.
     let metrics = &maximum["metrics"];
-    let majority = (metrics["confusion_0_0"].as_f64().unwrap()
-        + metrics["confusion_0_1"].as_f64().unwrap())
-        / ["0_0", "0_1", "1_0", "1_1"]
-            .iter()
-            .map(|cell| metrics[format!("confusion_{cell}")].as_f64().unwrap())
-            .sum::<f64>();
+    let cell = |name: &str| {
+        metrics[format!("confusion_{name}")]
+            .as_f64()
+            .unwrap_or_else(|| panic!("confusion_{name} in {metrics}"))
+    };
+    let majority =
+        (cell("0_0") + cell("0_1")) / ["0_0", "0_1", "1_0", "1_1"].map(cell).iter().sum::<f64>();
     assert!(objective(maximum) > majority + 0.05, "{maximum}");
 
     // The leaderboard's rows run 1, 2, … with the objective never increasing.

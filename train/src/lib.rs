@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod inference;
+pub mod lstm_op;
 pub mod metrics;
 pub mod model;
 pub mod rng;

@@ -5,13 +5,14 @@
 //! resumed run continues exactly (see [`crate::rng`]).
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{relu, sigmoid, softmax};
+use burn::tensor::activation::{relu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::augment::dropout_mask;
+use crate::lstm_op::{LstmOps, tanh};
 
 /// A fully connected layer, `x · W + b`.
 #[derive(Module, Debug)]
@@ -102,32 +103,13 @@ impl<B: Backend> LstmLayer<B> {
             hidden,
         }
     }
+}
 
-    /// Runs the layer over per-step inputs `[batch, input]`, returning per-step hidden
-    /// states `[batch, hidden]`. Steps stay separate tensors: slicing one large tensor per
-    /// step would make the backward pass quadratic in the sequence length.
-    pub fn forward(&self, steps: Vec<Tensor<B, 2>>) -> Vec<Tensor<B, 2>> {
-        let hidden = self.hidden;
-        let batch = steps[0].dims()[0];
-        let device = steps[0].device();
-        let w_ih = self.w_ih.val();
-        let w_hh = self.w_hh.val();
-        let bias = self.bias.val().unsqueeze::<2>();
-        let mut h = Tensor::<B, 2>::zeros([batch, hidden], &device);
-        let mut c = Tensor::<B, 2>::zeros([batch, hidden], &device);
-        let mut outputs = Vec::with_capacity(steps.len());
-        for x in steps {
-            let gates = x.matmul(w_ih.clone()) + h.matmul(w_hh.clone()) + bias.clone();
-            let squashed = sigmoid(gates.clone().narrow(1, 0, 3 * hidden));
-            let input_gate = squashed.clone().narrow(1, 0, hidden);
-            let forget_gate = squashed.clone().narrow(1, hidden, hidden);
-            let output_gate = squashed.narrow(1, 2 * hidden, hidden);
-            let candidate = gates.narrow(1, 3 * hidden, hidden).tanh();
-            c = forget_gate * c + input_gate * candidate;
-            h = output_gate * c.clone().tanh();
-            outputs.push(h.clone());
-        }
-        outputs
+impl<B: LstmOps> LstmLayer<B> {
+    /// Runs the layer over `[batch, steps, input]`, returning every step's hidden state
+    /// `[batch, steps, hidden]` (see [`crate::lstm_op`]).
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        B::lstm_layer(x, self.w_ih.val(), self.w_hh.val(), self.bias.val())
     }
 }
 
@@ -158,14 +140,14 @@ impl<B: Backend> AttentionPool<B> {
         let [batch, _, hidden] = states.dims();
         let scores = self
             .score
-            .forward_steps(self.key.forward_steps(states.clone()).tanh());
+            .forward_steps(tanh(self.key.forward_steps(states.clone())));
         let weights = softmax(scores, 1);
         let pooled = weights
             .clone()
             .swap_dims(1, 2)
             .matmul(states)
             .reshape([batch, self.heads * hidden]);
-        (self.merge.forward(pooled).tanh(), weights)
+        (tanh(self.merge.forward(pooled)), weights)
     }
 }
 
@@ -211,23 +193,19 @@ impl<B: Backend> LstmClassifier<B> {
             dropout: shape.dropout,
         }
     }
+}
 
+impl<B: LstmOps> LstmClassifier<B> {
     /// Encodes `[batch, steps, features]` into per-step hidden states `[batch, steps, hidden]`.
     pub fn encode(&self, x: Tensor<B, 3>, noise: &mut Option<ChaCha8Rng>) -> Tensor<B, 3> {
-        let [batch, steps, features] = x.dims();
-        let mut sequence: Vec<Tensor<B, 2>> = (0..steps)
-            .map(|step| x.clone().narrow(1, step, 1).reshape([batch, features]))
-            .collect();
+        let mut sequence = x;
         for (index, layer) in self.layers.iter().enumerate() {
             if index > 0 {
-                sequence = sequence
-                    .into_iter()
-                    .map(|h| dropout(h, self.dropout, noise))
-                    .collect();
+                sequence = dropout(sequence, self.dropout, noise);
             }
             sequence = layer.forward(sequence);
         }
-        Tensor::stack(sequence, 1)
+        sequence
     }
 
     /// Class logits `[batch, classes]`.

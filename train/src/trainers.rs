@@ -18,6 +18,7 @@ use crate::augment::{step_mask, time_warp};
 use crate::checkpoint::Position;
 use crate::data::{DataError, SeriesData, Standardizer, TableData};
 use crate::device::{self, Resolved};
+use crate::lstm_op::LstmOps;
 use crate::metrics::{Confusion, argmax_rows, regression};
 use crate::model::{LstmClassifier, LstmShape, MlpRegressor, MlpShape};
 use crate::rng::{Stream, stream};
@@ -100,7 +101,13 @@ pub fn run(
     }
 }
 
-fn dispatch<B: AutodiffBackend>(
+/// A backend the trainers run on: differentiable, with the LSTM layer for training and for
+/// validation on its inner backend.
+pub trait TrainBackend: AutodiffBackend<InnerBackend: LstmOps> + LstmOps {}
+
+impl<B: AutodiffBackend<InnerBackend: LstmOps> + LstmOps> TrainBackend for B {}
+
+fn dispatch<B: TrainBackend>(
     session: &mut Session<'_>,
     device: B::Device,
 ) -> Result<Finish, TrainError> {
@@ -230,7 +237,7 @@ fn train_phase<B: AutodiffBackend, M: AutodiffModule<B>>(
     Ok(PhaseEnd::Done(model))
 }
 
-fn lstm<B: AutodiffBackend>(s: &mut Session<'_>, device: B::Device) -> Result<Finish, TrainError> {
+fn lstm<B: TrainBackend>(s: &mut Session<'_>, device: B::Device) -> Result<Finish, TrainError> {
     let data = s.load_series()?;
     let (mut train, mut val) = data.split(s.hyper.f64("val_fraction"), s.hyper.u64("data_seed"));
     if train.len() < 2 || val.is_empty() {
@@ -492,7 +499,7 @@ fn weighted_cross_entropy<B: Backend>(
 
 /// Validation loss (class-weighted, as trained) and confusion matrix, in batches, without
 /// dropout or gradients.
-pub(crate) fn evaluate_lstm<B: Backend>(
+pub(crate) fn evaluate_lstm<B: LstmOps>(
     model: &LstmClassifier<B>,
     data: &SeriesData,
     class_weights: &[f32],
@@ -528,7 +535,7 @@ pub(crate) fn evaluate_lstm<B: Backend>(
     (loss_sum / weight_sum.max(f64::MIN_POSITIVE), confusion)
 }
 
-fn mlp<B: AutodiffBackend>(s: &mut Session<'_>, device: B::Device) -> Result<Finish, TrainError> {
+fn mlp<B: TrainBackend>(s: &mut Session<'_>, device: B::Device) -> Result<Finish, TrainError> {
     let data = s.load_table()?;
     if data.len() < 4 {
         return Err(
