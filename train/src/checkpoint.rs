@@ -175,8 +175,8 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Where checkpoints are written: a local folder (the default) or, in builds with S3
-/// support, `s3://bucket/prefix`.
+/// Where checkpoints are written: a local folder (a shared mount for agents on several
+/// machines). `s3://` URLs are recognised and refused with a message until S3 support lands.
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     store: Arc<dyn ObjectStore>,
@@ -268,7 +268,7 @@ fn open_url(url: &Url) -> Result<(Box<dyn ObjectStore>, ObjectPath), String> {
     match url.scheme() {
         "file" => object_store::parse_url(url).map_err(|error| error.to_string()),
         "s3" => Err(format!(
-            "{url}: this build has no S3 support (build flotilla with the `s3` feature)"
+            "{url}: S3 artifact stores are not supported yet; use a local or shared folder"
         )),
         other => Err(format!(
             "{url}: unsupported artifact store scheme '{other}'"
