@@ -41,16 +41,18 @@ configs=(
   "64 1 4 256 48 4"
 )
 figure() { python3 -c 'import json,sys; print(round(json.load(sys.stdin)["samples_per_second"], 1))'; }
+# The PyTorch figure for the current configuration (the loop's variables), extra flags appended.
+torch() {
+  "$VENV/bin/python" bench/lstm_torch.py --hidden-size "$hidden" --num-layers "$layers" \
+    --num-heads "$heads" --batch-size "$batch" --seq-len "$seq" --features "$features" \
+    --samples "$SAMPLES" --epochs "$EPOCHS" --device "$DEVICE" "$@" | figure
+}
+ratio() { [ "$2" = "-" ] && echo "-" || python3 -c "print(f'{$1 / $2:.2f}')"; }
 for config in "${configs[@]}"; do
   read -r hidden layers heads batch seq features <<<"$config"
   burn=$("$LSTM_BURN" hidden_size="$hidden" num_layers="$layers" num_heads="$heads" \
     batch_size="$batch" seq_len="$seq" features="$features" samples="$SAMPLES" epochs="$EPOCHS" \
     device="$DEVICE" | figure)
-  torch() {
-    "$VENV/bin/python" bench/lstm_torch.py --hidden-size "$hidden" --num-layers "$layers" \
-      --num-heads "$heads" --batch-size "$batch" --seq-len "$seq" --features "$features" \
-      --samples "$SAMPLES" --epochs "$EPOCHS" --device "$DEVICE" "$@" | figure
-  }
   if [ "$DEVICE" = cpu ]; then
     one=$(torch --threads 1)
     cell=$(torch --threads 1 --lstm cell)
@@ -59,7 +61,6 @@ for config in "${configs[@]}"; do
     cell=$(torch --lstm cell)
   fi
   default=$(torch)
-  ratio() { [ "$2" = "-" ] && echo "-" || python3 -c "print(f'{$1 / $2:.2f}')"; }
   printf '%-28s %12s %14s %14s %14s %9s %9s\n' \
     "h$hidden l$layers heads$heads b$batch t$seq f$features" "$burn" "$one" "$default" "$cell" \
     "$(ratio "$burn" "$one")" "$(ratio "$burn" "$default")"

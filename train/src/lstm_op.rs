@@ -104,17 +104,16 @@ impl LstmOps for NdArray {
         bias: Tensor<Self, 1>,
     ) -> Tensor<Self, 3> {
         let dims = Dims::of(&x.dims(), &w_hh.dims());
-        let forward = forward(
-            dims,
-            &host(x.into_data()),
-            &host(w_ih.into_data()),
-            &host(w_hh.into_data()),
-            &host(bias.into_data()),
-        );
-        Tensor::from_data(
-            TensorData::new(forward.states, [dims.batch, dims.steps, dims.hidden]),
-            &NdArrayDevice::Cpu,
-        )
+        let [x, w_ih, w_hh, bias] = [
+            x.into_primitive().tensor(),
+            w_ih.into_primitive().tensor(),
+            w_hh.into_primitive().tensor(),
+            bias.into_primitive().tensor(),
+        ]
+        .map(|tensor| inner_host(&tensor));
+        let forward = forward(dims, &x, &w_ih, &w_hh, &bias);
+        let states = inner_tensor(&forward.states, dims.states());
+        Tensor::from_primitive(TensorPrimitive::Float(states))
     }
 }
 
@@ -133,26 +132,23 @@ impl<C: CheckpointStrategy> LstmOps for Autodiff<NdArray, C> {
             w_hh.into_primitive().tensor(),
             bias.into_primitive().tensor(),
         ];
-        let saved = Saved {
-            dims,
-            x: inner_host(&x.primitive),
-            w_ih: inner_host(&w_ih.primitive),
-            w_hh: inner_host(&w_hh.primitive),
-            forward: Forward::default(),
-        };
-        let bias_values = inner_host(&bias.primitive);
         let nodes = [x.node, w_ih.node, w_hh.node, bias.node];
+        let [x, w_ih, w_hh, bias] =
+            [x.primitive, w_ih.primitive, w_hh.primitive, bias.primitive].map(|p| inner_host(&p));
+        let forward = forward(dims, &x, &w_ih, &w_hh, &bias);
+        let states = inner_tensor(&forward.states, dims.states());
         let output = match LstmBackward.prepare::<C>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let mut saved = saved;
-                saved.forward = forward(dims, &saved.x, &saved.w_ih, &saved.w_hh, &bias_values);
-                let states = inner_tensor(&saved.forward.states, dims.states());
+                let saved = Saved {
+                    dims,
+                    x,
+                    w_ih,
+                    w_hh,
+                    forward,
+                };
                 prep.finish(Arc::new(saved), states)
             }
-            OpsKind::UnTracked(prep) => {
-                let forward = forward(dims, &saved.x, &saved.w_ih, &saved.w_hh, &bias_values);
-                prep.finish(inner_tensor(&forward.states, dims.states()))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(states),
         };
         Tensor::from_primitive(TensorPrimitive::Float(output))
     }
@@ -182,7 +178,7 @@ impl Dims {
 }
 
 /// What the forward pass keeps for the backward pass.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Forward {
     /// Activated gates `[steps][batch][4·hidden]` (i, f, o = σ, g = tanh).
     gates: Vec<f32>,
