@@ -3,14 +3,28 @@
 //! # Layout
 //!
 //! - [`space`]: the search space (float, int, categorical; linear or log) and points in it.
-//! - [`sampler`]: the [`Sampler`] trait and the samplers — [`RandomSampler`] and
-//!   [`GridSampler`].
+//! - [`sampler`]: the [`Sampler`] trait, what samplers know about earlier trials
+//!   ([`Observation`]), and the model-free samplers — [`RandomSampler`], [`GridSampler`] and
+//!   [`SobolSampler`].
+//! - [`bayes`]: Gaussian-process Bayesian optimization ([`BayesianSampler`]), on
+//!   [`gp`] (Matérn-5/2 ARD regression), [`stats`] (log expected improvement) and
+//!   [`lbfgs`] (bounded quasi-Newton minimization).
+//! - [`tpe`]: the multivariate Tree-structured Parzen Estimator ([`TpeSampler`]).
+//! - [`encode`]: how the model-based samplers see a point.
 //!
-//! Nothing here does I/O, spawns, or reads a clock; the coordinator's Sweep actor owns a
-//! sampler and asks it for the next point.
+//! Nothing here does I/O, spawns, or reads a clock; the coordinator's Sweep actor (and the
+//! CLI's study) own a sampler and ask it for the next point.
 
+pub mod bayes;
+pub mod encode;
+pub mod gp;
+pub mod lbfgs;
 pub mod sampler;
 pub mod space;
+pub mod stats;
+pub mod tpe;
 
-pub use sampler::{GridSampler, RandomSampler, Sampler};
+pub use bayes::{BayesianSampler, BayesianSettings};
+pub use sampler::{GridSampler, Observation, Outcome, RandomSampler, Sampler, SobolSampler};
 pub use space::{Dimension, Domain, Point, SearchSpace, SpaceError, Value};
+pub use tpe::{TpeSampler, TpeSettings};

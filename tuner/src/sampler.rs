@@ -5,14 +5,53 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::space::{Domain, Point, SearchSpace, Value};
 
+/// What a sampler knows about one earlier trial of its sweep or study.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub point: Point,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Queued or running: the point is taken but its result is not known yet.
+    Pending,
+    /// Finished with an objective `value` to **minimize** (callers negate a maximized
+    /// metric) and one value per constraint, each satisfied when `<= 0`. A non-finite
+    /// constraint value means the constraint's metric is unknown: it counts as violated.
+    Complete { value: f64, constraints: Vec<f64> },
+    /// Failed, or stopped without a usable value.
+    Failed,
+}
+
+impl Observation {
+    /// The objective value and constraint values of a usable completed trial.
+    pub fn completed(&self) -> Option<(f64, &[f64])> {
+        match &self.outcome {
+            Outcome::Complete { value, constraints } if value.is_finite() => {
+                Some((*value, constraints.as_slice()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the trial completed and met every constraint.
+    pub fn feasible(&self) -> bool {
+        self.completed()
+            .is_some_and(|(_, constraints)| constraints.iter().all(|c| *c <= 0.0))
+    }
+}
+
 /// Chooses points of a search space.
 ///
-/// `trial_number` is the position of the trial in its sweep. Samplers here are functions of
-/// `(seed, trial_number)`, so a coordinator that restarts and asks again for trial 17 gets the
-/// same point it got before. `None` means the sampler has nothing more to suggest (a grid
-/// that is exhausted).
+/// `trial_number` is the position of the new trial in its sweep; `history` holds every
+/// earlier trial (pending, complete or failed) in any order. Suggestions are deterministic:
+/// the same seed, trial number and history give the same point (model-based samplers also
+/// warm-start from their previous fit, so after a restart the first suggestions may differ
+/// in the last digits, never in validity). `None` means the sampler has nothing more to
+/// suggest (a grid that is exhausted).
 pub trait Sampler: Send {
-    fn suggest(&mut self, trial_number: u32) -> Option<Point>;
+    fn suggest(&mut self, trial_number: u32, history: &[Observation]) -> Option<Point>;
 
     /// How many distinct points the sampler can suggest, where that is finite.
     fn capacity(&self) -> Option<u64> {
@@ -33,7 +72,7 @@ impl RandomSampler {
 }
 
 impl Sampler for RandomSampler {
-    fn suggest(&mut self, trial_number: u32) -> Option<Point> {
+    fn suggest(&mut self, trial_number: u32, _history: &[Observation]) -> Option<Point> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(u64::from(trial_number));
         let point = (0..self.space.dimensions().len())
@@ -137,7 +176,7 @@ fn grid_value(space: &SearchSpace, index: usize, unit: f64) -> Value {
 }
 
 impl Sampler for GridSampler {
-    fn suggest(&mut self, trial_number: u32) -> Option<Point> {
+    fn suggest(&mut self, trial_number: u32, _history: &[Observation]) -> Option<Point> {
         let mut flat = *self.order.get(trial_number as usize)?;
         let mut point = Vec::with_capacity(self.axes.len());
         for axis in &self.axes {
@@ -150,6 +189,53 @@ impl Sampler for GridSampler {
 
     fn capacity(&self) -> Option<u64> {
         Some(self.order.len() as u64)
+    }
+}
+
+/// Scrambled Sobol points: a low-discrepancy design that covers the space far more evenly
+/// than independent draws (Owen scrambling, so different seeds give independent designs).
+pub struct SobolSampler {
+    space: SearchSpace,
+    seed: u64,
+}
+
+impl SobolSampler {
+    pub fn new(space: SearchSpace, seed: u64) -> SobolSampler {
+        SobolSampler { space, seed }
+    }
+}
+
+/// Point `index` of the scrambled Sobol sequence for `seed`, in the unit cube of `dims`
+/// dimensions. Beyond 2¹⁶ points or 256 dimensions, further independently scrambled
+/// sequences continue it.
+pub fn sobol_units(index: u32, dims: usize, seed: u64) -> Vec<f64> {
+    let base_seed = (seed ^ (seed >> 32)) as u32;
+    let block = index >> 16;
+    (0..dims)
+        .map(|dimension| {
+            let layer = (dimension / 256) as u32;
+            let seed = base_seed
+                .wrapping_add(block.wrapping_mul(0x9e37_79b9))
+                .wrapping_add(layer.wrapping_mul(0x85eb_ca6b));
+            f64::from(sobol_burley::sample(
+                index & 0xffff,
+                (dimension % 256) as u32,
+                seed,
+            ))
+        })
+        .collect()
+}
+
+impl Sampler for SobolSampler {
+    fn suggest(&mut self, trial_number: u32, _history: &[Observation]) -> Option<Point> {
+        let units = sobol_units(trial_number, self.space.dimensions().len(), self.seed);
+        Some(
+            units
+                .iter()
+                .enumerate()
+                .map(|(index, unit)| self.space.value_from_unit(index, *unit))
+                .collect(),
+        )
     }
 }
 
@@ -191,18 +277,21 @@ mod tests {
         let mut first = RandomSampler::new(space(), 7);
         let mut second = RandomSampler::new(space(), 7);
         for trial in 0..200 {
-            let point = first.suggest(trial).expect("always suggests");
+            let point = first.suggest(trial, &[]).expect("always suggests");
             assert!(space().contains(&point), "{point:?}");
-            assert_eq!(Some(point), second.suggest(trial));
+            assert_eq!(Some(point), second.suggest(trial, &[]));
         }
-        assert_ne!(first.suggest(0), RandomSampler::new(space(), 8).suggest(0));
+        assert_ne!(
+            first.suggest(0, &[]),
+            RandomSampler::new(space(), 8).suggest(0, &[])
+        );
     }
 
     #[test]
     fn random_log_dimension_is_log_uniform() {
         let mut sampler = RandomSampler::new(space(), 1);
         let below_1e3 = (0..4000)
-            .filter(|trial| matches!(sampler.suggest(*trial).expect("point")[0], Value::Float(x) if x < 1e-3))
+            .filter(|trial| matches!(sampler.suggest(*trial, &[]).expect("point")[0], Value::Float(x) if x < 1e-3))
             .count();
         // A third of the log range lies below 1e-3; a linear sampler would put ~1% there.
         assert!((1100..1550).contains(&below_1e3), "{below_1e3}");
@@ -214,7 +303,7 @@ mod tests {
         let mut layers = HashSet::new();
         let mut choices = HashSet::new();
         for trial in 0..300 {
-            let point = sampler.suggest(trial).expect("point");
+            let point = sampler.suggest(trial, &[]).expect("point");
             if let Value::Int(value) = point[1] {
                 layers.insert(value);
             }
@@ -233,18 +322,18 @@ mod tests {
         assert_eq!(sampler.capacity(), Some(3 * 3 * 3));
         let mut seen = HashSet::new();
         for trial in 0..27 {
-            let point = sampler.suggest(trial).expect("within the grid");
+            let point = sampler.suggest(trial, &[]).expect("within the grid");
             assert!(space().contains(&point));
             assert!(seen.insert(format!("{point:?}")), "duplicate {point:?}");
         }
-        assert_eq!(sampler.suggest(27), None);
+        assert_eq!(sampler.suggest(27, &[]), None);
         let mut full = GridSampler::new(&space(), 4, 5, u64::MAX);
         assert_eq!(
             full.capacity(),
             Some(4 * 4 * 3),
             "every integer when they fit"
         );
-        assert!(full.suggest(47).is_some() && full.suggest(48).is_none());
+        assert!(full.suggest(47, &[]).is_some() && full.suggest(48, &[]).is_none());
     }
 
     #[test]
@@ -252,13 +341,33 @@ mod tests {
         let mut sampler = GridSampler::new(&space(), 5, 5, 6);
         assert_eq!(sampler.capacity(), Some(6));
         let points: Vec<Point> = (0..6)
-            .map(|trial| sampler.suggest(trial).expect("point"))
+            .map(|trial| sampler.suggest(trial, &[]).expect("point"))
             .collect();
         let distinct_lr: HashSet<String> = points
             .iter()
             .map(|point| format!("{:?}", point[0]))
             .collect();
         assert!(distinct_lr.len() >= 2, "{points:?}");
+    }
+
+    #[test]
+    fn sobol_covers_the_space_more_evenly_than_random() {
+        // 64 points in 2-D: every cell of an 8 × 8 grid holds exactly one Sobol point
+        // (a (0, 6, 2)-net property that scrambling keeps); random draws leave holes.
+        let units: Vec<Vec<f64>> = (0..64).map(|i| sobol_units(i, 2, 11)).collect();
+        let mut cells = HashSet::new();
+        for unit in &units {
+            assert!(unit.iter().all(|u| (0.0..1.0).contains(u)));
+            cells.insert(((unit[0] * 8.0) as u32, (unit[1] * 8.0) as u32));
+        }
+        assert_eq!(cells.len(), 64);
+        assert_ne!(sobol_units(3, 2, 11), sobol_units(3, 2, 12));
+        let mut sampler = SobolSampler::new(space(), 5);
+        for trial in 0..100 {
+            let point = sampler.suggest(trial, &[]).expect("point");
+            assert!(space().contains(&point));
+        }
+        assert_eq!(sobol_units(70_000, 300, 1).len(), 300);
     }
 
     #[test]

@@ -1,0 +1,313 @@
+//! Behaviour of every sampler through the `Sampler` trait: validity, determinism, use of
+//! results, pending points and constraints.
+
+use flotilla_tuner::{
+    BayesianSampler, BayesianSettings, Dimension, Domain, Observation, Outcome, Point,
+    RandomSampler, Sampler, SearchSpace, SobolSampler, TpeSampler, TpeSettings, Value,
+};
+
+fn float(name: &str, low: f64, high: f64, log: bool) -> Dimension {
+    Dimension {
+        name: name.into(),
+        domain: Domain::Float { low, high, log },
+    }
+}
+
+fn mixed_space() -> SearchSpace {
+    SearchSpace::new(vec![
+        float("lr", 1e-5, 1e-1, true),
+        float("dropout", 0.0, 0.5, false),
+        Dimension {
+            name: "layers".into(),
+            domain: Domain::Int {
+                low: 1,
+                high: 4,
+                log: false,
+            },
+        },
+        Dimension {
+            name: "hidden".into(),
+            domain: Domain::Int {
+                low: 16,
+                high: 1024,
+                log: true,
+            },
+        },
+        Dimension {
+            name: "optimizer".into(),
+            domain: Domain::Categorical { choices: 3 },
+        },
+    ])
+    .expect("valid space")
+}
+
+fn samplers(space: &SearchSpace, seed: u64) -> Vec<(&'static str, Box<dyn Sampler>)> {
+    vec![
+        (
+            "bayesian",
+            Box::new(BayesianSampler::new(
+                space.clone(),
+                seed,
+                BayesianSettings::default(),
+            )),
+        ),
+        (
+            "tpe",
+            Box::new(TpeSampler::new(space.clone(), seed, TpeSettings::default())),
+        ),
+        ("sobol", Box::new(SobolSampler::new(space.clone(), seed))),
+        ("random", Box::new(RandomSampler::new(space.clone(), seed))),
+    ]
+}
+
+fn number(value: &Value) -> f64 {
+    match *value {
+        Value::Float(x) => x,
+        Value::Int(x) => x as f64,
+        Value::Choice(x) => x as f64,
+    }
+}
+
+/// A mixed-space objective with a known best region: lr ≈ 1e-3, dropout ≈ 0.1, 2 layers,
+/// hidden ≈ 256, optimizer 1.
+fn mixed_objective(point: &Point) -> f64 {
+    let lr = number(&point[0]).log10() + 3.0;
+    let dropout = number(&point[1]) - 0.1;
+    let layers = number(&point[2]) - 2.0;
+    let hidden = (number(&point[3]) / 256.0).log2();
+    let optimizer = if number(&point[4]) == 1.0 { 0.0 } else { 0.5 };
+    lr * lr + 4.0 * dropout * dropout + 0.3 * layers * layers + 0.2 * hidden * hidden + optimizer
+}
+
+fn run(
+    sampler: &mut dyn Sampler,
+    trials: u32,
+    objective: impl Fn(&Point) -> Outcome,
+) -> Vec<Observation> {
+    let mut history = Vec::new();
+    for trial in 0..trials {
+        let point = sampler.suggest(trial, &history).expect("a point");
+        let outcome = objective(&point);
+        history.push(Observation { point, outcome });
+    }
+    history
+}
+
+fn complete(value: f64) -> Outcome {
+    Outcome::Complete {
+        value,
+        constraints: vec![],
+    }
+}
+
+#[test]
+fn every_sampler_stays_in_the_space_and_repeats_itself_for_a_seed() {
+    let space = mixed_space();
+    for ((name, mut first), (_, mut second)) in
+        samplers(&space, 9).into_iter().zip(samplers(&space, 9))
+    {
+        let history = run(first.as_mut(), 30, |point| complete(mixed_objective(point)));
+        for observation in &history {
+            assert!(
+                space.contains(&observation.point),
+                "{name}: {:?}",
+                observation.point
+            );
+        }
+        let again = run(second.as_mut(), 30, |point| {
+            complete(mixed_objective(point))
+        });
+        assert_eq!(history, again, "{name} is not deterministic");
+    }
+}
+
+#[test]
+fn model_based_samplers_beat_their_initial_design_on_a_mixed_space() {
+    let space = mixed_space();
+    for (name, mut sampler) in samplers(&space, 4).into_iter().take(2) {
+        let history = run(sampler.as_mut(), 40, |point| {
+            complete(mixed_objective(point))
+        });
+        let best = |range: std::ops::Range<usize>| {
+            history[range]
+                .iter()
+                .filter_map(|o| o.completed().map(|(v, _)| v))
+                .fold(f64::INFINITY, f64::min)
+        };
+        let initial = best(0..10);
+        let guided = best(10..40);
+        assert!(
+            guided < initial,
+            "{name}: guided {guided} vs initial {initial}"
+        );
+        assert!(guided < 0.35, "{name}: best after 40 trials {guided}");
+    }
+}
+
+fn branin(point: &Point) -> f64 {
+    let (x, y) = (number(&point[0]), number(&point[1]));
+    let pi = std::f64::consts::PI;
+    let b = 5.1 / (4.0 * pi * pi);
+    let c = 5.0 / pi;
+    (y - b * x * x + c * x - 6.0).powi(2) + 10.0 * (1.0 - 1.0 / (8.0 * pi)) * x.cos() + 10.0
+}
+
+#[test]
+fn bayesian_optimization_finds_branins_minimum() {
+    let space = SearchSpace::new(vec![
+        float("x", -5.0, 10.0, false),
+        float("y", 0.0, 15.0, false),
+    ])
+    .expect("space");
+    for seed in [1, 2, 3] {
+        let mut sampler = BayesianSampler::new(space.clone(), seed, BayesianSettings::default());
+        let history = run(&mut sampler, 30, |point| complete(branin(point)));
+        let best = history
+            .iter()
+            .filter_map(|o| o.completed().map(|(v, _)| v))
+            .fold(f64::INFINITY, f64::min);
+        // The global minimum is 0.397887; ten Sobol points alone reach ~3 on average.
+        assert!(best < 0.5, "seed {seed}: best {best}");
+    }
+}
+
+#[test]
+fn pending_points_spread_parallel_suggestions() {
+    let space = SearchSpace::new(vec![
+        float("x", 0.0, 1.0, false),
+        float("y", 0.0, 1.0, false),
+    ])
+    .expect("space");
+    let bowl = |point: &Point| {
+        let (x, y) = (number(&point[0]), number(&point[1]));
+        (x - 0.3).powi(2) + (y - 0.7).powi(2)
+    };
+    let samplers: Vec<(&str, Box<dyn Sampler>)> = vec![
+        (
+            "bayesian",
+            Box::new(BayesianSampler::new(
+                space.clone(),
+                3,
+                BayesianSettings::default(),
+            )),
+        ),
+        (
+            "tpe",
+            Box::new(TpeSampler::new(space.clone(), 3, TpeSettings::default())),
+        ),
+    ];
+    for (name, mut sampler) in samplers {
+        let mut history = run(sampler.as_mut(), 15, |point| complete(bowl(point)));
+        // Eight agents ask at once: each suggestion sees the previous ones as pending.
+        let mut batch = Vec::new();
+        for trial in 15..23 {
+            let point = sampler.suggest(trial, &history).expect("a point");
+            batch.push(point.clone());
+            history.push(Observation {
+                point,
+                outcome: Outcome::Pending,
+            });
+        }
+        let mut closest = f64::INFINITY;
+        for (i, a) in batch.iter().enumerate() {
+            for b in &batch[..i] {
+                let distance = ((number(&a[0]) - number(&b[0])).powi(2)
+                    + (number(&a[1]) - number(&b[1])).powi(2))
+                .sqrt();
+                closest = closest.min(distance);
+            }
+        }
+        assert!(
+            closest > 0.01,
+            "{name}: two parallel suggestions {closest} apart: {batch:?}"
+        );
+    }
+}
+
+#[test]
+fn constrained_search_finds_the_feasible_optimum() {
+    // Minimize x² + y² subject to x ≥ 0.5 (constraint value 0.5 − x ≤ 0): the unconstrained
+    // minimum (0, 0) is infeasible; the constrained one is (0.5, 0) with value 0.25.
+    let space = SearchSpace::new(vec![
+        float("x", -1.0, 1.0, false),
+        float("y", -1.0, 1.0, false),
+    ])
+    .expect("space");
+    let problem = |point: &Point| {
+        let (x, y) = (number(&point[0]), number(&point[1]));
+        Outcome::Complete {
+            value: x * x + y * y,
+            constraints: vec![0.5 - x],
+        }
+    };
+    // Random search puts a quarter of its points in the feasible half-interval x ≥ 0.5.
+    for ((name, mut sampler), least_feasible) in samplers(&space, 5).into_iter().zip([12, 7]) {
+        let history = run(sampler.as_mut(), 40, problem);
+        let feasible_best = history
+            .iter()
+            .filter(|o| o.feasible())
+            .filter_map(|o| o.completed().map(|(v, _)| v))
+            .fold(f64::INFINITY, f64::min);
+        let later_feasible = history[20..].iter().filter(|o| o.feasible()).count();
+        assert!(
+            feasible_best < 0.32,
+            "{name}: best feasible {feasible_best}"
+        );
+        assert!(
+            later_feasible >= least_feasible,
+            "{name}: only {later_feasible} of the last 20 feasible"
+        );
+    }
+}
+
+#[test]
+fn degenerate_histories_give_valid_points() {
+    let space = mixed_space();
+    let point = vec![
+        Value::Float(1e-3),
+        Value::Float(0.1),
+        Value::Int(2),
+        Value::Int(64),
+        Value::Choice(0),
+    ];
+    let histories: Vec<Vec<Observation>> = vec![
+        // The same point over and over, with the same value.
+        (0..20)
+            .map(|_| Observation {
+                point: point.clone(),
+                outcome: complete(1.0),
+            })
+            .collect(),
+        // Wild magnitudes, failures and unknown constraint values.
+        (0..20)
+            .map(|i| Observation {
+                point: {
+                    let mut p = point.clone();
+                    p[1] = Value::Float(0.02 * i as f64);
+                    p
+                },
+                outcome: match i % 4 {
+                    0 => Outcome::Failed,
+                    1 => Outcome::Complete {
+                        value: 1e200,
+                        constraints: vec![f64::NAN],
+                    },
+                    2 => Outcome::Complete {
+                        value: -1e-200,
+                        constraints: vec![-1.0],
+                    },
+                    _ => Outcome::Complete {
+                        value: f64::INFINITY,
+                        constraints: vec![1.0],
+                    },
+                },
+            })
+            .collect(),
+    ];
+    for history in &histories {
+        for (name, mut sampler) in samplers(&space, 1) {
+            let suggestion = sampler.suggest(25, history).expect("a point");
+            assert!(space.contains(&suggestion), "{name}: {suggestion:?}");
+        }
+    }
+}
