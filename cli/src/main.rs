@@ -2,6 +2,7 @@
 //! make certificates (`certs`), and talk to a cluster (`sweep`, `cluster`).
 
 mod report;
+mod study;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,9 @@ enum Commands {
     /// Cluster administration (needs the admin certificate).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Ask/tell optimization for trials you run yourself, kept in one file.
+    #[command(subcommand)]
+    Study(study::StudyCommand),
 }
 
 #[derive(Args)]
@@ -248,6 +252,7 @@ async fn main() {
             init_logging("warn");
             cluster_agents(connection).await
         }
+        Commands::Study(command) => study::run(command),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

@@ -4,12 +4,13 @@ use crate::messages::{Hello, Role};
 
 /// Newest protocol version this build speaks. Version 2 added `AgentMessage::Draining` and
 /// `AgentInfo::draining`; version 3 added `AgentMessage::TrialCheckpoint` and
-/// `TrialRecord::checkpoint`.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// `TrialRecord::checkpoint`; version 4 added the `bayesian`, `tpe` and `sobol` algorithms
+/// (and made `bayesian` the default) and `AlgorithmSpec::initial_trials`.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot
 /// decode.
-pub const MIN_PROTOCOL_VERSION: u16 = 3;
+pub const MIN_PROTOCOL_VERSION: u16 = 4;
 /// ALPN identifier; a peer without it fails the TLS handshake.
 pub const ALPN: &[u8] = b"flotilla";
 

@@ -12,6 +12,7 @@
 //! - [`tls`]: the cluster CA, role-carrying certificates and the QUIC/TLS configurations.
 //! - [`trainers`]: the built-in trainers' hyperparameters and metrics, as data.
 //! - [`handshake`]: `Hello`/`Welcome` version negotiation shared by both ends.
+//! - [`tuning`]: the spec's space, trial parameters and metrics in the tuner's terms.
 
 pub mod codec;
 pub mod framing;
@@ -21,6 +22,7 @@ pub mod messages;
 pub mod spec;
 pub mod tls;
 pub mod trainers;
+pub mod tuning;
 pub mod value;
 
 pub use ids::{AgentId, AttemptId, Epoch, SweepId, TrialId};

@@ -247,12 +247,56 @@ impl ParamSpec {
     }
 }
 
+/// How a sweep chooses its trials' parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AlgorithmName {
-    #[default]
+    /// Independent uniform draws (log-uniform on log dimensions).
     Random,
+    /// Every combination of a grid over the space.
     Grid,
+    /// Gaussian-process Bayesian optimization with log expected improvement, constraint
+    /// models and a Sobol initial design.
+    #[default]
+    Bayesian,
+    /// Multivariate Tree-structured Parzen Estimator.
+    Tpe,
+    /// Scrambled Sobol points: an even, model-free design.
+    Sobol,
+}
+
+impl AlgorithmName {
+    pub const ALL: [AlgorithmName; 5] = [
+        AlgorithmName::Bayesian,
+        AlgorithmName::Tpe,
+        AlgorithmName::Random,
+        AlgorithmName::Sobol,
+        AlgorithmName::Grid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlgorithmName::Random => "random",
+            AlgorithmName::Grid => "grid",
+            AlgorithmName::Bayesian => "bayesian",
+            AlgorithmName::Tpe => "tpe",
+            AlgorithmName::Sobol => "sobol",
+        }
+    }
+}
+
+impl FromStr for AlgorithmName {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        AlgorithmName::ALL
+            .into_iter()
+            .find(|name| name.as_str() == text)
+            .ok_or_else(|| {
+                let known: Vec<&str> = AlgorithmName::ALL.iter().map(|n| n.as_str()).collect();
+                format!("unknown algorithm '{text}' (known: {})", known.join(", "))
+            })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -266,6 +310,10 @@ pub struct AlgorithmSpec {
     /// Grid only: points per float dimension (default 5).
     #[serde(default)]
     pub grid_points: Option<u32>,
+    /// Bayesian and TPE: trials taken from a Sobol design before the model is used
+    /// (default 10).
+    #[serde(default)]
+    pub initial_trials: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -436,17 +484,8 @@ impl SweepSpec {
                 "the search space is empty; define at least one parameter".into(),
             );
         }
-        for (name, param) in &self.space {
-            let path = format!("space.{name}");
-            if !is_param_name(name) {
-                problem(
-                    &path,
-                    "parameter names use letters, digits and '_' and do not start with a digit \
-                     (they become environment variable names)"
-                        .into(),
-                );
-            }
-            check_param(&path, param, &mut problem);
+        for found in validate_space(&self.space, "space.") {
+            problem(&found.path, found.message);
         }
 
         let reported = self.reported_metrics();
@@ -493,6 +532,29 @@ impl SweepSpec {
         }
         if self.algorithm.name == AlgorithmName::Grid && self.algorithm.grid_points == Some(0) {
             problem("algorithm.grid_points", "must be at least 1".into());
+        }
+        if self.algorithm.grid_points.is_some() && self.algorithm.name != AlgorithmName::Grid {
+            problem(
+                "algorithm.grid_points",
+                format!(
+                    "applies to the grid algorithm only, not '{}'",
+                    self.algorithm.name.as_str()
+                ),
+            );
+        }
+        if self.algorithm.initial_trials.is_some()
+            && !matches!(
+                self.algorithm.name,
+                AlgorithmName::Bayesian | AlgorithmName::Tpe
+            )
+        {
+            problem(
+                "algorithm.initial_trials",
+                format!(
+                    "applies to the bayesian and tpe algorithms only, not '{}'",
+                    self.algorithm.name.as_str()
+                ),
+            );
         }
 
         match (&self.trial.command, &self.trial.trainer) {
@@ -701,6 +763,31 @@ impl SweepSpec {
     }
 }
 
+/// Problems with a search space's parameters, each path starting with `prefix`
+/// (`"space."` in a sweep file, `""` in a study's SPACE.json).
+pub fn validate_space(space: &BTreeMap<String, ParamSpec>, prefix: &str) -> Vec<FieldProblem> {
+    let mut problems = Vec::new();
+    let mut problem = |path: &str, message: String| {
+        problems.push(FieldProblem {
+            path: path.to_string(),
+            message,
+        })
+    };
+    for (name, param) in space {
+        let path = format!("{prefix}{name}");
+        if !is_param_name(name) {
+            problem(
+                &path,
+                "parameter names use letters, digits and '_' and do not start with a digit \
+                 (they become environment variable names)"
+                    .into(),
+            );
+        }
+        check_param(&path, param, &mut problem);
+    }
+    problems
+}
+
 fn check_param(path: &str, param: &ParamSpec, problem: &mut impl FnMut(&str, String)) {
     match param.kind {
         ParamKind::Float | ParamKind::Int => {
@@ -862,7 +949,7 @@ metrics = ["loss", "accuracy"]
         assert_eq!(spec.budget.max_duration, Some(Duration::from_secs(600)));
         assert_eq!(spec.resources, Resources::default());
         assert_eq!(spec.retries.max_retries, 2);
-        assert_eq!(spec.algorithm.name, AlgorithmName::Random);
+        assert_eq!(spec.algorithm.name, AlgorithmName::Bayesian);
         let again = SweepSpec::from_toml(&spec.to_toml(), "again").expect("round trip");
         assert_eq!(again, spec);
     }

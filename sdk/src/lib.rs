@@ -27,6 +27,8 @@
 //!
 //! - [`Client`]: a mutual-TLS QUIC connection to the coordinator and its requests.
 //! - [`SweepBuilder`]: sweep specs in code (or [`SweepSpec::from_file`] for TOML files).
+//! - [`Study`]: ask/tell optimization for trials you run yourself, in one crash-safe file
+//!   (what `flotilla study` runs).
 //! - [`LocalCluster`] (feature `embedded`): a coordinator and agents in this process, as
 //!   `flotilla up` runs them — for tests and notebooks-style use.
 
@@ -34,6 +36,7 @@ mod builder;
 mod client;
 #[cfg(feature = "embedded")]
 mod local;
+mod study;
 
 pub use builder::SweepBuilder;
 pub use client::{Client, EventStream, SdkError};
@@ -41,8 +44,13 @@ pub use flotilla_protocol::messages::{
     AgentInfo, ApiError, ApiErrorKind, MetricPoint, Metrics, Params, Role, SweepEvent, SweepState,
     SweepSummary, TrialCounts, TrialRecord, TrialState,
 };
-pub use flotilla_protocol::spec::{self, Direction, SpecError, SweepSpec};
+pub use flotilla_protocol::spec::{
+    self, AlgorithmName, Direction, ParamSpec, SpecError, SweepSpec,
+};
 pub use flotilla_protocol::tls::{ClusterCa, Identity};
 pub use flotilla_protocol::{AgentId, AttemptId, ParamValue, SweepId, TrialId};
 #[cfg(feature = "embedded")]
 pub use local::{LocalCluster, LocalClusterOptions};
+pub use study::{
+    AskedTrial, BestTrial, STUDY_SAMPLERS, Study, StudyError, StudyTrial, TellOutcome,
+};

@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_protocol::messages::{
-    CheckpointRef, MetricPoint, Metrics, Params, StopReason, SweepEvent, SweepState, SweepSummary,
+    CheckpointRef, MetricPoint, Metrics, StopReason, SweepEvent, SweepState, SweepSummary,
     TrialCounts, TrialOutcome, TrialRecord, TrialState,
 };
-use flotilla_protocol::spec::{AlgorithmName, ParamKind, SweepSpec, TrialSpec};
-use flotilla_protocol::{AgentId, AttemptId, ParamValue, SweepId, TrialId};
-use flotilla_tuner::{Dimension, Domain, GridSampler, RandomSampler, Sampler, SearchSpace, Value};
+use flotilla_protocol::spec::{SweepSpec, TrialSpec};
+use flotilla_protocol::tuning::{self, TunerSpace};
+use flotilla_protocol::{AgentId, AttemptId, SweepId, TrialId};
+use flotilla_tuner::{Observation, Outcome, Point, Sampler};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
@@ -84,8 +85,7 @@ pub struct SweepActorState {
     record: SweepRecord,
     trial_spec: Arc<TrialSpec>,
     sampler: Box<dyn Sampler>,
-    /// Parameter names in the sampler's dimension order.
-    names: Vec<String>,
+    space: TunerSpace,
     trials: Vec<TrialRecord>,
     live: HashMap<u32, LiveAttempt>,
     /// Trials created so far may not exceed this (the budget, or a smaller grid).
@@ -109,16 +109,13 @@ impl Actor for SweepActor {
         args: SweepArgs,
     ) -> Result<SweepActorState, ActorProcessingErr> {
         let spec = &args.record.spec;
-        let (space, names) = search_space(spec)?;
-        let sampler: Box<dyn Sampler> = match spec.algorithm.name {
-            AlgorithmName::Random => Box::new(RandomSampler::new(space, args.record.seed)),
-            AlgorithmName::Grid => Box::new(GridSampler::new(
-                &space,
-                spec.algorithm.grid_points.unwrap_or(5),
-                args.record.seed,
-                u64::from(spec.budget.max_trials),
-            )),
-        };
+        let space = TunerSpace::new(&spec.space)?;
+        let sampler = tuning::sampler(
+            &spec.algorithm,
+            &space,
+            args.record.seed,
+            u64::from(spec.budget.max_trials),
+        );
         let limit = sampler
             .capacity()
             .map_or(spec.budget.max_trials, |capacity| {
@@ -127,7 +124,7 @@ impl Actor for SweepActor {
         let mut state = SweepActorState {
             trial_spec: Arc::new(spec.trial.clone()),
             sampler,
-            names,
+            space,
             trials: args.trials.into_values().collect(),
             live: HashMap::new(),
             limit,
@@ -229,39 +226,6 @@ impl Actor for SweepActor {
 
 fn spec_has_deadline(spec: &SweepSpec) -> bool {
     spec.budget.max_duration.is_some()
-}
-
-/// The sampler's view of the spec's space, and the parameter names in dimension order.
-pub fn search_space(spec: &SweepSpec) -> Result<(SearchSpace, Vec<String>), ActorProcessingErr> {
-    let mut dimensions = Vec::new();
-    for (name, param) in &spec.space {
-        let low = param.low.unwrap_or_default();
-        let high = param.high.unwrap_or_default();
-        let domain = match param.kind {
-            ParamKind::Float => Domain::Float {
-                low,
-                high,
-                log: param.log,
-            },
-            ParamKind::Int => Domain::Int {
-                low: low as i64,
-                high: high as i64,
-                log: param.log,
-            },
-            ParamKind::Categorical => Domain::Categorical {
-                choices: param.choices.len(),
-            },
-        };
-        dimensions.push(Dimension {
-            name: name.clone(),
-            domain,
-        });
-    }
-    let names = dimensions
-        .iter()
-        .map(|dimension| dimension.name.clone())
-        .collect();
-    Ok((SearchSpace::new(dimensions)?, names))
 }
 
 impl SweepActorState {
@@ -375,11 +339,11 @@ impl SweepActorState {
             && self.unfinished() < max_parallel
         {
             let number = self.trials.len() as u32;
-            let Some(point) = self.sampler.suggest(number) else {
+            let Some(point) = self.suggest(number) else {
                 self.exhausted = true;
                 break;
             };
-            let params = self.params_of(&point);
+            let params = self.space.params_of(&point);
             self.trials.push(TrialRecord {
                 id: TrialId {
                     sweep: self.id(),
@@ -414,19 +378,41 @@ impl SweepActorState {
         let _ = self.scheduler.cast(SchedulerMsg::Enqueue(queued));
     }
 
-    fn params_of(&self, point: &[Value]) -> Params {
-        self.names
+    /// What the sampler should know: every trial so far, pending ones included.
+    fn history(&self) -> Vec<Observation> {
+        let spec = &self.record.spec;
+        self.trials
             .iter()
-            .zip(point)
-            .map(|(name, value)| {
-                let value = match *value {
-                    Value::Float(x) => ParamValue::Float(x),
-                    Value::Int(x) => ParamValue::Int(x),
-                    Value::Choice(index) => self.record.spec.space[name].choices[index].clone(),
+            .filter_map(|trial| {
+                let outcome = match (trial.state, trial.objective) {
+                    (TrialState::Pending | TrialState::Running, _) => Outcome::Pending,
+                    (TrialState::Succeeded, Some(objective)) => tuning::completed(
+                        objective,
+                        spec.objective.direction,
+                        &spec.constraints,
+                        &trial.metrics,
+                    ),
+                    _ => Outcome::Failed,
                 };
-                (name.clone(), value)
+                tuning::observation(&self.space, &trial.params, outcome)
             })
             .collect()
+    }
+
+    /// The sampler's point for trial `number`. Model fits take milliseconds to a fraction
+    /// of a second at a thousand trials, so on a multi-threaded runtime the worker thread
+    /// is handed over while the sampler computes (other actors keep running).
+    fn suggest(&mut self, number: u32) -> Option<Point> {
+        let history = self.history();
+        let sampler = &mut self.sampler;
+        let multi_threaded = tokio::runtime::Handle::try_current().is_ok_and(|handle| {
+            handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        });
+        if multi_threaded {
+            tokio::task::block_in_place(|| sampler.suggest(number, &history))
+        } else {
+            sampler.suggest(number, &history)
+        }
     }
 
     fn dispatched(&mut self, attempt: AttemptId, agent: AgentId) {

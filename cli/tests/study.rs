@@ -1,0 +1,248 @@
+//! `flotilla study`: the ask/tell contract, run as separate processes on one study file.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn flotilla(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .output()
+        .expect("flotilla runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let output = flotilla(args);
+    assert!(
+        output.status.success(),
+        "flotilla {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+fn error(args: &[&str]) -> String {
+    let output = flotilla(args);
+    assert!(!output.status.success(), "flotilla {args:?} should fail");
+    String::from_utf8(output.stderr).expect("utf-8")
+}
+
+fn write_space(dir: &Path) -> String {
+    let path = dir.join("space.json");
+    std::fs::write(
+        &path,
+        r#"{
+  "x": {"type": "float", "low": -5.0, "high": 10.0, "log": false},
+  "y": {"type": "float", "low": 0.0, "high": 15.0},
+  "kind": {"type": "categorical", "choices": ["a", "b"]}
+}"#,
+    )
+    .expect("write space");
+    path.display().to_string()
+}
+
+fn branin(x: f64, y: f64) -> f64 {
+    let pi = std::f64::consts::PI;
+    (y - 5.1 / (4.0 * pi * pi) * x * x + 5.0 / pi * x - 6.0).powi(2)
+        + 10.0 * (1.0 - 1.0 / (8.0 * pi)) * x.cos()
+        + 10.0
+}
+
+#[test]
+fn ask_tell_best_finds_branins_minimum_across_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let space = write_space(dir.path());
+    let db = dir.path().join("branin.study").display().to_string();
+    ok(&[
+        "study",
+        "create",
+        "--db",
+        &db,
+        "--space",
+        &space,
+        "--direction",
+        "minimize",
+        "--seed",
+        "5",
+    ]);
+    for _ in 0..30 {
+        let asked: Value = serde_json::from_str(&ok(&["study", "ask", "--db", &db])).expect("json");
+        let trial = asked["trial"].as_u64().expect("trial number").to_string();
+        let params = &asked["params"];
+        let (x, y) = (
+            params["x"].as_f64().expect("x"),
+            params["y"].as_f64().expect("y"),
+        );
+        assert!(
+            (-5.0..=10.0).contains(&x) && (0.0..=15.0).contains(&y),
+            "{asked}"
+        );
+        let kind = params["kind"].as_str().expect("a choice");
+        // The categorical matters: "b" costs 5.
+        let value = branin(x, y) + if kind == "b" { 5.0 } else { 0.0 };
+        // Every trial must keep y <= 12 (constraint value y - 12 <= 0).
+        let constraint = format!("y_max={}", y - 12.0);
+        ok(&[
+            "study",
+            "tell",
+            "--db",
+            &db,
+            "--trial",
+            &trial,
+            "--value",
+            &value.to_string(),
+            "--constraint",
+            &constraint,
+        ]);
+    }
+    let best: Value = serde_json::from_str(&ok(&["study", "best", "--db", &db])).expect("json");
+    let value = best["value"].as_f64().expect("value");
+    assert!(value < 1.0, "best after 30 trials: {best}");
+    assert_eq!(best["params"]["kind"], "a");
+    assert!(best["params"]["y"].as_f64().expect("y") <= 12.0);
+}
+
+#[test]
+fn concurrent_askers_get_distinct_trials() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let space = write_space(dir.path());
+    let db = dir.path().join("parallel.study").display().to_string();
+    ok(&[
+        "study",
+        "create",
+        "--db",
+        &db,
+        "--space",
+        &space,
+        "--direction",
+        "maximize",
+        "--sampler",
+        "tpe",
+    ]);
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_flotilla"))
+                .args(["study", "ask", "--db", &db])
+                .output()
+        })
+        .collect();
+    let mut trials: Vec<u64> = children
+        .into_iter()
+        .map(|output| {
+            let output = output.expect("ask runs");
+            assert!(output.status.success());
+            let asked: Value = serde_json::from_slice(&output.stdout).expect("json");
+            asked["trial"].as_u64().expect("number")
+        })
+        .collect();
+    trials.sort_unstable();
+    assert_eq!(trials, vec![0, 1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn bad_input_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = dir.path().join("broken.json");
+    std::fs::write(
+        &broken,
+        "{\n  \"x\": {\"type\": \"float\", \"low\": 1.0,,}\n}",
+    )
+    .expect("write");
+    let db = dir.path().join("s.study").display().to_string();
+    let message = error(&[
+        "study",
+        "create",
+        "--db",
+        &db,
+        "--space",
+        &broken.display().to_string(),
+        "--direction",
+        "minimize",
+    ]);
+    assert!(message.contains("broken.json:2:"), "{message}");
+
+    let inverted = dir.path().join("inverted.json");
+    std::fs::write(
+        &inverted,
+        r#"{"lr": {"type": "float", "low": 1.0, "high": 0.1, "log": true}}"#,
+    )
+    .expect("write");
+    let message = error(&[
+        "study",
+        "create",
+        "--db",
+        &db,
+        "--space",
+        &inverted.display().to_string(),
+        "--direction",
+        "minimize",
+    ]);
+    assert!(message.contains("lr"), "{message}");
+
+    let message = error(&[
+        "study",
+        "create",
+        "--db",
+        &db,
+        "--space",
+        &write_space(dir.path()),
+        "--direction",
+        "sideways",
+    ]);
+    assert!(message.contains("sideways"), "{message}");
+    let message = error(&[
+        "study",
+        "create",
+        "--db",
+        &db,
+        "--space",
+        &write_space(dir.path()),
+        "--direction",
+        "minimize",
+        "--sampler",
+        "grid",
+    ]);
+    assert!(message.contains("grid"), "{message}");
+
+    ok(&[
+        "study",
+        "create",
+        "--db",
+        &db,
+        "--space",
+        &write_space(dir.path()),
+        "--direction",
+        "minimize",
+    ]);
+    let message = error(&[
+        "study", "tell", "--db", &db, "--trial", "3", "--value", "1.0",
+    ]);
+    assert!(message.contains("trial 3"), "{message}");
+    ok(&["study", "ask", "--db", &db]);
+    let message = error(&[
+        "study",
+        "tell",
+        "--db",
+        &db,
+        "--trial",
+        "0",
+        "--value",
+        "1.0",
+        "--constraint",
+        "oops",
+    ]);
+    assert!(message.contains("NAME=VALUE"), "{message}");
+    let message = error(&["study", "best", "--db", &db]);
+    assert!(message.contains("no completed trial"), "{message}");
+    ok(&[
+        "study", "tell", "--db", &db, "--trial", "0", "--state", "failed",
+    ]);
+    let message = error(&[
+        "study",
+        "ask",
+        "--db",
+        &dir.path().join("missing").display().to_string(),
+    ]);
+    assert!(message.contains("missing"), "{message}");
+}

@@ -1,0 +1,231 @@
+//! Between the sweep specification and the tuner: spaces, points, observations, samplers.
+//!
+//! The coordinator's Sweep actor and the SDK's `Study` (and through it `flotilla study`)
+//! both choose parameters with the `flotilla-tuner` samplers; this module is the one place
+//! that translates a spec's space, a trial's parameters and its metrics into the tuner's
+//! terms and back.
+
+use std::collections::BTreeMap;
+
+use flotilla_tuner::{
+    BayesianSampler, BayesianSettings, Dimension, Domain, GridSampler, Observation, Outcome, Point,
+    RandomSampler, Sampler, SearchSpace, SobolSampler, SpaceError, TpeSampler, TpeSettings, Value,
+};
+
+use crate::ParamValue;
+use crate::messages::{Metrics, Params};
+use crate::spec::{
+    AlgorithmName, AlgorithmSpec, Constraint, ConstraintOp, Direction, ParamKind, ParamSpec,
+};
+
+/// A spec's search space in the tuner's terms: dimensions in name order.
+#[derive(Debug, Clone)]
+pub struct TunerSpace {
+    pub space: SearchSpace,
+    params: BTreeMap<String, ParamSpec>,
+}
+
+impl TunerSpace {
+    pub fn new(params: &BTreeMap<String, ParamSpec>) -> Result<TunerSpace, SpaceError> {
+        let dimensions = params
+            .iter()
+            .map(|(name, param)| {
+                let low = param.low.unwrap_or_default();
+                let high = param.high.unwrap_or_default();
+                let domain = match param.kind {
+                    ParamKind::Float => Domain::Float {
+                        low,
+                        high,
+                        log: param.log,
+                    },
+                    ParamKind::Int => Domain::Int {
+                        low: low as i64,
+                        high: high as i64,
+                        log: param.log,
+                    },
+                    ParamKind::Categorical => Domain::Categorical {
+                        choices: param.choices.len(),
+                    },
+                };
+                Dimension {
+                    name: name.clone(),
+                    domain,
+                }
+            })
+            .collect();
+        Ok(TunerSpace {
+            space: SearchSpace::new(dimensions)?,
+            params: params.clone(),
+        })
+    }
+
+    /// The parameters a point stands for.
+    pub fn params_of(&self, point: &[Value]) -> Params {
+        self.params
+            .iter()
+            .zip(point)
+            .map(|((name, param), value)| {
+                let value = match *value {
+                    Value::Float(x) => ParamValue::Float(x),
+                    Value::Int(x) => ParamValue::Int(x),
+                    Value::Choice(index) => param.choices[index].clone(),
+                };
+                (name.clone(), value)
+            })
+            .collect()
+    }
+
+    /// The point parameters stand for; `None` if one is missing or outside the space (a
+    /// trial from an older version of the spec).
+    pub fn point_of(&self, params: &Params) -> Option<Point> {
+        let point: Point = self
+            .params
+            .iter()
+            .map(|(name, param)| {
+                let value = params.get(name)?;
+                match param.kind {
+                    ParamKind::Float => value.as_f64().map(Value::Float),
+                    ParamKind::Int => match value {
+                        ParamValue::Int(x) => Some(Value::Int(*x)),
+                        other => other
+                            .as_f64()
+                            .filter(|x| x.fract() == 0.0)
+                            .map(|x| Value::Int(x as i64)),
+                    },
+                    ParamKind::Categorical => param
+                        .choices
+                        .iter()
+                        .position(|choice| choice == value)
+                        .map(Value::Choice),
+                }
+            })
+            .collect::<Option<_>>()?;
+        self.space.contains(&point).then_some(point)
+    }
+}
+
+/// A constraint's value in the tuner's convention: `<= 0` when it holds, NaN when the
+/// metric is missing (which counts as violated).
+pub fn constraint_value(constraint: &Constraint, metrics: &Metrics) -> f64 {
+    let Some(value) = metrics.get(&constraint.metric).copied() else {
+        return f64::NAN;
+    };
+    match constraint.op {
+        ConstraintOp::AtLeast | ConstraintOp::Above => constraint.threshold - value,
+        ConstraintOp::AtMost | ConstraintOp::Below => value - constraint.threshold,
+    }
+}
+
+/// The outcome of a finished trial with an objective value, for a sampler (which
+/// minimizes).
+pub fn completed(
+    objective: f64,
+    direction: Direction,
+    constraints: &[Constraint],
+    metrics: &Metrics,
+) -> Outcome {
+    let value = match direction {
+        Direction::Minimize => objective,
+        Direction::Maximize => -objective,
+    };
+    Outcome::Complete {
+        value,
+        constraints: constraints
+            .iter()
+            .map(|constraint| constraint_value(constraint, metrics))
+            .collect(),
+    }
+}
+
+/// An observation for a sampler, if `params` lie in the space.
+pub fn observation(space: &TunerSpace, params: &Params, outcome: Outcome) -> Option<Observation> {
+    Some(Observation {
+        point: space.point_of(params)?,
+        outcome,
+    })
+}
+
+/// The sampler an algorithm spec names, seeded; `max_points` caps a grid.
+pub fn sampler(
+    algorithm: &AlgorithmSpec,
+    space: &TunerSpace,
+    seed: u64,
+    max_points: u64,
+) -> Box<dyn Sampler> {
+    let space = space.space.clone();
+    match algorithm.name {
+        AlgorithmName::Random => Box::new(RandomSampler::new(space, seed)),
+        AlgorithmName::Sobol => Box::new(SobolSampler::new(space, seed)),
+        AlgorithmName::Grid => Box::new(GridSampler::new(
+            &space,
+            algorithm.grid_points.unwrap_or(5),
+            seed,
+            max_points,
+        )),
+        AlgorithmName::Bayesian => {
+            let mut settings = BayesianSettings::default();
+            if let Some(initial) = algorithm.initial_trials {
+                settings.initial_trials = initial;
+            }
+            Box::new(BayesianSampler::new(space, seed, settings))
+        }
+        AlgorithmName::Tpe => {
+            let mut settings = TpeSettings::default();
+            if let Some(initial) = algorithm.initial_trials {
+                settings.initial_trials = initial;
+            }
+            Box::new(TpeSampler::new(space, seed, settings))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> BTreeMap<String, ParamSpec> {
+        BTreeMap::from([
+            ("lr".to_string(), ParamSpec::log_float(1e-4, 1e-1)),
+            ("layers".to_string(), ParamSpec::int(1, 4)),
+            (
+                "opt".to_string(),
+                ParamSpec::categorical([
+                    ParamValue::Str("adam".into()),
+                    ParamValue::Str("sgd".into()),
+                ]),
+            ),
+        ])
+    }
+
+    #[test]
+    fn params_and_points_round_trip() {
+        let space = TunerSpace::new(&params()).expect("space");
+        let params = Params::from([
+            ("lr".to_string(), ParamValue::Float(3e-3)),
+            ("layers".to_string(), ParamValue::Int(2)),
+            ("opt".to_string(), ParamValue::Str("sgd".into())),
+        ]);
+        let point = space.point_of(&params).expect("in the space");
+        assert_eq!(space.params_of(&point), params);
+        let mut outside = params.clone();
+        outside.insert("layers".into(), ParamValue::Int(9));
+        assert_eq!(space.point_of(&outside), None);
+        outside.insert("layers".into(), ParamValue::Int(2));
+        outside.insert("opt".into(), ParamValue::Str("rmsprop".into()));
+        assert_eq!(space.point_of(&outside), None);
+    }
+
+    #[test]
+    fn constraints_and_direction_become_the_tuners_convention() {
+        let constraint: Constraint = "class_1_accuracy >= 0.30".parse().expect("constraint");
+        let metrics = Metrics::from([("class_1_accuracy".to_string(), 0.25)]);
+        assert!((constraint_value(&constraint, &metrics) - 0.05).abs() < 1e-12);
+        assert!(constraint_value(&constraint, &Metrics::new()).is_nan());
+        let outcome = completed(0.9, Direction::Maximize, &[constraint], &metrics);
+        let Outcome::Complete { value, constraints } = outcome else {
+            panic!("complete");
+        };
+        assert_eq!(value, -0.9);
+        assert!(constraints[0] > 0.0, "violated");
+    }
+}

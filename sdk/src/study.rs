@@ -1,0 +1,613 @@
+//! Ask/tell studies: Flotilla's samplers for trials you run yourself.
+//!
+//! A study lives in one file, a journal of JSON lines: the study's definition first, then
+//! one line per `ask` and per `tell`. Every change is appended and synced before the call
+//! returns, so a crash loses at most the line being written; a torn last line (no newline)
+//! is ignored on load. Each operation takes an exclusive lock on the file, re-reads the
+//! journal and appends, so several processes may share a study, one writer at a time.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), flotilla_sdk::StudyError> {
+//! use std::collections::BTreeMap;
+//! use flotilla_sdk::{AlgorithmName, Direction, ParamSpec, Study, TellOutcome};
+//!
+//! let space = BTreeMap::from([("x".to_string(), ParamSpec::float(-5.0, 5.0))]);
+//! let study = Study::create("quadratic.study", &space, Direction::Minimize, AlgorithmName::Bayesian, Some(7))?;
+//! for _ in 0..20 {
+//!     let trial = study.ask()?;
+//!     let x = trial.params["x"].as_f64().unwrap_or_default();
+//!     study.tell(trial.trial, TellOutcome::complete((x - 1.0).powi(2)))?;
+//! }
+//! println!("{:?}", study.best()?);
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flotilla_protocol::messages::Params;
+use flotilla_protocol::spec::{AlgorithmName, AlgorithmSpec, Direction, ParamSpec, validate_space};
+use flotilla_protocol::tuning::{TunerSpace, observation};
+use flotilla_tuner::{Observation, Outcome};
+use serde::{Deserialize, Serialize};
+
+/// How long an operation waits for another writer to release the study.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// The algorithms a study can use.
+pub const STUDY_SAMPLERS: [AlgorithmName; 4] = [
+    AlgorithmName::Bayesian,
+    AlgorithmName::Tpe,
+    AlgorithmName::Random,
+    AlgorithmName::Sobol,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StudyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} already exists; a study is created once (use another --db path)")]
+    Exists { path: PathBuf },
+    #[error("{path} is not a study file: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{path}: another process has held the study's lock for {seconds} s")]
+    Locked { path: PathBuf, seconds: u64 },
+    #[error("invalid search space:\n{}", problems.join("\n"))]
+    InvalidSpace { problems: Vec<String> },
+    #[error("the sampler '{0}' cannot run a study (use bayesian, tpe, random or sobol)")]
+    UnsupportedSampler(String),
+    #[error("trial {trial} {problem}")]
+    Trial { trial: u32, problem: String },
+    #[error("the study has no more points to suggest")]
+    Exhausted,
+}
+
+/// What `tell` reports about a trial.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TellOutcome {
+    /// The objective's value, and each constraint's value (satisfied when `<= 0`).
+    Complete {
+        value: f64,
+        constraints: BTreeMap<String, f64>,
+    },
+    Failed,
+}
+
+impl TellOutcome {
+    pub fn complete(value: f64) -> TellOutcome {
+        TellOutcome::Complete {
+            value,
+            constraints: BTreeMap::new(),
+        }
+    }
+}
+
+/// A trial handed out by `ask`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AskedTrial {
+    pub trial: u32,
+    pub params: Params,
+}
+
+/// The best feasible completed trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BestTrial {
+    pub trial: u32,
+    pub value: f64,
+    pub params: Params,
+}
+
+/// One trial of a study as the journal records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StudyTrial {
+    pub trial: u32,
+    pub params: Params,
+    /// `None` while the trial is pending.
+    pub outcome: Option<TellOutcome>,
+}
+
+/// A journal line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Entry {
+    Create {
+        space: BTreeMap<String, ParamSpec>,
+        direction: Direction,
+        sampler: AlgorithmName,
+        seed: u64,
+    },
+    Ask {
+        trial: u32,
+        params: Params,
+    },
+    Tell {
+        trial: u32,
+        state: TellState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<f64>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        constraints: BTreeMap<String, f64>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TellState {
+    Complete,
+    Failed,
+}
+
+/// The study as loaded from its journal.
+struct Loaded {
+    space: BTreeMap<String, ParamSpec>,
+    direction: Direction,
+    sampler: AlgorithmName,
+    seed: u64,
+    trials: Vec<StudyTrial>,
+    /// Constraint names in first-told order: the samplers' constraint order.
+    constraint_names: Vec<String>,
+}
+
+/// A study file. Cheap to hold: every operation re-reads the file under its lock.
+#[derive(Debug, Clone)]
+pub struct Study {
+    path: PathBuf,
+}
+
+impl Study {
+    /// Creates a study file at `path` (which must not exist). The seed is drawn at random
+    /// when `None`, and recorded.
+    pub fn create(
+        path: impl AsRef<Path>,
+        space: &BTreeMap<String, ParamSpec>,
+        direction: Direction,
+        sampler: AlgorithmName,
+        seed: Option<u64>,
+    ) -> Result<Study, StudyError> {
+        let path = path.as_ref().to_path_buf();
+        if !STUDY_SAMPLERS.contains(&sampler) {
+            return Err(StudyError::UnsupportedSampler(sampler.as_str().into()));
+        }
+        let mut problems: Vec<String> = validate_space(space, "")
+            .into_iter()
+            .map(|problem| format!("  {}: {}", problem.path, problem.message))
+            .collect();
+        if space.is_empty() {
+            problems.push("  the space has no parameters".into());
+        }
+        if !problems.is_empty() {
+            return Err(StudyError::InvalidSpace { problems });
+        }
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::AlreadyExists => StudyError::Exists { path: path.clone() },
+                _ => StudyError::Io {
+                    path: path.clone(),
+                    source,
+                },
+            })?;
+        let seed = seed.unwrap_or_else(rand::random);
+        let entry = Entry::Create {
+            space: space.clone(),
+            direction,
+            sampler,
+            seed,
+        };
+        append(&mut file, &path, &entry)?;
+        Ok(Study { path })
+    }
+
+    /// Opens an existing study file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Study, StudyError> {
+        let study = Study {
+            path: path.as_ref().to_path_buf(),
+        };
+        study.locked(|_, _| Ok(()))?;
+        Ok(study)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new trial's parameters, chosen by the study's sampler from every trial so far
+    /// (trials asked but not told count as pending).
+    pub fn ask(&self) -> Result<AskedTrial, StudyError> {
+        self.locked(|file, loaded| {
+            let space =
+                TunerSpace::new(&loaded.space).map_err(|error| StudyError::InvalidSpace {
+                    problems: vec![format!("  {error}")],
+                })?;
+            let trial = loaded.trials.len() as u32;
+            let history = history(&space, loaded);
+            let algorithm = AlgorithmSpec {
+                name: loaded.sampler,
+                seed: Some(loaded.seed),
+                ..AlgorithmSpec::default()
+            };
+            let mut sampler =
+                flotilla_protocol::tuning::sampler(&algorithm, &space, loaded.seed, u64::MAX);
+            let point = sampler
+                .suggest(trial, &history)
+                .ok_or(StudyError::Exhausted)?;
+            let params = space.params_of(&point);
+            append(
+                file,
+                &self.path,
+                &Entry::Ask {
+                    trial,
+                    params: params.clone(),
+                },
+            )?;
+            Ok(AskedTrial { trial, params })
+        })
+    }
+
+    /// Records a trial's result. A trial is told once.
+    pub fn tell(&self, trial: u32, outcome: TellOutcome) -> Result<(), StudyError> {
+        self.locked(|file, loaded| {
+            let problem = |problem: &str| StudyError::Trial {
+                trial,
+                problem: problem.to_string(),
+            };
+            let known = loaded.trials.get(trial as usize).ok_or_else(|| {
+                problem(&format!(
+                    "was never asked (the study has {} trials)",
+                    loaded.trials.len()
+                ))
+            })?;
+            if known.outcome.is_some() {
+                return Err(problem("was already told"));
+            }
+            let entry = match outcome {
+                TellOutcome::Complete { value, constraints } => {
+                    if !value.is_finite() {
+                        return Err(problem(&format!(
+                            "value {value} is not a finite number (tell it as failed instead)"
+                        )));
+                    }
+                    if let Some((name, bad)) = constraints.iter().find(|(_, v)| !v.is_finite()) {
+                        return Err(problem(&format!(
+                            "constraint {name}={bad} is not a finite number"
+                        )));
+                    }
+                    Entry::Tell {
+                        trial,
+                        state: TellState::Complete,
+                        value: Some(value),
+                        constraints,
+                    }
+                }
+                TellOutcome::Failed => Entry::Tell {
+                    trial,
+                    state: TellState::Failed,
+                    value: None,
+                    constraints: BTreeMap::new(),
+                },
+            };
+            append(file, &self.path, &entry)
+        })
+    }
+
+    /// The best completed trial that meets every constraint it was told with.
+    pub fn best(&self) -> Result<Option<BestTrial>, StudyError> {
+        self.locked(|_, loaded| {
+            let mut best: Option<BestTrial> = None;
+            for trial in &loaded.trials {
+                let Some(TellOutcome::Complete { value, constraints }) = &trial.outcome else {
+                    continue;
+                };
+                if constraints.values().any(|c| *c > 0.0) {
+                    continue;
+                }
+                if best
+                    .as_ref()
+                    .is_none_or(|incumbent| loaded.direction.is_better(*value, incumbent.value))
+                {
+                    best = Some(BestTrial {
+                        trial: trial.trial,
+                        value: *value,
+                        params: trial.params.clone(),
+                    });
+                }
+            }
+            Ok(best)
+        })
+    }
+
+    /// Every trial so far.
+    pub fn trials(&self) -> Result<Vec<StudyTrial>, StudyError> {
+        self.locked(|_, loaded| Ok(loaded.trials.clone()))
+    }
+
+    /// Runs `operation` holding the study's exclusive lock, on the freshly loaded journal.
+    fn locked<T>(
+        &self,
+        operation: impl FnOnce(&mut File, &Loaded) -> Result<T, StudyError>,
+    ) -> Result<T, StudyError> {
+        let io = |source| StudyError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        let started = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StudyError::Locked {
+                        path: self.path.clone(),
+                        seconds: LOCK_WAIT.as_secs(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(error)) => return Err(io(error)),
+            }
+        }
+        let loaded = load(&mut file, &self.path)?;
+        let result = operation(&mut file, &loaded);
+        let _ = file.unlock();
+        result
+    }
+}
+
+/// The samplers' view of the study.
+fn history(space: &TunerSpace, loaded: &Loaded) -> Vec<Observation> {
+    loaded
+        .trials
+        .iter()
+        .filter_map(|trial| {
+            let outcome = match &trial.outcome {
+                None => Outcome::Pending,
+                Some(TellOutcome::Failed) => Outcome::Failed,
+                Some(TellOutcome::Complete { value, constraints }) => Outcome::Complete {
+                    value: match loaded.direction {
+                        Direction::Minimize => *value,
+                        Direction::Maximize => -*value,
+                    },
+                    constraints: loaded
+                        .constraint_names
+                        .iter()
+                        .map(|name| constraints.get(name).copied().unwrap_or(f64::NAN))
+                        .collect(),
+                },
+            };
+            observation(space, &trial.params, outcome)
+        })
+        .collect::<Vec<Observation>>()
+}
+
+fn append(file: &mut File, path: &Path, entry: &Entry) -> Result<(), StudyError> {
+    let io = |source| StudyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut line = serde_json::to_string(entry).map_err(|error| StudyError::Corrupt {
+        path: path.to_path_buf(),
+        message: error.to_string(),
+    })?;
+    line.push('\n');
+    file.write_all(line.as_bytes()).map_err(io)?;
+    file.sync_data().map_err(io)
+}
+
+fn load(file: &mut File, path: &Path) -> Result<Loaded, StudyError> {
+    let corrupt = |line: usize, message: String| StudyError::Corrupt {
+        path: path.to_path_buf(),
+        message: format!("line {line}: {message}"),
+    };
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_to_string(&mut text))
+        .map_err(|source| StudyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    // A last line without its newline was torn by a crash mid-write: it never happened,
+    // and it is cut off so that the next line starts cleanly (the caller holds the lock).
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    };
+    if complete.len() < text.len() && !complete.is_empty() {
+        file.set_len(complete.len() as u64)
+            .map_err(|source| StudyError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
+    let mut lines = complete.lines().enumerate();
+    let Some((_, first)) = lines.next() else {
+        return Err(corrupt(1, "empty file (no study definition)".into()));
+    };
+    let Entry::Create {
+        space,
+        direction,
+        sampler,
+        seed,
+    } = serde_json::from_str(first).map_err(|error| corrupt(1, error.to_string()))?
+    else {
+        return Err(corrupt(
+            1,
+            "the first line is not a study definition".into(),
+        ));
+    };
+    let mut loaded = Loaded {
+        space,
+        direction,
+        sampler,
+        seed,
+        trials: Vec::new(),
+        constraint_names: Vec::new(),
+    };
+    for (index, line) in lines {
+        let entry: Entry =
+            serde_json::from_str(line).map_err(|error| corrupt(index + 1, error.to_string()))?;
+        match entry {
+            Entry::Create { .. } => {
+                return Err(corrupt(index + 1, "a second study definition".into()));
+            }
+            Entry::Ask { trial, params } => {
+                if trial as usize != loaded.trials.len() {
+                    return Err(corrupt(
+                        index + 1,
+                        format!("trial {trial} asked out of order"),
+                    ));
+                }
+                loaded.trials.push(StudyTrial {
+                    trial,
+                    params,
+                    outcome: None,
+                });
+            }
+            Entry::Tell {
+                trial,
+                state,
+                value,
+                constraints,
+            } => {
+                for name in constraints.keys() {
+                    if !loaded.constraint_names.contains(name) {
+                        loaded.constraint_names.push(name.clone());
+                    }
+                }
+                let slot = loaded.trials.get_mut(trial as usize).ok_or_else(|| {
+                    corrupt(index + 1, format!("trial {trial} told before it was asked"))
+                })?;
+                slot.outcome = Some(match (state, value) {
+                    (TellState::Complete, Some(value)) => {
+                        TellOutcome::Complete { value, constraints }
+                    }
+                    (TellState::Complete, None) => {
+                        return Err(corrupt(
+                            index + 1,
+                            "a complete trial without a value".into(),
+                        ));
+                    }
+                    (TellState::Failed, _) => TellOutcome::Failed,
+                });
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn space() -> BTreeMap<String, ParamSpec> {
+        BTreeMap::from([
+            ("x".to_string(), ParamSpec::float(-5.0, 5.0)),
+            ("n".to_string(), ParamSpec::int(1, 8)),
+        ])
+    }
+
+    #[test]
+    fn ask_tell_best_through_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.study");
+        let study = Study::create(
+            &path,
+            &space(),
+            Direction::Minimize,
+            AlgorithmName::Bayesian,
+            Some(3),
+        )
+        .expect("created");
+        for _ in 0..30 {
+            let trial = study.ask().expect("ask");
+            let x = trial.params["x"].as_f64().expect("x");
+            let n = trial.params["n"].as_f64().expect("n");
+            study
+                .tell(
+                    trial.trial,
+                    TellOutcome::complete((x - 1.0).powi(2) + (n - 3.0).abs()),
+                )
+                .expect("tell");
+        }
+        let best = study.best().expect("best").expect("some trial");
+        // Minimum 0 at x = 1, n = 3.
+        assert!(best.value < 0.1, "{best:?}");
+        // Another handle (another process) sees the same study.
+        let again = Study::open(&path).expect("open");
+        assert_eq!(again.best().expect("best"), Some(best));
+        assert_eq!(again.trials().expect("trials").len(), 30);
+    }
+
+    #[test]
+    fn bad_tells_and_torn_lines_are_reported_or_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.study");
+        let study = Study::create(
+            &path,
+            &space(),
+            Direction::Maximize,
+            AlgorithmName::Random,
+            Some(1),
+        )
+        .expect("created");
+        let first = study.ask().expect("ask");
+        assert!(matches!(
+            study.tell(5, TellOutcome::complete(1.0)),
+            Err(StudyError::Trial { trial: 5, .. })
+        ));
+        assert!(
+            study
+                .tell(first.trial, TellOutcome::complete(f64::NAN))
+                .is_err()
+        );
+        study
+            .tell(first.trial, TellOutcome::Failed)
+            .expect("tell failed");
+        assert!(
+            study.tell(first.trial, TellOutcome::complete(1.0)).is_err(),
+            "told twice"
+        );
+        // A crash in the middle of an append leaves a torn line: it is ignored.
+        let mut file = OpenOptions::new().append(true).open(&path).expect("open");
+        file.write_all(br#"{"type":"ask","trial":1,"par"#)
+            .expect("write");
+        drop(file);
+        assert_eq!(study.trials().expect("trials").len(), 1);
+        let second = study.ask().expect("ask after a torn line");
+        assert_eq!(second.trial, 1);
+        assert_eq!(study.trials().expect("trials").len(), 2);
+        assert!(matches!(
+            Study::create(
+                &path,
+                &space(),
+                Direction::Minimize,
+                AlgorithmName::Random,
+                None
+            ),
+            Err(StudyError::Exists { .. })
+        ));
+        let bad = BTreeMap::from([("x".to_string(), ParamSpec::float(5.0, -5.0))]);
+        let error = Study::create(
+            dir.path().join("b"),
+            &bad,
+            Direction::Minimize,
+            AlgorithmName::Tpe,
+            None,
+        )
+        .expect_err("invalid");
+        assert!(error.to_string().contains("x"), "{error}");
+    }
+}
