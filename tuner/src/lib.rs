@@ -11,6 +11,7 @@
 //!   [`lbfgs`] (bounded quasi-Newton minimization).
 //! - [`tpe`]: the multivariate Tree-structured Parzen Estimator ([`TpeSampler`]).
 //! - [`encode`]: how the model-based samplers see a point.
+//! - [`stopping`]: early stopping — ASHA (stopping and promotion forms) and the median rule.
 //!
 //! Nothing here does I/O, spawns, or reads a clock; the coordinator's Sweep actor (and the
 //! CLI's study) own a sampler and ask it for the next point.
@@ -22,6 +23,7 @@ pub mod lbfgs;
 pub mod sampler;
 pub mod space;
 pub mod stats;
+pub mod stopping;
 pub mod tpe;
 
 pub use bayes::{BayesianSampler, BayesianSettings};

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Tuning quality and suggestion latency: Flotilla's samplers (tuner crate) against Optuna's
+# GPSampler, multivariate TPESampler and RandomSampler, in one run on this machine.
+#
+#   bench/tuner.sh                         # 100 evaluations, 5 seeds, latency at 50/200/1000
+#   EVALS=50 SEEDS=3 bench/tuner.sh        # quicker
+#
+# Optuna (with the torch, scipy and greenlet its GPSampler uses) comes from PyPI into a virtual
+# environment outside the clone ($FLOTILLA_BENCH_VENV, default ~/.cache/flotilla-bench-venv).
+# Raw results go to $OUT (default /tmp/flotilla-tuner-bench.jsonl); the
+# summary tables print at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EVALS="${EVALS:-100}"
+SEEDS="${SEEDS:-5}"
+SIZES="${SIZES:-50,200,1000}"
+OPTUNA_SIZES="${OPTUNA_SIZES:-50,200}"
+REPEATS="${REPEATS:-20}"
+OUT="${OUT:-/tmp/flotilla-tuner-bench.jsonl}"
+VENV="${FLOTILLA_BENCH_VENV:-$HOME/.cache/flotilla-bench-venv}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla-target}"
+
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import optuna, torch, scipy, greenlet" 2>/dev/null; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "optuna>=5,<6" torch scipy numpy greenlet
+fi
+cargo build --release -q -p flotilla-tuner --example tuner_bench
+BIN="$CARGO_TARGET_DIR/release/examples/tuner_bench"
+
+{
+  echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "# optuna $("$VENV/bin/python" -c 'import optuna; print(optuna.__version__)'), torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'), $EVALS evaluations, $SEEDS seeds"
+  "$BIN" regret "$EVALS" "$SEEDS"
+  "$BIN" latency "$SIZES" "$REPEATS"
+  "$VENV/bin/python" bench/tuner_optuna.py regret "$EVALS" "$SEEDS"
+  "$VENV/bin/python" bench/tuner_optuna.py latency "$OPTUNA_SIZES" "$REPEATS"
+} | tee "$OUT"
+"$VENV/bin/python" bench/tuner_optuna.py summarize "$OUT"

@@ -1,0 +1,162 @@
+"""The Optuna side of bench/tuner.sh, and the summary of both sides.
+
+    python bench/tuner_optuna.py regret EVALS SEEDS      # JSON lines, one per (sampler, function, seed)
+    python bench/tuner_optuna.py latency SIZES REPEATS   # JSON lines, GPSampler suggestion latency
+    python bench/tuner_optuna.py summarize FILE          # the tables in docs/benchmarks.md
+
+The test functions are the same as tuner/examples/tuner_bench.rs, defined twice on purpose
+(each side runs natively); simple regret is the true value at the trial with the best
+observed value, minus the known optimum.
+"""
+
+import json
+import math
+import statistics
+import sys
+import time
+
+import numpy as np
+import optuna
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def branin(x):
+    pi = math.pi
+    return (x[1] - 5.1 / (4 * pi * pi) * x[0] ** 2 + 5 / pi * x[0] - 6) ** 2 + 10 * (1 - 1 / (8 * pi)) * math.cos(x[0]) + 10
+
+
+ALPHA = [1.0, 1.2, 3.0, 3.2]
+A = [[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14], [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]]
+P = [[0.1312, 0.1696, 0.5569, 0.0124, 0.8283, 0.5886], [0.2329, 0.4135, 0.8307, 0.3736, 0.1004, 0.9991],
+     [0.2348, 0.1451, 0.3522, 0.2883, 0.3047, 0.6650], [0.4047, 0.8828, 0.8732, 0.5743, 0.1091, 0.0381]]
+
+
+def hartmann6(x):
+    return -sum(ALPHA[i] * math.exp(-sum(A[i][j] * (x[j] - P[i][j]) ** 2 for j in range(6))) for i in range(4))
+
+
+def rosenbrock(x):
+    return sum(100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2 for i in range(len(x) - 1))
+
+
+def ackley(x):
+    n = len(x)
+    return (-20 * math.exp(-0.2 * math.sqrt(sum(v * v for v in x) / n))
+            - math.exp(sum(math.cos(2 * math.pi * v) for v in x) / n) + 20 + math.e)
+
+
+def levy(x):
+    w = [1 + (v - 1) / 4 for v in x]
+    total = math.sin(math.pi * w[0]) ** 2
+    for wi in w[:-1]:
+        total += (wi - 1) ** 2 * (1 + 10 * math.sin(math.pi * wi + 1) ** 2)
+    return total + (w[-1] - 1) ** 2 * (1 + math.sin(2 * math.pi * w[-1]) ** 2)
+
+
+FUNCTIONS = [
+    ("branin", [(-5.0, 10.0), (0.0, 15.0)], 0.397887357729738, 0.0, branin),
+    ("hartmann6", [(0.0, 1.0)] * 6, -3.322368011415515, 0.0, hartmann6),
+    ("rosenbrock5", [(-5.0, 10.0)] * 5, 0.0, 0.0, rosenbrock),
+    ("ackley5", [(-32.768, 32.768)] * 5, 0.0, 0.0, ackley),
+    ("levy10", [(-10.0, 10.0)] * 10, 0.0, 0.0, levy),
+    ("hartmann6_noisy", [(0.0, 1.0)] * 6, -3.322368011415515, 0.1, hartmann6),
+]
+
+
+def make_sampler(name, seed):
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(multivariate=True, seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def regret(evals, seeds, samplers):
+    for fname, bounds, optimum, noise, f in FUNCTIONS:
+        for name in samplers:
+            for seed in range(seeds):
+                study = optuna.create_study(sampler=make_sampler(name, seed), direction="minimize")
+                rng = np.random.default_rng(1000 + seed)
+                best_observed, best_true, curve, seconds = math.inf, math.inf, [], 0.0
+                for _ in range(evals):
+                    started = time.perf_counter()
+                    trial = study.ask()
+                    x = [trial.suggest_float(f"x{i}", lo, hi) for i, (lo, hi) in enumerate(bounds)]
+                    seconds += time.perf_counter() - started
+                    truth = f(x)
+                    observed = truth + (noise * rng.standard_normal() if noise > 0 else 0.0)
+                    study.tell(trial, observed)
+                    if observed < best_observed:
+                        best_observed, best_true = observed, truth
+                    curve.append(best_true - optimum)
+                print(json.dumps({"side": "optuna", "sampler": name, "function": fname, "seed": seed,
+                                  "regret_50": curve[min(49, len(curve) - 1)], "regret_100": curve[-1],
+                                  "seconds": seconds}), flush=True)
+
+
+def latency(sizes, repeats):
+    fname, bounds, _, _, f = FUNCTIONS[1]
+    distributions = {f"x{i}": optuna.distributions.FloatDistribution(lo, hi) for i, (lo, hi) in enumerate(bounds)}
+    for size in sizes:
+        rng = np.random.default_rng(7)
+        study = optuna.create_study(sampler=optuna.samplers.GPSampler(seed=3), direction="minimize")
+        for _ in range(size):
+            x = rng.random(6).tolist()
+            study.add_trial(optuna.trial.create_trial(
+                params={f"x{i}": v for i, v in enumerate(x)}, distributions=distributions, value=f(x)))
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            trial = study.ask()
+            x = [trial.suggest_float(f"x{i}", lo, hi) for i, (lo, hi) in enumerate(bounds)]
+            times.append((time.perf_counter() - started) * 1e3)
+            study.tell(trial, f(x))
+        times.sort()
+        pick = lambda q: times[min(len(times) - 1, round(q * (len(times) - 1)))]
+        print(json.dumps({"side": "optuna", "sampler": "gp", "trials": size, "repeats": repeats,
+                          "p50_ms": round(pick(0.5), 2), "p99_ms": round(pick(0.99), 2)}), flush=True)
+
+
+def summarize(path):
+    rows = [json.loads(line) for line in open(path) if line.startswith("{")]
+    runs = [r for r in rows if "function" in r]
+    samplers = [("flotilla", "bayesian"), ("flotilla", "tpe"), ("flotilla", "random"),
+                ("optuna", "gp"), ("optuna", "tpe"), ("optuna", "random")]
+    functions = list(dict.fromkeys(r["function"] for r in runs))
+    for budget in ("regret_50", "regret_100"):
+        print(f"\nMedian simple regret after {budget.split('_')[1]} evaluations "
+              f"({len({r['seed'] for r in runs})} seeds)\n")
+        header = "| function | " + " | ".join(f"{s} {n}" for s, n in samplers) + " | bayesian / optuna gp | bayesian / optuna tpe |"
+        print(header)
+        print("|" + "---|" * (len(samplers) + 3))
+        for fn in functions:
+            med = {}
+            for s, n in samplers:
+                values = [r[budget] for r in runs if r["side"] == s and r["sampler"] == n and r["function"] == fn]
+                med[(s, n)] = statistics.median(values) if values else None
+            cells = [f"{med[k]:.3g}" if med[k] is not None else "-" for k in samplers]
+            ratio = lambda a, b: f"{a / b:.2f}" if a is not None and b not in (None, 0) else "-"
+            print(f"| {fn} | " + " | ".join(cells) + f" | {ratio(med[samplers[0]], med[samplers[3]])} | {ratio(med[samplers[0]], med[samplers[4]])} |")
+    lat = [r for r in rows if "p50_ms" in r]
+    if lat:
+        print("\nSuggestion latency on Hartmann-6 (ms)\n")
+        print("| history | flotilla bayesian p50 | p99 | optuna GPSampler p50 | p99 | optuna / flotilla (p50) |")
+        print("|---|---|---|---|---|---|")
+        for size in sorted({r["trials"] for r in lat}):
+            ours = next((r for r in lat if r["side"] == "flotilla" and r["trials"] == size), None)
+            theirs = next((r for r in lat if r["side"] == "optuna" and r["trials"] == size), None)
+            cell = lambda r, k: f"{r[k]:.1f}" if r else "-"
+            ratio = f"{theirs['p50_ms'] / ours['p50_ms']:.0f}x" if ours and theirs else "-"
+            print(f"| {size} | {cell(ours, 'p50_ms')} | {cell(ours, 'p99_ms')} | {cell(theirs, 'p50_ms')} | {cell(theirs, 'p99_ms')} | {ratio} |")
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "regret":
+        samplers = sys.argv[4].split(",") if len(sys.argv) > 4 else ["gp", "tpe", "random"]
+        regret(int(sys.argv[2]), int(sys.argv[3]), samplers)
+    elif mode == "latency":
+        latency([int(s) for s in sys.argv[2].split(",")], int(sys.argv[3]))
+    else:
+        summarize(sys.argv[2])

@@ -1,0 +1,284 @@
+//! The tuner side of `bench/tuner.sh`: simple regret on standard test functions and
+//! suggestion latency, printed as JSON lines (the Optuna side prints the same shape).
+//!
+//! ```text
+//! cargo run --release -p flotilla-tuner --example tuner_bench -- regret 100 5
+//! cargo run --release -p flotilla-tuner --example tuner_bench -- latency 50,200,1000 20
+//! ```
+
+use std::time::Instant;
+
+use flotilla_tuner::{
+    BayesianSampler, BayesianSettings, Dimension, Domain, Observation, Outcome, Point,
+    RandomSampler, Sampler, SearchSpace, TpeSampler, TpeSettings, Value,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+struct Function {
+    name: &'static str,
+    bounds: Vec<(f64, f64)>,
+    optimum: f64,
+    noise: f64,
+    f: fn(&[f64]) -> f64,
+}
+
+fn branin(x: &[f64]) -> f64 {
+    let pi = std::f64::consts::PI;
+    (x[1] - 5.1 / (4.0 * pi * pi) * x[0] * x[0] + 5.0 / pi * x[0] - 6.0).powi(2)
+        + 10.0 * (1.0 - 1.0 / (8.0 * pi)) * x[0].cos()
+        + 10.0
+}
+
+fn hartmann6(x: &[f64]) -> f64 {
+    const ALPHA: [f64; 4] = [1.0, 1.2, 3.0, 3.2];
+    const A: [[f64; 6]; 4] = [
+        [10.0, 3.0, 17.0, 3.5, 1.7, 8.0],
+        [0.05, 10.0, 17.0, 0.1, 8.0, 14.0],
+        [3.0, 3.5, 1.7, 10.0, 17.0, 8.0],
+        [17.0, 8.0, 0.05, 10.0, 0.1, 14.0],
+    ];
+    const P: [[f64; 6]; 4] = [
+        [0.1312, 0.1696, 0.5569, 0.0124, 0.8283, 0.5886],
+        [0.2329, 0.4135, 0.8307, 0.3736, 0.1004, 0.9991],
+        [0.2348, 0.1451, 0.3522, 0.2883, 0.3047, 0.6650],
+        [0.4047, 0.8828, 0.8732, 0.5743, 0.1091, 0.0381],
+    ];
+    -(0..4)
+        .map(|i| {
+            let inner: f64 = (0..6).map(|j| A[i][j] * (x[j] - P[i][j]).powi(2)).sum();
+            ALPHA[i] * (-inner).exp()
+        })
+        .sum::<f64>()
+}
+
+fn rosenbrock(x: &[f64]) -> f64 {
+    x.windows(2)
+        .map(|w| 100.0 * (w[1] - w[0] * w[0]).powi(2) + (1.0 - w[0]).powi(2))
+        .sum()
+}
+
+fn ackley(x: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    let tau = std::f64::consts::TAU;
+    let squares = x.iter().map(|v| v * v).sum::<f64>() / n;
+    let cosines = x.iter().map(|v| (tau * v).cos()).sum::<f64>() / n;
+    -20.0 * (-0.2 * squares.sqrt()).exp() - cosines.exp() + 20.0 + std::f64::consts::E
+}
+
+fn levy(x: &[f64]) -> f64 {
+    let pi = std::f64::consts::PI;
+    let w: Vec<f64> = x.iter().map(|v| 1.0 + (v - 1.0) / 4.0).collect();
+    let n = w.len();
+    let mut total = (pi * w[0]).sin().powi(2);
+    for wi in &w[..n - 1] {
+        total += (wi - 1.0).powi(2) * (1.0 + 10.0 * (pi * wi + 1.0).sin().powi(2));
+    }
+    total + (w[n - 1] - 1.0).powi(2) * (1.0 + (2.0 * pi * w[n - 1]).sin().powi(2))
+}
+
+fn functions() -> Vec<Function> {
+    vec![
+        Function {
+            name: "branin",
+            bounds: vec![(-5.0, 10.0), (0.0, 15.0)],
+            optimum: 0.397_887_357_729_738,
+            noise: 0.0,
+            f: branin,
+        },
+        Function {
+            name: "hartmann6",
+            bounds: vec![(0.0, 1.0); 6],
+            optimum: -3.322_368_011_415_515,
+            noise: 0.0,
+            f: hartmann6,
+        },
+        Function {
+            name: "rosenbrock5",
+            bounds: vec![(-5.0, 10.0); 5],
+            optimum: 0.0,
+            noise: 0.0,
+            f: rosenbrock,
+        },
+        Function {
+            name: "ackley5",
+            bounds: vec![(-32.768, 32.768); 5],
+            optimum: 0.0,
+            noise: 0.0,
+            f: ackley,
+        },
+        Function {
+            name: "levy10",
+            bounds: vec![(-10.0, 10.0); 10],
+            optimum: 0.0,
+            noise: 0.0,
+            f: levy,
+        },
+        Function {
+            name: "hartmann6_noisy",
+            bounds: vec![(0.0, 1.0); 6],
+            optimum: -3.322_368_011_415_515,
+            noise: 0.1,
+            f: hartmann6,
+        },
+    ]
+}
+
+fn space(function: &Function) -> SearchSpace {
+    SearchSpace::new(
+        function
+            .bounds
+            .iter()
+            .enumerate()
+            .map(|(i, (low, high))| Dimension {
+                name: format!("x{i}"),
+                domain: Domain::Float {
+                    low: *low,
+                    high: *high,
+                    log: false,
+                },
+            })
+            .collect(),
+    )
+    .expect("valid space")
+}
+
+fn sampler(name: &str, space: SearchSpace, seed: u64) -> Box<dyn Sampler> {
+    match name {
+        "bayesian" => Box::new(BayesianSampler::new(
+            space,
+            seed,
+            BayesianSettings::default(),
+        )),
+        "tpe" => Box::new(TpeSampler::new(space, seed, TpeSettings::default())),
+        "random" => Box::new(RandomSampler::new(space, seed)),
+        other => panic!("unknown sampler {other}"),
+    }
+}
+
+fn coords(point: &Point) -> Vec<f64> {
+    point
+        .iter()
+        .map(|value| match value {
+            Value::Float(x) => *x,
+            Value::Int(x) => *x as f64,
+            Value::Choice(x) => *x as f64,
+        })
+        .collect()
+}
+
+fn regret(evals: u32, seeds: u64, samplers: &[&str]) {
+    for function in functions() {
+        for name in samplers {
+            for seed in 0..seeds {
+                let mut sampler = sampler(name, space(&function), seed);
+                let mut noise_rng = ChaCha8Rng::seed_from_u64(1000 + seed);
+                let mut history: Vec<Observation> = Vec::new();
+                // Simple regret: the true value at the point with the best observed value.
+                let mut best_observed = f64::INFINITY;
+                let mut best_true = f64::INFINITY;
+                let mut curve = Vec::new();
+                let mut times = Vec::new();
+                for trial in 0..evals {
+                    let started = Instant::now();
+                    let point = sampler.suggest(trial, &history).expect("a point");
+                    times.push(started.elapsed().as_secs_f64());
+                    let x = coords(&point);
+                    let truth = (function.f)(&x);
+                    let noise: f64 = if function.noise > 0.0 {
+                        let u: f64 = noise_rng.random::<f64>().max(1e-300);
+                        let v: f64 = noise_rng.random();
+                        function.noise * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+                    } else {
+                        0.0
+                    };
+                    let observed = truth + noise;
+                    if observed < best_observed {
+                        best_observed = observed;
+                        best_true = truth;
+                    }
+                    curve.push(best_true - function.optimum);
+                    history.push(Observation {
+                        point,
+                        outcome: Outcome::Complete {
+                            value: observed,
+                            constraints: vec![],
+                        },
+                    });
+                }
+                println!(
+                    "{{\"side\":\"flotilla\",\"sampler\":\"{name}\",\"function\":\"{}\",\"seed\":{seed},\"regret_50\":{},\"regret_100\":{},\"seconds\":{}}}",
+                    function.name,
+                    curve[(49).min(curve.len() - 1)],
+                    curve[curve.len() - 1],
+                    times.iter().sum::<f64>()
+                );
+            }
+        }
+    }
+}
+
+fn latency(sizes: &[u32], repeats: u32) {
+    let function = &functions()[1];
+    for &size in sizes {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let space = space(function);
+        let mut history: Vec<Observation> = (0..size)
+            .map(|_| {
+                let x: Vec<f64> = (0..6).map(|_| rng.random::<f64>()).collect();
+                Observation {
+                    point: x.iter().map(|v| Value::Float(*v)).collect(),
+                    outcome: Outcome::Complete {
+                        value: hartmann6(&x),
+                        constraints: vec![],
+                    },
+                }
+            })
+            .collect();
+        let mut sampler = BayesianSampler::new(space, 3, BayesianSettings::default());
+        let mut times = Vec::new();
+        for trial in 0..repeats {
+            let started = Instant::now();
+            let point = sampler.suggest(size + trial, &history).expect("a point");
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+            let value = hartmann6(&coords(&point));
+            history.push(Observation {
+                point,
+                outcome: Outcome::Complete {
+                    value,
+                    constraints: vec![],
+                },
+            });
+        }
+        let mut sorted = times.clone();
+        sorted.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+        };
+        println!(
+            "{{\"side\":\"flotilla\",\"sampler\":\"bayesian\",\"trials\":{size},\"repeats\":{repeats},\"p50_ms\":{:.2},\"p99_ms\":{:.2}}}",
+            pick(0.5),
+            pick(0.99)
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("regret") => {
+            let evals = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(100);
+            let seeds = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(5);
+            regret(evals, seeds, &["bayesian", "tpe", "random"]);
+        }
+        Some("latency") => {
+            let sizes: Vec<u32> = args
+                .get(2)
+                .map(|v| v.split(',').filter_map(|s| s.parse().ok()).collect())
+                .unwrap_or_else(|| vec![50, 200, 1000]);
+            let repeats = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(20);
+            latency(&sizes, repeats);
+        }
+        _ => eprintln!("usage: tuner_bench regret EVALS SEEDS | latency SIZES REPEATS"),
+    }
+}
