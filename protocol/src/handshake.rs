@@ -5,7 +5,8 @@ use crate::messages::{Hello, Role};
 /// Newest protocol version this build speaks. Version 2 added `AgentMessage::Draining` and
 /// `AgentInfo::draining`; version 3 added `AgentMessage::TrialCheckpoint` and
 /// `TrialRecord::checkpoint`; version 4 added the `bayesian`, `tpe` and `sobol` algorithms
-/// (and made `bayesian` the default) and `AlgorithmSpec::initial_trials`.
+/// (and made `bayesian` the default), `AlgorithmSpec::initial_trials`,
+/// `SweepSpec::early_stopping` and `StopReason::EarlyStopped`.
 pub const PROTOCOL_VERSION: u16 = 4;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot

@@ -226,6 +226,8 @@ pub enum StopReason {
     /// The coordinator no longer wants this attempt (superseded or unknown to it).
     Superseded,
     AgentShutdown,
+    /// The sweep's early-stopping rule stopped the trial (its result so far counts).
+    EarlyStopped,
 }
 
 /// Coordinator → agent, on the control stream. `epoch` is the sender's leader epoch.

@@ -34,6 +34,47 @@ pub struct SweepSpec {
     pub resources: Resources,
     #[serde(default)]
     pub retries: RetryPolicy,
+    /// Stop poor trials before they finish (ASHA or the median rule); none by default.
+    #[serde(default)]
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+/// Early stopping: `rule = "asha"` or `"median"`, judged on the objective as the trial
+/// reports it along a resource (the metric named `resource`, e.g. `epoch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    pub rule: StoppingRule,
+    /// The metric that measures what a trial has spent (e.g. `epoch`); it must be reported
+    /// with (or before) the objective.
+    pub resource: String,
+    /// No trial stops before it has spent this much (ASHA's first rung, the median rule's
+    /// grace period).
+    pub min_resource: f64,
+    /// ASHA: a complete trial's resource (rungs lie below it).
+    #[serde(default)]
+    pub max_resource: Option<f64>,
+    /// ASHA: η, one trial in η continues past each rung.
+    #[serde(default = "default_reduction_factor")]
+    pub reduction_factor: f64,
+    /// Median rule: trials with reports that must exist before the rule applies.
+    #[serde(default = "default_min_trials")]
+    pub min_trials: u32,
+}
+
+fn default_reduction_factor() -> f64 {
+    3.0
+}
+
+fn default_min_trials() -> u32 {
+    5
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoppingRule {
+    Asha,
+    Median,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -489,6 +530,46 @@ impl SweepSpec {
         }
 
         let reported = self.reported_metrics();
+        if let Some(stopping) = &self.early_stopping {
+            if !reported.is_empty() && !reported.contains(&stopping.resource) {
+                problem(
+                    "early_stopping.resource",
+                    format!(
+                        "'{}' is not among the trial's metrics {:?}",
+                        stopping.resource, reported
+                    ),
+                );
+            }
+            if !(stopping.min_resource.is_finite() && stopping.min_resource > 0.0) {
+                problem("early_stopping.min_resource", "must be a number > 0".into());
+            }
+            match stopping.rule {
+                StoppingRule::Asha => {
+                    match stopping.max_resource {
+                        None => problem(
+                            "early_stopping.max_resource",
+                            "ASHA needs the resource of a complete trial".into(),
+                        ),
+                        Some(max) if !(max.is_finite() && max > stopping.min_resource) => problem(
+                            "early_stopping.max_resource",
+                            format!(
+                                "must be finite and above min_resource ({})",
+                                stopping.min_resource
+                            ),
+                        ),
+                        Some(_) => {}
+                    }
+                    if !(stopping.reduction_factor.is_finite() && stopping.reduction_factor > 1.0) {
+                        problem("early_stopping.reduction_factor", "must be > 1".into());
+                    }
+                }
+                StoppingRule::Median => {
+                    if stopping.min_trials == 0 {
+                        problem("early_stopping.min_trials", "must be at least 1".into());
+                    }
+                }
+            }
+        }
         if !is_metric_name(&self.objective.metric) {
             problem(
                 "objective.metric",
@@ -939,6 +1020,34 @@ metrics = ["loss", "accuracy"]
             Err(SpecError::Invalid { problems, .. }) => problems,
             other => panic!("expected validation problems, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn early_stopping_is_checked() {
+        let asha = format!(
+            "{GOOD}\n[early_stopping]\nrule = \"asha\"\nresource = \"epochs\"\nmin_resource = 0\nreduction_factor = 1.0\n"
+        );
+        let problems = problems_of(&asha);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for path in [
+            "early_stopping.resource",
+            "early_stopping.min_resource",
+            "early_stopping.max_resource",
+            "early_stopping.reduction_factor",
+        ] {
+            assert!(paths.contains(&path), "{path} missing from {problems:?}");
+        }
+        let good = format!(
+            "{GOOD}\n[early_stopping]\nrule = \"median\"\nresource = \"loss\"\nmin_resource = 2\n"
+        );
+        let spec = SweepSpec::from_toml(&good, "test.toml").expect("valid");
+        let stopping = spec.early_stopping.clone().expect("early stopping");
+        assert_eq!(
+            (stopping.rule, stopping.min_trials),
+            (StoppingRule::Median, 5)
+        );
+        let again = SweepSpec::from_toml(&spec.to_toml(), "again").expect("round trip");
+        assert_eq!(again, spec);
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn spec() -> SweepSpec {
         },
         resources: Resources::default(),
         retries: RetryPolicy::default(),
+        early_stopping: None,
     }
 }
 

@@ -34,6 +34,7 @@ impl SweepBuilder {
                 trial: TrialSpec::default(),
                 resources: Resources::default(),
                 retries: RetryPolicy::default(),
+                early_stopping: None,
             },
             constraint_errors: Vec::new(),
         }

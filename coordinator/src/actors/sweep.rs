@@ -19,9 +19,10 @@ use flotilla_protocol::messages::{
     CheckpointRef, MetricPoint, Metrics, StopReason, SweepEvent, SweepState, SweepSummary,
     TrialCounts, TrialOutcome, TrialRecord, TrialState,
 };
-use flotilla_protocol::spec::{SweepSpec, TrialSpec};
+use flotilla_protocol::spec::{Direction, StoppingRule, SweepSpec, TrialSpec};
 use flotilla_protocol::tuning::{self, TunerSpace};
 use flotilla_protocol::{AgentId, AttemptId, SweepId, TrialId};
+use flotilla_tuner::stopping::{Asha, AshaSettings, Decision, MedianRule};
 use flotilla_tuner::{Observation, Outcome, Point, Sampler};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
@@ -81,8 +82,42 @@ struct LiveAttempt {
     latest: Metrics,
 }
 
+/// The sweep's early-stopping rule, fed with every trial's objective along its resource.
+enum Stopper {
+    Asha(Asha),
+    Median(MedianRule),
+}
+
+impl Stopper {
+    fn of(spec: &SweepSpec) -> Option<Stopper> {
+        let stopping = spec.early_stopping.as_ref()?;
+        match stopping.rule {
+            StoppingRule::Asha => Asha::new(AshaSettings {
+                min_resource: stopping.min_resource,
+                max_resource: stopping.max_resource?,
+                reduction_factor: stopping.reduction_factor,
+            })
+            .map(Stopper::Asha),
+            StoppingRule::Median => Some(Stopper::Median(MedianRule::new(
+                stopping.min_resource,
+                stopping.min_trials as usize,
+            ))),
+        }
+    }
+
+    fn report(&mut self, trial: u32, resource: f64, value: f64) -> Decision {
+        match self {
+            Stopper::Asha(asha) => asha.report(trial, resource, value),
+            Stopper::Median(rule) => rule.report(trial, resource, value),
+        }
+    }
+}
+
 pub struct SweepActorState {
     record: SweepRecord,
+    /// `None` without early stopping. Rebuilt empty after a coordinator restart: rungs and
+    /// medians fill again from the reports that follow.
+    stopper: Option<Stopper>,
     trial_spec: Arc<TrialSpec>,
     sampler: Box<dyn Sampler>,
     space: TunerSpace,
@@ -122,6 +157,7 @@ impl Actor for SweepActor {
                 capacity.min(u64::from(spec.budget.max_trials)) as u32
             });
         let mut state = SweepActorState {
+            stopper: Stopper::of(spec),
             trial_spec: Arc::new(spec.trial.clone()),
             sampler,
             space,
@@ -159,7 +195,12 @@ impl Actor for SweepActor {
                 attempt,
                 dispatch_latency,
             } => state.started(attempt, dispatch_latency),
-            SweepMsg::Metrics { attempt, points } => state.metrics(attempt, points),
+            SweepMsg::Metrics { attempt, points } => {
+                if state.metrics(attempt, points) {
+                    state.fill();
+                    state.finish_if_done().await;
+                }
+            }
             SweepMsg::Checkpoint {
                 attempt,
                 checkpoint,
@@ -386,12 +427,16 @@ impl SweepActorState {
             .filter_map(|trial| {
                 let outcome = match (trial.state, trial.objective) {
                     (TrialState::Pending | TrialState::Running, _) => Outcome::Pending,
-                    (TrialState::Succeeded, Some(objective)) => tuning::completed(
-                        objective,
-                        spec.objective.direction,
-                        &spec.constraints,
-                        &trial.metrics,
-                    ),
+                    // Succeeded, or stopped early with its objective so far: both tell the
+                    // model about the region.
+                    (TrialState::Succeeded | TrialState::Stopped, Some(objective)) => {
+                        tuning::completed(
+                            objective,
+                            spec.objective.direction,
+                            &spec.constraints,
+                            &trial.metrics,
+                        )
+                    }
                     _ => Outcome::Failed,
                 };
                 tuning::observation(&self.space, &trial.params, outcome)
@@ -461,10 +506,12 @@ impl SweepActorState {
         self.persist(number);
     }
 
-    fn metrics(&mut self, attempt: AttemptId, points: Vec<MetricPoint>) {
+    /// Applies metric points; `true` if the early-stopping rule stopped the trial.
+    fn metrics(&mut self, attempt: AttemptId, points: Vec<MetricPoint>) -> bool {
         if self.current(attempt).is_none() {
-            return;
+            return false;
         }
+        let mut decision = Decision::Continue;
         let live = self.live.entry(attempt.trial.number).or_default();
         let mut fresh = Vec::new();
         for point in points {
@@ -479,11 +526,54 @@ impl SweepActorState {
                     .iter()
                     .map(|(name, value)| (name.clone(), *value)),
             );
+            if let (Some(stopper), Some(stopping), Decision::Continue) = (
+                self.stopper.as_mut(),
+                self.record.spec.early_stopping.as_ref(),
+                &decision,
+            ) && let (Some(value), Some(resource)) = (
+                point.values.get(&self.record.spec.objective.metric),
+                live.latest.get(&stopping.resource),
+            ) {
+                let loss = match self.record.spec.objective.direction {
+                    Direction::Minimize => *value,
+                    Direction::Maximize => -*value,
+                };
+                decision = stopper.report(attempt.trial.number, *resource, loss);
+            }
             fresh.push(point);
         }
         for point in fresh {
             self.broadcast(SweepEvent::Metric { attempt, point });
         }
+        match decision {
+            Decision::Continue => false,
+            Decision::Stop(reason) => {
+                self.stop_early(attempt, reason);
+                true
+            }
+        }
+    }
+
+    /// Ends the trial now with its metrics so far and tells its agent to stop it; the slot
+    /// frees as soon as the agent has stopped it, and the sweep creates the next trial.
+    fn stop_early(&mut self, attempt: AttemptId, reason: String) {
+        let number = attempt.trial.number;
+        let live = self.live.remove(&number).unwrap_or_default();
+        tracing::info!(%attempt, %reason, "stopping a trial early");
+        let spec = &self.record.spec;
+        let trial = &mut self.trials[number as usize];
+        trial.objective = live.latest.get(&spec.objective.metric).copied();
+        trial.feasible = spec.is_feasible(&live.latest);
+        trial.metrics = live.latest;
+        trial.message = Some(format!("stopped early: {reason}"));
+        trial.duration_ms = trial
+            .started_ms
+            .map(|started| now_ms().saturating_sub(started));
+        self.conclude(number, TrialState::Stopped);
+        let _ = self.scheduler.cast(SchedulerMsg::Stop {
+            attempts: vec![attempt],
+            reason: StopReason::EarlyStopped,
+        });
     }
 
     fn finished(&mut self, attempt: AttemptId, outcome: TrialOutcome) {
