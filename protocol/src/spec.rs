@@ -93,6 +93,15 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// `value` as a loss: itself when minimizing, negated when maximizing (samplers and
+    /// early-stopping rules minimize).
+    pub fn loss(self, value: f64) -> f64 {
+        match self {
+            Direction::Minimize => value,
+            Direction::Maximize => -value,
+        }
+    }
+
     /// Whether `candidate` is strictly better than `incumbent`.
     pub fn is_better(self, candidate: f64, incumbent: f64) -> bool {
         match self {

@@ -124,12 +124,8 @@ pub fn completed(
     constraints: &[Constraint],
     metrics: &Metrics,
 ) -> Outcome {
-    let value = match direction {
-        Direction::Minimize => objective,
-        Direction::Maximize => -objective,
-    };
     Outcome::Complete {
-        value,
+        value: direction.loss(objective),
         constraints: constraints
             .iter()
             .map(|constraint| constraint_value(constraint, metrics))

@@ -377,10 +377,7 @@ fn history(space: &TunerSpace, loaded: &Loaded) -> Vec<Observation> {
                 None => Outcome::Pending,
                 Some(TellOutcome::Failed) => Outcome::Failed,
                 Some(TellOutcome::Complete { value, constraints }) => Outcome::Complete {
-                    value: match loaded.direction {
-                        Direction::Minimize => *value,
-                        Direction::Maximize => -*value,
-                    },
+                    value: loaded.direction.loss(*value),
                     constraints: loaded
                         .constraint_names
                         .iter()

@@ -112,16 +112,9 @@ impl BayesianSampler {
             && x.len() >= 64
             && (x.len() as f64) < previous.data as f64 * 1.05
         {
-            let (mean, scale) = gp::standardization(y);
-            let standardized = y.iter().map(|v| (v - mean) / scale).collect();
-            if let Some(model) = Gp::condition(
-                x.clone(),
-                standardized,
-                self.encoder.kinds(),
-                previous.theta.clone(),
-                mean,
-                scale,
-            ) {
+            if let Some(model) =
+                Gp::with_theta(x.clone(), y, self.encoder.kinds(), previous.theta.clone())
+            {
                 return Some(model);
             }
         }
@@ -420,7 +413,7 @@ fn optimize(
                         point[d] = (point[d] + noise).clamp(0.0, 1.0);
                     }
                     Axis::Discrete(values) if rng.random::<f64>() < flip.max(0.2) => {
-                        let position = nearest(values, point[d]);
+                        let position = Encoder::nearest(values, point[d]);
                         let step: i64 = if rng.random::<bool>() { 1 } else { -1 };
                         let moved = (position as i64 + step).clamp(0, values.len() as i64 - 1);
                         point[d] = values[moved as usize];
@@ -516,7 +509,7 @@ fn refine(
                 Axis::Continuous => continue,
                 Axis::Discrete(values) if values.len() <= 16 => values.clone(),
                 Axis::Discrete(values) => {
-                    let at = nearest(values, point[d]);
+                    let at = Encoder::nearest(values, point[d]);
                     (at.saturating_sub(2)..(at + 3).min(values.len()))
                         .map(|i| values[i])
                         .collect()
@@ -541,16 +534,6 @@ fn refine(
         }
     }
     (point, value)
-}
-
-fn nearest(values: &[f64], at: f64) -> usize {
-    let mut best = 0;
-    for (index, value) in values.iter().enumerate() {
-        if (value - at).abs() < (values[best] - at).abs() {
-            best = index;
-        }
-    }
-    best
 }
 
 /// A standard normal draw (Box–Muller).

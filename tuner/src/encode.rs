@@ -113,16 +113,24 @@ impl Encoder {
 
     /// Moves integer and categorical coordinates onto values they can take.
     pub fn snap(&self, coords: &mut [f64]) {
-        let point = self.decode(coords);
-        for (index, axis) in self.axes.iter().enumerate() {
-            match (&self.space.dimensions()[index].domain, axis) {
-                (Domain::Float { .. }, _) => coords[index] = coords[index].clamp(0.0, 1.0),
-                (_, Axis::Categorical(_)) | (Domain::Int { .. }, _) => {
-                    coords[index] = self.encode(&point)[index];
-                }
-                (Domain::Categorical { .. }, _) => {}
+        let snapped = self.encode(&self.decode(coords));
+        for (index, dimension) in self.space.dimensions().iter().enumerate() {
+            coords[index] = match dimension.domain {
+                Domain::Float { .. } => coords[index].clamp(0.0, 1.0),
+                _ => snapped[index],
+            };
+        }
+    }
+
+    /// The index of the value in `values` nearest to `at` (a discrete axis's values).
+    pub fn nearest(values: &[f64], at: f64) -> usize {
+        let mut best = 0;
+        for (index, value) in values.iter().enumerate() {
+            if (value - at).abs() < (values[best] - at).abs() {
+                best = index;
             }
         }
+        best
     }
 
     /// A uniformly random encoded point (integers and choices uniform over their values).

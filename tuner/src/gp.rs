@@ -169,7 +169,18 @@ impl Gp {
                 best = Some(minimum);
             }
         }
-        let theta = best?.x;
+        Gp::with_theta(x, y_raw, kinds, best?.x)
+    }
+
+    /// Conditions on `(x, y_raw)` with given hyperparameters (no estimation).
+    pub fn with_theta(
+        x: Vec<Vec<f64>>,
+        y_raw: &[f64],
+        kinds: Vec<Coordinate>,
+        theta: Theta,
+    ) -> Option<Gp> {
+        let (y_mean, y_scale) = standardization(y_raw);
+        let y = y_raw.iter().map(|v| (v - y_mean) / y_scale).collect();
         Gp::condition(x, y, kinds, theta, y_mean, y_scale)
     }
 
@@ -217,31 +228,24 @@ impl Gp {
 
     /// The same model with `points` added at their posterior means (the kriging believer):
     /// the mean is unchanged everywhere, the variance collapses at and near the points.
-    pub fn believing(&self, points: &[Vec<f64>]) -> Option<Gp> {
+    /// Without points the model is returned as it is (no second factorization).
+    pub fn believing(self, points: &[Vec<f64>]) -> Option<Gp> {
         if points.is_empty() {
-            return Gp::condition(
-                self.x.clone(),
-                self.y.clone(),
-                self.kinds.clone(),
-                self.theta.clone(),
-                self.y_mean,
-                self.y_scale,
-            );
+            return Some(self);
         }
-        let mut x = self.x.clone();
-        let mut y = self.y.clone();
-        for point in points {
-            y.push(self.predict(point).0);
-            x.push(point.clone());
-        }
-        Gp::condition(
-            x,
-            y,
-            self.kinds.clone(),
-            self.theta.clone(),
-            self.y_mean,
-            self.y_scale,
-        )
+        let believed: Vec<f64> = points.iter().map(|point| self.predict(point).0).collect();
+        let Gp {
+            mut x,
+            mut y,
+            kinds,
+            theta,
+            y_mean,
+            y_scale,
+            ..
+        } = self;
+        x.extend(points.iter().cloned());
+        y.extend(believed);
+        Gp::condition(x, y, kinds, theta, y_mean, y_scale)
     }
 
     pub fn theta(&self) -> &Theta {
@@ -646,10 +650,12 @@ mod tests {
         };
         let gp = Gp::fit(x, &y, kinds(1), &settings).expect("fits");
         let pending = vec![0.9];
+        let near = [0.92];
+        let (before_mean, before_variance) = gp.predict(&pending);
+        let near_before = gp.predict(&near).1;
         let believer = gp
             .believing(std::slice::from_ref(&pending))
             .expect("conditions");
-        let (before_mean, before_variance) = gp.predict(&pending);
         let (after_mean, after_variance) = believer.predict(&pending);
         assert!((before_mean - after_mean).abs() < 1e-6);
         assert!(
@@ -657,7 +663,6 @@ mod tests {
             "{before_variance} → {after_variance}"
         );
         // Next to it the variance shrinks too: that is what steers the next suggestion away.
-        let near = [0.92];
-        assert!(believer.predict(&near).1 < 0.5 * gp.predict(&near).1);
+        assert!(believer.predict(&near).1 < 0.5 * near_before);
     }
 }

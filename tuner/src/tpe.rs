@@ -161,15 +161,7 @@ impl<'a> Parzen<'a> {
                         }
                     }
                     match axis {
-                        Axis::Discrete(values) => {
-                            let mut best = values[0];
-                            for v in values {
-                                if (v - value).abs() < (best - value).abs() {
-                                    best = *v;
-                                }
-                            }
-                            best
-                        }
+                        Axis::Discrete(values) => values[Encoder::nearest(values, value)],
                         _ => value,
                     }
                 }

@@ -19,7 +19,7 @@ use flotilla_protocol::messages::{
     CheckpointRef, MetricPoint, Metrics, StopReason, SweepEvent, SweepState, SweepSummary,
     TrialCounts, TrialOutcome, TrialRecord, TrialState,
 };
-use flotilla_protocol::spec::{Direction, StoppingRule, SweepSpec, TrialSpec};
+use flotilla_protocol::spec::{StoppingRule, SweepSpec, TrialSpec};
 use flotilla_protocol::tuning::{self, TunerSpace};
 use flotilla_protocol::{AgentId, AttemptId, SweepId, TrialId};
 use flotilla_tuner::stopping::{Asha, AshaSettings, Decision, MedianRule};
@@ -534,10 +534,7 @@ impl SweepActorState {
                 point.values.get(&self.record.spec.objective.metric),
                 live.latest.get(&stopping.resource),
             ) {
-                let loss = match self.record.spec.objective.direction {
-                    Direction::Minimize => *value,
-                    Direction::Maximize => -*value,
-                };
+                let loss = self.record.spec.objective.direction.loss(*value);
                 decision = stopper.report(attempt.trial.number, *resource, loss);
             }
             fresh.push(point);
