@@ -111,12 +111,10 @@ impl BayesianSampler {
         if let Some(previous) = &self.previous[slot]
             && x.len() >= 64
             && (x.len() as f64) < previous.data as f64 * 1.05
-        {
-            if let Some(model) =
+            && let Some(model) =
                 Gp::with_theta(x.clone(), y, self.encoder.kinds(), previous.theta.clone())
-            {
-                return Some(model);
-            }
+        {
+            return Some(model);
         }
         let mut starts = Vec::new();
         let mut estimates = 0;
