@@ -207,13 +207,15 @@ impl Study {
         Ok(Study { path })
     }
 
-    /// Opens an existing study file.
+    /// Opens an existing study file. Its journal is read (and checked) by each operation,
+    /// under the lock, so opening only checks that the file is there.
     pub fn open(path: impl AsRef<Path>) -> Result<Study, StudyError> {
-        let study = Study {
-            path: path.as_ref().to_path_buf(),
-        };
-        study.locked(|_, _| Ok(()))?;
-        Ok(study)
+        let path = path.as_ref().to_path_buf();
+        std::fs::metadata(&path).map_err(|source| StudyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Study { path })
     }
 
     pub fn path(&self) -> &Path {

@@ -194,8 +194,52 @@ pub struct MedianRule {
     pub grace: f64,
     /// Other trials needed (with reports up to the resource) before the rule applies.
     pub min_trials: usize,
-    /// Trial → (resource, value) in report order.
-    history: BTreeMap<u32, Vec<(f64, f64)>>,
+    /// Each trial's reports.
+    history: BTreeMap<u32, Series>,
+}
+
+/// One trial's reports, sorted by resource, with prefix sums so that a running average up
+/// to any resource is a binary search (a report costs O(trials · log reports), not a scan of
+/// every report ever made).
+#[derive(Debug, Clone, Default)]
+struct Series {
+    /// `(resource, value)`, ordered by resource (ties in report order).
+    reports: Vec<(f64, f64)>,
+    /// `prefix[i]`: the sum of the first `i + 1` values.
+    prefix: Vec<f64>,
+    best: f64,
+}
+
+impl Series {
+    fn push(&mut self, resource: f64, value: f64) {
+        if self.reports.is_empty() {
+            self.best = f64::INFINITY;
+        }
+        self.best = self.best.min(value);
+        // Reports normally arrive in resource order (append); a retried attempt may report
+        // smaller resources again, which are inserted and the sums redone from there.
+        let at = self.reports.partition_point(|(r, _)| *r <= resource);
+        self.reports.insert(at, (resource, value));
+        self.prefix.truncate(at);
+        for index in at..self.reports.len() {
+            let before = if index == 0 {
+                0.0
+            } else {
+                self.prefix[index - 1]
+            };
+            self.prefix.push(before + self.reports[index].1);
+        }
+    }
+
+    /// The average of the values reported at or below `resource`, if the trial got at least
+    /// as far as `resource`.
+    fn running_average(&self, resource: f64) -> Option<f64> {
+        if self.reports.last()?.0 < resource {
+            return None;
+        }
+        let count = self.reports.partition_point(|(r, _)| *r <= resource);
+        (count > 0).then(|| self.prefix[count - 1] / count as f64)
+    }
 }
 
 impl MedianRule {
@@ -214,33 +258,17 @@ impl MedianRule {
         } else {
             f64::INFINITY
         };
-        self.history
-            .entry(trial)
-            .or_default()
-            .push((resource, value));
+        let series = self.history.entry(trial).or_default();
+        series.push(resource, value);
+        let best = series.best;
         if resource < self.grace {
             return Decision::Continue;
         }
-        let best = self.history[&trial]
-            .iter()
-            .map(|(_, v)| *v)
-            .fold(f64::INFINITY, f64::min);
         let mut averages: Vec<f64> = self
             .history
             .iter()
             .filter(|(other, _)| **other != trial)
-            .filter_map(|(_, reports)| {
-                // Only trials that got at least as far count.
-                if !reports.iter().any(|(r, _)| *r >= resource) {
-                    return None;
-                }
-                let upto: Vec<f64> = reports
-                    .iter()
-                    .filter(|(r, _)| *r <= resource)
-                    .map(|(_, v)| *v)
-                    .collect();
-                (!upto.is_empty()).then(|| upto.iter().sum::<f64>() / upto.len() as f64)
-            })
+            .filter_map(|(_, series)| series.running_average(resource))
             .collect();
         if averages.len() < self.min_trials {
             return Decision::Continue;
@@ -386,6 +414,31 @@ mod tests {
         // and rung 0's top 3 are promoted already → new trial.
         assert_eq!(asha.promote(), None);
         assert_eq!(asha.resource_of(3), 27.0);
+    }
+
+    #[test]
+    fn running_averages_hold_when_reports_come_out_of_order() {
+        // A retried attempt reports epochs 1–2 again after the first attempt reached 3.
+        let reports = [(1.0, 0.9), (2.0, 0.7), (3.0, 0.6), (1.0, 0.8), (2.0, 0.5)];
+        let mut series = Series::default();
+        for (resource, value) in reports {
+            series.push(resource, value);
+        }
+        for at in [1.0, 2.0, 2.5, 3.0] {
+            let upto: Vec<f64> = reports
+                .iter()
+                .filter(|(r, _)| *r <= at)
+                .map(|(_, v)| *v)
+                .collect();
+            let expected = upto.iter().sum::<f64>() / upto.len() as f64;
+            let got = series.running_average(at).expect("reached");
+            assert!(
+                (got - expected).abs() < 1e-12,
+                "at {at}: {got} vs {expected}"
+            );
+        }
+        assert_eq!(series.running_average(3.5), None, "never got that far");
+        assert_eq!(series.best, 0.5);
     }
 
     #[test]
