@@ -135,3 +135,89 @@ fn up_trains_the_quickstart_lstm_sweep_to_a_ranked_leaderboard_and_a_complete_re
         assert!(pair[0].2 >= pair[1].2, "not ranked by accuracy:\n{stdout}");
     }
 }
+
+#[test]
+fn the_median_rule_stops_trials_that_fall_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sweep = dir.path().join("median.toml");
+    // Learning rates over four decades: the slow ones fall behind the median by epoch 2.
+    std::fs::write(
+        &sweep,
+        r#"
+name = "median-rule"
+
+[objective]
+metric = "val_loss"
+direction = "minimize"
+
+[space.learning_rate]
+type = "float"
+low = 0.00001
+high = 0.1
+log = true
+
+[algorithm]
+name = "random"
+seed = 3
+
+[early_stopping]
+rule = "median"
+resource = "epoch"
+min_resource = 2
+min_trials = 3
+
+[budget]
+max_trials = 12
+max_parallel = 2
+
+[trial]
+trainer = "mlp_regressor"
+
+[trial.settings]
+samples = 256
+epochs = 6
+batch_size = 32
+hidden_size = 16
+checkpoint_every = 0
+"#,
+    )
+    .expect("write sweep");
+    let output = Command::new(BIN)
+        .current_dir(repo_root())
+        .arg("up")
+        .arg(&sweep)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run flotilla up");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "flotilla up failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("results: "))
+        .unwrap_or_else(|| panic!("no results path in:\n{stdout}"));
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results).expect("results file"))
+            .expect("results JSON");
+    let trials = results["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 12);
+    let stopped: Vec<&serde_json::Value> = trials
+        .iter()
+        .filter(|trial| trial["state"] == "stopped")
+        .collect();
+    assert!(
+        !stopped.is_empty(),
+        "the median rule stopped no trial:\n{stdout}"
+    );
+    for trial in stopped {
+        let message = trial["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("stopped early: median rule"), "{trial}");
+        let epoch = trial["metrics"]["epoch"].as_f64().expect("epoch");
+        assert!((2.0..6.0).contains(&epoch), "{trial}");
+    }
+    assert!(trials.iter().any(|trial| trial["state"] == "succeeded"));
+}

@@ -234,7 +234,6 @@ impl Study {
             let history = history(&space, loaded);
             let algorithm = AlgorithmSpec {
                 name: loaded.sampler,
-                seed: Some(loaded.seed),
                 ..AlgorithmSpec::default()
             };
             let mut sampler =
