@@ -77,13 +77,15 @@ fn up_trains_the_quickstart_lstm_sweep_to_a_ranked_leaderboard_and_a_complete_re
         );
     }
 
-    // The best trial named in the file is the feasible maximum of accuracy, and it is the
-    // one the last line of the leaderboard names.
+    // The best trial named in the file is the maximum of accuracy among succeeded feasible
+    // trials (early-stopped ones carry partial metrics and are not eligible), the earliest on
+    // ties, and it is the one the last line of the leaderboard names.
     let best_id = results["sweep"]["best_trial"].as_str().expect("best trial");
     let objective = |trial: &serde_json::Value| trial["objective"].as_f64().expect("objective");
     let maximum = trials
         .iter()
-        .filter(|trial| trial["feasible"] == true)
+        .filter(|trial| trial["state"] == "succeeded" && trial["feasible"] == true)
+        .rev()
         .max_by(|a, b| objective(a).total_cmp(&objective(b)))
         .expect("a feasible trial");
     assert_eq!(maximum["id"], best_id);
