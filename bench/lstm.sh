@@ -15,13 +15,9 @@ cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cpu}"
 EPOCHS="${EPOCHS:-5}"
 SAMPLES="${SAMPLES:-2048}"
-VENV="${FLOTILLA_BENCH_VENV:-$HOME/.cache/flotilla-bench-venv}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla-target}"
+source bench/common.sh
 
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch numpy
-fi
+bench_venv torch torch numpy
 if [ -z "${LSTM_BURN:-}" ]; then
   features=()
   [ "$DEVICE" = cuda ] && features=(--features cuda)
@@ -29,7 +25,7 @@ if [ -z "${LSTM_BURN:-}" ]; then
   LSTM_BURN="$CARGO_TARGET_DIR/release/examples/lstm_throughput"
 fi
 
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+machine_header
 echo "# torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'), device $DEVICE, $SAMPLES samples, $EPOCHS epochs"
 printf '%-28s %12s %14s %14s %14s %9s %9s\n' config burn torch-1thread torch-default torch-cell-1t "vs 1t" "vs dflt"
 

@@ -18,18 +18,14 @@ SIZES="${SIZES:-50,200,1000}"
 OPTUNA_SIZES="${OPTUNA_SIZES:-50,200}"
 REPEATS="${REPEATS:-20}"
 OUT="${OUT:-/tmp/flotilla-tuner-bench.jsonl}"
-VENV="${FLOTILLA_BENCH_VENV:-$HOME/.cache/flotilla-bench-venv}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla-target}"
+source bench/common.sh
 
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import optuna, torch, scipy, greenlet" 2>/dev/null; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "optuna>=5,<6" torch scipy numpy greenlet
-fi
+bench_venv "optuna, torch, scipy, greenlet" "optuna>=5,<6" torch scipy numpy greenlet
 cargo build --release -q -p flotilla-tuner --example tuner_bench
 BIN="$CARGO_TARGET_DIR/release/examples/tuner_bench"
 
 {
-  echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  machine_header
   echo "# optuna $("$VENV/bin/python" -c 'import optuna; print(optuna.__version__)'), torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'), $EVALS evaluations, $SEEDS seeds"
   "$BIN" regret "$EVALS" "$SEEDS"
   "$BIN" latency "$SIZES" "$REPEATS"
