@@ -398,12 +398,34 @@ async fn sweep(command: SweepCommand) -> anyhow::Result<()> {
     match command {
         SweepCommand::Validate { file } => {
             let spec = SweepSpec::from_file(&file)?;
-            println!(
-                "{}: valid sweep '{}' with {} parameter(s)",
-                file.display(),
-                spec.name,
-                spec.space.len()
-            );
+            let phases = spec.phases();
+            if spec.phases.is_empty() {
+                println!(
+                    "{}: valid sweep '{}' with {} parameter(s)",
+                    file.display(),
+                    spec.name,
+                    spec.space.len()
+                );
+            } else {
+                let described: Vec<String> = phases
+                    .iter()
+                    .map(|phase| {
+                        format!(
+                            "{} ({} parameter(s), {} trial(s))",
+                            phase.name,
+                            phase.space.len(),
+                            phase.max_trials
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{}: valid sweep '{}' with {} phases: {}",
+                    file.display(),
+                    spec.name,
+                    phases.len(),
+                    described.join(", ")
+                );
+            }
         }
         SweepCommand::Submit {
             file,

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use flotilla_sdk::{
-    AgentInfo, Client, Direction, SweepEvent, SweepSpec, SweepSummary, TrialRecord, TrialState,
+    AgentInfo, Client, Direction, PhaseSummary, SweepEvent, SweepSpec, SweepSummary, TrialRecord,
+    TrialState,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -48,7 +49,11 @@ pub async fn watch_with_progress(
             SweepEvent::TrialStarted { .. } => running += 1,
             SweepEvent::Metric { .. } => continue,
             SweepEvent::TrialFinished(trial) => {
-                running -= 1;
+                // Trials that never reached an agent (withdrawn, or a result reused from an
+                // earlier phase) were never counted as running.
+                if trial.agent.is_some() {
+                    running -= 1;
+                }
                 match trial.state {
                     TrialState::Failed => failed += 1,
                     _ => done += 1,
@@ -64,6 +69,16 @@ pub async fn watch_with_progress(
                 finished = Some(summary);
                 break;
             }
+            SweepEvent::PhaseFinished { phase, winner } => {
+                bar.println(phase_line(
+                    &phase,
+                    winner.as_ref(),
+                    &submitted.objective_metric,
+                ));
+                // The next phase starts from scratch: its best is its own.
+                best = None;
+            }
+            _ => continue,
         }
         bar.set_position(u64::from(done + failed));
         bar.set_message(render(done, running, failed, best));
@@ -82,6 +97,40 @@ pub async fn watch_with_progress(
         summary.counts.stopped
     );
     Ok(summary)
+}
+
+/// One line naming a phase's winner (or saying it has none).
+fn phase_line(phase: &PhaseSummary, winner: Option<&TrialRecord>, metric: &str) -> String {
+    match winner {
+        Some(winner) => format!(
+            "phase {}: winner {} {metric} = {} ({})",
+            phase.name,
+            winner.id,
+            format_objective(winner.objective),
+            format_params(winner)
+        ),
+        None if phase.done => format!(
+            "phase {}: no trial succeeded while meeting the constraints",
+            phase.name
+        ),
+        None => format!(
+            "phase {}: not finished ({} of {} trials)",
+            phase.name, phase.trials, phase.max_trials
+        ),
+    }
+}
+
+/// The winner of each phase of a phased sweep, looked up among `trials`.
+fn phase_winners<'a>(
+    summary: &'a SweepSummary,
+    trials: &'a [TrialRecord],
+) -> impl Iterator<Item = (&'a PhaseSummary, Option<&'a TrialRecord>)> {
+    summary.phases.iter().map(move |phase| {
+        let winner = phase
+            .winner
+            .and_then(|number| trials.iter().find(|trial| trial.id.number == number));
+        (phase, winner)
+    })
 }
 
 fn format_params(trial: &TrialRecord) -> String {
@@ -135,21 +184,32 @@ pub fn ranked<'a>(summary: &SweepSummary, trials: &'a [TrialRecord]) -> Vec<&'a 
 }
 
 pub fn print_leaderboard(summary: &SweepSummary, trials: &[TrialRecord], limit: usize) {
+    let phased = summary.phases.len() > 1;
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(vec![
-        "rank",
-        "trial",
+    let mut header = vec!["rank", "trial"];
+    if phased {
+        header.push("phase");
+    }
+    header.extend([
         summary.objective_metric.as_str(),
         "feasible",
         "state",
         "params",
         "time",
     ]);
+    table.set_header(header);
     for (rank, trial) in ranked(summary, trials).into_iter().take(limit).enumerate() {
-        table.add_row(vec![
-            (rank + 1).to_string(),
-            trial.id.to_string(),
+        let mut row = vec![(rank + 1).to_string(), trial.id.to_string()];
+        if phased {
+            row.push(
+                summary
+                    .phases
+                    .get(trial.phase as usize)
+                    .map_or_else(|| trial.phase.to_string(), |phase| phase.name.clone()),
+            );
+        }
+        row.extend([
             format_objective(trial.objective),
             if trial.feasible {
                 "yes".into()
@@ -162,8 +222,14 @@ pub fn print_leaderboard(summary: &SweepSummary, trials: &[TrialRecord], limit: 
                 .duration_ms
                 .map_or("-".into(), |ms| format!("{:.2}s", ms as f64 / 1000.0)),
         ]);
+        table.add_row(row);
     }
     println!("{table}");
+    if phased {
+        for (phase, winner) in phase_winners(summary, trials) {
+            println!("{}", phase_line(phase, winner, &summary.objective_metric));
+        }
+    }
     match &summary.best {
         Some(best) => println!(
             "best: {} {} = {} ({})",
@@ -273,6 +339,7 @@ pub fn trial_json(trial: &TrialRecord) -> Value {
         "duration_ms": trial.duration_ms,
         "dispatch_latency_us": trial.dispatch_latency_us,
         "message": trial.message,
+        "phase": trial.phase,
         "checkpoint": trial.checkpoint.as_ref().map(|checkpoint| json!({
             "uri": checkpoint.uri,
             "attempt": checkpoint.attempt,
@@ -302,6 +369,17 @@ fn results_json(summary: &SweepSummary, spec: Option<&SweepSpec>, trials: &[Tria
             "finished_ms": summary.finished_ms,
             "best_trial": summary.best.as_ref().map(|best| best.id.to_string()),
         },
+        "phases": phase_winners(summary, trials).map(|(phase, winner)| json!({
+            "name": phase.name,
+            "max_trials": phase.max_trials,
+            "trials": phase.trials,
+            "done": phase.done,
+            "winner": winner.map(|winner| json!({
+                "trial": winner.id.to_string(),
+                "objective": winner.objective,
+                "params": winner.params,
+            })),
+        })).collect::<Vec<_>>(),
         "trials": trials.iter().map(trial_json).collect::<Vec<_>>(),
     })
 }

@@ -223,3 +223,83 @@ checkpoint_every = 0
     }
     assert!(trials.iter().any(|trial| trial["state"] == "succeeded"));
 }
+
+#[test]
+fn the_seeds_three_phase_pipeline_runs_as_one_sweep_and_names_each_phase_winner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(BIN)
+        .current_dir(repo_root())
+        .args(["up", "examples/lstm-pipeline.toml", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run flotilla up");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "flotilla up failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("Completed: 15 succeeded, 0 failed"),
+        "{stdout}"
+    );
+    let results = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("results: "))
+        .unwrap_or_else(|| panic!("no results path in:\n{stdout}"));
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results).expect("results file"))
+            .expect("results JSON");
+    let trials = results["trials"].as_array().expect("trials");
+    let phases = results["phases"].as_array().expect("phases");
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["time-warp", "architecture", "pretraining"]);
+
+    let in_phase = |index: u64| -> Vec<&serde_json::Value> {
+        trials.iter().filter(|t| t["phase"] == index).collect()
+    };
+    let accuracy = |trial: &serde_json::Value| trial["objective"].as_f64().expect("objective");
+    let mut fixed = serde_json::Map::new();
+    for (index, (phase, size)) in phases.iter().zip([4, 8, 3]).enumerate() {
+        let members = in_phase(index as u64);
+        assert_eq!(members.len(), size, "phase {index}");
+        // Every trial runs with what the earlier phases' winners fixed.
+        for trial in &members {
+            for (name, value) in &fixed {
+                assert_eq!(&trial["params"][name], value, "{name} in {trial}");
+            }
+        }
+        // The phase's winner is its most accurate feasible trial (earliest on ties), and
+        // the leaderboard names it.
+        let winner = &phase["winner"];
+        let best = members
+            .iter()
+            .filter(|t| t["state"] == "succeeded" && t["feasible"] == true)
+            .rev()
+            .max_by(|a, b| accuracy(a).total_cmp(&accuracy(b)))
+            .expect("a feasible trial in the phase");
+        assert_eq!(winner["trial"], best["id"], "phase {index}");
+        let line = format!(
+            "phase {}: winner {}",
+            names[index],
+            best["id"].as_str().unwrap_or_default()
+        );
+        assert!(stdout.contains(&line), "{line} missing from\n{stdout}");
+        fixed = winner["params"].as_object().expect("winner params").clone();
+    }
+    assert!(fixed.contains_key("time_warp_sigma") && fixed.contains_key("pretrain_epochs"));
+
+    // Phase 2's grid holds phase 1's winner again and phase 3's holds phase 2's: those two
+    // results are reused, so the 15 trials are the seeds' 13 training runs.
+    let reused: Vec<&serde_json::Value> = trials
+        .iter()
+        .filter(|t| {
+            t["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("its result is reused"))
+        })
+        .collect();
+    assert_eq!(reused.len(), 2, "{reused:?}");
+    assert!(reused.iter().all(|t| t["agent"].is_null()));
+    assert_eq!(trials.iter().filter(|t| !t["agent"].is_null()).count(), 13);
+}

@@ -318,6 +318,9 @@ pub enum SweepState {
     Cancelled,
     /// The wall-clock budget ran out.
     TimedOut,
+    /// A phase of a phased sweep ended without a feasible winner, so the phases after it
+    /// could not run.
+    Failed,
 }
 
 impl SweepState {
@@ -354,6 +357,23 @@ pub struct SweepSummary {
     /// Unix milliseconds.
     pub created_ms: u64,
     pub finished_ms: Option<u64>,
+    /// Each phase in order (one for a single-phase sweep): how far it got and its winner.
+    pub phases: Vec<PhaseSummary>,
+}
+
+/// Where one phase of a sweep stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSummary {
+    pub name: String,
+    /// Trials the phase may create (its budget, or a smaller grid).
+    pub max_trials: u32,
+    /// Trials created so far.
+    pub trials: u32,
+    /// Whether every trial of the phase is final and it will create no more.
+    pub done: bool,
+    /// The phase's best feasible succeeded trial (number); its parameters are fixed for the
+    /// phases after it.
+    pub winner: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,9 +433,13 @@ pub struct TrialRecord {
     pub dispatch_latency_us: Option<u64>,
     /// The newest checkpoint of the trial; a new attempt resumes from it.
     pub checkpoint: Option<CheckpointRef>,
+    /// The phase (index in the sweep's phases) the trial belongs to; 0 without phases.
+    pub phase: u32,
 }
 
+/// What a watcher hears about a sweep. More kinds may come: match with a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum SweepEvent {
     TrialStarted {
         attempt: AttemptId,
@@ -428,6 +452,11 @@ pub enum SweepEvent {
     },
     TrialFinished(TrialRecord),
     SweepFinished(SweepSummary),
+    /// A phase of a phased sweep ended; its winner's parameters are fixed from now on.
+    PhaseFinished {
+        phase: PhaseSummary,
+        winner: Option<TrialRecord>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,7 +24,8 @@ pub struct SweepSpec {
     /// written `"metric >= 0.30"` in sweep files.
     #[serde(default)]
     pub constraints: Vec<Constraint>,
-    /// Parameter name → its domain.
+    /// Parameter name → its domain. Empty in a phased sweep, whose phases each have one.
+    #[serde(default)]
     pub space: BTreeMap<String, ParamSpec>,
     #[serde(default)]
     pub algorithm: AlgorithmSpec,
@@ -37,6 +38,41 @@ pub struct SweepSpec {
     /// Stop poor trials before they finish (ASHA or the median rule); none by default.
     #[serde(default)]
     pub early_stopping: Option<EarlyStopping>,
+    /// Ordered phases (`[[phases]]`): each searches its own space; its winner's parameters
+    /// are fixed for the phases after it. Empty for a single-phase sweep.
+    /// (Never skipped when empty: the wire codec is not self-describing.)
+    #[serde(default)]
+    pub phases: Vec<PhaseSpec>,
+}
+
+/// One phase of a multi-phase sweep. The objective, constraints, trial, resources, retries
+/// and early stopping are the sweep's; the phase brings its space and its budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseSpec {
+    /// Shown in progress, leaderboards and reports.
+    pub name: String,
+    /// What this phase searches. A parameter an earlier phase fixed may be searched again
+    /// (e.g. a finer learning-rate range); the phase's value then replaces the fixed one.
+    #[serde(default)]
+    pub space: BTreeMap<String, ParamSpec>,
+    /// The phase's algorithm; the sweep's `[algorithm]` when absent.
+    #[serde(default)]
+    pub algorithm: Option<AlgorithmSpec>,
+    pub max_trials: u32,
+    /// Trials of this phase running at once; the sweep's `budget.max_parallel` when absent.
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
+}
+
+/// A phase with the sweep's defaults filled in; a single-phase sweep is one of these.
+#[derive(Debug, Clone, Copy)]
+pub struct Phase<'a> {
+    pub name: &'a str,
+    pub space: &'a BTreeMap<String, ParamSpec>,
+    pub algorithm: &'a AlgorithmSpec,
+    pub max_trials: u32,
+    pub max_parallel: u32,
 }
 
 /// Early stopping: `rule = "asha"` or `"median"`, judged on the objective as the trial
@@ -369,6 +405,8 @@ pub struct AlgorithmSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
+    /// Trials to run; a phased sweep sets this per phase instead (left 0 here).
+    #[serde(default)]
     pub max_trials: u32,
     /// Trials of this sweep running at once.
     #[serde(default = "default_max_parallel")]
@@ -528,14 +566,60 @@ impl SweepSpec {
         if self.name.trim().is_empty() {
             problem("name", "must not be empty".into());
         }
-        if self.space.is_empty() {
+        if self.phases.is_empty() && self.space.is_empty() {
             problem(
                 "space",
                 "the search space is empty; define at least one parameter".into(),
             );
         }
-        for found in validate_space(&self.space, "space.") {
-            problem(&found.path, found.message);
+        if !self.phases.is_empty() {
+            if !self.space.is_empty() {
+                problem(
+                    "space",
+                    "a phased sweep declares its parameters per phase (phases[N].space), not here"
+                        .into(),
+                );
+            }
+            if self.budget.max_trials != 0 {
+                problem(
+                    "budget.max_trials",
+                    "a phased sweep sets max_trials per phase (phases[N].max_trials)".into(),
+                );
+            }
+        }
+        for (index, phase) in self.phases.iter().enumerate() {
+            let path = format!("phases[{index}]");
+            if phase.name.trim().is_empty() {
+                problem(&format!("{path}.name"), "must not be empty".into());
+            } else if self.phases[..index]
+                .iter()
+                .any(|earlier| earlier.name == phase.name)
+            {
+                problem(
+                    &format!("{path}.name"),
+                    format!("'{}' names an earlier phase too", phase.name),
+                );
+            }
+            if phase.space.is_empty() {
+                problem(
+                    &format!("{path}.space"),
+                    "the phase searches nothing; define at least one parameter".into(),
+                );
+            }
+            if phase.max_trials == 0 {
+                problem(&format!("{path}.max_trials"), "must be at least 1".into());
+            }
+            if phase.max_parallel == Some(0) {
+                problem(&format!("{path}.max_parallel"), "must be at least 1".into());
+            }
+            if let Some(algorithm) = &phase.algorithm {
+                check_algorithm(algorithm, &format!("{path}.algorithm"), &mut problem);
+            }
+        }
+        for (prefix, space) in self.spaces() {
+            for found in validate_space(space, &prefix) {
+                problem(&found.path, found.message);
+            }
         }
 
         let reported = self.reported_metrics();
@@ -611,7 +695,7 @@ impl SweepSpec {
             }
         }
 
-        if self.budget.max_trials == 0 {
+        if self.phases.is_empty() && self.budget.max_trials == 0 {
             problem("budget.max_trials", "must be at least 1".into());
         }
         if self.budget.max_parallel == 0 {
@@ -620,32 +704,7 @@ impl SweepSpec {
         if self.budget.max_duration == Some(Duration::ZERO) {
             problem("budget.max_duration", "must be longer than zero".into());
         }
-        if self.algorithm.name == AlgorithmName::Grid && self.algorithm.grid_points == Some(0) {
-            problem("algorithm.grid_points", "must be at least 1".into());
-        }
-        if self.algorithm.grid_points.is_some() && self.algorithm.name != AlgorithmName::Grid {
-            problem(
-                "algorithm.grid_points",
-                format!(
-                    "applies to the grid algorithm only, not '{}'",
-                    self.algorithm.name.as_str()
-                ),
-            );
-        }
-        if self.algorithm.initial_trials.is_some()
-            && !matches!(
-                self.algorithm.name,
-                AlgorithmName::Bayesian | AlgorithmName::Tpe
-            )
-        {
-            problem(
-                "algorithm.initial_trials",
-                format!(
-                    "applies to the bayesian and tpe algorithms only, not '{}'",
-                    self.algorithm.name.as_str()
-                ),
-            );
-        }
+        check_algorithm(&self.algorithm, "algorithm", &mut problem);
 
         match (&self.trial.command, &self.trial.trainer) {
             (None, None) => problem("trial", "set either `command` or `trainer`".into()),
@@ -662,7 +721,7 @@ impl SweepSpec {
                 }
                 for (index, arg) in self.trial.args.iter().enumerate() {
                     for placeholder in placeholders(arg) {
-                        if !self.space.contains_key(placeholder) {
+                        if !self.is_searched(placeholder) {
                             problem(
                                 &format!("trial.args[{index}]"),
                                 format!(
@@ -773,15 +832,25 @@ impl SweepSpec {
                     }
                 }
             }
-            if self.space.contains_key(name) {
+            // In a phased sweep the settings are the baseline that phases search away from.
+            if let Some((prefix, _)) = self
+                .spaces()
+                .into_iter()
+                .find(|(_, space)| space.contains_key(name))
+                .filter(|_| self.phases.is_empty())
+            {
                 problem(
                     &path,
-                    format!("'{name}' is both searched (space.{name}) and fixed here"),
+                    format!("'{name}' is both searched ({prefix}{name}) and fixed here"),
                 );
             }
         }
-        for (name, param) in &self.space {
-            let path = format!("space.{name}");
+        let spaces = self.spaces();
+        let searched = spaces
+            .iter()
+            .flat_map(|(prefix, space)| space.iter().map(move |entry| (prefix, entry)));
+        for (prefix, (name, param)) in searched {
+            let path = format!("{prefix}{name}");
             let Some(hyper) = schema.hyperparameter(name) else {
                 problem(
                     &path,
@@ -845,11 +914,82 @@ impl SweepSpec {
         }
     }
 
+    /// The sweep's phases with its defaults filled in: one per `[[phases]]` entry, or the
+    /// whole sweep as a single phase named after it.
+    pub fn phases(&self) -> Vec<Phase<'_>> {
+        if self.phases.is_empty() {
+            return vec![Phase {
+                name: &self.name,
+                space: &self.space,
+                algorithm: &self.algorithm,
+                max_trials: self.budget.max_trials,
+                max_parallel: self.budget.max_parallel,
+            }];
+        }
+        self.phases
+            .iter()
+            .map(|phase| Phase {
+                name: &phase.name,
+                space: &phase.space,
+                algorithm: phase.algorithm.as_ref().unwrap_or(&self.algorithm),
+                max_trials: phase.max_trials,
+                max_parallel: phase.max_parallel.unwrap_or(self.budget.max_parallel),
+            })
+            .collect()
+    }
+
+    /// Every searched space with the path prefix its problems are reported under.
+    fn spaces(&self) -> Vec<(String, &BTreeMap<String, ParamSpec>)> {
+        if self.phases.is_empty() {
+            return vec![("space.".to_string(), &self.space)];
+        }
+        self.phases
+            .iter()
+            .enumerate()
+            .map(|(index, phase)| (format!("phases[{index}].space."), &phase.space))
+            .collect()
+    }
+
+    /// Whether some phase searches the parameter `name`.
+    pub fn is_searched(&self, name: &str) -> bool {
+        self.spaces()
+            .iter()
+            .any(|(_, space)| space.contains_key(name))
+    }
+
     /// Whether a trial's final metrics meet every constraint.
     pub fn is_feasible(&self, metrics: &BTreeMap<String, f64>) -> bool {
         self.constraints
             .iter()
             .all(|constraint| constraint.holds_for(metrics))
+    }
+}
+
+/// Problems with an algorithm's options, reported under `path` (`algorithm`,
+/// `phases[1].algorithm`).
+fn check_algorithm(algorithm: &AlgorithmSpec, path: &str, problem: &mut impl FnMut(&str, String)) {
+    if algorithm.name == AlgorithmName::Grid && algorithm.grid_points == Some(0) {
+        problem(&format!("{path}.grid_points"), "must be at least 1".into());
+    }
+    if algorithm.grid_points.is_some() && algorithm.name != AlgorithmName::Grid {
+        problem(
+            &format!("{path}.grid_points"),
+            format!(
+                "applies to the grid algorithm only, not '{}'",
+                algorithm.name.as_str()
+            ),
+        );
+    }
+    if algorithm.initial_trials.is_some()
+        && !matches!(algorithm.name, AlgorithmName::Bayesian | AlgorithmName::Tpe)
+    {
+        problem(
+            &format!("{path}.initial_trials"),
+            format!(
+                "applies to the bayesian and tpe algorithms only, not '{}'",
+                algorithm.name.as_str()
+            ),
+        );
     }
 }
 
@@ -1029,6 +1169,107 @@ metrics = ["loss", "accuracy"]
             Err(SpecError::Invalid { problems, .. }) => problems,
             other => panic!("expected validation problems, got {other:?}"),
         }
+    }
+
+    const PHASED: &str = r#"
+name = "phased"
+
+[objective]
+metric = "loss"
+direction = "minimize"
+
+[budget]
+max_parallel = 3
+
+[trial]
+command = "python3"
+args = ["train.py", "--x={x}", "--lr={lr}"]
+metrics = ["loss"]
+
+[[phases]]
+name = "coarse"
+max_trials = 4
+[phases.space.x]
+type = "float"
+low = -5.0
+high = 5.0
+
+[[phases]]
+name = "fine"
+max_trials = 6
+max_parallel = 2
+[phases.algorithm]
+name = "tpe"
+[phases.space.lr]
+type = "float"
+low = 1e-4
+high = 1e-1
+log = true
+"#;
+
+    #[test]
+    fn phases_parse_inherit_the_sweep_and_round_trip() {
+        let spec = SweepSpec::from_toml(PHASED, "phased.toml").expect("valid");
+        let phases = spec.phases();
+        assert_eq!(phases.len(), 2);
+        assert_eq!(
+            (phases[0].name, phases[0].max_trials, phases[0].max_parallel),
+            ("coarse", 4, 3)
+        );
+        assert_eq!(phases[0].algorithm.name, AlgorithmName::Bayesian);
+        assert_eq!(
+            (phases[1].name, phases[1].max_trials, phases[1].max_parallel),
+            ("fine", 6, 2)
+        );
+        assert_eq!(phases[1].algorithm.name, AlgorithmName::Tpe);
+        assert!(spec.is_searched("lr") && spec.is_searched("x") && !spec.is_searched("y"));
+        let again = SweepSpec::from_toml(&spec.to_toml(), "again").expect("round trip");
+        assert_eq!(again, spec);
+        // Without phases the sweep is its own single phase.
+        let single = SweepSpec::from_toml(GOOD, "good.toml").expect("valid");
+        let phases = single.phases();
+        assert_eq!(
+            (phases.len(), phases[0].name, phases[0].max_trials),
+            (1, "quick", 10)
+        );
+    }
+
+    #[test]
+    fn phase_problems_name_the_phase() {
+        let broken = PHASED
+            .replace("name = \"fine\"", "name = \"coarse\"")
+            .replace("max_trials = 6", "max_trials = 0")
+            .replace("[budget]\n", "[budget]\nmax_trials = 5\n")
+            .replace("--lr={lr}", "--y={y}")
+            .replace("low = 1e-4", "low = -1.0");
+        let problems = problems_of(&broken);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        for path in [
+            "phases[1].name",
+            "phases[1].max_trials",
+            "budget.max_trials",
+            "trial.args[2]",
+            "phases[1].space.lr.low",
+        ] {
+            assert!(paths.contains(&path), "{path} missing from {problems:?}");
+        }
+        let both = format!("{PHASED}\n[space.z]\ntype = \"float\"\nlow = 0.0\nhigh = 1.0\n");
+        let problems = problems_of(&both);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == "space" && p.message.contains("phases[N].space")),
+            "{problems:?}"
+        );
+        let empty = PHASED.replace(
+            "[phases.space.x]\ntype = \"float\"\nlow = -5.0\nhigh = 5.0\n",
+            "",
+        );
+        let problems = problems_of(&empty);
+        assert!(
+            problems.iter().any(|p| p.path == "phases[0].space"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use flotilla_protocol::framing::{self, FrameError};
 use flotilla_protocol::messages::*;
 use flotilla_protocol::spec::{
     AlgorithmSpec, Budget, Constraint, ConstraintOp, Direction, FieldProblem, Objective, ParamSpec,
-    Resources, RetryPolicy, SweepSpec, TrialSpec,
+    PhaseSpec, Resources, RetryPolicy, SweepSpec, TrialSpec,
 };
 use flotilla_protocol::{AgentId, AttemptId, Epoch, ParamValue, SweepId, TrialId};
 use proptest::prelude::*;
@@ -69,6 +69,13 @@ fn spec() -> SweepSpec {
         resources: Resources::default(),
         retries: RetryPolicy::default(),
         early_stopping: None,
+        phases: vec![PhaseSpec {
+            name: "p".into(),
+            space: BTreeMap::from([("m".to_string(), ParamSpec::float(0.0, 1.0))]),
+            algorithm: None,
+            max_trials: 2,
+            max_parallel: Some(1),
+        }],
     }
 }
 
@@ -89,6 +96,7 @@ fn record() -> TrialRecord {
         message: None,
         dispatch_latency_us: Some(250),
         checkpoint: Some(checkpoint()),
+        phase: 1,
     }
 }
 
@@ -120,6 +128,17 @@ fn summary() -> SweepSummary {
         best: Some(record()),
         created_ms: 1,
         finished_ms: Some(2),
+        phases: vec![phase_summary()],
+    }
+}
+
+fn phase_summary() -> PhaseSummary {
+    PhaseSummary {
+        name: "p".into(),
+        max_trials: 4,
+        trials: 4,
+        done: true,
+        winner: Some(7),
     }
 }
 
@@ -330,6 +349,13 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             encode(&ClientResponse::Event(SweepEvent::SweepFinished(summary()))),
         ),
         (
+            "ClientResponse::Event(PhaseFinished)",
+            encode(&ClientResponse::Event(SweepEvent::PhaseFinished {
+                phase: phase_summary(),
+                winner: Some(record()),
+            })),
+        ),
+        (
             "ClientResponse::Agents",
             encode(&ClientResponse::Agents(vec![AgentInfo {
                 id: AgentId("a1".into()),
@@ -410,6 +436,20 @@ fn oversized_messages_are_refused_on_both_sides() {
     // A payload whose inner length claims far more than the frame holds is an error, not an allocation.
     let lying = [0xfc, 0xff, 0xff, 0xff, 0x7f, 0x01];
     assert!(codec::decode::<Vec<String>>(&lying).is_err());
+}
+
+/// Optional parts left empty must still round-trip: a field skipped on encoding would shift
+/// every field after it in a codec that is not self-describing.
+#[test]
+fn specs_with_empty_optional_parts_round_trip() {
+    let mut plain = spec();
+    plain.phases.clear();
+    plain.constraints.clear();
+    plain.early_stopping = None;
+    plain.budget.max_duration = None;
+    let request = ClientRequest::SubmitSweep(Box::new(plain));
+    let bytes = codec::encode(&request).expect("encode");
+    assert_eq!(codec::decode::<ClientRequest>(&bytes).expect("decode"), request);
 }
 
 proptest! {

@@ -44,6 +44,7 @@ pub async fn run(
                 trial.id, trial.state, trial.objective
             ),
             SweepEvent::SweepFinished(done) => summary = Some(done),
+            _ => {}
         }
     }
     let summary = summary.ok_or("the event stream ended before the sweep did")?;

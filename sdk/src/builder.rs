@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use flotilla_protocol::ParamValue;
 use flotilla_protocol::spec::{
-    AlgorithmName, AlgorithmSpec, Budget, Constraint, Direction, Objective, ParamSpec, Resources,
-    RetryPolicy, SpecError, SweepSpec, TrialSpec,
+    AlgorithmName, AlgorithmSpec, Budget, Constraint, Direction, Objective, ParamSpec, PhaseSpec,
+    Resources, RetryPolicy, SpecError, SweepSpec, TrialSpec,
 };
 
 /// Builds a [`SweepSpec`]; [`SweepBuilder::build`] validates it like a sweep file.
@@ -35,6 +35,7 @@ impl SweepBuilder {
                 resources: Resources::default(),
                 retries: RetryPolicy::default(),
                 early_stopping: None,
+                phases: Vec::new(),
             },
             constraint_errors: Vec::new(),
         }
@@ -158,6 +159,16 @@ impl SweepBuilder {
 
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.spec.retries.max_retries = retries;
+        self
+    }
+
+    /// Appends a phase. A phased sweep searches nothing at the top level and sets
+    /// `max_trials` per phase, so the first phase clears the builder's default budget.
+    pub fn phase(mut self, phase: PhaseSpec) -> Self {
+        if self.spec.phases.is_empty() {
+            self.spec.budget.max_trials = 0;
+        }
+        self.spec.phases.push(phase);
         self
     }
 

@@ -41,11 +41,11 @@ mod study;
 pub use builder::SweepBuilder;
 pub use client::{Client, EventStream, SdkError};
 pub use flotilla_protocol::messages::{
-    AgentInfo, ApiError, ApiErrorKind, MetricPoint, Metrics, Params, Role, SweepEvent, SweepState,
-    SweepSummary, TrialCounts, TrialRecord, TrialState,
+    AgentInfo, ApiError, ApiErrorKind, MetricPoint, Metrics, Params, PhaseSummary, Role,
+    SweepEvent, SweepState, SweepSummary, TrialCounts, TrialRecord, TrialState,
 };
 pub use flotilla_protocol::spec::{
-    self, AlgorithmName, Direction, ParamSpec, SpecError, SweepSpec,
+    self, AlgorithmName, AlgorithmSpec, Direction, ParamSpec, PhaseSpec, SpecError, SweepSpec,
 };
 pub use flotilla_protocol::tls::{ClusterCa, Identity};
 pub use flotilla_protocol::{AgentId, AttemptId, ParamValue, SweepId, TrialId};

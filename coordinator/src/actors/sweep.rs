@@ -5,6 +5,12 @@
 //! Scheduler forwards, decides retries, writes every change of a trial to the store, and
 //! streams events to watchers. It stays alive after the sweep ends, to answer queries.
 //!
+//! Phases: a phased sweep runs its phases in order, each with its own space, sampler and
+//! budget. When every trial of a phase is final, the phase's winner (best feasible
+//! succeeded trial) fixes its parameters for every later trial; without a winner the sweep
+//! ends `Failed`. Trials carry their phase; after a restart the current phase, its first
+//! trial and the fixed parameters are derived again from the trials.
+//!
 //! Accounting: a crash (non-zero exit, trial timeout) spends the retry budget; an agent loss
 //! or preemption re-places the trial with the next attempt number without spending it.
 //! Reports about any attempt but a trial's current one are ignored, so nothing counts twice.
@@ -16,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_protocol::messages::{
-    CheckpointRef, MetricPoint, Metrics, StopReason, SweepEvent, SweepState, SweepSummary,
-    TrialCounts, TrialOutcome, TrialRecord, TrialState,
+    CheckpointRef, MetricPoint, Metrics, Params, PhaseSummary, StopReason, SweepEvent, SweepState,
+    SweepSummary, TrialCounts, TrialOutcome, TrialRecord, TrialState,
 };
 use flotilla_protocol::spec::{StoppingRule, SweepSpec, TrialSpec};
 use flotilla_protocol::tuning::{self, TunerSpace};
@@ -113,18 +119,32 @@ impl Stopper {
     }
 }
 
+/// One phase as the actor runs it (a single-phase sweep has one).
+struct PhasePlan {
+    name: String,
+    space: TunerSpace,
+    sampler: Box<dyn Sampler>,
+    /// Trials the phase may create (its budget, or a smaller grid).
+    limit: u32,
+    max_parallel: u32,
+}
+
 pub struct SweepActorState {
     record: SweepRecord,
-    /// `None` without early stopping. Rebuilt empty after a coordinator restart: rungs and
-    /// medians fill again from the reports that follow.
+    /// `None` without early stopping. Rebuilt empty at each phase and after a coordinator
+    /// restart: rungs and medians fill again from the reports that follow.
     stopper: Option<Stopper>,
     trial_spec: Arc<TrialSpec>,
-    sampler: Box<dyn Sampler>,
-    space: TunerSpace,
+    plans: Vec<PhasePlan>,
+    /// Index of the current phase in `plans`.
+    phase: usize,
+    /// Number of the current phase's first trial; trials are numbered across phases.
+    phase_start: u32,
+    /// Parameters the winners of earlier phases fixed; every new trial starts from them.
+    fixed: Params,
     trials: Vec<TrialRecord>,
     live: HashMap<u32, LiveAttempt>,
-    /// Trials created so far may not exceed this (the budget, or a smaller grid).
-    limit: u32,
+    /// The current phase's sampler has no more points.
     exhausted: bool,
     scheduler: ActorRef<SchedulerMsg>,
     store: Arc<dyn StateStore>,
@@ -144,26 +164,51 @@ impl Actor for SweepActor {
         args: SweepArgs,
     ) -> Result<SweepActorState, ActorProcessingErr> {
         let spec = &args.record.spec;
-        let space = TunerSpace::new(&spec.space)?;
-        let sampler = tuning::sampler(
-            &spec.algorithm,
-            &space,
-            args.record.seed,
-            u64::from(spec.budget.max_trials),
-        );
-        let limit = sampler
-            .capacity()
-            .map_or(spec.budget.max_trials, |capacity| {
-                capacity.min(u64::from(spec.budget.max_trials)) as u32
+        let mut plans = Vec::new();
+        for (index, phase) in spec.phases().into_iter().enumerate() {
+            let space = TunerSpace::new(phase.space)?;
+            // Each phase draws from its own stream of the sweep's seed.
+            let seed = args.record.seed.wrapping_add(index as u64);
+            let sampler =
+                tuning::sampler(phase.algorithm, &space, seed, u64::from(phase.max_trials));
+            let limit = sampler.capacity().map_or(phase.max_trials, |capacity| {
+                capacity.min(u64::from(phase.max_trials)) as u32
             });
+            plans.push(PhasePlan {
+                name: phase.name.to_string(),
+                space,
+                sampler,
+                limit,
+                max_parallel: phase.max_parallel,
+            });
+        }
+        let trials: Vec<TrialRecord> = args.trials.into_values().collect();
+        // Trials are created phase after phase: the newest trial's phase is the current one.
+        let phase = trials.last().map_or(0, |trial| trial.phase as usize);
+        let phase_start = trials
+            .iter()
+            .position(|trial| trial.phase as usize == phase)
+            .unwrap_or(trials.len()) as u32;
+        let fixed = match phase.checked_sub(1) {
+            Some(previous) => best_trial(
+                trials
+                    .iter()
+                    .filter(|trial| trial.phase as usize == previous),
+                spec.objective.direction,
+            )
+            .map(|winner| winner.params.clone())
+            .unwrap_or_default(),
+            None => Params::new(),
+        };
         let mut state = SweepActorState {
             stopper: Stopper::of(spec),
             trial_spec: Arc::new(spec.trial.clone()),
-            sampler,
-            space,
-            trials: args.trials.into_values().collect(),
+            plans,
+            phase,
+            phase_start,
+            fixed,
+            trials,
             live: HashMap::new(),
-            limit,
             exhausted: false,
             scheduler: args.scheduler,
             store: args.store,
@@ -281,6 +326,83 @@ impl SweepActorState {
             .filter(|trial| trial.attempt == attempt.attempt && !trial.state.is_final())
     }
 
+    fn plan(&self) -> &PhasePlan {
+        &self.plans[self.phase]
+    }
+
+    /// The current phase's trials.
+    fn phase_trials(&self) -> &[TrialRecord] {
+        &self.trials[self.phase_start as usize..]
+    }
+
+    /// Trials of every phase may not exceed this.
+    fn limit(&self) -> u32 {
+        self.plans.iter().map(|plan| plan.limit).sum()
+    }
+
+    /// Whether the current phase will create no more trials and all of its trials are final.
+    fn phase_done(&self) -> bool {
+        let created = self.phase_trials().len() as u32;
+        (self.exhausted || created >= self.plan().limit)
+            && self
+                .phase_trials()
+                .iter()
+                .all(|trial| trial.state.is_final())
+    }
+
+    /// Moves on to the next phase while the current one is done and has a winner; a phase
+    /// without a winner ends the sweep `Failed`.
+    fn advance_phases(&mut self) {
+        while self.record.state == SweepState::Running
+            && self.phase + 1 < self.plans.len()
+            && self.phase_done()
+        {
+            let direction = self.record.spec.objective.direction;
+            let winner = best_trial(self.phase_trials(), direction).cloned();
+            let summary = self.phase_summary(self.phase);
+            tracing::info!(sweep = %self.id(), phase = %summary.name, winner = ?summary.winner, "phase finished");
+            self.broadcast(SweepEvent::PhaseFinished {
+                phase: summary,
+                winner: winner.clone(),
+            });
+            let Some(winner) = winner else {
+                tracing::warn!(sweep = %self.id(), phase = %self.plan().name, "the phase has no feasible winner; the sweep ends");
+                self.record.state = SweepState::Failed;
+                drop(
+                    self.store
+                        .write(vec![StateWrite::Sweep(Box::new(self.record.clone()))]),
+                );
+                return;
+            };
+            self.fixed = winner.params;
+            self.phase += 1;
+            self.phase_start = self.trials.len() as u32;
+            self.exhausted = false;
+            self.stopper = Stopper::of(&self.record.spec);
+            self.fill();
+        }
+    }
+
+    fn phase_summary(&self, index: usize) -> PhaseSummary {
+        let plan = &self.plans[index];
+        let trials: Vec<&TrialRecord> = self
+            .trials
+            .iter()
+            .filter(|trial| trial.phase as usize == index)
+            .collect();
+        let done = index < self.phase || (index == self.phase && self.phase_done());
+        PhaseSummary {
+            name: plan.name.clone(),
+            max_trials: plan.limit,
+            trials: trials.len() as u32,
+            done,
+            winner: done
+                .then(|| best_trial(trials, self.record.spec.objective.direction))
+                .flatten()
+                .map(|winner| winner.id.number),
+        }
+    }
+
     fn unfinished(&self) -> u32 {
         self.trials
             .iter()
@@ -368,24 +490,26 @@ impl SweepActorState {
         }
     }
 
-    /// Creates trials while the budget and parallelism allow.
+    /// Creates trials of the current phase while its budget and parallelism allow.
     fn fill(&mut self) {
         if self.record.state != SweepState::Running {
             return;
         }
-        let max_parallel = self.record.spec.budget.max_parallel;
+        let (limit, max_parallel) = (self.plan().limit, self.plan().max_parallel);
         let mut created = Vec::new();
+        let mut reused = Vec::new();
         while !self.exhausted
-            && (self.trials.len() as u32) < self.limit
+            && (self.phase_trials().len() as u32) < limit
             && self.unfinished() < max_parallel
         {
             let number = self.trials.len() as u32;
-            let Some(point) = self.suggest(number) else {
+            let Some(point) = self.suggest(number - self.phase_start) else {
                 self.exhausted = true;
                 break;
             };
-            let params = self.space.params_of(&point);
-            self.trials.push(TrialRecord {
+            let mut params = self.fixed.clone();
+            params.extend(self.plan().space.params_of(&point));
+            let mut trial = TrialRecord {
                 id: TrialId {
                     sweep: self.id(),
                     number,
@@ -404,25 +528,71 @@ impl SweepActorState {
                 message: None,
                 dispatch_latency_us: None,
                 checkpoint: None,
-            });
-            created.push(number);
+                phase: self.phase as u32,
+            };
+            // An earlier phase already ran this exact configuration (typically its winner,
+            // which a later phase's grid contains again): take its result, run nothing.
+            let earlier = &self.trials[..self.phase_start as usize];
+            let configuration = self.configuration(&trial.params);
+            match earlier.iter().find(|earlier| {
+                earlier.state == TrialState::Succeeded
+                    && self.configuration(&earlier.params) == configuration
+            }) {
+                Some(earlier) => {
+                    trial.state = TrialState::Succeeded;
+                    trial.metrics = earlier.metrics.clone();
+                    trial.objective = earlier.objective;
+                    trial.feasible = earlier.feasible;
+                    trial.duration_ms = earlier.duration_ms;
+                    trial.checkpoint = earlier.checkpoint.clone();
+                    trial.started_ms = Some(now_ms());
+                    trial.finished_ms = trial.started_ms;
+                    trial.message = Some(format!(
+                        "same configuration as trial {}; its result is reused",
+                        earlier.id
+                    ));
+                    reused.push(number);
+                }
+                None => created.push(number),
+            }
+            self.trials.push(trial);
         }
-        if created.is_empty() {
+        if created.is_empty() && reused.is_empty() {
             return;
         }
         let writes = created
             .iter()
+            .chain(&reused)
             .map(|number| StateWrite::Trial(Box::new(self.trials[*number as usize].clone())))
             .collect();
         drop(self.store.write(writes));
-        let queued = created.iter().map(|number| self.queued(*number)).collect();
-        let _ = self.scheduler.cast(SchedulerMsg::Enqueue(queued));
+        for number in reused {
+            tracing::info!(trial = %self.trials[number as usize].id, "configuration ran in an earlier phase; result reused");
+            let record = self.trials[number as usize].clone();
+            self.broadcast(SweepEvent::TrialFinished(record));
+        }
+        if !created.is_empty() {
+            let queued = created.iter().map(|number| self.queued(*number)).collect();
+            let _ = self.scheduler.cast(SchedulerMsg::Enqueue(queued));
+        }
     }
 
-    /// What the sampler should know: every trial so far, pending ones included.
+    /// Everything a trial runs with: the trial's settings with its parameters over them.
+    fn configuration(&self, params: &Params) -> Params {
+        let mut configuration = self.trial_spec.settings.clone();
+        configuration.extend(
+            params
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        configuration
+    }
+
+    /// What the sampler should know: every trial of the phase so far, pending ones included.
     fn history(&self) -> Vec<Observation> {
         let spec = &self.record.spec;
-        self.trials
+        let space = &self.plan().space;
+        self.phase_trials()
             .iter()
             .filter_map(|trial| {
                 let outcome = match (trial.state, trial.objective) {
@@ -439,17 +609,18 @@ impl SweepActorState {
                     }
                     _ => Outcome::Failed,
                 };
-                tuning::observation(&self.space, &trial.params, outcome)
+                tuning::observation(space, &trial.params, outcome)
             })
             .collect()
     }
 
-    /// The sampler's point for trial `number`. Model fits take milliseconds to a fraction
+    /// The sampler's point for the phase's trial `number` (counted from the phase's first).
+    /// Model fits take milliseconds to a fraction
     /// of a second at a thousand trials, so on a multi-threaded runtime the worker thread
     /// is handed over while the sampler computes (other actors keep running).
     fn suggest(&mut self, number: u32) -> Option<Point> {
         let history = self.history();
-        let sampler = &mut self.sampler;
+        let sampler = &mut self.plans[self.phase].sampler;
         let multi_threaded = tokio::runtime::Handle::try_current().is_ok_and(|handle| {
             handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
         });
@@ -719,8 +890,11 @@ impl SweepActorState {
         if self.record.state.is_final() && self.record.finished_ms.is_some() {
             return;
         }
+        self.advance_phases();
         let all_final = self.trials.iter().all(|trial| trial.state.is_final());
-        let nothing_left = self.exhausted || self.trials.len() as u32 >= self.limit;
+        let last_phase = self.phase + 1 == self.plans.len();
+        let nothing_left =
+            last_phase && (self.exhausted || self.phase_trials().len() as u32 >= self.plan().limit);
         if !all_final || (self.record.state == SweepState::Running && !nothing_left) {
             return;
         }
@@ -758,11 +932,14 @@ impl SweepActorState {
             state: self.record.state,
             objective_metric: spec.objective.metric.clone(),
             direction: spec.objective.direction,
-            max_trials: self.limit,
+            max_trials: self.limit(),
             counts,
             best: best_trial(&self.trials, spec.objective.direction).cloned(),
             created_ms: self.record.created_ms,
             finished_ms: self.record.finished_ms,
+            phases: (0..self.plans.len())
+                .map(|index| self.phase_summary(index))
+                .collect(),
         }
     }
 }

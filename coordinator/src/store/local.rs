@@ -341,6 +341,7 @@ mod tests {
             message: None,
             dispatch_latency_us: None,
             checkpoint: None,
+            phase: 0,
         }))
     }
 
