@@ -69,6 +69,7 @@ pub async fn watch_with_progress(
                 finished = Some(summary);
                 break;
             }
+            SweepEvent::TrialPaused(_) => running -= 1,
             SweepEvent::PhaseFinished { phase, winner } => {
                 bar.println(phase_line(
                     &phase,
@@ -340,6 +341,7 @@ pub fn trial_json(trial: &TrialRecord) -> Value {
         "dispatch_latency_us": trial.dispatch_latency_us,
         "message": trial.message,
         "phase": trial.phase,
+        "rungs": trial.rungs,
         "checkpoint": trial.checkpoint.as_ref().map(|checkpoint| json!({
             "uri": checkpoint.uri,
             "attempt": checkpoint.attempt,
@@ -362,6 +364,7 @@ fn results_json(summary: &SweepSummary, spec: Option<&SweepSpec>, trials: &[Tria
                 "succeeded": summary.counts.succeeded,
                 "failed": summary.counts.failed,
                 "stopped": summary.counts.stopped,
+                "paused": summary.counts.paused,
                 "running": summary.counts.running,
                 "pending": summary.counts.pending,
             },

@@ -303,3 +303,133 @@ fn the_seeds_three_phase_pipeline_runs_as_one_sweep_and_names_each_phase_winner(
     assert!(reused.iter().all(|t| t["agent"].is_null()));
     assert_eq!(trials.iter().filter(|t| !t["agent"].is_null()).count(), 13);
 }
+
+#[test]
+fn asha_promotion_pauses_trials_at_rungs_and_resumes_the_best_from_their_checkpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sweep = dir.path().join("promotion.toml");
+    // Rungs at 1 and 3 epochs, complete at 9 (η = 3): every trial trains one epoch and
+    // pauses; the best third go on to 3 epochs, the best third of those to 9.
+    std::fs::write(
+        &sweep,
+        r#"
+name = "asha-promotion"
+
+[objective]
+metric = "val_loss"
+direction = "minimize"
+
+[space.learning_rate]
+type = "float"
+low = 0.00001
+high = 0.1
+log = true
+
+[algorithm]
+name = "sobol"
+seed = 5
+
+[early_stopping]
+rule = "asha"
+resource = "epoch"
+min_resource = 1
+max_resource = 9
+reduction_factor = 3
+promotion = true
+
+[budget]
+max_trials = 9
+max_parallel = 3
+
+[trial]
+trainer = "mlp_regressor"
+
+[trial.settings]
+samples = 256
+batch_size = 32
+hidden_size = 16
+checkpoint_every = 0
+"#,
+    )
+    .expect("write sweep");
+    let output = Command::new(BIN)
+        .current_dir(repo_root())
+        .arg("up")
+        .arg(&sweep)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run flotilla up");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "flotilla up failed\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("Completed: "), "{stdout}");
+    let results = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("results: "))
+        .unwrap_or_else(|| panic!("no results path in:\n{stdout}"));
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(results).expect("results file"))
+            .expect("results JSON");
+    let trials = results["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 9);
+    assert_eq!(results["sweep"]["counts"]["failed"], 0);
+    assert_eq!(results["sweep"]["counts"]["paused"], 0);
+    let resource_of = [1.0, 3.0, 9.0];
+    let mut reached = [0usize; 3];
+    for trial in trials {
+        let rungs = trial["rungs"].as_array().expect("rungs").len();
+        assert!((1..=2).contains(&rungs), "{trial}");
+        let epoch = trial["metrics"]["epoch"].as_f64().expect("epoch");
+        let attempt = trial["attempt"].as_u64().expect("attempt") as usize;
+        let checkpoint = &trial["checkpoint"];
+        match trial["state"].as_str() {
+            // Promoted past both rungs: trained all 9 epochs over three attempts, the last
+            // resuming from the second's checkpoint.
+            Some("succeeded") => {
+                assert_eq!((rungs, attempt, epoch), (2, 2, 9.0), "{trial}");
+                reached[2] += 1;
+            }
+            // Paused at its last rung and never promoted: the metrics are that rung's.
+            Some("stopped") => {
+                let message = trial["message"].as_str().unwrap_or_default();
+                assert!(message.contains("not promoted"), "{trial}");
+                assert_eq!(epoch, resource_of[rungs - 1], "{trial}");
+                assert_eq!(attempt, rungs - 1, "{trial}");
+                reached[rungs - 1] += 1;
+            }
+            other => panic!("unexpected state {other:?}: {trial}"),
+        }
+        // Each attempt's last checkpoint is the one the trial ended with.
+        assert_eq!(
+            checkpoint["attempt"].as_u64(),
+            Some(attempt as u64),
+            "{trial}"
+        );
+        assert_eq!(checkpoint["epoch"].as_f64(), Some(epoch), "{trial}");
+    }
+    // ASHA promotes at least ⌊9/3⌋ = 3 trials past the first rung and ⌊3/3⌋ = 1 to the end;
+    // asynchronous decisions may promote a few more, never most.
+    let past_first = reached[1] + reached[2];
+    assert!((3..=5).contains(&past_first), "{reached:?}");
+    assert!((1..=2).contains(&reached[2]), "{reached:?}");
+    // Promotion is by rank: every trial promoted past the first rung beats, at that rung,
+    // the median of those that were not.
+    let first_rung = |trial: &serde_json::Value| trial["rungs"][0].as_f64().expect("rung 0");
+    let mut left: Vec<f64> = trials
+        .iter()
+        .filter(|t| t["rungs"].as_array().is_some_and(|r| r.len() == 1))
+        .map(first_rung)
+        .collect();
+    left.sort_by(f64::total_cmp);
+    let median_left = left[left.len() / 2];
+    for trial in trials
+        .iter()
+        .filter(|t| t["rungs"].as_array().is_some_and(|r| r.len() == 2))
+    {
+        assert!(first_rung(trial) <= median_left, "{trial} vs {left:?}");
+    }
+}

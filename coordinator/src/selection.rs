@@ -61,6 +61,7 @@ mod tests {
             dispatch_latency_us: None,
             checkpoint: None,
             phase: 0,
+            rungs: Vec::new(),
         }
     }
 

@@ -336,6 +336,7 @@ pub struct TrialCounts {
     pub succeeded: u32,
     pub failed: u32,
     pub stopped: u32,
+    pub paused: u32,
 }
 
 impl TrialCounts {
@@ -383,6 +384,9 @@ pub enum TrialState {
     Succeeded,
     Failed,
     Stopped,
+    /// ASHA's promotion form: the trial trained up to a rung and waits there, with its
+    /// checkpoint, to be promoted (or stopped when the sweep ends).
+    Paused,
 }
 
 impl TrialState {
@@ -400,6 +404,7 @@ impl TrialState {
             TrialState::Succeeded => "succeeded",
             TrialState::Failed => "failed",
             TrialState::Stopped => "stopped",
+            TrialState::Paused => "paused",
         }
     }
 }
@@ -435,6 +440,9 @@ pub struct TrialRecord {
     pub checkpoint: Option<CheckpointRef>,
     /// The phase (index in the sweep's phases) the trial belongs to; 0 without phases.
     pub phase: u32,
+    /// ASHA's promotion form: the objective the trial had at each rung it paused at, from the
+    /// first rung up. Its length is the rung the current attempt trains up to.
+    pub rungs: Vec<f64>,
 }
 
 /// What a watcher hears about a sweep. More kinds may come: match with a wildcard arm.
@@ -457,6 +465,8 @@ pub enum SweepEvent {
         phase: PhaseSummary,
         winner: Option<TrialRecord>,
     },
+    /// ASHA's promotion form: the trial reached a rung and waits to be promoted.
+    TrialPaused(TrialRecord),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

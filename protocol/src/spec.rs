@@ -96,6 +96,12 @@ pub struct EarlyStopping {
     /// Median rule: trials with reports that must exist before the rule applies.
     #[serde(default = "default_min_trials")]
     pub min_trials: u32,
+    /// ASHA's promotion form (built-in trainers): each trial first trains only up to the
+    /// first rung and pauses there; the best `1/η` of a rung are promoted and resume from
+    /// their checkpoints up to the next rung, and so on up to `max_resource`. Without it,
+    /// ASHA stops trials in flight (the stopping form).
+    #[serde(default)]
+    pub promotion: bool,
 }
 
 fn default_reduction_factor() -> f64 {
@@ -655,8 +661,17 @@ impl SweepSpec {
                     if !(stopping.reduction_factor.is_finite() && stopping.reduction_factor > 1.0) {
                         problem("early_stopping.reduction_factor", "must be > 1".into());
                     }
+                    if stopping.promotion {
+                        self.check_promotion(stopping, &mut problem);
+                    }
                 }
                 StoppingRule::Median => {
+                    if stopping.promotion {
+                        problem(
+                            "early_stopping.promotion",
+                            "applies to the asha rule only".into(),
+                        );
+                    }
                     if stopping.min_trials == 0 {
                         problem("early_stopping.min_trials", "must be at least 1".into());
                     }
@@ -787,6 +802,57 @@ impl SweepSpec {
                 schema.reported_metrics(&self.trial.settings)
             }
             _ => self.trial.metrics.clone(),
+        }
+    }
+
+    /// ASHA's promotion form sets each attempt's `epochs` to its rung, so it needs a built-in
+    /// trainer, `epoch` as the resource, whole-epoch rungs and `epochs` left to it.
+    fn check_promotion(&self, stopping: &EarlyStopping, problem: &mut impl FnMut(&str, String)) {
+        use crate::trainers::{BUDGET_HYPERPARAMETER, BUDGET_METRIC};
+        if self.trial.trainer.is_none() {
+            problem(
+                "early_stopping.promotion",
+                format!(
+                    "needs a built-in trainer (it sets the trial's '{BUDGET_HYPERPARAMETER}' per rung and resumes from checkpoints); use the stopping form for commands"
+                ),
+            );
+        }
+        if stopping.resource != BUDGET_METRIC {
+            problem(
+                "early_stopping.resource",
+                format!("the promotion form measures the resource in '{BUDGET_METRIC}'"),
+            );
+        }
+        let whole = |value: f64| value.fract() == 0.0 && value >= 1.0;
+        if !whole(stopping.min_resource) {
+            problem(
+                "early_stopping.min_resource",
+                "the promotion form needs a whole number of epochs".into(),
+            );
+        }
+        if let Some(max) = stopping.max_resource {
+            if !whole(max) {
+                problem(
+                    "early_stopping.max_resource",
+                    "the promotion form needs a whole number of epochs".into(),
+                );
+            }
+            if let Some(epochs) = self.trial.settings.get(BUDGET_HYPERPARAMETER)
+                && epochs.as_f64() != Some(max)
+            {
+                problem(
+                    &format!("trial.settings.{BUDGET_HYPERPARAMETER}"),
+                    format!(
+                        "with the promotion form a complete trial trains max_resource ({max}) epochs; leave this out or make it {max}"
+                    ),
+                );
+            }
+        }
+        if self.is_searched(BUDGET_HYPERPARAMETER) {
+            problem(
+                "early_stopping.promotion",
+                format!("sets '{BUDGET_HYPERPARAMETER}' per rung, so it cannot be searched"),
+            );
         }
     }
 
@@ -1269,6 +1335,59 @@ log = true
         assert!(
             problems.iter().any(|p| p.path == "phases[0].space"),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn asha_promotion_needs_a_trainer_epochs_and_whole_rungs() {
+        let command = format!(
+            "{GOOD}\n[early_stopping]\nrule = \"asha\"\nresource = \"loss\"\nmin_resource = 1.5\nmax_resource = 9\npromotion = true\n"
+        );
+        let problems = problems_of(&command);
+        for path in [
+            "early_stopping.promotion",
+            "early_stopping.resource",
+            "early_stopping.min_resource",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.path == path),
+                "{path} missing from {problems:?}"
+            );
+        }
+        let trainer = r#"
+name = "promoted"
+[objective]
+metric = "val_loss"
+direction = "minimize"
+[space.learning_rate]
+type = "float"
+low = 0.0001
+high = 0.1
+log = true
+[budget]
+max_trials = 9
+[trial]
+trainer = "mlp_regressor"
+[trial.settings]
+epochs = 5
+[early_stopping]
+rule = "asha"
+resource = "epoch"
+min_resource = 1
+max_resource = 9
+promotion = true
+"#;
+        let problems = problems_of(trainer);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].path, "trial.settings.epochs");
+        let fixed = trainer.replace("epochs = 5", "epochs = 9");
+        let spec = SweepSpec::from_toml(&fixed, "fixed.toml").expect("valid");
+        assert!(spec.early_stopping.as_ref().is_some_and(|s| s.promotion));
+        let median = fixed.replace("rule = \"asha\"", "rule = \"median\"");
+        assert!(
+            problems_of(&median)
+                .iter()
+                .any(|p| p.path == "early_stopping.promotion")
         );
     }
 

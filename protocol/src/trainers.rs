@@ -122,6 +122,11 @@ const fn text(name: &'static str, default: &'static str, help: &'static str) -> 
     }
 }
 
+/// The hyperparameter that bounds a built-in trainer's run, which ASHA's promotion form sets
+/// per rung, and the metric that counts it.
+pub const BUDGET_HYPERPARAMETER: &str = "epochs";
+pub const BUDGET_METRIC: &str = "epoch";
+
 /// A trainer's own hyperparameters followed by the optimisation, data and bookkeeping ones
 /// every trainer shares.
 macro_rules! with_common {

@@ -97,6 +97,7 @@ fn record() -> TrialRecord {
         dispatch_latency_us: Some(250),
         checkpoint: Some(checkpoint()),
         phase: 1,
+        rungs: vec![0.25],
     }
 }
 
@@ -124,6 +125,7 @@ fn summary() -> SweepSummary {
             succeeded: 4,
             failed: 0,
             stopped: 0,
+            paused: 0,
         },
         best: Some(record()),
         created_ms: 1,
@@ -349,6 +351,10 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             encode(&ClientResponse::Event(SweepEvent::SweepFinished(summary()))),
         ),
         (
+            "ClientResponse::Event(TrialPaused)",
+            encode(&ClientResponse::Event(SweepEvent::TrialPaused(record()))),
+        ),
+        (
             "ClientResponse::Event(PhaseFinished)",
             encode(&ClientResponse::Event(SweepEvent::PhaseFinished {
                 phase: phase_summary(),
@@ -449,7 +455,10 @@ fn specs_with_empty_optional_parts_round_trip() {
     plain.budget.max_duration = None;
     let request = ClientRequest::SubmitSweep(Box::new(plain));
     let bytes = codec::encode(&request).expect("encode");
-    assert_eq!(codec::decode::<ClientRequest>(&bytes).expect("decode"), request);
+    assert_eq!(
+        codec::decode::<ClientRequest>(&bytes).expect("decode"),
+        request
+    );
 }
 
 proptest! {

@@ -15,7 +15,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use flotilla_protocol::ParamValue;
 use flotilla_protocol::messages::{CheckpointRef, MetricPoint, Metrics, Params};
-use flotilla_protocol::trainers::TrainerSchema;
+use flotilla_protocol::trainers::{BUDGET_HYPERPARAMETER, TrainerSchema};
 
 use crate::checkpoint::{self, CheckpointFile, CheckpointHeader, Position};
 use crate::data::{self, SeriesData, TableData};
@@ -202,8 +202,23 @@ impl Session<'_> {
         if file.header.trainer != self.job.trainer {
             return Err(mismatch(format!("written by trainer '{}'", file.header.trainer)).into());
         }
-        if file.header.hyperparameters != self.hyper.given {
+        // The run's budget may grow (ASHA promotes a paused trial to train further from its
+        // checkpoint); every other hyperparameter must be the same.
+        let without_budget = |params: &Params| {
+            let mut params = params.clone();
+            params.remove(BUDGET_HYPERPARAMETER);
+            params
+        };
+        if without_budget(&file.header.hyperparameters) != without_budget(&self.hyper.given) {
             return Err(mismatch("written with other hyperparameters".into()).into());
+        }
+        let epochs = self.hyper.usize(BUDGET_HYPERPARAMETER) as u32;
+        if epochs < file.header.epochs_done {
+            return Err(mismatch(format!(
+                "{} epochs are done there, more than this run's {BUDGET_HYPERPARAMETER} = {epochs}",
+                file.header.epochs_done
+            ))
+            .into());
         }
         self.events.log(format!(
             "resuming from {uri} (attempt {}, {} optimizer steps, {} epochs done)",

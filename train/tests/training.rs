@@ -340,6 +340,71 @@ fn a_resumed_trial_continues_exactly_from_masked_pre_training() {
     );
 }
 
+/// ASHA's promotion form: a trial that completed a short budget resumes from its final
+/// checkpoint with a larger `epochs` and ends exactly where a straight run to that budget
+/// ends.
+#[test]
+fn a_finished_trial_extended_to_more_epochs_matches_a_straight_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ArtifactStore::open(dir.path().to_str().expect("utf-8")).expect("store");
+    let point = params(&[("time_warp_sigma", float(0.15))]);
+    let budget = |epochs: i64| lstm_settings(&[("samples", int(400)), ("epochs", int(epochs))]);
+    let run = |epochs: i64, attempt: u32, resume_from: Option<String>| {
+        train(
+            "lstm_classifier",
+            point.clone(),
+            budget(epochs),
+            &store,
+            attempt,
+            resume_from,
+            None,
+        )
+        .expect("trains")
+    };
+    let straight = run(3, 0, None);
+    let short = run(1, 0, None);
+    let Finish::Completed {
+        checkpoint: Some(rung),
+        ..
+    } = &short.finish
+    else {
+        panic!(
+            "the short run should complete with a checkpoint: {:?}",
+            short.finish
+        );
+    };
+    assert_eq!(rung.epoch, 1);
+    let extended = run(3, 1, Some(rung.uri.clone()));
+    let (straight_model, straight_metrics) = final_model(&straight);
+    let (extended_model, extended_metrics) = final_model(&extended);
+    assert_eq!(straight_metrics, extended_metrics);
+    assert!(
+        straight_model
+            .iter()
+            .zip(&extended_model)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
+    // A budget below what the checkpoint has done is refused.
+    let Err(error) = train(
+        "lstm_classifier",
+        point.clone(),
+        budget(1),
+        &store,
+        2,
+        Some(match &extended.finish {
+            Finish::Completed {
+                checkpoint: Some(done),
+                ..
+            } => done.uri.clone(),
+            other => panic!("{other:?}"),
+        }),
+        None,
+    ) else {
+        panic!("a checkpoint with more epochs done than the budget was accepted");
+    };
+    assert!(error.to_string().contains("epochs are done"), "{error}");
+}
+
 #[test]
 fn a_checkpoint_from_other_hyperparameters_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -361,9 +426,11 @@ fn a_checkpoint_from_other_hyperparameters_is_refused() {
     else {
         panic!("expected a stop");
     };
+    // A longer budget alone would be accepted (ASHA promotions resume that way); another
+    // learning rate is not.
     let Err(error) = train(
         "lstm_classifier",
-        params(&[("epochs", int(2))]),
+        params(&[("epochs", int(2)), ("learning_rate", float(0.02))]),
         settings,
         &store,
         1,

@@ -155,6 +155,14 @@ impl Asha {
         }
     }
 
+    /// Promotion form: records that `trial` was promoted out of rung `rung` (rebuilding the
+    /// bookkeeping after a restart).
+    pub fn mark_promoted(&mut self, trial: u32, rung: usize) {
+        if let Some(promoted) = self.promoted.get_mut(rung) {
+            promoted.insert(trial);
+        }
+    }
+
     /// Promotion form: the paused trial to resume next — from the highest rung down, the best
     /// trial in the top `⌊n/η⌋` of its rung that has not been promoted — and the rung it is
     /// promoted to (a rung index, or `rungs().len()` for the full resource). The promotion is

@@ -11,6 +11,13 @@
 //! ends `Failed`. Trials carry their phase; after a restart the current phase, its first
 //! trial and the fixed parameters are derived again from the trials.
 //!
+//! ASHA's promotion form: a new trial trains up to the first rung (its `epochs` set to the
+//! rung) and pauses there with its checkpoint. Whenever a slot is free, the best `1/η` of a
+//! rung not yet promoted resume from their checkpoints up to the next rung, before any new
+//! trial starts. When nothing new can start and nothing runs, the trials still paused are
+//! stopped. A trial's `rungs` (its objective at each rung) rebuild the bookkeeping after a
+//! restart.
+//!
 //! Accounting: a crash (non-zero exit, trial timeout) spends the retry budget; an agent loss
 //! or preemption re-places the trial with the next attempt number without spending it.
 //! Reports about any attempt but a trial's current one are ignored, so nothing counts twice.
@@ -25,7 +32,8 @@ use flotilla_protocol::messages::{
     CheckpointRef, MetricPoint, Metrics, Params, PhaseSummary, StopReason, SweepEvent, SweepState,
     SweepSummary, TrialCounts, TrialOutcome, TrialRecord, TrialState,
 };
-use flotilla_protocol::spec::{StoppingRule, SweepSpec, TrialSpec};
+use flotilla_protocol::spec::{Direction, StoppingRule, SweepSpec, TrialSpec};
+use flotilla_protocol::trainers::BUDGET_HYPERPARAMETER;
 use flotilla_protocol::tuning::{self, TunerSpace};
 use flotilla_protocol::{AgentId, AttemptId, SweepId, TrialId};
 use flotilla_tuner::stopping::{Asha, AshaSettings, Decision, MedianRule};
@@ -223,6 +231,7 @@ impl Actor for SweepActor {
             actor: myself.clone(),
         })?;
         state.resume();
+        state.rebuild_rungs();
         state.fill();
         state.finish_if_done().await;
         Ok(state)
@@ -403,11 +412,108 @@ impl SweepActorState {
         }
     }
 
+    /// Trials queued or running (paused ones hold no slot).
     fn unfinished(&self) -> u32 {
         self.trials
             .iter()
-            .filter(|trial| !trial.state.is_final())
+            .filter(|trial| matches!(trial.state, TrialState::Pending | TrialState::Running))
             .count() as u32
+    }
+
+    /// ASHA's bookkeeping when the sweep uses the promotion form.
+    fn promotion(&mut self) -> Option<&mut Asha> {
+        let promoting = self
+            .record
+            .spec
+            .early_stopping
+            .as_ref()
+            .is_some_and(|stopping| stopping.promotion);
+        match &mut self.stopper {
+            Some(Stopper::Asha(asha)) if promoting => Some(asha),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds the promotion bookkeeping from the current phase's trials (after a restart).
+    fn rebuild_rungs(&mut self) {
+        let direction = self.record.spec.objective.direction;
+        let trials: Vec<(u32, Vec<f64>, bool)> = self
+            .phase_trials()
+            .iter()
+            .map(|trial| {
+                (
+                    trial.id.number,
+                    trial.rungs.clone(),
+                    trial.state == TrialState::Paused,
+                )
+            })
+            .collect();
+        let Some(asha) = self.promotion() else {
+            return;
+        };
+        for (number, rungs, paused) in trials {
+            for (rung, value) in rungs.iter().enumerate() {
+                asha.paused(number, rung, direction.loss(*value));
+                // Every rung below the last one it reached was left by a promotion, and so
+                // was the last one unless the trial still waits there.
+                if rung + 1 < rungs.len() || !paused {
+                    asha.mark_promoted(number, rung);
+                }
+            }
+        }
+    }
+
+    /// Resumes the best paused trials while slots are free; `true` if any was promoted.
+    fn promote(&mut self) -> bool {
+        let max_parallel = self.plan().max_parallel;
+        let mut promoted = Vec::new();
+        while self.unfinished() < max_parallel {
+            let Some((number, rung)) = self.promotion().and_then(Asha::promote) else {
+                break;
+            };
+            let Some(trial) = self.trials.get_mut(number as usize) else {
+                continue;
+            };
+            if trial.state != TrialState::Paused {
+                continue;
+            }
+            tracing::info!(trial = %trial.id, rung, "promoting a paused trial");
+            trial.attempt += 1;
+            trial.state = TrialState::Pending;
+            trial.agent = None;
+            trial.message = Some(format!("promoted past rung {rung}"));
+            self.persist(number);
+            promoted.push(number);
+        }
+        for number in &promoted {
+            self.queue(*number);
+        }
+        !promoted.is_empty()
+    }
+
+    /// Ends the promotion form's waiting: when the phase creates no more trials and none is
+    /// queued or running, nothing paused can be promoted any more, so the paused trials stop
+    /// with the metrics of their last rung.
+    fn settle_paused(&mut self) {
+        if self.record.state != SweepState::Running
+            || self.unfinished() > 0
+            || !(self.exhausted || self.phase_trials().len() as u32 >= self.plan().limit)
+        {
+            return;
+        }
+        let paused: Vec<u32> = self
+            .phase_trials()
+            .iter()
+            .filter(|trial| trial.state == TrialState::Paused)
+            .map(|trial| trial.id.number)
+            .collect();
+        for number in paused {
+            let rung = self.trials[number as usize].rungs.len();
+            self.stop_trial(
+                number,
+                format!("stopped early: paused at ASHA rung {rung} and not promoted"),
+            );
+        }
     }
 
     fn persist(&self, number: u32) {
@@ -421,16 +527,36 @@ impl SweepActorState {
             .retain(|watcher| watcher.send(event.clone()).is_ok());
     }
 
-    /// The trial's current attempt, as the Scheduler queues it.
+    /// The trial's current attempt, as the Scheduler queues it. In ASHA's promotion form the
+    /// attempt trains up to the rung it is headed for: its `epochs` setting is that rung's.
     fn queued(&self, number: u32) -> QueuedTrial {
         let trial = &self.trials[number as usize];
+        let trial_spec = match &self.stopper {
+            Some(Stopper::Asha(asha))
+                if self
+                    .record
+                    .spec
+                    .early_stopping
+                    .as_ref()
+                    .is_some_and(|stopping| stopping.promotion) =>
+            {
+                let mut spec = (*self.trial_spec).clone();
+                let epochs = asha.resource_of(trial.rungs.len()).round() as i64;
+                spec.settings.insert(
+                    BUDGET_HYPERPARAMETER.to_string(),
+                    flotilla_protocol::ParamValue::Int(epochs),
+                );
+                Arc::new(spec)
+            }
+            _ => self.trial_spec.clone(),
+        };
         QueuedTrial {
             attempt: AttemptId {
                 trial: trial.id,
                 attempt: trial.attempt,
             },
             params: trial.params.clone(),
-            trial: self.trial_spec.clone(),
+            trial: trial_spec,
             slots: self.record.spec.resources.slots,
             gpus: self.record.spec.resources.gpus,
             resume_from: trial.checkpoint.as_ref().map(|c| c.uri.clone()),
@@ -454,6 +580,8 @@ impl SweepActorState {
             let trial = &mut self.trials[number as usize];
             match trial.state {
                 _ if trial.state.is_final() => continue,
+                // Waits for a promotion; its checkpoint is in the record.
+                TrialState::Paused if !final_sweep => continue,
                 _ if final_sweep => {
                     trial.state = TrialState::Stopped;
                     trial.message = Some("the sweep ended while the coordinator was down".into());
@@ -495,6 +623,8 @@ impl SweepActorState {
         if self.record.state != SweepState::Running {
             return;
         }
+        // ASHA's promotion form resumes paused trials before it starts new ones.
+        self.promote();
         let (limit, max_parallel) = (self.plan().limit, self.plan().max_parallel);
         let mut created = Vec::new();
         let mut reused = Vec::new();
@@ -529,6 +659,7 @@ impl SweepActorState {
                 dispatch_latency_us: None,
                 checkpoint: None,
                 phase: self.phase as u32,
+                rungs: Vec::new(),
             };
             // An earlier phase already ran this exact configuration (typically its winner,
             // which a later phase's grid contains again): take its result, run nothing.
@@ -599,14 +730,15 @@ impl SweepActorState {
                     (TrialState::Pending | TrialState::Running, _) => Outcome::Pending,
                     // Succeeded, or stopped early with its objective so far: both tell the
                     // model about the region.
-                    (TrialState::Succeeded | TrialState::Stopped, Some(objective)) => {
-                        tuning::completed(
-                            objective,
-                            spec.objective.direction,
-                            &spec.constraints,
-                            &trial.metrics,
-                        )
-                    }
+                    (
+                        TrialState::Succeeded | TrialState::Stopped | TrialState::Paused,
+                        Some(objective),
+                    ) => tuning::completed(
+                        objective,
+                        spec.objective.direction,
+                        &spec.constraints,
+                        &trial.metrics,
+                    ),
                     _ => Outcome::Failed,
                 };
                 tuning::observation(space, &trial.params, outcome)
@@ -699,7 +831,11 @@ impl SweepActorState {
             );
             if let (Some(stopper), Some(stopping), Decision::Continue) = (
                 self.stopper.as_mut(),
-                self.record.spec.early_stopping.as_ref(),
+                self.record
+                    .spec
+                    .early_stopping
+                    .as_ref()
+                    .filter(|stopping| !stopping.promotion),
                 &decision,
             ) && let (Some(value), Some(resource)) = (
                 point.values.get(&self.record.spec.objective.metric),
@@ -769,7 +905,13 @@ impl SweepActorState {
                     .objective
                     .is_none()
                     .then(|| format!("the trial never reported '{}'", spec.objective.metric));
-                self.conclude(number, TrialState::Succeeded);
+                let (objective, reached) = (trial.objective, trial.rungs.len());
+                let direction = spec.objective.direction;
+                let rung_count = self.promotion().map(|asha| asha.rungs().len());
+                match rung_count {
+                    Some(rungs) if reached < rungs => self.pause(number, objective, direction),
+                    _ => self.conclude(number, TrialState::Succeeded),
+                }
             }
             TrialOutcome::Failed {
                 exit_code,
@@ -805,6 +947,30 @@ impl SweepActorState {
                 }
             }
         }
+    }
+
+    /// ASHA's promotion form: the attempt trained up to its rung; the trial waits there.
+    fn pause(&mut self, number: u32, objective: Option<f64>, direction: Direction) {
+        let value = objective.unwrap_or(f64::NAN);
+        let trial = &mut self.trials[number as usize];
+        let rung = trial.rungs.len();
+        trial.rungs.push(value);
+        trial.state = TrialState::Paused;
+        trial.agent = None;
+        let epochs = self
+            .promotion()
+            .map(|asha| {
+                asha.paused(number, rung, direction.loss(value));
+                asha.resource_of(rung)
+            })
+            .unwrap_or_default();
+        self.trials[number as usize].message = Some(format!(
+            "paused at ASHA rung {} ({epochs} epochs)",
+            rung + 1
+        ));
+        self.persist(number);
+        let record = self.trials[number as usize].clone();
+        self.broadcast(SweepEvent::TrialPaused(record));
     }
 
     fn stop_trial(&mut self, number: u32, why: String) {
@@ -870,6 +1036,18 @@ impl SweepActorState {
                 );
             }
         }
+        let paused: Vec<u32> = self
+            .trials
+            .iter()
+            .filter(|trial| trial.state == TrialState::Paused)
+            .map(|trial| trial.id.number)
+            .collect();
+        for number in paused {
+            self.stop_trial(
+                number,
+                format!("stopped while paused: sweep {final_state:?}"),
+            );
+        }
         let running: Vec<AttemptId> = self
             .trials
             .iter()
@@ -890,6 +1068,7 @@ impl SweepActorState {
         if self.record.state.is_final() && self.record.finished_ms.is_some() {
             return;
         }
+        self.settle_paused();
         self.advance_phases();
         let all_final = self.trials.iter().all(|trial| trial.state.is_final());
         let last_phase = self.phase + 1 == self.plans.len();
@@ -923,6 +1102,7 @@ impl SweepActorState {
                 TrialState::Succeeded => counts.succeeded += 1,
                 TrialState::Failed => counts.failed += 1,
                 TrialState::Stopped => counts.stopped += 1,
+                TrialState::Paused => counts.paused += 1,
             }
         }
         let spec = &self.record.spec;
