@@ -4,6 +4,7 @@
 #
 #   bench/tuner.sh                         # 100 evaluations, 5 seeds, latency at 50/200/1000
 #   EVALS=50 SEEDS=3 bench/tuner.sh        # quicker
+#   PARTS=latency SIZES=1000 OPTUNA_SIZES=1000 REPEATS=5 bench/tuner.sh   # latency only
 #
 # Optuna (with the torch, scipy and greenlet its GPSampler uses) comes from PyPI into a virtual
 # environment outside the clone ($FLOTILLA_BENCH_VENV, default ~/.cache/flotilla-bench-venv).
@@ -17,6 +18,7 @@ SEEDS="${SEEDS:-5}"
 SIZES="${SIZES:-50,200,1000}"
 OPTUNA_SIZES="${OPTUNA_SIZES:-50,200}"
 REPEATS="${REPEATS:-20}"
+PARTS="${PARTS:-regret,latency}"
 OUT="${OUT:-/tmp/flotilla-tuner-bench.jsonl}"
 source bench/common.sh
 
@@ -27,9 +29,13 @@ BIN="$CARGO_TARGET_DIR/release/examples/tuner_bench"
 {
   machine_header
   echo "# optuna $("$VENV/bin/python" -c 'import optuna; print(optuna.__version__)'), torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'), $EVALS evaluations, $SEEDS seeds"
-  "$BIN" regret "$EVALS" "$SEEDS"
-  "$BIN" latency "$SIZES" "$REPEATS"
-  "$VENV/bin/python" bench/tuner_optuna.py regret "$EVALS" "$SEEDS"
-  "$VENV/bin/python" bench/tuner_optuna.py latency "$OPTUNA_SIZES" "$REPEATS"
+  if [[ ",$PARTS," == *,regret,* ]]; then
+    "$BIN" regret "$EVALS" "$SEEDS"
+    "$VENV/bin/python" bench/tuner_optuna.py regret "$EVALS" "$SEEDS"
+  fi
+  if [[ ",$PARTS," == *,latency,* ]]; then
+    "$BIN" latency "$SIZES" "$REPEATS"
+    "$VENV/bin/python" bench/tuner_optuna.py latency "$OPTUNA_SIZES" "$REPEATS"
+  fi
 } | tee "$OUT"
 "$VENV/bin/python" bench/tuner_optuna.py summarize "$OUT"

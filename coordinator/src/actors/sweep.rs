@@ -909,7 +909,22 @@ impl SweepActorState {
                 let direction = spec.objective.direction;
                 let rung_count = self.promotion().map(|asha| asha.rungs().len());
                 match rung_count {
-                    Some(rungs) if reached < rungs => self.pause(number, objective, direction),
+                    Some(rungs) if reached < rungs && running => {
+                        self.pause(number, objective, direction)
+                    }
+                    // The sweep ended while the attempt trained to its rung: it stops there.
+                    Some(rungs) if reached < rungs => {
+                        self.trials[number as usize]
+                            .rungs
+                            .push(objective.unwrap_or(f64::NAN));
+                        self.stop_trial(
+                            number,
+                            format!(
+                                "stopped early: reached ASHA rung {} after the sweep ended",
+                                reached + 1
+                            ),
+                        )
+                    }
                     _ => self.conclude(number, TrialState::Succeeded),
                 }
             }
