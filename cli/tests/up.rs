@@ -15,21 +15,38 @@ fn repo_root() -> PathBuf {
     crate_dir.join("..")
 }
 
+/// Runs `flotilla up [SWEEP] --dir DIR` from the repository root, asserts it succeeded, and
+/// returns its stdout and the results file it names.
+fn run_up(sweep: Option<&std::path::Path>, dir: &std::path::Path) -> (String, serde_json::Value) {
+    let mut command = Command::new(BIN);
+    command.current_dir(repo_root()).arg("up");
+    if let Some(sweep) = sweep {
+        command.arg(sweep);
+    }
+    let output = command
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("run flotilla up");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "flotilla up failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("results: "))
+        .unwrap_or_else(|| panic!("no results path in:\n{stdout}"));
+    let results = serde_json::from_str(&std::fs::read_to_string(path).expect("results file"))
+        .expect("results JSON");
+    (stdout, results)
+}
+
 #[test]
 fn up_trains_the_quickstart_lstm_sweep_to_a_ranked_leaderboard_and_a_complete_results_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = Command::new(BIN)
-        .current_dir(repo_root())
-        .args(["up", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run flotilla up");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "flotilla up failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, results) = run_up(None, dir.path());
     assert!(
         stdout.contains("Completed: ") && stdout.contains(" succeeded, 0 failed"),
         "{stdout}"
@@ -39,13 +56,6 @@ fn up_trains_the_quickstart_lstm_sweep_to_a_ranked_leaderboard_and_a_complete_re
         "{stdout}"
     );
 
-    let results = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("results: "))
-        .unwrap_or_else(|| panic!("no results path in:\n{stdout}"));
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(results).expect("results file"))
-            .expect("results JSON");
     let trials = results["trials"].as_array().expect("trials");
     assert_eq!(trials.len(), 24);
     // Bayesian optimization with ASHA: poor trials stop after 2 or 4 of their 8 epochs, with
@@ -184,27 +194,7 @@ checkpoint_every = 0
 "#,
     )
     .expect("write sweep");
-    let output = Command::new(BIN)
-        .current_dir(repo_root())
-        .arg("up")
-        .arg(&sweep)
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .expect("run flotilla up");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "flotilla up failed\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("results: "))
-        .unwrap_or_else(|| panic!("no results path in:\n{stdout}"));
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(results).expect("results file"))
-            .expect("results JSON");
+    let (stdout, results) = run_up(Some(&sweep), dir.path());
     let trials = results["trials"].as_array().expect("trials");
     assert_eq!(trials.len(), 12);
     let stopped: Vec<&serde_json::Value> = trials
@@ -227,29 +217,12 @@ checkpoint_every = 0
 #[test]
 fn the_seeds_three_phase_pipeline_runs_as_one_sweep_and_names_each_phase_winner() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = Command::new(BIN)
-        .current_dir(repo_root())
-        .args(["up", "examples/lstm-pipeline.toml", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run flotilla up");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "flotilla up failed\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let sweep = repo_root().join("examples/lstm-pipeline.toml");
+    let (stdout, results) = run_up(Some(&sweep), dir.path());
     assert!(
         stdout.contains("Completed: 15 succeeded, 0 failed"),
         "{stdout}"
     );
-    let results = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("results: "))
-        .unwrap_or_else(|| panic!("no results path in:\n{stdout}"));
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(results).expect("results file"))
-            .expect("results JSON");
     let trials = results["trials"].as_array().expect("trials");
     let phases = results["phases"].as_array().expect("phases");
     let names: Vec<&str> = phases.iter().filter_map(|p| p["name"].as_str()).collect();
@@ -352,31 +325,12 @@ checkpoint_every = 0
 "#,
     )
     .expect("write sweep");
-    let output = Command::new(BIN)
-        .current_dir(repo_root())
-        .arg("up")
-        .arg(&sweep)
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .expect("run flotilla up");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "flotilla up failed\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (stdout, results) = run_up(Some(&sweep), dir.path());
     assert!(stdout.contains("Completed: "), "{stdout}");
-    let results = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("results: "))
-        .unwrap_or_else(|| panic!("no results path in:\n{stdout}"));
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(results).expect("results file"))
-            .expect("results JSON");
     let trials = results["trials"].as_array().expect("trials");
     assert_eq!(trials.len(), 9);
     assert_eq!(results["sweep"]["counts"]["failed"], 0);
+    assert!(trials.iter().all(|trial| trial["failures"] == 0));
     assert_eq!(results["sweep"]["counts"]["paused"], 0);
     let resource_of = [1.0, 3.0, 9.0];
     let mut reached = [0usize; 3];
@@ -387,10 +341,13 @@ checkpoint_every = 0
         let attempt = trial["attempt"].as_u64().expect("attempt") as usize;
         let checkpoint = &trial["checkpoint"];
         match trial["state"].as_str() {
-            // Promoted past both rungs: trained all 9 epochs over three attempts, the last
-            // resuming from the second's checkpoint.
+            // Promoted past both rungs: trained all 9 epochs over (at least) three attempts,
+            // each resuming from the checkpoint the one before ended with.
             Some("succeeded") => {
-                assert_eq!((rungs, attempt, epoch), (2, 2, 9.0), "{trial}");
+                // (An attempt the agent refused, e.g. while its slot was still being freed,
+                // is placed again under the next attempt number without spending retries.)
+                assert_eq!((rungs, epoch), (2, 9.0), "{trial}");
+                assert!(attempt >= 2, "{trial}");
                 reached[2] += 1;
             }
             // Paused at its last rung and never promoted: the metrics are that rung's.
@@ -398,7 +355,7 @@ checkpoint_every = 0
                 let message = trial["message"].as_str().unwrap_or_default();
                 assert!(message.contains("not promoted"), "{trial}");
                 assert_eq!(epoch, resource_of[rungs - 1], "{trial}");
-                assert_eq!(attempt, rungs - 1, "{trial}");
+                assert!(attempt >= rungs - 1, "{trial}");
                 reached[rungs - 1] += 1;
             }
             other => panic!("unexpected state {other:?}: {trial}"),
