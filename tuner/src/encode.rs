@@ -179,34 +179,10 @@ mod tests {
 
     fn space() -> SearchSpace {
         SearchSpace::new(vec![
-            Dimension {
-                name: "lr".into(),
-                domain: Domain::Float {
-                    low: 1e-4,
-                    high: 1e-1,
-                    log: true,
-                },
-            },
-            Dimension {
-                name: "layers".into(),
-                domain: Domain::Int {
-                    low: 1,
-                    high: 4,
-                    log: false,
-                },
-            },
-            Dimension {
-                name: "batch".into(),
-                domain: Domain::Int {
-                    low: 16,
-                    high: 1024,
-                    log: true,
-                },
-            },
-            Dimension {
-                name: "opt".into(),
-                domain: Domain::Categorical { choices: 3 },
-            },
+            Dimension::float("lr", 1e-4, 1e-1, true),
+            Dimension::int("layers", 1, 4, false),
+            Dimension::int("batch", 16, 1024, true),
+            Dimension::categorical("opt", 3),
         ])
         .expect("valid")
     }

@@ -248,26 +248,9 @@ mod tests {
 
     fn space() -> SearchSpace {
         SearchSpace::new(vec![
-            Dimension {
-                name: "lr".into(),
-                domain: Domain::Float {
-                    low: 1e-4,
-                    high: 1e-1,
-                    log: true,
-                },
-            },
-            Dimension {
-                name: "layers".into(),
-                domain: Domain::Int {
-                    low: 1,
-                    high: 4,
-                    log: false,
-                },
-            },
-            Dimension {
-                name: "opt".into(),
-                domain: Domain::Categorical { choices: 3 },
-            },
+            Dimension::float("lr", 1e-4, 1e-1, true),
+            Dimension::int("layers", 1, 4, false),
+            Dimension::categorical("opt", 3),
         ])
         .expect("valid space")
     }
@@ -372,14 +355,7 @@ mod tests {
 
     #[test]
     fn spaces_are_checked() {
-        let bad = SearchSpace::new(vec![Dimension {
-            name: "x".into(),
-            domain: Domain::Float {
-                low: 0.0,
-                high: 1.0,
-                log: true,
-            },
-        }]);
+        let bad = SearchSpace::new(vec![Dimension::float("x", 0.0, 1.0, true)]);
         assert!(matches!(
             bad,
             Err(crate::SpaceError::InvalidDimension { .. })

@@ -17,6 +17,29 @@ pub struct Dimension {
     pub domain: Domain,
 }
 
+impl Dimension {
+    pub fn float(name: &str, low: f64, high: f64, log: bool) -> Dimension {
+        Dimension {
+            name: name.into(),
+            domain: Domain::Float { low, high, log },
+        }
+    }
+
+    pub fn int(name: &str, low: i64, high: i64, log: bool) -> Dimension {
+        Dimension {
+            name: name.into(),
+            domain: Domain::Int { low, high, log },
+        }
+    }
+
+    pub fn categorical(name: &str, choices: usize) -> Dimension {
+        Dimension {
+            name: name.into(),
+            domain: Domain::Categorical { choices },
+        }
+    }
+}
+
 /// A coordinate of a point: the value of one dimension.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value {

@@ -2,41 +2,17 @@
 //! results, pending points and constraints.
 
 use flotilla_tuner::{
-    BayesianSampler, BayesianSettings, Dimension, Domain, Observation, Outcome, Point,
-    RandomSampler, Sampler, SearchSpace, SobolSampler, TpeSampler, TpeSettings, Value,
+    BayesianSampler, BayesianSettings, Dimension, Observation, Outcome, Point, RandomSampler,
+    Sampler, SearchSpace, SobolSampler, TpeSampler, TpeSettings, Value,
 };
-
-fn float(name: &str, low: f64, high: f64, log: bool) -> Dimension {
-    Dimension {
-        name: name.into(),
-        domain: Domain::Float { low, high, log },
-    }
-}
 
 fn mixed_space() -> SearchSpace {
     SearchSpace::new(vec![
-        float("lr", 1e-5, 1e-1, true),
-        float("dropout", 0.0, 0.5, false),
-        Dimension {
-            name: "layers".into(),
-            domain: Domain::Int {
-                low: 1,
-                high: 4,
-                log: false,
-            },
-        },
-        Dimension {
-            name: "hidden".into(),
-            domain: Domain::Int {
-                low: 16,
-                high: 1024,
-                log: true,
-            },
-        },
-        Dimension {
-            name: "optimizer".into(),
-            domain: Domain::Categorical { choices: 3 },
-        },
+        Dimension::float("lr", 1e-5, 1e-1, true),
+        Dimension::float("dropout", 0.0, 0.5, false),
+        Dimension::int("layers", 1, 4, false),
+        Dimension::int("hidden", 16, 1024, true),
+        Dimension::categorical("optimizer", 3),
     ])
     .expect("valid space")
 }
@@ -155,8 +131,8 @@ fn branin(point: &Point) -> f64 {
 #[test]
 fn bayesian_optimization_finds_branins_minimum() {
     let space = SearchSpace::new(vec![
-        float("x", -5.0, 10.0, false),
-        float("y", 0.0, 15.0, false),
+        Dimension::float("x", -5.0, 10.0, false),
+        Dimension::float("y", 0.0, 15.0, false),
     ])
     .expect("space");
     for seed in [1, 2, 3] {
@@ -174,8 +150,8 @@ fn bayesian_optimization_finds_branins_minimum() {
 #[test]
 fn pending_points_spread_parallel_suggestions() {
     let space = SearchSpace::new(vec![
-        float("x", 0.0, 1.0, false),
-        float("y", 0.0, 1.0, false),
+        Dimension::float("x", 0.0, 1.0, false),
+        Dimension::float("y", 0.0, 1.0, false),
     ])
     .expect("space");
     let bowl = |point: &Point| {
@@ -229,8 +205,8 @@ fn constrained_search_finds_the_feasible_optimum() {
     // Minimize x² + y² subject to x ≥ 0.5 (constraint value 0.5 − x ≤ 0): the unconstrained
     // minimum (0, 0) is infeasible; the constrained one is (0.5, 0) with value 0.25.
     let space = SearchSpace::new(vec![
-        float("x", -1.0, 1.0, false),
-        float("y", -1.0, 1.0, false),
+        Dimension::float("x", -1.0, 1.0, false),
+        Dimension::float("y", -1.0, 1.0, false),
     ])
     .expect("space");
     let problem = |point: &Point| {
