@@ -420,14 +420,17 @@ impl SweepActorState {
             .count() as u32
     }
 
-    /// ASHA's bookkeeping when the sweep uses the promotion form.
-    fn promotion(&mut self) -> Option<&mut Asha> {
-        let promoting = self
-            .record
+    fn promoting(&self) -> bool {
+        self.record
             .spec
             .early_stopping
             .as_ref()
-            .is_some_and(|stopping| stopping.promotion);
+            .is_some_and(|stopping| stopping.promotion)
+    }
+
+    /// ASHA's bookkeeping when the sweep uses the promotion form.
+    fn promotion(&mut self) -> Option<&mut Asha> {
+        let promoting = self.promoting();
         match &mut self.stopper {
             Some(Stopper::Asha(asha)) if promoting => Some(asha),
             _ => None,
@@ -532,14 +535,7 @@ impl SweepActorState {
     fn queued(&self, number: u32) -> QueuedTrial {
         let trial = &self.trials[number as usize];
         let trial_spec = match &self.stopper {
-            Some(Stopper::Asha(asha))
-                if self
-                    .record
-                    .spec
-                    .early_stopping
-                    .as_ref()
-                    .is_some_and(|stopping| stopping.promotion) =>
-            {
+            Some(Stopper::Asha(asha)) if self.promoting() => {
                 let mut spec = (*self.trial_spec).clone();
                 let epochs = asha.resource_of(trial.rungs.len()).round() as i64;
                 spec.settings.insert(
