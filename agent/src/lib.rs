@@ -29,7 +29,8 @@ use crate::root::{AgentMsg, AgentRoot, RootArgs};
 
 #[derive(Clone)]
 pub struct AgentConfig {
-    pub coordinator: SocketAddr,
+    /// The coordinators to try, in order; a follower redirects to the leader.
+    pub coordinators: Vec<SocketAddr>,
     pub identity: Identity,
     /// Stable across restarts of the same agent, so the coordinator recognises it.
     pub agent_id: AgentId,
@@ -56,7 +57,7 @@ impl AgentConfig {
         work_dir: PathBuf,
     ) -> AgentConfig {
         AgentConfig {
-            coordinator,
+            coordinators: vec![coordinator],
             identity,
             agent_id,
             slots,
@@ -93,6 +94,9 @@ impl Agent {
         if config.identity.role()? != Role::Agent {
             anyhow::bail!("the agent needs a certificate with the agent role");
         }
+        if config.coordinators.is_empty() {
+            anyhow::bail!("an agent needs at least one coordinator address");
+        }
         if config.slots == 0 {
             anyhow::bail!("an agent needs at least one slot");
         }
@@ -118,7 +122,7 @@ impl Agent {
             .await
             .context("starting the agent's actors")?;
         let link_config = link::LinkConfig {
-            coordinator: config.coordinator,
+            coordinators: config.coordinators.clone(),
             client_config: tls::client_config(&config.identity)?,
             agent_id: config.agent_id.clone(),
             hostname: hostname(),

@@ -3,8 +3,10 @@
 //! Connects, says `Hello` as an agent, registers (with the attempts still running and the
 //! outcomes of recent ones, so nothing finished while disconnected is lost), then carries
 //! commands down to AgentRoot and the outbox up. On any failure it reconnects with
-//! exponential backoff (100 ms doubling to 5 s, with jitter). A refusal for role or version
-//! is final: retrying cannot fix a wrong certificate.
+//! exponential backoff (100 ms doubling to 5 s, with jitter), trying the configured
+//! coordinators in turn. A follower's `NotLeader` refusal names the leader, which is tried
+//! next at once. A refusal for role or version is final: retrying cannot fix a wrong
+//! certificate.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,8 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::root::AgentMsg;
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub struct LinkConfig {
-    pub coordinator: SocketAddr,
+    /// Coordinators to try in turn (at least one).
+    pub coordinators: Vec<SocketAddr>,
     pub client_config: quinn::ClientConfig,
     pub agent_id: AgentId,
     pub hostname: String,
@@ -47,7 +52,12 @@ pub async fn run(
     mut outbox: mpsc::UnboundedReceiver<AgentMessage>,
     shutdown: CancellationToken,
 ) -> Result<(), LinkError> {
-    let bind: SocketAddr = if config.coordinator.is_ipv6() {
+    let first = config
+        .coordinators
+        .first()
+        .copied()
+        .ok_or_else(|| LinkError::Socket(std::io::Error::other("no coordinator address")))?;
+    let bind: SocketAddr = if first.is_ipv6() {
         "[::]:0"
     } else {
         "0.0.0.0:0"
@@ -57,33 +67,65 @@ pub async fn run(
     let mut endpoint = quinn::Endpoint::client(bind).map_err(LinkError::Socket)?;
     endpoint.set_default_client_config(config.client_config.clone());
     let mut backoff = Duration::from_millis(100);
+    let mut next = 0;
+    let mut target = first;
+    let mut redirects = 0;
     loop {
         let attempt = tokio::select! {
             () = shutdown.cancelled() => break,
-            result = session(&endpoint, &config, &root, &mut outbox, &shutdown) => result,
+            result = session(&endpoint, target, &config, &root, &mut outbox, &shutdown) => result,
         };
         let _ = root.cast(AgentMsg::LinkDown);
         match attempt {
             Ok(Session::Shutdown) => break,
-            Ok(Session::Served) => backoff = Duration::from_millis(100),
+            Ok(Session::Served) => {
+                backoff = Duration::from_millis(100);
+                redirects = 0;
+            }
             Err(SessionFailure::Fatal(message)) => {
                 endpoint.close(0u32.into(), b"refused");
                 return Err(LinkError::Refused(message));
             }
+            // Followers may briefly name a leader that has just stepped down: follow a few
+            // redirects at once, then fall back to the backoff.
+            Err(SessionFailure::Redirect(leader)) if redirects < 3 => {
+                tracing::info!(follower = %target, %leader, "redirected to the leader");
+                redirects += 1;
+                target = leader;
+                continue;
+            }
+            Err(SessionFailure::Redirect(leader)) => {
+                tracing::warn!(follower = %target, %leader, retry_in_ms = backoff.as_millis() as u64, "redirected again; waiting for the election to settle");
+                redirects = 0;
+                target = leader;
+                pause(&shutdown, backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
             Err(SessionFailure::Retry(message)) => {
-                tracing::warn!(coordinator = %config.coordinator, %message, retry_in_ms = backoff.as_millis() as u64, "link to the coordinator down");
+                tracing::warn!(coordinator = %target, %message, retry_in_ms = backoff.as_millis() as u64, "link to the coordinator down");
             }
         }
-        let jitter = rand::rng().random_range(0.8..1.2);
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+        next = (next + 1) % config.coordinators.len();
+        target = config.coordinators[next];
+        if shutdown.is_cancelled() {
+            break;
         }
+        pause(&shutdown, backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     endpoint.close(0u32.into(), b"agent shutting down");
     endpoint.wait_idle().await;
     Ok(())
+}
+
+/// Sleeps about `backoff` (with jitter), or until shutdown.
+async fn pause(shutdown: &CancellationToken, backoff: Duration) {
+    let jitter = rand::rng().random_range(0.8..1.2);
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+    }
 }
 
 enum Session {
@@ -95,6 +137,8 @@ enum Session {
 enum SessionFailure {
     Fatal(String),
     Retry(String),
+    /// A follower named the leader.
+    Redirect(SocketAddr),
 }
 
 fn retry(error: impl std::fmt::Display) -> SessionFailure {
@@ -103,15 +147,24 @@ fn retry(error: impl std::fmt::Display) -> SessionFailure {
 
 async fn session(
     endpoint: &quinn::Endpoint,
+    target: SocketAddr,
     config: &LinkConfig,
     root: &ActorRef<AgentMsg>,
     outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
     shutdown: &CancellationToken,
 ) -> Result<Session, SessionFailure> {
-    let connection = endpoint
-        .connect(config.coordinator, COORDINATOR_SERVER_NAME)
-        .map_err(retry)?
+    // A coordinator that is down does not answer at all: give up on it well before the
+    // idle timeout, so the next one is tried.
+    let connecting = endpoint
+        .connect(target, COORDINATOR_SERVER_NAME)
+        .map_err(retry)?;
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
+        .map_err(|_| {
+            retry(format!(
+                "no answer from {target} within {CONNECT_TIMEOUT:?}"
+            ))
+        })?
         .map_err(retry)?;
     let peer = tls::peer_role(&connection).map_err(retry)?;
     if peer != Role::Coordinator {
@@ -138,6 +191,12 @@ async fn session(
                 RefusalReason::RoleNotPermitted | RefusalReason::UnsupportedVersion => {
                     SessionFailure::Fatal(message)
                 }
+                RefusalReason::NotLeader {
+                    leader: Some(leader),
+                } => match leader.parse::<SocketAddr>() {
+                    Ok(leader) if leader != target => SessionFailure::Redirect(leader),
+                    _ => SessionFailure::Retry(message),
+                },
                 _ => SessionFailure::Retry(message),
             });
         }
@@ -173,7 +232,7 @@ async fn session(
     let _ = root.cast(AgentMsg::LinkUp {
         epoch: welcome.epoch,
     });
-    tracing::info!(coordinator = %config.coordinator, epoch = %welcome.epoch, "connected to the coordinator");
+    tracing::info!(coordinator = %target, epoch = %welcome.epoch, "connected to the coordinator");
 
     let commands_root = root.clone();
     let mut reader = tokio::spawn(async move {

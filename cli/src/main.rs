@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use flotilla_agent::{Agent, AgentConfig};
+use flotilla_coordinator::ha::EtcdConfig;
 use flotilla_coordinator::{Coordinator, CoordinatorConfig};
 use flotilla_sdk::{
     AgentId, Client, ClusterCa, Identity, LocalCluster, LocalClusterOptions, SweepId, SweepSpec,
@@ -81,9 +82,15 @@ enum CertsCommand {
 /// Where the cluster is and who we are.
 #[derive(Args, Clone)]
 struct Connection {
-    /// The coordinator's address.
-    #[arg(long, env = "FLOTILLA_COORDINATOR", default_value = "127.0.0.1:7070")]
-    coordinator: SocketAddr,
+    /// The coordinator's address, or several replicas' addresses separated by commas (the
+    /// leader is found among them).
+    #[arg(
+        long,
+        env = "FLOTILLA_COORDINATOR",
+        default_value = "127.0.0.1:7070",
+        value_delimiter = ','
+    )]
+    coordinator: Vec<SocketAddr>,
     /// Directory with ca.pem and NAME.pem / NAME-key.pem (from `flotilla certs init`).
     #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
     certs: PathBuf,
@@ -96,7 +103,7 @@ impl Connection {
     async fn connect(&self, default_identity: &str) -> anyhow::Result<Client> {
         let name = self.identity.as_deref().unwrap_or(default_identity);
         let identity = Identity::load_from_dir(&self.certs, name)?;
-        Ok(Client::connect(self.coordinator, &identity).await?)
+        Ok(Client::connect_any(&self.coordinator, &identity).await?)
     }
 }
 
@@ -118,12 +125,37 @@ struct CoordinatorArgs {
     /// An agent silent for this long is lost and its trials run elsewhere.
     #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
     agent_timeout: Duration,
+    /// etcd client URLs, separated by commas: run highly available (leader election, state
+    /// in etcd) instead of on the local state file.
+    #[arg(long, env = "FLOTILLA_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The key prefix for this cluster in etcd.
+    #[arg(long, env = "FLOTILLA_ETCD_PREFIX", default_value = "/flotilla")]
+    etcd_prefix: String,
+    /// The leader's etcd lease (whole seconds): a dead leader is replaced about this long
+    /// after it died.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+    /// The address agents and clients reach this coordinator at (default: --listen); with
+    /// etcd it is published to the other replicas.
+    #[arg(long, env = "FLOTILLA_ADVERTISE")]
+    advertise: Option<SocketAddr>,
+    /// This replica's name in logs and `cluster status` (default: coordinator-PID).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Args)]
 struct AgentArgs {
-    #[arg(long, env = "FLOTILLA_COORDINATOR", default_value = "127.0.0.1:7070")]
-    coordinator: SocketAddr,
+    /// The coordinator's address, or every replica's, separated by commas: the agent follows
+    /// the leader among them.
+    #[arg(
+        long,
+        env = "FLOTILLA_COORDINATOR",
+        default_value = "127.0.0.1:7070",
+        value_delimiter = ','
+    )]
+    coordinator: Vec<SocketAddr>,
     #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
     certs: PathBuf,
     #[arg(long, default_value = "agent")]
@@ -208,6 +240,14 @@ enum SweepCommand {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
+    /// The leader, its epoch, the other coordinator replicas, etcd's health and the slots.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// The agents, their slots and what they run.
     Agents {
         #[command(flatten)]
@@ -247,6 +287,10 @@ async fn main() {
         Commands::Sweep(command) => {
             init_logging("warn");
             sweep(command).await
+        }
+        Commands::Cluster(ClusterCommand::Status { json, connection }) => {
+            init_logging("warn");
+            cluster_status(connection, json).await
         }
         Commands::Cluster(ClusterCommand::Agents { connection }) => {
             init_logging("warn");
@@ -292,19 +336,38 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let identity = Identity::load_from_dir(&args.certs, &args.identity)?;
     let mut config = CoordinatorConfig::new(args.listen, identity, args.state);
     config.agent_timeout = args.agent_timeout;
+    config.advertise = args.advertise;
+    if let Some(name) = args.name {
+        config.name = name;
+    }
+    if !args.etcd.is_empty() {
+        let mut etcd = EtcdConfig::new(args.etcd);
+        etcd.prefix = args.etcd_prefix;
+        if args.lease_ttl < Duration::from_secs(1) {
+            bail!("--lease-ttl must be at least 1s (etcd leases are whole seconds)");
+        }
+        etcd.lease_ttl = args.lease_ttl;
+        config.etcd = Some(etcd);
+    }
     let mut coordinator = Coordinator::start(config).await?;
-    println!(
-        "coordinator listening on {} (epoch {})",
-        coordinator.local_addr(),
-        coordinator.epoch().0
-    );
+    match coordinator.epoch() {
+        Some(epoch) => println!(
+            "coordinator listening on {} (leading, epoch {})",
+            coordinator.local_addr(),
+            epoch.0
+        ),
+        None => println!(
+            "coordinator listening on {} (campaigning for leadership in etcd)",
+            coordinator.local_addr()
+        ),
+    }
     tokio::select! {
         () = shutdown_signal() => {
             tracing::info!("shutting down");
             coordinator.shutdown().await;
             Ok(())
         }
-        () = coordinator.stopped() => bail!("the coordinator's actors stopped unexpectedly; restart it to resume from the state file"),
+        error = coordinator.stopped() => Err(error),
     }
 }
 
@@ -314,13 +377,18 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         Some(id) => id,
         None => flotilla_agent::stable_agent_id(&args.work_dir)?.0,
     };
+    let first = *args
+        .coordinator
+        .first()
+        .context("--coordinator needs at least one address")?;
     let mut config = AgentConfig::new(
-        args.coordinator,
+        first,
         identity,
         AgentId(id.clone()),
         args.slots,
         args.work_dir,
     );
+    config.coordinators = args.coordinator.clone();
     config.gpus = args.gpus;
     config.stop_grace = args.stop_grace;
     config.artifacts = args.artifacts;
@@ -328,7 +396,12 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut agent = Agent::start(config).await?;
     println!(
         "agent {id} with {} slot(s) serving {}",
-        args.slots, args.coordinator
+        args.slots,
+        args.coordinator
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     );
     tokio::select! {
         () = shutdown_signal() => {
@@ -510,5 +583,17 @@ async fn cluster_agents(connection: Connection) -> anyhow::Result<()> {
     let agents = client.agents().await?;
     client.close().await;
     report::print_agents(&agents);
+    Ok(())
+}
+
+async fn cluster_status(connection: Connection, json: bool) -> anyhow::Result<()> {
+    let client = connection.connect("admin").await?;
+    let status = client.cluster_status().await?;
+    client.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        report::print_cluster_status(&status);
+    }
     Ok(())
 }

@@ -323,6 +323,57 @@ pub fn print_agents(agents: &[AgentInfo]) {
     println!("{table}");
 }
 
+pub fn print_cluster_status(status: &flotilla_sdk::ClusterStatus) {
+    println!(
+        "leader: {} at {} (epoch {})",
+        status.leader, status.leader_address, status.epoch.0
+    );
+    println!("state store: {}", status.store);
+    println!(
+        "agents: {} connected, {} slot(s), {} busy",
+        status.agents, status.slots, status.busy_slots
+    );
+    let mut replicas = Table::new();
+    replicas.load_preset(UTF8_FULL_CONDENSED);
+    replicas.set_header(vec!["coordinator", "role", "campaign revision"]);
+    for replica in &status.replicas {
+        replicas.add_row(vec![
+            replica.address.clone(),
+            if replica.leader { "leader" } else { "follower" }.to_string(),
+            replica.campaign_revision.to_string(),
+        ]);
+    }
+    println!("{replicas}");
+    if status.etcd.is_empty() {
+        return;
+    }
+    let mut members = Table::new();
+    members.load_preset(UTF8_FULL_CONDENSED);
+    members.set_header(vec![
+        "etcd member",
+        "endpoint",
+        "health",
+        "raft",
+        "version",
+        "db size",
+    ]);
+    for member in &status.etcd {
+        members.add_row(vec![
+            member.name.clone(),
+            member.endpoint.clone(),
+            match &member.error {
+                None if member.healthy => "healthy".to_string(),
+                None => "unhealthy".to_string(),
+                Some(error) => format!("unhealthy: {error}"),
+            },
+            if member.raft_leader { "leader" } else { "" }.to_string(),
+            member.version.clone(),
+            format!("{} KiB", member.db_size_bytes / 1024),
+        ]);
+    }
+    println!("{members}");
+}
+
 pub fn trial_json(trial: &TrialRecord) -> Value {
     json!({
         "id": trial.id.to_string(),

@@ -20,8 +20,9 @@ use flotilla_protocol::handshake::{
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, negotiate, role_permits,
 };
 use flotilla_protocol::messages::{
-    AgentMessage, ApiError, ApiErrorKind, ClientRequest, ClientResponse, Command,
-    CoordinatorCommand, Hello, HelloReply, Refusal, RefusalReason, Role, SweepEvent, Welcome,
+    AgentMessage, ApiError, ApiErrorKind, ClientRequest, ClientResponse, ClusterStatus, Command,
+    CoordinatorCommand, Hello, HelloReply, Refusal, RefusalReason, ReplicaInfo, Role, SweepEvent,
+    Welcome,
 };
 use flotilla_protocol::{AgentId, Epoch, tls};
 use quinn::{RecvStream, SendStream};
@@ -35,10 +36,11 @@ use crate::actors::leader::LeaderMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::scheduler::{AgentLink, SchedulerMsg};
 use crate::actors::sweep::SweepMsg;
+use crate::ha::Fence;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What sessions need to reach the coordinator's actors.
+/// What sessions need to reach the coordinator's actors during one term as leader.
 pub struct SessionContext {
     pub epoch: Epoch,
     pub name: String,
@@ -46,13 +48,41 @@ pub struct SessionContext {
     pub leader: ActorRef<LeaderMsg>,
     pub registry: ActorRef<RegistryMsg>,
     pub scheduler: ActorRef<SchedulerMsg>,
-    pub connections: AtomicU64,
+    pub connections: Arc<AtomicU64>,
+    /// With etcd: the leader's lease, checked before every command goes to an agent.
+    pub fence: Option<Arc<Fence>>,
+    /// Fires when this term ends; every session of the term closes.
+    pub deposed: CancellationToken,
+    /// The address this coordinator advertises.
+    pub address: String,
+    /// The state store, in words.
+    pub store: String,
+    /// With etcd: how to describe the cluster to `cluster status`.
+    pub cluster: Option<Arc<crate::ClusterView>>,
 }
 
-/// Accepts connections until `shutdown` fires.
+impl SessionContext {
+    /// Whether this term may still act.
+    fn may_act(&self) -> bool {
+        !self.deposed.is_cancelled() && self.fence.as_ref().is_none_or(|fence| fence.is_valid())
+    }
+}
+
+/// Whether this coordinator leads, and if not, who does.
+#[derive(Clone)]
+pub enum Standing {
+    /// A follower; `leader` is the leader's QUIC address when one is known.
+    Following {
+        leader: Option<String>,
+    },
+    Leading(Arc<SessionContext>),
+}
+
+/// Accepts connections until `shutdown` fires. Connections arriving while this coordinator
+/// follows are refused with the leader's address.
 pub async fn accept_loop(
     endpoint: quinn::Endpoint,
-    context: Arc<SessionContext>,
+    standing: tokio::sync::watch::Receiver<Standing>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -62,7 +92,7 @@ pub async fn accept_loop(
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { break };
-        let context = context.clone();
+        let standing = standing.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let remote = incoming.remote_address();
@@ -75,7 +105,7 @@ pub async fn accept_loop(
             };
             tokio::select! {
                 () = shutdown.cancelled() => connection.close(0u32.into(), b"coordinator shutting down"),
-                result = serve_connection(connection.clone(), context) => {
+                result = serve_connection(connection.clone(), standing) => {
                     if let Err(error) = result {
                         tracing::info!(%remote, %error, "session ended");
                     }
@@ -100,7 +130,7 @@ enum SessionError {
 
 async fn serve_connection(
     connection: quinn::Connection,
-    context: Arc<SessionContext>,
+    standing: tokio::sync::watch::Receiver<Standing>,
 ) -> Result<(), SessionError> {
     let (mut send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept_bi())
         .await
@@ -112,6 +142,7 @@ async fn serve_connection(
     let certified =
         tls::peer_role(&connection).map_err(|error| SessionError::Handshake(error.to_string()));
     let negotiated = negotiate(&hello);
+    let standing = standing.borrow().clone();
     let refusal = match (&certified, negotiated) {
         (Err(error), _) => Some((RefusalReason::RoleNotPermitted, error.to_string())),
         (_, None) => Some((
@@ -133,7 +164,22 @@ async fn serve_connection(
                 ),
             ))
         }
-        _ => None,
+        _ => match &standing {
+            Standing::Leading(context) if context.may_act() => None,
+            Standing::Leading(_) => Some((
+                RefusalReason::NotLeader { leader: None },
+                "this coordinator is stepping down; no leader is known yet".to_string(),
+            )),
+            Standing::Following { leader } => Some((
+                RefusalReason::NotLeader {
+                    leader: leader.clone(),
+                },
+                match leader {
+                    Some(leader) => format!("this coordinator follows; the leader is at {leader}"),
+                    None => "this coordinator follows and no leader is elected yet".to_string(),
+                },
+            )),
+        },
     };
     if let Some((reason, message)) = refusal {
         tracing::warn!(peer = %hello.peer_name, remote = %connection.remote_address(), %message, "refusing a peer at the handshake");
@@ -152,15 +198,29 @@ async fn serve_connection(
         return Err(SessionError::Handshake(message));
     }
     let certified = certified.map_err(|error| SessionError::Internal(error.to_string()))?;
+    let Standing::Leading(context) = standing else {
+        return Err(SessionError::Internal("not leading".into()));
+    };
     let welcome = Welcome {
         version: negotiated.unwrap_or(PROTOCOL_VERSION),
         epoch: context.epoch,
         coordinator: context.name.clone(),
     };
     framing::write_frame(&mut send, &HelloReply::Welcome(welcome)).await?;
-    match hello.role {
-        Role::Agent => agent_session(connection, send, recv, context).await,
-        _ => client_session(connection, certified, context).await,
+    let deposed = context.deposed.clone();
+    let session = async {
+        match hello.role {
+            Role::Agent => agent_session(connection.clone(), send, recv, context).await,
+            _ => client_session(connection.clone(), certified, context).await,
+        }
+    };
+    tokio::select! {
+        result = session => result,
+        () = deposed.cancelled() => {
+            // Peers reconnect and find the new leader.
+            connection.close(3u32.into(), b"leadership lost");
+            Err(SessionError::Internal("this coordinator's term as leader ended".into()))
+        }
     }
 }
 
@@ -184,7 +244,7 @@ async fn agent_session(
     let agent = registration.agent_id.clone();
     let connection_id = context.connections.fetch_add(1, Ordering::Relaxed);
     let (commands, outgoing) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_commands(send, outgoing));
+    let writer = tokio::spawn(write_commands(send, outgoing, context.clone()));
     let closed = CancellationToken::new();
     let link = AgentLink {
         connection: connection_id,
@@ -288,13 +348,19 @@ async fn read_agent_messages(
     Ok(())
 }
 
-/// Writes commands, batching whatever is queued into one write.
+/// Writes commands, batching whatever is queued into one write. Nothing is sent once this
+/// term may no longer act (its lease ran out): a deposed leader's commands never leave.
 async fn write_commands(
     mut send: SendStream,
     mut commands: mpsc::UnboundedReceiver<CoordinatorCommand>,
+    context: Arc<SessionContext>,
 ) {
     let mut buffer = Vec::with_capacity(16 * 1024);
     while let Some(first) = commands.recv().await {
+        if !context.may_act() {
+            tracing::warn!(epoch = %context.epoch, "not sending commands: this leader's lease ran out");
+            return;
+        }
         buffer.clear();
         let mut next = Some(first);
         while let Some(command) = next {
@@ -428,10 +494,52 @@ async fn answer(request: ClientRequest, role: Role, context: &SessionContext) ->
                 .await
                 .map_or_else(unavailable, ClientResponse::Agents)
         }
+        ClientRequest::ClusterStatus => {
+            if role != Role::Admin {
+                return error_response(
+                    ApiErrorKind::PermissionDenied,
+                    "cluster status needs an admin certificate",
+                );
+            }
+            cluster_status(context).await
+        }
         ClientRequest::WatchSweep(_) => {
             error_response(ApiErrorKind::Internal, "watch is served as a stream")
         }
     }
+}
+
+async fn cluster_status(context: &SessionContext) -> ClientResponse {
+    let agents = match ask(&context.registry, RegistryMsg::List).await {
+        Ok(agents) => agents,
+        Err(error) => return error_response(ApiErrorKind::Unavailable, error.to_string()),
+    };
+    let connected = agents.iter().filter(|agent| agent.connected);
+    let (slots, busy_slots) = connected.clone().fold((0, 0), |(slots, busy), agent| {
+        (slots + agent.slots, busy + agent.busy_slots)
+    });
+    let (replicas, etcd) = match &context.cluster {
+        Some(view) => view.describe().await,
+        None => (
+            vec![ReplicaInfo {
+                address: context.address.clone(),
+                leader: true,
+                campaign_revision: context.epoch.0,
+            }],
+            Vec::new(),
+        ),
+    };
+    ClientResponse::ClusterStatus(ClusterStatus {
+        leader: context.name.clone(),
+        leader_address: context.address.clone(),
+        epoch: context.epoch,
+        replicas,
+        store: context.store.clone(),
+        etcd,
+        agents: connected.count() as u32,
+        slots,
+        busy_slots,
+    })
 }
 
 async fn watch(

@@ -7,11 +7,22 @@
 //! - [`actors`]: Leader, Registry, Scheduler and one Sweep actor per sweep.
 //! - [`gateway`]: QUIC accept loop, handshake and role checks, agent and client sessions.
 //! - [`placement`], [`selection`]: pure decisions (where a trial runs, which trial wins).
-//! - [`store`]: the `StateStore` trait and the crash-safe local file store.
+//! - [`store`]: the `StateStore` trait, the crash-safe local file store and the etcd store.
+//! - [`ha`]: etcd election, the leader's lease and self-fencing.
+//!
+//! # Terms
+//!
+//! A coordinator *leads* for a term: the Leader actor tree, a store that writes as that
+//! term's epoch, and the sessions of agents and clients. With the local store there is one
+//! term for the life of the process. With etcd, the process campaigns; each election won
+//! starts a term, and a term ends when the lease is lost, the store fails or the actors stop.
+//! The process then follows and campaigns again: its sessions are closed (peers reconnect
+//! and are redirected), its actors stopped, its store closed.
 
 pub mod actors;
 mod clock;
 pub mod gateway;
+pub mod ha;
 pub mod placement;
 pub mod selection;
 pub mod store;
@@ -20,18 +31,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use flotilla_protocol::Epoch;
 use flotilla_protocol::tls::{self, Identity};
 use ractor::{Actor, ActorRef};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actors::leader::{Leader, LeaderArgs, LeaderMsg};
-use crate::gateway::SessionContext;
+use crate::gateway::{SessionContext, Standing};
+use crate::ha::{EtcdConfig, Fence, Leadership};
 use crate::store::StateStore;
+use crate::store::etcd::EtcdStore;
 use crate::store::local::LocalStore;
 
 /// How a coordinator runs. Defaults suit a laptop.
@@ -39,13 +53,17 @@ use crate::store::local::LocalStore;
 pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     pub identity: Identity,
-    /// The local state file.
+    /// The local state file (used without etcd).
     pub state_path: PathBuf,
     /// Heartbeat period asked of agents.
     pub heartbeat_interval: Duration,
     /// An agent with no heartbeat for this long is lost; its trials run elsewhere.
     pub agent_timeout: Duration,
     pub name: String,
+    /// Run highly available: elect a leader and keep state in etcd.
+    pub etcd: Option<EtcdConfig>,
+    /// The address peers should use to reach this coordinator (default: the bound address).
+    pub advertise: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -57,81 +75,263 @@ impl CoordinatorConfig {
             heartbeat_interval: Duration::from_secs(1),
             agent_timeout: Duration::from_secs(6),
             name: format!("coordinator-{}", std::process::id()),
+            etcd: None,
+            advertise: None,
         }
     }
 }
 
-/// A running coordinator. Dropping it without [`Coordinator::shutdown`] leaves the actors
-/// running until the runtime ends; call `shutdown` for a clean stop.
-pub struct Coordinator {
-    local_addr: SocketAddr,
-    epoch: Epoch,
-    leader: ActorRef<LeaderMsg>,
-    leader_done: tokio::task::JoinHandle<()>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-    store: Arc<LocalStore>,
+/// What a leader tells `cluster status` about the replicas and etcd.
+pub struct ClusterView {
+    pub client: etcd_client::Client,
+    pub config: EtcdConfig,
 }
 
-impl Coordinator {
-    /// Opens the store, takes a new epoch, starts the actors and the QUIC endpoint.
-    pub async fn start(config: CoordinatorConfig) -> anyhow::Result<Coordinator> {
-        if config.identity.role()? != flotilla_protocol::messages::Role::Coordinator {
-            anyhow::bail!("the coordinator needs a certificate with the coordinator role");
+impl ClusterView {
+    /// Every campaigning replica (leader first) and each etcd member's health.
+    pub async fn describe(
+        &self,
+    ) -> (
+        Vec<flotilla_protocol::messages::ReplicaInfo>,
+        Vec<flotilla_protocol::messages::EtcdMemberStatus>,
+    ) {
+        use flotilla_protocol::messages::{EtcdMemberStatus, ReplicaInfo};
+        let timeout = Duration::from_secs(2);
+        let mut client = self.client.clone();
+        let election = format!("{}/", self.config.election_name());
+        let mut replicas = Vec::new();
+        let options = etcd_client::GetOptions::new().with_prefix();
+        if let Ok(Ok(answer)) =
+            tokio::time::timeout(timeout, client.get(election, Some(options))).await
+        {
+            let mut candidates: Vec<_> = answer
+                .kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.create_revision(),
+                        String::from_utf8_lossy(kv.value()).into_owned(),
+                    )
+                })
+                .collect();
+            candidates.sort();
+            for (index, (revision, address)) in candidates.into_iter().enumerate() {
+                replicas.push(ReplicaInfo {
+                    address,
+                    leader: index == 0,
+                    campaign_revision: revision.max(0) as u64,
+                });
+            }
         }
-        let store = Arc::new(LocalStore::open(&config.state_path)?);
-        let epoch = store.next_epoch().await?;
+        let mut members = Vec::new();
+        let listed = tokio::time::timeout(timeout, client.member_list()).await;
+        let listed = match listed {
+            Ok(Ok(listed)) => listed,
+            Ok(Err(error)) => {
+                return (
+                    replicas,
+                    vec![unreachable_member(&self.config, error.to_string())],
+                );
+            }
+            Err(_) => {
+                return (
+                    replicas,
+                    vec![unreachable_member(
+                        &self.config,
+                        "member list timed out".into(),
+                    )],
+                );
+            }
+        };
+        for member in listed.members() {
+            let endpoint = member.client_urls().first().cloned().unwrap_or_default();
+            let mut status = EtcdMemberStatus {
+                name: member.name().to_string(),
+                endpoint: endpoint.clone(),
+                healthy: false,
+                raft_leader: false,
+                version: String::new(),
+                db_size_bytes: 0,
+                error: None,
+            };
+            let one = EtcdConfig {
+                endpoints: vec![endpoint],
+                ..self.config.clone()
+            };
+            let answer = tokio::time::timeout(timeout, async {
+                let mut single = ha::connect(&one).await?;
+                single.status().await
+            })
+            .await;
+            match answer {
+                Ok(Ok(answer)) => {
+                    status.healthy = answer.leader() != 0;
+                    status.raft_leader = answer.leader() == member.id();
+                    status.version = answer.version().to_string();
+                    status.db_size_bytes = answer.db_size().max(0) as u64;
+                    if !status.healthy {
+                        status.error = Some("the member has no raft leader".into());
+                    }
+                }
+                Ok(Err(error)) => status.error = Some(error.to_string()),
+                Err(_) => status.error = Some("no answer within 2 s".into()),
+            }
+            members.push(status);
+        }
+        (replicas, members)
+    }
+}
+
+fn unreachable_member(
+    config: &EtcdConfig,
+    error: String,
+) -> flotilla_protocol::messages::EtcdMemberStatus {
+    flotilla_protocol::messages::EtcdMemberStatus {
+        name: "?".into(),
+        endpoint: config.endpoints.join(","),
+        healthy: false,
+        raft_leader: false,
+        version: String::new(),
+        db_size_bytes: 0,
+        error: Some(error),
+    }
+}
+
+/// One term as leader: the actors, and the context its sessions use.
+struct Term {
+    leader: ActorRef<LeaderMsg>,
+    leader_done: tokio::task::JoinHandle<()>,
+    context: Arc<SessionContext>,
+}
+
+/// Shared by every term of one process.
+struct Base {
+    config: CoordinatorConfig,
+    connections: Arc<AtomicU64>,
+    /// Where peers reach this coordinator.
+    advertise: SocketAddr,
+}
+
+impl Base {
+    async fn start_term(
+        &self,
+        store: Arc<dyn StateStore>,
+        epoch: Epoch,
+        fence: Option<Arc<Fence>>,
+        cluster: Option<Arc<ClusterView>>,
+    ) -> anyhow::Result<Term> {
         let args = LeaderArgs {
-            store: store.clone() as Arc<dyn StateStore>,
+            store,
             epoch,
-            agent_timeout: config.agent_timeout,
+            agent_timeout: self.config.agent_timeout,
         };
         let (leader, leader_done) = Actor::spawn(None, Leader, args)
             .await
             .context("starting the coordinator's actors")?;
         let (registry, scheduler) = actors::ask(&leader, LeaderMsg::Parts).await?;
+        let context = Arc::new(SessionContext {
+            epoch,
+            name: self.config.name.clone(),
+            heartbeat_interval: self.config.heartbeat_interval,
+            leader: leader.clone(),
+            registry,
+            scheduler,
+            connections: self.connections.clone(),
+            fence,
+            deposed: CancellationToken::new(),
+            address: self.advertise.to_string(),
+            store: match &self.config.etcd {
+                Some(etcd) => format!("etcd {}", etcd.endpoints.join(",")),
+                None => format!("local file {}", self.config.state_path.display()),
+            },
+            cluster,
+        });
+        Ok(Term {
+            leader,
+            leader_done,
+            context,
+        })
+    }
+}
+
+impl Term {
+    /// Closes the term's sessions and stops its actors.
+    async fn end(self, reason: &str) {
+        self.context.deposed.cancel();
+        self.leader.stop(Some(reason.to_string()));
+        let _ = self.leader_done.await;
+    }
+}
+
+/// A running coordinator. Dropping it without [`Coordinator::shutdown`] leaves its tasks
+/// running until the runtime ends; call `shutdown` for a clean stop.
+pub struct Coordinator {
+    local_addr: SocketAddr,
+    standing: watch::Receiver<Standing>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    /// The task that leads (and, with etcd, campaigns); it ends on shutdown or failure.
+    lifecycle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Coordinator {
+    /// Starts the QUIC endpoint and leads: at once with the local store, or once elected
+    /// with etcd.
+    pub async fn start(config: CoordinatorConfig) -> anyhow::Result<Coordinator> {
+        if config.identity.role()? != flotilla_protocol::messages::Role::Coordinator {
+            anyhow::bail!("the coordinator needs a certificate with the coordinator role");
+        }
         let server_config = tls::server_config(&config.identity)?;
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("cannot listen on {} (UDP)", config.listen))?;
         let local_addr = endpoint.local_addr()?;
-        let context = Arc::new(SessionContext {
-            epoch,
-            name: config.name.clone(),
-            heartbeat_interval: config.heartbeat_interval,
-            leader: leader.clone(),
-            registry,
-            scheduler,
-            connections: AtomicU64::new(1),
-        });
+        let advertise = config.advertise.unwrap_or(local_addr);
+        let base = Base {
+            config: config.clone(),
+            connections: Arc::new(AtomicU64::new(1)),
+            advertise,
+        };
+        let (standing_sender, standing) = watch::channel(Standing::Following { leader: None });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let lifecycle = match &config.etcd {
+            None => {
+                let store = Arc::new(LocalStore::open(&config.state_path)?);
+                let epoch = store.next_epoch().await?;
+                let term = base
+                    .start_term(store.clone() as Arc<dyn StateStore>, epoch, None, None)
+                    .await?;
+                standing_sender.send_replace(Standing::Leading(term.context.clone()));
+                tracing::info!(%epoch, state = %config.state_path.display(), "leading with the local state file");
+                tokio::spawn(lead_locally(term, store, standing_sender, shutdown.clone()))
+            }
+            Some(etcd) => {
+                let client = ha::connect(etcd).await.with_context(|| {
+                    format!("cannot reach etcd at {}", etcd.endpoints.join(","))
+                })?;
+                tokio::spawn(campaign(
+                    base,
+                    client,
+                    etcd.clone(),
+                    advertise,
+                    standing_sender,
+                    shutdown.clone(),
+                ))
+            }
+        };
         tasks.spawn(gateway::accept_loop(
             endpoint,
-            context,
+            standing.clone(),
             shutdown.clone(),
             tasks.clone(),
         ));
-        // Fail-stop when the store cannot persist: a restart resumes from what is durable.
-        let (watched_store, watched_leader, stop) =
-            (store.clone(), leader.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                error = watched_store.failed() => {
-                    tracing::error!(%error, "the state store failed; the coordinator stops");
-                    watched_leader.stop(Some(format!("state store failed: {error}")));
-                }
-            }
-        });
-        tracing::info!(address = %local_addr, %epoch, state = %config.state_path.display(), "coordinator listening");
+        tracing::info!(address = %local_addr, name = %config.name, "coordinator listening");
         Ok(Coordinator {
             local_addr,
-            epoch,
-            leader,
-            leader_done,
+            standing,
             shutdown,
             tasks,
-            store,
+            lifecycle,
         })
     }
 
@@ -139,25 +339,262 @@ impl Coordinator {
         self.local_addr
     }
 
-    pub fn epoch(&self) -> Epoch {
-        self.epoch
+    /// The epoch this coordinator leads, if it leads now.
+    pub fn epoch(&self) -> Option<Epoch> {
+        match &*self.standing.borrow() {
+            Standing::Leading(context) => Some(context.epoch),
+            Standing::Following { .. } => None,
+        }
     }
 
-    /// Resolves when the coordinator's actors stopped on their own (a failure).
-    pub async fn stopped(&mut self) {
-        let _ = (&mut self.leader_done).await;
+    /// Changes of standing (leading, following), for callers that wait for leadership.
+    pub fn standing(&self) -> watch::Receiver<Standing> {
+        self.standing.clone()
     }
 
-    /// Stops accepting, ends every session, stops the actors and flushes the store.
+    /// Resolves when the coordinator stopped on its own (a failure), with the reason.
+    pub async fn stopped(&mut self) -> anyhow::Error {
+        match (&mut self.lifecycle).await {
+            Ok(Ok(())) => anyhow!("the coordinator stopped"),
+            Ok(Err(error)) => error,
+            Err(error) => anyhow!("the coordinator's lifecycle task failed: {error}"),
+        }
+    }
+
+    /// Stops accepting, ends every session, stops the actors and flushes the store (with
+    /// etcd: resigns, so a follower takes over without waiting for the lease to expire).
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tasks.close();
         self.tasks.wait().await;
-        self.leader.stop(Some("shutdown".into()));
-        let _ = self.leader_done.await;
-        if let Err(error) = self.store.flush().await {
-            tracing::error!(%error, "could not flush the state store on shutdown");
+        match self.lifecycle.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the coordinator had stopped with an error"),
+            Err(error) => tracing::warn!(%error, "the coordinator's lifecycle task failed"),
         }
-        self.store.close();
+    }
+}
+
+/// The single term of a coordinator on the local store: it ends on shutdown, or with an
+/// error when the actors stop or the store fails (a restart resumes from the file).
+async fn lead_locally(
+    mut term: Term,
+    store: Arc<LocalStore>,
+    standing: watch::Sender<Standing>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let outcome = tokio::select! {
+        () = shutdown.cancelled() => Ok(()),
+        _ = &mut term.leader_done => Err(anyhow!("the coordinator's actors stopped unexpectedly; restart it to resume from the state file")),
+        error = store.failed() => Err(anyhow!("the state store failed: {error}")),
+    };
+    standing.send_replace(Standing::Following { leader: None });
+    if let Err(error) = &outcome {
+        tracing::error!(%error, "the coordinator stops");
+    }
+    term.end("shutdown").await;
+    if let Err(error) = store.flush().await {
+        tracing::error!(%error, "could not flush the state store on shutdown");
+    }
+    store.close();
+    outcome
+}
+
+/// Campaigns, leads while elected, steps down when the lease is lost, and campaigns again,
+/// until shutdown.
+async fn campaign(
+    base: Base,
+    client: etcd_client::Client,
+    config: EtcdConfig,
+    advertise: SocketAddr,
+    standing: watch::Sender<Standing>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let ttl = config.lease_ttl;
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let terms = TaskTracker::new();
+        let term_stop = CancellationToken::new();
+        terms.spawn(follow(
+            client.clone(),
+            config.clone(),
+            standing.clone(),
+            term_stop.clone(),
+        ));
+        let result = campaign_once(
+            &base, &client, &config, advertise, &standing, &shutdown, &terms, &term_stop,
+        )
+        .await;
+        term_stop.cancel();
+        terms.close();
+        terms.wait().await;
+        match result {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "campaign failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ttl);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One lease: campaign with it, lead while it holds, then give it up.
+#[allow(clippy::too_many_arguments)]
+async fn campaign_once(
+    base: &Base,
+    client: &etcd_client::Client,
+    config: &EtcdConfig,
+    advertise: SocketAddr,
+    standing: &watch::Sender<Standing>,
+    shutdown: &CancellationToken,
+    terms: &TaskTracker,
+    term_stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let ttl = config.lease_ttl;
+    let mut etcd = client.clone();
+    let granted_at = Instant::now();
+    let lease = tokio::time::timeout(ttl, etcd.lease_grant(config.lease_ttl_secs(), None))
+        .await
+        .map_err(|_| anyhow!("granting a lease timed out"))??;
+    let lease_id = lease.id();
+    let granted = Duration::from_secs(lease.ttl().max(0) as u64);
+    let fence = Arc::new(Fence::new(
+        granted_at + granted.saturating_sub(ha::fence_margin(ttl)),
+    ));
+    terms.spawn(ha::keep_alive(
+        client.clone(),
+        lease_id,
+        ttl,
+        fence.clone(),
+        term_stop.clone(),
+    ));
+    let won = tokio::select! {
+        () = shutdown.cancelled() => None,
+        () = fence.lost() => None,
+        won = etcd.campaign(config.election_name(), advertise.to_string(), lease_id) => Some(won),
+    };
+    let leadership = match won {
+        Some(Ok(answer)) => answer.leader().map(Leadership::from_key),
+        Some(Err(error)) => {
+            revoke(&mut etcd, lease_id).await;
+            return Err(anyhow!("campaign: {error}"));
+        }
+        None => None,
+    };
+    let Some(leadership) = leadership.filter(|_| fence.is_valid()) else {
+        revoke(&mut etcd, lease_id).await;
+        return Ok(());
+    };
+    let epoch = Epoch(leadership.revision as u64);
+    tracing::info!(%epoch, %advertise, "elected leader");
+    let store = Arc::new(EtcdStore::start(
+        client.clone(),
+        config,
+        &leadership,
+        fence.clone(),
+    ));
+    let cluster = Arc::new(ClusterView {
+        client: client.clone(),
+        config: config.clone(),
+    });
+    let mut term = match base
+        .start_term(
+            store.clone() as Arc<dyn StateStore>,
+            epoch,
+            Some(fence.clone()),
+            Some(cluster),
+        )
+        .await
+    {
+        Ok(term) => term,
+        Err(error) => {
+            store.abort().await;
+            revoke(&mut etcd, lease_id).await;
+            return Err(error.context("starting the term"));
+        }
+    };
+    standing.send_replace(Standing::Leading(term.context.clone()));
+    let reason = tokio::select! {
+        () = shutdown.cancelled() => None,
+        () = fence.lost() => Some("the leader's lease ran out".to_string()),
+        error = store.failed() => Some(format!("the state store failed: {error}")),
+        _ = &mut term.leader_done => Some("the coordinator's actors stopped".to_string()),
+    };
+    standing.send_replace(Standing::Following { leader: None });
+    match &reason {
+        Some(reason) => {
+            tracing::error!(%epoch, %reason, "stepping down");
+            fence.revoke();
+            term.end(reason).await;
+            store.abort().await;
+        }
+        None => {
+            tracing::info!(%epoch, "shutting down; resigning");
+            term.end("shutdown").await;
+            store.close().await;
+        }
+    }
+    // Revoking deletes the election key: a follower takes over without waiting for the TTL.
+    revoke(&mut etcd, lease_id).await;
+    Ok(())
+}
+
+async fn revoke(etcd: &mut etcd_client::Client, lease: i64) {
+    if let Ok(Err(error)) =
+        tokio::time::timeout(Duration::from_secs(1), etcd.lease_revoke(lease)).await
+    {
+        tracing::debug!(%error, lease, "could not revoke the lease (it expires on its own)");
+    }
+}
+
+/// While this process is not leading, keeps `Standing::Following` pointing at the leader
+/// by observing the election.
+async fn follow(
+    mut client: etcd_client::Client,
+    config: EtcdConfig,
+    standing: watch::Sender<Standing>,
+    stop: CancellationToken,
+) {
+    let set_leader = |leader: Option<String>| {
+        standing.send_if_modified(|current| match current {
+            Standing::Following { leader: known } if *known != leader => {
+                *known = leader.clone();
+                true
+            }
+            _ => false,
+        });
+    };
+    while !stop.is_cancelled() {
+        set_leader(ha::current_leader(&mut client, &config).await);
+        let observed = tokio::select! {
+            () = stop.cancelled() => return,
+            observed = client.observe(config.election_name()) => observed,
+        };
+        if let Ok(mut stream) = observed {
+            loop {
+                let message = tokio::select! {
+                    () = stop.cancelled() => return,
+                    message = stream.message() => message,
+                };
+                match message {
+                    Ok(Some(answer)) => set_leader(
+                        answer
+                            .kv()
+                            .and_then(|kv| kv.value_str().ok())
+                            .map(str::to_string),
+                    ),
+                    _ => break,
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
 }

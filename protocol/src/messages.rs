@@ -278,6 +278,8 @@ pub enum ClientRequest {
     /// `SweepFinished`.
     WatchSweep(SweepId),
     ListAgents,
+    /// The leader, its epoch, the other replicas and the state store's health (admin).
+    ClusterStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -291,6 +293,46 @@ pub enum ClientResponse {
     Event(SweepEvent),
     Agents(Vec<AgentInfo>),
     Error(ApiError),
+    ClusterStatus(ClusterStatus),
+}
+
+/// The control plane as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The leader's name (its process) and the address it advertises.
+    pub leader: String,
+    pub leader_address: String,
+    pub epoch: Epoch,
+    /// Every coordinator campaigning in the election, the leader first.
+    pub replicas: Vec<ReplicaInfo>,
+    /// `local file PATH` or `etcd ENDPOINTS`.
+    pub store: String,
+    /// Each etcd member's health; empty with the local store.
+    pub etcd: Vec<EtcdMemberStatus>,
+    pub agents: u32,
+    pub slots: u32,
+    pub busy_slots: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    pub address: String,
+    pub leader: bool,
+    /// The revision at which the replica joined the election (the leader's is its epoch).
+    pub campaign_revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtcdMemberStatus {
+    pub name: String,
+    pub endpoint: String,
+    pub healthy: bool,
+    /// Whether this member is etcd's own raft leader.
+    pub raft_leader: bool,
+    pub version: String,
+    pub db_size_bytes: u64,
+    /// Why the member is unhealthy.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -324,6 +324,10 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             encode(&ClientRequest::ListAgents),
         ),
         (
+            "ClientRequest::ClusterStatus",
+            encode(&ClientRequest::ClusterStatus),
+        ),
+        (
             "ClientResponse::SweepSubmitted",
             encode(&ClientResponse::SweepSubmitted(summary())),
         ),
@@ -385,6 +389,32 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                     path: "budget.max_trials".into(),
                     message: "must be at least 1".into(),
                 }],
+            })),
+        ),
+        (
+            "ClientResponse::ClusterStatus",
+            encode(&ClientResponse::ClusterStatus(ClusterStatus {
+                leader: "c1".into(),
+                leader_address: "10.0.0.1:7070".into(),
+                epoch: Epoch(42),
+                replicas: vec![ReplicaInfo {
+                    address: "10.0.0.1:7070".into(),
+                    leader: true,
+                    campaign_revision: 42,
+                }],
+                store: "etcd http://10.0.0.9:2379".into(),
+                etcd: vec![EtcdMemberStatus {
+                    name: "e1".into(),
+                    endpoint: "http://10.0.0.9:2379".into(),
+                    healthy: true,
+                    raft_leader: true,
+                    version: "3.4.23".into(),
+                    db_size_bytes: 4096,
+                    error: None,
+                }],
+                agents: 3,
+                slots: 6,
+                busy_slots: 2,
             })),
         ),
         ("ParamValue::Int", encode(&ParamValue::Int(-3))),

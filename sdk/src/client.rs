@@ -6,8 +6,8 @@ use flotilla_protocol::SweepId;
 use flotilla_protocol::framing::{self, FrameError};
 use flotilla_protocol::handshake;
 use flotilla_protocol::messages::{
-    AgentInfo, ApiError, ClientRequest, ClientResponse, HelloReply, RefusalReason, Role,
-    SweepEvent, SweepSummary, TrialRecord, Welcome,
+    AgentInfo, ApiError, ClientRequest, ClientResponse, ClusterStatus, HelloReply, RefusalReason,
+    Role, SweepEvent, SweepSummary, TrialRecord, Welcome,
 };
 use flotilla_protocol::spec::{SpecError, SweepSpec};
 use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME, Identity, TlsError};
@@ -59,6 +59,39 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects to whichever of `addresses` leads: each is tried in order, and a follower's
+    /// answer naming the leader is followed. Returns the last error when none leads.
+    pub async fn connect_any(
+        addresses: &[SocketAddr],
+        identity: &Identity,
+    ) -> Result<Client, SdkError> {
+        let mut last = None;
+        let mut queue: std::collections::VecDeque<SocketAddr> = addresses.iter().copied().collect();
+        let mut tried = std::collections::BTreeSet::new();
+        while let Some(address) = queue.pop_front() {
+            if !tried.insert(address) {
+                continue;
+            }
+            match Client::connect(address, identity).await {
+                Ok(client) => return Ok(client),
+                Err(SdkError::Refused {
+                    reason: RefusalReason::NotLeader { leader },
+                    message,
+                }) => {
+                    if let Some(leader) = leader.as_deref().and_then(|l| l.parse().ok()) {
+                        queue.push_front(leader);
+                    }
+                    last = Some(SdkError::Refused {
+                        reason: RefusalReason::NotLeader { leader },
+                        message,
+                    });
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| SdkError::Protocol("no coordinator address given".into())))
+    }
+
     /// Connects with mutual TLS and performs the `Hello`/`Welcome` handshake. The role
     /// requested is the certificate's (client or admin).
     pub async fn connect(address: SocketAddr, identity: &Identity) -> Result<Client, SdkError> {
@@ -74,10 +107,12 @@ impl Client {
         let mut endpoint =
             quinn::Endpoint::client(bind).map_err(|error| connect_error(error.to_string()))?;
         endpoint.set_default_client_config(tls::client_config(identity)?);
-        let connection = endpoint
+        let connecting = endpoint
             .connect(address, COORDINATOR_SERVER_NAME)
-            .map_err(|error| connect_error(error.to_string()))?
+            .map_err(|error| connect_error(error.to_string()))?;
+        let connection = tokio::time::timeout(std::time::Duration::from_secs(5), connecting)
             .await
+            .map_err(|_| connect_error("no answer within 5 s".into()))?
             .map_err(|error| connect_error(format!("TLS handshake failed: {error}")))?;
         let peer = tls::peer_role(&connection)?;
         if peer != Role::Coordinator {
@@ -217,6 +252,15 @@ impl Client {
     pub async fn agents(&self) -> Result<Vec<AgentInfo>, SdkError> {
         match self.request(&ClientRequest::ListAgents).await? {
             ClientResponse::Agents(agents) => Ok(agents),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// The leader, its epoch, the other replicas, the state store's health and the fleet's
+    /// slots (admin certificate).
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, SdkError> {
+        match self.request(&ClientRequest::ClusterStatus).await? {
+            ClientResponse::ClusterStatus(status) => Ok(status),
             other => Err(Self::unexpected(other)),
         }
     }

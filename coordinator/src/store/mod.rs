@@ -7,9 +7,10 @@
 //! This lets the Sweep actor keep scheduling while the store batches many writes into one
 //! `fsync` (group commit).
 //!
-//! Implementations: [`local::LocalStore`] (one crash-safe file, the embedded default).
-//! etcd comes with high availability.
+//! Implementations: [`local::LocalStore`] (one crash-safe file, the embedded default) and
+//! [`etcd::EtcdStore`] (clustered; every write fenced by the leader's epoch).
 
+pub mod etcd;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -100,6 +101,11 @@ pub enum StoreError {
     },
     #[error("the state store has shut down")]
     Closed,
+    #[error("etcd: {message}")]
+    Etcd { message: String },
+    /// This coordinator is no longer the leader of epoch `epoch`; nothing it writes counts.
+    #[error("fenced: leader of epoch {epoch} may no longer write: {message}")]
+    Fenced { epoch: Epoch, message: String },
 }
 
 /// Resolves once a write is durable.
