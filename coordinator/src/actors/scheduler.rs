@@ -103,6 +103,18 @@ pub enum SchedulerMsg {
         attempt: Option<AttemptId>,
         reason: String,
     },
+    /// Sends a command about an attempt to its agent, if the attempt is still assigned there
+    /// (used for starts, once the placement is durable).
+    Send {
+        agent: AgentId,
+        attempt: AttemptId,
+        command: Command,
+    },
+    /// Frees the slot of a placed attempt that will not be started.
+    Abandon {
+        agent: AgentId,
+        attempt: AttemptId,
+    },
     /// Stop running attempts (cancel, deadline).
     Stop {
         attempts: Vec<AttemptId>,
@@ -292,6 +304,24 @@ impl Actor for Scheduler {
                     if state.release(&agent, attempt) {
                         state.to_sweep(attempt, SweepMsg::Lost { attempt });
                     }
+                    state.place();
+                }
+            }
+            SchedulerMsg::Send {
+                agent,
+                attempt,
+                command,
+            } => {
+                if state
+                    .assignments
+                    .get(&attempt)
+                    .is_some_and(|assignment| assignment.agent == agent)
+                {
+                    state.send(&agent, command);
+                }
+            }
+            SchedulerMsg::Abandon { agent, attempt } => {
+                if state.release(&agent, attempt) {
                     state.place();
                 }
             }
@@ -530,13 +560,6 @@ impl SchedulerState {
                     decided_at: now,
                 },
             );
-            self.to_sweep(
-                attempt,
-                SweepMsg::Dispatched {
-                    attempt,
-                    agent: agent.clone(),
-                },
-            );
             let start = StartTrial {
                 attempt,
                 params: trial.params,
@@ -544,7 +567,15 @@ impl SchedulerState {
                 resume_from: trial.resume_from,
                 slots: trial.slots,
             };
-            self.send(&agent, Command::StartTrial(Box::new(start)));
+            // The Sweep records the placement and has the start sent once it is durable.
+            self.to_sweep(
+                attempt,
+                SweepMsg::Dispatched {
+                    attempt,
+                    agent: agent.clone(),
+                    start: Box::new(start),
+                },
+            );
         }
     }
 }

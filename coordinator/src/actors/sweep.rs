@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_protocol::messages::{
-    CheckpointRef, MetricPoint, Metrics, Params, PhaseSummary, StopReason, SweepEvent, SweepState,
-    SweepSummary, TrialCounts, TrialOutcome, TrialRecord, TrialState,
+    CheckpointRef, Command, MetricPoint, Metrics, Params, PhaseSummary, StartTrial, StopReason,
+    SweepEvent, SweepState, SweepSummary, TrialCounts, TrialOutcome, TrialRecord, TrialState,
 };
 use flotilla_protocol::spec::{Direction, StoppingRule, SweepSpec, TrialSpec};
 use flotilla_protocol::trainers::BUDGET_HYPERPARAMETER;
@@ -48,9 +48,12 @@ use crate::selection::best_trial;
 use crate::store::{StateStore, StateWrite, SweepRecord};
 
 pub enum SweepMsg {
+    /// The Scheduler placed the attempt; `start` goes to the agent once the placement is
+    /// durable (write-ahead: a new leader must know about every attempt an agent runs).
     Dispatched {
         attempt: AttemptId,
         agent: AgentId,
+        start: Box<StartTrial>,
     },
     Started {
         attempt: AttemptId,
@@ -157,6 +160,8 @@ pub struct SweepActorState {
     scheduler: ActorRef<SchedulerMsg>,
     store: Arc<dyn StateStore>,
     watchers: Vec<mpsc::UnboundedSender<SweepEvent>>,
+    /// Start commands waiting for their placement to be durable; aborted with the actor.
+    starts: tokio::task::JoinSet<()>,
 }
 
 pub struct SweepActor;
@@ -221,6 +226,7 @@ impl Actor for SweepActor {
             scheduler: args.scheduler,
             store: args.store,
             watchers: Vec::new(),
+            starts: tokio::task::JoinSet::new(),
             record: args.record,
         };
         if spec_has_deadline(&state.record.spec) && !state.record.state.is_final() {
@@ -244,7 +250,11 @@ impl Actor for SweepActor {
         state: &mut SweepActorState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SweepMsg::Dispatched { attempt, agent } => state.dispatched(attempt, agent),
+            SweepMsg::Dispatched {
+                attempt,
+                agent,
+                start,
+            } => state.dispatched(attempt, agent, start),
             SweepMsg::Started {
                 attempt,
                 dispatch_latency,
@@ -759,17 +769,35 @@ impl SweepActorState {
         }
     }
 
-    fn dispatched(&mut self, attempt: AttemptId, agent: AgentId) {
+    fn dispatched(&mut self, attempt: AttemptId, agent: AgentId, start: Box<StartTrial>) {
         let number = attempt.trial.number;
         if self.current(attempt).is_none() {
+            // Superseded while it was being placed: free the slot, start nothing.
+            let _ = self
+                .scheduler
+                .cast(SchedulerMsg::Abandon { agent, attempt });
             return;
         }
         let trial = &mut self.trials[number as usize];
         trial.state = TrialState::Running;
-        trial.agent = Some(agent);
+        trial.agent = Some(agent.clone());
         trial.started_ms = Some(now_ms());
         self.live.insert(number, LiveAttempt::default());
-        self.persist(number);
+        let record = self.trials[number as usize].clone();
+        let durable = self.store.write(vec![StateWrite::Trial(Box::new(record))]);
+        let scheduler = self.scheduler.clone();
+        self.starts.spawn(async move {
+            // A store that cannot persist the placement ends this leader's term; the
+            // attempt is placed again by the next one.
+            if durable.durable().await.is_ok() {
+                let _ = scheduler.cast(SchedulerMsg::Send {
+                    agent,
+                    attempt,
+                    command: Command::StartTrial(start),
+                });
+            }
+        });
+        while self.starts.try_join_next().is_some() {}
     }
 
     fn started(&mut self, attempt: AttemptId, dispatch_latency: Duration) {

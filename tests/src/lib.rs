@@ -1,0 +1,610 @@
+//! The cluster harness: a real etcd (one member or three on loopback ports), several
+//! `flotilla coordinator` processes campaigning in it, `flotilla agent` processes, and the
+//! CLI to drive them. Any process can be killed (SIGKILL), paused (SIGSTOP), resumed
+//! (SIGCONT) and restarted. Everything lives in a temporary directory and every process is
+//! killed when the harness is dropped, also when a test fails.
+//!
+//! The tests run the `flotilla` binary built with the workspace (`target/<profile>/flotilla`,
+//! next to the test binary's `deps/` folder), or the one named by `FLOTILLA_BIN`.
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The `flotilla` binary under test.
+pub fn flotilla_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("FLOTILLA_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> → target/<profile>/flotilla
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("flotilla");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo test --workspace builds it) or set FLOTILLA_BIN",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_tcp_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+    listener.local_addr().expect("local address").port()
+}
+
+pub fn free_udp_port() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
+    socket.local_addr().expect("local address").port()
+}
+
+/// Polls `condition` until it holds, or panics naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+/// A child process, killed (SIGKILL) and reaped when dropped.
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    pub fn spawn(command: &mut Command, log: &Path) -> Process {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+        Process { child }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn kill(&mut self) {
+        // A stopped process must be continued for SIGKILL to be reaped promptly.
+        let _ = kill(self.pid(), Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pause(&self) {
+        kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP");
+    }
+
+    pub fn resume(&self) {
+        kill(self.pid(), Signal::SIGCONT).expect("SIGCONT");
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One etcd member.
+pub struct EtcdMember {
+    pub name: String,
+    pub client_url: String,
+    peer_url: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    process: Option<Process>,
+}
+
+/// A real etcd: one member, or a cluster of three on loopback ports.
+pub struct Etcd {
+    pub members: Vec<EtcdMember>,
+    initial_cluster: String,
+}
+
+impl Etcd {
+    pub fn start(dir: &Path, size: usize) -> Etcd {
+        let members: Vec<EtcdMember> = (0..size)
+            .map(|index| {
+                let name = format!("etcd{index}");
+                EtcdMember {
+                    client_url: format!("http://127.0.0.1:{}", free_tcp_port()),
+                    peer_url: format!("http://127.0.0.1:{}", free_tcp_port()),
+                    data_dir: dir.join(format!("{name}.data")),
+                    log: dir.join(format!("{name}.log")),
+                    name,
+                    process: None,
+                }
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|member| format!("{}={}", member.name, member.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut etcd = Etcd {
+            members,
+            initial_cluster,
+        };
+        for index in 0..size {
+            etcd.start_member(index);
+        }
+        etcd.wait_healthy(Duration::from_secs(30));
+        etcd
+    }
+
+    /// Starts (or restarts, on its data directory) member `index`.
+    pub fn start_member(&mut self, index: usize) {
+        let initial_cluster = self.initial_cluster.clone();
+        let member = &mut self.members[index];
+        let mut command = Command::new("etcd");
+        command
+            .arg("--name")
+            .arg(&member.name)
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .arg("--listen-client-urls")
+            .arg(&member.client_url)
+            .arg("--advertise-client-urls")
+            .arg(&member.client_url)
+            .arg("--listen-peer-urls")
+            .arg(&member.peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&member.peer_url)
+            .arg("--initial-cluster")
+            .arg(&initial_cluster)
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--initial-cluster-token")
+            .arg("flotilla-test")
+            .arg("--logger")
+            .arg("zap");
+        member.process = Some(Process::spawn(&mut command, &member.log));
+    }
+
+    pub fn kill_member(&mut self, index: usize) {
+        if let Some(mut process) = self.members[index].process.take() {
+            process.kill();
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|member| member.client_url.clone())
+            .collect()
+    }
+
+    /// Waits until etcd answers a linearizable read (a quorum is up).
+    pub fn wait_healthy(&self, limit: Duration) {
+        let endpoints = self.endpoints().join(",");
+        wait_until("etcd to serve linearizable reads", limit, || {
+            Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args([
+                    "--endpoints",
+                    &endpoints,
+                    "--command-timeout=1s",
+                    "get",
+                    "health-probe",
+                ])
+                .output()
+                .is_ok_and(|output| output.status.success())
+        });
+    }
+}
+
+/// Sweep files, trial scripts and certificates for a cluster, and the processes.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub etcd: Etcd,
+    pub lease_ttl: Duration,
+    pub agent_timeout: Duration,
+    pub coordinators: Vec<Coordinator>,
+    pub agents: Vec<Agent>,
+}
+
+pub struct Coordinator {
+    pub name: String,
+    pub address: String,
+    pub process: Option<Process>,
+}
+
+pub struct Agent {
+    pub name: String,
+    pub slots: u32,
+    pub process: Option<Process>,
+}
+
+impl Cluster {
+    /// Certificates, an etcd of `etcd_members`, and `coordinators` replicas (not started).
+    pub fn new(etcd_members: usize, coordinators: usize, lease_ttl: Duration) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let output = Command::new(flotilla_bin())
+            .args(["certs", "init", "--out"])
+            .arg(dir.path().join("certs"))
+            .output()
+            .expect("run certs init");
+        assert!(
+            output.status.success(),
+            "certs init: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let etcd = Etcd::start(dir.path(), etcd_members);
+        let coordinators = (0..coordinators)
+            .map(|index| Coordinator {
+                name: format!("c{index}"),
+                address: format!("127.0.0.1:{}", free_udp_port()),
+                process: None,
+            })
+            .collect();
+        Cluster {
+            dir,
+            etcd,
+            lease_ttl,
+            agent_timeout: Duration::from_secs(3),
+            coordinators,
+            agents: Vec::new(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Every coordinator's address, comma-separated, as agents and clients take them.
+    pub fn addresses(&self) -> String {
+        self.coordinators
+            .iter()
+            .map(|coordinator| coordinator.address.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn start_coordinator(&mut self, index: usize) {
+        let etcd = self.etcd.endpoints().join(",");
+        let ttl = format!("{}s", self.lease_ttl.as_secs());
+        let agent_timeout = format!("{}ms", self.agent_timeout.as_millis());
+        let certs = self.path("certs");
+        let log = self.path(&format!("{}.log", self.coordinators[index].name));
+        let coordinator = &mut self.coordinators[index];
+        let mut command = Command::new(flotilla_bin());
+        command
+            .args(["coordinator", "--listen", &coordinator.address])
+            .args(["--etcd", &etcd, "--lease-ttl", &ttl])
+            .args(["--agent-timeout", &agent_timeout])
+            .args(["--name", &coordinator.name])
+            .arg("--certs")
+            .arg(certs)
+            .env("FLOTILLA_LOG", "info,flotilla_coordinator::gateway=warn");
+        coordinator.process = Some(Process::spawn(&mut command, &log));
+    }
+
+    pub fn kill_coordinator(&mut self, index: usize) {
+        if let Some(mut process) = self.coordinators[index].process.take() {
+            process.kill();
+        }
+    }
+
+    pub fn coordinator(&self, index: usize) -> &Process {
+        self.coordinators[index]
+            .process
+            .as_ref()
+            .expect("the coordinator runs")
+    }
+
+    pub fn start_agent(&mut self, name: &str, slots: u32) {
+        let work_dir = self.path(&format!("agent-{name}"));
+        let mut command = Command::new(flotilla_bin());
+        command
+            .args(["agent", "--coordinator", &self.addresses()])
+            .args(["--id", name, "--slots", &slots.to_string()])
+            .args(["--stop-grace", "2s"])
+            .arg("--certs")
+            .arg(self.path("certs"))
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .arg("--artifacts")
+            .arg(self.path("artifacts"))
+            .env("FLOTILLA_LOG", "info");
+        let process = Process::spawn(&mut command, &self.path(&format!("agent-{name}.log")));
+        self.agents.push(Agent {
+            name: name.to_string(),
+            slots,
+            process: Some(process),
+        });
+    }
+
+    /// Runs the CLI against the cluster (admin certificate).
+    pub fn flotilla(&self, args: &[&str]) -> Output {
+        Command::new(flotilla_bin())
+            .args(args)
+            .args(["--coordinator", &self.addresses()])
+            .arg("--certs")
+            .arg(self.path("certs"))
+            .args(["--identity", "admin"])
+            .output()
+            .expect("run flotilla")
+    }
+
+    pub fn flotilla_ok(&self, args: &[&str]) -> String {
+        let output = self.flotilla(args);
+        assert!(
+            output.status.success(),
+            "flotilla {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `cluster status --json`, when a leader answers.
+    pub fn status(&self) -> Option<Value> {
+        let output = self.flotilla(&["cluster", "status", "--json"]);
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// The leading replica's index and epoch, when a leader answers.
+    pub fn leader(&self) -> Option<(usize, u64)> {
+        let status = self.status()?;
+        let name = status["leader"].as_str()?;
+        let epoch = status["epoch"].as_u64()?;
+        let index = self
+            .coordinators
+            .iter()
+            .position(|coordinator| coordinator.name == name)?;
+        Some((index, epoch))
+    }
+
+    /// Waits for a leader with an epoch above `above`.
+    pub fn wait_for_leader(&self, above: u64, limit: Duration) -> (usize, u64) {
+        let mut found = None;
+        wait_until("a leader to answer", limit, || {
+            found = self.leader().filter(|(_, epoch)| *epoch > above);
+            found.is_some()
+        });
+        found.expect("a leader")
+    }
+
+    /// Waits until `agents` agents are connected to the leader.
+    pub fn wait_for_agents(&self, agents: u64, limit: Duration) {
+        wait_until(&format!("{agents} agents to connect"), limit, || {
+            self.status()
+                .is_some_and(|status| status["agents"].as_u64() == Some(agents))
+        });
+    }
+
+    /// Submits a sweep file; returns its id (`s1`, …).
+    pub fn submit(&self, file: &Path) -> String {
+        let file = file.to_str().expect("UTF-8 path");
+        let output = self.flotilla_ok(&["sweep", "submit", file]);
+        output
+            .split_whitespace()
+            .find(|word| word.starts_with('s') && word[1..].parse::<u64>().is_ok())
+            .unwrap_or_else(|| panic!("no sweep id in {output:?}"))
+            .to_string()
+    }
+
+    /// The sweep's results JSON (every trial), when a leader answers.
+    pub fn results(&self, sweep: &str) -> Option<Value> {
+        let out = self.path(&format!("{sweep}-results.json"));
+        let output = self.flotilla(&["sweep", "results", sweep, "--out", out.to_str()?]);
+        if !output.status.success() {
+            return None;
+        }
+        serde_json::from_str(&std::fs::read_to_string(out).ok()?).ok()
+    }
+
+    /// `(state, finished trials)` of a sweep, when a leader answers.
+    pub fn progress(&self, sweep: &str) -> Option<(String, usize)> {
+        let results = self.results(sweep)?;
+        let state = results["sweep"]["state"].as_str()?.to_string();
+        let done = results["trials"]
+            .as_array()?
+            .iter()
+            .filter(|trial| trial["state"] == "succeeded")
+            .count();
+        Some((state, done))
+    }
+
+    /// A sweep of `trials` command trials that each log their start and end (with the trial
+    /// id, attempt and a nanosecond timestamp) to `<dir>/<name>.runs`, sleep `sleep`, and
+    /// report `loss = x`.
+    pub fn write_logged_sweep(
+        &self,
+        name: &str,
+        trials: u32,
+        parallel: u32,
+        sleep: &str,
+    ) -> PathBuf {
+        let runs = self.path(&format!("{name}.runs"));
+        let script = self.path(&format!("{name}.sh"));
+        std::fs::write(
+            &script,
+            format!(
+                r#"#!/bin/sh
+log() {{ echo "$1 $FLOTILLA_TRIAL_ID $FLOTILLA_ATTEMPT $(date +%s%N) $2" >> {runs}; }}
+trap 'log end stopped; exit 143' TERM
+log start
+sleep {sleep}
+log end ok
+echo "@flotilla step=0 loss=$1"
+"#,
+                runs = runs.display()
+            ),
+        )
+        .expect("write the trial script");
+        let path = self.path(&format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+name = "{name}"
+
+[objective]
+metric = "loss"
+direction = "minimize"
+
+[space.x]
+type = "float"
+low = 1.0
+high = 100.0
+
+[algorithm]
+name = "random"
+seed = 11
+
+[budget]
+max_trials = {trials}
+max_parallel = {parallel}
+
+[trial]
+command = "sh"
+args = ["{script}", "{{x}}"]
+metrics = ["loss"]
+"#,
+                script = script.display()
+            ),
+        )
+        .expect("write the sweep file");
+        path
+    }
+}
+
+impl Drop for Cluster {
+    /// When a test fails, keeps the logs (every process's, and the trials' run logs) in a
+    /// folder that is named on stderr, for the post-mortem.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let keep = std::env::temp_dir().join(format!(
+            "flotilla-failed-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis())
+        ));
+        if std::fs::create_dir_all(&keep).is_err() {
+            return;
+        }
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path
+                    .extension()
+                    .is_some_and(|ext| ext == "log" || ext == "runs")
+                {
+                    let _ = std::fs::copy(&path, keep.join(entry.file_name()));
+                }
+            }
+        }
+        eprintln!("cluster logs kept in {}", keep.display());
+    }
+}
+
+/// One line of a logged sweep's run log.
+#[derive(Debug, Clone)]
+pub struct RunEvent {
+    pub start: bool,
+    pub trial: String,
+    pub attempt: u32,
+    /// Missing when the trial was stopped while taking the time.
+    pub at_ns: Option<u128>,
+}
+
+/// Reads `<name>.runs`.
+pub fn run_events(path: &Path) -> Vec<RunEvent> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let start = match words.next()? {
+                "start" => true,
+                "end" => false,
+                _ => return None,
+            };
+            Some(RunEvent {
+                start,
+                trial: words.next()?.to_string(),
+                attempt: words.next()?.parse().ok()?,
+                // A trial stopped while logging its start loses the `date` it was running.
+                at_ns: words.next().and_then(|word| word.parse().ok()),
+            })
+        })
+        .collect()
+}
+
+/// Panics if two attempts of one trial were running at the same time, or an attempt started
+/// but never ended.
+pub fn assert_no_trial_ran_twice_at_once(events: &[RunEvent]) {
+    type Interval = (Option<Option<u128>>, Option<Option<u128>>);
+    let mut intervals: std::collections::BTreeMap<(String, u32), Interval> = Default::default();
+    for event in events {
+        let entry = intervals
+            .entry((event.trial.clone(), event.attempt))
+            .or_default();
+        if event.start {
+            assert!(
+                entry.0.is_none(),
+                "attempt {}#{} started twice",
+                event.trial,
+                event.attempt
+            );
+            entry.0 = Some(event.at_ns);
+        } else {
+            entry.1 = Some(event.at_ns);
+        }
+    }
+    let mut by_trial: std::collections::BTreeMap<String, Vec<(u128, u128, u32)>> =
+        Default::default();
+    for ((trial, attempt), (start, end)) in intervals {
+        let start =
+            start.unwrap_or_else(|| panic!("attempt {trial}#{attempt} ended without starting"));
+        let end = end
+            .unwrap_or_else(|| panic!("attempt {trial}#{attempt} never ended"))
+            .unwrap_or_else(|| panic!("attempt {trial}#{attempt} ended without a time"));
+        // Stopped while logging its start: it ran no longer than until its end.
+        let start = start.unwrap_or(end);
+        by_trial
+            .entry(trial)
+            .or_default()
+            .push((start, end, attempt));
+    }
+    for (trial, mut runs) in by_trial {
+        runs.sort();
+        for pair in runs.windows(2) {
+            assert!(
+                pair[1].0 >= pair[0].1,
+                "trial {trial}: attempt {} started before attempt {} ended",
+                pair[1].2,
+                pair[0].2
+            );
+        }
+    }
+}

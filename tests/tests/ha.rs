@@ -1,0 +1,324 @@
+//! High availability on a real etcd with real coordinator and agent processes: leaders
+//! killed and paused, etcd members killed. Each test names the acceptance point it proves.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use flotilla_cluster_tests::{Cluster, assert_no_trial_ran_twice_at_once, run_events, wait_until};
+use serde_json::Value;
+
+const TTL: Duration = Duration::from_secs(2);
+
+/// Trial number → params of every succeeded trial; panics if any trial did not succeed.
+fn succeeded_params(results: &Value) -> BTreeMap<u64, Value> {
+    let mut params = BTreeMap::new();
+    for trial in results["trials"].as_array().expect("trials") {
+        assert_eq!(trial["state"], "succeeded", "{trial}");
+        let number = trial["number"].as_u64().expect("number");
+        assert!(
+            params.insert(number, trial["params"].clone()).is_none(),
+            "trial {number} listed twice"
+        );
+    }
+    params
+}
+
+fn wait_completed(cluster: &Cluster, sweep: &str, limit: Duration) -> Value {
+    let mut results = None;
+    wait_until(&format!("sweep {sweep} to complete"), limit, || {
+        results = cluster
+            .results(sweep)
+            .filter(|results| results["sweep"]["state"] == "Completed");
+        results.is_some()
+    });
+    results.expect("results")
+}
+
+/// A process's log, without the terminal colour codes.
+fn log_of(cluster: &Cluster, name: &str) -> String {
+    let text = std::fs::read_to_string(cluster.path(&format!("{name}.log"))).unwrap_or_default();
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+/// Acceptance: the leader SIGKILLed five times during a 120-trial sweep with 3 coordinators
+/// and 3 agents. Every trial completes exactly once, the trial ids and parameters equal a
+/// fault-free run's, and no trial ran twice at the same time.
+#[test]
+fn killing_the_leader_five_times_loses_no_trial_and_runs_none_twice() {
+    let mut cluster = Cluster::new(1, 3, TTL);
+    for index in 0..3 {
+        cluster.start_coordinator(index);
+    }
+    let (_, mut epoch) = cluster.wait_for_leader(0, Duration::from_secs(30));
+    for name in ["a0", "a1", "a2"] {
+        cluster.start_agent(name, 2);
+    }
+    cluster.wait_for_agents(3, Duration::from_secs(30));
+
+    // The fault-free reference, on the same cluster.
+    let reference = cluster.write_logged_sweep("reference", 120, 6, "0.2");
+    let reference = cluster.submit(&reference);
+    let reference = succeeded_params(&wait_completed(
+        &cluster,
+        &reference,
+        Duration::from_secs(120),
+    ));
+    assert_eq!(reference.len(), 120);
+
+    let chaos = cluster.write_logged_sweep("chaos", 120, 6, "0.2");
+    let sweep = cluster.submit(&chaos);
+    let mut failovers = Vec::new();
+    for kill in 0..5 {
+        // Let the sweep make progress under this leader first.
+        let before = cluster.progress(&sweep).map_or(0, |(_, done)| done);
+        wait_until(
+            "progress under the current leader",
+            Duration::from_secs(60),
+            || {
+                cluster
+                    .progress(&sweep)
+                    .is_some_and(|(state, done)| done >= before + 6 || state == "Completed")
+            },
+        );
+        let (leader, current) = cluster.wait_for_leader(epoch - 1, Duration::from_secs(30));
+        if cluster
+            .progress(&sweep)
+            .is_some_and(|(state, _)| state == "Completed")
+        {
+            panic!("the sweep finished after only {kill} kills; make it longer");
+        }
+        let killed_at = Instant::now();
+        cluster.kill_coordinator(leader);
+        let (_, next) = cluster.wait_for_leader(current, Duration::from_secs(30));
+        failovers.push(killed_at.elapsed());
+        epoch = next;
+        cluster.start_coordinator(leader);
+    }
+    let results = wait_completed(&cluster, &sweep, Duration::from_secs(180));
+    let chaos_params = succeeded_params(&results);
+    assert_eq!(
+        chaos_params, reference,
+        "the chaotic run's trials differ from the fault-free run's"
+    );
+    let events = run_events(&cluster.path("chaos.runs"));
+    assert_no_trial_ran_twice_at_once(&events);
+    // Leader loss is not the trials' fault: it spends no retry budget.
+    for trial in results["trials"].as_array().expect("trials") {
+        assert_eq!(trial["failures"], 0, "{trial}");
+    }
+    eprintln!("leader killed 5 times; a new leader answered after {failovers:?}");
+}
+
+/// Acceptance: a leader paused (SIGSTOP) past its lease and then resumed has none of its
+/// writes accepted — every record written to etcd after the new leader's election carries
+/// the new epoch — it steps down on its own, agents follow the new leader, and the sweep
+/// completes with every trial exactly once.
+#[test]
+fn a_leader_paused_past_its_lease_is_fenced_when_it_resumes() {
+    let mut cluster = Cluster::new(1, 3, TTL);
+    for index in 0..3 {
+        cluster.start_coordinator(index);
+    }
+    let (old_leader, old_epoch) = cluster.wait_for_leader(0, Duration::from_secs(30));
+    for name in ["a0", "a1"] {
+        cluster.start_agent(name, 2);
+    }
+    cluster.wait_for_agents(2, Duration::from_secs(30));
+    let file = cluster.write_logged_sweep("paused", 60, 4, "0.3");
+    let sweep = cluster.submit(&file);
+    wait_until("the sweep to start", Duration::from_secs(30), || {
+        cluster.progress(&sweep).is_some_and(|(_, done)| done >= 4)
+    });
+
+    cluster.coordinator(old_leader).pause();
+    let (new_leader, new_epoch) = cluster.wait_for_leader(old_epoch, Duration::from_secs(30));
+    assert_ne!(new_leader, old_leader);
+    // Keep it paused well past its lease while the new leader works, then let it run.
+    std::thread::sleep(TTL * 2);
+    cluster.coordinator(old_leader).resume();
+    wait_until(
+        "the resumed leader to step down",
+        Duration::from_secs(20),
+        || log_of(&cluster, &cluster.coordinators[old_leader].name).contains("stepping down"),
+    );
+    let results = wait_completed(&cluster, &sweep, Duration::from_secs(120));
+    assert_eq!(succeeded_params(&results).len(), 60);
+    assert_no_trial_ran_twice_at_once(&run_events(&cluster.path("paused.runs")));
+
+    // etcd keeps every revision (no compaction here). The takeover is the revision at which
+    // the old leader's election key was deleted (its lease ran out); from then on every
+    // state write must come from a newer epoch.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let endpoints = cluster.etcd.endpoints();
+    let election = runtime.block_on(history(&endpoints, "/flotilla/v1/election"));
+    let old_key = election
+        .iter()
+        .find(|event| event.put && event.create_revision == old_epoch as i64)
+        .map(|event| event.key.clone())
+        .expect("the old leader's election key");
+    let takeover = election
+        .iter()
+        .find(|event| !event.put && event.key == old_key)
+        .map(|event| event.revision)
+        .expect("the old leader's election key was deleted");
+    let writes = runtime.block_on(history(&endpoints, "/flotilla/v1/state/"));
+    let after_takeover: Vec<_> = writes
+        .iter()
+        .filter(|event| event.put && event.revision > takeover)
+        .collect();
+    assert!(!after_takeover.is_empty(), "the new leader wrote nothing");
+    for event in &after_takeover {
+        let (writer, _) = flotilla_coordinator::store::etcd::open_envelope(&event.value)
+            .expect("a record with its epoch header");
+        assert!(
+            writer.0 >= new_epoch,
+            "{} written at revision {} by epoch {writer}, after epoch {new_epoch} took over at revision {takeover}",
+            event.key,
+            event.revision
+        );
+    }
+    // Agents never obeyed the old leader after the takeover: every connection after it was
+    // to an epoch at least as new.
+    for agent in ["a0", "a1"] {
+        let log = log_of(&cluster, &format!("agent-{agent}"));
+        let epochs: Vec<u64> = log
+            .lines()
+            .filter(|line| line.contains("connected to the coordinator"))
+            .filter_map(|line| line.split("epoch=e").nth(1))
+            .filter_map(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let first_new = epochs.iter().position(|epoch| *epoch >= new_epoch);
+        let first_new = first_new
+            .unwrap_or_else(|| panic!("agent {agent} never joined epoch {new_epoch}: {epochs:?}"));
+        assert!(
+            epochs[first_new..].iter().all(|epoch| *epoch >= new_epoch),
+            "agent {agent} went back to an older leader: {epochs:?}"
+        );
+    }
+}
+
+/// Acceptance: with a three-member etcd, losing one member does not stop scheduling; losing
+/// two stops progress with no leader anywhere (no split brain); restarting them resumes the
+/// sweep, which completes with every trial exactly once.
+#[test]
+fn one_etcd_member_lost_keeps_scheduling_two_lost_stops_it_until_they_return() {
+    let mut cluster = Cluster::new(3, 2, TTL);
+    for index in 0..2 {
+        cluster.start_coordinator(index);
+    }
+    cluster.wait_for_leader(0, Duration::from_secs(30));
+    for name in ["a0", "a1"] {
+        cluster.start_agent(name, 2);
+    }
+    cluster.wait_for_agents(2, Duration::from_secs(30));
+    let file = cluster.write_logged_sweep("quorum", 80, 4, "0.3");
+    let sweep = cluster.submit(&file);
+    wait_until("the sweep to start", Duration::from_secs(30), || {
+        cluster.progress(&sweep).is_some_and(|(_, done)| done >= 4)
+    });
+
+    cluster.etcd.kill_member(0);
+    let (_, done) = cluster.progress(&sweep).unwrap_or_default();
+    wait_until(
+        "progress with one etcd member down",
+        Duration::from_secs(60),
+        || {
+            cluster
+                .progress(&sweep)
+                .is_some_and(|(_, now)| now >= done + 10)
+        },
+    );
+
+    cluster.etcd.kill_member(1);
+    // Within a couple of leases every replica has stepped down and none can win.
+    wait_until(
+        "every coordinator to stop leading",
+        Duration::from_secs(30),
+        || cluster.status().is_none(),
+    );
+    let quiet_since = Instant::now();
+    while quiet_since.elapsed() < TTL * 3 {
+        assert!(
+            cluster.status().is_none(),
+            "a coordinator leads without an etcd quorum"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    cluster.etcd.start_member(0);
+    cluster.etcd.start_member(1);
+    cluster.etcd.wait_healthy(Duration::from_secs(60));
+    cluster.wait_for_leader(0, Duration::from_secs(60));
+    let results = wait_completed(&cluster, &sweep, Duration::from_secs(180));
+    assert_eq!(succeeded_params(&results).len(), 80);
+    assert_no_trial_ran_twice_at_once(&run_events(&cluster.path("quorum.runs")));
+}
+
+/// One event of etcd's history under a prefix.
+struct HistoryEvent {
+    key: String,
+    revision: i64,
+    put: bool,
+    create_revision: i64,
+    value: Vec<u8>,
+}
+
+/// Every event under `prefix` in etcd's history (etcd here never compacts), oldest first.
+async fn history(endpoints: &[String], prefix: &str) -> Vec<HistoryEvent> {
+    let mut client = etcd_client::Client::connect(endpoints, None)
+        .await
+        .expect("connect to etcd");
+    let current = client
+        .get("history-probe", None)
+        .await
+        .expect("get")
+        .header()
+        .map_or(0, |header| header.revision());
+    let options = etcd_client::WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(1);
+    let mut stream = client.watch(prefix, Some(options)).await.expect("watch");
+    let mut events = Vec::new();
+    loop {
+        let Ok(Ok(Some(message))) =
+            tokio::time::timeout(Duration::from_secs(2), stream.message()).await
+        else {
+            // The replay is over: nothing more within the quiet period.
+            break;
+        };
+
+        for event in message.events() {
+            if let Some(kv) = event.kv() {
+                events.push(HistoryEvent {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    revision: kv.mod_revision(),
+                    put: event.event_type() == etcd_client::EventType::Put,
+                    create_revision: kv.create_revision(),
+                    value: kv.value().to_vec(),
+                });
+            }
+        }
+        if events.last().is_some_and(|event| event.revision >= current) {
+            break;
+        }
+    }
+    events
+}
