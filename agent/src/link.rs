@@ -26,6 +26,10 @@ use tokio_util::sync::CancellationToken;
 use crate::root::AgentMsg;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a replica that did not answer is tried only after the others.
+const SUSPECT_FOR: Duration = Duration::from_secs(30);
+/// How long the replica whose session just ended is tried only after the others.
+const LEADER_LOST_FOR: Duration = Duration::from_secs(10);
 
 pub struct LinkConfig {
     /// Coordinators to try in turn (at least one).
@@ -70,6 +74,9 @@ pub async fn run(
     let mut next = 0;
     let mut target = first;
     let mut redirects = 0;
+    let count = config.coordinators.len();
+    let mut suspects: std::collections::HashMap<SocketAddr, std::time::Instant> =
+        std::collections::HashMap::new();
     loop {
         let attempt = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -81,6 +88,11 @@ pub async fn run(
             Ok(Session::Served) => {
                 backoff = Duration::from_millis(100);
                 redirects = 0;
+                // The leader it served may be dead: try the other replicas first (they
+                // redirect if it is alive); a dead one costs a connect timeout.
+                if count > 1 {
+                    suspects.insert(target, std::time::Instant::now() + LEADER_LOST_FOR);
+                }
             }
             Err(SessionFailure::Fatal(message)) => {
                 endpoint.close(0u32.into(), b"refused");
@@ -102,11 +114,25 @@ pub async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
+            Err(SessionFailure::Unreachable(message)) => {
+                tracing::warn!(coordinator = %target, %message, retry_in_ms = backoff.as_millis() as u64, "coordinator unreachable");
+                suspects.insert(target, std::time::Instant::now() + SUSPECT_FOR);
+            }
             Err(SessionFailure::Retry(message)) => {
                 tracing::warn!(coordinator = %target, %message, retry_in_ms = backoff.as_millis() as u64, "link to the coordinator down");
             }
         }
-        next = (next + 1) % config.coordinators.len();
+        // Next, the first replica after this one that has not just failed to answer (a dead
+        // replica costs a connect timeout each time it is tried).
+        if let Some(index) = config.coordinators.iter().position(|a| *a == target) {
+            next = index;
+        }
+        let now = std::time::Instant::now();
+        suspects.retain(|_, until| *until > now);
+        next = (1..=count)
+            .map(|step| (next + step) % count)
+            .find(|index| !suspects.contains_key(&config.coordinators[*index]))
+            .unwrap_or((next + 1) % count);
         target = config.coordinators[next];
         if shutdown.is_cancelled() {
             break;
@@ -137,6 +163,8 @@ enum Session {
 enum SessionFailure {
     Fatal(String),
     Retry(String),
+    /// Nothing answered at that address.
+    Unreachable(String),
     /// A follower named the leader.
     Redirect(SocketAddr),
 }
@@ -160,11 +188,7 @@ async fn session(
         .map_err(retry)?;
     let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .map_err(|_| {
-            retry(format!(
-                "no answer from {target} within {CONNECT_TIMEOUT:?}"
-            ))
-        })?
+        .map_err(|_| SessionFailure::Unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
         .map_err(retry)?;
     let peer = tls::peer_role(&connection).map_err(retry)?;
     if peer != Role::Coordinator {

@@ -59,34 +59,46 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to whichever of `addresses` leads: each is tried in order, and a follower's
-    /// answer naming the leader is followed. Returns the last error when none leads.
+    /// Connects to whichever of `addresses` leads. All are tried at once (a replica that is
+    /// down costs nothing while another answers); a follower's answer naming the leader is
+    /// followed. Returns the last error when none leads.
     pub async fn connect_any(
         addresses: &[SocketAddr],
         identity: &Identity,
     ) -> Result<Client, SdkError> {
-        let mut last = None;
-        let mut queue: std::collections::VecDeque<SocketAddr> = addresses.iter().copied().collect();
         let mut tried = std::collections::BTreeSet::new();
-        while let Some(address) = queue.pop_front() {
-            if !tried.insert(address) {
-                continue;
+        let mut round: Vec<SocketAddr> = addresses.to_vec();
+        let mut last = None;
+        // A redirect names a leader that may itself have just stepped down: follow a few.
+        for _ in 0..4 {
+            let mut attempts = tokio::task::JoinSet::new();
+            for address in round.drain(..) {
+                if tried.insert(address) {
+                    let identity = identity.clone();
+                    attempts.spawn(async move { Client::connect(address, &identity).await });
+                }
             }
-            match Client::connect(address, identity).await {
-                Ok(client) => return Ok(client),
-                Err(SdkError::Refused {
-                    reason: RefusalReason::NotLeader { leader },
-                    message,
-                }) => {
-                    if let Some(leader) = leader.as_deref().and_then(|l| l.parse().ok()) {
-                        queue.push_front(leader);
-                    }
-                    last = Some(SdkError::Refused {
+            if attempts.is_empty() {
+                break;
+            }
+            while let Some(joined) = attempts.join_next().await {
+                match joined {
+                    Ok(Ok(client)) => return Ok(client),
+                    Ok(Err(SdkError::Refused {
                         reason: RefusalReason::NotLeader { leader },
                         message,
-                    });
+                    })) => {
+                        if let Some(leader) = leader.as_deref().and_then(|l| l.parse().ok()) {
+                            round.push(leader);
+                        }
+                        last = Some(SdkError::Refused {
+                            reason: RefusalReason::NotLeader { leader },
+                            message,
+                        });
+                    }
+                    Ok(Err(error)) => last = Some(error),
+                    Err(error) => last = Some(SdkError::Protocol(error.to_string())),
                 }
-                Err(error) => last = Some(error),
             }
         }
         Err(last.unwrap_or_else(|| SdkError::Protocol("no coordinator address given".into())))

@@ -22,18 +22,20 @@ pub fn flotilla_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/<test> → target/<profile>/flotilla
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("flotilla");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace (cargo test --workspace builds it) or set FLOTILLA_BIN",
-        bin.display()
-    );
-    bin
+    // Tests run from target/<profile>/deps/, the benchmark from target/<profile>/.
+    let bin = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("flotilla"))
+        .find(|bin| bin.exists());
+    bin.unwrap_or_else(|| {
+        panic!(
+            "no flotilla binary next to {}: build the workspace (cargo test --workspace builds \
+             it) or set FLOTILLA_BIN",
+            exe.display()
+        )
+    })
 }
 
 pub fn free_tcp_port() -> u16 {

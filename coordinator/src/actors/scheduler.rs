@@ -493,7 +493,21 @@ impl SchedulerState {
                 link,
             },
         );
-        for attempt in vanished {
+        // Expected attempts (stored as running on this agent before a restart or takeover)
+        // that it neither runs nor finished never reached it: the previous leader stored the
+        // placement and died before its start command got out. No need to wait for the
+        // adoption grace; a later start from that leader would be refused for its old epoch.
+        let never_started: Vec<AttemptId> = self
+            .expected
+            .iter()
+            .filter(|(attempt, (expected, _))| {
+                expected.agent == agent
+                    && !running.contains(attempt)
+                    && !finished_attempts.contains(attempt)
+            })
+            .map(|(attempt, _)| *attempt)
+            .collect();
+        for attempt in vanished.into_iter().chain(never_started) {
             if self.release(&agent, attempt) {
                 self.to_sweep(attempt, SweepMsg::Lost { attempt });
             }
