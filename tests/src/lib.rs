@@ -319,6 +319,11 @@ impl Cluster {
     }
 
     pub fn start_agent(&mut self, name: &str, slots: u32) {
+        self.start_agent_with(name, slots, &[]);
+    }
+
+    /// An agent with extra command-line arguments.
+    pub fn start_agent_with(&mut self, name: &str, slots: u32, extra: &[&str]) {
         let work_dir = self.path(&format!("agent-{name}"));
         let mut command = Command::new(flotilla_bin());
         command
@@ -331,6 +336,7 @@ impl Cluster {
             .arg(&work_dir)
             .arg("--artifacts")
             .arg(self.path("artifacts"))
+            .args(extra)
             .env("FLOTILLA_LOG", "info");
         let process = Process::spawn(&mut command, &self.path(&format!("agent-{name}.log")));
         self.agents.push(Agent {

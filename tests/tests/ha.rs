@@ -322,3 +322,111 @@ async fn history(endpoints: &[String], prefix: &str) -> Vec<HistoryEvent> {
     }
     events
 }
+
+/// Acceptance: an agent SIGKILLed mid-trial on the etcd cluster. The trial resumes from its
+/// latest checkpoint on the other agent: the epochs after the checkpoint are trained again,
+/// not those before it, and the result equals the same trial run without interruption
+/// (training is deterministic and resume is exact). Agent loss spends no retry.
+#[test]
+fn a_trainer_trial_on_a_killed_agent_resumes_from_its_latest_checkpoint_elsewhere() {
+    let mut cluster = Cluster::new(1, 2, TTL);
+    for index in 0..2 {
+        cluster.start_coordinator(index);
+    }
+    cluster.wait_for_leader(0, Duration::from_secs(30));
+    for name in ["a0", "a1"] {
+        cluster.start_agent_with(name, 1, &["--device", "cpu"]);
+    }
+    cluster.wait_for_agents(2, Duration::from_secs(30));
+    let sweep = |name: &str| {
+        let path = cluster.path(&format!("{name}.toml"));
+        let text = format!(
+            r#"
+name = "{name}"
+
+[objective]
+metric = "accuracy"
+direction = "maximize"
+
+[space.learning_rate]
+type = "categorical"
+choices = [0.003]
+
+[budget]
+max_trials = 1
+max_parallel = 1
+
+[trial]
+trainer = "lstm_classifier"
+
+[trial.settings]
+samples = 800
+seq_len = 32
+hidden_size = 32
+num_heads = 2
+epochs = 30
+checkpoint_every = 1
+"#
+        );
+        std::fs::write(&path, text).expect("write sweep file");
+        path
+    };
+    let interrupted = cluster.submit(&sweep("interrupted"));
+    let mut victim = None;
+    let mut checkpointed = 0;
+    wait_until("two checkpoints", Duration::from_secs(120), || {
+        let Some(results) = cluster.results(&interrupted) else {
+            return false;
+        };
+        let trial = &results["trials"][0];
+        assert_ne!(trial["state"], "succeeded", "finished too soon: {trial}");
+        victim = trial["agent"].as_str().map(String::from);
+        checkpointed = trial["checkpoint"]["epoch"].as_u64().unwrap_or(0);
+        checkpointed >= 2
+    });
+    let victim = victim.expect("the trial's agent");
+    let reference = cluster.submit(&sweep("reference"));
+    let index = cluster
+        .agents
+        .iter()
+        .position(|agent| agent.name == victim)
+        .expect("the victim agent");
+    if let Some(mut process) = cluster.agents[index].process.take() {
+        process.kill();
+    }
+    let survivor = if victim == "a0" { "a1" } else { "a0" };
+    let resumed = wait_completed(&cluster, &interrupted, Duration::from_secs(240));
+    let straight = wait_completed(&cluster, &reference, Duration::from_secs(240));
+    let (resumed, straight) = (&resumed["trials"][0], &straight["trials"][0]);
+    assert_eq!(resumed["state"], "succeeded", "{resumed}");
+    assert_eq!(resumed["agent"], survivor, "{resumed}");
+    assert_eq!(
+        resumed["failures"], 0,
+        "agent loss spends no retry: {resumed}"
+    );
+    let attempt = resumed["attempt"].as_u64().expect("attempt");
+    assert!(attempt >= 1, "{resumed}");
+    assert_eq!(resumed["checkpoint"]["attempt"], attempt, "{resumed}");
+    assert_eq!(resumed["checkpoint"]["epoch"], 30, "{resumed}");
+    // The survivor resumed attempt 0's checkpoint, at or after the one seen before the kill.
+    let log = log_of(&cluster, &format!("agent-{survivor}"));
+    let line = log
+        .lines()
+        .find(|line| line.contains("resuming from") && line.contains("attempt 0"))
+        .unwrap_or_else(|| panic!("{survivor} did not resume attempt 0's checkpoint:\n{log}"));
+    let done: u64 = line
+        .split(" epochs done")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no epoch count in {line:?}"));
+    assert!(
+        done >= checkpointed,
+        "resumed from epoch {done}, but epoch {checkpointed} had been checkpointed: {line}"
+    );
+    for (name, value) in straight["metrics"].as_object().expect("metrics") {
+        if name != "samples_per_second" {
+            assert_eq!(&resumed["metrics"][name], value, "{name}");
+        }
+    }
+}
