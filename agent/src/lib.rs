@@ -5,8 +5,10 @@
 //! - [`Agent`]: start an agent and stop it (draining its trials).
 //! - [`root`]: AgentRoot, which obeys commands and supervises one [`trial`] actor per attempt.
 //! - [`link`]: the QUIC link to the coordinator, with reconnects.
+//! - [`leases`]: with etcd, checkpoint leases that fence each attempt's checkpoint pointer.
 //! - [`metric_line`]: the `@flotilla name=value` line format command trials print.
 
+pub mod leases;
 pub mod link;
 pub mod metric_line;
 pub mod root;
@@ -46,6 +48,8 @@ pub struct AgentConfig {
     pub artifacts: Option<String>,
     /// Device for built-in trainers: auto, cpu, cuda, cuda:N.
     pub device: flotilla_train::DeviceChoice,
+    /// With etcd: checkpoint leases (the TTL is the checkpoint lease's).
+    pub etcd: Option<flotilla_etcd::EtcdConfig>,
 }
 
 impl AgentConfig {
@@ -66,6 +70,7 @@ impl AgentConfig {
             stop_grace: Duration::from_secs(10),
             artifacts: None,
             device: flotilla_train::DeviceChoice::Auto,
+            etcd: None,
         }
     }
 }
@@ -87,6 +92,7 @@ pub struct Agent {
     root_done: tokio::task::JoinHandle<()>,
     link: tokio::task::JoinHandle<Result<(), link::LinkError>>,
     shutdown: CancellationToken,
+    leases: Option<std::sync::Arc<leases::CheckpointLeases>>,
 }
 
 impl Agent {
@@ -105,7 +111,16 @@ impl Agent {
             .artifacts
             .clone()
             .unwrap_or_else(|| config.work_dir.join("artifacts").display().to_string());
+        let leases = match &config.etcd {
+            Some(etcd) => Some(
+                leases::CheckpointLeases::connect(etcd.clone())
+                    .await
+                    .map_err(|error| anyhow!("checkpoint leases: {error}"))?,
+            ),
+            None => None,
+        };
         let trainer_env = trial::TrainerEnv {
+            leases: leases.clone(),
             artifacts: flotilla_train::ArtifactStore::open(&artifacts)
                 .context("opening the artifact store")?,
             device: config.device,
@@ -141,6 +156,7 @@ impl Agent {
             root_done,
             link,
             shutdown,
+            leases,
         })
     }
 
@@ -174,6 +190,9 @@ impl Agent {
         let _ = self.link.await;
         self.root.stop(None);
         let _ = self.root_done.await;
+        if let Some(leases) = self.leases {
+            leases.shutdown().await;
+        }
     }
 }
 

@@ -12,11 +12,12 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_protocol::AttemptId;
 use flotilla_protocol::messages::{
-    AgentMessage, MetricPoint, Metrics, StartTrial, StopReason, TrialOutcome,
+    AgentMessage, CheckpointRef, MetricPoint, Metrics, StartTrial, StopReason, TrialOutcome,
 };
 use flotilla_protocol::spec::substitute;
 use flotilla_protocol::value::json_string;
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 
 use flotilla_train::{ArtifactStore, Control, DeviceChoice, Events, Finish, StopRequest, TrainJob};
 
+use crate::leases::{CheckpointLeases, Ownership};
 use crate::metric_line;
 use crate::root::AgentMsg;
 
@@ -38,6 +40,8 @@ pub enum TrialMsg {
     },
     /// A built-in trainer's thread ended.
     TrainerDone(Result<Finish, String>),
+    /// The checkpoint lease was taken (with the trial's latest checkpoint) or not.
+    Owned(Result<(Ownership, Option<CheckpointRef>), String>),
     StderrTail(String),
     Exited(Result<ExitStatus, String>),
     Stop(StopReason),
@@ -51,6 +55,8 @@ pub struct TrainerEnv {
     pub device: DeviceChoice,
     /// Relative data paths resolve here.
     pub data_dir: PathBuf,
+    /// With etcd: each trainer attempt holds its trial's checkpoint lease.
+    pub leases: Option<Arc<CheckpointLeases>>,
 }
 
 pub struct TrialArgs {
@@ -78,6 +84,11 @@ pub struct TrialState {
     watcher: Option<tokio::task::JoinHandle<()>>,
     /// A built-in trainer's stop switch (its thread checks it before every batch).
     trainer: Option<Control>,
+    /// A trainer attempt waiting for its checkpoint lease: its arguments, and the task
+    /// taking the lease (aborted if the actor stops first).
+    waiting: Option<(Box<TrialArgs>, tokio::task::JoinHandle<()>)>,
+    /// The checkpoint lease this attempt holds, released when it ends.
+    ownership: Option<(Arc<CheckpointLeases>, Ownership)>,
 }
 
 pub struct Trial;
@@ -107,9 +118,28 @@ impl Actor for Trial {
             reported: false,
             watcher: None,
             trainer: None,
+            waiting: None,
+            ownership: None,
         };
-        let started = if args.start.trial.trainer.is_some() {
-            spawn_trainer(&args, &myself).map(|control| state.trainer = Some(control))
+        let leases = args.trainer_env.leases.clone();
+        let started = if let (Some(_), Some(leases)) = (&args.start.trial.trainer, leases) {
+            // Training starts once this attempt holds the trial's checkpoint lease.
+            let me = myself.clone();
+            let wait = leases.takeover_wait();
+            let task = tokio::spawn(async move {
+                let owned = leases.acquire(attempt, wait).await;
+                let _ = me.cast(TrialMsg::Owned(owned));
+            });
+            let outbox = args.outbox.clone();
+            let timeout = args.start.trial.timeout;
+            state.waiting = Some((Box::new(args), task));
+            let _ = outbox.send(AgentMessage::TrialStarted { attempt });
+            if let Some(timeout) = timeout {
+                myself.send_after(timeout, || TrialMsg::Stop(StopReason::TimedOut));
+            }
+            return Ok(state);
+        } else if args.start.trial.trainer.is_some() {
+            spawn_trainer(&args, &myself, None).map(|control| state.trainer = Some(control))
         } else {
             spawn_process(&args, &myself).map(|(process_group, watcher)| {
                 state.process_group = Some(process_group);
@@ -156,6 +186,49 @@ impl Actor for Trial {
                 });
             }
             TrialMsg::StderrTail(tail) => state.stderr_tail = tail,
+            TrialMsg::Owned(owned) => {
+                let Some((mut args, _)) = state.waiting.take() else {
+                    return Ok(());
+                };
+                match owned {
+                    Ok((ownership, latest)) => {
+                        // The pointer in etcd is the truth; the coordinator's copy may lag.
+                        if let Some(latest) = latest {
+                            tracing::info!(attempt = %state.attempt, checkpoint = %latest.uri, epoch = latest.epoch, "resuming from the trial's latest checkpoint");
+                            args.start.resume_from = Some(latest.uri);
+                        }
+                        let leases = args.trainer_env.leases.clone();
+                        let lease = leases.map(|leases| (leases, ownership));
+                        match spawn_trainer(&args, &myself, lease.clone()) {
+                            Ok(control) => {
+                                state.trainer = Some(control);
+                                state.ownership = lease;
+                            }
+                            Err(message) => {
+                                state.ownership = lease;
+                                state.report(TrialOutcome::error(message, 0));
+                                myself.stop(None);
+                            }
+                        }
+                    }
+                    Err(message) => {
+                        tracing::warn!(attempt = %state.attempt, %message, "no checkpoint lease");
+                        state.report(TrialOutcome::error(message, 0));
+                        myself.stop(None);
+                    }
+                }
+            }
+            TrialMsg::Stop(reason) if state.waiting.is_some() => {
+                if let Some((_, task)) = state.waiting.take() {
+                    task.abort();
+                }
+                state.stop_reason = Some(reason);
+                state.report(TrialOutcome::Stopped {
+                    reason,
+                    duration_ms: state.started.elapsed().as_millis() as u64,
+                });
+                myself.stop(None);
+            }
             TrialMsg::Stop(reason) if state.trainer.is_some() => {
                 if state.stop_reason.is_none() {
                     state.stop_reason = Some(reason);
@@ -212,6 +285,12 @@ impl Actor for Trial {
     ) -> Result<(), ActorProcessingErr> {
         // Stopped before the program exited (the agent is going away): nothing outlives us.
         state.signal(Signal::SIGKILL);
+        if let Some((_, task)) = state.waiting.take() {
+            task.abort();
+        }
+        if let Some((leases, ownership)) = state.ownership.take() {
+            leases.release(&ownership).await;
+        }
         if let Some(control) = state.trainer.take() {
             control.request(StopRequest::Abort);
         }
@@ -274,6 +353,12 @@ struct TrainerEvents {
     trial: ActorRef<TrialMsg>,
     outbox: mpsc::UnboundedSender<AgentMessage>,
     attempt: AttemptId,
+    /// With etcd: the lease that fences the trial's latest pointer, the runtime to move it
+    /// on (this runs on the training thread), and the trainer's stop switch for when the
+    /// lease is lost.
+    lease: Option<(Arc<CheckpointLeases>, Ownership)>,
+    runtime: tokio::runtime::Handle,
+    control: Control,
 }
 
 impl Events for TrainerEvents {
@@ -285,6 +370,18 @@ impl Events for TrainerEvents {
     }
 
     fn checkpoint(&mut self, checkpoint: flotilla_protocol::messages::CheckpointRef) {
+        if let Some((leases, ownership)) = &self.lease {
+            let moved = self
+                .runtime
+                .block_on(leases.move_latest(ownership, &checkpoint));
+            if let Err(message) = moved {
+                // Another attempt owns the trial now (or may at any moment): stop writing.
+                tracing::warn!(attempt = %self.attempt, %message, checkpoint = %checkpoint.uri, "checkpoint not published; stopping the trainer");
+                self.lease = None;
+                self.control.request(StopRequest::Abort);
+                return;
+            }
+        }
         let _ = self.outbox.send(AgentMessage::TrialCheckpoint {
             attempt: self.attempt,
             checkpoint,
@@ -298,7 +395,11 @@ impl Events for TrainerEvents {
 
 /// Starts a built-in trainer on its own thread (training never runs in an actor handler).
 /// The thread reports its end to the actor; the returned control stops it.
-fn spawn_trainer(args: &TrialArgs, myself: &ActorRef<TrialMsg>) -> Result<Control, String> {
+fn spawn_trainer(
+    args: &TrialArgs,
+    myself: &ActorRef<TrialMsg>,
+    lease: Option<(Arc<CheckpointLeases>, Ownership)>,
+) -> Result<Control, String> {
     let start = &args.start;
     let job = TrainJob {
         trainer: start.trial.trainer.clone().unwrap_or_default(),
@@ -312,12 +413,15 @@ fn spawn_trainer(args: &TrialArgs, myself: &ActorRef<TrialMsg>) -> Result<Contro
         data_dir: args.trainer_env.data_dir.clone(),
     };
     let control = Control::new();
+    let runtime = tokio::runtime::Handle::current();
     let mut events = TrainerEvents {
         trial: myself.clone(),
         outbox: args.outbox.clone(),
         attempt: start.attempt,
+        lease,
+        runtime: runtime.clone(),
+        control: control.clone(),
     };
-    let runtime = tokio::runtime::Handle::current();
     let thread_control = control.clone();
     let trial = myself.clone();
     std::thread::Builder::new()

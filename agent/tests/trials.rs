@@ -34,6 +34,7 @@ async fn harness(slots: u32, stop_grace: Duration) -> Harness {
             .expect("artifact store"),
             device: flotilla_train::DeviceChoice::Cpu,
             data_dir: dir.path().to_path_buf(),
+            leases: None,
         },
     };
     let (root, _) = Actor::spawn(None, AgentRoot, args)

@@ -183,6 +183,17 @@ struct AgentArgs {
     /// cuda, cuda:N.
     #[arg(long, env = "FLOTILLA_DEVICE", default_value = "auto")]
     device: flotilla_train::DeviceChoice,
+    /// etcd client URLs, separated by commas: fence built-in trainers' checkpoints with a
+    /// lease per running trial (the cluster's coordinators use the same etcd).
+    #[arg(long, env = "FLOTILLA_ETCD", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The cluster's key prefix in etcd.
+    #[arg(long, env = "FLOTILLA_ETCD_PREFIX", default_value = "/flotilla")]
+    etcd_prefix: String,
+    /// The agent's checkpoint lease (whole seconds): a dead or paused agent's trials can
+    /// be taken over this long after its last keep-alive.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    checkpoint_lease_ttl: Duration,
 }
 
 #[derive(Subcommand)]
@@ -393,6 +404,15 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.stop_grace = args.stop_grace;
     config.artifacts = args.artifacts;
     config.device = args.device;
+    if !args.etcd.is_empty() {
+        if args.checkpoint_lease_ttl < Duration::from_secs(1) {
+            bail!("--checkpoint-lease-ttl must be at least 1s (etcd leases are whole seconds)");
+        }
+        let mut etcd = EtcdConfig::new(args.etcd);
+        etcd.prefix = args.etcd_prefix;
+        etcd.lease_ttl = args.checkpoint_lease_ttl;
+        config.etcd = Some(etcd);
+    }
     let mut agent = Agent::start(config).await?;
     println!(
         "agent {id} with {} slot(s) serving {}",

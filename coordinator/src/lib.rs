@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use flotilla_protocol::Epoch;
@@ -457,15 +457,7 @@ async fn campaign_once(
 ) -> anyhow::Result<()> {
     let ttl = config.lease_ttl;
     let mut etcd = client.clone();
-    let granted_at = Instant::now();
-    let lease = tokio::time::timeout(ttl, etcd.lease_grant(config.lease_ttl_secs(), None))
-        .await
-        .map_err(|_| anyhow!("granting a lease timed out"))??;
-    let lease_id = lease.id();
-    let granted = Duration::from_secs(lease.ttl().max(0) as u64);
-    let fence = Arc::new(Fence::new(
-        granted_at + granted.saturating_sub(ha::fence_margin(ttl)),
-    ));
+    let (lease_id, fence) = ha::grant(&mut etcd, config).await?;
     terms.spawn(ha::keep_alive(
         client.clone(),
         lease_id,

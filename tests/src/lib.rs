@@ -325,9 +325,12 @@ impl Cluster {
     /// An agent with extra command-line arguments.
     pub fn start_agent_with(&mut self, name: &str, slots: u32, extra: &[&str]) {
         let work_dir = self.path(&format!("agent-{name}"));
+        let etcd = self.etcd.endpoints().join(",");
+        let ttl = format!("{}s", self.lease_ttl.as_secs());
         let mut command = Command::new(flotilla_bin());
         command
             .args(["agent", "--coordinator", &self.addresses()])
+            .args(["--etcd", &etcd, "--checkpoint-lease-ttl", &ttl])
             .args(["--id", name, "--slots", &slots.to_string()])
             .args(["--stop-grace", "2s"])
             .arg("--certs")

@@ -430,3 +430,139 @@ checkpoint_every = 1
         }
     }
 }
+
+/// A built-in trainer sweep of one trial with a checkpoint every epoch.
+fn trainer_sweep(cluster: &Cluster, name: &str, epochs: u32) -> std::path::PathBuf {
+    let path = cluster.path(&format!("{name}.toml"));
+    let text = format!(
+        r#"
+name = "{name}"
+
+[objective]
+metric = "accuracy"
+direction = "maximize"
+
+[space.learning_rate]
+type = "categorical"
+choices = [0.003]
+
+[budget]
+max_trials = 1
+max_parallel = 1
+
+[trial]
+trainer = "lstm_classifier"
+
+[trial.settings]
+samples = 800
+seq_len = 32
+hidden_size = 32
+num_heads = 2
+epochs = {epochs}
+checkpoint_every = 1
+"#
+    );
+    std::fs::write(&path, text).expect("write sweep file");
+    path
+}
+
+/// Acceptance: an agent paused (SIGSTOP) past its checkpoint lease while a new attempt
+/// resumes the trial on another agent, then resumed. The trial's `latest` pointer in etcd
+/// never moves backwards and, once the new attempt has moved it, never points at the stale
+/// attempt's objects again; the trial completes once, on the new attempt.
+#[test]
+fn an_agent_paused_past_its_checkpoint_lease_never_moves_the_pointer_back() {
+    let mut cluster = Cluster::new(1, 1, TTL);
+    cluster.start_coordinator(0);
+    cluster.wait_for_leader(0, Duration::from_secs(30));
+    for name in ["a0", "a1"] {
+        cluster.start_agent_with(name, 1, &["--device", "cpu"]);
+    }
+    cluster.wait_for_agents(2, Duration::from_secs(30));
+    let sweep = cluster.submit(&trainer_sweep(&cluster, "paused-agent", 60));
+    let mut victim = None;
+    wait_until("two checkpoints", Duration::from_secs(120), || {
+        let Some(results) = cluster.results(&sweep) else {
+            return false;
+        };
+        let trial = &results["trials"][0];
+        assert_ne!(trial["state"], "succeeded", "finished too soon: {trial}");
+        victim = trial["agent"].as_str().map(String::from);
+        trial["checkpoint"]["epoch"].as_u64().unwrap_or(0) >= 2
+    });
+    let victim = victim.expect("the trial's agent");
+    let index = cluster
+        .agents
+        .iter()
+        .position(|agent| agent.name == victim)
+        .expect("the victim agent");
+    cluster.agents[index]
+        .process
+        .as_ref()
+        .expect("running")
+        .pause();
+    // The coordinator declares it lost, the other agent takes the lease once it expired, and
+    // its attempt publishes a checkpoint of its own.
+    wait_until(
+        "the new attempt to publish a checkpoint",
+        Duration::from_secs(60),
+        || {
+            cluster.results(&sweep).is_some_and(|results| {
+                let trial = &results["trials"][0];
+                trial["attempt"].as_u64().unwrap_or(0) >= 1
+                    && trial["checkpoint"]["attempt"] == trial["attempt"]
+            })
+        },
+    );
+    cluster.agents[index]
+        .process
+        .as_ref()
+        .expect("running")
+        .resume();
+    let results = wait_completed(&cluster, &sweep, Duration::from_secs(240));
+    let trial = &results["trials"][0];
+    assert_eq!(trial["state"], "succeeded", "{trial}");
+    assert_ne!(trial["agent"], victim.as_str(), "{trial}");
+    assert_eq!(trial["failures"], 0, "{trial}");
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let history = runtime.block_on(history(
+        &cluster.etcd.endpoints(),
+        "/flotilla/v1/checkpoints/s1-t0/latest",
+    ));
+    let pointers: Vec<Value> = history
+        .iter()
+        .filter(|event| event.put)
+        .map(|event| serde_json::from_slice(&event.value).expect("a JSON checkpoint pointer"))
+        .collect();
+    assert!(pointers.len() >= 3, "{pointers:?}");
+    let mut newest_attempt = 0;
+    let mut previous: Option<(u64, u64)> = None;
+    for pointer in &pointers {
+        let attempt = pointer["attempt"].as_u64().expect("attempt");
+        let step = pointer["step"].as_u64().expect("step");
+        assert!(
+            attempt >= newest_attempt,
+            "the pointer went back to attempt {attempt} after attempt {newest_attempt}: {pointers:?}"
+        );
+        newest_attempt = attempt;
+        if let Some(previous) = previous {
+            assert!(
+                (attempt, step) > previous,
+                "the pointer moved backwards to {pointer} from {previous:?}"
+            );
+        }
+        previous = Some((attempt, step));
+    }
+    assert!(newest_attempt >= 1, "{pointers:?}");
+    assert_eq!(
+        pointers.last().expect("a pointer")["epoch"],
+        60,
+        "{pointers:?}"
+    );
+    let log = log_of(&cluster, &format!("agent-{victim}"));
+    eprintln!(
+        "stale attempt refused a pointer move after resuming: {}",
+        log.contains("checkpoint not published")
+    );
+}
