@@ -11,6 +11,9 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # The high-availability tests start real etcd members and probe them with etcdctl.
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+# The partition test puts a coordinator in a network namespace (it skips, saying why, where
+# namespaces are not allowed).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -111,10 +111,107 @@ impl Drop for Process {
     }
 }
 
+/// A network namespace joined to this one by a veth pair on a /30 from 198.18.0.0/15 (the
+/// range reserved for network tests), with no route anywhere else. A process started in it
+/// reaches the host side's address (and the host reaches its address) until [`Netns::cut`].
+pub struct Netns {
+    pub name: String,
+    host_link: String,
+    /// The host side's address, reachable from inside.
+    pub host_ip: String,
+    /// The namespace's address, reachable from the host.
+    pub ns_ip: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|error| format!("cannot run ip: {error}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// Namespace number `index` of this test process.
+    pub fn create(index: u32) -> Result<Netns, String> {
+        let id = std::process::id();
+        let name = format!("flt{id}n{index}");
+        let host_link = format!("flt{id}h{index}");
+        let peer_link = format!("flt{id}p{index}");
+        // 198.18.A.B/30 with a block per (process, index): A.B from the low bits of both.
+        let block = ((id % 4000) * 4 + index) * 4;
+        let (third, fourth) = (block / 256 % 256, block % 256);
+        let host_ip = format!("198.18.{third}.{}", fourth + 1);
+        let ns_ip = format!("198.18.{third}.{}", fourth + 2);
+        ip(&["netns", "add", &name])?;
+        let netns = Netns {
+            name: name.clone(),
+            host_link: host_link.clone(),
+            host_ip: host_ip.clone(),
+            ns_ip: ns_ip.clone(),
+        };
+        ip(&[
+            "link", "add", &host_link, "type", "veth", "peer", "name", &peer_link,
+        ])?;
+        ip(&["link", "set", &peer_link, "netns", &name])?;
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_link])?;
+        ip(&["link", "set", &host_link, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut full = vec!["netns", "exec", &name, "ip"];
+            full.extend_from_slice(args);
+            ip(&full)
+        };
+        inside(&["addr", "add", &format!("{ns_ip}/30"), "dev", &peer_link])?;
+        inside(&["link", "set", &peer_link, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// Whether this machine lets tests make namespaces (root, iproute2, no sandbox in the
+    /// way); the reason when it does not.
+    pub fn supported() -> Result<(), String> {
+        Netns::create(99).map(drop)
+    }
+
+    /// Cuts the link: nothing passes between the namespace and the host until [`Netns::heal`].
+    pub fn cut(&self) {
+        ip(&["link", "set", &self.host_link, "down"]).expect("cut the link");
+    }
+
+    pub fn heal(&self) {
+        ip(&["link", "set", &self.host_link, "up"]).expect("heal the link");
+    }
+
+    /// `command` run inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.host_link]);
+    }
+}
+
 /// One etcd member.
 pub struct EtcdMember {
     pub name: String,
     pub client_url: String,
+    pub client_port: u16,
+    extra_ips: Vec<String>,
     peer_url: String,
     data_dir: PathBuf,
     log: PathBuf,
@@ -129,11 +226,20 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start(dir: &Path, size: usize) -> Etcd {
+        Etcd::start_listening(dir, size, &[])
+    }
+
+    /// Members that also serve clients on `extra_ips` (host sides of namespaces), each on
+    /// its client port.
+    pub fn start_listening(dir: &Path, size: usize, extra_ips: &[String]) -> Etcd {
         let members: Vec<EtcdMember> = (0..size)
             .map(|index| {
                 let name = format!("etcd{index}");
+                let client_port = free_tcp_port();
                 EtcdMember {
-                    client_url: format!("http://127.0.0.1:{}", free_tcp_port()),
+                    client_port,
+                    extra_ips: extra_ips.to_vec(),
+                    client_url: format!("http://127.0.0.1:{client_port}"),
                     peer_url: format!("http://127.0.0.1:{}", free_tcp_port()),
                     data_dir: dir.join(format!("{name}.data")),
                     log: dir.join(format!("{name}.log")),
@@ -169,7 +275,17 @@ impl Etcd {
             .arg("--data-dir")
             .arg(&member.data_dir)
             .arg("--listen-client-urls")
-            .arg(&member.client_url)
+            .arg(
+                std::iter::once(member.client_url.clone())
+                    .chain(
+                        member
+                            .extra_ips
+                            .iter()
+                            .map(|ip| format!("http://{ip}:{}", member.client_port)),
+                    )
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .arg("--advertise-client-urls")
             .arg(&member.client_url)
             .arg("--listen-peer-urls")
@@ -233,6 +349,8 @@ pub struct Coordinator {
     pub name: String,
     pub address: String,
     pub process: Option<Process>,
+    /// The namespace it runs in, for partitions.
+    pub netns: Option<Netns>,
 }
 
 pub struct Agent {
@@ -244,6 +362,18 @@ pub struct Agent {
 impl Cluster {
     /// Certificates, an etcd of `etcd_members`, and `coordinators` replicas (not started).
     pub fn new(etcd_members: usize, coordinators: usize, lease_ttl: Duration) -> Cluster {
+        Cluster::with_namespaces(etcd_members, coordinators, lease_ttl, Vec::new())
+    }
+
+    /// Like [`Cluster::new`], with coordinator `i` running in `namespaces[i]` (when given),
+    /// reachable from the host at the namespace's address and reaching etcd through the host
+    /// side of its link.
+    pub fn with_namespaces(
+        etcd_members: usize,
+        coordinators: usize,
+        lease_ttl: Duration,
+        namespaces: Vec<Netns>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let output = Command::new(flotilla_bin())
             .args(["certs", "init", "--out"])
@@ -255,12 +385,21 @@ impl Cluster {
             "certs init: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let etcd = Etcd::start(dir.path(), etcd_members);
+        let host_ips: Vec<String> = namespaces.iter().map(|ns| ns.host_ip.clone()).collect();
+        let etcd = Etcd::start_listening(dir.path(), etcd_members, &host_ips);
+        let mut namespaces = namespaces.into_iter();
         let coordinators = (0..coordinators)
-            .map(|index| Coordinator {
-                name: format!("c{index}"),
-                address: format!("127.0.0.1:{}", free_udp_port()),
-                process: None,
+            .map(|index| {
+                let netns = namespaces.next();
+                let ip = netns
+                    .as_ref()
+                    .map_or("127.0.0.1".to_string(), |ns| ns.ns_ip.clone());
+                Coordinator {
+                    name: format!("c{index}"),
+                    address: format!("{ip}:{}", free_udp_port()),
+                    process: None,
+                    netns,
+                }
             })
             .collect();
         Cluster {
@@ -287,13 +426,25 @@ impl Cluster {
     }
 
     pub fn start_coordinator(&mut self, index: usize) {
-        let etcd = self.etcd.endpoints().join(",");
+        let etcd = match &self.coordinators[index].netns {
+            Some(ns) => self
+                .etcd
+                .members
+                .iter()
+                .map(|member| format!("http://{}:{}", ns.host_ip, member.client_port))
+                .collect::<Vec<_>>()
+                .join(","),
+            None => self.etcd.endpoints().join(","),
+        };
         let ttl = format!("{}s", self.lease_ttl.as_secs());
         let agent_timeout = format!("{}ms", self.agent_timeout.as_millis());
         let certs = self.path("certs");
         let log = self.path(&format!("{}.log", self.coordinators[index].name));
         let coordinator = &mut self.coordinators[index];
-        let mut command = Command::new(flotilla_bin());
+        let mut command = match &coordinator.netns {
+            Some(ns) => ns.command(&flotilla_bin()),
+            None => Command::new(flotilla_bin()),
+        };
         command
             .args(["coordinator", "--listen", &coordinator.address])
             .args(["--etcd", &etcd, "--lease-ttl", &ttl])

@@ -158,38 +158,7 @@ fn a_leader_paused_past_its_lease_is_fenced_when_it_resumes() {
     assert_eq!(succeeded_params(&results).len(), 60);
     assert_no_trial_ran_twice_at_once(&run_events(&cluster.path("paused.runs")));
 
-    // etcd keeps every revision (no compaction here). The takeover is the revision at which
-    // the old leader's election key was deleted (its lease ran out); from then on every
-    // state write must come from a newer epoch.
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints = cluster.etcd.endpoints();
-    let election = runtime.block_on(history(&endpoints, "/flotilla/v1/election"));
-    let old_key = election
-        .iter()
-        .find(|event| event.put && event.create_revision == old_epoch as i64)
-        .map(|event| event.key.clone())
-        .expect("the old leader's election key");
-    let takeover = election
-        .iter()
-        .find(|event| !event.put && event.key == old_key)
-        .map(|event| event.revision)
-        .expect("the old leader's election key was deleted");
-    let writes = runtime.block_on(history(&endpoints, "/flotilla/v1/state/"));
-    let after_takeover: Vec<_> = writes
-        .iter()
-        .filter(|event| event.put && event.revision > takeover)
-        .collect();
-    assert!(!after_takeover.is_empty(), "the new leader wrote nothing");
-    for event in &after_takeover {
-        let (writer, _) = flotilla_coordinator::store::etcd::open_envelope(&event.value)
-            .expect("a record with its epoch header");
-        assert!(
-            writer.0 >= new_epoch,
-            "{} written at revision {} by epoch {writer}, after epoch {new_epoch} took over at revision {takeover}",
-            event.key,
-            event.revision
-        );
-    }
+    assert_no_writes_after_takeover(&cluster, old_epoch, new_epoch);
     // Agents never obeyed the old leader after the takeover: every connection after it was
     // to an epoch at least as new.
     for agent in ["a0", "a1"] {
@@ -270,6 +239,119 @@ fn one_etcd_member_lost_keeps_scheduling_two_lost_stops_it_until_they_return() {
     let results = wait_completed(&cluster, &sweep, Duration::from_secs(180));
     assert_eq!(succeeded_params(&results).len(), 80);
     assert_no_trial_ran_twice_at_once(&run_events(&cluster.path("quorum.runs")));
+}
+
+/// etcd keeps every revision (no compaction here). The takeover is the revision at which the
+/// old leader's election key was deleted (its lease ran out); from then on every state write
+/// must come from `new_epoch` or later.
+fn assert_no_writes_after_takeover(cluster: &Cluster, old_epoch: u64, new_epoch: u64) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let endpoints = cluster.etcd.endpoints();
+    let election = runtime.block_on(history(&endpoints, "/flotilla/v1/election"));
+    let old_key = election
+        .iter()
+        .find(|event| event.put && event.create_revision == old_epoch as i64)
+        .map(|event| event.key.clone())
+        .expect("the old leader's election key");
+    let takeover = election
+        .iter()
+        .find(|event| !event.put && event.key == old_key)
+        .map(|event| event.revision)
+        .expect("the old leader's election key was deleted");
+    let writes = runtime.block_on(history(&endpoints, "/flotilla/v1/state/"));
+    let after_takeover: Vec<_> = writes
+        .iter()
+        .filter(|event| event.put && event.revision > takeover)
+        .collect();
+    assert!(!after_takeover.is_empty(), "the new leader wrote nothing");
+    for event in &after_takeover {
+        let (writer, _) = flotilla_coordinator::store::etcd::open_envelope(&event.value)
+            .expect("a record with its epoch header");
+        assert!(
+            writer.0 >= new_epoch,
+            "{} written at revision {} by epoch {writer}, after epoch {new_epoch} took over at revision {takeover}",
+            event.key,
+            event.revision
+        );
+    }
+}
+
+/// Acceptance (partition): the leader, in its own network namespace, is cut off from etcd and
+/// the agents while it keeps running. It steps down by itself within its lease, a follower
+/// takes over, and none of the cut-off leader's writes is accepted. Once the link is back it
+/// campaigns again as a follower, and the sweep completes with every trial exactly once.
+/// Skipped, with the reason, where the machine does not allow network namespaces.
+#[test]
+fn a_leader_cut_off_by_a_partition_steps_down_and_rejoins_as_a_follower() {
+    if let Err(reason) = flotilla_cluster_tests::Netns::supported() {
+        eprintln!("skipped: network namespaces are not available here: {reason}");
+        return;
+    }
+    let netns = flotilla_cluster_tests::Netns::create(0).expect("a namespace");
+    let mut cluster = Cluster::with_namespaces(1, 3, TTL, vec![netns]);
+    // The replica in the namespace campaigns first, so it leads.
+    cluster.start_coordinator(0);
+    let (leader, old_epoch) = cluster.wait_for_leader(0, Duration::from_secs(30));
+    assert_eq!(leader, 0);
+    cluster.start_coordinator(1);
+    cluster.start_coordinator(2);
+    for name in ["a0", "a1"] {
+        cluster.start_agent(name, 2);
+    }
+    cluster.wait_for_agents(2, Duration::from_secs(30));
+    let file = cluster.write_logged_sweep("partition", 80, 4, "0.2");
+    let sweep = cluster.submit(&file);
+    wait_until("the sweep to start", Duration::from_secs(30), || {
+        cluster.progress(&sweep).is_some_and(|(_, done)| done >= 8)
+    });
+
+    cluster.coordinators[0]
+        .netns
+        .as_ref()
+        .expect("namespace")
+        .cut();
+    let (new_leader, new_epoch) = cluster.wait_for_leader(old_epoch, Duration::from_secs(30));
+    assert_ne!(new_leader, 0);
+    wait_until(
+        "the cut-off leader to step down",
+        Duration::from_secs(20),
+        || log_of(&cluster, "c0").contains("stepping down"),
+    );
+    assert!(
+        cluster.coordinators[0]
+            .process
+            .as_mut()
+            .expect("c0")
+            .is_running(),
+        "the cut-off leader should step down, not exit"
+    );
+    std::thread::sleep(TTL);
+    cluster.coordinators[0]
+        .netns
+        .as_ref()
+        .expect("namespace")
+        .heal();
+
+    let results = wait_completed(&cluster, &sweep, Duration::from_secs(180));
+    assert_eq!(succeeded_params(&results).len(), 80);
+    assert_no_trial_ran_twice_at_once(&run_events(&cluster.path("partition.runs")));
+    for trial in results["trials"].as_array().expect("trials") {
+        assert_eq!(trial["failures"], 0, "{trial}");
+    }
+    assert_no_writes_after_takeover(&cluster, old_epoch, new_epoch);
+    // Healed, the old leader campaigns again and follows.
+    wait_until(
+        "the healed replica to rejoin the election",
+        Duration::from_secs(30),
+        || {
+            cluster.status().is_some_and(|status| {
+                status["replicas"]
+                    .as_array()
+                    .is_some_and(|replicas| replicas.len() == 3)
+                    && status["leader"] != "c0"
+            })
+        },
+    );
 }
 
 /// One event of etcd's history under a prefix.
