@@ -420,40 +420,7 @@ fn a_trainer_trial_on_a_killed_agent_resumes_from_its_latest_checkpoint_elsewher
         cluster.start_agent_with(name, 1, &["--device", "cpu"]);
     }
     cluster.wait_for_agents(2, Duration::from_secs(30));
-    let sweep = |name: &str| {
-        let path = cluster.path(&format!("{name}.toml"));
-        let text = format!(
-            r#"
-name = "{name}"
-
-[objective]
-metric = "accuracy"
-direction = "maximize"
-
-[space.learning_rate]
-type = "categorical"
-choices = [0.003]
-
-[budget]
-max_trials = 1
-max_parallel = 1
-
-[trial]
-trainer = "lstm_classifier"
-
-[trial.settings]
-samples = 800
-seq_len = 32
-hidden_size = 32
-num_heads = 2
-epochs = 30
-checkpoint_every = 1
-"#
-        );
-        std::fs::write(&path, text).expect("write sweep file");
-        path
-    };
-    let interrupted = cluster.submit(&sweep("interrupted"));
+    let interrupted = cluster.submit(&trainer_sweep(&cluster, "interrupted", 30));
     let mut victim = None;
     let mut checkpointed = 0;
     wait_until("two checkpoints", Duration::from_secs(120), || {
@@ -467,7 +434,7 @@ checkpoint_every = 1
         checkpointed >= 2
     });
     let victim = victim.expect("the trial's agent");
-    let reference = cluster.submit(&sweep("reference"));
+    let reference = cluster.submit(&trainer_sweep(&cluster, "reference", 30));
     let index = cluster
         .agents
         .iter()
