@@ -104,6 +104,14 @@ fn killing_the_leader_five_times_loses_no_trial_and_runs_none_twice() {
         cluster.kill_coordinator(leader);
         let (_, next) = cluster.wait_for_leader(current, Duration::from_secs(30));
         failovers.push(killed_at.elapsed());
+        // The new leader knows every agent from the store, reconnected or not yet.
+        let agents = cluster.flotilla_ok(&["cluster", "agents"]);
+        for name in ["a0", "a1", "a2"] {
+            assert!(
+                agents.contains(name),
+                "{name} missing after a takeover:\n{agents}"
+            );
+        }
         epoch = next;
         cluster.start_coordinator(leader);
     }

@@ -68,13 +68,15 @@ impl Actor for Leader {
         };
         let (scheduler, _) =
             Actor::spawn_linked(None, Scheduler, scheduler_args, myself.get_cell()).await?;
+        let stored = args.store.load().await?;
         let registry_args = RegistryArgs {
             scheduler: scheduler.clone(),
             agent_timeout: args.agent_timeout,
+            store: args.store.clone(),
+            known: stored.agents.clone(),
         };
         let (registry, _) =
             Actor::spawn_linked(None, Registry, registry_args, myself.get_cell()).await?;
-        let stored = args.store.load().await?;
         let mut state = LeaderState {
             store: args.store,
             registry,

@@ -3,11 +3,14 @@
 //! Place in the tree: child of the Leader. Agent sessions report registrations, heartbeats
 //! and disconnects here. A disconnect alone does not lose an agent — it may reconnect within
 //! moments and report its running trials. An agent is lost when no heartbeat arrived for
-//! `agent_timeout`; the Scheduler is then told, and the agent's trials run elsewhere.
+//! `agent_timeout`; the Scheduler is then told, and the agent's trials run elsewhere. Each
+//! registration is stored; agents known from the store are listed as disconnected until
+//! they register with this leader.
 //!
 //! Failure: linked to the Leader; a failure stops the coordinator (state is in the store).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_protocol::AgentId;
@@ -15,6 +18,8 @@ use flotilla_protocol::messages::{AgentInfo, Registration};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::scheduler::{AgentLink, SchedulerMsg};
+use crate::clock::now_ms;
+use crate::store::{AgentRecord, StateStore, StateWrite};
 
 pub enum RegistryMsg {
     Register {
@@ -37,6 +42,10 @@ pub enum RegistryMsg {
 pub struct RegistryArgs {
     pub scheduler: ActorRef<SchedulerMsg>,
     pub agent_timeout: Duration,
+    pub store: Arc<dyn StateStore>,
+    /// Agents registered with earlier leaders (or before a restart), listed as disconnected
+    /// until they register again.
+    pub known: BTreeMap<AgentId, AgentRecord>,
 }
 
 struct AgentEntry {
@@ -50,6 +59,8 @@ pub struct RegistryState {
     scheduler: ActorRef<SchedulerMsg>,
     agent_timeout: Duration,
     agents: BTreeMap<AgentId, AgentEntry>,
+    store: Arc<dyn StateStore>,
+    known: BTreeMap<AgentId, AgentRecord>,
 }
 
 pub struct Registry;
@@ -69,6 +80,8 @@ impl Actor for Registry {
             scheduler: args.scheduler,
             agent_timeout: args.agent_timeout,
             agents: BTreeMap::new(),
+            store: args.store,
+            known: args.known,
         })
     }
 
@@ -85,6 +98,21 @@ impl Actor for Registry {
                 reply,
             } => {
                 let agent = registration.agent_id.clone();
+                let record = AgentRecord {
+                    id: agent.clone(),
+                    hostname: registration.hostname.clone(),
+                    slots: registration.slots,
+                    gpus: registration.gpus,
+                    version: registration.version.clone(),
+                    registered_ms: now_ms(),
+                };
+                // Kept for operators (`cluster agents` after a takeover); not awaited.
+                drop(
+                    state
+                        .store
+                        .write(vec![StateWrite::Agent(Box::new(record.clone()))]),
+                );
+                state.known.insert(agent.clone(), record);
                 let message = SchedulerMsg::AgentUp {
                     agent: agent.clone(),
                     slots: registration.slots,
@@ -145,7 +173,24 @@ impl Actor for Registry {
                 let usage = super::ask(&state.scheduler, SchedulerMsg::Usage)
                     .await
                     .unwrap_or_default();
-                let agents = state
+                let now = now_ms();
+                let remembered = state
+                    .known
+                    .values()
+                    .filter(|record| !state.agents.contains_key(&record.id))
+                    .map(|record| AgentInfo {
+                        id: record.id.clone(),
+                        hostname: record.hostname.clone(),
+                        slots: record.slots,
+                        busy_slots: 0,
+                        gpus: record.gpus,
+                        connected: false,
+                        last_seen_ms_ago: now.saturating_sub(record.registered_ms),
+                        running: Vec::new(),
+                        draining: false,
+                        version: record.version.clone(),
+                    });
+                let mut agents: Vec<AgentInfo> = state
                     .agents
                     .iter()
                     .map(|(agent, entry)| {
@@ -165,6 +210,8 @@ impl Actor for Registry {
                         }
                     })
                     .collect();
+                agents.extend(remembered);
+                agents.sort_by(|a, b| a.id.cmp(&b.id));
                 let _ = reply.send(agents);
             }
         }

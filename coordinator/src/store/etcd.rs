@@ -5,6 +5,7 @@
 //! ```text
 //! sweeps/<sweep id, 20 digits>                    SweepRecord
 //! trials/<sweep id, 20 digits>/<number, 10 digits> TrialRecord
+//! agents/<agent id>                                AgentRecord (its last registration)
 //! ```
 //!
 //! Each value is `[epoch u64 BE][record in the protocol codec]`: the epoch of the leader that
@@ -66,6 +67,11 @@ pub fn sweep_key(root: &str, sweep: u64) -> String {
 /// Where a trial's record lives.
 pub fn trial_key(root: &str, sweep: u64, number: u32) -> String {
     format!("{root}/state/trials/{sweep:020}/{number:010}")
+}
+
+/// Where an agent's registration lives.
+pub fn agent_key(root: &str, agent: &str) -> String {
+    format!("{root}/state/agents/{agent}")
 }
 
 /// A stored value: the writer's epoch, then the record.
@@ -165,6 +171,10 @@ pub async fn list(client: &mut Client, root: &str) -> Result<StoredState, StoreE
                 let trial: TrialRecord =
                     codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
                 state.apply(StateWrite::Trial(Box::new(trial)));
+            } else if suffix.starts_with("agents/") {
+                let agent: super::AgentRecord =
+                    codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
+                state.apply(StateWrite::Agent(Box::new(agent)));
             } else {
                 tracing::warn!(%key, "ignoring an unknown key under the state prefix");
             }
@@ -298,6 +308,9 @@ impl Writer {
                     trial_key(&self.root, trial.id.sweep.0, trial.id.number),
                     codec::encode(trial),
                 ),
+                StateWrite::Agent(agent) => {
+                    (agent_key(&self.root, &agent.id.0), codec::encode(agent))
+                }
                 // The epoch is the election key's revision; nothing to store.
                 StateWrite::Epoch(_) => continue,
             };

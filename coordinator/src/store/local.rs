@@ -346,6 +346,17 @@ mod tests {
         }))
     }
 
+    fn agent(slots: u32) -> StateWrite {
+        StateWrite::Agent(Box::new(super::super::AgentRecord {
+            id: flotilla_protocol::AgentId("gpu-1".into()),
+            hostname: "h".into(),
+            slots,
+            gpus: 1,
+            version: "0.1.0".into(),
+            registered_ms: 1,
+        }))
+    }
+
     #[tokio::test]
     async fn writes_survive_reopen_and_last_write_wins() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -356,9 +367,10 @@ mod tests {
             store.write(vec![
                 trial(0, TrialState::Pending),
                 trial(1, TrialState::Pending),
+                agent(4),
             ]);
             store
-                .write(vec![trial(0, TrialState::Succeeded)])
+                .write(vec![trial(0, TrialState::Succeeded), agent(8)])
                 .durable()
                 .await
                 .expect("durable");
@@ -367,6 +379,9 @@ mod tests {
         let state = store.load().await.expect("load");
         assert_eq!(state.trials[&SweepId(1)][&0].state, TrialState::Succeeded);
         assert_eq!(state.trials[&SweepId(1)].len(), 2);
+        let agents: Vec<_> = state.agents.values().collect();
+        assert_eq!(agents.len(), 1, "{agents:?}");
+        assert_eq!(agents[0].slots, 8, "the newest registration wins");
         assert_eq!(store.next_epoch().await.expect("epoch"), Epoch(2));
     }
 

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use flotilla_protocol::messages::{SweepState, TrialRecord};
 use flotilla_protocol::spec::SweepSpec;
-use flotilla_protocol::{Epoch, SweepId};
+use flotilla_protocol::{AgentId, Epoch, SweepId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -33,6 +33,18 @@ pub struct SweepRecord {
     pub finished_ms: Option<u64>,
 }
 
+/// An agent as it last registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub id: AgentId,
+    pub hostname: String,
+    pub slots: u32,
+    pub gpus: u32,
+    pub version: String,
+    /// Unix milliseconds of the registration.
+    pub registered_ms: u64,
+}
+
 /// One record to store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StateWrite {
@@ -40,6 +52,8 @@ pub enum StateWrite {
     Trial(Box<TrialRecord>),
     /// The newest leader epoch handed out.
     Epoch(Epoch),
+    /// An agent registration (appended last: older state files still decode).
+    Agent(Box<AgentRecord>),
 }
 
 /// Everything a coordinator needs to resume.
@@ -49,6 +63,8 @@ pub struct StoredState {
     pub sweeps: BTreeMap<SweepId, SweepRecord>,
     /// Trials of each sweep, indexed by trial number.
     pub trials: BTreeMap<SweepId, BTreeMap<u32, TrialRecord>>,
+    /// Every agent that ever registered, as it last did.
+    pub agents: BTreeMap<AgentId, AgentRecord>,
 }
 
 impl StoredState {
@@ -64,6 +80,9 @@ impl StoredState {
                     .insert(trial.id.number, *trial);
             }
             StateWrite::Epoch(epoch) => self.epoch = Some(epoch),
+            StateWrite::Agent(agent) => {
+                self.agents.insert(agent.id.clone(), *agent);
+            }
         }
     }
 
@@ -79,6 +98,9 @@ impl StoredState {
         for trial in self.trials.values().flat_map(BTreeMap::values) {
             writes.push(StateWrite::Trial(Box::new(trial.clone())));
         }
+        for agent in self.agents.values() {
+            writes.push(StateWrite::Agent(Box::new(agent.clone())));
+        }
         writes
     }
 
@@ -86,6 +108,7 @@ impl StoredState {
         usize::from(self.epoch.is_some())
             + self.sweeps.len()
             + self.trials.values().map(BTreeMap::len).sum::<usize>()
+            + self.agents.len()
     }
 }
 
