@@ -14,6 +14,8 @@ command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
 # The partition test puts a coordinator in a network namespace (it skips, saying why, where
 # namespaces are not allowed).
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# A real Prometheus scrapes a test cluster; promtool checks monitoring/.
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -27,6 +29,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 cargo fmt --all -- --check
+promtool check config monitoring/prometheus.yml
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 # Doc tests are not run by nextest; run them first so the suite's summary closes the log.
 cargo test --workspace --all-features --doc

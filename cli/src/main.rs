@@ -143,6 +143,9 @@ struct CoordinatorArgs {
     /// This replica's name in logs and `cluster status` (default: coordinator-PID).
     #[arg(long)]
     name: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` over HTTP here.
+    #[arg(long, env = "FLOTILLA_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -348,6 +351,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let mut config = CoordinatorConfig::new(args.listen, identity, args.state);
     config.agent_timeout = args.agent_timeout;
     config.advertise = args.advertise;
+    config.metrics_listen = args.metrics_listen;
     if let Some(name) = args.name {
         config.name = name;
     }

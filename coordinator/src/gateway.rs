@@ -37,6 +37,7 @@ use crate::actors::registry::RegistryMsg;
 use crate::actors::scheduler::{AgentLink, SchedulerMsg};
 use crate::actors::sweep::SweepMsg;
 use crate::ha::Fence;
+use crate::metrics::METRICS;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -302,14 +303,17 @@ async fn read_agent_messages(
                 .scheduler
                 .cast(SchedulerMsg::TrialStarted { agent, attempt })
                 .map_err(|e| e.to_string()),
-            AgentMessage::TrialMetrics { attempt, points } => context
-                .scheduler
-                .cast(SchedulerMsg::TrialMetrics {
-                    agent,
-                    attempt,
-                    points,
-                })
-                .map_err(|e| e.to_string()),
+            AgentMessage::TrialMetrics { attempt, points } => {
+                METRICS.metric_points.inc_by(points.len() as u64);
+                context
+                    .scheduler
+                    .cast(SchedulerMsg::TrialMetrics {
+                        agent,
+                        attempt,
+                        points,
+                    })
+                    .map_err(|e| e.to_string())
+            }
             AgentMessage::TrialFinished { attempt, outcome } => context
                 .scheduler
                 .cast(SchedulerMsg::TrialFinished {
@@ -329,14 +333,18 @@ async fn read_agent_messages(
             AgentMessage::TrialCheckpoint {
                 attempt,
                 checkpoint,
-            } => context
-                .scheduler
-                .cast(SchedulerMsg::TrialCheckpoint {
-                    agent,
-                    attempt,
-                    checkpoint,
-                })
-                .map_err(|e| e.to_string()),
+            } => {
+                METRICS.checkpoints.inc();
+                METRICS.checkpoint_bytes.inc_by(checkpoint.bytes);
+                context
+                    .scheduler
+                    .cast(SchedulerMsg::TrialCheckpoint {
+                        agent,
+                        attempt,
+                        checkpoint,
+                    })
+                    .map_err(|e| e.to_string())
+            }
             AgentMessage::Draining => context
                 .scheduler
                 .cast(SchedulerMsg::AgentDraining { agent })

@@ -9,6 +9,7 @@
 //! - [`placement`], [`selection`]: pure decisions (where a trial runs, which trial wins).
 //! - [`store`]: the `StateStore` trait, the crash-safe local file store and the etcd store.
 //! - [`ha`]: etcd election, the leader's lease and self-fencing.
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
 //!
 //! # Terms
 //!
@@ -23,6 +24,7 @@ pub mod actors;
 mod clock;
 pub mod gateway;
 pub mod ha;
+pub mod metrics;
 pub mod placement;
 pub mod selection;
 pub mod store;
@@ -64,6 +66,8 @@ pub struct CoordinatorConfig {
     pub etcd: Option<EtcdConfig>,
     /// The address peers should use to reach this coordinator (default: the bound address).
     pub advertise: Option<SocketAddr>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP (TCP); none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -77,6 +81,7 @@ impl CoordinatorConfig {
             name: format!("coordinator-{}", std::process::id()),
             etcd: None,
             advertise: None,
+            metrics_listen: None,
         }
     }
 }
@@ -267,6 +272,7 @@ impl Term {
 /// running until the runtime ends; call `shutdown` for a clean stop.
 pub struct Coordinator {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     standing: watch::Receiver<Standing>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -286,6 +292,11 @@ impl Coordinator {
             .with_context(|| format!("cannot listen on {} (UDP)", config.listen))?;
         let local_addr = endpoint.local_addr()?;
         let advertise = config.advertise.unwrap_or(local_addr);
+        // Bound before anything starts, so a taken port fails the start cleanly.
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(metrics::bind(address).await?),
+            None => None,
+        };
         let base = Base {
             config: config.clone(),
             connections: Arc::new(AtomicU64::new(1)),
@@ -302,6 +313,7 @@ impl Coordinator {
                     .start_term(store.clone() as Arc<dyn StateStore>, epoch, None, None)
                     .await?;
                 standing_sender.send_replace(Standing::Leading(term.context.clone()));
+                metrics::METRICS.elections_won.inc();
                 tracing::info!(%epoch, state = %config.state_path.display(), "leading with the local state file");
                 tokio::spawn(lead_locally(term, store, standing_sender, shutdown.clone()))
             }
@@ -325,9 +337,19 @@ impl Coordinator {
             shutdown.clone(),
             tasks.clone(),
         ));
+        let metrics_addr = match metrics_listener {
+            Some(listener) => {
+                let bound = listener.local_addr()?;
+                tasks.spawn(metrics::serve(listener, standing.clone(), shutdown.clone()));
+                tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+                Some(bound)
+            }
+            None => None,
+        };
         tracing::info!(address = %local_addr, name = %config.name, "coordinator listening");
         Ok(Coordinator {
             local_addr,
+            metrics_addr,
             standing,
             shutdown,
             tasks,
@@ -337,6 +359,11 @@ impl Coordinator {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the metrics endpoint listens, if it was asked for.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The epoch this coordinator leads, if it leads now.
@@ -484,6 +511,7 @@ async fn campaign_once(
     };
     let epoch = Epoch(leadership.revision as u64);
     tracing::info!(%epoch, %advertise, "elected leader");
+    metrics::METRICS.elections_won.inc();
     let store = Arc::new(EtcdStore::start(
         client.clone(),
         config,

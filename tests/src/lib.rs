@@ -348,6 +348,8 @@ pub struct Cluster {
 pub struct Coordinator {
     pub name: String,
     pub address: String,
+    /// Its `/metrics` endpoint (`host:port`, TCP).
+    pub metrics: String,
     pub process: Option<Process>,
     /// The namespace it runs in, for partitions.
     pub netns: Option<Netns>,
@@ -397,6 +399,7 @@ impl Cluster {
                 Coordinator {
                     name: format!("c{index}"),
                     address: format!("{ip}:{}", free_udp_port()),
+                    metrics: format!("{ip}:{}", free_tcp_port()),
                     process: None,
                     netns,
                 }
@@ -450,6 +453,7 @@ impl Cluster {
             .args(["--etcd", &etcd, "--lease-ttl", &ttl])
             .args(["--agent-timeout", &agent_timeout])
             .args(["--name", &coordinator.name])
+            .args(["--metrics-listen", &coordinator.metrics])
             .arg("--certs")
             .arg(certs)
             .env("FLOTILLA_LOG", "info,flotilla_coordinator::gateway=warn");
@@ -769,4 +773,67 @@ pub fn assert_no_trial_ran_twice_at_once(events: &[RunEvent]) {
             );
         }
     }
+}
+
+/// A plain HTTP/1.1 GET on loopback; returns the status code and the body.
+pub fn http_get(address: &str, path_and_query: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path_and_query} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    // Chunked bodies (Prometheus answers so) are de-chunked well enough for JSON: the
+    // chunk sizes sit on their own lines between the pieces.
+    let body = if response
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(&body)
+    } else {
+        body
+    };
+    Ok((status, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Percent-encodes a query-string value.
+pub fn url_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
 }

@@ -44,6 +44,7 @@ use tokio::sync::mpsc;
 use super::QueuedTrial;
 use super::scheduler::{ExpectedAttempt, SchedulerMsg};
 use crate::clock::now_ms;
+use crate::metrics::METRICS;
 use crate::selection::best_trial;
 use crate::store::{StateStore, StateWrite, SweepRecord};
 
@@ -810,6 +811,9 @@ impl SweepActorState {
         );
         self.trials[attempt.trial.number as usize].dispatch_latency_us =
             Some(dispatch_latency.as_micros() as u64);
+        METRICS
+            .dispatch_latency
+            .observe(dispatch_latency.as_secs_f64());
         self.broadcast(SweepEvent::TrialStarted {
             attempt,
             agent,
@@ -888,6 +892,7 @@ impl SweepActorState {
         let number = attempt.trial.number;
         let live = self.live.remove(&number).unwrap_or_default();
         tracing::info!(%attempt, %reason, "stopping a trial early");
+        METRICS.early_stopped.inc();
         let spec = &self.record.spec;
         let trial = &mut self.trials[number as usize];
         trial.objective = live.latest.get(&spec.objective.metric).copied();
@@ -1046,6 +1051,13 @@ impl SweepActorState {
         let trial = &mut self.trials[number as usize];
         trial.state = state;
         trial.finished_ms = Some(now_ms());
+        METRICS
+            .trials_finished
+            .with_label_values(&[state.name()])
+            .inc();
+        if let Some(duration_ms) = trial.duration_ms {
+            METRICS.trial_duration.observe(duration_ms as f64 / 1000.0);
+        }
         self.persist(number);
         let record = self.trials[number as usize].clone();
         self.broadcast(SweepEvent::TrialFinished(record));

@@ -1,0 +1,349 @@
+//! Operational metrics: what the coordinator exports to Prometheus, and the HTTP endpoint
+//! that serves them (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Two kinds of series:
+//! - **Counters and histograms** are updated where the event happens (a trial finishes, a
+//!   point arrives) in one process-wide [`CoordinatorMetrics`].
+//! - **Gauges of state** (trials and sweeps by state, agents, slots, queue depth, leadership)
+//!   are read from the actors at scrape time, so they can never drift from what the
+//!   coordinator holds. A follower exports `flotilla_is_leader 0` and no state gauges.
+//!
+//! Names follow Prometheus conventions: `flotilla_` prefix, base units (`_seconds`,
+//! `_bytes`), `_total` for counters.
+
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use flotilla_protocol::messages::{SweepState, TrialCounts};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::actors::ask;
+use crate::actors::leader::LeaderMsg;
+use crate::actors::registry::RegistryMsg;
+use crate::gateway::Standing;
+
+/// Every series the coordinator exports.
+pub struct CoordinatorMetrics {
+    pub registry: Registry,
+    pub trials: IntGaugeVec,
+    pub sweeps: IntGaugeVec,
+    pub agents: IntGaugeVec,
+    pub slots: IntGaugeVec,
+    pub queued_trials: IntGauge,
+    pub is_leader: IntGauge,
+    pub leader_epoch: IntGauge,
+    pub elections_won: IntCounter,
+    pub dispatch_latency: Histogram,
+    pub trial_duration: Histogram,
+    pub trials_finished: IntCounterVec,
+    pub early_stopped: IntCounter,
+    pub metric_points: IntCounter,
+    pub checkpoints: IntCounter,
+    pub checkpoint_bytes: IntCounter,
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid gauge");
+    registry
+        .register(Box::new(gauge.clone()))
+        .expect("registered once");
+    gauge
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let gauge = IntGauge::new(name, help).expect("a valid gauge");
+    registry
+        .register(Box::new(gauge.clone()))
+        .expect("registered once");
+    gauge
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let counter = IntCounter::new(name, help).expect("a valid counter");
+    registry
+        .register(Box::new(counter.clone()))
+        .expect("registered once");
+    counter
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let histogram =
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid");
+    registry
+        .register(Box::new(histogram.clone()))
+        .expect("registered once");
+    histogram
+}
+
+impl CoordinatorMetrics {
+    fn new() -> CoordinatorMetrics {
+        let registry = Registry::new();
+        let trials_finished = IntCounterVec::new(
+            Opts::new(
+                "flotilla_trials_finished_total",
+                "Trials that ended, by outcome (succeeded, failed, stopped).",
+            ),
+            &["outcome"],
+        )
+        .expect("a valid counter");
+        registry
+            .register(Box::new(trials_finished.clone()))
+            .expect("registered once");
+        CoordinatorMetrics {
+            trials: gauge_vec(
+                &registry,
+                "flotilla_trials",
+                "Trials of every sweep this leader holds, by state.",
+                &["state"],
+            ),
+            sweeps: gauge_vec(
+                &registry,
+                "flotilla_sweeps",
+                "Sweeps this leader holds, by state.",
+                &["state"],
+            ),
+            agents: gauge_vec(
+                &registry,
+                "flotilla_agents",
+                "Agents known to this leader: connected, draining (connected, taking no new trials) or disconnected.",
+                &["state"],
+            ),
+            slots: gauge_vec(
+                &registry,
+                "flotilla_slots",
+                "Trial slots of connected agents: total, busy, and draining (on draining agents).",
+                &["state"],
+            ),
+            queued_trials: gauge(
+                &registry,
+                "flotilla_queued_trials",
+                "Trials waiting for a slot.",
+            ),
+            is_leader: gauge(
+                &registry,
+                "flotilla_is_leader",
+                "1 while this coordinator leads, 0 while it follows.",
+            ),
+            leader_epoch: gauge(
+                &registry,
+                "flotilla_leader_epoch",
+                "The epoch this coordinator leads (0 while following).",
+            ),
+            elections_won: counter(
+                &registry,
+                "flotilla_elections_won_total",
+                "Terms this coordinator started as leader.",
+            ),
+            dispatch_latency: histogram(
+                &registry,
+                "flotilla_dispatch_latency_seconds",
+                "From the placement decision to the agent's report that the attempt started.",
+                vec![
+                    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
+            trial_duration: histogram(
+                &registry,
+                "flotilla_trial_duration_seconds",
+                "Run time of trials' final attempts, as measured by the agents.",
+                vec![
+                    1.0,
+                    5.0,
+                    15.0,
+                    60.0,
+                    300.0,
+                    900.0,
+                    3600.0,
+                    4.0 * 3600.0,
+                    12.0 * 3600.0,
+                ],
+            ),
+            trials_finished,
+            early_stopped: counter(
+                &registry,
+                "flotilla_trials_early_stopped_total",
+                "Trials stopped by the sweep's early-stopping rule.",
+            ),
+            metric_points: counter(
+                &registry,
+                "flotilla_metric_points_received_total",
+                "Metric points received from agents.",
+            ),
+            checkpoints: counter(
+                &registry,
+                "flotilla_checkpoints_total",
+                "Checkpoints agents reported.",
+            ),
+            checkpoint_bytes: counter(
+                &registry,
+                "flotilla_checkpoint_bytes_total",
+                "Bytes of the checkpoints agents reported.",
+            ),
+            registry,
+        }
+    }
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<CoordinatorMetrics> = LazyLock::new(CoordinatorMetrics::new);
+
+const TRIAL_STATES: [&str; 6] = [
+    "pending",
+    "running",
+    "paused",
+    "succeeded",
+    "failed",
+    "stopped",
+];
+
+fn trial_counts(counts: &TrialCounts) -> [i64; 6] {
+    [
+        counts.pending,
+        counts.running,
+        counts.paused,
+        counts.succeeded,
+        counts.failed,
+        counts.stopped,
+    ]
+    .map(i64::from)
+}
+
+fn sweep_state_name(state: SweepState) -> &'static str {
+    match state {
+        SweepState::Running => "running",
+        SweepState::Completed => "completed",
+        SweepState::Cancelled => "cancelled",
+        SweepState::TimedOut => "timed_out",
+        SweepState::Failed => "failed",
+    }
+}
+
+/// Sets the state gauges from the actors (a leader) or clears them (a follower).
+async fn refresh(standing: &Standing) {
+    let metrics = &*METRICS;
+    metrics.trials.reset();
+    metrics.sweeps.reset();
+    metrics.agents.reset();
+    metrics.slots.reset();
+    metrics.queued_trials.set(0);
+    let Standing::Leading(context) = standing else {
+        metrics.is_leader.set(0);
+        metrics.leader_epoch.set(0);
+        return;
+    };
+    metrics.is_leader.set(1);
+    metrics.leader_epoch.set(context.epoch.0 as i64);
+    let mut totals = [0i64; 6];
+    if let Ok(sweeps) = ask(&context.leader, LeaderMsg::List).await {
+        for sweep in &sweeps {
+            for (total, count) in totals.iter_mut().zip(trial_counts(&sweep.counts)) {
+                *total += count;
+            }
+            metrics
+                .sweeps
+                .with_label_values(&[sweep_state_name(sweep.state)])
+                .inc();
+        }
+    }
+    for (state, total) in TRIAL_STATES.iter().zip(totals) {
+        metrics.trials.with_label_values(&[state]).set(total);
+    }
+    metrics.queued_trials.set(totals[0]);
+    if let Ok(agents) = ask(&context.registry, RegistryMsg::List).await {
+        let (mut total, mut busy, mut draining_slots) = (0, 0, 0);
+        for agent in &agents {
+            let state = match (agent.connected, agent.draining) {
+                (false, _) => "disconnected",
+                (true, true) => "draining",
+                (true, false) => "connected",
+            };
+            metrics.agents.with_label_values(&[state]).inc();
+            if agent.connected {
+                total += i64::from(agent.slots);
+                busy += i64::from(agent.busy_slots);
+                if agent.draining {
+                    draining_slots += i64::from(agent.slots);
+                }
+            }
+        }
+        metrics.slots.with_label_values(&["total"]).set(total);
+        metrics.slots.with_label_values(&["busy"]).set(busy);
+        metrics
+            .slots
+            .with_label_values(&["draining"])
+            .set(draining_slots);
+    }
+}
+
+async fn metrics_page(State(standing): State<watch::Receiver<Standing>>) -> impl IntoResponse {
+    let current = standing.borrow().clone();
+    refresh(&current).await;
+    let mut body = Vec::new();
+    match TextEncoder::new().encode(&METRICS.registry.gather(), &mut body) {
+        Ok(()) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4")],
+            body,
+        ),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain")],
+            error.to_string().into_bytes(),
+        ),
+    }
+}
+
+/// Ready = this coordinator leads and may act (a follower redirects, so it takes no work).
+async fn ready(State(standing): State<watch::Receiver<Standing>>) -> impl IntoResponse {
+    match &*standing.borrow() {
+        Standing::Leading(_) => (StatusCode::OK, "leading\n".to_string()),
+        Standing::Following {
+            leader: Some(leader),
+        } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("following; the leader is at {leader}\n"),
+        ),
+        Standing::Following { leader: None } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "following; no leader is elected\n".to_string(),
+        ),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (it leads) until
+/// `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    standing: watch::Receiver<Standing>,
+    shutdown: CancellationToken,
+) {
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(standing);
+    let stopped = shutdown.clone();
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stopped.cancelled().await })
+        .await
+    {
+        tracing::error!(%error, "the metrics endpoint stopped");
+    }
+}
+
+/// Binds the metrics endpoint's address (errors name it).
+pub async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen for metrics on {address} (TCP): {error}"))
+}
