@@ -30,6 +30,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 cargo fmt --all -- --check
 promtool check config monitoring/prometheus.yml
+promtool check rules monitoring/rules/flotilla.yml
+promtool test rules monitoring/rules/flotilla_test.yml
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 # Doc tests are not run by nextest; run them first so the suite's summary closes the log.
 cargo test --workspace --all-features --doc

@@ -102,7 +102,44 @@ fn prometheus_scrapes_trial_and_agent_series_from_the_coordinators() {
         );
     }
     // The leader's epoch is a series too, and matches what the cluster reports.
-    let (_, epoch) = cluster.leader().expect("a leader");
+    let (leader, epoch) = cluster.leader().expect("a leader");
     let exported = query_one(&address, "max(flotilla_leader_epoch)").expect("an epoch series");
     assert_eq!(exported, epoch as f64);
+
+    // Every series the alert rules use is one the coordinator exports.
+    let (_, page) = http_get(&cluster.coordinators[leader].metrics, "/metrics").expect("scrape");
+    let exported: std::collections::BTreeSet<&str> = page
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let rules = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring/rules/flotilla.yml"),
+    )
+    .expect("read the alert rules");
+    let rules: String = rules
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut used = std::collections::BTreeSet::new();
+    for (start, _) in rules.match_indices("flotilla_") {
+        let name: String = rules[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        used.insert(name);
+    }
+    assert!(!used.is_empty());
+    for name in &used {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| exported.contains(base))
+            .unwrap_or(name);
+        assert!(
+            exported.contains(family),
+            "the alert rules use {name}, which the coordinator does not export: {exported:?}"
+        );
+    }
 }
