@@ -28,6 +28,22 @@ fn error(args: &[&str]) -> String {
     String::from_utf8(output.stderr).expect("utf-8")
 }
 
+/// `study create` for a study file, its space file and direction, plus `extra` flags.
+fn create<'a>(db: &'a str, space: &'a str, direction: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "study",
+        "create",
+        "--db",
+        db,
+        "--space",
+        space,
+        "--direction",
+        direction,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn write_space(dir: &Path) -> String {
     let path = dir.join("space.json");
     std::fs::write(
@@ -54,18 +70,7 @@ fn ask_tell_best_finds_branins_minimum_across_processes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let space = write_space(dir.path());
     let db = dir.path().join("branin.study").display().to_string();
-    ok(&[
-        "study",
-        "create",
-        "--db",
-        &db,
-        "--space",
-        &space,
-        "--direction",
-        "minimize",
-        "--seed",
-        "5",
-    ]);
+    ok(&create(&db, &space, "minimize", &["--seed", "5"]));
     for _ in 0..30 {
         let asked: Value = serde_json::from_str(&ok(&["study", "ask", "--db", &db])).expect("json");
         let trial = asked["trial"].as_u64().expect("trial number").to_string();
@@ -108,18 +113,7 @@ fn concurrent_askers_get_distinct_trials() {
     let dir = tempfile::tempdir().expect("tempdir");
     let space = write_space(dir.path());
     let db = dir.path().join("parallel.study").display().to_string();
-    ok(&[
-        "study",
-        "create",
-        "--db",
-        &db,
-        "--space",
-        &space,
-        "--direction",
-        "maximize",
-        "--sampler",
-        "tpe",
-    ]);
+    ok(&create(&db, &space, "maximize", &["--sampler", "tpe"]));
     let children: Vec<_> = (0..6)
         .map(|_| {
             Command::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -150,16 +144,7 @@ fn bad_input_is_named() {
     )
     .expect("write");
     let db = dir.path().join("s.study").display().to_string();
-    let message = error(&[
-        "study",
-        "create",
-        "--db",
-        &db,
-        "--space",
-        &broken.display().to_string(),
-        "--direction",
-        "minimize",
-    ]);
+    let message = error(&create(&db, &broken.display().to_string(), "minimize", &[]));
     assert!(message.contains("broken.json:2:"), "{message}");
 
     let inverted = dir.path().join("inverted.json");
@@ -168,53 +153,25 @@ fn bad_input_is_named() {
         r#"{"lr": {"type": "float", "low": 1.0, "high": 0.1, "log": true}}"#,
     )
     .expect("write");
-    let message = error(&[
-        "study",
-        "create",
-        "--db",
+    let message = error(&create(
         &db,
-        "--space",
         &inverted.display().to_string(),
-        "--direction",
         "minimize",
-    ]);
+        &[],
+    ));
     assert!(message.contains("lr"), "{message}");
 
-    let message = error(&[
-        "study",
-        "create",
-        "--db",
-        &db,
-        "--space",
-        &write_space(dir.path()),
-        "--direction",
-        "sideways",
-    ]);
+    let message = error(&create(&db, &write_space(dir.path()), "sideways", &[]));
     assert!(message.contains("sideways"), "{message}");
-    let message = error(&[
-        "study",
-        "create",
-        "--db",
+    let message = error(&create(
         &db,
-        "--space",
         &write_space(dir.path()),
-        "--direction",
         "minimize",
-        "--sampler",
-        "grid",
-    ]);
+        &["--sampler", "grid"],
+    ));
     assert!(message.contains("grid"), "{message}");
 
-    ok(&[
-        "study",
-        "create",
-        "--db",
-        &db,
-        "--space",
-        &write_space(dir.path()),
-        "--direction",
-        "minimize",
-    ]);
+    ok(&create(&db, &write_space(dir.path()), "minimize", &[]));
     let message = error(&[
         "study", "tell", "--db", &db, "--trial", "3", "--value", "1.0",
     ]);
