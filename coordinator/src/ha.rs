@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use etcd_client::{Client, LeaderKey};
-pub use flotilla_etcd::{EtcdConfig, Fence, connect, fence_margin, grant, keep_alive};
+pub use flotilla_etcd::{EtcdConfig, Fence, connect, grant, keep_alive};
 
 /// The current leader's election value (its address), if there is a leader.
 pub async fn current_leader(client: &mut Client, config: &EtcdConfig) -> Option<String> {
@@ -32,7 +32,6 @@ pub struct Leadership {
     pub key: Vec<u8>,
     /// The election key's create revision: the leader epoch.
     pub revision: i64,
-    pub lease: i64,
 }
 
 impl Leadership {
@@ -40,7 +39,6 @@ impl Leadership {
         Leadership {
             key: key.key().to_vec(),
             revision: key.rev(),
-            lease: key.lease(),
         }
     }
 }

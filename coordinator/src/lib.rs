@@ -374,11 +374,6 @@ impl Coordinator {
         }
     }
 
-    /// Changes of standing (leading, following), for callers that wait for leadership.
-    pub fn standing(&self) -> watch::Receiver<Standing> {
-        self.standing.clone()
-    }
-
     /// Resolves when the coordinator stopped on its own (a failure), with the reason.
     pub async fn stopped(&mut self) -> anyhow::Error {
         match (&mut self.lifecycle).await {

@@ -236,15 +236,7 @@ impl StateStore for EtcdStore {
     }
 
     async fn failed(&self) -> StoreError {
-        let mut failure = self.failure.clone();
-        let failed = failure
-            .wait_for(Option::is_some)
-            .await
-            .map(|error| error.clone());
-        match failed {
-            Ok(error) => error.unwrap_or(StoreError::Closed),
-            Err(_) => std::future::pending().await,
-        }
+        super::first_failure(self.failure.clone()).await
     }
 }
 

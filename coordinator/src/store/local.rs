@@ -142,16 +142,7 @@ impl StateStore for LocalStore {
     }
 
     async fn failed(&self) -> StoreError {
-        let mut failure = self.failure.clone();
-        let failed = failure
-            .wait_for(Option::is_some)
-            .await
-            .map(|error| error.clone());
-        match failed {
-            Ok(error) => error.unwrap_or(StoreError::Closed),
-            // The writer is gone without a failure: the store was closed.
-            Err(_) => std::future::pending().await,
-        }
+        super::first_failure(self.failure.clone()).await
     }
 }
 

@@ -144,6 +144,21 @@ impl CommitTicket {
     }
 }
 
+/// Resolves with the error a store's writer reported, or never if the writer ended without
+/// one (the store was closed). Both stores' `failed` are this.
+pub async fn first_failure(
+    mut failure: tokio::sync::watch::Receiver<Option<StoreError>>,
+) -> StoreError {
+    let failed = failure
+        .wait_for(Option::is_some)
+        .await
+        .map(|error| error.clone());
+    match failed {
+        Ok(error) => error.unwrap_or(StoreError::Closed),
+        Err(_) => std::future::pending().await,
+    }
+}
+
 #[async_trait::async_trait]
 pub trait StateStore: Send + Sync + 'static {
     /// Everything stored so far.
