@@ -85,20 +85,17 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
     histogram
 }
 
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let counter = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter");
+    registry
+        .register(Box::new(counter.clone()))
+        .expect("registered once");
+    counter
+}
+
 impl CoordinatorMetrics {
     fn new() -> CoordinatorMetrics {
         let registry = Registry::new();
-        let trials_finished = IntCounterVec::new(
-            Opts::new(
-                "flotilla_trials_finished_total",
-                "Trials that ended, by outcome (succeeded, failed, stopped).",
-            ),
-            &["outcome"],
-        )
-        .expect("a valid counter");
-        registry
-            .register(Box::new(trials_finished.clone()))
-            .expect("registered once");
         CoordinatorMetrics {
             trials: gauge_vec(
                 &registry,
@@ -168,7 +165,12 @@ impl CoordinatorMetrics {
                     12.0 * 3600.0,
                 ],
             ),
-            trials_finished,
+            trials_finished: counter_vec(
+                &registry,
+                "flotilla_trials_finished_total",
+                "Trials that ended, by outcome (succeeded, failed, stopped).",
+                &["outcome"],
+            ),
             early_stopped: counter(
                 &registry,
                 "flotilla_trials_early_stopped_total",
@@ -285,7 +287,12 @@ async fn refresh(standing: &Standing) {
     }
 }
 
+/// One scrape at a time: a refresh resets the state gauges before filling them again, so two
+/// interleaved scrapes (a pair of Prometheus servers) could each read a half-filled set.
+static SCRAPE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn metrics_page(State(standing): State<watch::Receiver<Standing>>) -> impl IntoResponse {
+    let _scrape = SCRAPE.lock().await;
     let current = standing.borrow().clone();
     refresh(&current).await;
     let mut body = Vec::new();
