@@ -213,7 +213,33 @@ fn one_etcd_member_lost_keeps_scheduling_two_lost_stops_it_until_they_return() {
         cluster.progress(&sweep).is_some_and(|(_, done)| done >= 4)
     });
 
+    let members = |status: &Value| -> Vec<(String, bool)> {
+        status["etcd"]
+            .as_array()
+            .expect("etcd members")
+            .iter()
+            .map(|member| {
+                let name = member["name"].as_str().unwrap_or_default().to_string();
+                (name, member["healthy"] == true && member["error"].is_null())
+            })
+            .collect()
+    };
+    let healthy = members(&cluster.status().expect("status"));
+    assert_eq!(healthy.len(), 3, "{healthy:?}");
+    assert!(healthy.iter().all(|(_, ok)| *ok), "{healthy:?}");
+
     cluster.etcd.kill_member(0);
+    // `cluster status` reports the dead member and the two live ones.
+    wait_until(
+        "cluster status to show etcd0 down",
+        Duration::from_secs(30),
+        || {
+            cluster.status().is_some_and(|status| {
+                let members = members(&status);
+                members.len() == 3 && members.iter().all(|(name, ok)| *ok == (name != "etcd0"))
+            })
+        },
+    );
     let (_, done) = cluster.progress(&sweep).unwrap_or_default();
     wait_until(
         "progress with one etcd member down",

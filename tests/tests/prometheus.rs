@@ -106,6 +106,24 @@ fn prometheus_scrapes_trial_and_agent_series_from_the_coordinators() {
     let exported = query_one(&address, "max(flotilla_leader_epoch)").expect("an epoch series");
     assert_eq!(exported, epoch as f64);
 
+    // Health and readiness: both replicas answer; only the leader is ready, and the
+    // follower names the leader.
+    let follower = 1 - leader;
+    for coordinator in &cluster.coordinators {
+        let (status, body) = http_get(&coordinator.metrics, "/healthz").expect("healthz");
+        assert_eq!((status, body.trim()), (200, "ok"));
+    }
+    let (status, body) =
+        http_get(&cluster.coordinators[leader].metrics, "/readyz").expect("readyz");
+    assert_eq!((status, body.trim()), (200, "leading"));
+    let (status, body) =
+        http_get(&cluster.coordinators[follower].metrics, "/readyz").expect("readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&cluster.coordinators[leader].address),
+        "the follower should name the leader: {body}"
+    );
+
     // Every series the alert rules use is one the coordinator exports.
     let (_, page) = http_get(&cluster.coordinators[leader].metrics, "/metrics").expect("scrape");
     let exported: std::collections::BTreeSet<&str> = page
