@@ -584,32 +584,28 @@ async fn follow(
             _ => false,
         });
     };
-    while !stop.is_cancelled() {
-        set_leader(ha::current_leader(&mut client, &config).await);
-        let observed = tokio::select! {
-            () = stop.cancelled() => return,
-            observed = client.observe(config.election_name()) => observed,
-        };
-        if let Ok(mut stream) = observed {
-            loop {
-                let message = tokio::select! {
-                    () = stop.cancelled() => return,
-                    message = stream.message() => message,
-                };
-                match message {
-                    Ok(Some(answer)) => set_leader(
+    let observe = async {
+        loop {
+            set_leader(ha::current_leader(&mut client, &config).await);
+            if let Ok(mut stream) = client.observe(config.election_name()).await {
+                while let Ok(Some(answer)) = stream.message().await {
+                    set_leader(
                         answer
                             .kv()
                             .and_then(|kv| kv.value_str().ok())
                             .map(str::to_string),
-                    ),
-                    _ => break,
+                    );
                 }
             }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
+    };
+    // A leader needs no observer; the next campaign starts a new one.
+    let mut changes = standing.subscribe();
+    let elected = changes.wait_for(|standing| matches!(standing, Standing::Leading(_)));
+    tokio::select! {
+        () = stop.cancelled() => {}
+        _ = elected => {}
+        () = observe => {}
     }
 }
