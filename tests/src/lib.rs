@@ -92,6 +92,19 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then waits (up to 30 s) for the exit; its status, if it exited.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        kill(self.pid(), Signal::SIGTERM).ok()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn pause(&self) {
         kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP");
     }

@@ -311,6 +311,57 @@ fn assert_no_writes_after_takeover(cluster: &Cluster, old_epoch: u64, new_epoch:
     }
 }
 
+/// A leader shut down (SIGTERM) flushes its writes, exits 0 and revokes its lease on the way
+/// out, so a follower can take over without waiting for the lease to expire: right after the
+/// exit, etcd no longer has the lease (with a 10 s TTL, an unrevoked one would still live).
+#[test]
+fn a_leader_shut_down_revokes_its_lease_and_a_follower_takes_over() {
+    let mut cluster = Cluster::new(1, 2, Duration::from_secs(10));
+    cluster.start_coordinator(0);
+    let (leader, epoch) = cluster.wait_for_leader(0, Duration::from_secs(30));
+    cluster.start_coordinator(1);
+    for name in ["a0", "a1"] {
+        cluster.start_agent(name, 2);
+    }
+    cluster.wait_for_agents(2, Duration::from_secs(30));
+    let file = cluster.write_logged_sweep("resign", 40, 4, "0.2");
+    let sweep = cluster.submit(&file);
+    wait_until("the sweep to start", Duration::from_secs(30), || {
+        cluster.progress(&sweep).is_some_and(|(_, done)| done >= 4)
+    });
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let election = runtime.block_on(history(&cluster.etcd.endpoints(), "/flotilla/v1/election"));
+    let lease = election
+        .iter()
+        .find(|event| event.put && event.create_revision == epoch as i64)
+        .map(|event| event.lease)
+        .expect("the leader's election key and its lease");
+    let status = cluster.coordinators[leader]
+        .process
+        .as_mut()
+        .expect("the leader runs")
+        .terminate()
+        .expect("the leader exits");
+    assert!(status.success(), "{status:?}");
+    let remaining = runtime.block_on(async {
+        let mut client = etcd_client::Client::connect(cluster.etcd.endpoints(), None)
+            .await
+            .expect("connect");
+        client
+            .lease_time_to_live(lease, None)
+            .await
+            .expect("time to live")
+            .ttl()
+    });
+    assert_eq!(remaining, -1, "the lease outlived its leader's shutdown");
+    assert!(log_of(&cluster, &cluster.coordinators[leader].name).contains("resigning"));
+    cluster.wait_for_leader(epoch, Duration::from_secs(30));
+    let results = wait_completed(&cluster, &sweep, Duration::from_secs(120));
+    assert_eq!(succeeded_params(&results).len(), 40);
+    assert_no_trial_ran_twice_at_once(&run_events(&cluster.path("resign.runs")));
+}
+
 /// Acceptance (partition): the leader, in its own network namespace, is cut off from etcd and
 /// the agents while it keeps running. It steps down by itself within its lease, a follower
 /// takes over, and none of the cut-off leader's writes is accepted. Once the link is back it
@@ -395,6 +446,7 @@ struct HistoryEvent {
     revision: i64,
     put: bool,
     create_revision: i64,
+    lease: i64,
     value: Vec<u8>,
 }
 
@@ -429,6 +481,7 @@ async fn history(endpoints: &[String], prefix: &str) -> Vec<HistoryEvent> {
                     revision: kv.mod_revision(),
                     put: event.event_type() == etcd_client::EventType::Put,
                     create_revision: kv.create_revision(),
+                    lease: kv.lease(),
                     value: kv.value().to_vec(),
                 });
             }
