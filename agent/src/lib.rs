@@ -7,10 +7,13 @@
 //! - [`link`]: the QUIC link to the coordinator, with reconnects.
 //! - [`leases`]: with etcd, checkpoint leases that fence each attempt's checkpoint pointer.
 //! - [`metric_line`]: the `@flotilla name=value` line format command trials print.
+//! - [`metrics`]: the Prometheus endpoint (`--metrics-listen`): slots, trial progress,
+//!   checkpoint writes, GPUs through NVML.
 
 pub mod leases;
 pub mod link;
 pub mod metric_line;
+pub mod metrics;
 pub mod root;
 pub mod trial;
 
@@ -50,6 +53,8 @@ pub struct AgentConfig {
     pub device: flotilla_train::DeviceChoice,
     /// With etcd: checkpoint leases (the TTL is the checkpoint lease's).
     pub etcd: Option<flotilla_etcd::EtcdConfig>,
+    /// Where to serve `/metrics` and `/healthz` (none: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -71,6 +76,7 @@ impl AgentConfig {
             artifacts: None,
             device: flotilla_train::DeviceChoice::Auto,
             etcd: None,
+            metrics_listen: None,
         }
     }
 }
@@ -93,6 +99,7 @@ pub struct Agent {
     link: tokio::task::JoinHandle<Result<(), link::LinkError>>,
     shutdown: CancellationToken,
     leases: Option<std::sync::Arc<leases::CheckpointLeases>>,
+    metrics_endpoint: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 impl Agent {
@@ -106,6 +113,19 @@ impl Agent {
         if config.slots == 0 {
             anyhow::bail!("an agent needs at least one slot");
         }
+        let metrics = metrics::AgentMetrics::new();
+        metrics
+            .info
+            .with_label_values(&[
+                config.agent_id.0.as_str(),
+                hostname().as_str(),
+                env!("CARGO_PKG_VERSION"),
+            ])
+            .set(1);
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(flotilla_telemetry::bind(address).await?),
+            None => None,
+        };
         let (outbox, outbox_receiver) = mpsc::unbounded_channel();
         let artifacts = config
             .artifacts
@@ -132,6 +152,7 @@ impl Agent {
             checkpoint_root: config.work_dir.join("checkpoints"),
             stop_grace: config.stop_grace,
             trainer_env,
+            metrics: metrics.clone(),
         };
         let (root, root_done) = Actor::spawn(None, AgentRoot, root_args)
             .await
@@ -145,6 +166,21 @@ impl Agent {
             gpus: config.gpus,
         };
         let shutdown = CancellationToken::new();
+        let metrics_endpoint = match metrics_listener {
+            Some(listener) => {
+                let address = listener.local_addr()?;
+                // NVML loads on a blocking thread: the driver's library can be slow to open.
+                let gpus = tokio::task::spawn_blocking(metrics::Gpus::open).await?;
+                let task = tokio::spawn(metrics::serve(
+                    listener,
+                    metrics.clone(),
+                    std::sync::Arc::new(gpus),
+                    shutdown.clone(),
+                ));
+                Some((address, task))
+            }
+            None => None,
+        };
         let link = tokio::spawn(link::run(
             link_config,
             root.clone(),
@@ -157,7 +193,13 @@ impl Agent {
             link,
             shutdown,
             leases,
+            metrics_endpoint,
         })
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint.as_ref().map(|(address, _)| *address)
     }
 
     /// Resolves when the agent cannot go on: the link gave up for good (the coordinator
@@ -188,6 +230,9 @@ impl Agent {
         }
         self.shutdown.cancel();
         let _ = self.link.await;
+        if let Some((_, endpoint)) = self.metrics_endpoint {
+            let _ = endpoint.await;
+        }
         self.root.stop(None);
         let _ = self.root_done.await;
         if let Some(leases) = self.leases {

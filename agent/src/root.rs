@@ -58,6 +58,7 @@ pub struct RootArgs {
     pub checkpoint_root: PathBuf,
     pub stop_grace: Duration,
     pub trainer_env: crate::trial::TrainerEnv,
+    pub metrics: std::sync::Arc<crate::metrics::AgentMetrics>,
 }
 
 struct Running {
@@ -81,6 +82,7 @@ pub struct RootState {
     drained: Option<RpcReplyPort<()>>,
     heartbeat_interval: Duration,
     heartbeat_timer: Option<ractor::concurrency::JoinHandle<()>>,
+    metrics: std::sync::Arc<crate::metrics::AgentMetrics>,
 }
 
 pub struct AgentRoot;
@@ -111,6 +113,7 @@ impl Actor for AgentRoot {
             drained: None,
             heartbeat_interval,
             heartbeat_timer: Some(heartbeat_timer),
+            metrics: args.metrics,
         })
     }
 
@@ -178,6 +181,7 @@ impl Actor for AgentRoot {
                 }
             }
         }
+        state.publish();
         Ok(())
     }
 
@@ -204,6 +208,23 @@ impl Actor for AgentRoot {
 }
 
 impl RootState {
+    /// Sets the agent-state gauges from what this actor holds (after every message).
+    fn publish(&self) {
+        let metrics = &self.metrics;
+        let busy: u32 = self.running.values().map(|running| running.slots).sum();
+        metrics
+            .slots
+            .with_label_values(&["total"])
+            .set(i64::from(self.slots));
+        metrics
+            .slots
+            .with_label_values(&["busy"])
+            .set(i64::from(busy));
+        metrics.running_trials.set(self.running.len() as i64);
+        metrics.draining.set(i64::from(self.draining));
+        metrics.connected.set(i64::from(self.link_up));
+    }
+
     fn reject(&self, attempt: Option<AttemptId>, reason: String) {
         tracing::warn!(attempt = ?attempt.map(|a| a.to_string()), %reason, "rejecting a command");
         let _ = self
@@ -272,6 +293,7 @@ impl RootState {
                 }
                 let slots = start.slots;
                 let args = TrialArgs {
+                    metrics: self.metrics.clone(),
                     trainer_env: self.trainer_env.clone(),
                     start: *start,
                     outbox: self.outbox.clone(),

@@ -31,6 +31,7 @@ use flotilla_train::{ArtifactStore, Control, DeviceChoice, Events, Finish, StopR
 
 use crate::leases::{CheckpointLeases, Ownership};
 use crate::metric_line;
+use crate::metrics::{AgentMetrics, TrialSeries};
 use crate::root::AgentMsg;
 
 pub enum TrialMsg {
@@ -60,6 +61,7 @@ pub struct TrainerEnv {
 }
 
 pub struct TrialArgs {
+    pub metrics: Arc<AgentMetrics>,
     pub trainer_env: TrainerEnv,
     pub start: StartTrial,
     pub outbox: mpsc::UnboundedSender<AgentMessage>,
@@ -89,6 +91,8 @@ pub struct TrialState {
     waiting: Option<(Box<TrialArgs>, tokio::task::JoinHandle<()>)>,
     /// The checkpoint lease this attempt holds, released when it ends.
     ownership: Option<(Arc<CheckpointLeases>, Ownership)>,
+    /// This attempt's Prometheus series, removed when the actor's state is dropped.
+    series: TrialSeries,
 }
 
 pub struct Trial;
@@ -120,6 +124,9 @@ impl Actor for Trial {
             trainer: None,
             waiting: None,
             ownership: None,
+            series: args
+                .metrics
+                .trial(args.start.attempt.trial, args.start.trial.timeout),
         };
         let leases = args.trainer_env.leases.clone();
         let started = if let (Some(_), Some(leases)) = (&args.start.trial.trainer, leases) {
@@ -172,6 +179,7 @@ impl Actor for Trial {
             TrialMsg::Metric { step, values } => {
                 let step = step.unwrap_or(state.next_step);
                 state.next_step = step + 1;
+                state.series.point(step, &values);
                 state
                     .latest
                     .extend(values.iter().map(|(name, value)| (name.clone(), *value)));
@@ -311,6 +319,7 @@ impl TrialState {
     fn report(&mut self, outcome: TrialOutcome) {
         if !self.reported {
             self.reported = true;
+            self.series.finished(&outcome);
             let _ = self.root.cast(AgentMsg::TrialExited {
                 attempt: self.attempt,
                 outcome,
@@ -359,9 +368,15 @@ struct TrainerEvents {
     lease: Option<(Arc<CheckpointLeases>, Ownership)>,
     runtime: tokio::runtime::Handle,
     control: Control,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Events for TrainerEvents {
+    fn checkpoint_written(&mut self, bytes: u64, took: Duration) {
+        self.metrics.checkpoint_write.observe(took.as_secs_f64());
+        self.metrics.checkpoint_bytes.inc_by(bytes);
+    }
+
     fn metrics(&mut self, point: MetricPoint) {
         let _ = self.trial.cast(TrialMsg::Metric {
             step: Some(point.step),
@@ -421,6 +436,7 @@ fn spawn_trainer(
         lease,
         runtime: runtime.clone(),
         control: control.clone(),
+        metrics: args.metrics.clone(),
     };
     let thread_control = control.clone();
     let trial = myself.clone();

@@ -36,6 +36,7 @@ async fn harness(slots: u32, stop_grace: Duration) -> Harness {
             data_dir: dir.path().to_path_buf(),
             leases: None,
         },
+        metrics: flotilla_agent::metrics::AgentMetrics::new(),
     };
     let (root, _) = Actor::spawn(None, AgentRoot, args)
         .await

@@ -197,6 +197,10 @@ struct AgentArgs {
     /// be taken over this long after its last keep-alive.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     checkpoint_lease_ttl: Duration,
+    /// Serve Prometheus metrics (`/metrics`: slots, trial progress, checkpoint writes, GPUs
+    /// through NVML) and `/healthz` over HTTP here (conventionally port 9465).
+    #[arg(long, env = "FLOTILLA_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -408,6 +412,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.stop_grace = args.stop_grace;
     config.artifacts = args.artifacts;
     config.device = args.device;
+    config.metrics_listen = args.metrics_listen;
     if !args.etcd.is_empty() {
         if args.checkpoint_lease_ttl < Duration::from_secs(1) {
             bail!("--checkpoint-lease-ttl must be at least 1s (etcd leases are whole seconds)");
@@ -418,6 +423,9 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         config.etcd = Some(etcd);
     }
     let mut agent = Agent::start(config).await?;
+    if let Some(address) = agent.metrics_addr() {
+        println!("agent metrics on http://{address}/metrics");
+    }
     println!(
         "agent {id} with {} slot(s) serving {}",
         args.slots,

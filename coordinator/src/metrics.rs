@@ -11,7 +11,6 @@
 //! Names follow Prometheus conventions: `flotilla_` prefix, base units (`_seconds`,
 //! `_bytes`), `_total` for counters.
 
-use std::net::SocketAddr;
 use std::sync::LazyLock;
 
 use axum::Router;
@@ -20,10 +19,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use flotilla_protocol::messages::{SweepState, TrialCounts};
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
-};
+use flotilla_telemetry::Families;
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -50,107 +47,58 @@ pub struct CoordinatorMetrics {
     pub metric_points: IntCounter,
     pub checkpoints: IntCounter,
     pub checkpoint_bytes: IntCounter,
-}
-
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid gauge");
-    registry
-        .register(Box::new(gauge.clone()))
-        .expect("registered once");
-    gauge
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let gauge = IntGauge::new(name, help).expect("a valid gauge");
-    registry
-        .register(Box::new(gauge.clone()))
-        .expect("registered once");
-    gauge
-}
-
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let counter = IntCounter::new(name, help).expect("a valid counter");
-    registry
-        .register(Box::new(counter.clone()))
-        .expect("registered once");
-    counter
-}
-
-fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let histogram =
-        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid");
-    registry
-        .register(Box::new(histogram.clone()))
-        .expect("registered once");
-    histogram
-}
-
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let counter = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter");
-    registry
-        .register(Box::new(counter.clone()))
-        .expect("registered once");
-    counter
+    /// Every family's name (see [`flotilla_telemetry::Families::names`]).
+    pub names: Vec<&'static str>,
 }
 
 impl CoordinatorMetrics {
     fn new() -> CoordinatorMetrics {
-        let registry = Registry::new();
+        let mut families = Families::new();
         CoordinatorMetrics {
-            trials: gauge_vec(
-                &registry,
+            trials: families.gauge_vec(
                 "flotilla_trials",
                 "Trials of every sweep this leader holds, by state.",
                 &["state"],
             ),
-            sweeps: gauge_vec(
-                &registry,
+            sweeps: families.gauge_vec(
                 "flotilla_sweeps",
                 "Sweeps this leader holds, by state.",
                 &["state"],
             ),
-            agents: gauge_vec(
-                &registry,
+            agents: families.gauge_vec(
                 "flotilla_agents",
                 "Agents known to this leader: connected, draining (connected, taking no new trials) or disconnected.",
                 &["state"],
             ),
-            slots: gauge_vec(
-                &registry,
+            slots: families.gauge_vec(
                 "flotilla_slots",
                 "Trial slots of connected agents: total, busy, and draining (on draining agents).",
                 &["state"],
             ),
-            queued_trials: gauge(
-                &registry,
+            queued_trials: families.gauge(
                 "flotilla_queued_trials",
                 "Trials waiting for a slot.",
             ),
-            is_leader: gauge(
-                &registry,
+            is_leader: families.gauge(
                 "flotilla_is_leader",
                 "1 while this coordinator leads, 0 while it follows.",
             ),
-            leader_epoch: gauge(
-                &registry,
+            leader_epoch: families.gauge(
                 "flotilla_leader_epoch",
                 "The epoch this coordinator leads (0 while following).",
             ),
-            elections_won: counter(
-                &registry,
+            elections_won: families.counter(
                 "flotilla_elections_won_total",
                 "Terms this coordinator started as leader.",
             ),
-            dispatch_latency: histogram(
-                &registry,
+            dispatch_latency: families.histogram(
                 "flotilla_dispatch_latency_seconds",
                 "From the placement decision to the agent's report that the attempt started.",
                 vec![
                     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 ],
             ),
-            trial_duration: histogram(
-                &registry,
+            trial_duration: families.histogram(
                 "flotilla_trial_duration_seconds",
                 "Run time of trials' final attempts, as measured by the agents.",
                 vec![
@@ -165,33 +113,29 @@ impl CoordinatorMetrics {
                     12.0 * 3600.0,
                 ],
             ),
-            trials_finished: counter_vec(
-                &registry,
+            trials_finished: families.counter_vec(
                 "flotilla_trials_finished_total",
                 "Trials that ended, by outcome (succeeded, failed, stopped).",
                 &["outcome"],
             ),
-            early_stopped: counter(
-                &registry,
+            early_stopped: families.counter(
                 "flotilla_trials_early_stopped_total",
                 "Trials stopped by the sweep's early-stopping rule.",
             ),
-            metric_points: counter(
-                &registry,
+            metric_points: families.counter(
                 "flotilla_metric_points_received_total",
                 "Metric points received from agents.",
             ),
-            checkpoints: counter(
-                &registry,
+            checkpoints: families.counter(
                 "flotilla_checkpoints_total",
                 "Checkpoints agents reported.",
             ),
-            checkpoint_bytes: counter(
-                &registry,
+            checkpoint_bytes: families.counter(
                 "flotilla_checkpoint_bytes_total",
                 "Bytes of the checkpoints agents reported.",
             ),
-            registry,
+            registry: families.registry().clone(),
+            names: families.names().to_vec(),
         }
     }
 }
@@ -295,19 +239,7 @@ async fn metrics_page(State(standing): State<watch::Receiver<Standing>>) -> impl
     let _scrape = SCRAPE.lock().await;
     let current = standing.borrow().clone();
     refresh(&current).await;
-    let mut body = Vec::new();
-    match TextEncoder::new().encode(&METRICS.registry.gather(), &mut body) {
-        Ok(()) => (
-            StatusCode::OK,
-            [("content-type", "text/plain; version=0.0.4")],
-            body,
-        ),
-        Err(error) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [("content-type", "text/plain")],
-            error.to_string().into_bytes(),
-        ),
-    }
+    flotilla_telemetry::exposition(&METRICS.registry)
 }
 
 /// Ready = this coordinator leads and may act (a follower redirects, so it takes no work).
@@ -339,18 +271,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(standing);
-    let stopped = shutdown.clone();
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stopped.cancelled().await })
-        .await
-    {
-        tracing::error!(%error, "the metrics endpoint stopped");
-    }
+    flotilla_telemetry::serve(listener, app, shutdown).await
 }
 
-/// Binds the metrics endpoint's address (errors name it).
-pub async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot listen for metrics on {address} (TCP): {error}"))
-}
+pub use flotilla_telemetry::bind;

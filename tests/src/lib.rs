@@ -371,6 +371,8 @@ pub struct Coordinator {
 pub struct Agent {
     pub name: String,
     pub slots: u32,
+    /// Its `/metrics` endpoint (`host:port`, TCP).
+    pub metrics: String,
     pub process: Option<Process>,
 }
 
@@ -495,12 +497,14 @@ impl Cluster {
         let work_dir = self.path(&format!("agent-{name}"));
         let etcd = self.etcd.endpoints().join(",");
         let ttl = format!("{}s", self.lease_ttl.as_secs());
+        let metrics = format!("127.0.0.1:{}", free_tcp_port());
         let mut command = Command::new(flotilla_bin());
         command
             .args(["agent", "--coordinator", &self.addresses()])
             .args(["--etcd", &etcd, "--checkpoint-lease-ttl", &ttl])
             .args(["--id", name, "--slots", &slots.to_string()])
             .args(["--stop-grace", "2s"])
+            .args(["--metrics-listen", &metrics])
             .arg("--certs")
             .arg(self.path("certs"))
             .arg("--work-dir")
@@ -513,6 +517,7 @@ impl Cluster {
         self.agents.push(Agent {
             name: name.to_string(),
             slots,
+            metrics,
             process: Some(process),
         });
     }

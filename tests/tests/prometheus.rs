@@ -1,5 +1,6 @@
 //! A real Prometheus (Debian's `prometheus`) scrapes a running cluster's coordinators and is
-//! queried through its HTTP API for the trial and agent series the coordinator exports.
+//! queried through its HTTP API for the trial and agent series the coordinators and the agents
+//! export.
 
 use std::process::Command;
 use std::time::Duration;
@@ -49,11 +50,17 @@ fn prometheus_scrapes_trial_and_agent_series_from_the_coordinators() {
         .map(|coordinator| format!("'{}'", coordinator.metrics))
         .collect::<Vec<_>>()
         .join(", ");
+    let agent_targets = cluster
+        .agents
+        .iter()
+        .map(|agent| format!("'{}'", agent.metrics))
+        .collect::<Vec<_>>()
+        .join(", ");
     let config = cluster.path("prometheus.yml");
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: flotilla-coordinator\n    static_configs:\n      - targets: [{targets}]\n"
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: flotilla-coordinator\n    static_configs:\n      - targets: [{targets}]\n  - job_name: flotilla-agent\n    static_configs:\n      - targets: [{agent_targets}]\n"
         ),
     )
     .expect("write prometheus.yml");
@@ -89,6 +96,17 @@ fn prometheus_scrapes_trial_and_agent_series_from_the_coordinators() {
         ("sum(flotilla_is_leader)", 1.0),
         ("count(up{job=\"flotilla-coordinator\"} == 1)", 2.0),
         ("sum(flotilla_dispatch_latency_seconds_count)", 12.0),
+        // The agents' own series.
+        ("count(up{job=\"flotilla-agent\"} == 1)", 2.0),
+        ("sum(flotilla_agent_info)", 2.0),
+        ("sum(flotilla_agent_connected)", 2.0),
+        ("sum(flotilla_agent_slots{state=\"total\"})", 4.0),
+        ("sum(flotilla_agent_slots{state=\"busy\"})", 0.0),
+        (
+            "sum(flotilla_agent_trials_finished_total{outcome=\"succeeded\"})",
+            12.0,
+        ),
+        ("sum(flotilla_agent_metric_points_total)", 12.0),
     ];
     for (query, expected) in expectations {
         let mut seen = None;
@@ -124,40 +142,41 @@ fn prometheus_scrapes_trial_and_agent_series_from_the_coordinators() {
         "the follower should name the leader: {body}"
     );
 
-    // Every series the alert rules use is one the coordinator exports.
-    let (_, page) = http_get(&cluster.coordinators[leader].metrics, "/metrics").expect("scrape");
-    let exported: std::collections::BTreeSet<&str> = page
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|line| line.split_whitespace().next())
-        .collect();
-    let rules = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitoring/rules/flotilla.yml"),
-    )
-    .expect("read the alert rules");
-    let rules: String = rules
-        .lines()
-        .filter(|line| !line.trim_start().starts_with('#'))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut used = std::collections::BTreeSet::new();
-    for (start, _) in rules.match_indices("flotilla_") {
-        let name: String = rules[start..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        used.insert(name);
+    // Per-trial series exist while attempts run and vanish when they end; GPU series are
+    // absent (not zero) on a host without an NVIDIA driver.
+    let file = cluster.write_logged_sweep("long", 2, 2, "300");
+    let long = cluster.submit(&file);
+    for (query, expected) in [
+        ("count(flotilla_agent_trial_start_time_seconds)", 2.0),
+        (
+            "count(flotilla_agent_trial_last_progress_time_seconds)",
+            2.0,
+        ),
+        ("sum(flotilla_agent_running_trials)", 2.0),
+        ("sum(flotilla_agent_slots{state=\"busy\"})", 2.0),
+    ] {
+        wait_until(
+            &format!("Prometheus to answer {query} = {expected}"),
+            Duration::from_secs(60),
+            || query_one(&address, query) == Some(expected),
+        );
     }
-    assert!(!used.is_empty());
-    for name in &used {
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|suffix| name.strip_suffix(suffix))
-            .filter(|base| exported.contains(base))
-            .unwrap_or(name);
-        assert!(
-            exported.contains(family),
-            "the alert rules use {name}, which the coordinator does not export: {exported:?}"
+    cluster.flotilla_ok(&["sweep", "cancel", &long]);
+    wait_until(
+        "the cancelled trials' series to go stale",
+        Duration::from_secs(60),
+        || {
+            query_one(
+                &address,
+                "count(flotilla_agent_trial_start_time_seconds) or vector(0)",
+            ) == Some(0.0)
+        },
+    );
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        assert_eq!(
+            query_one(&address, "absent(flotilla_agent_gpu_utilization_ratio)"),
+            Some(1.0),
+            "no GPU here, so no GPU series"
         );
     }
 }

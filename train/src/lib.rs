@@ -59,6 +59,9 @@ pub trait Events: Send {
     fn metrics(&mut self, point: MetricPoint);
     /// A checkpoint object was written.
     fn checkpoint(&mut self, checkpoint: CheckpointRef);
+    /// A checkpoint object of `bytes` was written to the artifact store in `took` (called
+    /// before [`Events::checkpoint`]).
+    fn checkpoint_written(&mut self, _bytes: u64, _took: std::time::Duration) {}
     /// A line for the trial's log (device choice, fallbacks, progress).
     fn log(&mut self, line: String);
     /// One optimizer step finished (`step` counts every step of the trial).

@@ -264,9 +264,11 @@ impl Session<'_> {
         .encode();
         let size = bytes.len() as u64;
         let key = checkpoint::checkpoint_key(&self.job.trial, self.job.attempt, self.step);
+        let writing = std::time::Instant::now();
         let uri = self
             .runtime
             .block_on(self.job.artifacts.put_new(&key, bytes))?;
+        self.events.checkpoint_written(size, writing.elapsed());
         let reference = CheckpointRef {
             uri,
             attempt: self.job.attempt,
