@@ -491,6 +491,14 @@ async fn answer(request: ClientRequest, role: Role, context: &SessionContext) ->
                 .map_or_else(unavailable, ClientResponse::Trials),
             Err(response) => response,
         },
+        ClientRequest::SweepDetail(sweep) => match lookup(context, sweep).await {
+            Ok(actor) => ask(&actor, SweepMsg::Detail)
+                .await
+                .map_or_else(unavailable, |detail| {
+                    ClientResponse::SweepDetail(Box::new(detail))
+                }),
+            Err(response) => response,
+        },
         ClientRequest::ListAgents => {
             if role != Role::Admin {
                 return error_response(

@@ -7,9 +7,10 @@ use crate::messages::{Hello, Role};
 /// `TrialRecord::checkpoint`; version 4 added the `bayesian`, `tpe` and `sobol` algorithms
 /// (and made `bayesian` the default), `AlgorithmSpec::initial_trials`,
 /// `SweepSpec::early_stopping` and `StopReason::EarlyStopped`; version 5 added phases and
-/// ASHA's promotion form; version 6 added `ClientRequest::ClusterStatus` (appended, so
-/// version 5 peers still understand everything else).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// ASHA's promotion form; version 6 added `ClientRequest::ClusterStatus` and version 7
+/// `ClientRequest::SweepDetail` (both appended, so version 5 peers still understand
+/// everything else).
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot
 /// decode.

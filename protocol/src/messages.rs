@@ -280,6 +280,9 @@ pub enum ClientRequest {
     ListAgents,
     /// The leader, its epoch, the other replicas and the state store's health (admin).
     ClusterStatus,
+    /// A sweep's summary, its spec and its trials' learning curves (for reports and the web
+    /// view; protocol 7).
+    SweepDetail(SweepId),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +297,27 @@ pub enum ClientResponse {
     Agents(Vec<AgentInfo>),
     Error(ApiError),
     ClusterStatus(ClusterStatus),
+    SweepDetail(Box<SweepDetail>),
+}
+
+/// Everything a report needs beyond the trial list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepDetail {
+    pub summary: SweepSummary,
+    pub spec: SweepSpec,
+    /// The objective metric by step, per trial that reported one while this leader held the
+    /// sweep (curves are kept in memory, thinned to at most a few hundred points each).
+    pub curves: Vec<LearningCurve>,
+}
+
+/// One trial's objective metric by step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LearningCurve {
+    /// The trial's number in its sweep.
+    pub trial: u32,
+    pub metric: String,
+    /// (step, value), steps increasing.
+    pub points: Vec<(u64, f64)>,
 }
 
 /// The control plane as the leader sees it.

@@ -328,6 +328,10 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             encode(&ClientRequest::ClusterStatus),
         ),
         (
+            "ClientRequest::SweepDetail",
+            encode(&ClientRequest::SweepDetail(SweepId(3))),
+        ),
+        (
             "ClientResponse::SweepSubmitted",
             encode(&ClientResponse::SweepSubmitted(summary())),
         ),
@@ -416,6 +420,18 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 slots: 6,
                 busy_slots: 2,
             })),
+        ),
+        (
+            "ClientResponse::SweepDetail",
+            encode(&ClientResponse::SweepDetail(Box::new(SweepDetail {
+                summary: summary(),
+                spec: spec(),
+                curves: vec![LearningCurve {
+                    trial: 4,
+                    metric: "loss".into(),
+                    points: vec![(1, 0.5), (2, 0.25)],
+                }],
+            }))),
         ),
         ("ParamValue::Int", encode(&ParamValue::Int(-3))),
         ("ParamValue::Bool", encode(&ParamValue::Bool(true))),

@@ -7,7 +7,7 @@ use flotilla_protocol::framing::{self, FrameError};
 use flotilla_protocol::handshake;
 use flotilla_protocol::messages::{
     AgentInfo, ApiError, ClientRequest, ClientResponse, ClusterStatus, HelloReply, RefusalReason,
-    Role, SweepEvent, SweepSummary, TrialRecord, Welcome,
+    Role, SweepDetail, SweepEvent, SweepSummary, TrialRecord, Welcome,
 };
 use flotilla_protocol::spec::{SpecError, SweepSpec};
 use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME, Identity, TlsError};
@@ -256,6 +256,15 @@ impl Client {
     pub async fn trials(&self, sweep: SweepId) -> Result<Vec<TrialRecord>, SdkError> {
         match self.request(&ClientRequest::ListTrials(sweep)).await? {
             ClientResponse::Trials(trials) => Ok(trials),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// The sweep's summary, its spec and its trials' learning curves (the objective by step),
+    /// for reports. Needs a coordinator that speaks protocol 7.
+    pub async fn detail(&self, sweep: SweepId) -> Result<SweepDetail, SdkError> {
+        match self.request(&ClientRequest::SweepDetail(sweep)).await? {
+            ClientResponse::SweepDetail(detail) => Ok(*detail),
             other => Err(Self::unexpected(other)),
         }
     }

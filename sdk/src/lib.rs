@@ -41,9 +41,9 @@ mod study;
 pub use builder::SweepBuilder;
 pub use client::{Client, EventStream, SdkError};
 pub use flotilla_protocol::messages::{
-    AgentInfo, ApiError, ApiErrorKind, ClusterStatus, EtcdMemberStatus, MetricPoint, Metrics,
-    Params, PhaseSummary, ReplicaInfo, Role, SweepEvent, SweepState, SweepSummary, TrialCounts,
-    TrialRecord, TrialState,
+    AgentInfo, ApiError, ApiErrorKind, ClusterStatus, EtcdMemberStatus, LearningCurve, MetricPoint,
+    Metrics, Params, PhaseSummary, ReplicaInfo, Role, SweepDetail, SweepEvent, SweepState,
+    SweepSummary, TrialCounts, TrialRecord, TrialState,
 };
 pub use flotilla_protocol::spec::{
     self, AlgorithmName, AlgorithmSpec, Direction, ParamSpec, PhaseSpec, SpecError, SweepSpec,

@@ -29,8 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_protocol::messages::{
-    CheckpointRef, Command, MetricPoint, Metrics, Params, PhaseSummary, StartTrial, StopReason,
-    SweepEvent, SweepState, SweepSummary, TrialCounts, TrialOutcome, TrialRecord, TrialState,
+    CheckpointRef, Command, LearningCurve, MetricPoint, Metrics, Params, PhaseSummary, StartTrial,
+    StopReason, SweepDetail, SweepEvent, SweepState, SweepSummary, TrialCounts, TrialOutcome,
+    TrialRecord, TrialState,
 };
 use flotilla_protocol::spec::{Direction, StoppingRule, SweepSpec, TrialSpec};
 use flotilla_protocol::trainers::BUDGET_HYPERPARAMETER;
@@ -81,6 +82,8 @@ pub enum SweepMsg {
     Summary(RpcReplyPort<SweepSummary>),
     Best(RpcReplyPort<Option<TrialRecord>>),
     Trials(RpcReplyPort<Vec<TrialRecord>>),
+    /// Summary, spec and learning curves, for reports and the web view.
+    Detail(RpcReplyPort<SweepDetail>),
     Watch(mpsc::UnboundedSender<SweepEvent>),
     CheckDeadline,
 }
@@ -156,6 +159,8 @@ pub struct SweepActorState {
     fixed: Params,
     trials: Vec<TrialRecord>,
     live: HashMap<u32, LiveAttempt>,
+    /// Each trial's objective by step, in memory only (a new leader starts them afresh).
+    curves: BTreeMap<u32, Vec<(u64, f64)>>,
     /// The current phase's sampler has no more points.
     exhausted: bool,
     scheduler: ActorRef<SchedulerMsg>,
@@ -223,6 +228,7 @@ impl Actor for SweepActor {
             fixed,
             trials,
             live: HashMap::new(),
+            curves: BTreeMap::new(),
             exhausted: false,
             scheduler: args.scheduler,
             store: args.store,
@@ -300,6 +306,22 @@ impl Actor for SweepActor {
             }
             SweepMsg::Trials(reply) => {
                 let _ = reply.send(state.trials.clone());
+            }
+            SweepMsg::Detail(reply) => {
+                let metric = &state.record.spec.objective.metric;
+                let _ = reply.send(SweepDetail {
+                    summary: state.summary(),
+                    spec: state.record.spec.clone(),
+                    curves: state
+                        .curves
+                        .iter()
+                        .map(|(trial, points)| LearningCurve {
+                            trial: *trial,
+                            metric: metric.clone(),
+                            points: points.clone(),
+                        })
+                        .collect(),
+                });
             }
             SweepMsg::Watch(watcher) => {
                 if state.record.state.is_final() {
@@ -872,6 +894,13 @@ impl SweepActorState {
                 let loss = self.record.spec.objective.direction.loss(*value);
                 decision = stopper.report(attempt.trial.number, *resource, loss);
             }
+            if let Some(value) = point.values.get(&self.record.spec.objective.metric) {
+                record_curve_point(
+                    self.curves.entry(attempt.trial.number).or_default(),
+                    point.step,
+                    *value,
+                );
+            }
             fresh.push(point);
         }
         for point in fresh {
@@ -1172,5 +1201,47 @@ impl SweepActorState {
                 .map(|index| self.phase_summary(index))
                 .collect(),
         }
+    }
+}
+
+/// Points kept per learning curve; past it, every other point is dropped.
+const CURVE_POINTS: usize = 256;
+
+/// Appends a point to a learning curve (a resumed attempt repeating steps adds nothing),
+/// halving the curve's resolution whenever it is full.
+fn record_curve_point(curve: &mut Vec<(u64, f64)>, step: u64, value: f64) {
+    if curve.last().is_some_and(|(last, _)| step <= *last) {
+        return;
+    }
+    if curve.len() >= CURVE_POINTS {
+        let mut index = 0;
+        curve.retain(|_| {
+            index += 1;
+            index % 2 == 1
+        });
+    }
+    curve.push((step, value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curves_ignore_repeated_steps_and_thin_out_when_full() {
+        let mut curve = Vec::new();
+        record_curve_point(&mut curve, 1, 0.9);
+        record_curve_point(&mut curve, 2, 0.8);
+        // A resumed attempt reports step 2 again: kept once.
+        record_curve_point(&mut curve, 2, 0.7);
+        assert_eq!(curve, [(1, 0.9), (2, 0.8)]);
+        for step in 3..=10_000 {
+            record_curve_point(&mut curve, step, 1.0 / step as f64);
+        }
+        assert!(curve.len() <= CURVE_POINTS);
+        assert!(curve.len() > CURVE_POINTS / 2);
+        assert_eq!(curve.first().map(|point| point.0), Some(1));
+        assert_eq!(curve.last().map(|point| point.0), Some(10_000));
+        assert!(curve.windows(2).all(|pair| pair[0].0 < pair[1].0));
     }
 }
