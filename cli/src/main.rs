@@ -245,6 +245,20 @@ enum SweepCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// A report: ranked trials, feasibility, phase winners, per-class metrics, parameter
+    /// importance, and plots (optimization history, parallel coordinates, importance,
+    /// learning curves) as SVG.
+    Report {
+        id: SweepId,
+        /// `html` (one page, plots inline) or `md` (plots as SVG files beside it).
+        #[arg(long, default_value = "html")]
+        format: ReportFormat,
+        /// Where to write it (default: `<id>-<name>-report.<html|md>` here).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Every trial, as a leaderboard or JSON.
     Results {
         id: SweepId,
@@ -254,6 +268,12 @@ enum SweepCommand {
         #[command(flatten)]
         connection: Connection,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Html,
+    Md,
 }
 
 #[derive(Subcommand)]
@@ -491,6 +511,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         ));
         report::write_results(&path, &summary, &spec, &trials)?;
         println!("results: {}", path.display());
+        let detail = client.detail(summary.id).await?;
+        let page = args
+            .dir
+            .join("results")
+            .join(report::report_file_name(&summary, true));
+        report::write_report(&page, &detail, &trials, true)?;
+        println!("report: {}", page.display());
         anyhow::Ok(())
     }
     .await;
@@ -588,6 +615,22 @@ async fn sweep(command: SweepCommand) -> anyhow::Result<()> {
                 ),
                 (Some(trial), false) => report::print_trial(&trial),
             }
+        }
+        SweepCommand::Report {
+            id,
+            format,
+            out,
+            connection,
+        } => {
+            let client = connection.connect("client").await?;
+            let detail = client.detail(id).await?;
+            let trials = client.trials(id).await?;
+            client.close().await;
+            let html = matches!(format, ReportFormat::Html);
+            let path = out
+                .unwrap_or_else(|| PathBuf::from(report::report_file_name(&detail.summary, html)));
+            report::write_report(&path, &detail, &trials, html)?;
+            println!("report: {}", path.display());
         }
         SweepCommand::Results {
             id,

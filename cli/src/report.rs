@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use flotilla_sdk::{
-    AgentInfo, Client, Direction, PhaseSummary, SweepEvent, SweepSpec, SweepSummary, TrialRecord,
-    TrialState,
+    AgentInfo, Client, PhaseSummary, SweepEvent, SweepSpec, SweepSummary, TrialRecord, TrialState,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -149,39 +148,7 @@ fn format_objective(value: Option<f64>) -> String {
 
 /// Ranked trials: feasible succeeded trials by objective, then the rest.
 pub fn ranked<'a>(summary: &SweepSummary, trials: &'a [TrialRecord]) -> Vec<&'a TrialRecord> {
-    let mut ranked: Vec<&TrialRecord> = trials.iter().collect();
-    let key = |trial: &TrialRecord| match (
-        trial.state == TrialState::Succeeded,
-        trial.feasible,
-        trial.objective,
-    ) {
-        (true, true, Some(value)) => (
-            0,
-            if summary.direction == Direction::Minimize {
-                value
-            } else {
-                -value
-            },
-        ),
-        (true, _, Some(value)) => (
-            1,
-            if summary.direction == Direction::Minimize {
-                value
-            } else {
-                -value
-            },
-        ),
-        _ => (2, 0.0),
-    };
-    ranked.sort_by(|left, right| {
-        let (left_rank, left_value) = key(left);
-        let (right_rank, right_value) = key(right);
-        left_rank
-            .cmp(&right_rank)
-            .then(left_value.total_cmp(&right_value))
-            .then(left.id.cmp(&right.id))
-    });
-    ranked
+    flotilla_report::ranked(summary.direction, trials)
 }
 
 pub fn print_leaderboard(summary: &SweepSummary, trials: &[TrialRecord], limit: usize) {
@@ -478,4 +445,51 @@ pub fn file_safe(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `<id>-<name>-report.html` (or `.md`).
+pub fn report_file_name(summary: &SweepSummary, html: bool) -> String {
+    format!(
+        "{}-{}-report.{}",
+        summary.id,
+        file_safe(&summary.name),
+        if html { "html" } else { "md" }
+    )
+}
+
+/// Writes a sweep's report: one HTML page with its plots inline, or Markdown with the plots
+/// as SVG files in `<stem>-plots/` beside it.
+pub fn write_report(
+    path: &Path,
+    detail: &flotilla_sdk::SweepDetail,
+    trials: &[TrialRecord],
+    html: bool,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let report = flotilla_report::Report { detail, trials };
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let text = if html {
+        report.html()
+    } else {
+        let stem = path
+            .file_stem()
+            .map_or("report".into(), |stem| stem.to_string_lossy().into_owned());
+        let plot_dir = format!("{stem}-plots");
+        let plots = path.with_file_name(&plot_dir);
+        std::fs::create_dir_all(&plots)
+            .with_context(|| format!("cannot create {}", plots.display()))?;
+        for plot in report.plots() {
+            let file = plots.join(format!("{}.svg", plot.id));
+            std::fs::write(&file, plot.svg)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+        }
+        report.markdown(&plot_dir)
+    };
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }

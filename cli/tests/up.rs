@@ -58,6 +58,32 @@ fn up_trains_the_quickstart_lstm_sweep_to_a_ranked_leaderboard_and_a_complete_re
 
     let trials = results["trials"].as_array().expect("trials");
     assert_eq!(trials.len(), 24);
+
+    // The HTML report it writes holds every trial and the four plots, with a learning curve
+    // per trial that reported accuracy by epoch.
+    let page = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("report: "))
+        .unwrap_or_else(|| panic!("no report path in:\n{stdout}"));
+    let html = std::fs::read_to_string(page).expect("the report");
+    let table = &html[html
+        .find("<table class=\"trials\">")
+        .expect("a trials table")..];
+    let table = &table[..table.find("</table>").expect("the table ends")];
+    assert_eq!(table.matches("<tr>").count(), 1 + 24);
+    for trial in trials {
+        let id = trial["id"].as_str().expect("an id");
+        assert!(table.contains(&format!("<td>{id}</td>")), "{id} missing");
+    }
+    for plot in ["history", "parallel", "importance", "curves"] {
+        assert!(
+            html.contains(&format!("data-plot=\"{plot}\"")),
+            "no {plot} plot"
+        );
+    }
+    let curves = &html[html.find("data-plot=\"curves\"").expect("curves")..];
+    let curves = &curves[..curves.find("</svg>").expect("the plot ends")];
+    assert_eq!(curves.matches("<polyline data-trial=").count(), 24);
     // Bayesian optimization with ASHA: poor trials stop after 2 or 4 of their 8 epochs, with
     // their metrics so far and the reason in the results file.
     let stopped: Vec<&serde_json::Value> = trials

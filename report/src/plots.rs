@@ -1,0 +1,398 @@
+//! The report's plots as standalone SVG: optimization history, parallel coordinates,
+//! parameter importance and learning curves.
+//!
+//! Every mark that stands for a trial carries `data-trial="N"` (bars carry `data-param`), so
+//! tools and tests can read a plot's structure without rendering it.
+
+use std::collections::BTreeMap;
+
+use flotilla_protocol::messages::{LearningCurve, TrialRecord, TrialState};
+use flotilla_protocol::spec::{Direction, SweepSpec};
+
+use crate::{escape, numeric_axis};
+
+const WIDTH: f64 = 720.0;
+const HEIGHT: f64 = 360.0;
+const LEFT: f64 = 64.0;
+const RIGHT: f64 = 24.0;
+const TOP: f64 = 36.0;
+const BOTTOM: f64 = 48.0;
+
+/// A plot: its id (`history`, `parallel`, `importance`, `curves`), title and SVG text.
+#[derive(Debug, Clone)]
+pub struct Plot {
+    pub id: &'static str,
+    pub title: String,
+    pub svg: String,
+}
+
+/// Linear map from a data range onto a pixel range; a degenerate range maps to the middle.
+#[derive(Clone, Copy)]
+struct Scale {
+    low: f64,
+    high: f64,
+    from: f64,
+    to: f64,
+}
+
+impl Scale {
+    fn new((low, high): (f64, f64), from: f64, to: f64) -> Scale {
+        Scale {
+            low,
+            high,
+            from,
+            to,
+        }
+    }
+
+    fn at(&self, value: f64) -> f64 {
+        if (self.high - self.low).abs() < f64::EPSILON {
+            return (self.from + self.to) / 2.0;
+        }
+        self.from + (value - self.low) / (self.high - self.low) * (self.to - self.from)
+    }
+}
+
+fn range(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
+    values
+        .filter(|value| value.is_finite())
+        .fold(None, |range, value| match range {
+            None => Some((value, value)),
+            Some((low, high)) => Some((f64::min(low, value), f64::max(high, value))),
+        })
+}
+
+/// A short label for an axis tick.
+pub fn tick_label(value: f64) -> String {
+    let magnitude = value.abs();
+    if value == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&magnitude) {
+        format!("{value:.2e}")
+    } else if magnitude >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        let text = format!("{value:.4}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+fn open(id: &str, title: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" width=\"{WIDTH}\" height=\"{HEIGHT}\" class=\"flotilla-plot\" data-plot=\"{id}\" font-family=\"sans-serif\" font-size=\"11\">\
+<title>{}</title><rect width=\"{WIDTH}\" height=\"{HEIGHT}\" fill=\"#ffffff\"/>\
+<text x=\"{LEFT}\" y=\"20\" font-size=\"14\" font-weight=\"bold\">{}</text>",
+        escape(title),
+        escape(title)
+    )
+}
+
+/// Axes with five ticks each and their labels.
+fn axes(out: &mut String, x: Scale, y: Scale, x_label: &str, y_label: &str) {
+    let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
+    out.push_str(&format!(
+        "<g stroke=\"#444\"><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\"/><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{y1}\"/></g>"
+    ));
+    for index in 0..=4 {
+        let fraction = f64::from(index) / 4.0;
+        let xv = x.low + fraction * (x.high - x.low);
+        let yv = y.low + fraction * (y.high - y.low);
+        let (px, py) = (x.at(xv), y.at(yv));
+        out.push_str(&format!(
+            "<text x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
+<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
+<line x1=\"{x0}\" y1=\"{py:.1}\" x2=\"{x1}\" y2=\"{py:.1}\" stroke=\"#eee\"/>",
+            y0 + 16.0,
+            escape(&tick_label(xv)),
+            x0 - 6.0,
+            py + 4.0,
+            escape(&tick_label(yv)),
+        ));
+    }
+    out.push_str(&format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
+<text transform=\"translate(14 {:.1}) rotate(-90)\" text-anchor=\"middle\">{}</text>",
+        (x0 + x1) / 2.0,
+        HEIGHT - 8.0,
+        escape(x_label),
+        (y0 + y1) / 2.0,
+        escape(y_label)
+    ));
+}
+
+fn empty(id: &'static str, title: String, why: &str) -> Plot {
+    let mut svg = open(id, &title);
+    svg.push_str(&format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#888\">{}</text></svg>",
+        WIDTH / 2.0,
+        HEIGHT / 2.0,
+        escape(why)
+    ));
+    Plot { id, title, svg }
+}
+
+/// Blue (best) to yellow (worst) by rank in `0..=1`.
+fn color(rank: f64) -> String {
+    let rank = rank.clamp(0.0, 1.0);
+    let (r, g, b) = (
+        30.0 + rank * (240.0 - 30.0),
+        80.0 + rank * (200.0 - 80.0),
+        180.0 + rank * (40.0 - 180.0),
+    );
+    format!("#{:02x}{:02x}{:02x}", r as u8, g as u8, b as u8)
+}
+
+/// Trials with an objective, in trial-number order.
+fn scored(trials: &[TrialRecord]) -> Vec<(&TrialRecord, f64)> {
+    let mut scored: Vec<(&TrialRecord, f64)> = trials
+        .iter()
+        .filter_map(|trial| trial.objective.map(|value| (trial, value)))
+        .filter(|(_, value)| value.is_finite())
+        .collect();
+    scored.sort_by_key(|(trial, _)| trial.id.number);
+    scored
+}
+
+/// Each trial's objective by trial number, and the best feasible value so far.
+pub fn optimization_history(metric: &str, direction: Direction, trials: &[TrialRecord]) -> Plot {
+    let title = format!("Optimization history: {metric} by trial");
+    let points = scored(trials);
+    let Some(y_range) = range(points.iter().map(|(_, value)| *value)) else {
+        return empty("history", title, "no trial has reported the objective yet");
+    };
+    let x_range =
+        range(points.iter().map(|(trial, _)| f64::from(trial.id.number))).unwrap_or((0.0, 1.0));
+    let x = Scale::new(x_range, LEFT + 8.0, WIDTH - RIGHT - 8.0);
+    let y = Scale::new(y_range, HEIGHT - BOTTOM - 8.0, TOP + 8.0);
+    let mut svg = open("history", &title);
+    axes(&mut svg, x, y, "trial", metric);
+    let mut best: Option<f64> = None;
+    let mut path = Vec::new();
+    for (trial, value) in &points {
+        if trial.feasible
+            && trial.state == TrialState::Succeeded
+            && best.is_none_or(|incumbent| direction.is_better(*value, incumbent))
+        {
+            best = Some(*value);
+        }
+        if let Some(best) = best {
+            path.push(format!(
+                "{:.1},{:.1}",
+                x.at(f64::from(trial.id.number)),
+                y.at(best)
+            ));
+        }
+    }
+    if !path.is_empty() {
+        svg.push_str(&format!(
+            "<polyline class=\"best-so-far\" fill=\"none\" stroke=\"#e8710a\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        ));
+    }
+    for (trial, value) in &points {
+        let (fill, stroke) = if trial.feasible {
+            ("#1a73e8", "#1a73e8")
+        } else {
+            ("none", "#999")
+        };
+        svg.push_str(&format!(
+            "<circle data-trial=\"{}\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{fill}\" stroke=\"{stroke}\"><title>{} {metric}={}</title></circle>",
+            trial.id.number,
+            x.at(f64::from(trial.id.number)),
+            y.at(*value),
+            trial.id,
+            tick_label(*value)
+        ));
+    }
+    svg.push_str("</svg>");
+    Plot {
+        id: "history",
+        title,
+        svg,
+    }
+}
+
+/// One vertical axis per parameter and one for the objective; a line per trial, coloured
+/// from best (blue) to worst (yellow).
+pub fn parallel_coordinates(spec: &SweepSpec, trials: &[TrialRecord]) -> Plot {
+    let metric = &spec.objective.metric;
+    let title = format!("Parallel coordinates: parameters and {metric}");
+    let points = scored(trials);
+    let names: Vec<&String> = crate::parameter_names(spec, trials);
+    if points.is_empty() || names.is_empty() {
+        return empty("parallel", title, "no trial has reported the objective yet");
+    }
+    let axes_count = names.len() + 1;
+    let step = (WIDTH - LEFT - RIGHT) / (axes_count.max(2) - 1) as f64;
+    let axis_x = |index: usize| LEFT + step * index as f64;
+    let (top, bottom) = (TOP + 16.0, HEIGHT - BOTTOM);
+    let mut svg = open("parallel", &title);
+    // Each parameter's axis maps its values onto [0, 1].
+    let mappers: Vec<BTreeMap<String, f64>> = names
+        .iter()
+        .map(|name| numeric_axis(spec, name, trials))
+        .collect();
+    for (index, name) in names
+        .iter()
+        .map(|name| name.as_str())
+        .chain([metric.as_str()])
+        .enumerate()
+    {
+        let px = axis_x(index);
+        svg.push_str(&format!(
+            "<line x1=\"{px:.1}\" y1=\"{top}\" x2=\"{px:.1}\" y2=\"{bottom}\" stroke=\"#444\"/>\
+<text x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\" class=\"axis-name\">{}</text>",
+            bottom + 18.0,
+            escape(name)
+        ));
+    }
+    let objective = range(points.iter().map(|(_, value)| *value)).unwrap_or((0.0, 1.0));
+    let mut order: Vec<f64> = points
+        .iter()
+        .map(|(_, value)| spec.objective.direction.loss(*value))
+        .collect();
+    order.sort_by(f64::total_cmp);
+    for (trial, value) in &points {
+        let mut coordinates = Vec::new();
+        for (index, (name, mapper)) in names.iter().zip(&mappers).enumerate() {
+            let Some(position) = trial
+                .params
+                .get(name.as_str())
+                .and_then(|value| mapper.get(&crate::param_key(value)))
+            else {
+                continue;
+            };
+            coordinates.push(format!(
+                "{:.1},{:.1}",
+                axis_x(index),
+                bottom - position * (bottom - top)
+            ));
+        }
+        let y = Scale::new(objective, bottom, top);
+        coordinates.push(format!("{:.1},{:.1}", axis_x(names.len()), y.at(*value)));
+        let loss = spec.objective.direction.loss(*value);
+        let rank =
+            order.partition_point(|other| *other < loss) as f64 / (order.len().max(2) - 1) as f64;
+        svg.push_str(&format!(
+            "<polyline data-trial=\"{}\" fill=\"none\" stroke=\"{}\" stroke-opacity=\"0.7\" points=\"{}\"><title>{}</title></polyline>",
+            trial.id.number,
+            color(rank),
+            coordinates.join(" "),
+            trial.id
+        ));
+    }
+    svg.push_str("</svg>");
+    Plot {
+        id: "parallel",
+        title,
+        svg,
+    }
+}
+
+/// One bar per parameter: the share of the objective's variance it explains on its own.
+pub fn parameter_importance(importance: &[(String, f64)]) -> Plot {
+    let title = "Parameter importance (share of variance explained, η²)".to_string();
+    if importance.is_empty() {
+        return empty(
+            "importance",
+            title,
+            "needs at least four trials with the objective and a varied parameter",
+        );
+    }
+    let mut svg = open("importance", &title);
+    let band = (HEIGHT - TOP - BOTTOM) / importance.len() as f64;
+    let bar = (band * 0.7).min(28.0);
+    let left = 170.0;
+    let scale = Scale::new((0.0, 1.0), left, WIDTH - RIGHT - 48.0);
+    for (index, (name, share)) in importance.iter().enumerate() {
+        let y = TOP + 8.0 + band * index as f64;
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
+<rect data-param=\"{}\" x=\"{left}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bar:.1}\" fill=\"#1a73e8\"/>\
+<text x=\"{:.1}\" y=\"{:.1}\">{:.0}%</text>",
+            left - 8.0,
+            y + bar / 2.0 + 4.0,
+            escape(name),
+            escape(name),
+            scale.at(*share) - left,
+            scale.at(*share) + 6.0,
+            y + bar / 2.0 + 4.0,
+            share * 100.0
+        ));
+    }
+    svg.push_str("</svg>");
+    Plot {
+        id: "importance",
+        title,
+        svg,
+    }
+}
+
+/// The objective by step for each trial that reported one; the best trial drawn on top.
+pub fn learning_curves(curves: &[LearningCurve], best: Option<u32>) -> Plot {
+    let metric = curves
+        .first()
+        .map_or("objective", |curve| curve.metric.as_str());
+    let title = format!("Learning curves: {metric} by step");
+    let points = || curves.iter().flat_map(|curve| curve.points.iter());
+    let (Some(x_range), Some(y_range)) = (
+        range(points().map(|(step, _)| *step as f64)),
+        range(points().map(|(_, value)| *value)),
+    ) else {
+        return empty(
+            "curves",
+            title,
+            "no learning curve recorded (curves are kept while a leader holds the sweep)",
+        );
+    };
+    let x = Scale::new(x_range, LEFT + 8.0, WIDTH - RIGHT - 8.0);
+    let y = Scale::new(y_range, HEIGHT - BOTTOM - 8.0, TOP + 8.0);
+    let mut svg = open("curves", &title);
+    axes(&mut svg, x, y, "step", metric);
+    let mut ordered: Vec<&LearningCurve> = curves.iter().collect();
+    ordered.sort_by_key(|curve| Some(curve.trial) == best);
+    for curve in ordered {
+        let highlighted = Some(curve.trial) == best;
+        let coordinates: Vec<String> = curve
+            .points
+            .iter()
+            .map(|(step, value)| format!("{:.1},{:.1}", x.at(*step as f64), y.at(*value)))
+            .collect();
+        let (stroke, width, opacity) = if highlighted {
+            ("#e8710a", 2.5, 1.0)
+        } else {
+            ("#1a73e8", 1.0, 0.45)
+        };
+        svg.push_str(&format!(
+            "<polyline data-trial=\"{}\" fill=\"none\" stroke=\"{stroke}\" stroke-width=\"{width}\" stroke-opacity=\"{opacity}\" points=\"{}\"><title>trial {}</title></polyline>",
+            curve.trial,
+            coordinates.join(" "),
+            curve.trial
+        ));
+    }
+    svg.push_str("</svg>");
+    Plot {
+        id: "curves",
+        title,
+        svg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_read_well() {
+        assert_eq!(tick_label(0.0), "0");
+        assert_eq!(tick_label(0.25), "0.25");
+        assert_eq!(tick_label(1234.5), "1234");
+        assert_eq!(tick_label(1e-6), "1.00e-6");
+    }
+
+    #[test]
+    fn a_flat_range_maps_to_the_middle() {
+        let scale = Scale::new((2.0, 2.0), 0.0, 100.0);
+        assert_eq!(scale.at(2.0), 50.0);
+    }
+}
