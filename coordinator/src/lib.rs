@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod placement;
 pub mod selection;
 pub mod store;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

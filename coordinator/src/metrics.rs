@@ -13,7 +13,6 @@
 
 use std::sync::LazyLock;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -259,14 +258,14 @@ async fn ready(State(standing): State<watch::Receiver<Standing>>) -> impl IntoRe
     }
 }
 
-/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (it leads) until
-/// `shutdown` fires.
+/// Serves `/metrics`, `/healthz` (the process answers), `/readyz` (it leads) and the web
+/// view ([`crate::web`]) until `shutdown` fires.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     standing: watch::Receiver<Standing>,
     shutdown: CancellationToken,
 ) {
-    let app = Router::new()
+    let app = crate::web::routes()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))

@@ -72,7 +72,8 @@ pub fn tick_label(value: f64) -> String {
     } else if magnitude >= 100.0 {
         format!("{value:.0}")
     } else {
-        let text = format!("{value:.4}");
+        let decimals = if magnitude >= 10.0 { 1 } else { 3 };
+        let text = format!("{value:.decimals$}");
         text.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
@@ -369,6 +370,14 @@ pub fn learning_curves(curves: &[LearningCurve], best: Option<u32>) -> Plot {
             coordinates.join(" "),
             curve.trial
         ));
+        // A single point draws no line: mark it.
+        if let [(step, value)] = curve.points.as_slice() {
+            svg.push_str(&format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{stroke}\" fill-opacity=\"{opacity}\"/>",
+                x.at(*step as f64),
+                y.at(*value)
+            ));
+        }
     }
     svg.push_str("</svg>");
     Plot {
@@ -386,6 +395,7 @@ mod tests {
     fn ticks_read_well() {
         assert_eq!(tick_label(0.0), "0");
         assert_eq!(tick_label(0.25), "0.25");
+        assert_eq!(tick_label(94.3621), "94.4");
         assert_eq!(tick_label(1234.5), "1234");
         assert_eq!(tick_label(1e-6), "1.00e-6");
     }

@@ -855,3 +855,25 @@ pub fn url_encode(value: &str) -> String {
         })
         .collect()
 }
+
+/// Headless Chromium (Debian's `chromium`) with a fresh profile and no background traffic,
+/// run with `args` (for instance `--dump-dom URL` or `--screenshot=PATH URL`).
+pub fn chromium(args: &[&str]) -> Output {
+    let profile = tempfile::tempdir().expect("a profile directory");
+    Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .expect("chromium runs (./scripts/test.sh installs Debian's chromium)")
+}

@@ -1,0 +1,130 @@
+//! The coordinator's live web view in headless Chromium (Debian's `chromium`), against a
+//! running cluster: the page loads, runs its JavaScript against the API, and shows the
+//! sweep's trials (sortable), its plots and the agents. A screenshot is kept as an artifact.
+
+use std::time::Duration;
+
+use flotilla_cluster_tests::{Cluster, chromium, http_get, wait_until};
+
+/// The page's DOM after its scripts ran.
+fn rendered(url: &str) -> String {
+    let output = chromium(&["--virtual-time-budget=8000", "--dump-dom", url]);
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The trial ids of the trials table's rows, top to bottom.
+fn trial_rows(dom: &str) -> Vec<String> {
+    let Some(start) = dom.find("id=\"trials\"") else {
+        return Vec::new();
+    };
+    dom[start..]
+        .split("<tr data-trial=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
+    let mut cluster = Cluster::new(1, 1, Duration::from_secs(2));
+    cluster.start_coordinator(0);
+    cluster.wait_for_leader(0, Duration::from_secs(30));
+    cluster.start_agent("a0", 2);
+    cluster.start_agent("a1", 2);
+    cluster.wait_for_agents(2, Duration::from_secs(30));
+    let file = cluster.write_logged_sweep("viewed", 10, 4, "0.1");
+    let sweep = cluster.submit(&file);
+    wait_until("the sweep to complete", Duration::from_secs(60), || {
+        cluster
+            .progress(&sweep)
+            .is_some_and(|(state, _)| state == "Completed")
+    });
+    let web = cluster.coordinators[0].metrics.clone();
+    let (status, _) = http_get(&web, "/").expect("the page");
+    assert_eq!(status, 200);
+
+    // Home: the sweep and both agents.
+    let home = rendered(&format!("http://{web}/"));
+    assert!(
+        home.contains("data-ready=\"1\""),
+        "the page did not load: {home}"
+    );
+    assert!(home.contains(&format!("data-sweep=\"{sweep}\"")), "{home}");
+    for agent in ["a0", "a1"] {
+        assert!(home.contains(&format!("data-agent=\"{agent}\"")), "{home}");
+    }
+
+    // The sweep: every trial is a row, ranked by the objective (minimized) by default.
+    let page = rendered(&format!("http://{web}/#/sweep/{sweep}"));
+    assert!(page.contains("id=\"sweep-title\""), "{page}");
+    let rows = trial_rows(&page);
+    assert_eq!(rows.len(), 10, "{page}");
+    let results = cluster.results(&sweep).expect("results");
+    let mut expected: Vec<(f64, String)> = results["trials"]
+        .as_array()
+        .expect("trials")
+        .iter()
+        .map(|trial| {
+            (
+                trial["objective"].as_f64().expect("an objective"),
+                trial["id"].as_str().expect("an id").to_string(),
+            )
+        })
+        .collect();
+    expected.sort_by(|left, right| left.0.total_cmp(&right.0));
+    assert_eq!(
+        rows,
+        expected.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
+    );
+    for plot in ["history", "parallel", "importance", "curves"] {
+        assert!(
+            page.contains(&format!("data-plot=\"{plot}\"")),
+            "no {plot} plot"
+        );
+        let (status, svg) =
+            http_get(&web, &format!("/api/sweeps/{sweep}/plots/{plot}.svg")).expect("a plot");
+        assert_eq!(status, 200);
+        assert!(svg.starts_with("<svg"), "{svg}");
+    }
+
+    // Sorted by another column (the same sort a click on its header applies).
+    let by_number = trial_rows(&rendered(&format!(
+        "http://{web}/#/sweep/{sweep}?sort=number&desc=1"
+    )));
+    let mut numbers: Vec<u32> = by_number
+        .iter()
+        .map(|id| {
+            id.rsplit("-t")
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("a number")
+        })
+        .collect();
+    assert_eq!(numbers.len(), 10);
+    let descending = numbers.clone();
+    numbers.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(descending, numbers);
+
+    // A screenshot of the sweep page, kept as an artifact.
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).expect("an artifact directory");
+    let shot = artifacts.join("web-view.png");
+    let _ = std::fs::remove_file(&shot);
+    let output = chromium(&[
+        "--virtual-time-budget=8000",
+        "--window-size=1400,1500",
+        &format!("--screenshot={}", shot.display()),
+        &format!("http://{web}/#/sweep/{sweep}"),
+    ]);
+    assert!(output.status.success());
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    assert!(png.len() > 20_000, "a blank page? {} bytes", png.len());
+    println!("web view screenshot: {}", shot.display());
+}
