@@ -16,6 +16,8 @@ command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # A real Prometheus scrapes a test cluster; promtool checks monitoring/.
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+# The web view is tested in headless Chromium.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -36,3 +38,4 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 # Doc tests are not run by nextest; run them first so the suite's summary closes the log.
 cargo test --workspace --all-features --doc
 cargo nextest run --workspace --all-features --no-fail-fast
+echo "test artifacts (the web view's screenshot): ${CARGO_TARGET_DIR}/tmp/artifacts"
