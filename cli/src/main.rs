@@ -146,6 +146,15 @@ struct CoordinatorArgs {
     /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` over HTTP here.
     #[arg(long, env = "FLOTILLA_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Post a Slack-compatible JSON message here when a sweep ends (repeatable, or
+    /// comma-separated). The URL is a secret: logs name only its number and host.
+    #[arg(
+        long = "notify-webhook",
+        env = "FLOTILLA_NOTIFY_WEBHOOK",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    notify_webhooks: Vec<String>,
 }
 
 #[derive(Args)]
@@ -376,6 +385,12 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.agent_timeout = args.agent_timeout;
     config.advertise = args.advertise;
     config.metrics_listen = args.metrics_listen;
+    config.webhooks = args
+        .notify_webhooks
+        .iter()
+        .enumerate()
+        .map(|(index, url)| flotilla_coordinator::notify::Webhook::parse(index + 1, url))
+        .collect::<anyhow::Result<_>>()?;
     if let Some(name) = args.name {
         config.name = name;
     }

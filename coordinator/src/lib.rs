@@ -25,6 +25,7 @@ mod clock;
 pub mod gateway;
 pub mod ha;
 pub mod metrics;
+pub mod notify;
 pub mod placement;
 pub mod selection;
 pub mod store;
@@ -69,6 +70,8 @@ pub struct CoordinatorConfig {
     pub advertise: Option<SocketAddr>,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` over HTTP (TCP); none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// Webhooks told when a sweep ends (Slack-compatible JSON).
+    pub webhooks: Vec<notify::Webhook>,
 }
 
 impl CoordinatorConfig {
@@ -83,6 +86,7 @@ impl CoordinatorConfig {
             etcd: None,
             advertise: None,
             metrics_listen: None,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -216,6 +220,7 @@ struct Base {
     connections: Arc<AtomicU64>,
     /// Where peers reach this coordinator.
     advertise: SocketAddr,
+    notifier: Option<notify::Notifier>,
 }
 
 impl Base {
@@ -230,6 +235,7 @@ impl Base {
             store,
             epoch,
             agent_timeout: self.config.agent_timeout,
+            notifier: self.notifier.clone(),
         };
         let (leader, leader_done) = Actor::spawn(None, Leader, args)
             .await
@@ -298,14 +304,22 @@ impl Coordinator {
             Some(address) => Some(metrics::bind(address).await?),
             None => None,
         };
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let notifier = if config.webhooks.is_empty() {
+            None
+        } else {
+            let (notifier, delivery) = notify::start(config.webhooks.clone(), shutdown.clone())?;
+            tasks.spawn(delivery);
+            Some(notifier)
+        };
         let base = Base {
             config: config.clone(),
             connections: Arc::new(AtomicU64::new(1)),
             advertise,
+            notifier,
         };
         let (standing_sender, standing) = watch::channel(Standing::Following { leader: None });
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
         let lifecycle = match &config.etcd {
             None => {
                 let store = Arc::new(LocalStore::open(&config.state_path)?);

@@ -354,6 +354,8 @@ pub struct Cluster {
     pub etcd: Etcd,
     pub lease_ttl: Duration,
     pub agent_timeout: Duration,
+    /// Extra arguments every coordinator starts with.
+    pub coordinator_args: Vec<String>,
     pub coordinators: Vec<Coordinator>,
     pub agents: Vec<Agent>,
 }
@@ -425,6 +427,7 @@ impl Cluster {
             etcd,
             lease_ttl,
             agent_timeout: Duration::from_secs(3),
+            coordinator_args: Vec::new(),
             coordinators,
             agents: Vec::new(),
         }
@@ -469,6 +472,7 @@ impl Cluster {
             .args(["--agent-timeout", &agent_timeout])
             .args(["--name", &coordinator.name])
             .args(["--metrics-listen", &coordinator.metrics])
+            .args(&self.coordinator_args)
             .arg("--certs")
             .arg(certs)
             .env("FLOTILLA_LOG", "info,flotilla_coordinator::gateway=warn");

@@ -40,12 +40,15 @@ pub struct LeaderArgs {
     pub store: Arc<dyn StateStore>,
     pub epoch: Epoch,
     pub agent_timeout: Duration,
+    /// Told when a sweep ends.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 pub struct LeaderState {
     store: Arc<dyn StateStore>,
     registry: ActorRef<RegistryMsg>,
     scheduler: ActorRef<SchedulerMsg>,
+    notifier: Option<crate::notify::Notifier>,
     sweeps: BTreeMap<SweepId, ActorRef<SweepMsg>>,
     next_sweep: u64,
 }
@@ -81,6 +84,7 @@ impl Actor for Leader {
             store: args.store,
             registry,
             scheduler,
+            notifier: args.notifier,
             sweeps: BTreeMap::new(),
             next_sweep: stored
                 .sweeps
@@ -160,6 +164,7 @@ impl LeaderState {
             trials,
             scheduler: self.scheduler.clone(),
             store: self.store.clone(),
+            notifier: self.notifier.clone(),
         };
         let (sweep, _) = Actor::spawn_linked(None, SweepActor, args, myself.get_cell()).await?;
         self.sweeps.insert(id, sweep);

@@ -94,6 +94,8 @@ pub struct SweepArgs {
     pub trials: BTreeMap<u32, TrialRecord>,
     pub scheduler: ActorRef<SchedulerMsg>,
     pub store: Arc<dyn StateStore>,
+    /// Told when the sweep ends.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 /// What the actor tracks about a trial's current attempt while it runs.
@@ -165,6 +167,7 @@ pub struct SweepActorState {
     exhausted: bool,
     scheduler: ActorRef<SchedulerMsg>,
     store: Arc<dyn StateStore>,
+    notifier: Option<crate::notify::Notifier>,
     watchers: Vec<mpsc::UnboundedSender<SweepEvent>>,
     /// Start commands waiting for their placement to be durable; aborted with the actor.
     starts: tokio::task::JoinSet<()>,
@@ -231,6 +234,7 @@ impl Actor for SweepActor {
             curves: BTreeMap::new(),
             exhausted: false,
             scheduler: args.scheduler,
+            notifier: args.notifier,
             store: args.store,
             watchers: Vec::new(),
             starts: tokio::task::JoinSet::new(),
@@ -1169,6 +1173,9 @@ impl SweepActorState {
         }
         let summary = self.summary();
         tracing::info!(sweep = %self.id(), state = ?summary.state, succeeded = summary.counts.succeeded, failed = summary.counts.failed, "sweep finished");
+        if let Some(notifier) = &self.notifier {
+            notifier.sweep_finished(&summary);
+        }
         self.broadcast(SweepEvent::SweepFinished(summary));
         self.watchers.clear();
     }

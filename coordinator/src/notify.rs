@@ -1,0 +1,219 @@
+//! Webhook notifications (Slack-compatible JSON) for sweeps that end.
+//!
+//! `--notify-webhook URL` (repeatable) posts `{"text": …, "blocks": […]}` to each URL when a
+//! sweep completes, fails, times out or is cancelled. Delivery runs on one task owned by the
+//! coordinator, never in an actor handler: each post has a 10 s timeout and is retried up to
+//! five times with exponential backoff (1 s doubling, ±20 %), honouring `Retry-After` on 429.
+//! Other 4xx answers are not retried. Webhook URLs carry secrets (Slack's path is the
+//! credential), so logs name a webhook only by its number and host, and errors are logged
+//! without their URL.
+
+use std::time::Duration;
+
+use flotilla_protocol::messages::{SweepState, SweepSummary};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What can be announced.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    SweepFinished(Box<SweepSummary>),
+}
+
+/// Where notices go; cheap to clone. Sending never blocks.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    sender: mpsc::UnboundedSender<Notice>,
+}
+
+impl Notifier {
+    pub fn sweep_finished(&self, summary: &SweepSummary) {
+        let _ = self
+            .sender
+            .send(Notice::SweepFinished(Box::new(summary.clone())));
+    }
+}
+
+/// A webhook and how logs name it (its number and host, never its path).
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    url: reqwest::Url,
+    label: String,
+}
+
+impl Webhook {
+    /// Parses the `index`th (from 1) `--notify-webhook`; the error does not repeat the URL.
+    pub fn parse(index: usize, text: &str) -> anyhow::Result<Webhook> {
+        let url = reqwest::Url::parse(text)
+            .map_err(|error| anyhow::anyhow!("--notify-webhook #{index} is not a URL ({error})"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            anyhow::bail!(
+                "--notify-webhook #{index} must be an http:// or https:// URL with a host"
+            );
+        }
+        let label = format!("webhook #{index} ({})", url.host_str().unwrap_or("?"));
+        Ok(Webhook { url, label })
+    }
+}
+
+const ATTEMPTS: u32 = 5;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts the delivery task; it stops when `shutdown` fires (after at most 5 s more for
+/// deliveries in flight).
+pub fn start(
+    webhooks: Vec<Webhook>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Notifier, impl Future<Output = ()> + Send + 'static)> {
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .user_agent(concat!("flotilla/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|error| anyhow::anyhow!("cannot build the webhook client: {error}"))?;
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let task = async move {
+        let mut deliveries = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                notice = receiver.recv() => {
+                    let Some(notice) = notice else { break };
+                    let payload = payload(&notice);
+                    for webhook in &webhooks {
+                        deliveries.spawn(deliver(client.clone(), webhook.clone(), payload.clone()));
+                    }
+                }
+                Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        let drained = async { while deliveries.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("webhook deliveries still in flight at shutdown were dropped");
+        }
+    };
+    Ok((Notifier { sender }, task))
+}
+
+/// Posts one payload, retrying as the module describes.
+async fn deliver(client: reqwest::Client, webhook: Webhook, payload: Value) {
+    let mut delay = Duration::from_secs(1);
+    for attempt in 1..=ATTEMPTS {
+        let wait = match client.post(webhook.url.clone()).json(&payload).send().await {
+            Ok(response) if response.status().is_success() => {
+                tracing::info!(webhook = %webhook.label, attempt, "notification delivered");
+                return;
+            }
+            Ok(response) => {
+                let status = response.status();
+                if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    tracing::warn!(webhook = %webhook.label, %status, "notification refused; not retrying");
+                    return;
+                }
+                tracing::warn!(webhook = %webhook.label, attempt, %status, "notification failed");
+                response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.trim().parse::<u64>().ok())
+                    .map(|seconds| Duration::from_secs(seconds.min(60)))
+            }
+            Err(error) => {
+                let error = error.without_url();
+                tracing::warn!(webhook = %webhook.label, attempt, %error, "notification failed");
+                None
+            }
+        };
+        if attempt == ATTEMPTS {
+            break;
+        }
+        let jitter = 0.8 + 0.4 * rand::random::<f64>();
+        tokio::time::sleep(wait.unwrap_or(delay.mul_f64(jitter))).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+    tracing::error!(webhook = %webhook.label, attempts = ATTEMPTS, "notification not delivered");
+}
+
+/// The Slack-compatible body: `text` (what plain webhooks and notifications show) and
+/// `blocks` (Slack's layout).
+pub fn payload(notice: &Notice) -> Value {
+    match notice {
+        Notice::SweepFinished(summary) => {
+            let (mark, verb) = match summary.state {
+                SweepState::Completed => (":white_check_mark:", "completed"),
+                SweepState::Failed => (":x:", "failed"),
+                SweepState::TimedOut => (":hourglass:", "timed out"),
+                SweepState::Cancelled => (":no_entry_sign:", "was cancelled"),
+                SweepState::Running => (":arrow_forward:", "is running"),
+            };
+            let counts = &summary.counts;
+            let mut text = format!(
+                "{mark} Sweep *{}* ({}) {verb}: {} succeeded, {} stopped, {} failed of {} trials.",
+                summary.name,
+                summary.id,
+                counts.succeeded,
+                counts.stopped,
+                counts.failed,
+                summary.max_trials
+            );
+            match &summary.best {
+                Some(best) => {
+                    let params = best
+                        .params
+                        .iter()
+                        .map(|(name, value)| format!("{name}={}", value.exact()))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    text.push_str(&format!(
+                        " Best {} = {} ({}: {params}).",
+                        summary.objective_metric,
+                        best.objective
+                            .map_or("-".to_string(), |value| format!("{value:.5}")),
+                        best.id
+                    ));
+                }
+                None => text.push_str(" No feasible trial succeeded."),
+            }
+            let took = summary
+                .finished_ms
+                .map(|finished| finished.saturating_sub(summary.created_ms) as f64 / 1000.0);
+            let context = match took {
+                Some(seconds) => format!(
+                    "flotilla · sweep {} · ran {seconds:.0} s · `flotilla sweep report {}`",
+                    summary.id, summary.id
+                ),
+                None => format!("flotilla · sweep {}", summary.id),
+            };
+            json!({
+                "text": text,
+                "blocks": [
+                    { "type": "section", "text": { "type": "mrkdwn", "text": text } },
+                    { "type": "context", "elements": [ { "type": "mrkdwn", "text": context } ] },
+                ],
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_without_repeating_them() {
+        let error = Webhook::parse(2, "hooks.slack.com/services/SECRET")
+            .expect_err("no scheme")
+            .to_string();
+        assert!(error.contains("#2") && !error.contains("SECRET"), "{error}");
+        let error = Webhook::parse(1, "ftp://example.invalid/SECRET")
+            .expect_err("not http")
+            .to_string();
+        assert!(!error.contains("SECRET"), "{error}");
+        let webhook =
+            Webhook::parse(3, "https://hooks.slack.com/services/T0/B0/SECRET").expect("valid");
+        assert_eq!(webhook.label, "webhook #3 (hooks.slack.com)");
+    }
+}
