@@ -120,19 +120,6 @@ fn phase_line(phase: &PhaseSummary, winner: Option<&TrialRecord>, metric: &str) 
     }
 }
 
-/// The winner of each phase of a phased sweep, looked up among `trials`.
-fn phase_winners<'a>(
-    summary: &'a SweepSummary,
-    trials: &'a [TrialRecord],
-) -> impl Iterator<Item = (&'a PhaseSummary, Option<&'a TrialRecord>)> {
-    summary.phases.iter().map(move |phase| {
-        let winner = phase
-            .winner
-            .and_then(|number| trials.iter().find(|trial| trial.id.number == number));
-        (phase, winner)
-    })
-}
-
 fn format_params(trial: &TrialRecord) -> String {
     trial
         .params
@@ -170,12 +157,7 @@ pub fn print_leaderboard(summary: &SweepSummary, trials: &[TrialRecord], limit: 
     for (rank, trial) in ranked(summary, trials).into_iter().take(limit).enumerate() {
         let mut row = vec![(rank + 1).to_string(), trial.id.to_string()];
         if phased {
-            row.push(
-                summary
-                    .phases
-                    .get(trial.phase as usize)
-                    .map_or_else(|| trial.phase.to_string(), |phase| phase.name.clone()),
-            );
+            row.push(flotilla_report::phase_name(summary, trial));
         }
         row.extend([
             format_objective(trial.objective),
@@ -194,7 +176,7 @@ pub fn print_leaderboard(summary: &SweepSummary, trials: &[TrialRecord], limit: 
     }
     println!("{table}");
     if phased {
-        for (phase, winner) in phase_winners(summary, trials) {
+        for (phase, winner) in flotilla_report::phase_winners(summary, trials) {
             println!("{}", phase_line(phase, winner, &summary.objective_metric));
         }
     }
@@ -390,7 +372,7 @@ fn results_json(summary: &SweepSummary, spec: Option<&SweepSpec>, trials: &[Tria
             "finished_ms": summary.finished_ms,
             "best_trial": summary.best.as_ref().map(|best| best.id.to_string()),
         },
-        "phases": phase_winners(summary, trials).map(|(phase, winner)| json!({
+        "phases": flotilla_report::phase_winners(summary, trials).map(|(phase, winner)| json!({
             "name": phase.name,
             "max_trials": phase.max_trials,
             "trials": phase.trials,

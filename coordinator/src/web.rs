@@ -21,7 +21,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use flotilla_protocol::SweepId;
-use flotilla_protocol::messages::{SweepSummary, TrialRecord, TrialState};
+use flotilla_protocol::messages::{SweepSummary, TrialRecord};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -146,18 +146,10 @@ fn summary_json(summary: &SweepSummary) -> Value {
 }
 
 fn trial_json(trial: &TrialRecord) -> Value {
-    let state = match trial.state {
-        TrialState::Pending => "pending",
-        TrialState::Running => "running",
-        TrialState::Succeeded => "succeeded",
-        TrialState::Failed => "failed",
-        TrialState::Stopped => "stopped",
-        TrialState::Paused => "paused",
-    };
     json!({
         "id": trial.id.to_string(),
         "number": trial.id.number,
-        "state": state,
+        "state": trial.state.name(),
         "objective": trial.objective,
         "feasible": trial.feasible,
         "phase": trial.phase,

@@ -11,7 +11,9 @@ pub mod plots;
 use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_protocol::ParamValue;
-use flotilla_protocol::messages::{SweepDetail, TrialRecord, TrialState};
+use flotilla_protocol::messages::{
+    PhaseSummary, SweepDetail, SweepSummary, TrialRecord, TrialState,
+};
 use flotilla_protocol::spec::{Direction, ParamSpec, SweepSpec};
 
 pub use plots::Plot;
@@ -59,6 +61,27 @@ pub fn ranked(direction: Direction, trials: &[TrialRecord]) -> Vec<&TrialRecord>
             .then(left.id.number.cmp(&right.id.number))
     });
     ranked
+}
+
+/// The winner of each phase, looked up among `trials`.
+pub fn phase_winners<'a>(
+    summary: &'a SweepSummary,
+    trials: &'a [TrialRecord],
+) -> impl Iterator<Item = (&'a PhaseSummary, Option<&'a TrialRecord>)> {
+    summary.phases.iter().map(move |phase| {
+        let winner = phase
+            .winner
+            .and_then(|number| trials.iter().find(|trial| trial.id.number == number));
+        (phase, winner)
+    })
+}
+
+/// The name of the phase a trial belongs to (its index when the summary has no such phase).
+pub fn phase_name(summary: &SweepSummary, trial: &TrialRecord) -> String {
+    summary
+        .phases
+        .get(trial.phase as usize)
+        .map_or_else(|| trial.phase.to_string(), |phase| phase.name.clone())
 }
 
 /// A parameter value as a key (its exact text).
@@ -240,17 +263,6 @@ fn format_params(params: &BTreeMap<String, ParamValue>) -> String {
         .join(", ")
 }
 
-fn state_name(state: TrialState) -> &'static str {
-    match state {
-        TrialState::Pending => "pending",
-        TrialState::Running => "running",
-        TrialState::Succeeded => "succeeded",
-        TrialState::Failed => "failed",
-        TrialState::Stopped => "stopped",
-        TrialState::Paused => "paused",
-    }
-}
-
 /// A sweep's report.
 pub struct Report<'a> {
     pub detail: &'a SweepDetail,
@@ -388,13 +400,8 @@ impl Report<'_> {
         });
 
         if summary.phases.len() > 1 {
-            let rows = summary
-                .phases
-                .iter()
-                .map(|phase| {
-                    let winner = phase
-                        .winner
-                        .and_then(|number| self.trials.iter().find(|t| t.id.number == number));
+            let rows = phase_winners(summary, self.trials)
+                .map(|(phase, winner)| {
                     vec![
                         phase.name.clone(),
                         format!("{}/{}", phase.trials, phase.max_trials),
@@ -539,17 +546,12 @@ impl Report<'_> {
             .map(|(rank, trial)| {
                 let mut row = vec![(rank + 1).to_string(), trial.id.to_string()];
                 if phased {
-                    row.push(
-                        summary
-                            .phases
-                            .get(trial.phase as usize)
-                            .map_or_else(|| trial.phase.to_string(), |phase| phase.name.clone()),
-                    );
+                    row.push(phase_name(summary, trial));
                 }
                 row.extend([
                     format_value(trial.objective),
                     if trial.feasible { "yes" } else { "no" }.into(),
-                    state_name(trial.state).into(),
+                    trial.state.name().into(),
                 ]);
                 row.extend(spec.constraints.iter().map(|constraint| {
                     match trial.metrics.get(&constraint.metric) {
