@@ -202,17 +202,15 @@ async fn plot(
         detail: &detail,
         trials: &trials,
     };
-    let svg = report
-        .plots()
-        .into_iter()
-        .find(|candidate| candidate.id == name)
-        .map(|found| found.svg)
-        .ok_or_else(|| {
-            problem(
-                StatusCode::NOT_FOUND,
-                format!("no plot '{name}'; there are history, parallel, importance, curves"),
-            )
-        })?;
+    let svg = report.plot(name).map(|found| found.svg).ok_or_else(|| {
+        problem(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no plot '{name}'; there are {}",
+                flotilla_report::PLOTS.join(", ")
+            ),
+        )
+    })?;
     Ok((
         [
             ("content-type", "image/svg+xml"),

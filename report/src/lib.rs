@@ -263,6 +263,9 @@ fn format_params(params: &BTreeMap<String, ParamValue>) -> String {
         .join(", ")
 }
 
+/// The plots' ids, in report order.
+pub const PLOTS: [&str; 4] = ["history", "parallel", "importance", "curves"];
+
 /// A sweep's report.
 pub struct Report<'a> {
     pub detail: &'a SweepDetail,
@@ -339,16 +342,26 @@ impl Report<'_> {
 
     /// The four plots, in report order.
     pub fn plots(&self) -> Vec<Plot> {
+        PLOTS.iter().filter_map(|id| self.plot(id)).collect()
+    }
+
+    /// One plot by id (one of [`PLOTS`]), drawn alone.
+    pub fn plot(&self, id: &str) -> Option<Plot> {
         let summary = &self.detail.summary;
-        vec![
-            plots::optimization_history(&summary.objective_metric, summary.direction, self.trials),
-            plots::parallel_coordinates(self.spec(), self.trials),
-            plots::parameter_importance(&importance(self.spec(), self.trials)),
-            plots::learning_curves(
+        Some(match id {
+            "history" => plots::optimization_history(
+                &summary.objective_metric,
+                summary.direction,
+                self.trials,
+            ),
+            "parallel" => plots::parallel_coordinates(self.spec(), self.trials),
+            "importance" => plots::parameter_importance(&importance(self.spec(), self.trials)),
+            "curves" => plots::learning_curves(
                 &self.detail.curves,
                 self.best().map(|trial| trial.id.number),
             ),
-        ]
+            _ => return None,
+        })
     }
 
     fn sections(&self) -> Vec<Section> {
