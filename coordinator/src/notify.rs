@@ -216,4 +216,48 @@ mod tests {
             Webhook::parse(3, "https://hooks.slack.com/services/T0/B0/SECRET").expect("valid");
         assert_eq!(webhook.label, "webhook #3 (hooks.slack.com)");
     }
+
+    /// Serves `answers` in order, one per connection, and counts the requests.
+    async fn receiver(
+        answers: Vec<String>,
+    ) -> (Webhook, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            for answer in answers {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buffer = vec![0; 64 * 1024];
+                let _ = stream.read(&mut buffer).await;
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        let webhook = Webhook::parse(1, &format!("http://{address}/hook")).expect("valid");
+        (webhook, count)
+    }
+
+    const CLOSE: &str = "content-length: 0\r\nconnection: close\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_refusal_is_not_retried_and_too_many_requests_is() {
+        let client = reqwest::Client::new();
+        let (webhook, count) = receiver(vec![format!("HTTP/1.1 404 Not Found\r\n{CLOSE}")]).await;
+        deliver(client.clone(), webhook, json!({"text": "x"})).await;
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        let (webhook, count) = receiver(vec![
+            format!("HTTP/1.1 429 Too Many Requests\r\nretry-after: 0\r\n{CLOSE}"),
+            format!("HTTP/1.1 200 OK\r\n{CLOSE}"),
+        ])
+        .await;
+        deliver(client, webhook, json!({"text": "x"})).await;
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 }

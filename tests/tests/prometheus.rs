@@ -141,6 +141,17 @@ fn prometheus_scrapes_trial_and_agent_series_from_the_coordinators() {
         body.contains(&cluster.coordinators[leader].address),
         "the follower should name the leader: {body}"
     );
+    // The web view's API, too, is the leader's: a follower names it.
+    let (status, body) =
+        http_get(&cluster.coordinators[follower].metrics, "/api/sweeps").expect("the API");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&cluster.coordinators[leader].address),
+        "the follower should name the leader: {body}"
+    );
+    let (status, _) =
+        http_get(&cluster.coordinators[leader].metrics, "/api/sweeps").expect("the API");
+    assert_eq!(status, 200);
 
     // Per-trial series exist while attempts run and vanish when they end; GPU series are
     // absent (not zero) on a host without an NVIDIA driver.

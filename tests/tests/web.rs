@@ -93,6 +93,36 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
         assert!(svg.starts_with("<svg"), "{svg}");
     }
 
+    let (status, body) =
+        http_get(&web, &format!("/api/sweeps/{sweep}/plots/nope.svg")).expect("an unknown plot");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("history, parallel, importance, curves"),
+        "{body}"
+    );
+
+    // The Markdown report from the CLI: every trial, and the four plots as SVG files.
+    let markdown = cluster.path("viewed-report.md");
+    cluster.flotilla_ok(&[
+        "sweep",
+        "report",
+        &sweep,
+        "--format",
+        "md",
+        "--out",
+        markdown.to_str().expect("UTF-8"),
+    ]);
+    let text = std::fs::read_to_string(&markdown).expect("the Markdown report");
+    for id in &rows {
+        assert!(text.contains(&format!("| {id} |")), "{id} missing");
+    }
+    for plot in ["history", "parallel", "importance", "curves"] {
+        assert!(text.contains(&format!("(viewed-report-plots/{plot}.svg)")));
+        let svg = std::fs::read_to_string(cluster.path(&format!("viewed-report-plots/{plot}.svg")))
+            .expect("a plot file");
+        assert!(svg.starts_with("<svg"));
+    }
+
     // Sorted by another column (the same sort a click on its header applies).
     let by_number = trial_rows(&rendered(&format!(
         "http://{web}/#/sweep/{sweep}?sort=number&desc=1"
