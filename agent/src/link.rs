@@ -7,17 +7,23 @@
 //! coordinators in turn. A follower's `NotLeader` refusal names the leader, which is tried
 //! next at once. A refusal for role or version is final: retrying cannot fix a wrong
 //! certificate.
+//!
+//! Metric points are batched on the way out: whatever the outbox holds when the link is
+//! ready to write goes in one write, and queued `TrialMetrics` of the same attempt merge
+//! into one message (see [`coalesce`]), so a trial that reports faster than the network
+//! turns around costs one frame per write, not one per point.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use flotilla_protocol::AgentId;
 use flotilla_protocol::framing;
 use flotilla_protocol::handshake;
 use flotilla_protocol::messages::{
     AgentMessage, CoordinatorCommand, HelloReply, RefusalReason, Registration, Role,
 };
 use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME};
+use flotilla_protocol::{AgentId, AttemptId};
 use ractor::ActorRef;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -30,6 +36,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
 /// How long the replica whose session just ended is tried only after the others.
 const LEADER_LOST_FOR: Duration = Duration::from_secs(10);
+/// Most messages taken from the outbox for one write.
+const MAX_MESSAGES_PER_WRITE: usize = 4096;
+/// Most points merged into one `TrialMetrics` message: with a few hundred metrics per point
+/// (per-class reports) that stays well inside the frame limit.
+const MAX_POINTS_PER_BATCH: usize = 256;
 
 pub struct LinkConfig {
     /// Coordinators to try in turn (at least one).
@@ -293,13 +304,17 @@ async fn session(
             }
             message = outbox.recv() => {
                 let Some(first) = message else { break Ok(Session::Shutdown) };
+                let mut queued = vec![first];
+                while queued.len() < MAX_MESSAGES_PER_WRITE
+                    && let Ok(message) = outbox.try_recv()
+                {
+                    queued.push(message);
+                }
                 buffer.clear();
-                let mut next = Some(first);
-                while let Some(message) = next {
+                for message in coalesce(queued) {
                     if let Err(error) = framing::append_frame(&mut buffer, &message) {
                         tracing::error!(%error, "dropping a message that does not encode");
                     }
-                    next = outbox.try_recv().ok();
                 }
                 if let Err(error) = send.write_all(&buffer).await {
                     // Unsent outcomes are reported again in the next Register.
@@ -315,5 +330,130 @@ async fn session(
         Err(failure) => Err(failure),
         Ok(Session::Shutdown) => Ok(Session::Shutdown),
         Ok(Session::Served) => Ok(Session::Served),
+    }
+}
+
+/// Merges queued `TrialMetrics` of one attempt into the first of them, up to
+/// [`MAX_POINTS_PER_BATCH`] points. Order per attempt is kept: any other message about that
+/// attempt (started, checkpoint, finished, rejected) closes its batch, and a message about
+/// no attempt in particular closes every batch, so nothing is reordered around it.
+fn coalesce(queued: Vec<AgentMessage>) -> Vec<AgentMessage> {
+    let mut out: Vec<AgentMessage> = Vec::with_capacity(queued.len());
+    let mut open: HashMap<AttemptId, usize> = HashMap::new();
+    for message in queued {
+        match message {
+            AgentMessage::TrialMetrics { attempt, points } => {
+                if let Some(&index) = open.get(&attempt)
+                    && let Some(AgentMessage::TrialMetrics { points: batch, .. }) =
+                        out.get_mut(index)
+                    && batch.len() + points.len() <= MAX_POINTS_PER_BATCH
+                {
+                    batch.extend(points);
+                    continue;
+                }
+                open.insert(attempt, out.len());
+                out.push(AgentMessage::TrialMetrics { attempt, points });
+            }
+            other => {
+                match &other {
+                    AgentMessage::TrialStarted { attempt }
+                    | AgentMessage::TrialFinished { attempt, .. }
+                    | AgentMessage::TrialCheckpoint { attempt, .. }
+                    | AgentMessage::CommandRejected {
+                        attempt: Some(attempt),
+                        ..
+                    } => {
+                        open.remove(attempt);
+                    }
+                    _ => open.clear(),
+                }
+                out.push(other);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_protocol::messages::{MetricPoint, TrialOutcome};
+    use flotilla_protocol::{SweepId, TrialId};
+
+    use super::*;
+
+    fn attempt(trial: u32) -> AttemptId {
+        AttemptId {
+            trial: TrialId {
+                sweep: SweepId(1),
+                number: trial,
+            },
+            attempt: 0,
+        }
+    }
+
+    fn points(trial: u32, steps: std::ops::Range<u64>) -> AgentMessage {
+        AgentMessage::TrialMetrics {
+            attempt: attempt(trial),
+            points: steps
+                .map(|step| MetricPoint {
+                    step,
+                    values: [("loss".to_string(), step as f64)].into(),
+                    elapsed_ms: step,
+                })
+                .collect(),
+        }
+    }
+
+    fn steps(message: &AgentMessage) -> Vec<u64> {
+        match message {
+            AgentMessage::TrialMetrics { points, .. } => points.iter().map(|p| p.step).collect(),
+            other => panic!("expected metrics, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn points_of_one_attempt_merge_across_other_trials() {
+        let out = coalesce(vec![
+            points(0, 0..1),
+            points(1, 0..2),
+            points(0, 1..3),
+            points(1, 2..3),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(steps(&out[0]), vec![0, 1, 2]);
+        assert_eq!(steps(&out[1]), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_finish_closes_the_batch_so_points_never_pass_it() {
+        let finished = AgentMessage::TrialFinished {
+            attempt: attempt(0),
+            outcome: TrialOutcome::error("x".into(), 0),
+        };
+        let out = coalesce(vec![
+            points(0, 0..1),
+            finished.clone(),
+            points(0, 1..2),
+            points(1, 0..1),
+            AgentMessage::Draining,
+            points(1, 1..2),
+        ]);
+        assert_eq!(out.len(), 6);
+        assert_eq!(steps(&out[0]), vec![0]);
+        assert_eq!(out[1], finished);
+        assert_eq!(steps(&out[2]), vec![1]);
+        assert_eq!(steps(&out[3]), vec![0]);
+        assert_eq!(out[4], AgentMessage::Draining);
+        assert_eq!(steps(&out[5]), vec![1]);
+    }
+
+    #[test]
+    fn batches_stop_at_the_point_limit() {
+        let queued = (0..600).map(|step| points(0, step..step + 1)).collect();
+        let out = coalesce(queued);
+        let sizes: Vec<usize> = out.iter().map(|m| steps(m).len()).collect();
+        assert_eq!(sizes, vec![256, 256, 88]);
+        let all: Vec<u64> = out.iter().flat_map(steps).collect();
+        assert_eq!(all, (0..600).collect::<Vec<_>>());
     }
 }
