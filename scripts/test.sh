@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# moto_server (below) goes into a virtualenv; Debian ships venv support separately.
+python3 -c "import ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 # The high-availability tests start real etcd members and probe them with etcdctl.
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
@@ -26,6 +28,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+# The autoscaler's `aws` provider is tested against moto_server, an AWS-compatible endpoint
+# from PyPI, kept in a virtualenv outside the clone.
+moto_venv="${FLOTILLA_MOTO_VENV:-$HOME/.cache/flotilla-moto-venv}"
+if [ ! -x "$moto_venv/bin/moto_server" ]; then
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q "moto[server]==5.2.5"
+fi
+export FLOTILLA_MOTO_SERVER="$moto_venv/bin/moto_server"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

@@ -244,12 +244,25 @@ impl RootState {
         self.heartbeat_timer = Some(myself.send_interval(interval, || AgentMsg::Tick));
     }
 
+    /// Takes no new trials and stops every running one as `Preempted`: a trainer writes a
+    /// checkpoint of its exact position first; a command trial gets SIGTERM. The coordinator
+    /// resumes them elsewhere without spending their retry budget.
+    pub(crate) fn preempt(&mut self) {
+        if !self.draining {
+            self.draining = true;
+            let _ = self.outbox.send(AgentMessage::Draining);
+        }
+        for running in self.running.values() {
+            let _ = running.actor.cast(TrialMsg::Stop(StopReason::Preempted));
+        }
+    }
+
     async fn command(&mut self, myself: &ActorRef<AgentMsg>, command: CoordinatorCommand) {
         if command.epoch < self.newest_epoch {
             let attempt = match &command.command {
                 Command::StartTrial(start) => Some(start.attempt),
                 Command::StopTrial { attempt, .. } => Some(*attempt),
-                Command::Registered { .. } => None,
+                Command::Registered { .. } | Command::Drain => None,
             };
             self.reject(
                 attempt,
@@ -262,6 +275,12 @@ impl RootState {
         }
         self.newest_epoch = command.epoch;
         match command.command {
+            Command::Drain => {
+                tracing::info!(
+                    "the coordinator drains this agent: checkpointing and stopping every trial"
+                );
+                self.preempt();
+            }
             Command::Registered {
                 adopted,
                 heartbeat_interval_ms,

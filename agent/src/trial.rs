@@ -241,11 +241,12 @@ impl Actor for Trial {
                 if state.stop_reason.is_none() {
                     state.stop_reason = Some(reason);
                     // A drain keeps the work: checkpoint the exact position, then stop.
-                    let request = if reason == StopReason::AgentShutdown {
-                        StopRequest::Checkpoint
-                    } else {
-                        StopRequest::Abort
-                    };
+                    let request =
+                        if matches!(reason, StopReason::AgentShutdown | StopReason::Preempted) {
+                            StopRequest::Checkpoint
+                        } else {
+                            StopRequest::Abort
+                        };
                     if let Some(control) = &state.trainer {
                         control.request(request);
                     }

@@ -38,8 +38,9 @@ enum Commands {
     Certs(CertsCommand),
     /// Run a coordinator.
     Coordinator(CoordinatorArgs),
-    /// Run an agent that takes trials from a coordinator.
-    Agent(AgentArgs),
+    /// Run an agent that takes trials from a coordinator, or (with a subcommand) drain,
+    /// cordon or uncordon one (admin certificate).
+    Agent(AgentCommand),
     /// Submit and inspect sweeps.
     #[command(subcommand)]
     Sweep(SweepCommand),
@@ -65,6 +66,23 @@ struct UpArgs {
     /// Where state, checkpoints and results go.
     #[arg(long, default_value = "flotilla-up")]
     dir: PathBuf,
+    /// Let the autoscaler start and stop agent processes from demand (the `local`
+    /// provider), from zero up to --max-agents and back to zero after the sweep, instead of
+    /// running --agents agents for the whole run.
+    #[arg(long)]
+    autoscale: bool,
+    /// With --autoscale: the most agents at once.
+    #[arg(long, default_value_t = 4)]
+    max_agents: u32,
+    /// With --autoscale: scale in only to the highest need seen over this window.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    scale_in_window: Duration,
+    /// With --autoscale: with no demand, keep one agent this long before going to zero.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    idle_grace: Duration,
+    /// With --autoscale: how often the autoscaler checks.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    autoscale_interval: Duration,
 }
 
 #[derive(Subcommand)]
@@ -155,6 +173,55 @@ struct CoordinatorArgs {
         hide_env_values = true
     )]
     notify_webhooks: Vec<String>,
+    /// Size the agent fleet from demand: `aws:GROUP[:HOOK]` for an EC2 Auto Scaling group
+    /// (credentials and region from the standard AWS chain; HOOK is the termination
+    /// lifecycle hook, default flotilla-drain). Agents must use their instance id as --id.
+    #[arg(long, env = "FLOTILLA_AUTOSCALE")]
+    autoscale: Option<String>,
+    /// Trial slots one instance brings (its agent's --slots).
+    #[arg(long, default_value_t = 1)]
+    slots_per_instance: u32,
+    /// Scale in only to the highest need seen over this window.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    scale_in_window: Duration,
+    /// With no demand, keep one instance this long before going to the group's minimum.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    idle_grace: Duration,
+    /// How often the autoscaler checks demand and the group.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    autoscale_interval: Duration,
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct AgentCommand {
+    #[command(subcommand)]
+    admin: Option<AgentAdminCommand>,
+    #[command(flatten)]
+    run: AgentArgs,
+}
+
+#[derive(Subcommand)]
+enum AgentAdminCommand {
+    /// Checkpoint and stop every trial the agent runs (they resume elsewhere without
+    /// spending their retry budget) and place nothing new there.
+    Drain {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Place nothing new on the agent; what it runs goes on.
+    Cordon {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Place trials on the agent again.
+    Uncordon {
+        id: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Args)]
@@ -179,7 +246,8 @@ struct AgentArgs {
     #[arg(long, default_value_t = 0)]
     gpus: u32,
     /// A stable name for this agent (default: kept in WORK_DIR/agent-id, made on first start).
-    #[arg(long, env = "FLOTILLA_AGENT_ID")]
+    /// In an autoscaled group it must be the instance id.
+    #[arg(long, visible_alias = "agent-id", env = "FLOTILLA_AGENT_ID")]
     id: Option<String>,
     /// Checkpoints and scratch space.
     #[arg(long, env = "FLOTILLA_WORK_DIR", default_value = "flotilla-agent")]
@@ -300,6 +368,18 @@ enum ClusterCommand {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Set the fleet's desired capacity now (the autoscaler goes on from there after its
+    /// scale-in window) and/or the group's bounds.
+    Scale {
+        #[arg(long)]
+        desired: Option<u32>,
+        #[arg(long)]
+        min: Option<u32>,
+        #[arg(long)]
+        max: Option<u32>,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 fn init_logging(default: &str) {
@@ -327,9 +407,16 @@ async fn main() {
             init_logging("info");
             coordinator(args).await
         }
-        Commands::Agent(args) => {
+        Commands::Agent(AgentCommand {
+            admin: Some(command),
+            ..
+        }) => {
+            init_logging("warn");
+            agent_admin(command).await
+        }
+        Commands::Agent(AgentCommand { admin: None, run }) => {
             init_logging("info");
-            agent(args).await
+            agent(run).await
         }
         Commands::Sweep(command) => {
             init_logging("warn");
@@ -342,6 +429,15 @@ async fn main() {
         Commands::Cluster(ClusterCommand::Agents { connection }) => {
             init_logging("warn");
             cluster_agents(connection).await
+        }
+        Commands::Cluster(ClusterCommand::Scale {
+            desired,
+            min,
+            max,
+            connection,
+        }) => {
+            init_logging("warn");
+            cluster_scale(connection, flotilla_sdk::ScaleRequest { desired, min, max }).await
         }
         Commands::Study(command) => study::run(command),
     };
@@ -393,6 +489,24 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     if let Some(name) = args.name {
         config.name = name;
+    }
+    if let Some(autoscale) = &args.autoscale {
+        let options = flotilla_autoscale::aws::AwsOptions::parse(autoscale)
+            .map_err(|message| anyhow::anyhow!("--autoscale: {message}"))?;
+        let policy = flotilla_autoscale::Policy {
+            slots_per_instance: args.slots_per_instance,
+            scale_in_window: args.scale_in_window,
+            idle_grace: args.idle_grace,
+            ..flotilla_autoscale::Policy::default()
+        };
+        policy
+            .validate()
+            .map_err(|message| anyhow::anyhow!("--slots-per-instance: {message}"))?;
+        let provider = flotilla_autoscale::aws::AwsProvider::from_env(options).await;
+        let mut autoscaler =
+            flotilla_coordinator::AutoscalerConfig::new(std::sync::Arc::new(provider), policy);
+        autoscaler.interval = args.autoscale_interval;
+        config.autoscaler = Some(autoscaler);
     }
     if !args.etcd.is_empty() {
         let mut etcd = EtcdConfig::new(args.etcd);
@@ -481,28 +595,55 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let spec = SweepSpec::from_file(&args.sweep).with_context(|| {
-        if args.sweep.exists() {
-            String::new()
-        } else {
-            "run `flotilla up` from the repository root, or pass a sweep file".to_string()
-        }
-    })?;
+    if !args.sweep.exists() {
+        bail!(
+            "{} does not exist: run `flotilla up` from the repository root, or pass a sweep file",
+            args.sweep.display()
+        );
+    }
+    let spec = SweepSpec::from_file(&args.sweep)?;
+    let autoscale = if args.autoscale {
+        Some(flotilla_sdk::LocalAutoscale {
+            program: std::env::current_exe().context("finding the flotilla binary")?,
+            max_agents: args.max_agents,
+            scale_in_window: args.scale_in_window,
+            idle_grace: args.idle_grace,
+            interval: args.autoscale_interval,
+        })
+    } else {
+        None
+    };
     let options = LocalClusterOptions {
         agents: args.agents,
         slots_per_agent: args.slots,
         dir: Some(args.dir.clone()),
+        autoscale,
         ..Default::default()
     };
     let cluster = LocalCluster::start(options).await?;
-    println!(
-        "flotilla up: coordinator on {} with {} local agent(s) × {} slot(s); state in {}",
-        cluster.address(),
-        args.agents,
-        args.slots,
-        args.dir.display()
-    );
+    if args.autoscale {
+        println!(
+            "flotilla up: coordinator on {}, autoscaling 0–{} agent process(es) × {} slot(s); state in {}",
+            cluster.address(),
+            args.max_agents,
+            args.slots,
+            args.dir.display()
+        );
+    } else {
+        println!(
+            "flotilla up: coordinator on {} with {} local agent(s) × {} slot(s); state in {}",
+            cluster.address(),
+            args.agents,
+            args.slots,
+            args.dir.display()
+        );
+    }
     let client = cluster.client().await?;
+    let fleet_log = if args.autoscale {
+        Some(tokio::spawn(report::follow_fleet(cluster.client().await?)))
+    } else {
+        None
+    };
     let result = async {
         let submitted = client.submit(spec.clone()).await?;
         println!(
@@ -533,10 +674,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .join(report::report_file_name(&summary, true));
         report::write_report(&page, &detail, &trials, true)?;
         println!("report: {}", page.display());
+        if args.autoscale {
+            let limit = args.scale_in_window + args.idle_grace + Duration::from_secs(60);
+            tokio::select! {
+                result = report::wait_for_empty_fleet(&client, limit) => result?,
+                () = shutdown_signal() => eprintln!("interrupted: stopping the agents now"),
+            }
+        }
         anyhow::Ok(())
     }
     .await;
     client.close().await;
+    if let Some(fleet_log) = fleet_log {
+        fleet_log.abort();
+    }
     cluster.shutdown().await;
     result
 }
@@ -679,11 +830,62 @@ async fn cluster_agents(connection: Connection) -> anyhow::Result<()> {
 async fn cluster_status(connection: Connection, json: bool) -> anyhow::Result<()> {
     let client = connection.connect("admin").await?;
     let status = client.cluster_status().await?;
+    // A coordinator older than protocol 8 has no autoscaler to ask.
+    let autoscale = if client.welcome().version >= 8 {
+        Some(client.autoscale_status().await?)
+    } else {
+        None
+    };
     client.close().await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let value = serde_json::json!({ "cluster": status, "autoscale": autoscale });
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         report::print_cluster_status(&status);
+        if let Some(autoscale) = &autoscale {
+            report::print_autoscale(autoscale);
+        }
     }
+    Ok(())
+}
+
+async fn cluster_scale(
+    connection: Connection,
+    request: flotilla_sdk::ScaleRequest,
+) -> anyhow::Result<()> {
+    if request.desired.is_none() && request.min.is_none() && request.max.is_none() {
+        bail!("give --desired N and/or --min A --max B");
+    }
+    let client = connection.connect("admin").await?;
+    let status = client.scale(request).await;
+    client.close().await;
+    report::print_autoscale(&status?);
+    Ok(())
+}
+
+async fn agent_admin(command: AgentAdminCommand) -> anyhow::Result<()> {
+    use flotilla_sdk::AgentAction;
+    let (id, connection, action, done) = match command {
+        AgentAdminCommand::Drain { id, connection } => (
+            id,
+            connection,
+            AgentAction::Drain,
+            "draining: its trials checkpoint and resume elsewhere",
+        ),
+        AgentAdminCommand::Cordon { id, connection } => (
+            id,
+            connection,
+            AgentAction::Cordon,
+            "cordoned: nothing new is placed there",
+        ),
+        AgentAdminCommand::Uncordon { id, connection } => {
+            (id, connection, AgentAction::Uncordon, "uncordoned")
+        }
+    };
+    let client = connection.connect("admin").await?;
+    let agents = client.agent_admin(AgentId(id.clone()), action).await;
+    client.close().await;
+    agents?;
+    println!("agent {id} {done}");
     Ok(())
 }

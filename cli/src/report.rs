@@ -475,3 +475,72 @@ pub fn write_report(
     };
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
+
+/// The autoscaler's part of `flotilla cluster status` (and the answer to `cluster scale`).
+pub fn print_autoscale(status: &flotilla_sdk::AutoscaleStatus) {
+    if status.provider == "none" {
+        println!("autoscaling: off");
+        return;
+    }
+    println!(
+        "autoscaling: {} — desired {}, actual {}, bounds [{}, {}], demand {} slot(s)",
+        status.provider, status.desired, status.actual, status.min, status.max, status.demand_slots
+    );
+    println!("  last decision: {}", status.reason);
+    if !status.protected.is_empty() {
+        println!(
+            "  protected from scale-in (busy): {}",
+            status.protected.join(", ")
+        );
+    }
+    if !status.terminating.is_empty() {
+        println!("  terminating: {}", status.terminating.join(", "));
+    }
+    if let Some(error) = &status.error {
+        println!("  last provider error: {error}");
+    }
+}
+
+/// Prints a line whenever the autoscaled fleet's desired or actual size changes (for
+/// `flotilla up --autoscale`), until aborted.
+pub async fn follow_fleet(client: flotilla_sdk::Client) {
+    let mut last = None;
+    loop {
+        if let Ok(status) = client.autoscale_status().await {
+            let now = (status.desired, status.actual);
+            if last != Some(now) {
+                println!(
+                    "fleet: {} agent(s) running, {} desired — {}",
+                    status.actual, status.desired, status.reason
+                );
+                last = Some(now);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until the autoscaler has brought the fleet down to zero agents.
+pub async fn wait_for_empty_fleet(
+    client: &flotilla_sdk::Client,
+    limit: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    println!("waiting for the autoscaler to scale the fleet to zero…");
+    loop {
+        let status = client.autoscale_status().await?;
+        if status.actual == 0 && status.desired == 0 {
+            println!("fleet scaled to zero");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the fleet still has {} agent(s) ({} desired) after {limit:?}: {}",
+                status.actual,
+                status.desired,
+                status.reason
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}

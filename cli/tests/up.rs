@@ -416,3 +416,75 @@ checkpoint_every = 0
         assert!(first_rung(trial) <= median_left, "{trial} vs {left:?}");
     }
 }
+
+/// The agent processes of an autoscaled `up` are `flotilla agent … --certs DIR/certs …`.
+fn agent_processes_under(dir: &std::path::Path) -> Vec<String> {
+    let needle = dir.join("certs").display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(" agent ") && cmdline.contains(&needle) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+#[test]
+fn up_autoscale_grows_local_agent_processes_for_a_burst_and_scales_back_to_zero() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = Command::new(BIN)
+        .current_dir(repo_root())
+        .args(["up", "examples/burst.toml", "--autoscale", "--slots", "2"])
+        .args(["--max-agents", "4", "--autoscale-interval", "500ms"])
+        .args(["--scale-in-window", "3s", "--idle-grace", "2s"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run flotilla up --autoscale");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "flotilla up --autoscale failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("sweep s1 Completed: 16 succeeded"),
+        "{stdout}"
+    );
+    // The fleet starts empty, grows for the burst (8 trials at once need 4 agents of 2 slots)
+    // and ends at zero.
+    let sizes: Vec<(u32, u32)> = stdout
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("fleet: ")?;
+            let (running, rest) = rest.split_once(" agent(s) running, ")?;
+            let (desired, _) = rest.split_once(" desired")?;
+            Some((running.parse().ok()?, desired.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(sizes.first(), Some(&(0, 0)), "{stdout}");
+    assert!(
+        sizes
+            .iter()
+            .any(|&(running, desired)| running == 4 && desired == 4),
+        "never reached 4 agents: {sizes:?}\n{stdout}"
+    );
+    assert_eq!(sizes.last(), Some(&(0, 0)), "{stdout}");
+    assert!(stdout.contains("fleet scaled to zero"), "{stdout}");
+    // Every agent process is gone, and each one ran trials.
+    assert!(
+        agent_processes_under(dir.path()).is_empty(),
+        "{:?}",
+        agent_processes_under(dir.path())
+    );
+    let logs: Vec<_> = std::fs::read_dir(dir.path().join("agents"))
+        .expect("agent logs")
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|e| e == "log"))
+        .collect();
+    assert_eq!(logs.len(), 4, "one log per agent process started");
+}

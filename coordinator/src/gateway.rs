@@ -20,9 +20,9 @@ use flotilla_protocol::handshake::{
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, negotiate, role_permits,
 };
 use flotilla_protocol::messages::{
-    AgentMessage, ApiError, ApiErrorKind, ClientRequest, ClientResponse, ClusterStatus, Command,
-    CoordinatorCommand, Hello, HelloReply, Refusal, RefusalReason, ReplicaInfo, Role, SweepEvent,
-    Welcome,
+    AgentAction, AgentMessage, ApiError, ApiErrorKind, AutoscaleStatus, ClientRequest,
+    ClientResponse, ClusterStatus, Command, CoordinatorCommand, Hello, HelloReply, Refusal,
+    RefusalReason, ReplicaInfo, Role, SweepEvent, Welcome,
 };
 use flotilla_protocol::{AgentId, Epoch, tls};
 use quinn::{RecvStream, SendStream};
@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actors::ask;
+use crate::actors::autoscaler::AutoscalerMsg;
 use crate::actors::leader::LeaderMsg;
 use crate::actors::registry::RegistryMsg;
 use crate::actors::scheduler::{AgentLink, SchedulerMsg};
@@ -49,6 +50,8 @@ pub struct SessionContext {
     pub leader: ActorRef<LeaderMsg>,
     pub registry: ActorRef<RegistryMsg>,
     pub scheduler: ActorRef<SchedulerMsg>,
+    /// Present when the coordinator autoscales.
+    pub autoscaler: Option<ActorRef<AutoscalerMsg>>,
     pub connections: Arc<AtomicU64>,
     /// With etcd: the leader's lease, checked before every command goes to an agent.
     pub fence: Option<Arc<Fence>>,
@@ -202,8 +205,9 @@ async fn serve_connection(
     let Standing::Leading(context) = standing else {
         return Err(SessionError::Internal("not leading".into()));
     };
+    let version = negotiated.unwrap_or(PROTOCOL_VERSION);
     let welcome = Welcome {
-        version: negotiated.unwrap_or(PROTOCOL_VERSION),
+        version,
         epoch: context.epoch,
         coordinator: context.name.clone(),
     };
@@ -211,7 +215,7 @@ async fn serve_connection(
     let deposed = context.deposed.clone();
     let session = async {
         match hello.role {
-            Role::Agent => agent_session(connection.clone(), send, recv, context).await,
+            Role::Agent => agent_session(connection.clone(), send, recv, context, version).await,
             _ => client_session(connection.clone(), certified, context).await,
         }
     };
@@ -232,6 +236,7 @@ async fn agent_session(
     send: SendStream,
     mut recv: RecvStream,
     context: Arc<SessionContext>,
+    version: u16,
 ) -> Result<(), SessionError> {
     let registration = match framing::read_frame::<_, AgentMessage>(&mut recv).await? {
         Some(AgentMessage::Register(registration)) => registration,
@@ -251,6 +256,7 @@ async fn agent_session(
         connection: connection_id,
         commands: commands.clone(),
         close: closed.clone(),
+        version,
     };
     let adopted = ask(&context.registry, |reply| RegistryMsg::Register {
         registration,
@@ -519,9 +525,76 @@ async fn answer(request: ClientRequest, role: Role, context: &SessionContext) ->
             }
             cluster_status(context).await
         }
+        ClientRequest::AutoscaleStatus
+        | ClientRequest::Scale(_)
+        | ClientRequest::AgentAdmin { .. }
+            if role != Role::Admin =>
+        {
+            error_response(
+                ApiErrorKind::PermissionDenied,
+                "cluster operations need an admin certificate",
+            )
+        }
+        ClientRequest::AutoscaleStatus => match &context.autoscaler {
+            Some(autoscaler) => ask(autoscaler, AutoscalerMsg::Status)
+                .await
+                .map_or_else(unavailable, ClientResponse::Autoscale),
+            None => ClientResponse::Autoscale(AutoscaleStatus::off()),
+        },
+        ClientRequest::Scale(request) => match &context.autoscaler {
+            Some(autoscaler) => {
+                match ask(autoscaler, |reply| AutoscalerMsg::Scale { request, reply }).await {
+                    Ok(Ok(status)) => ClientResponse::Autoscale(status),
+                    Ok(Err(message)) => error_response(ApiErrorKind::InvalidRequest, message),
+                    Err(error) => unavailable(error),
+                }
+            }
+            None => error_response(
+                ApiErrorKind::InvalidRequest,
+                "this coordinator does not autoscale (start it with --autoscale)",
+            ),
+        },
+        ClientRequest::AgentAdmin { agent, action } => agent_admin(context, agent, action).await,
         ClientRequest::WatchSweep(_) => {
             error_response(ApiErrorKind::Internal, "watch is served as a stream")
         }
+    }
+}
+
+async fn agent_admin(
+    context: &SessionContext,
+    agent: AgentId,
+    action: AgentAction,
+) -> ClientResponse {
+    let known = match action {
+        AgentAction::Drain => {
+            ask(&context.scheduler, |reply| SchedulerMsg::Drain {
+                agent: agent.clone(),
+                reply: Some(reply),
+            })
+            .await
+        }
+        AgentAction::Cordon | AgentAction::Uncordon => {
+            ask(&context.scheduler, |reply| SchedulerMsg::Cordon {
+                agent: agent.clone(),
+                cordoned: action == AgentAction::Cordon,
+                reply,
+            })
+            .await
+        }
+    };
+    match known {
+        Ok(true) => match ask(&context.registry, RegistryMsg::List).await {
+            Ok(agents) => {
+                ClientResponse::Agents(agents.into_iter().filter(|a| a.id == agent).collect())
+            }
+            Err(error) => error_response(ApiErrorKind::Unavailable, error.to_string()),
+        },
+        Ok(false) => error_response(
+            ApiErrorKind::NotFound,
+            format!("no connected agent '{agent}' (see `flotilla agents`)"),
+        ),
+        Err(error) => error_response(ApiErrorKind::Unavailable, error.to_string()),
     }
 }
 

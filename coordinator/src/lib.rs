@@ -45,7 +45,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::actors::leader::{Leader, LeaderArgs, LeaderMsg};
+pub use crate::actors::autoscaler::AutoscalerConfig;
+use crate::actors::leader::{Leader, LeaderArgs, LeaderMsg, LeaderParts};
 use crate::gateway::{SessionContext, Standing};
 use crate::ha::{EtcdConfig, Fence, Leadership};
 use crate::store::StateStore;
@@ -72,6 +73,8 @@ pub struct CoordinatorConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Webhooks told when a sweep ends (Slack-compatible JSON).
     pub webhooks: Vec<notify::Webhook>,
+    /// Size the agent fleet from demand while leading (`--autoscale`).
+    pub autoscaler: Option<AutoscalerConfig>,
 }
 
 impl CoordinatorConfig {
@@ -87,6 +90,7 @@ impl CoordinatorConfig {
             advertise: None,
             metrics_listen: None,
             webhooks: Vec::new(),
+            autoscaler: None,
         }
     }
 }
@@ -236,11 +240,16 @@ impl Base {
             epoch,
             agent_timeout: self.config.agent_timeout,
             notifier: self.notifier.clone(),
+            autoscaler: self.config.autoscaler.clone(),
         };
         let (leader, leader_done) = Actor::spawn(None, Leader, args)
             .await
             .context("starting the coordinator's actors")?;
-        let (registry, scheduler) = actors::ask(&leader, LeaderMsg::Parts).await?;
+        let LeaderParts {
+            registry,
+            scheduler,
+            autoscaler,
+        } = actors::ask(&leader, LeaderMsg::Parts).await?;
         let context = Arc::new(SessionContext {
             epoch,
             name: self.config.name.clone(),
@@ -248,6 +257,7 @@ impl Base {
             leader: leader.clone(),
             registry,
             scheduler,
+            autoscaler,
             connections: self.connections.clone(),
             fence,
             deposed: CancellationToken::new(),

@@ -46,6 +46,10 @@ pub struct CoordinatorMetrics {
     pub metric_points: IntCounter,
     pub checkpoints: IntCounter,
     pub checkpoint_bytes: IntCounter,
+    pub autoscaler_desired: IntGauge,
+    pub autoscaler_actual: IntGauge,
+    pub autoscaler_demand: IntGauge,
+    pub autoscaler_errors: IntCounterVec,
     /// Every family's name (see [`flotilla_telemetry::Families::names`]).
     pub names: Vec<&'static str>,
 }
@@ -132,6 +136,23 @@ impl CoordinatorMetrics {
             checkpoint_bytes: families.counter(
                 "flotilla_checkpoint_bytes_total",
                 "Bytes of the checkpoints agents reported.",
+            ),
+            autoscaler_desired: families.gauge(
+                "flotilla_autoscaler_desired_instances",
+                "Instances the autoscaler asked the provider for (the group's desired capacity).",
+            ),
+            autoscaler_actual: families.gauge(
+                "flotilla_autoscaler_actual_instances",
+                "Instances pending or in service in the autoscaled group.",
+            ),
+            autoscaler_demand: families.gauge(
+                "flotilla_autoscaler_demand_slots",
+                "Trial slots of pending plus running trials at the autoscaler's last check.",
+            ),
+            autoscaler_errors: families.counter_vec(
+                "flotilla_autoscaler_errors_total",
+                "Provider calls that failed, by call.",
+                &["call"],
             ),
             registry: families.registry().clone(),
             names: families.names().to_vec(),

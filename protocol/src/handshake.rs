@@ -7,10 +7,12 @@ use crate::messages::{Hello, Role};
 /// `TrialRecord::checkpoint`; version 4 added the `bayesian`, `tpe` and `sobol` algorithms
 /// (and made `bayesian` the default), `AlgorithmSpec::initial_trials`,
 /// `SweepSpec::early_stopping` and `StopReason::EarlyStopped`; version 5 added phases and
-/// ASHA's promotion form; version 6 added `ClientRequest::ClusterStatus` and version 7
-/// `ClientRequest::SweepDetail` (both appended, so version 5 peers still understand
-/// everything else).
-pub const PROTOCOL_VERSION: u16 = 7;
+/// ASHA's promotion form; version 6 added `ClientRequest::ClusterStatus`, version 7
+/// `ClientRequest::SweepDetail`, and version 8 the admin requests `AutoscaleStatus`, `Scale`
+/// and `AgentAdmin`, `Command::Drain` and `StopReason::Preempted` (all appended, so version 5
+/// peers still understand everything else; a coordinator sends the version-8 command and
+/// stop reason only to agents that speak version 8).
+pub const PROTOCOL_VERSION: u16 = 8;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot
 /// decode.

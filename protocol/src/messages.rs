@@ -228,6 +228,9 @@ pub enum StopReason {
     AgentShutdown,
     /// The sweep's early-stopping rule stopped the trial (its result so far counts).
     EarlyStopped,
+    /// The host is going away (spot interruption, scale-in, an operator's drain): the trial
+    /// checkpointed and resumes elsewhere without spending its retry budget (protocol 8).
+    Preempted,
 }
 
 /// Coordinator → agent, on the control stream. `epoch` is the sender's leader epoch.
@@ -250,6 +253,9 @@ pub enum Command {
         attempt: AttemptId,
         reason: StopReason,
     },
+    /// Take no new trials; checkpoint and stop every running one as `Preempted`
+    /// (protocol 8).
+    Drain,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -283,6 +289,77 @@ pub enum ClientRequest {
     /// A sweep's summary, its spec and its trials' learning curves (for reports and the web
     /// view; protocol 7).
     SweepDetail(SweepId),
+    /// The autoscaler's view: provider, bounds, desired and actual capacity, last decision
+    /// (admin; protocol 8). Answered with `Autoscale`.
+    AutoscaleStatus,
+    /// Sets the fleet's desired capacity and/or its bounds (admin; protocol 8). Answered
+    /// with `Autoscale`.
+    Scale(ScaleRequest),
+    /// Drains, cordons or uncordons an agent (admin; protocol 8). Answered with `Agents`
+    /// holding the agent as it is afterwards.
+    AgentAdmin {
+        agent: AgentId,
+        action: AgentAction,
+    },
+}
+
+/// `flotilla cluster scale`: every field that is `Some` is changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub desired: Option<u32>,
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentAction {
+    /// Checkpoint and stop every trial the agent runs (they resume elsewhere, no retry
+    /// budget spent) and place nothing new there.
+    Drain,
+    /// Place nothing new there; running trials go on.
+    Cordon,
+    /// Undo a cordon (not a drain the agent started itself).
+    Uncordon,
+}
+
+impl AutoscaleStatus {
+    /// What a coordinator that does not autoscale reports.
+    pub fn off() -> AutoscaleStatus {
+        AutoscaleStatus {
+            provider: "none".into(),
+            min: 0,
+            max: 0,
+            desired: 0,
+            actual: 0,
+            demand_slots: 0,
+            protected: Vec::new(),
+            terminating: Vec::new(),
+            reason: "this coordinator does not autoscale (start it with --autoscale)".into(),
+            error: None,
+        }
+    }
+}
+
+/// The autoscaler as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoscaleStatus {
+    /// `aws:GROUP`, `local`, or `none` when the coordinator does not autoscale.
+    pub provider: String,
+    pub min: u32,
+    pub max: u32,
+    pub desired: u32,
+    /// Instances pending or in service.
+    pub actual: u32,
+    /// Slots of pending plus running trials at the last check.
+    pub demand_slots: u32,
+    /// Instances protected from scale-in (they run trials).
+    pub protected: Vec<String>,
+    /// Instances being terminated (draining first).
+    pub terminating: Vec<String>,
+    /// The last decision, in words.
+    pub reason: String,
+    /// The last provider error, if the last check had one.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -298,6 +375,7 @@ pub enum ClientResponse {
     Error(ApiError),
     ClusterStatus(ClusterStatus),
     SweepDetail(Box<SweepDetail>),
+    Autoscale(AutoscaleStatus),
 }
 
 /// Everything a report needs beyond the trial list.
@@ -374,6 +452,8 @@ pub enum ApiErrorKind {
     PermissionDenied,
     Unavailable,
     Internal,
+    /// An admin request that cannot be carried out as asked (protocol 8).
+    InvalidRequest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -435,6 +435,63 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("ParamValue::Int", encode(&ParamValue::Int(-3))),
         ("ParamValue::Bool", encode(&ParamValue::Bool(true))),
+        // Protocol 8.
+        (
+            "ClientRequest::AutoscaleStatus",
+            encode(&ClientRequest::AutoscaleStatus),
+        ),
+        (
+            "ClientRequest::Scale",
+            encode(&ClientRequest::Scale(ScaleRequest {
+                desired: Some(3),
+                min: None,
+                max: Some(4),
+            })),
+        ),
+        (
+            "ClientRequest::AgentAdmin",
+            encode(&ClientRequest::AgentAdmin {
+                agent: AgentId("i-0abc".into()),
+                action: AgentAction::Cordon,
+            }),
+        ),
+        (
+            "ClientResponse::Autoscale",
+            encode(&ClientResponse::Autoscale(AutoscaleStatus {
+                provider: "aws:g".into(),
+                min: 0,
+                max: 4,
+                desired: 2,
+                actual: 1,
+                demand_slots: 2,
+                protected: vec!["i-1".into()],
+                terminating: vec![],
+                reason: "r".into(),
+                error: None,
+            })),
+        ),
+        (
+            "CoordinatorCommand::Drain",
+            encode(&CoordinatorCommand {
+                epoch: Epoch(7),
+                command: Command::Drain,
+            }),
+        ),
+        (
+            "StopReason::Preempted",
+            encode(&Command::StopTrial {
+                attempt: attempt(),
+                reason: StopReason::Preempted,
+            }),
+        ),
+        (
+            "ApiErrorKind::InvalidRequest",
+            encode(&ClientResponse::Error(ApiError {
+                kind: ApiErrorKind::InvalidRequest,
+                message: "m".into(),
+                problems: vec![],
+            })),
+        ),
     ]
 }
 

@@ -2,15 +2,16 @@
 
 use std::net::SocketAddr;
 
-use flotilla_protocol::SweepId;
 use flotilla_protocol::framing::{self, FrameError};
 use flotilla_protocol::handshake;
 use flotilla_protocol::messages::{
-    AgentInfo, ApiError, ClientRequest, ClientResponse, ClusterStatus, HelloReply, RefusalReason,
-    Role, SweepDetail, SweepEvent, SweepSummary, TrialRecord, Welcome,
+    AgentAction, AgentInfo, ApiError, AutoscaleStatus, ClientRequest, ClientResponse,
+    ClusterStatus, HelloReply, RefusalReason, Role, ScaleRequest, SweepDetail, SweepEvent,
+    SweepSummary, TrialRecord, Welcome,
 };
 use flotilla_protocol::spec::{SpecError, SweepSpec};
 use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME, Identity, TlsError};
+use flotilla_protocol::{AgentId, SweepId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SdkError {
@@ -282,6 +283,40 @@ impl Client {
     pub async fn cluster_status(&self) -> Result<ClusterStatus, SdkError> {
         match self.request(&ClientRequest::ClusterStatus).await? {
             ClientResponse::ClusterStatus(status) => Ok(status),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// The autoscaler's view: provider, bounds, desired and actual capacity, the last
+    /// decision (admin certificate; protocol 8). A coordinator that does not autoscale
+    /// answers with provider `none`.
+    pub async fn autoscale_status(&self) -> Result<AutoscaleStatus, SdkError> {
+        match self.request(&ClientRequest::AutoscaleStatus).await? {
+            ClientResponse::Autoscale(status) => Ok(status),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Sets the fleet's desired capacity and/or bounds (admin certificate; protocol 8).
+    pub async fn scale(&self, request: ScaleRequest) -> Result<AutoscaleStatus, SdkError> {
+        match self.request(&ClientRequest::Scale(request)).await? {
+            ClientResponse::Autoscale(status) => Ok(status),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Drains, cordons or uncordons an agent and returns it as it is afterwards (admin
+    /// certificate; protocol 8).
+    pub async fn agent_admin(
+        &self,
+        agent: AgentId,
+        action: AgentAction,
+    ) -> Result<Vec<AgentInfo>, SdkError> {
+        match self
+            .request(&ClientRequest::AgentAdmin { agent, action })
+            .await?
+        {
+            ClientResponse::Agents(agents) => Ok(agents),
             other => Err(Self::unexpected(other)),
         }
     }

@@ -41,9 +41,10 @@ mod study;
 pub use builder::SweepBuilder;
 pub use client::{Client, EventStream, SdkError};
 pub use flotilla_protocol::messages::{
-    AgentInfo, ApiError, ApiErrorKind, ClusterStatus, EtcdMemberStatus, LearningCurve, MetricPoint,
-    Metrics, Params, PhaseSummary, ReplicaInfo, Role, SweepDetail, SweepEvent, SweepState,
-    SweepSummary, TrialCounts, TrialRecord, TrialState,
+    AgentAction, AgentInfo, ApiError, ApiErrorKind, AutoscaleStatus, ClusterStatus,
+    EtcdMemberStatus, LearningCurve, MetricPoint, Metrics, Params, PhaseSummary, ReplicaInfo, Role,
+    ScaleRequest, SweepDetail, SweepEvent, SweepState, SweepSummary, TrialCounts, TrialRecord,
+    TrialState,
 };
 pub use flotilla_protocol::spec::{
     self, AlgorithmName, AlgorithmSpec, Direction, ParamSpec, PhaseSpec, SpecError, SweepSpec,
@@ -51,7 +52,7 @@ pub use flotilla_protocol::spec::{
 pub use flotilla_protocol::tls::{ClusterCa, Identity};
 pub use flotilla_protocol::{AgentId, AttemptId, ParamValue, SweepId, TrialId};
 #[cfg(feature = "embedded")]
-pub use local::{LocalCluster, LocalClusterOptions};
+pub use local::{LocalAutoscale, LocalCluster, LocalClusterOptions};
 pub use study::{
     AskedTrial, BestTrial, STUDY_SAMPLERS, Study, StudyError, StudyTrial, TellOutcome,
 };

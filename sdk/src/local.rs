@@ -5,8 +5,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::{Arc, OnceLock};
+
 use flotilla_agent::{Agent, AgentConfig};
-use flotilla_coordinator::{Coordinator, CoordinatorConfig};
+use flotilla_autoscale::Policy;
+use flotilla_autoscale::local::{Launcher, LocalProvider};
+use flotilla_coordinator::{AutoscalerConfig, Coordinator, CoordinatorConfig};
 use flotilla_protocol::AgentId;
 use flotilla_protocol::messages::Role;
 use flotilla_protocol::tls::{ClusterCa, Identity};
@@ -21,6 +25,20 @@ pub struct LocalClusterOptions {
     pub dir: Option<PathBuf>,
     /// Between SIGTERM and SIGKILL when a trial is stopped.
     pub stop_grace: Duration,
+    /// Instead of `agents` in this process, let the coordinator's autoscaler start and stop
+    /// agent processes (the `local` provider) from demand.
+    pub autoscale: Option<LocalAutoscale>,
+}
+
+/// Autoscaled local agents: separate `flotilla agent` processes, one per "instance".
+#[derive(Debug, Clone)]
+pub struct LocalAutoscale {
+    /// The `flotilla` binary (it runs `flotilla agent …`).
+    pub program: PathBuf,
+    pub max_agents: u32,
+    pub scale_in_window: Duration,
+    pub idle_grace: Duration,
+    pub interval: Duration,
 }
 
 impl Default for LocalClusterOptions {
@@ -30,6 +48,7 @@ impl Default for LocalClusterOptions {
             slots_per_agent: 2,
             dir: None,
             stop_grace: Duration::from_secs(5),
+            autoscale: None,
         }
     }
 }
@@ -37,6 +56,7 @@ impl Default for LocalClusterOptions {
 pub struct LocalCluster {
     coordinator: Coordinator,
     agents: Vec<Agent>,
+    fleet: Option<Arc<LocalProvider>>,
     client_identity: Identity,
     admin_identity: Identity,
     dir: PathBuf,
@@ -60,14 +80,42 @@ impl LocalCluster {
             .map_err(|error| embedded(format!("cannot create {}: {error}", dir.display())))?;
         let ca = ClusterCa::generate("flotilla-up")?;
         let listen: SocketAddr = "127.0.0.1:0".parse().map_err(embedded)?;
-        let config = CoordinatorConfig::new(
+        let mut config = CoordinatorConfig::new(
             listen,
             ca.issue(Role::Coordinator, "coordinator")?,
             dir.join("state.log"),
         );
+        // The launcher needs the coordinator's address, known once it has bound.
+        let address = Arc::new(OnceLock::new());
+        let fleet = match &options.autoscale {
+            Some(autoscale) => {
+                let fleet = Arc::new(local_fleet(
+                    &ca,
+                    &dir,
+                    autoscale,
+                    options.slots_per_agent,
+                    options.stop_grace,
+                    address.clone(),
+                )?);
+                let policy = Policy {
+                    min: 0,
+                    max: autoscale.max_agents,
+                    slots_per_instance: options.slots_per_agent,
+                    scale_in_window: autoscale.scale_in_window,
+                    idle_grace: autoscale.idle_grace,
+                };
+                let mut scaler = AutoscalerConfig::new(fleet.clone(), policy);
+                scaler.interval = autoscale.interval;
+                config.autoscaler = Some(scaler);
+                Some(fleet)
+            }
+            None => None,
+        };
         let coordinator = Coordinator::start(config).await.map_err(embedded)?;
+        let _ = address.set(coordinator.local_addr());
         let mut agents = Vec::new();
-        for index in 0..options.agents {
+        let in_process = if fleet.is_some() { 0 } else { options.agents };
+        for index in 0..in_process {
             let name = format!("local-agent-{index}");
             let mut config = AgentConfig::new(
                 coordinator.local_addr(),
@@ -85,6 +133,7 @@ impl LocalCluster {
         Ok(LocalCluster {
             coordinator,
             agents,
+            fleet,
             client_identity: ca.issue(Role::Client, "local-client")?,
             admin_identity: ca.issue(Role::Admin, "local-admin")?,
             dir,
@@ -113,11 +162,98 @@ impl LocalCluster {
         Client::connect(self.address(), &self.admin_identity).await
     }
 
-    /// Stops the agents (draining their trials), then the coordinator.
+    /// Stops the agents (draining their trials), then the coordinator. With autoscaling the
+    /// coordinator (and its autoscaler) stops first, then the agent processes.
     pub async fn shutdown(self) {
         for agent in self.agents {
             agent.shutdown().await;
         }
         self.coordinator.shutdown().await;
+        if let Some(fleet) = self.fleet {
+            fleet.shutdown(Duration::from_secs(15)).await;
+        }
     }
+}
+
+/// The `local` provider for an embedded cluster: writes an agent certificate under
+/// `dir/certs` and starts `PROGRAM agent …` per instance, logging to `dir/agents/ID.log`.
+fn local_fleet(
+    ca: &ClusterCa,
+    dir: &Path,
+    autoscale: &LocalAutoscale,
+    slots: u32,
+    stop_grace: Duration,
+    address: Arc<OnceLock<SocketAddr>>,
+) -> Result<LocalProvider, SdkError> {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs)
+        .map_err(|error| embedded(format!("cannot create {}: {error}", certs.display())))?;
+    let issued = ca.issue_pem(Role::Agent, "local-agent", &[])?;
+    for (name, content) in [
+        ("ca.pem", ca.cert_pem()),
+        ("agent.pem", issued.cert_pem),
+        ("agent-key.pem", issued.key_pem),
+    ] {
+        write_private(&certs.join(name), &content)?;
+    }
+    let agents = dir.join("agents");
+    std::fs::create_dir_all(&agents)
+        .map_err(|error| embedded(format!("cannot create {}: {error}", agents.display())))?;
+    let program = autoscale.program.clone();
+    let artifacts = dir.join("artifacts");
+    let launcher: Launcher = Arc::new(move |id: &str| {
+        let mut command = tokio::process::Command::new(&program);
+        let coordinator = address
+            .get()
+            .map_or_else(|| "127.0.0.1:7070".to_string(), ToString::to_string);
+        command
+            .arg("agent")
+            .arg("--coordinator")
+            .arg(coordinator)
+            .arg("--certs")
+            .arg(&certs)
+            .arg("--id")
+            .arg(id)
+            .arg("--slots")
+            .arg(slots.to_string())
+            .arg("--work-dir")
+            .arg(agents.join(id))
+            .arg("--artifacts")
+            .arg(&artifacts)
+            .arg("--stop-grace")
+            .arg(format!("{}ms", stop_grace.as_millis()))
+            .stdin(std::process::Stdio::null());
+        match std::fs::File::create(agents.join(format!("{id}.log"))) {
+            Ok(log) => {
+                if let Ok(copy) = log.try_clone() {
+                    command.stdout(copy);
+                }
+                command.stderr(log);
+            }
+            Err(_) => {
+                command.stdout(std::process::Stdio::null());
+                command.stderr(std::process::Stdio::null());
+            }
+        }
+        command
+    });
+    Ok(LocalProvider::new(0, autoscale.max_agents, launcher))
+}
+
+/// Writes a file only its owner can read (`*-key.pem`) or that all may read (certificates).
+fn write_private(path: &Path, content: &str) -> Result<(), SdkError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let private = path
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().ends_with("-key.pem"));
+    let mode = if private { 0o600 } else { 0o644 };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut file| file.write_all(content.as_bytes()))
+        .map_err(|error| embedded(format!("cannot write {}: {error}", path.display())))
 }

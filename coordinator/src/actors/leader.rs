@@ -16,6 +16,7 @@ use flotilla_protocol::spec::SweepSpec;
 use flotilla_protocol::{Epoch, SweepId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use super::autoscaler::{Autoscaler, AutoscalerArgs, AutoscalerConfig, AutoscalerMsg};
 use super::registry::{Registry, RegistryArgs, RegistryMsg};
 use super::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
 use super::sweep::{SweepActor, SweepArgs, SweepMsg};
@@ -32,8 +33,17 @@ pub enum LeaderMsg {
         sweep: SweepId,
         reply: RpcReplyPort<Option<ActorRef<SweepMsg>>>,
     },
-    /// The Registry and Scheduler, for agent sessions.
-    Parts(RpcReplyPort<(ActorRef<RegistryMsg>, ActorRef<SchedulerMsg>)>),
+    /// The Registry, Scheduler and Autoscaler, for sessions.
+    Parts(RpcReplyPort<LeaderParts>),
+}
+
+/// The Leader's children that sessions talk to.
+#[derive(Clone)]
+pub struct LeaderParts {
+    pub registry: ActorRef<RegistryMsg>,
+    pub scheduler: ActorRef<SchedulerMsg>,
+    /// Present when the coordinator autoscales.
+    pub autoscaler: Option<ActorRef<AutoscalerMsg>>,
 }
 
 pub struct LeaderArgs {
@@ -42,12 +52,15 @@ pub struct LeaderArgs {
     pub agent_timeout: Duration,
     /// Told when a sweep ends.
     pub notifier: Option<crate::notify::Notifier>,
+    /// Sizes the agent fleet while this coordinator leads.
+    pub autoscaler: Option<AutoscalerConfig>,
 }
 
 pub struct LeaderState {
     store: Arc<dyn StateStore>,
     registry: ActorRef<RegistryMsg>,
     scheduler: ActorRef<SchedulerMsg>,
+    autoscaler: Option<ActorRef<AutoscalerMsg>>,
     notifier: Option<crate::notify::Notifier>,
     sweeps: BTreeMap<SweepId, ActorRef<SweepMsg>>,
     next_sweep: u64,
@@ -80,10 +93,24 @@ impl Actor for Leader {
         };
         let (registry, _) =
             Actor::spawn_linked(None, Registry, registry_args, myself.get_cell()).await?;
+        let autoscaler = match args.autoscaler {
+            Some(config) => {
+                let autoscaler_args = AutoscalerArgs {
+                    config,
+                    scheduler: scheduler.clone(),
+                };
+                let (autoscaler, _) =
+                    Actor::spawn_linked(None, Autoscaler, autoscaler_args, myself.get_cell())
+                        .await?;
+                Some(autoscaler)
+            }
+            None => None,
+        };
         let mut state = LeaderState {
             store: args.store,
             registry,
             scheduler,
+            autoscaler,
             notifier: args.notifier,
             sweeps: BTreeMap::new(),
             next_sweep: stored
@@ -125,7 +152,11 @@ impl Actor for Leader {
                 let _ = reply.send(state.sweeps.get(&sweep).cloned());
             }
             LeaderMsg::Parts(reply) => {
-                let _ = reply.send((state.registry.clone(), state.scheduler.clone()));
+                let _ = reply.send(LeaderParts {
+                    registry: state.registry.clone(),
+                    scheduler: state.scheduler.clone(),
+                    autoscaler: state.autoscaler.clone(),
+                });
             }
         }
         Ok(())

@@ -4,6 +4,8 @@
 //! Leader            accepts submissions, owns the sweeps; exists while this process leads
 //! ├─ Registry       agents, their connections and liveness (heartbeats)
 //! ├─ Scheduler      queued trials → free slots (fair across sweeps), assignments
+//! ├─ Autoscaler     demand → desired instances, scale-in protection, lifecycle hooks
+//! │                 (only with `--autoscale`)
 //! └─ Sweep × N      one per sweep: sampler, budget, retries, results, watchers
 //! ```
 //!
@@ -12,6 +14,7 @@
 //! the process resumes every sweep — a crash-only design, simpler to trust than in-place
 //! restarts of actors whose state would be half-updated.
 
+pub mod autoscaler;
 pub mod leader;
 pub mod registry;
 pub mod scheduler;

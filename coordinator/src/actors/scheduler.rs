@@ -11,7 +11,7 @@
 //!
 //! Failure: linked to the Leader; a failure stops the coordinator (state is in the store).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use flotilla_protocol::messages::{
@@ -34,6 +34,8 @@ pub struct AgentLink {
     pub commands: mpsc::UnboundedSender<CoordinatorCommand>,
     /// Fired to end the session (the agent was declared lost).
     pub close: CancellationToken,
+    /// The protocol version negotiated with the agent: which commands it understands.
+    pub version: u16,
 }
 
 /// What an agent is doing, as the Scheduler sees it.
@@ -42,6 +44,19 @@ pub struct AgentUsage {
     pub busy_slots: u32,
     pub running: Vec<AttemptId>,
     pub draining: bool,
+}
+
+/// Slots wanted now, and who is busy: the autoscaler's input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Demand {
+    /// Slots of trials waiting in the queues.
+    pub pending_slots: u32,
+    /// Slots of placed and running trials.
+    pub running_slots: u32,
+    /// Agents with at least one placed or running trial.
+    pub busy: BTreeSet<String>,
+    /// Agents connected now.
+    pub connected: BTreeSet<String>,
 }
 
 /// A restored attempt the store says was running on `agent`.
@@ -127,6 +142,21 @@ pub enum SchedulerMsg {
     },
     /// Busy slots and running attempts per agent.
     Usage(RpcReplyPort<HashMap<AgentId, AgentUsage>>),
+    /// What the autoscaler sizes the fleet by.
+    Demand(RpcReplyPort<Demand>),
+    /// Place nothing new on the agent (or again, when `cordoned` is false). Replies whether
+    /// the agent is known.
+    Cordon {
+        agent: AgentId,
+        cordoned: bool,
+        reply: RpcReplyPort<bool>,
+    },
+    /// Cordons the agent and has it checkpoint and stop every trial it runs; they resume
+    /// elsewhere without spending their retry budget. Replies whether the agent is known.
+    Drain {
+        agent: AgentId,
+        reply: Option<RpcReplyPort<bool>>,
+    },
     ExpireExpected,
 }
 
@@ -162,6 +192,8 @@ pub struct SchedulerState {
     sweeps: HashMap<SweepId, ActorRef<SweepMsg>>,
     assignments: HashMap<AttemptId, Assignment>,
     expected: HashMap<AttemptId, (ExpectedAttempt, Instant)>,
+    /// Agents an operator (or the autoscaler) cordoned; kept across their reconnects.
+    cordoned: BTreeSet<AgentId>,
 }
 
 pub struct Scheduler;
@@ -186,6 +218,7 @@ impl Actor for Scheduler {
             sweeps: HashMap::new(),
             assignments: HashMap::new(),
             expected: HashMap::new(),
+            cordoned: BTreeSet::new(),
         })
     }
 
@@ -345,7 +378,7 @@ impl Actor for Scheduler {
                         let usage = AgentUsage {
                             busy_slots: slots.busy,
                             running: Vec::new(),
-                            draining: slots.draining,
+                            draining: slots.draining || state.cordoned.contains(agent),
                         };
                         (agent.clone(), usage)
                     })
@@ -358,6 +391,51 @@ impl Actor for Scheduler {
                         .push(*attempt);
                 }
                 let _ = reply.send(usage);
+            }
+            SchedulerMsg::Demand(reply) => {
+                let pending_slots = state
+                    .queues
+                    .values()
+                    .flatten()
+                    .map(|trial| trial.slots)
+                    .sum();
+                let running_slots = state.assignments.values().map(|a| a.slots).sum();
+                let busy = state
+                    .assignments
+                    .values()
+                    .map(|a| a.agent.0.clone())
+                    .collect();
+                let connected = state.agents.keys().map(|agent| agent.0.clone()).collect();
+                let _ = reply.send(Demand {
+                    pending_slots,
+                    running_slots,
+                    busy,
+                    connected,
+                });
+            }
+            SchedulerMsg::Cordon {
+                agent,
+                cordoned,
+                reply,
+            } => {
+                let known = state.agents.contains_key(&agent);
+                if cordoned {
+                    tracing::info!(%agent, "agent cordoned; placing nothing new there");
+                    state.cordoned.insert(agent);
+                } else {
+                    tracing::info!(%agent, "agent uncordoned");
+                    state.cordoned.remove(&agent);
+                    state.place();
+                }
+                let _ = reply.send(known);
+            }
+            SchedulerMsg::Drain { agent, reply } => {
+                let known = state.agents.contains_key(&agent);
+                state.cordoned.insert(agent.clone());
+                state.drain(&agent);
+                if let Some(reply) = reply {
+                    let _ = reply.send(known);
+                }
             }
             SchedulerMsg::ExpireExpected => {
                 let now = Instant::now();
@@ -382,6 +460,29 @@ impl SchedulerState {
     fn to_sweep(&self, attempt: AttemptId, message: SweepMsg) {
         if let Some(sweep) = self.sweeps.get(&attempt.trial.sweep) {
             let _ = sweep.cast(message);
+        }
+    }
+
+    /// Has the agent checkpoint and stop what it runs. An agent older than protocol 8 has
+    /// no `Drain` command: each of its attempts is stopped as at its own shutdown (which
+    /// checkpoints too and spends no retry budget).
+    fn drain(&self, agent: &AgentId) {
+        let Some(slots) = self.agents.get(agent) else {
+            return;
+        };
+        tracing::info!(%agent, "draining agent: its trials checkpoint and resume elsewhere");
+        if slots.link.version >= 8 {
+            self.send(agent, Command::Drain);
+        } else {
+            for (attempt, assignment) in &self.assignments {
+                if &assignment.agent == agent {
+                    let command = Command::StopTrial {
+                        attempt: *attempt,
+                        reason: StopReason::AgentShutdown,
+                    };
+                    self.send(agent, command);
+                }
+            }
         }
     }
 
@@ -550,7 +651,7 @@ impl SchedulerState {
         let mut capacity: Vec<Capacity> = self
             .agents
             .iter()
-            .filter(|(_, slots)| !slots.draining)
+            .filter(|(agent, slots)| !slots.draining && !self.cordoned.contains(*agent))
             .map(|(agent, slots)| Capacity {
                 agent: agent.clone(),
                 free_slots: slots.slots.saturating_sub(slots.busy),

@@ -1017,7 +1017,9 @@ impl SweepActorState {
                     StopReason::TimedOut if running => {
                         self.retry(number, true, "exceeded the trial timeout".into())
                     }
-                    StopReason::Superseded | StopReason::AgentShutdown if running => {
+                    StopReason::Superseded | StopReason::AgentShutdown | StopReason::Preempted
+                        if running =>
+                    {
                         self.retry(number, false, format!("{reason:?} on its agent"))
                     }
                     _ => self.stop_trial(number, format!("stopped: {reason:?}")),

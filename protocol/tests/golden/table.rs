@@ -89,4 +89,14 @@ const GOLDEN: &[(&str, &str)] = &[
     ),
     ("ParamValue::Int", "0105"),
     ("ParamValue::Bool", "0301"),
+    ("ClientRequest::AutoscaleStatus", "0a"),
+    ("ClientRequest::Scale", "0b0103000104"),
+    ("ClientRequest::AgentAdmin", "0c06692d3061626301"),
+    (
+        "ClientResponse::Autoscale",
+        "0b056177733a6700040201020103692d3100017200",
+    ),
+    ("CoordinatorCommand::Drain", "0703"),
+    ("StopReason::Preempted", "0203070106"),
+    ("ApiErrorKind::InvalidRequest", "0805016d00"),
 ];
