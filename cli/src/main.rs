@@ -838,7 +838,12 @@ async fn cluster_status(connection: Connection, json: bool) -> anyhow::Result<()
     };
     client.close().await;
     if json {
-        let value = serde_json::json!({ "cluster": status, "autoscale": autoscale });
+        // The cluster status's fields stay at the top level; the autoscaler's view is one
+        // more field beside them.
+        let mut value = serde_json::to_value(&status)?;
+        if let (Some(object), Some(autoscale)) = (value.as_object_mut(), autoscale) {
+            object.insert("autoscale".into(), serde_json::to_value(autoscale)?);
+        }
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         report::print_cluster_status(&status);
