@@ -44,6 +44,8 @@ cargo fmt --all -- --check
 promtool check config monitoring/prometheus.yml
 promtool check rules monitoring/rules/flotilla.yml
 promtool test rules monitoring/rules/flotilla_test.yml
+# terraform/ and ansible/: checkov, an HCL parse of every file, ansible-lint, syntax check.
+./scripts/check-infra.sh
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 # Doc tests are not run by nextest; run them first so the suite's summary closes the log.
 cargo test --workspace --all-features --doc

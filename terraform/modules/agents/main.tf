@@ -182,7 +182,7 @@ resource "aws_autoscaling_group" "agents" {
 # starts with no instances (no desired capacity until the coordinator sets one), so none can
 # launch before the hook exists.
 resource "aws_autoscaling_lifecycle_hook" "drain" {
-  name                   = "drain-before-terminate"
+  name                   = "flotilla-drain" # the coordinator's --autoscale default hook name
   autoscaling_group_name = aws_autoscaling_group.agents.name
   lifecycle_transition   = "autoscaling:EC2_INSTANCE_TERMINATING"
   heartbeat_timeout      = var.lifecycle_hook_heartbeat_timeout
