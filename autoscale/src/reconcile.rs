@@ -28,6 +28,11 @@ pub struct Step {
     /// The group as read at the start of the step.
     pub group: Group,
     pub decision: Decision,
+    /// The group's desired capacity after the step: the decision's, unless setting it
+    /// failed.
+    pub desired: u32,
+    /// Instances protected from scale-in after the step, sorted.
+    pub protected: Vec<String>,
     /// Agents on terminating instances: the coordinator tells them to drain (idempotent).
     pub drain: Vec<String>,
     /// Instances whose lifecycle hook was completed.
@@ -87,10 +92,12 @@ impl Reconciler {
             desired: group.desired,
         });
         let mut errors = Vec::new();
-        if decision.changes(group.desired)
-            && let Err(error) = provider.set_desired(decision.desired).await
-        {
-            errors.push(error);
+        let mut desired = group.desired;
+        if decision.changes(group.desired) {
+            match provider.set_desired(decision.desired).await {
+                Ok(()) => desired = decision.desired,
+                Err(error) => errors.push(error),
+            }
         }
 
         // Busy instances are protected from scale-in; idle ones are not, so the group
@@ -148,9 +155,24 @@ impl Reconciler {
                 }
             }
         }
+        let mut protected: BTreeSet<String> = group
+            .instances
+            .iter()
+            .filter(|i| i.protected)
+            .map(|i| i.id.clone())
+            .collect();
+        for (id, now_protected) in &protection {
+            if *now_protected {
+                protected.insert(id.clone());
+            } else {
+                protected.remove(id);
+            }
+        }
         Ok(Step {
             group,
             decision,
+            desired,
+            protected: protected.into_iter().collect(),
             drain,
             completed,
             protection,
@@ -266,6 +288,8 @@ mod tests {
             .expect("step");
         assert_eq!(step.drain, vec!["i-going".to_string()]);
         assert_eq!(step.completed, vec!["i-gone".to_string()]);
+        assert_eq!(step.desired, 3);
+        assert_eq!(step.protected, vec!["i-busy".to_string()]);
         let calls = provider.calls.lock().expect("calls").clone();
         assert_eq!(
             calls,

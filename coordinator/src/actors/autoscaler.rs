@@ -187,24 +187,6 @@ impl AutoscalerState {
                 .inc();
         }
         let group = &step.group;
-        let desired = if step.errors.is_empty() {
-            step.decision.desired
-        } else {
-            group.desired
-        };
-        let mut protected: BTreeSet<String> = group
-            .instances
-            .iter()
-            .filter(|i| i.protected)
-            .map(|i| i.id.clone())
-            .collect();
-        for (instance, now_protected) in &step.protection {
-            if *now_protected {
-                protected.insert(instance.clone());
-            } else {
-                protected.remove(instance);
-            }
-        }
         let terminating: Vec<String> = group
             .instances
             .iter()
@@ -212,16 +194,16 @@ impl AutoscalerState {
             .map(|i| i.id.clone())
             .collect();
         self.drained.retain(|agent| terminating.contains(agent));
-        METRICS.autoscaler_desired.set(i64::from(desired));
+        METRICS.autoscaler_desired.set(i64::from(step.desired));
         METRICS.autoscaler_actual.set(i64::from(group.actual()));
         self.status = AutoscaleStatus {
             provider: self.provider.describe_self(),
             min: group.min,
             max: group.max,
-            desired,
+            desired: step.desired,
             actual: group.actual(),
             demand_slots: view.demand_slots,
-            protected: protected.into_iter().collect(),
+            protected: step.protected,
             terminating,
             reason: step.decision.reason,
             error: step.errors.first().map(ToString::to_string),
