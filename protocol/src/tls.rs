@@ -239,25 +239,69 @@ impl ClusterCa {
         write_private(&dir.join("ca.pem"), &self.cert_pem(), false, &mut written)?;
         write_private(&dir.join("ca-key.pem"), &self.key_pem, true, &mut written)?;
         for role in [Role::Coordinator, Role::Agent, Role::Client, Role::Admin] {
-            let issued = self.issue_pem(
-                role,
-                &format!("flotilla-{}", role.name()),
-                coordinator_names,
-            )?;
-            write_private(
-                &dir.join(format!("{}.pem", role.name())),
-                &issued.cert_pem,
-                false,
-                &mut written,
-            )?;
-            write_private(
-                &dir.join(format!("{}-key.pem", role.name())),
-                &issued.key_pem,
-                true,
-                &mut written,
-            )?;
+            let common_name = format!("flotilla-{}", role.name());
+            self.write_role(dir, role, &common_name, coordinator_names, &mut written)?;
         }
         Ok(written)
+    }
+
+    /// Writes this CA's certificate and a new certificate for `role` into `dir`, in the same
+    /// layout (`ca.pem`, `ROLE.pem`, `ROLE-key.pem`; no CA key), replacing those files if an
+    /// earlier CA left them there. For processes started with an in-memory CA's identity
+    /// (`flotilla up --autoscale`'s agent processes).
+    pub fn write_identity(
+        &self,
+        dir: &Path,
+        role: Role,
+        common_name: &str,
+    ) -> Result<Vec<PathBuf>, TlsError> {
+        std::fs::create_dir_all(dir).map_err(|error| TlsError::Write {
+            path: dir.into(),
+            message: error.to_string(),
+        })?;
+        for name in [
+            "ca.pem".to_string(),
+            format!("{}.pem", role.name()),
+            format!("{}-key.pem", role.name()),
+        ] {
+            match std::fs::remove_file(dir.join(&name)) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(TlsError::Write {
+                        path: dir.join(name),
+                        message: error.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let mut written = Vec::new();
+        write_private(&dir.join("ca.pem"), &self.cert_pem(), false, &mut written)?;
+        self.write_role(dir, role, common_name, &[], &mut written)?;
+        Ok(written)
+    }
+
+    /// Issues a certificate for `role` and writes `ROLE.pem` and `ROLE-key.pem` into `dir`.
+    fn write_role(
+        &self,
+        dir: &Path,
+        role: Role,
+        common_name: &str,
+        extra_names: &[String],
+        written: &mut Vec<PathBuf>,
+    ) -> Result<(), TlsError> {
+        let issued = self.issue_pem(role, common_name, extra_names)?;
+        write_private(
+            &dir.join(format!("{}.pem", role.name())),
+            &issued.cert_pem,
+            false,
+            written,
+        )?;
+        write_private(
+            &dir.join(format!("{}-key.pem", role.name())),
+            &issued.key_pem,
+            true,
+            written,
+        )
     }
 }
 
@@ -429,6 +473,30 @@ mod tests {
         assert!(client_config(&agent).is_ok());
         let missing = Identity::load_from_dir(&dir, "nobody").expect_err("missing");
         assert!(missing.to_string().contains("nobody.pem"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn one_identity_written_to_disk_replaces_an_earlier_cas() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("flotilla-tls-one-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = ClusterCa::generate("first").expect("ca");
+        first.write_identity(&dir, Role::Agent, "a").expect("write");
+        let second = ClusterCa::generate("second").expect("ca");
+        let written = second
+            .write_identity(&dir, Role::Agent, "a")
+            .expect("write over the first");
+        assert_eq!(written.len(), 3);
+        assert!(!dir.join("ca-key.pem").exists());
+        let agent = Identity::load_from_dir(&dir, "agent").expect("load");
+        assert_eq!(agent.role().expect("role"), Role::Agent);
+        assert_eq!(agent.ca, second.cert_der());
+        let mode = std::fs::metadata(dir.join("agent-key.pem"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -186,16 +186,7 @@ fn local_fleet(
     address: Arc<OnceLock<SocketAddr>>,
 ) -> Result<LocalProvider, SdkError> {
     let certs = dir.join("certs");
-    std::fs::create_dir_all(&certs)
-        .map_err(|error| embedded(format!("cannot create {}: {error}", certs.display())))?;
-    let issued = ca.issue_pem(Role::Agent, "local-agent", &[])?;
-    for (name, content) in [
-        ("ca.pem", ca.cert_pem()),
-        ("agent.pem", issued.cert_pem),
-        ("agent-key.pem", issued.key_pem),
-    ] {
-        write_private(&certs.join(name), &content)?;
-    }
+    ca.write_identity(&certs, Role::Agent, "local-agent")?;
     let agents = dir.join("agents");
     std::fs::create_dir_all(&agents)
         .map_err(|error| embedded(format!("cannot create {}: {error}", agents.display())))?;
@@ -238,22 +229,4 @@ fn local_fleet(
         command
     });
     Ok(LocalProvider::new(0, autoscale.max_agents, launcher))
-}
-
-/// Writes a file only its owner can read (`*-key.pem`) or that all may read (certificates).
-fn write_private(path: &Path, content: &str) -> Result<(), SdkError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let private = path
-        .file_name()
-        .is_some_and(|name| name.to_string_lossy().ends_with("-key.pem"));
-    let mode = if private { 0o600 } else { 0o644 };
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .and_then(|mut file| file.write_all(content.as_bytes()))
-        .map_err(|error| embedded(format!("cannot write {}: {error}", path.display())))
 }
