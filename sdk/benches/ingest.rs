@@ -261,6 +261,34 @@ async fn load_agent(
     Ok(step)
 }
 
+async fn wait_for_agents(client: &Client, agents: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.cluster_status().await?.agents < agents {
+        anyhow::ensure!(Instant::now() < deadline, "the agents did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A sweep of one trial per agent, all at once, minimizing the points' `loss`.
+fn one_trial_per_agent(
+    name: &str,
+    agents: u32,
+    program: &str,
+    args: Vec<String>,
+) -> anyhow::Result<flotilla_protocol::spec::SweepSpec> {
+    Ok(SweepBuilder::new(name)
+        .minimize("loss")
+        .float("x", 0.0, 1.0)
+        .seed(1)
+        .max_trials(agents)
+        .max_parallel(agents)
+        .max_retries(0)
+        .command(program, args)
+        .metrics(["loss"])
+        .build()?)
+}
+
 async fn protocol_setup(options: &Options) -> anyhow::Result<(u64, Watched)> {
     let dir = tempfile::tempdir()?;
     let ca = ClusterCa::generate("flotilla-ingest-bench")?;
@@ -287,25 +315,9 @@ async fn protocol_setup(options: &Options) -> anyhow::Result<(u64, Watched)> {
         )));
     }
     let client = Client::connect(address, &admin).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.cluster_status().await?.agents < options.agents {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the load agents did not register"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let spec = SweepBuilder::new("ingest")
-        .minimize("loss")
-        .float("x", 0.0, 1.0)
-        .seed(1)
-        .max_trials(options.agents)
-        .max_parallel(options.agents)
-        .max_retries(0)
-        // Never run: the load agents stand in for the trials.
-        .command("true", Vec::<String>::new())
-        .metrics(["loss"])
-        .build()?;
+    wait_for_agents(&client, options.agents).await?;
+    // Never run: the load agents stand in for the trials.
+    let spec = one_trial_per_agent("ingest", options.agents, "true", Vec::new())?;
     let summary = client.submit(spec).await?;
     let watching = Client::connect(address, &admin).await?;
     let events = watching.watch(summary.id).await?;
@@ -332,11 +344,7 @@ async fn agents_setup(options: &Options) -> anyhow::Result<(u64, Watched)> {
     })
     .await?;
     let client = cluster.client().await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.cluster_status().await?.agents < options.agents {
-        anyhow::ensure!(Instant::now() < deadline, "the agents did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_agents(&client, options.agents).await?;
     // No braces in the program: `{name}` in trial arguments is a parameter placeholder.
     let program = format!(
         "import sys, time\n\
@@ -346,16 +354,12 @@ async fn agents_setup(options: &Options) -> anyhow::Result<(u64, Watched)> {
          \x20   out.write('@flotilla step=%d loss=%r sent_us=%d\\n' % (step, 1.0 / (step + 1), time.time_ns() // 1000))\n",
         points = options.points
     );
-    let spec = SweepBuilder::new("ingest-agents")
-        .minimize("loss")
-        .float("x", 0.0, 1.0)
-        .seed(1)
-        .max_trials(options.agents)
-        .max_parallel(options.agents)
-        .max_retries(0)
-        .command("python3", ["-c".to_string(), program])
-        .metrics(["loss"])
-        .build()?;
+    let spec = one_trial_per_agent(
+        "ingest-agents",
+        options.agents,
+        "python3",
+        vec!["-c".to_string(), program],
+    )?;
     let watching = cluster.client().await?;
     let summary = client.submit(spec).await?;
     let events = watching.watch(summary.id).await?;
