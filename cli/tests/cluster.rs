@@ -713,3 +713,75 @@ fn repo_file(relative: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
     crate_dir.join("..").join(relative)
 }
+
+#[test]
+fn an_operator_cordons_uncordons_and_drains_agents_from_the_cli() {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator();
+    cluster.start_agent("agent-0", 2);
+    cluster.start_agent("agent-1", 2);
+    cluster.wait_for_agents(2);
+
+    // Without --autoscale there is no fleet to size, and the CLI says so.
+    let status = cluster.flotilla_ok(&["cluster", "status"]);
+    assert!(status.contains("autoscaling: off"), "{status}");
+    let scale = cluster.flotilla(&["cluster", "scale", "--desired", "2"]);
+    assert!(!scale.status.success());
+    let stderr = String::from_utf8_lossy(&scale.stderr);
+    assert!(stderr.contains("does not autoscale"), "{stderr}");
+    let unknown = cluster.flotilla(&["agent", "cordon", "nobody"]);
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("no connected agent 'nobody'"), "{stderr}");
+
+    // A cordoned agent gets nothing new: a sweep runs on the other one only.
+    let out = cluster.flotilla_ok(&["agent", "cordon", "agent-1"]);
+    assert!(out.contains("agent-1 cordoned"), "{out}");
+    let file = cluster.write_sweep("cordoned", 4, 4, "0.2");
+    cluster.flotilla_ok(&["sweep", "submit", file.to_str().expect("utf-8")]);
+    wait_until("sweep s1 to complete", Duration::from_secs(60), || {
+        sweep_state(&cluster, "s1")["state"] == "Completed"
+    });
+    let results = cluster.results("s1");
+    assert_all_succeeded_once(&results, 4);
+    for trial in trials(&results) {
+        assert_eq!(trial["agent"], "agent-0", "{trial}");
+    }
+
+    // Long trials start on agent-0 (agent-1 still cordoned); then agent-1 is uncordoned and
+    // agent-0 drained: its trials stop as preempted and finish on agent-1 under a new
+    // attempt, without spending a retry.
+    let file = cluster.write_sweep("drained", 2, 2, "4");
+    cluster.flotilla_ok(&["sweep", "submit", file.to_str().expect("utf-8")]);
+    wait_until(
+        "both trials running on agent-0",
+        Duration::from_secs(60),
+        || {
+            trials(&cluster.results("s2"))
+                .iter()
+                .filter(|t| t["state"] == "running" && t["agent"] == "agent-0")
+                .count()
+                == 2
+        },
+    );
+    let out = cluster.flotilla_ok(&["agent", "uncordon", "agent-1"]);
+    assert!(out.contains("agent-1 uncordoned"), "{out}");
+    let out = cluster.flotilla_ok(&["agent", "drain", "agent-0"]);
+    assert!(out.contains("agent-0 draining"), "{out}");
+    wait_until("sweep s2 to complete", Duration::from_secs(60), || {
+        sweep_state(&cluster, "s2")["state"] == "Completed"
+    });
+    let results = cluster.results("s2");
+    assert_all_succeeded_once(&results, 2);
+    for trial in trials(&results) {
+        assert_eq!(trial["agent"], "agent-1", "{trial}");
+        assert!(trial["attempt"].as_u64().expect("attempt") >= 1, "{trial}");
+    }
+    // The drained agent's process is still up, connected, and takes nothing new.
+    let agents = cluster.flotilla_ok(&["cluster", "agents"]);
+    let line = agents
+        .lines()
+        .find(|line| line.contains("agent-0"))
+        .unwrap_or_else(|| panic!("agent-0 missing:\n{agents}"));
+    assert!(line.contains("draining"), "{agents}");
+}
