@@ -8,7 +8,7 @@
 #   while its agent drains and checkpoints; the coordinator completes the action (or it
 #   continues on its own when the heartbeat runs out);
 # - capacity rebalancing replaces spot instances that AWS flags as at risk before they are
-#   interrupted; the agent (--imds) sees the same signals in instance metadata.
+#   interrupted.
 #
 # Each instance installs the release from S3 at boot (user_data.sh.tftpl) and runs the agent
 # under systemd with its EC2 instance id as agent id: the autoscaler maps agents to instances
