@@ -49,12 +49,14 @@ pub enum TlsError {
     BadCertificate(String),
 }
 
-/// A certificate chain, its private key, and the CA that peers must be signed by.
+/// A certificate chain, its private key, and the CAs that peers must be signed by.
 #[derive(Debug)]
 pub struct Identity {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
-    pub ca: CertificateDer<'static>,
+    /// Every CA in `ca.pem`: usually one; two while the cluster's CA is being rotated (a peer
+    /// signed by either is accepted).
+    pub ca: Vec<CertificateDer<'static>>,
 }
 
 impl Clone for Identity {
@@ -79,13 +81,13 @@ impl Identity {
     }
 
     pub fn load(ca_path: &Path, cert_path: &Path, key_path: &Path) -> Result<Identity, TlsError> {
-        let ca = read_certificates(ca_path)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| TlsError::Pem {
+        let ca = read_certificates(ca_path)?;
+        if ca.is_empty() {
+            return Err(TlsError::Pem {
                 path: ca_path.into(),
                 message: "holds no certificate".into(),
-            })?;
+            });
+        }
         let chain = read_certificates(cert_path)?;
         if chain.is_empty() {
             return Err(TlsError::Pem {
@@ -221,7 +223,7 @@ impl ClusterCa {
         Ok(Identity {
             chain,
             key: PrivateKeyDer::Pkcs8(key),
-            ca: self.cert_der(),
+            ca: vec![self.cert_der()],
         })
     }
 
@@ -382,9 +384,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn roots(identity: &Identity) -> Result<Arc<rustls::RootCertStore>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(identity.ca.clone())
-        .map_err(|error| TlsError::Config(format!("CA certificate: {error}")))?;
+    for (index, ca) in identity.ca.iter().enumerate() {
+        roots.add(ca.clone()).map_err(|error| {
+            TlsError::Config(format!("CA certificate {} of ca.pem: {error}", index + 1))
+        })?;
+    }
     Ok(Arc::new(roots))
 }
 
@@ -491,7 +495,7 @@ mod tests {
         assert!(!dir.join("ca-key.pem").exists());
         let agent = Identity::load_from_dir(&dir, "agent").expect("load");
         assert_eq!(agent.role().expect("role"), Role::Agent);
-        assert_eq!(agent.ca, second.cert_der());
+        assert_eq!(agent.ca, vec![second.cert_der()]);
         let mode = std::fs::metadata(dir.join("agent-key.pem"))
             .expect("key")
             .permissions()
