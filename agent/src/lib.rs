@@ -6,10 +6,13 @@
 //! - [`root`]: AgentRoot, which obeys commands and supervises one [`trial`] actor per attempt.
 //! - [`link`]: the QUIC link to the coordinator, with reconnects.
 //! - [`leases`]: with etcd, checkpoint leases that fence each attempt's checkpoint pointer.
+//! - [`imds`]: with `--imds`, the spot and lifecycle watcher (rebalance recommendations,
+//!   interruption notices, the group's termination lifecycle state).
 //! - [`metric_line`]: the `@flotilla name=value` line format command trials print.
 //! - [`metrics`]: the Prometheus endpoint (`--metrics-listen`): slots, trial progress,
 //!   checkpoint writes, GPUs through NVML.
 
+pub mod imds;
 pub mod leases;
 pub mod link;
 pub mod metric_line;
@@ -55,6 +58,9 @@ pub struct AgentConfig {
     pub etcd: Option<flotilla_etcd::EtcdConfig>,
     /// Where to serve `/metrics` and `/healthz` (none: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// Watch the instance metadata service for spot and lifecycle notices (none: not
+    /// watched).
+    pub imds: Option<imds::ImdsConfig>,
 }
 
 impl AgentConfig {
@@ -77,6 +83,7 @@ impl AgentConfig {
             device: flotilla_train::DeviceChoice::Auto,
             etcd: None,
             metrics_listen: None,
+            imds: None,
         }
     }
 }
@@ -100,6 +107,7 @@ pub struct Agent {
     shutdown: CancellationToken,
     leases: Option<std::sync::Arc<leases::CheckpointLeases>>,
     metrics_endpoint: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    imds: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -181,6 +189,14 @@ impl Agent {
             }
             None => None,
         };
+        let imds = config.imds.clone().map(|imds| {
+            tokio::spawn(imds::watch(
+                imds,
+                root.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
         let link = tokio::spawn(link::run(
             link_config,
             root.clone(),
@@ -194,6 +210,7 @@ impl Agent {
             shutdown,
             leases,
             metrics_endpoint,
+            imds,
         })
     }
 
@@ -232,6 +249,9 @@ impl Agent {
         let _ = self.link.await;
         if let Some((_, endpoint)) = self.metrics_endpoint {
             let _ = endpoint.await;
+        }
+        if let Some(imds) = self.imds {
+            let _ = imds.await;
         }
         self.root.stop(None);
         let _ = self.root_done.await;

@@ -41,6 +41,9 @@ pub struct AgentMetrics {
     pub trials_finished: IntCounterVec,
     pub checkpoint_write: Histogram,
     pub checkpoint_bytes: IntCounter,
+    pub notices: IntCounterVec,
+    pub imds_errors: IntCounter,
+    pub interruption_checkpoint: Histogram,
     gpu_utilization: GaugeVec,
     gpu_memory_used: GaugeVec,
     gpu_memory_total: GaugeVec,
@@ -124,6 +127,20 @@ impl AgentMetrics {
             checkpoint_bytes: families.counter(
                 "flotilla_agent_checkpoint_bytes_total",
                 "Bytes of checkpoint objects written.",
+            ),
+            notices: families.counter_vec(
+                "flotilla_agent_notices_total",
+                "Instance notices seen in the metadata service (--imds), by kind: rebalance, interruption, terminating.",
+                &["kind"],
+            ),
+            imds_errors: families.counter(
+                "flotilla_agent_imds_errors_total",
+                "Metadata service polls that failed (--imds).",
+            ),
+            interruption_checkpoint: families.histogram(
+                "flotilla_agent_interruption_checkpoint_seconds",
+                "From an interruption notice being posted to every running trial checkpointed and stopped.",
+                vec![0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 90.0, 120.0, 180.0],
             ),
             gpu_utilization: families.float_gauge_vec(
                 "flotilla_agent_gpu_utilization_ratio",

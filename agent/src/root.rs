@@ -50,6 +50,11 @@ pub enum AgentMsg {
     Tick,
     /// Stop every trial (reported as `AgentShutdown`) and answer once all have exited.
     Drain(RpcReplyPort<()>),
+    /// The instance is going away, or may (`--imds`); `seen` is when the watcher read it.
+    Notice {
+        notice: crate::imds::Notice,
+        seen: std::time::SystemTime,
+    },
 }
 
 pub struct RootArgs {
@@ -80,6 +85,9 @@ pub struct RootState {
     draining: bool,
     /// Answered when the last trial has exited during a drain.
     drained: Option<RpcReplyPort<()>>,
+    /// When the interruption notice being acted on was posted; cleared once every trial has
+    /// checkpointed and stopped.
+    interrupted: Option<std::time::SystemTime>,
     heartbeat_interval: Duration,
     heartbeat_timer: Option<ractor::concurrency::JoinHandle<()>>,
     metrics: std::sync::Arc<crate::metrics::AgentMetrics>,
@@ -111,6 +119,7 @@ impl Actor for AgentRoot {
             trainer_env: args.trainer_env,
             draining: false,
             drained: None,
+            interrupted: None,
             heartbeat_interval,
             heartbeat_timer: Some(heartbeat_timer),
             metrics: args.metrics,
@@ -135,12 +144,14 @@ impl Actor for AgentRoot {
                 let _ = state
                     .outbox
                     .send(AgentMessage::TrialFinished { attempt, outcome });
-                if state.running.is_empty()
-                    && let Some(reply) = state.drained.take()
-                {
-                    let _ = reply.send(());
+                if state.running.is_empty() {
+                    if let Some(reply) = state.drained.take() {
+                        let _ = reply.send(());
+                    }
+                    state.interruption_over();
                 }
             }
+            AgentMsg::Notice { notice, seen } => state.notice(notice, seen),
             AgentMsg::Snapshot(reply) => {
                 let mut running: Vec<AttemptId> = state.running.keys().copied().collect();
                 running.sort();
@@ -257,6 +268,65 @@ impl RootState {
         }
     }
 
+    /// Acts on a notice from the metadata service: a rebalance recommendation stops new
+    /// trials; an interruption or a terminating lifecycle state preempts every trial.
+    fn notice(&mut self, notice: crate::imds::Notice, seen: std::time::SystemTime) {
+        use crate::imds::Notice;
+        match &notice {
+            Notice::Rebalance => {
+                tracing::warn!(
+                    "rebalance recommendation: this instance may be interrupted soon; taking no new trials (running ones go on)"
+                );
+                if !self.draining {
+                    self.draining = true;
+                    let _ = self.outbox.send(AgentMessage::Draining);
+                }
+            }
+            Notice::Interruption { action, at } => {
+                let left = at
+                    .and_then(|at| at.duration_since(seen).ok())
+                    .map(|left| format!("{}s", left.as_secs()))
+                    .unwrap_or_else(|| "an unknown time".into());
+                tracing::warn!(
+                    %action,
+                    running = self.running.len(),
+                    "spot interruption notice ({action} in {left}): checkpointing every running trial and draining"
+                );
+                self.interrupted.get_or_insert(notice.posted(seen));
+                self.preempt();
+            }
+            Notice::Terminating => {
+                tracing::warn!(
+                    running = self.running.len(),
+                    "the group's termination lifecycle hook holds this instance: checkpointing every running trial and draining"
+                );
+                self.interrupted.get_or_insert(notice.posted(seen));
+                self.preempt();
+            }
+        }
+        if self.running.is_empty() {
+            self.interruption_over();
+        }
+    }
+
+    /// Every trial has stopped since an interruption notice: records how long it took.
+    fn interruption_over(&mut self) {
+        let Some(posted) = self.interrupted.take() else {
+            return;
+        };
+        let took = std::time::SystemTime::now()
+            .duration_since(posted)
+            .unwrap_or_default();
+        self.metrics
+            .interruption_checkpoint
+            .observe(took.as_secs_f64());
+        tracing::info!(
+            seconds = took.as_secs_f64(),
+            "every trial checkpointed and stopped {:.2}s after the interruption notice",
+            took.as_secs_f64()
+        );
+    }
+
     async fn command(&mut self, myself: &ActorRef<AgentMsg>, command: CoordinatorCommand) {
         if command.epoch < self.newest_epoch {
             let attempt = match &command.command {
@@ -299,7 +369,7 @@ impl RootState {
                     return;
                 }
                 if self.draining {
-                    self.reject(Some(attempt), "the agent is shutting down".into());
+                    self.reject(Some(attempt), "the agent is draining".into());
                     return;
                 }
                 let busy: u32 = self.running.values().map(|running| running.slots).sum();

@@ -278,6 +278,15 @@ struct AgentArgs {
     /// through NVML) and `/healthz` over HTTP here (conventionally port 9465).
     #[arg(long, env = "FLOTILLA_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Watch the EC2 instance metadata service (IMDSv2) at this URL for spot and lifecycle
+    /// notices (on EC2: http://169.254.169.254). A rebalance recommendation stops new trials;
+    /// an interruption notice or a terminating lifecycle state checkpoints every running
+    /// trial, reports it preempted (no retry spent) and drains.
+    #[arg(long, env = "FLOTILLA_IMDS")]
+    imds: Option<String>,
+    /// Between polls of the metadata service.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    imds_interval: Duration,
 }
 
 #[derive(Subcommand)]
@@ -562,6 +571,19 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.artifacts = args.artifacts;
     config.device = args.device;
     config.metrics_listen = args.metrics_listen;
+    if let Some(endpoint) = args.imds {
+        let url = url::Url::parse(&endpoint)
+            .with_context(|| format!("--imds {endpoint:?} is not a URL"))?;
+        if url.scheme() != "http" {
+            bail!("--imds {endpoint:?}: the instance metadata service is plain http");
+        }
+        if args.imds_interval.is_zero() {
+            bail!("--imds-interval must be more than zero");
+        }
+        let mut imds = flotilla_agent::imds::ImdsConfig::new(endpoint);
+        imds.interval = args.imds_interval;
+        config.imds = Some(imds);
+    }
     if !args.etcd.is_empty() {
         if args.checkpoint_lease_ttl < Duration::from_secs(1) {
             bail!("--checkpoint-lease-ttl must be at least 1s (etcd leases are whole seconds)");

@@ -1,273 +1,16 @@
 //! Multi-process cluster tests: a real `flotilla coordinator` and real `flotilla agent`
 //! processes talking QUIC with mutual TLS on loopback, driven through the CLI.
 
-use std::net::UdpSocket;
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
-
-/// A child process killed (SIGKILL) and reaped when dropped, also when a test fails.
-struct Process {
-    child: Child,
-}
-
-impl Process {
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    address: String,
-    coordinator: Option<Process>,
-    agents: Vec<(String, Process)>,
-    queries: std::cell::Cell<u32>,
-}
-
-fn free_udp_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
-    socket.local_addr().expect("local address").port()
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let certs = dir.path().join("certs");
-        let output = Command::new(BIN)
-            .args(["certs", "init", "--out"])
-            .arg(&certs)
-            .output()
-            .expect("run certs init");
-        assert!(
-            output.status.success(),
-            "certs init: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let address = format!("127.0.0.1:{}", free_udp_port());
-        Cluster {
-            dir,
-            address,
-            coordinator: None,
-            agents: Vec::new(),
-            queries: std::cell::Cell::new(0),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn log(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(&format!("{name}.log")))
-            .expect("log file")
-    }
-
-    fn start_coordinator(&mut self) {
-        let child = Command::new(BIN)
-            .args([
-                "coordinator",
-                "--listen",
-                &self.address,
-                "--agent-timeout",
-                "3s",
-                "--state",
-            ])
-            .arg(self.path("state/state.log"))
-            .arg("--certs")
-            .arg(self.path("certs"))
-            .env("FLOTILLA_LOG", "info")
-            .stdout(self.log("coordinator"))
-            .stderr(self.log("coordinator"))
-            .spawn()
-            .expect("start coordinator");
-        self.coordinator = Some(Process { child });
-    }
-
-    fn start_agent(&mut self, name: &str, slots: u32) {
-        self.start_agent_with(name, slots, &[]);
-    }
-
-    fn start_agent_with(&mut self, name: &str, slots: u32, extra: &[&str]) {
-        let child = Command::new(BIN)
-            .args([
-                "agent",
-                "--coordinator",
-                &self.address,
-                "--slots",
-                &slots.to_string(),
-                "--id",
-                name,
-                "--stop-grace",
-                "2s",
-            ])
-            .arg("--certs")
-            .arg(self.path("certs"))
-            .arg("--work-dir")
-            .arg(self.path(name))
-            .args(extra)
-            .env("FLOTILLA_LOG", "info")
-            .stdout(self.log(name))
-            .stderr(self.log(name))
-            .spawn()
-            .expect("start agent");
-        self.agents.push((name.to_string(), Process { child }));
-    }
-
-    fn flotilla(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("FLOTILLA_COORDINATOR", &self.address)
-            .env("FLOTILLA_CERTS", self.path("certs"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run flotilla")
-    }
-
-    fn flotilla_ok(&self, args: &[&str]) -> String {
-        let output = self.flotilla(args);
-        assert!(
-            output.status.success(),
-            "flotilla {args:?} failed: {}\n{}\ncoordinator log:\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-            std::fs::read_to_string(self.path("coordinator.log")).unwrap_or_default()
-        );
-        String::from_utf8_lossy(&output.stdout).to_string()
-    }
-
-    /// Waits until the coordinator answers and `agents` agents are registered.
-    fn wait_for_agents(&self, agents: usize) {
-        wait_until("agents to register", Duration::from_secs(60), || {
-            let output = self.flotilla(&["cluster", "agents"]);
-            output.status.success()
-                && String::from_utf8_lossy(&output.stdout)
-                    .matches(" connected ")
-                    .count()
-                    >= agents
-        });
-    }
-
-    fn results(&self, sweep: &str) -> Value {
-        self.queries.set(self.queries.get() + 1);
-        let path = self.path(&format!("results-{}.json", self.queries.get()));
-        self.flotilla_ok(&[
-            "sweep",
-            "results",
-            sweep,
-            "--out",
-            path.to_str().expect("utf-8 path"),
-        ]);
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("results file"))
-            .expect("results JSON")
-    }
-
-    fn write_sweep(&self, name: &str, trials: u32, parallel: u32, sleep: &str) -> PathBuf {
-        let path = self.path(&format!("{name}.toml"));
-        let text = format!(
-            r#"
-name = "{name}"
-
-[objective]
-metric = "loss"
-direction = "minimize"
-
-[space.x]
-type = "float"
-low = 1.0
-high = 100.0
-
-[space.kind]
-type = "categorical"
-choices = ["a", "b"]
-
-[algorithm]
-name = "random"
-seed = 3
-
-[budget]
-max_trials = {trials}
-max_parallel = {parallel}
-
-[trial]
-command = "sh"
-args = ["-c", "sleep {sleep}; echo working; echo '@flotilla step=0 loss={{x}}'"]
-metrics = ["loss"]
-"#
-        );
-        std::fs::write(&path, text).expect("write sweep file");
-        path
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if condition() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out waiting for {what}");
-}
-
-fn sweep_state(cluster: &Cluster, sweep: &str) -> Value {
-    cluster.results(sweep)["sweep"].clone()
-}
-
-fn trials(results: &Value) -> Vec<Value> {
-    results["trials"].as_array().expect("trials array").clone()
-}
-
-/// Every trial succeeded exactly once: ids are unique, states final, counts agree.
-fn assert_all_succeeded_once(results: &Value, expected: usize) {
-    let trials = trials(results);
-    assert_eq!(trials.len(), expected, "trial count");
-    let mut ids: Vec<&str> = trials
-        .iter()
-        .map(|trial| trial["id"].as_str().expect("id"))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), expected, "duplicate trial ids");
-    for trial in &trials {
-        assert_eq!(trial["state"], "succeeded", "{trial}");
-        assert_eq!(
-            trial["failures"], 0,
-            "a lost agent must not spend retries: {trial}"
-        );
-    }
-    assert_eq!(results["sweep"]["counts"]["succeeded"], expected as u64);
-    assert_eq!(results["sweep"]["counts"]["failed"], 0);
-    assert_eq!(results["sweep"]["state"], "Completed");
-}
+use support::cluster::*;
+use support::imds::ImdsResponder;
 
 #[test]
 fn forty_trial_sweep_on_three_agents_completes_and_best_agrees() {
@@ -784,4 +527,275 @@ fn an_operator_cordons_uncordons_and_drains_agents_from_the_cli() {
         .find(|line| line.contains("agent-0"))
         .unwrap_or_else(|| panic!("agent-0 missing:\n{agents}"));
     assert!(line.contains("draining"), "{agents}");
+}
+
+/// The spot path end to end: an LSTM trial runs on a spot agent that watches an IMDS
+/// responder. A rebalance recommendation stops the agent taking trials while the trial goes
+/// on; an interruption notice makes it checkpoint the trial at once (periodic checkpoints
+/// are off, so that is the only checkpoint there is) and report it preempted. The trial
+/// resumes on the on-demand agent from that checkpoint and succeeds, with no retry spent
+/// although the sweep allows none.
+#[test]
+fn a_spot_interruption_notice_checkpoints_the_trial_which_resumes_elsewhere() {
+    let imds = ImdsResponder::start();
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator();
+    let artifacts = cluster.path("artifacts");
+    let artifacts = artifacts.to_str().expect("utf-8 path");
+    let imds_url = imds.url();
+    let metrics_port = free_tcp_port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    cluster.start_agent_with(
+        "spot-0",
+        1,
+        &[
+            "--artifacts",
+            artifacts,
+            "--device",
+            "cpu",
+            "--imds",
+            &imds_url,
+            "--imds-interval",
+            "200ms",
+            "--metrics-listen",
+            &metrics_listen,
+        ],
+    );
+    cluster.wait_for_agents(1);
+    let sweep = cluster.path("spot.toml");
+    std::fs::write(
+        &sweep,
+        r#"
+name = "spot"
+
+[objective]
+metric = "accuracy"
+direction = "maximize"
+
+[space.learning_rate]
+type = "categorical"
+choices = [0.003]
+
+[budget]
+max_trials = 1
+max_parallel = 1
+
+[retries]
+max_retries = 0
+
+[trial]
+trainer = "lstm_classifier"
+
+[trial.settings]
+samples = 800
+seq_len = 32
+hidden_size = 32
+num_heads = 2
+epochs = 80
+checkpoint_every = 0
+"#,
+    )
+    .expect("write sweep file");
+    cluster.flotilla_ok(&["sweep", "submit", sweep.to_str().expect("utf-8")]);
+    // Progress comes from the spot agent's own metrics (the coordinator keeps a running
+    // attempt's metrics out of its record until the attempt ends).
+    wait_until("two epochs of s1-t0", Duration::from_secs(120), || {
+        let trial = trials(&cluster.results("s1")).remove(0);
+        assert_ne!(trial["state"], "succeeded", "finished too soon: {trial}");
+        scrape(metrics_port, "flotilla_agent_trial_step")
+            .iter()
+            .any(|(_, step)| *step >= 2.0)
+    });
+    cluster.start_agent_with(
+        "on-demand-0",
+        1,
+        &["--artifacts", artifacts, "--device", "cpu"],
+    );
+    cluster.wait_for_agents(2);
+
+    // A rebalance recommendation: the spot agent takes nothing new, its trial goes on.
+    imds.post_rebalance();
+    wait_until(
+        "the spot agent to report draining",
+        Duration::from_secs(30),
+        || {
+            let agents = cluster.flotilla_ok(&["cluster", "agents"]);
+            agents
+                .lines()
+                .any(|line| line.contains("spot-0") && line.contains("draining"))
+        },
+    );
+    let trial = trials(&cluster.results("s1")).remove(0);
+    assert_eq!(trial["state"], "running", "{trial}");
+    assert_eq!(trial["agent"], "spot-0", "{trial}");
+    assert_eq!(trial["attempt"], 0, "{trial}");
+
+    // The interruption notice: checkpoint now, resume elsewhere.
+    imds.post_interruption();
+    wait_until("sweep s1 to complete", Duration::from_secs(240), || {
+        sweep_state(&cluster, "s1")["state"] == "Completed"
+    });
+    let trial = trials(&cluster.results("s1")).remove(0);
+    assert_eq!(trial["state"], "succeeded", "{trial}");
+    assert_eq!(trial["agent"], "on-demand-0", "{trial}");
+    assert_eq!(
+        trial["failures"], 0,
+        "a preemption spends no retry: {trial}"
+    );
+    assert_eq!(trial["attempt"], 1, "{trial}");
+    assert_eq!(trial["checkpoint"]["epoch"], 80, "{trial}");
+    let notices = scrape(metrics_port, "flotilla_agent_notices_total");
+    for kind in ["rebalance", "interruption"] {
+        assert!(
+            notices
+                .iter()
+                .any(|(series, count)| series.contains(kind) && *count == 1.0),
+            "{kind} counted once: {notices:?}"
+        );
+    }
+    assert_eq!(
+        scrape(
+            metrics_port,
+            "flotilla_agent_interruption_checkpoint_seconds_count"
+        ),
+        vec![(
+            "flotilla_agent_interruption_checkpoint_seconds_count".to_string(),
+            1.0
+        )]
+    );
+
+    let spot_log = std::fs::read_to_string(cluster.path("spot-0.log")).unwrap_or_default();
+    assert!(
+        spot_log.contains("spot interruption notice"),
+        "the spot agent did not act on the notice:\n{spot_log}"
+    );
+    assert!(
+        spot_log.contains("every trial checkpointed and stopped"),
+        "{spot_log}"
+    );
+    let log = std::fs::read_to_string(cluster.path("on-demand-0.log")).unwrap_or_default();
+    let resume_line = log
+        .lines()
+        .find(|line| line.contains("resuming from") && line.contains("attempt 0"))
+        .unwrap_or_else(|| panic!("on-demand-0 did not resume attempt 0's checkpoint:\n{log}"));
+    assert!(resume_line.contains(artifacts), "{resume_line}");
+    assert!(!resume_line.contains(", 0 epochs done"), "{resume_line}");
+
+    // IMDSv2 only: a token first, and every read carried it.
+    let requests = imds.requests();
+    assert_eq!(
+        requests
+            .first()
+            .map(|(method, path, _)| (method.as_str(), path.as_str())),
+        Some(("PUT", "/latest/api/token")),
+        "{requests:?}"
+    );
+    for (method, path, authorised) in &requests {
+        if method == "GET" {
+            assert!(authorised, "GET {path} without a session token");
+        }
+    }
+    for path in [
+        "/latest/meta-data/spot/instance-action",
+        "/latest/meta-data/events/recommendations/rebalance",
+    ] {
+        assert!(
+            requests.iter().any(|(_, polled, _)| polled == path),
+            "{path} was never polled: {requests:?}"
+        );
+    }
+}
+
+/// Rotating the cluster CA without downtime, as docs/operations.md describes: every process
+/// first trusts both CAs (`ca.pem` holds the two), then switches to certificates from the new
+/// CA, then drops the old one. Processes restart one at a time between phases; agents
+/// reconnect after each restart and a sweep submitted before the rotation completes with no
+/// trial lost. At the end a certificate from the old CA is refused.
+#[test]
+fn the_cluster_ca_is_rotated_in_three_phases_without_losing_a_trial() {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator();
+    cluster.start_agent("agent-0", 2);
+    cluster.wait_for_agents(1);
+    let file = cluster.write_sweep("rotation", 12, 2, "2");
+    cluster.flotilla_ok(&["sweep", "submit", file.to_str().expect("utf-8")]);
+
+    let certs = cluster.path("certs");
+    let old = cluster.path("old-ca");
+    let new = cluster.path("new-ca");
+    std::fs::create_dir_all(&old).expect("mkdir");
+    for name in std::fs::read_dir(&certs).expect("certs dir") {
+        let path = name.expect("entry").path();
+        std::fs::copy(&path, old.join(path.file_name().expect("name"))).expect("copy");
+    }
+    let output = Command::new(BIN)
+        .args(["certs", "init", "--out"])
+        .arg(&new)
+        .output()
+        .expect("certs init");
+    assert!(output.status.success());
+    let read = |path: PathBuf| std::fs::read_to_string(path).expect("read a PEM file");
+    let bundle = read(old.join("ca.pem")) + &read(new.join("ca.pem"));
+    // A client directory: a CA file and one client certificate.
+    let base = cluster.dir.path().to_path_buf();
+    let client_dir = |name: &str, ca: &str, leaf: &Path| {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("ca.pem"), ca).expect("write ca.pem");
+        for file in ["client.pem", "client-key.pem"] {
+            std::fs::copy(leaf.join(file), dir.join(file)).expect("copy");
+        }
+        dir
+    };
+    let restart_all = |cluster: &mut Cluster| {
+        cluster.coordinator.take().expect("coordinator").terminate();
+        cluster.start_coordinator();
+        cluster.wait_for_agents(1);
+        let (name, mut agent) = cluster.agents.remove(0);
+        agent.terminate();
+        cluster.start_agent(&name, 2);
+        cluster.wait_for_agents(1);
+    };
+    let works = |cluster: &Cluster, dir: &Path| {
+        cluster
+            .flotilla(&["sweep", "list", "--certs", dir.to_str().expect("utf-8")])
+            .status
+            .success()
+    };
+
+    // Phase 1: everyone trusts both CAs; certificates are still the old CA's.
+    std::fs::write(certs.join("ca.pem"), &bundle).expect("write the bundle");
+    restart_all(&mut cluster);
+    let new_client = client_dir("new-client", &bundle, &new);
+    assert!(
+        works(&cluster, &new_client),
+        "a new-CA client is trusted in phase 1"
+    );
+
+    // Phase 2: certificates from the new CA; old-CA clients still get in.
+    for role in ["coordinator", "agent", "client", "admin"] {
+        for file in [format!("{role}.pem"), format!("{role}-key.pem")] {
+            std::fs::copy(new.join(&file), certs.join(&file)).expect("copy a new certificate");
+        }
+    }
+    restart_all(&mut cluster);
+    let old_client = client_dir("old-client", &bundle, &old);
+    assert!(
+        works(&cluster, &old_client),
+        "an old-CA client is trusted in phase 2"
+    );
+
+    // Phase 3: the old CA is dropped.
+    std::fs::copy(new.join("ca.pem"), certs.join("ca.pem")).expect("copy the new CA");
+    restart_all(&mut cluster);
+    assert!(
+        !works(&cluster, &old_client),
+        "an old-CA client must be refused after the rotation"
+    );
+    assert!(works(&cluster, &certs), "the new certificates work");
+
+    wait_until("the sweep to complete", Duration::from_secs(120), || {
+        sweep_state(&cluster, "s1")["state"] == "Completed"
+    });
+    assert_all_succeeded_once(&cluster.results("s1"), 12);
 }

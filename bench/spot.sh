@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Spot interruptions (see docs/benchmarks.md): notice → durable checkpoint of every running
+# trial, and training lost per interruption, with a notice and without one (agent killed).
+#   bench/spot.sh [ROUNDS] [SLOTS]
+# Real processes on loopback: a coordinator, a spot agent watching an IMDS responder, an
+# on-demand agent that takes the trials over; LSTM trials on the CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+slots=${2:-2}
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla-target}"
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(date -u +%Y-%m-%d)"
+cargo bench -q -p flotilla --bench spot -- --rounds "$rounds" --slots "$slots"
