@@ -477,9 +477,27 @@ fn an_operator_cordons_uncordons_and_drains_agents_from_the_cli() {
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(stderr.contains("no connected agent 'nobody'"), "{stderr}");
 
-    // A cordoned agent gets nothing new: a sweep runs on the other one only.
+    // A cordoned agent gets nothing new: a sweep runs on the other one only. The cordon is
+    // stored, so it holds across a coordinator restart.
     let out = cluster.flotilla_ok(&["agent", "cordon", "agent-1"]);
     assert!(out.contains("agent-1 cordoned"), "{out}");
+    cluster.coordinator.take().expect("coordinator").terminate();
+    cluster.start_coordinator();
+    // A cordoned agent is listed as draining, not as connected.
+    wait_until(
+        "agent-0 back and agent-1 back, still cordoned",
+        Duration::from_secs(60),
+        || {
+            let output = cluster.flotilla(&["cluster", "agents"]);
+            let agents = String::from_utf8_lossy(&output.stdout);
+            let line = |name: &str, state: &str| {
+                agents
+                    .lines()
+                    .any(|line| line.contains(name) && line.contains(state))
+            };
+            line("agent-0", " connected ") && line("agent-1", "draining")
+        },
+    );
     let file = cluster.write_sweep("cordoned", 4, 4, "0.2");
     cluster.flotilla_ok(&["sweep", "submit", file.to_str().expect("utf-8")]);
     wait_until("sweep s1 to complete", Duration::from_secs(60), || {

@@ -324,6 +324,9 @@ fn a_leader_shut_down_revokes_its_lease_and_a_follower_takes_over() {
         cluster.start_agent(name, 2);
     }
     cluster.wait_for_agents(2, Duration::from_secs(30));
+    // A cordon is stored in etcd: the next leader keeps it.
+    let out = cluster.flotilla_ok(&["agent", "cordon", "a1"]);
+    assert!(out.contains("a1 cordoned"), "{out}");
     let file = cluster.write_logged_sweep("resign", 40, 4, "0.2");
     let sweep = cluster.submit(&file);
     wait_until("the sweep to start", Duration::from_secs(30), || {
@@ -360,6 +363,20 @@ fn a_leader_shut_down_revokes_its_lease_and_a_follower_takes_over() {
     let results = wait_completed(&cluster, &sweep, Duration::from_secs(120));
     assert_eq!(succeeded_params(&results).len(), 40);
     assert_no_trial_ran_twice_at_once(&run_events(&cluster.path("resign.runs")));
+    let agents = cluster.flotilla_ok(&["cluster", "agents"]);
+    assert!(
+        agents
+            .lines()
+            .any(|line| line.contains("a1") && line.contains("draining")),
+        "the new leader kept a1 cordoned:\n{agents}"
+    );
+    let placed_on_a1 = results["trials"]
+        .as_array()
+        .expect("trials")
+        .iter()
+        .filter(|trial| trial["agent"] == "a1")
+        .count();
+    assert_eq!(placed_on_a1, 0, "a cordoned agent ran trials");
 }
 
 /// Acceptance (partition): the leader, in its own network namespace, is cut off from etcd and

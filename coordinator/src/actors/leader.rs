@@ -78,13 +78,15 @@ impl Actor for Leader {
         myself: ActorRef<LeaderMsg>,
         args: LeaderArgs,
     ) -> Result<LeaderState, ActorProcessingErr> {
+        let stored = args.store.load().await?;
         let scheduler_args = SchedulerArgs {
             epoch: args.epoch,
             adoption_grace: args.agent_timeout + Duration::from_secs(2),
+            store: args.store.clone(),
+            cordoned: stored.cordoned.clone(),
         };
         let (scheduler, _) =
             Actor::spawn_linked(None, Scheduler, scheduler_args, myself.get_cell()).await?;
-        let stored = args.store.load().await?;
         let registry_args = RegistryArgs {
             scheduler: scheduler.clone(),
             agent_timeout: args.agent_timeout,

@@ -164,6 +164,10 @@ pub struct SchedulerArgs {
     pub epoch: Epoch,
     /// How long a restored running attempt waits for its agent.
     pub adoption_grace: Duration,
+    /// Where cordons are kept, so they outlive this leader.
+    pub store: std::sync::Arc<dyn crate::store::StateStore>,
+    /// Agents cordoned when the store was loaded.
+    pub cordoned: BTreeSet<AgentId>,
 }
 
 struct AgentSlots {
@@ -192,8 +196,10 @@ pub struct SchedulerState {
     sweeps: HashMap<SweepId, ActorRef<SweepMsg>>,
     assignments: HashMap<AttemptId, Assignment>,
     expected: HashMap<AttemptId, (ExpectedAttempt, Instant)>,
-    /// Agents an operator (or the autoscaler) cordoned; kept across their reconnects.
+    /// Agents an operator (or the autoscaler) cordoned; kept across their reconnects, and in
+    /// the store across restarts and leader changes.
     cordoned: BTreeSet<AgentId>,
+    store: std::sync::Arc<dyn crate::store::StateStore>,
 }
 
 pub struct Scheduler;
@@ -218,7 +224,8 @@ impl Actor for Scheduler {
             sweeps: HashMap::new(),
             assignments: HashMap::new(),
             expected: HashMap::new(),
-            cordoned: BTreeSet::new(),
+            cordoned: args.cordoned,
+            store: args.store,
         })
     }
 
@@ -421,18 +428,23 @@ impl Actor for Scheduler {
                 let known = state.agents.contains_key(&agent);
                 if cordoned {
                     tracing::info!(%agent, "agent cordoned; placing nothing new there");
-                    state.cordoned.insert(agent);
+                    state.cordoned.insert(agent.clone());
                 } else {
                     tracing::info!(%agent, "agent uncordoned");
                     state.cordoned.remove(&agent);
                     state.place();
                 }
+                // Answered once stored: an acknowledged cordon survives a leader change.
+                state.store_cordon(agent, cordoned).await;
                 let _ = reply.send(known);
             }
             SchedulerMsg::Drain { agent, reply } => {
                 let known = state.agents.contains_key(&agent);
-                state.cordoned.insert(agent.clone());
+                let newly = state.cordoned.insert(agent.clone());
                 state.drain(&agent);
+                if newly {
+                    state.store_cordon(agent, true).await;
+                }
                 if let Some(reply) = reply {
                     let _ = reply.send(known);
                 }
@@ -457,6 +469,16 @@ impl Actor for Scheduler {
 }
 
 impl SchedulerState {
+    async fn store_cordon(&self, agent: AgentId, cordoned: bool) {
+        let write = crate::store::StateWrite::Cordon {
+            agent: agent.clone(),
+            cordoned,
+        };
+        if let Err(error) = self.store.write(vec![write]).durable().await {
+            tracing::warn!(%agent, cordoned, %error, "the cordon is in effect but not stored; it ends with this leader");
+        }
+    }
+
     fn to_sweep(&self, attempt: AttemptId, message: SweepMsg) {
         if let Some(sweep) = self.sweeps.get(&attempt.trial.sweep) {
             let _ = sweep.cast(message);

@@ -74,6 +74,11 @@ pub fn agent_key(root: &str, agent: &str) -> String {
     format!("{root}/state/agents/{agent}")
 }
 
+/// Whether an agent is cordoned (a bool; uncordoning writes false).
+pub fn cordon_key(root: &str, agent: &str) -> String {
+    format!("{root}/state/cordons/{agent}")
+}
+
 /// A stored value: the writer's epoch, then the record.
 pub fn envelope(epoch: Epoch, record: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(8 + record.len());
@@ -175,6 +180,13 @@ pub async fn list(client: &mut Client, root: &str) -> Result<StoredState, StoreE
                 let agent: super::AgentRecord =
                     codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
                 state.apply(StateWrite::Agent(Box::new(agent)));
+            } else if let Some(agent) = suffix.strip_prefix("cordons/") {
+                let cordoned: bool =
+                    codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
+                state.apply(StateWrite::Cordon {
+                    agent: flotilla_protocol::AgentId(agent.to_string()),
+                    cordoned,
+                });
             } else {
                 tracing::warn!(%key, "ignoring an unknown key under the state prefix");
             }
@@ -302,6 +314,9 @@ impl Writer {
                 ),
                 StateWrite::Agent(agent) => {
                     (agent_key(&self.root, &agent.id.0), codec::encode(agent))
+                }
+                StateWrite::Cordon { agent, cordoned } => {
+                    (cordon_key(&self.root, &agent.0), codec::encode(cordoned))
                 }
                 // The epoch is the election key's revision; nothing to store.
                 StateWrite::Epoch(_) => continue,

@@ -360,8 +360,18 @@ mod tests {
                 trial(1, TrialState::Pending),
                 agent(4),
             ]);
+            let cordon = |agent: &str, cordoned| StateWrite::Cordon {
+                agent: flotilla_protocol::AgentId(agent.into()),
+                cordoned,
+            };
             store
-                .write(vec![trial(0, TrialState::Succeeded), agent(8)])
+                .write(vec![
+                    trial(0, TrialState::Succeeded),
+                    agent(8),
+                    cordon("gpu-1", true),
+                    cordon("gpu-2", true),
+                    cordon("gpu-2", false),
+                ])
                 .durable()
                 .await
                 .expect("durable");
@@ -373,6 +383,8 @@ mod tests {
         let agents: Vec<_> = state.agents.values().collect();
         assert_eq!(agents.len(), 1, "{agents:?}");
         assert_eq!(agents[0].slots, 8, "the newest registration wins");
+        let cordoned: Vec<&str> = state.cordoned.iter().map(|a| a.0.as_str()).collect();
+        assert_eq!(cordoned, ["gpu-1"], "an uncordon undoes a cordon");
         assert_eq!(store.next_epoch().await.expect("epoch"), Epoch(2));
     }
 

@@ -54,6 +54,12 @@ pub enum StateWrite {
     Epoch(Epoch),
     /// An agent registration (appended last: older state files still decode).
     Agent(Box<AgentRecord>),
+    /// An operator cordoned (or drained) an agent, or uncordoned it: kept across restarts
+    /// and leader changes. Appended last.
+    Cordon {
+        agent: AgentId,
+        cordoned: bool,
+    },
 }
 
 /// Everything a coordinator needs to resume.
@@ -65,6 +71,8 @@ pub struct StoredState {
     pub trials: BTreeMap<SweepId, BTreeMap<u32, TrialRecord>>,
     /// Every agent that ever registered, as it last did.
     pub agents: BTreeMap<AgentId, AgentRecord>,
+    /// Agents that take no new trials until an operator uncordons them.
+    pub cordoned: std::collections::BTreeSet<AgentId>,
 }
 
 impl StoredState {
@@ -82,6 +90,13 @@ impl StoredState {
             StateWrite::Epoch(epoch) => self.epoch = Some(epoch),
             StateWrite::Agent(agent) => {
                 self.agents.insert(agent.id.clone(), *agent);
+            }
+            StateWrite::Cordon { agent, cordoned } => {
+                if cordoned {
+                    self.cordoned.insert(agent);
+                } else {
+                    self.cordoned.remove(&agent);
+                }
             }
         }
     }
@@ -101,6 +116,12 @@ impl StoredState {
         for agent in self.agents.values() {
             writes.push(StateWrite::Agent(Box::new(agent.clone())));
         }
+        for agent in &self.cordoned {
+            writes.push(StateWrite::Cordon {
+                agent: agent.clone(),
+                cordoned: true,
+            });
+        }
         writes
     }
 
@@ -109,6 +130,7 @@ impl StoredState {
             + self.sweeps.len()
             + self.trials.values().map(BTreeMap::len).sum::<usize>()
             + self.agents.len()
+            + self.cordoned.len()
     }
 }
 
