@@ -176,7 +176,9 @@ impl<'a> Cursor<'a> {
 }
 
 /// Where checkpoints are written: a local folder (a shared mount for agents on several
-/// machines). `s3://` URLs are recognised and refused with a message until S3 support lands.
+/// machines) or an S3 prefix (`s3://bucket/prefix`). S3 credentials and region come from the
+/// standard AWS environment (`AWS_REGION`, `AWS_ACCESS_KEY_ID`…, `AWS_ENDPOINT_URL`,
+/// `AWS_ALLOW_HTTP`) or, on EC2, from the instance role through instance metadata.
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     store: Arc<dyn ObjectStore>,
@@ -188,6 +190,16 @@ impl ArtifactStore {
     /// Opens a store from a folder path or a URL (`file:///…`, `s3://…`). A folder is
     /// created if missing.
     pub fn open(location: &str) -> Result<ArtifactStore, CheckpointError> {
+        ArtifactStore::open_with(location, &[])
+    }
+
+    /// As [`open`](Self::open), with S3 settings over those from the environment: pairs of
+    /// object_store's `AmazonS3ConfigKey` names and values (`aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`, `aws_allow_http`…). Ignored for folders.
+    pub fn open_with(
+        location: &str,
+        s3_options: &[(&str, &str)],
+    ) -> Result<ArtifactStore, CheckpointError> {
         let store_error = |message: String| CheckpointError::Store {
             location: location.to_string(),
             message,
@@ -215,11 +227,21 @@ impl ArtifactStore {
             std::fs::create_dir_all(&path)
                 .map_err(|error| store_error(format!("cannot create the folder: {error}")))?;
         }
-        let (store, _) = open_url(&root).map_err(store_error)?;
+        let store = open_store(&root, s3_options).map_err(store_error)?;
         Ok(ArtifactStore {
             store: Arc::from(store),
             root,
         })
+    }
+
+    /// Reads an object of this store by URI (one `put_new` returned).
+    pub async fn get(&self, uri: &str) -> Result<Vec<u8>, CheckpointError> {
+        let store_error = |message: String| CheckpointError::Store {
+            location: uri.to_string(),
+            message,
+        };
+        let url = Url::parse(uri).map_err(|error| store_error(format!("not a URL: {error}")))?;
+        read(self.store.as_ref(), &url).await.map_err(store_error)
     }
 
     pub fn root(&self) -> &Url {
@@ -252,7 +274,7 @@ impl ArtifactStore {
     }
 }
 
-/// The object's path inside the store `open_url` returns for its URL.
+/// The object's path inside the store `open_store` returns for its URL.
 fn object_path(url: &Url) -> ObjectPath {
     match url.scheme() {
         "file" => url
@@ -264,16 +286,45 @@ fn object_path(url: &Url) -> ObjectPath {
     }
 }
 
-fn open_url(url: &Url) -> Result<(Box<dyn ObjectStore>, ObjectPath), String> {
+/// A client for the store holding `url`: the file system, or S3 configured from the
+/// environment and then `s3_options`.
+fn open_store(url: &Url, s3_options: &[(&str, &str)]) -> Result<Box<dyn ObjectStore>, String> {
     match url.scheme() {
-        "file" => object_store::parse_url(url).map_err(|error| error.to_string()),
-        "s3" => Err(format!(
-            "{url}: S3 artifact stores are not supported yet; use a local or shared folder"
-        )),
+        "file" => object_store::parse_url(url)
+            .map(|(store, _)| store)
+            .map_err(|error| error.to_string()),
+        "s3" => {
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "{url}: an S3 location needs a bucket (s3://BUCKET/PREFIX)"
+                ));
+            }
+            // The S3 client's TLS: rustls on ring, installed once per process (a provider
+            // installed earlier is kept).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+            for (key, value) in s3_options {
+                let key = key
+                    .parse()
+                    .map_err(|error| format!("S3 option {key}: {error}"))?;
+                builder = builder.with_config(key, *value);
+            }
+            let store = builder.build().map_err(|error| format!("{url}: {error}"))?;
+            Ok(Box::new(store))
+        }
         other => Err(format!(
-            "{url}: unsupported artifact store scheme '{other}'"
+            "{url}: unsupported artifact store scheme '{other}' (use a folder, file:// or s3://)"
         )),
     }
+}
+
+async fn read(store: &dyn ObjectStore, url: &Url) -> Result<Vec<u8>, String> {
+    let result = store
+        .get(&object_path(url))
+        .await
+        .map_err(|error| error.to_string())?;
+    let bytes = result.bytes().await.map_err(|error| error.to_string())?;
+    Ok(bytes.to_vec())
 }
 
 /// Reads a checkpoint object by URI.
@@ -283,17 +334,8 @@ pub async fn fetch(uri: &str) -> Result<Vec<u8>, CheckpointError> {
         message,
     };
     let url = Url::parse(uri).map_err(|error| store_error(format!("not a URL: {error}")))?;
-    let (store, _) = open_url(&url).map_err(store_error)?;
-    let path = object_path(&url);
-    let result = store
-        .get(&path)
-        .await
-        .map_err(|error| store_error(error.to_string()))?;
-    let bytes = result
-        .bytes()
-        .await
-        .map_err(|error| store_error(error.to_string()))?;
-    Ok(bytes.to_vec())
+    let store = open_store(&url, &[]).map_err(store_error)?;
+    read(store.as_ref(), &url).await.map_err(store_error)
 }
 
 /// The key of a new checkpoint object: unique per write.

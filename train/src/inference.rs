@@ -36,7 +36,7 @@ pub enum Prediction {
 }
 
 impl Predictor {
-    /// Reads a checkpoint by URI (`file:///…`, or `s3://…` in builds with S3 support).
+    /// Reads a checkpoint by URI (`file:///…` or `s3://…`; S3 settings from the environment).
     pub async fn load(uri: &str) -> Result<Predictor, TrainError> {
         let bytes = fetch(uri).await?;
         Predictor::from_bytes(&bytes, uri)
