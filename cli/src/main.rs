@@ -697,6 +697,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         report::write_report(&page, &detail, &trials, true)?;
         println!("report: {}", page.display());
         if args.autoscale {
+            // From here the wait reports the fleet itself, up to its last line (0 agents).
+            if let Some(fleet_log) = &fleet_log {
+                fleet_log.abort();
+            }
             let limit = args.scale_in_window + args.idle_grace + Duration::from_secs(60);
             tokio::select! {
                 result = report::wait_for_empty_fleet(&client, limit) => result?,

@@ -507,28 +507,36 @@ pub async fn follow_fleet(client: flotilla_sdk::Client) {
     let mut last = None;
     loop {
         if let Ok(status) = client.autoscale_status().await {
-            let now = (status.desired, status.actual);
-            if last != Some(now) {
-                println!(
-                    "fleet: {} agent(s) running, {} desired — {}",
-                    status.actual, status.desired, status.reason
-                );
-                last = Some(now);
-            }
+            print_fleet_change(&status, &mut last);
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
 
-/// Waits until the autoscaler has brought the fleet down to zero agents.
+/// Prints the fleet's size and the autoscaler's reason when they changed since `last`.
+fn print_fleet_change(status: &flotilla_sdk::AutoscaleStatus, last: &mut Option<(u32, u32)>) {
+    let now = (status.desired, status.actual);
+    if *last != Some(now) {
+        println!(
+            "fleet: {} agent(s) running, {} desired — {}",
+            status.actual, status.desired, status.reason
+        );
+        *last = Some(now);
+    }
+}
+
+/// Waits until the autoscaler has brought the fleet down to zero agents, printing the fleet
+/// as it changes (as [`follow_fleet`] does), its last line at zero.
 pub async fn wait_for_empty_fleet(
     client: &flotilla_sdk::Client,
     limit: std::time::Duration,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     println!("waiting for the autoscaler to scale the fleet to zero…");
+    let mut last = None;
     loop {
         let status = client.autoscale_status().await?;
+        print_fleet_change(&status, &mut last);
         if status.actual == 0 && status.desired == 0 {
             println!("fleet scaled to zero");
             return Ok(());
