@@ -38,6 +38,15 @@ pub enum CheckpointError {
     Corrupt { uri: String, message: String },
     #[error("checkpoint {uri} does not fit this trial: {message}")]
     Mismatch { uri: String, message: String },
+    #[error(
+        "artifact {uri} is not the one recorded: its SHA-256 is {actual}, expected {expected} \
+         (corrupted or replaced); refusing to load it"
+    )]
+    DigestMismatch {
+        uri: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 /// Where training is in its schedule: the next batch to run.
@@ -336,6 +345,36 @@ pub async fn fetch(uri: &str) -> Result<Vec<u8>, CheckpointError> {
     let url = Url::parse(uri).map_err(|error| store_error(format!("not a URL: {error}")))?;
     let store = open_store(&url, &[]).map_err(store_error)?;
     read(store.as_ref(), &url).await.map_err(store_error)
+}
+
+/// SHA-256 of `bytes` in lowercase hex: the digest a model version records of its artifact.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Checks `bytes`, read from `uri`, against the SHA-256 they were recorded with.
+pub fn verify_sha256(uri: &str, bytes: &[u8], expected: &str) -> Result<(), CheckpointError> {
+    let actual = sha256_hex(bytes);
+    if actual.eq_ignore_ascii_case(expected.trim()) {
+        Ok(())
+    } else {
+        Err(CheckpointError::DigestMismatch {
+            uri: uri.to_string(),
+            expected: expected.trim().to_ascii_lowercase(),
+            actual,
+        })
+    }
+}
+
+/// Reads an artifact by URI and checks it against its recorded SHA-256.
+pub async fn fetch_verified(uri: &str, sha256: &str) -> Result<Vec<u8>, CheckpointError> {
+    let bytes = fetch(uri).await?;
+    verify_sha256(uri, &bytes, sha256)?;
+    Ok(bytes)
 }
 
 /// The key of a new checkpoint object: unique per write.

@@ -6,7 +6,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::checkpoint::{CheckpointFile, fetch};
+use crate::checkpoint::{CheckpointFile, fetch, fetch_verified};
 use crate::model::{LstmClassifier, MlpRegressor};
 use crate::rng::{Stream, stream};
 use crate::session::load_model;
@@ -39,6 +39,13 @@ impl Predictor {
     /// Reads a checkpoint by URI (`file:///…` or `s3://…`; S3 settings from the environment).
     pub async fn load(uri: &str) -> Result<Predictor, TrainError> {
         let bytes = fetch(uri).await?;
+        Predictor::from_bytes(&bytes, uri)
+    }
+
+    /// As [`load`](Self::load), refusing an artifact whose SHA-256 is not `sha256` (a
+    /// registered model version's digest) before anything is decoded.
+    pub async fn load_verified(uri: &str, sha256: &str) -> Result<Predictor, TrainError> {
+        let bytes = fetch_verified(uri, sha256).await?;
         Predictor::from_bytes(&bytes, uri)
     }
 

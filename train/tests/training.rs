@@ -207,6 +207,38 @@ fn the_lstm_learns_the_synthetic_signal_well_beyond_the_majority_class() {
         .predict(&[vec![0.0; 5]])
         .expect_err("wrong input size");
     assert!(error.to_string().contains("the model takes"), "{error}");
+
+    // With its recorded digest the artifact loads; a corrupted copy is refused before it is
+    // decoded, and the error names the artifact and both digests.
+    let bytes = runtime
+        .block_on(flotilla_train::checkpoint::fetch(&checkpoint.uri))
+        .expect("read the checkpoint");
+    let digest = flotilla_train::checkpoint::sha256_hex(&bytes);
+    runtime
+        .block_on(Predictor::load_verified(&checkpoint.uri, &digest))
+        .expect("loads with its digest");
+    let path = url::Url::parse(&checkpoint.uri)
+        .expect("a URL")
+        .to_file_path()
+        .expect("a local checkpoint");
+    let corrupted = path.with_extension("corrupted");
+    let mut damaged = bytes.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x01;
+    std::fs::write(&corrupted, &damaged).expect("write the corrupted copy");
+    let corrupted_uri = url::Url::from_file_path(&corrupted)
+        .expect("a file URL")
+        .to_string();
+    let error = runtime
+        .block_on(Predictor::load_verified(&corrupted_uri, &digest))
+        .expect_err("a corrupted artifact is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("is not the one recorded")
+            && message.contains(&corrupted_uri)
+            && message.contains(&digest),
+        "{message}"
+    );
 }
 
 fn final_model(run: &Run) -> (Vec<f32>, BTreeMap<String, f64>) {
