@@ -11,8 +11,10 @@ use crate::messages::{Hello, Role};
 /// `ClientRequest::SweepDetail`, and version 8 the admin requests `AutoscaleStatus`, `Scale`
 /// and `AgentAdmin`, `Command::Drain` and `StopReason::Preempted` (all appended, so version 5
 /// peers still understand everything else; a coordinator sends the version-8 command and
-/// stop reason only to agents that speak version 8).
-pub const PROTOCOL_VERSION: u16 = 8;
+/// stop reason only to agents that speak version 8); version 9 added the model registry,
+/// serving and rollouts (`Command::Serve`/`SealModel`, `AgentMessage::Serving`/`ModelSealed`,
+/// the model, rollout and router requests; all appended).
+pub const PROTOCOL_VERSION: u16 = 9;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot
 /// decode.

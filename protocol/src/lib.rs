@@ -6,6 +6,7 @@
 //! - [`spec`]: the sweep specification (the TOML sweep file and the SDK builder produce it),
 //!   with one `validate()` that reports every problem with its field path.
 //! - [`messages`]: the frames exchanged by agents, clients and the coordinator.
+//! - [`models`]: the model registry, serving and canary rollouts (protocol 9).
 //! - [`codec`]: the one place that knows the byte encoding (bincode 1.3, frozen).
 //! - [`framing`]: length-prefixed frames over any async byte stream (QUIC streams in practice),
 //!   with the maximum frame size enforced before anything is allocated.
@@ -19,6 +20,7 @@ pub mod framing;
 pub mod handshake;
 pub mod ids;
 pub mod messages;
+pub mod models;
 pub mod spec;
 pub mod tls;
 pub mod trainers;

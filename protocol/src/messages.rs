@@ -16,6 +16,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::{
+    Artifact, ModelRef, ModelStage, ModelVersion, RegisterModel, RolloutAction, RolloutRecord,
+    Route, RouterReport, SealRequest, ServedModel, ServingReport, StartRollout,
+};
 use crate::spec::{Direction, SweepSpec, TrialSpec};
 use crate::{AgentId, AttemptId, Epoch, ParamValue, SweepId, TrialId};
 
@@ -130,6 +134,13 @@ pub enum AgentMessage {
     TrialCheckpoint {
         attempt: AttemptId,
         checkpoint: CheckpointRef,
+    },
+    /// What the agent serves (protocol 9): after it registers and on every change.
+    Serving(ServingReport),
+    /// Answer to `Command::SealModel` (protocol 9).
+    ModelSealed {
+        request: u64,
+        result: Result<Artifact, String>,
     },
 }
 
@@ -256,6 +267,10 @@ pub enum Command {
     /// Take no new trials; checkpoint and stop every running one as `Preempted`
     /// (protocol 8).
     Drain,
+    /// Serve exactly these model versions (protocol 9): load the new ones, drop the rest.
+    Serve(Vec<ServedModel>),
+    /// Copy a checkpoint into the artifact store for a model version (protocol 9).
+    SealModel(SealRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -301,6 +316,33 @@ pub enum ClientRequest {
         agent: AgentId,
         action: AgentAction,
     },
+    /// Registers a trial's checkpoint as a model version (protocol 9). Answered with
+    /// `Models` holding the new version.
+    RegisterModel(RegisterModel),
+    /// Versions of one model, or of every model (protocol 9). Answered with `Models`.
+    ListModels {
+        name: Option<String>,
+    },
+    /// Moves a version to a stage (admin; protocol 9). Answered with `Models` holding every
+    /// version that changed (promoting one archives the previous production version).
+    SetModelStage {
+        model: ModelRef,
+        stage: ModelStage,
+    },
+    /// Starts a canary rollout (admin; protocol 9). Answered with `Rollouts`.
+    StartRollout(StartRollout),
+    /// Rollouts of one model, or all, newest first (protocol 9). Answered with `Rollouts`.
+    ListRollouts {
+        model: Option<String>,
+    },
+    /// Pauses, resumes, promotes or aborts a model's active rollout (admin; protocol 9).
+    /// Answered with `Rollouts`.
+    RolloutAction {
+        model: String,
+        action: RolloutAction,
+    },
+    /// A router's traffic counters (protocol 9). Answered with `Routes`.
+    RouterSync(RouterReport),
 }
 
 /// `flotilla cluster scale`: every field that is `Some` is changed.
@@ -376,6 +418,9 @@ pub enum ClientResponse {
     ClusterStatus(ClusterStatus),
     SweepDetail(Box<SweepDetail>),
     Autoscale(AutoscaleStatus),
+    Models(Vec<ModelVersion>),
+    Rollouts(Vec<RolloutRecord>),
+    Routes(Vec<Route>),
 }
 
 /// Everything a report needs beyond the trial list.

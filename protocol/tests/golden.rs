@@ -11,11 +11,13 @@ use std::time::Duration;
 use flotilla_protocol::codec::{self, MAX_FRAME_BYTES};
 use flotilla_protocol::framing::{self, FrameError};
 use flotilla_protocol::messages::*;
+use flotilla_protocol::models::*;
 use flotilla_protocol::spec::{
     AlgorithmSpec, Budget, Constraint, ConstraintOp, Direction, FieldProblem, Objective, ParamSpec,
     PhaseSpec, Resources, RetryPolicy, SweepSpec, TrialSpec,
 };
 use flotilla_protocol::{AgentId, AttemptId, Epoch, ParamValue, SweepId, TrialId};
+use flotilla_rollout::{Arm, Decision, Evidence, Metric, Pair, Policy, Verdict};
 use proptest::prelude::*;
 
 fn attempt() -> AttemptId {
@@ -163,6 +165,31 @@ fn start() -> StartTrial {
 }
 
 /// (name, encoding) of one sample per message variant.
+fn model_ref() -> ModelRef {
+    ModelRef {
+        name: "m".into(),
+        version: SemVer::new(1, 2, 3),
+    }
+}
+
+fn artifact() -> Artifact {
+    Artifact {
+        uri: "u".into(),
+        sha256: "ab".into(),
+        bytes: 9,
+    }
+}
+
+fn traffic() -> Pair {
+    let mut arm = Arm::default();
+    arm.record(Duration::from_millis(5), false);
+    arm.feedback(true);
+    Pair {
+        baseline: arm,
+        canary: Arm::default(),
+    }
+}
+
 fn samples() -> Vec<(&'static str, Vec<u8>)> {
     let encode = |value: &dyn erased::Encode| value.encode();
     vec![
@@ -491,6 +518,179 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 message: "m".into(),
                 problems: vec![],
             })),
+        ),
+        // Protocol 9.
+        (
+            "AgentMessage::Serving",
+            encode(&AgentMessage::Serving(ServingReport {
+                endpoint: Some("http://h:1".into()),
+                models: vec![
+                    (model_ref(), ServeState::Ready),
+                    (model_ref(), ServeState::Failed("f".into())),
+                ],
+            })),
+        ),
+        (
+            "AgentMessage::ModelSealed",
+            encode(&AgentMessage::ModelSealed {
+                request: 5,
+                result: Ok(artifact()),
+            }),
+        ),
+        (
+            "CoordinatorCommand::Serve",
+            encode(&CoordinatorCommand {
+                epoch: Epoch(7),
+                command: Command::Serve(vec![ServedModel {
+                    model: model_ref(),
+                    artifact: artifact(),
+                }]),
+            }),
+        ),
+        (
+            "CoordinatorCommand::SealModel",
+            encode(&CoordinatorCommand {
+                epoch: Epoch(7),
+                command: Command::SealModel(SealRequest {
+                    request: 5,
+                    source: "s".into(),
+                    key: "k".into(),
+                }),
+            }),
+        ),
+        (
+            "ClientRequest::RegisterModel",
+            encode(&ClientRequest::RegisterModel(RegisterModel {
+                name: "m".into(),
+                version: Some(SemVer::new(1, 2, 3)),
+                sweep: SweepId(3),
+                trial: None,
+                description: "d".into(),
+                stage: ModelStage::Staging,
+            })),
+        ),
+        (
+            "ClientRequest::ListModels",
+            encode(&ClientRequest::ListModels { name: None }),
+        ),
+        (
+            "ClientRequest::SetModelStage",
+            encode(&ClientRequest::SetModelStage {
+                model: model_ref(),
+                stage: ModelStage::Production,
+            }),
+        ),
+        (
+            "ClientRequest::StartRollout",
+            encode(&ClientRequest::StartRollout(StartRollout {
+                model: "m".into(),
+                canary: SemVer::new(1, 3, 0),
+                policy: Some(Policy::default()),
+            })),
+        ),
+        (
+            "ClientRequest::ListRollouts",
+            encode(&ClientRequest::ListRollouts {
+                model: Some("m".into()),
+            }),
+        ),
+        (
+            "ClientRequest::RolloutAction",
+            encode(&ClientRequest::RolloutAction {
+                model: "m".into(),
+                action: RolloutAction::Abort,
+            }),
+        ),
+        (
+            "ClientRequest::RouterSync",
+            encode(&ClientRequest::RouterSync(RouterReport {
+                router: "r".into(),
+                rollouts: vec![RolloutTraffic {
+                    rollout: 1,
+                    traffic: traffic(),
+                }],
+            })),
+        ),
+        (
+            "ClientResponse::Models",
+            encode(&ClientResponse::Models(vec![ModelVersion {
+                name: "m".into(),
+                version: SemVer::new(1, 2, 3),
+                stage: ModelStage::Production,
+                lineage: Lineage {
+                    sweep: SweepId(3),
+                    sweep_name: "s".into(),
+                    trial: TrialId {
+                        sweep: SweepId(3),
+                        number: 4,
+                    },
+                    trainer: "lstm_classifier".into(),
+                    params: params(),
+                    metrics: metrics(),
+                    objective: Some(0.5),
+                    checkpoint: "c".into(),
+                    epoch: 8,
+                },
+                artifact: artifact(),
+                description: "d".into(),
+                created_ms: 1,
+                stage_changed_ms: 2,
+            }])),
+        ),
+        (
+            "ClientResponse::Rollouts",
+            encode(&ClientResponse::Rollouts(vec![RolloutRecord {
+                id: 1,
+                model: "m".into(),
+                baseline: SemVer::new(1, 2, 3),
+                canary: SemVer::new(1, 3, 0),
+                policy: Policy::default(),
+                state: RolloutState::RolledBack,
+                stage: 1,
+                canary_weight: 0.0,
+                started_ms: 1,
+                stage_started_ms: 2,
+                stage_paused_ms: 0,
+                paused_since_ms: None,
+                stage_start: Pair::default(),
+                traffic: traffic(),
+                decisions: vec![DecisionRecord {
+                    at_ms: 3,
+                    stage: 1,
+                    weight: 0.1,
+                    decision: Decision {
+                        verdict: Verdict::Rollback {
+                            metric: Some(Metric::ErrorRate),
+                        },
+                        reason: "r".into(),
+                        evidence: vec![Evidence {
+                            metric: Metric::ErrorRate,
+                            baseline: Some(0.01),
+                            canary: Some(0.2),
+                            samples: (10, 20),
+                            harm: Some(4.0),
+                            safety: None,
+                            harmful: true,
+                            safe: false,
+                        }],
+                    },
+                    by: "controller".into(),
+                }],
+                finished_ms: Some(4),
+            }])),
+        ),
+        (
+            "ClientResponse::Routes",
+            encode(&ClientResponse::Routes(vec![Route {
+                model: "m".into(),
+                baseline: RouteTarget {
+                    version: SemVer::new(1, 2, 3),
+                    endpoints: vec!["http://h:1".into()],
+                },
+                canary: None,
+                canary_weight: 0.0,
+                rollout: None,
+            }])),
         ),
     ]
 }

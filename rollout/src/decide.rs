@@ -172,7 +172,7 @@ pub struct Check<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "verdict")]
+#[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Not enough evidence yet.
     Hold,
