@@ -8,6 +8,8 @@
 //! - [`leases`]: with etcd, checkpoint leases that fence each attempt's checkpoint pointer.
 //! - [`imds`]: with `--imds`, the spot and lifecycle watcher (rebalance recommendations,
 //!   interruption notices, the group's termination lifecycle state).
+//! - [`serving`]: with `--serve`, model versions the coordinator assigns, answered over HTTP;
+//!   sealing of registered versions' artifacts.
 //! - [`metric_line`]: the `@flotilla name=value` line format command trials print.
 //! - [`metrics`]: the Prometheus endpoint (`--metrics-listen`): slots, trial progress,
 //!   checkpoint writes, GPUs through NVML.
@@ -18,6 +20,7 @@ pub mod link;
 pub mod metric_line;
 pub mod metrics;
 pub mod root;
+pub mod serving;
 pub mod trial;
 
 use std::net::SocketAddr;
@@ -61,6 +64,11 @@ pub struct AgentConfig {
     /// Watch the instance metadata service for spot and lifecycle notices (none: not
     /// watched).
     pub imds: Option<imds::ImdsConfig>,
+    /// Where to serve model predictions over HTTP (none: the agent does not serve).
+    pub serve_listen: Option<SocketAddr>,
+    /// The serving URL the coordinator hands to routers (default: `http://` and the bound
+    /// address, with the hostname in place of an unspecified IP).
+    pub serve_advertise: Option<String>,
 }
 
 impl AgentConfig {
@@ -84,6 +92,8 @@ impl AgentConfig {
             etcd: None,
             metrics_listen: None,
             imds: None,
+            serve_listen: None,
+            serve_advertise: None,
         }
     }
 }
@@ -108,6 +118,8 @@ pub struct Agent {
     leases: Option<std::sync::Arc<leases::CheckpointLeases>>,
     metrics_endpoint: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     imds: Option<tokio::task::JoinHandle<()>>,
+    serving: serving::Serving,
+    serve_task: Option<(Option<SocketAddr>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Agent {
@@ -154,6 +166,31 @@ impl Agent {
             device: config.device,
             data_dir: std::env::current_dir().unwrap_or_else(|_| config.work_dir.clone()),
         };
+        let shutdown = CancellationToken::new();
+        let serve_listener = match config.serve_listen {
+            Some(address) => Some(serving::bind(address).await?),
+            None => None,
+        };
+        let serve_endpoint = match &serve_listener {
+            Some(listener) => {
+                let bound = listener.local_addr()?;
+                Some(config.serve_advertise.clone().unwrap_or_else(|| {
+                    if bound.ip().is_unspecified() {
+                        format!("http://{}:{}", hostname(), bound.port())
+                    } else {
+                        format!("http://{bound}")
+                    }
+                }))
+            }
+            None => None,
+        };
+        let serving = serving::Serving::new(
+            serve_endpoint,
+            trainer_env.artifacts.clone(),
+            outbox.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         let root_args = RootArgs {
             slots: config.slots,
             outbox,
@@ -161,6 +198,7 @@ impl Agent {
             stop_grace: config.stop_grace,
             trainer_env,
             metrics: metrics.clone(),
+            serving: serving.clone(),
         };
         let (root, root_done) = Actor::spawn(None, AgentRoot, root_args)
             .await
@@ -173,7 +211,13 @@ impl Agent {
             slots: config.slots,
             gpus: config.gpus,
         };
-        let shutdown = CancellationToken::new();
+        let serve_task = serve_listener.map(|listener| {
+            let address = listener.local_addr().ok();
+            (
+                address,
+                tokio::spawn(serving::serve(listener, serving.clone())),
+            )
+        });
         let metrics_endpoint = match metrics_listener {
             Some(listener) => {
                 let address = listener.local_addr()?;
@@ -211,7 +255,14 @@ impl Agent {
             leases,
             metrics_endpoint,
             imds,
+            serving,
+            serve_task,
         })
+    }
+
+    /// Where predictions are served, when they are.
+    pub fn serve_addr(&self) -> Option<SocketAddr> {
+        self.serve_task.as_ref().and_then(|(address, _)| *address)
     }
 
     /// Where `/metrics` is served, when it is.
@@ -253,6 +304,10 @@ impl Agent {
         if let Some(imds) = self.imds {
             let _ = imds.await;
         }
+        if let Some((_, serve)) = self.serve_task {
+            let _ = serve.await;
+        }
+        self.serving.stopped().await;
         self.root.stop(None);
         let _ = self.root_done.await;
         if let Some(leases) = self.leases {

@@ -266,6 +266,7 @@ async fn session(
     send.write_all(&hello_frames).await.map_err(retry)?;
     let _ = root.cast(AgentMsg::LinkUp {
         epoch: welcome.epoch,
+        version: welcome.version,
     });
     tracing::info!(coordinator = %target, epoch = %welcome.epoch, "connected to the coordinator");
 
@@ -311,6 +312,11 @@ async fn session(
                     queued.push(message);
                 }
                 buffer.clear();
+                // A coordinator older than protocol 9 knows nothing of serving.
+                queued.retain(|message| {
+                    welcome.version >= 9
+                        || !matches!(message, AgentMessage::Serving(_) | AgentMessage::ModelSealed { .. })
+                });
                 for message in coalesce(queued) {
                     if let Err(error) = framing::append_frame(&mut buffer, &message) {
                         tracing::error!(%error, "dropping a message that does not encode");

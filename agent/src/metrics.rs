@@ -19,7 +19,9 @@ use axum::routing::get;
 use flotilla_protocol::TrialId;
 use flotilla_protocol::messages::{Metrics, TrialOutcome};
 use flotilla_telemetry::Families;
-use prometheus::{GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
 use tokio_util::sync::CancellationToken;
 
 /// One agent's metric families.
@@ -44,6 +46,12 @@ pub struct AgentMetrics {
     pub notices: IntCounterVec,
     pub imds_errors: IntCounter,
     pub interruption_checkpoint: Histogram,
+    /// Serving (`--serve`): predictions by model, version and outcome (ok, bad_request,
+    /// error), their latency, batch sizes, and each assigned version's state.
+    pub predictions: IntCounterVec,
+    pub prediction_seconds: HistogramVec,
+    pub prediction_batch: Histogram,
+    pub served_models: IntGaugeVec,
     gpu_utilization: GaugeVec,
     gpu_memory_used: GaugeVec,
     gpu_memory_total: GaugeVec,
@@ -127,6 +135,29 @@ impl AgentMetrics {
             checkpoint_bytes: families.counter(
                 "flotilla_agent_checkpoint_bytes_total",
                 "Bytes of checkpoint objects written.",
+            ),
+            predictions: families.counter_vec(
+                "flotilla_agent_predictions_total",
+                "Prediction requests served (--serve), by model, version and outcome: ok, bad_request, error.",
+                &["model", "version", "outcome"],
+            ),
+            prediction_seconds: families.histogram_vec(
+                "flotilla_agent_prediction_duration_seconds",
+                "Time to predict one batch, from the request's arrival to its answer.",
+                &["model", "version"],
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
+            prediction_batch: families.histogram(
+                "flotilla_agent_prediction_batch_size",
+                "Inputs per prediction request.",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+            ),
+            served_models: families.gauge_vec(
+                "flotilla_agent_served_models",
+                "Model versions assigned to this agent, by state (loading, ready, failed): 1 for the version's current state.",
+                &["model", "version", "state"],
             ),
             notices: families.counter_vec(
                 "flotilla_agent_notices_total",

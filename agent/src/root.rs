@@ -45,6 +45,8 @@ pub enum AgentMsg {
     Snapshot(RpcReplyPort<Snapshot>),
     LinkUp {
         epoch: Epoch,
+        /// The protocol version negotiated with the coordinator.
+        version: u16,
     },
     LinkDown,
     Tick,
@@ -64,6 +66,8 @@ pub struct RootArgs {
     pub stop_grace: Duration,
     pub trainer_env: crate::trial::TrainerEnv,
     pub metrics: std::sync::Arc<crate::metrics::AgentMetrics>,
+    /// Model serving and sealing (serving itself only with `--serve`).
+    pub serving: crate::serving::Serving,
 }
 
 struct Running {
@@ -91,6 +95,7 @@ pub struct RootState {
     heartbeat_interval: Duration,
     heartbeat_timer: Option<ractor::concurrency::JoinHandle<()>>,
     metrics: std::sync::Arc<crate::metrics::AgentMetrics>,
+    serving: crate::serving::Serving,
 }
 
 pub struct AgentRoot;
@@ -123,6 +128,7 @@ impl Actor for AgentRoot {
             heartbeat_interval,
             heartbeat_timer: Some(heartbeat_timer),
             metrics: args.metrics,
+            serving: args.serving,
         })
     }
 
@@ -162,9 +168,12 @@ impl Actor for AgentRoot {
                     draining: state.draining,
                 });
             }
-            AgentMsg::LinkUp { epoch } => {
+            AgentMsg::LinkUp { epoch, version } => {
                 state.newest_epoch = state.newest_epoch.max(epoch);
                 state.link_up = true;
+                if version >= 9 {
+                    state.serving.announce();
+                }
             }
             AgentMsg::LinkDown => state.link_up = false,
             AgentMsg::Tick => {
@@ -332,7 +341,10 @@ impl RootState {
             let attempt = match &command.command {
                 Command::StartTrial(start) => Some(start.attempt),
                 Command::StopTrial { attempt, .. } => Some(*attempt),
-                Command::Registered { .. } | Command::Drain => None,
+                Command::Registered { .. }
+                | Command::Drain
+                | Command::Serve(_)
+                | Command::SealModel(_) => None,
             };
             self.reject(
                 attempt,
@@ -404,6 +416,8 @@ impl RootState {
                     let _ = running.actor.cast(TrialMsg::Stop(reason));
                 }
             }
+            Command::Serve(models) => self.serving.assign(models),
+            Command::SealModel(request) => self.serving.seal(request),
         }
     }
 }

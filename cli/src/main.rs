@@ -1,6 +1,7 @@
 //! `flotilla`: run sweeps locally (`up`), run cluster processes (`coordinator`, `agent`),
 //! make certificates (`certs`), and talk to a cluster (`sweep`, `cluster`).
 
+mod models;
 mod report;
 mod study;
 
@@ -50,6 +51,30 @@ enum Commands {
     /// Ask/tell optimization for trials you run yourself, kept in one file.
     #[command(subcommand)]
     Study(study::StudyCommand),
+    /// The model registry: register a trial's checkpoint as a version, list, show, stage.
+    #[command(subcommand)]
+    Model(models::ModelCommand),
+    /// Canary rollouts of a model version: start, status, pause, resume, promote, abort.
+    #[command(subcommand)]
+    Rollout(models::RolloutCommand),
+    /// Run a model router: one HTTP endpoint for predictions, split between each model's
+    /// production version and its canary by the coordinator's rollouts.
+    Router(RouterArgs),
+}
+
+#[derive(Args)]
+struct RouterArgs {
+    /// Where to accept prediction requests (HTTP).
+    #[arg(long, env = "FLOTILLA_ROUTER_LISTEN", default_value = "127.0.0.1:8780")]
+    listen: SocketAddr,
+    /// Between traffic reports to the coordinator (each answered with the routes).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    sync_interval: Duration,
+    /// How long a serving agent may take to answer one request.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    upstream_timeout: Duration,
+    #[command(flatten)]
+    connection: Connection,
 }
 
 #[derive(Args)]
@@ -83,6 +108,13 @@ struct UpArgs {
     /// With --autoscale: how often the autoscaler checks.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     autoscale_interval: Duration,
+    /// Where the model router accepts predictions (default: a free loopback port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    router_listen: SocketAddr,
+    /// After the sweep, register its winner as this model (in production) and keep serving
+    /// it behind the router until interrupted.
+    #[arg(long, value_name = "MODEL")]
+    serve: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +175,9 @@ struct CoordinatorArgs {
     /// An agent silent for this long is lost and its trials run elsewhere.
     #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
     agent_timeout: Duration,
+    /// Between checks of each canary rollout (each check may advance, promote or roll back).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    rollout_check_interval: Duration,
     /// etcd client URLs, separated by commas: run highly available (leader election, state
     /// in etcd) instead of on the local state file.
     #[arg(long, env = "FLOTILLA_ETCD", value_delimiter = ',')]
@@ -287,6 +322,14 @@ struct AgentArgs {
     /// Between polls of the metadata service.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     imds_interval: Duration,
+    /// Serve model versions the coordinator assigns over HTTP here (`POST /v1/predict`,
+    /// `/metrics`); routers send predictions to it.
+    #[arg(long, env = "FLOTILLA_SERVE")]
+    serve: Option<SocketAddr>,
+    /// The URL routers should use for --serve (default: http:// and the bound address, the
+    /// hostname in place of 0.0.0.0).
+    #[arg(long, env = "FLOTILLA_SERVE_ADVERTISE")]
+    serve_advertise: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -449,6 +492,18 @@ async fn main() {
             cluster_scale(connection, flotilla_sdk::ScaleRequest { desired, min, max }).await
         }
         Commands::Study(command) => study::run(command),
+        Commands::Model(command) => {
+            init_logging("warn");
+            models::model(command).await
+        }
+        Commands::Rollout(command) => {
+            init_logging("warn");
+            models::rollout(command).await
+        }
+        Commands::Router(args) => {
+            init_logging("info");
+            router(args).await
+        }
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
@@ -488,6 +543,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let identity = Identity::load_from_dir(&args.certs, &args.identity)?;
     let mut config = CoordinatorConfig::new(args.listen, identity, args.state);
     config.agent_timeout = args.agent_timeout;
+    config.rollout_check_interval = args.rollout_check_interval;
     config.advertise = args.advertise;
     config.metrics_listen = args.metrics_listen;
     config.webhooks = args
@@ -571,6 +627,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.artifacts = args.artifacts;
     config.device = args.device;
     config.metrics_listen = args.metrics_listen;
+    config.serve_listen = args.serve;
+    config.serve_advertise = args.serve_advertise;
     if let Some(endpoint) = args.imds {
         let url = url::Url::parse(&endpoint)
             .with_context(|| format!("--imds {endpoint:?} is not a URL"))?;
@@ -597,6 +655,9 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(address) = agent.metrics_addr() {
         println!("agent metrics on http://{address}/metrics");
     }
+    if let Some(address) = agent.serve_addr() {
+        println!("agent serving models on http://{address}/v1/predict");
+    }
     println!(
         "agent {id} with {} slot(s) serving {}",
         args.slots,
@@ -614,6 +675,23 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         }
         error = agent.failed() => Err(error),
     }
+}
+
+async fn router(args: RouterArgs) -> anyhow::Result<()> {
+    let name = args.connection.identity.as_deref().unwrap_or("client");
+    let identity = Identity::load_from_dir(&args.connection.certs, name)?;
+    let mut config =
+        flotilla_router::RouterConfig::new(args.connection.coordinator, identity, args.listen);
+    config.sync_interval = args.sync_interval;
+    config.upstream_timeout = args.upstream_timeout;
+    let router = flotilla_router::Router::start(config).await?;
+    println!(
+        "router on http://{}/v1/predict (feedback: /v1/feedback, routes: /v1/routes, metrics: /metrics)",
+        router.local_addr()
+    );
+    shutdown_signal().await;
+    router.shutdown().await;
+    Ok(())
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -660,6 +738,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             args.dir.display()
         );
     }
+    let router = flotilla_router::Router::start(flotilla_router::RouterConfig::new(
+        vec![cluster.address()],
+        cluster.client_identity().clone(),
+        args.router_listen,
+    ))
+    .await?;
+    println!("model router on http://{}/v1/predict", router.local_addr());
     let client = cluster.client().await?;
     let fleet_log = if args.autoscale {
         Some(tokio::spawn(report::follow_fleet(cluster.client().await?)))
@@ -696,6 +781,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             .join(report::report_file_name(&summary, true));
         report::write_report(&page, &detail, &trials, true)?;
         println!("report: {}", page.display());
+        if let Some(name) = &args.serve {
+            serve_winner(&cluster, &summary, name, router.local_addr()).await?;
+        }
         if args.autoscale {
             // From here the wait reports the fleet itself, up to its last line (0 agents).
             if let Some(fleet_log) = &fleet_log {
@@ -714,8 +802,40 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     if let Some(fleet_log) = fleet_log {
         fleet_log.abort();
     }
+    router.shutdown().await;
     cluster.shutdown().await;
     result
+}
+
+/// `flotilla up --serve NAME`: the winner becomes NAME's production version, served by the
+/// local agents behind the router until interrupted.
+async fn serve_winner(
+    cluster: &LocalCluster,
+    summary: &flotilla_sdk::SweepSummary,
+    name: &str,
+    router: SocketAddr,
+) -> anyhow::Result<()> {
+    let admin = cluster.client().await?;
+    let registered = admin
+        .register_model(flotilla_sdk::RegisterModel {
+            name: name.to_string(),
+            version: None,
+            sweep: summary.id,
+            trial: None,
+            description: format!("winner of sweep {} '{}'", summary.id, summary.name),
+            stage: flotilla_sdk::ModelStage::Production,
+        })
+        .await;
+    admin.close().await;
+    let registered = registered?;
+    println!(
+        "serving {} (trial {}, sha256 {}) — try:\n  curl -s http://{router}/v1/predict -d '{{\"model\": \"{name}\", \"instances\": [[…]]}}'\nCtrl-C stops",
+        registered.reference(),
+        registered.lineage.trial.number,
+        registered.artifact.sha256
+    );
+    shutdown_signal().await;
+    Ok(())
 }
 
 async fn sweep(command: SweepCommand) -> anyhow::Result<()> {

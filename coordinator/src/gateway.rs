@@ -22,8 +22,9 @@ use flotilla_protocol::handshake::{
 use flotilla_protocol::messages::{
     AgentAction, AgentMessage, ApiError, ApiErrorKind, AutoscaleStatus, ClientRequest,
     ClientResponse, ClusterStatus, Command, CoordinatorCommand, Hello, HelloReply, Refusal,
-    RefusalReason, ReplicaInfo, Role, SweepEvent, Welcome,
+    RefusalReason, ReplicaInfo, Role, SweepEvent, TrialState, Welcome,
 };
+use flotilla_protocol::models::{Lineage, RegisterModel};
 use flotilla_protocol::{AgentId, Epoch, tls};
 use quinn::{RecvStream, SendStream};
 use ractor::ActorRef;
@@ -34,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::actors::ask;
 use crate::actors::autoscaler::AutoscalerMsg;
 use crate::actors::leader::LeaderMsg;
+use crate::actors::models::{ModelsMsg, Registration};
 use crate::actors::registry::RegistryMsg;
 use crate::actors::scheduler::{AgentLink, SchedulerMsg};
 use crate::actors::sweep::SweepMsg;
@@ -52,6 +54,8 @@ pub struct SessionContext {
     pub scheduler: ActorRef<SchedulerMsg>,
     /// Present when the coordinator autoscales.
     pub autoscaler: Option<ActorRef<AutoscalerMsg>>,
+    /// The model registry, serving and rollouts.
+    pub models: ActorRef<ModelsMsg>,
     pub connections: Arc<AtomicU64>,
     /// With etcd: the leader's lease, checked before every command goes to an agent.
     pub fence: Option<Arc<Fence>>,
@@ -251,6 +255,11 @@ async fn agent_session(
     let connection_id = context.connections.fetch_add(1, Ordering::Relaxed);
     let (commands, outgoing) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_commands(send, outgoing, context.clone()));
+    let link_back = LinkBack {
+        connection: connection_id,
+        commands: commands.clone(),
+        version,
+    };
     let closed = CancellationToken::new();
     let link = AgentLink {
         connection: connection_id,
@@ -275,7 +284,7 @@ async fn agent_session(
     });
     tracing::info!(%agent, remote = %connection.remote_address(), "agent registered");
     let result = tokio::select! {
-        result = read_agent_messages(&agent, connection_id, &mut recv, &context) => result,
+        result = read_agent_messages(&agent, &link_back, &mut recv, &context) => result,
         // The Registry declared this agent lost while its connection stayed open (it went
         // quiet): end the session so the agent reconnects and registers afresh.
         () = closed.cancelled() => {
@@ -287,17 +296,29 @@ async fn agent_session(
         agent: agent.clone(),
         connection: connection_id,
     });
+    let _ = context.models.cast(ModelsMsg::AgentGone {
+        agent: agent.clone(),
+        connection: connection_id,
+    });
     drop(commands);
     writer.abort();
     result
 }
 
+/// How the Models actor reaches an agent's session.
+struct LinkBack {
+    connection: u64,
+    commands: mpsc::UnboundedSender<CoordinatorCommand>,
+    version: u16,
+}
+
 async fn read_agent_messages(
     agent: &AgentId,
-    connection: u64,
+    link: &LinkBack,
     recv: &mut RecvStream,
     context: &SessionContext,
 ) -> Result<(), SessionError> {
+    let connection = link.connection;
     while let Some(message) = framing::read_frame::<_, AgentMessage>(recv).await? {
         let agent = agent.clone();
         let forwarded = match message {
@@ -354,6 +375,24 @@ async fn read_agent_messages(
             AgentMessage::Draining => context
                 .scheduler
                 .cast(SchedulerMsg::AgentDraining { agent })
+                .map_err(|e| e.to_string()),
+            AgentMessage::Serving(report) => context
+                .models
+                .cast(ModelsMsg::AgentServing {
+                    agent,
+                    connection,
+                    commands: link.commands.clone(),
+                    version: link.version,
+                    report,
+                })
+                .map_err(|e| e.to_string()),
+            AgentMessage::ModelSealed { request, result } => context
+                .models
+                .cast(ModelsMsg::Sealed {
+                    agent,
+                    request,
+                    result,
+                })
                 .map_err(|e| e.to_string()),
             AgentMessage::Register(_) => Err("Register sent twice on one connection".to_string()),
         };
@@ -555,9 +594,170 @@ async fn answer(request: ClientRequest, role: Role, context: &SessionContext) ->
             ),
         },
         ClientRequest::AgentAdmin { agent, action } => agent_admin(context, agent, action).await,
+        ClientRequest::SetModelStage { .. }
+        | ClientRequest::StartRollout(_)
+        | ClientRequest::RolloutAction { .. }
+            if role != Role::Admin =>
+        {
+            error_response(
+                ApiErrorKind::PermissionDenied,
+                "changing a model's stage and controlling rollouts need an admin certificate",
+            )
+        }
+        ClientRequest::RegisterModel(request) => register_model(context, request).await,
+        ClientRequest::ListModels { name } => {
+            ask(&context.models, |reply| ModelsMsg::List { name, reply })
+                .await
+                .map_or_else(unavailable, ClientResponse::Models)
+        }
+        ClientRequest::SetModelStage { model, stage } => {
+            match ask(&context.models, |reply| ModelsMsg::SetStage {
+                model,
+                stage,
+                reply,
+            })
+            .await
+            {
+                Ok(Ok(versions)) => ClientResponse::Models(versions),
+                Ok(Err(error)) => ClientResponse::Error(error),
+                Err(error) => unavailable(error),
+            }
+        }
+        ClientRequest::StartRollout(request) => {
+            match ask(&context.models, |reply| ModelsMsg::StartRollout {
+                request: Box::new(request),
+                reply,
+            })
+            .await
+            {
+                Ok(Ok(record)) => ClientResponse::Rollouts(vec![record]),
+                Ok(Err(error)) => ClientResponse::Error(error),
+                Err(error) => unavailable(error),
+            }
+        }
+        ClientRequest::ListRollouts { model } => ask(&context.models, |reply| {
+            ModelsMsg::ListRollouts { model, reply }
+        })
+        .await
+        .map_or_else(unavailable, ClientResponse::Rollouts),
+        ClientRequest::RolloutAction { model, action } => {
+            match ask(&context.models, |reply| ModelsMsg::Act {
+                model,
+                action,
+                reply,
+            })
+            .await
+            {
+                Ok(Ok(record)) => ClientResponse::Rollouts(vec![record]),
+                Ok(Err(error)) => ClientResponse::Error(error),
+                Err(error) => unavailable(error),
+            }
+        }
+        ClientRequest::RouterSync(report) => ask(&context.models, |reply| ModelsMsg::RouterSync {
+            report,
+            reply,
+        })
+        .await
+        .map_or_else(unavailable, ClientResponse::Routes),
         ClientRequest::WatchSweep(_) => {
             error_response(ApiErrorKind::Internal, "watch is served as a stream")
         }
+    }
+}
+
+/// Looks up the trial (the sweep's winner when none is named), checks it has a checkpoint,
+/// and hands the registration to the Models actor, which has an agent seal the artifact.
+async fn register_model(context: &SessionContext, request: RegisterModel) -> ClientResponse {
+    let sweep_actor = match lookup(context, request.sweep).await {
+        Ok(actor) => actor,
+        Err(response) => return response,
+    };
+    let unavailable =
+        |error: anyhow::Error| error_response(ApiErrorKind::Unavailable, error.to_string());
+    let detail = match ask(&sweep_actor, SweepMsg::Detail).await {
+        Ok(detail) => detail,
+        Err(error) => return unavailable(error),
+    };
+    let sweep = request.sweep;
+    let trial = match request.trial {
+        None => match ask(&sweep_actor, SweepMsg::Best).await {
+            Ok(Some(best)) => best,
+            Ok(None) => {
+                return error_response(
+                    ApiErrorKind::InvalidRequest,
+                    format!(
+                        "sweep {sweep} has no winner yet (no succeeded, feasible trial); name a trial as {sweep}/N"
+                    ),
+                );
+            }
+            Err(error) => return unavailable(error),
+        },
+        Some(number) => match ask(&sweep_actor, SweepMsg::Trials).await {
+            Ok(trials) => match trials.into_iter().find(|trial| trial.id.number == number) {
+                Some(trial) => trial,
+                None => {
+                    return error_response(
+                        ApiErrorKind::NotFound,
+                        format!("sweep {sweep} has no trial {number}"),
+                    );
+                }
+            },
+            Err(error) => return unavailable(error),
+        },
+    };
+    let id = trial.id;
+    if trial.state != TrialState::Succeeded {
+        return error_response(
+            ApiErrorKind::InvalidRequest,
+            format!(
+                "trial {}/{} is {}; only a succeeded trial can become a model version",
+                id.sweep,
+                id.number,
+                trial.state.name()
+            ),
+        );
+    }
+    let Some(checkpoint) = trial.checkpoint else {
+        return error_response(
+            ApiErrorKind::InvalidRequest,
+            format!(
+                "trial {}/{} has no checkpoint (command trials write none; the built-in trainers write one when they finish)",
+                id.sweep, id.number
+            ),
+        );
+    };
+    let lineage = Lineage {
+        sweep,
+        sweep_name: detail.spec.name.clone(),
+        trial: id,
+        trainer: detail
+            .spec
+            .trial
+            .trainer
+            .clone()
+            .unwrap_or_else(|| "command".into()),
+        params: trial.params,
+        metrics: trial.metrics,
+        objective: trial.objective,
+        checkpoint: checkpoint.uri,
+        epoch: checkpoint.epoch,
+    };
+    let registration = Box::new(Registration { request, lineage });
+    let answer = context
+        .models
+        .call(
+            |reply| ModelsMsg::Register {
+                registration,
+                reply,
+            },
+            Some(Duration::from_secs(150)),
+        )
+        .await;
+    match answer {
+        Ok(ractor::rpc::CallResult::Success(Ok(version))) => ClientResponse::Models(vec![version]),
+        Ok(ractor::rpc::CallResult::Success(Err(error))) => ClientResponse::Error(error),
+        Ok(_) => error_response(ApiErrorKind::Unavailable, "the registration got no answer"),
+        Err(error) => error_response(ApiErrorKind::Unavailable, error.to_string()),
     }
 }
 

@@ -75,6 +75,8 @@ pub struct CoordinatorConfig {
     pub webhooks: Vec<notify::Webhook>,
     /// Size the agent fleet from demand while leading (`--autoscale`).
     pub autoscaler: Option<AutoscalerConfig>,
+    /// Between checks of each canary rollout.
+    pub rollout_check_interval: Duration,
 }
 
 impl CoordinatorConfig {
@@ -91,6 +93,7 @@ impl CoordinatorConfig {
             metrics_listen: None,
             webhooks: Vec::new(),
             autoscaler: None,
+            rollout_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -241,6 +244,7 @@ impl Base {
             agent_timeout: self.config.agent_timeout,
             notifier: self.notifier.clone(),
             autoscaler: self.config.autoscaler.clone(),
+            rollout_check_interval: self.config.rollout_check_interval,
         };
         let (leader, leader_done) = Actor::spawn(None, Leader, args)
             .await
@@ -249,6 +253,7 @@ impl Base {
             registry,
             scheduler,
             autoscaler,
+            models,
         } = actors::ask(&leader, LeaderMsg::Parts).await?;
         let context = Arc::new(SessionContext {
             epoch,
@@ -258,6 +263,7 @@ impl Base {
             registry,
             scheduler,
             autoscaler,
+            models,
             connections: self.connections.clone(),
             fence,
             deposed: CancellationToken::new(),

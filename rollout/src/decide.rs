@@ -29,6 +29,7 @@ use crate::stats::{Arm, Difference, Metric};
 
 /// One canary stage: its share of traffic and how long and how much it must run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Stage {
     /// The canary's share of requests, in (0, 1).
     pub weight: f64,
@@ -38,7 +39,10 @@ pub struct Stage {
     pub min_requests: u64,
 }
 
+/// In a policy file (`flotilla rollout start --policy FILE.toml`) every field is optional;
+/// a missing one keeps its default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Comparison stages, weights increasing; passing the last promotes to 100%.
     pub stages: Vec<Stage>,

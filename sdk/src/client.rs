@@ -9,6 +9,10 @@ use flotilla_protocol::messages::{
     ClusterStatus, HelloReply, RefusalReason, Role, ScaleRequest, SweepDetail, SweepEvent,
     SweepSummary, TrialRecord, Welcome,
 };
+use flotilla_protocol::models::{
+    ModelRef, ModelStage, ModelVersion, RegisterModel, RolloutAction, RolloutRecord, Route,
+    RouterReport, StartRollout,
+};
 use flotilla_protocol::spec::{SpecError, SweepSpec};
 use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME, Identity, TlsError};
 use flotilla_protocol::{AgentId, SweepId};
@@ -317,6 +321,89 @@ impl Client {
             .await?
         {
             ClientResponse::Agents(agents) => Ok(agents),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Registers a trial's checkpoint (the sweep's winner when `request.trial` is `None`) as
+    /// a model version; an agent copies it into the artifact store and records its SHA-256
+    /// (protocol 9).
+    pub async fn register_model(&self, request: RegisterModel) -> Result<ModelVersion, SdkError> {
+        match self.request(&ClientRequest::RegisterModel(request)).await? {
+            ClientResponse::Models(mut versions) if versions.len() == 1 => Ok(versions.remove(0)),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Versions of one model, or of every model, oldest first (protocol 9).
+    pub async fn models(&self, name: Option<&str>) -> Result<Vec<ModelVersion>, SdkError> {
+        let request = ClientRequest::ListModels {
+            name: name.map(str::to_string),
+        };
+        match self.request(&request).await? {
+            ClientResponse::Models(versions) => Ok(versions),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Moves a version to a stage; returns every version that changed (admin certificate;
+    /// protocol 9).
+    pub async fn set_model_stage(
+        &self,
+        model: ModelRef,
+        stage: ModelStage,
+    ) -> Result<Vec<ModelVersion>, SdkError> {
+        match self
+            .request(&ClientRequest::SetModelStage { model, stage })
+            .await?
+        {
+            ClientResponse::Models(versions) => Ok(versions),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Starts a canary rollout of a staging version against the production one (admin
+    /// certificate; protocol 9).
+    pub async fn start_rollout(&self, request: StartRollout) -> Result<RolloutRecord, SdkError> {
+        match self.request(&ClientRequest::StartRollout(request)).await? {
+            ClientResponse::Rollouts(mut rollouts) if rollouts.len() == 1 => Ok(rollouts.remove(0)),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Rollouts of one model, or all, newest first (protocol 9).
+    pub async fn rollouts(&self, model: Option<&str>) -> Result<Vec<RolloutRecord>, SdkError> {
+        let request = ClientRequest::ListRollouts {
+            model: model.map(str::to_string),
+        };
+        match self.request(&request).await? {
+            ClientResponse::Rollouts(rollouts) => Ok(rollouts),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Pauses, resumes, promotes or aborts a model's active rollout (admin certificate;
+    /// protocol 9).
+    pub async fn rollout_action(
+        &self,
+        model: &str,
+        action: RolloutAction,
+    ) -> Result<RolloutRecord, SdkError> {
+        let request = ClientRequest::RolloutAction {
+            model: model.to_string(),
+            action,
+        };
+        match self.request(&request).await? {
+            ClientResponse::Rollouts(mut rollouts) if rollouts.len() == 1 => Ok(rollouts.remove(0)),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// A router's report: its traffic counters; answered with the routes to follow
+    /// (protocol 9).
+    pub async fn router_sync(&self, report: RouterReport) -> Result<Vec<Route>, SdkError> {
+        match self.request(&ClientRequest::RouterSync(report)).await? {
+            ClientResponse::Routes(routes) => Ok(routes),
             other => Err(Self::unexpected(other)),
         }
     }

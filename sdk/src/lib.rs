@@ -46,11 +46,16 @@ pub use flotilla_protocol::messages::{
     ScaleRequest, SweepDetail, SweepEvent, SweepState, SweepSummary, TrialCounts, TrialRecord,
     TrialState,
 };
+pub use flotilla_protocol::models::{
+    self, Artifact, Lineage, ModelRef, ModelStage, ModelVersion, RegisterModel, RolloutAction,
+    RolloutRecord, RolloutState, Route, RouterReport, SemVer, StartRollout,
+};
 pub use flotilla_protocol::spec::{
     self, AlgorithmName, AlgorithmSpec, Direction, ParamSpec, PhaseSpec, SpecError, SweepSpec,
 };
 pub use flotilla_protocol::tls::{ClusterCa, Identity};
 pub use flotilla_protocol::{AgentId, AttemptId, ParamValue, SweepId, TrialId};
+pub use flotilla_rollout::{Policy as RolloutPolicy, Stage as RolloutStage};
 #[cfg(feature = "embedded")]
 pub use local::{LocalAutoscale, LocalCluster, LocalClusterOptions};
 pub use study::{

@@ -28,6 +28,8 @@ pub struct LocalClusterOptions {
     /// Instead of `agents` in this process, let the coordinator's autoscaler start and stop
     /// agent processes (the `local` provider) from demand.
     pub autoscale: Option<LocalAutoscale>,
+    /// In-process agents also serve model versions over HTTP on a free loopback port.
+    pub serve: bool,
 }
 
 /// Autoscaled local agents: separate `flotilla agent` processes, one per "instance".
@@ -49,6 +51,7 @@ impl Default for LocalClusterOptions {
             dir: None,
             stop_grace: Duration::from_secs(5),
             autoscale: None,
+            serve: true,
         }
     }
 }
@@ -128,6 +131,9 @@ impl LocalCluster {
             // One artifact store for every agent, as a cluster shares a bucket: a trial
             // resumed on another agent reads the checkpoints the first one wrote.
             config.artifacts = Some(dir.join("artifacts").display().to_string());
+            if options.serve {
+                config.serve_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            }
             agents.push(Agent::start(config).await.map_err(embedded)?);
         }
         Ok(LocalCluster {

@@ -16,8 +16,8 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -90,6 +90,18 @@ impl Families {
 
     pub fn histogram(&mut self, name: &'static str, help: &str, buckets: Vec<f64>) -> Histogram {
         let histogram = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .expect("a valid histogram");
+        self.register(name, histogram)
+    }
+
+    pub fn histogram_vec(
+        &mut self,
+        name: &'static str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> HistogramVec {
+        let histogram = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
             .expect("a valid histogram");
         self.register(name, histogram)
     }

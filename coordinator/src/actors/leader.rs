@@ -1,7 +1,8 @@
 //! Leader: the root of the coordinator's actors while this process leads.
 //!
-//! Place in the tree: the root. It loads the store, spawns the Registry, the Scheduler and
-//! one Sweep actor per stored sweep (resuming unfinished ones), accepts submissions and
+//! Place in the tree: the root. It loads the store, spawns the Registry, the Scheduler, the
+//! Models actor (registry of model versions, serving, rollouts) and one Sweep actor per stored
+//! sweep (resuming unfinished ones), accepts submissions and
 //! answers listings. High availability (etcd election) will put an Election actor above it.
 //!
 //! Failure: any child's failure stops the Leader (see [`super`]); the process then exits
@@ -17,6 +18,7 @@ use flotilla_protocol::{Epoch, SweepId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::autoscaler::{Autoscaler, AutoscalerArgs, AutoscalerConfig, AutoscalerMsg};
+use super::models::{Models, ModelsArgs, ModelsMsg};
 use super::registry::{Registry, RegistryArgs, RegistryMsg};
 use super::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
 use super::sweep::{SweepActor, SweepArgs, SweepMsg};
@@ -44,6 +46,7 @@ pub struct LeaderParts {
     pub scheduler: ActorRef<SchedulerMsg>,
     /// Present when the coordinator autoscales.
     pub autoscaler: Option<ActorRef<AutoscalerMsg>>,
+    pub models: ActorRef<ModelsMsg>,
 }
 
 pub struct LeaderArgs {
@@ -54,6 +57,8 @@ pub struct LeaderArgs {
     pub notifier: Option<crate::notify::Notifier>,
     /// Sizes the agent fleet while this coordinator leads.
     pub autoscaler: Option<AutoscalerConfig>,
+    /// Between checks of each canary rollout.
+    pub rollout_check_interval: Duration,
 }
 
 pub struct LeaderState {
@@ -61,6 +66,7 @@ pub struct LeaderState {
     registry: ActorRef<RegistryMsg>,
     scheduler: ActorRef<SchedulerMsg>,
     autoscaler: Option<ActorRef<AutoscalerMsg>>,
+    models: ActorRef<ModelsMsg>,
     notifier: Option<crate::notify::Notifier>,
     sweeps: BTreeMap<SweepId, ActorRef<SweepMsg>>,
     next_sweep: u64,
@@ -108,11 +114,20 @@ impl Actor for Leader {
             }
             None => None,
         };
+        let models_args = ModelsArgs {
+            epoch: args.epoch,
+            store: args.store.clone(),
+            models: stored.models,
+            rollouts: stored.rollouts,
+            check_interval: args.rollout_check_interval,
+        };
+        let (models, _) = Actor::spawn_linked(None, Models, models_args, myself.get_cell()).await?;
         let mut state = LeaderState {
             store: args.store,
             registry,
             scheduler,
             autoscaler,
+            models,
             notifier: args.notifier,
             sweeps: BTreeMap::new(),
             next_sweep: stored
@@ -158,6 +173,7 @@ impl Actor for Leader {
                     registry: state.registry.clone(),
                     scheduler: state.scheduler.clone(),
                     autoscaler: state.autoscaler.clone(),
+                    models: state.models.clone(),
                 });
             }
         }

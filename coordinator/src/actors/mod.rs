@@ -6,6 +6,8 @@
 //! ├─ Scheduler      queued trials → free slots (fair across sweeps), assignments
 //! ├─ Autoscaler     demand → desired instances, scale-in protection, lifecycle hooks
 //! │                 (only with `--autoscale`)
+//! ├─ Models         model versions (registry), what agents serve, routes for routers
+//! │  └─ Rollout × N one per active canary rollout: checks, verdicts, stored decisions
 //! └─ Sweep × N      one per sweep: sampler, budget, retries, results, watchers
 //! ```
 //!
@@ -16,7 +18,9 @@
 
 pub mod autoscaler;
 pub mod leader;
+pub mod models;
 pub mod registry;
+pub mod rollout;
 pub mod scheduler;
 pub mod sweep;
 

@@ -79,6 +79,16 @@ pub fn cordon_key(root: &str, agent: &str) -> String {
     format!("{root}/state/cordons/{agent}")
 }
 
+/// Where a model version's record lives.
+pub fn model_key(root: &str, name: &str, version: &str) -> String {
+    format!("{root}/state/models/{name}/{version}")
+}
+
+/// Where a rollout's record lives.
+pub fn rollout_key(root: &str, rollout: u64) -> String {
+    format!("{root}/state/rollouts/{rollout:020}")
+}
+
 /// A stored value: the writer's epoch, then the record.
 pub fn envelope(epoch: Epoch, record: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(8 + record.len());
@@ -187,6 +197,14 @@ pub async fn list(client: &mut Client, root: &str) -> Result<StoredState, StoreE
                     agent: flotilla_protocol::AgentId(agent.to_string()),
                     cordoned,
                 });
+            } else if suffix.starts_with("models/") {
+                let model: flotilla_protocol::models::ModelVersion =
+                    codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
+                state.apply(StateWrite::Model(Box::new(model)));
+            } else if suffix.starts_with("rollouts/") {
+                let rollout: flotilla_protocol::models::RolloutRecord =
+                    codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
+                state.apply(StateWrite::Rollout(Box::new(rollout)));
             } else {
                 tracing::warn!(%key, "ignoring an unknown key under the state prefix");
             }
@@ -317,6 +335,13 @@ impl Writer {
                 }
                 StateWrite::Cordon { agent, cordoned } => {
                     (cordon_key(&self.root, &agent.0), codec::encode(cordoned))
+                }
+                StateWrite::Model(model) => (
+                    model_key(&self.root, &model.name, &model.version.to_string()),
+                    codec::encode(model),
+                ),
+                StateWrite::Rollout(rollout) => {
+                    (rollout_key(&self.root, rollout.id), codec::encode(rollout))
                 }
                 // The epoch is the election key's revision; nothing to store.
                 StateWrite::Epoch(_) => continue,

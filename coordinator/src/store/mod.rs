@@ -16,6 +16,7 @@ pub mod local;
 use std::collections::BTreeMap;
 
 use flotilla_protocol::messages::{SweepState, TrialRecord};
+use flotilla_protocol::models::{ModelVersion, RolloutRecord, SemVer};
 use flotilla_protocol::spec::SweepSpec;
 use flotilla_protocol::{AgentId, Epoch, SweepId};
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,10 @@ pub enum StateWrite {
         agent: AgentId,
         cordoned: bool,
     },
+    /// A registered model version, as it is now (stage changes rewrite it). Appended last.
+    Model(Box<ModelVersion>),
+    /// A canary rollout, as it is now (every decision rewrites it). Appended last.
+    Rollout(Box<RolloutRecord>),
 }
 
 /// Everything a coordinator needs to resume.
@@ -73,6 +78,10 @@ pub struct StoredState {
     pub agents: BTreeMap<AgentId, AgentRecord>,
     /// Agents that take no new trials until an operator uncordons them.
     pub cordoned: std::collections::BTreeSet<AgentId>,
+    /// Registered model versions by name and version.
+    pub models: BTreeMap<(String, SemVer), ModelVersion>,
+    /// Canary rollouts by id.
+    pub rollouts: BTreeMap<u64, RolloutRecord>,
 }
 
 impl StoredState {
@@ -98,6 +107,13 @@ impl StoredState {
                     self.cordoned.remove(&agent);
                 }
             }
+            StateWrite::Model(model) => {
+                self.models
+                    .insert((model.name.clone(), model.version), *model);
+            }
+            StateWrite::Rollout(rollout) => {
+                self.rollouts.insert(rollout.id, *rollout);
+            }
         }
     }
 
@@ -122,6 +138,12 @@ impl StoredState {
                 cordoned: true,
             });
         }
+        for model in self.models.values() {
+            writes.push(StateWrite::Model(Box::new(model.clone())));
+        }
+        for rollout in self.rollouts.values() {
+            writes.push(StateWrite::Rollout(Box::new(rollout.clone())));
+        }
         writes
     }
 
@@ -131,6 +153,8 @@ impl StoredState {
             + self.trials.values().map(BTreeMap::len).sum::<usize>()
             + self.agents.len()
             + self.cordoned.len()
+            + self.models.len()
+            + self.rollouts.len()
     }
 }
 

@@ -1,0 +1,529 @@
+//! Model serving (`flotilla agent --serve ADDR`): the versions the coordinator assigns,
+//! loaded through the burn inference path and answered over HTTP.
+//!
+//! - `POST /v1/predict` with `{"model": "churn", "version": "1.2.0", "instances": [[…], …]}`
+//!   predicts a batch (at most [`MAX_BATCH`] inputs) and answers `{"model", "version",
+//!   "predictions": [{"class", "probabilities"} | {"value"}]}`. 400 for inputs the model
+//!   cannot take, 404 for a version not served here, 503 while it loads, 500 when it failed
+//!   to load or to predict.
+//! - `POST /v1/models/{model}/versions/{version}/predict` with `{"instances": […]}`: the
+//!   same, the form routers use (they forward the client's body unchanged).
+//! - `GET /v1/models`: each assigned version and its state. `GET /metrics`: the agent's
+//!   Prometheus families, prediction counters and latency included.
+//!
+//! Loading reads the sealed artifact from the artifact store, checks its SHA-256 against the
+//! registry's before decoding anything (a corrupted or replaced object is refused and the
+//! version reported failed, with both digests), and decodes on a blocking thread. Predictions
+//! also run on blocking threads, so neither the actors nor the HTTP server's tasks stall.
+//! Every task is owned by this module's tracker and stops with the agent.
+//!
+//! Sealing (`Command::SealModel`): copy a trial's checkpoint to the registry's key,
+//! create-once, after checking it decodes as a model; answer with its SHA-256.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use flotilla_protocol::messages::AgentMessage;
+use flotilla_protocol::models::{
+    Artifact, ModelRef, SealRequest, ServeState, ServedModel, ServingReport,
+};
+use flotilla_train::checkpoint::{sha256_hex, verify_sha256};
+use flotilla_train::inference::{Prediction, Predictor};
+use flotilla_train::{ArtifactStore, TrainError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::AgentMetrics;
+
+/// Inputs one prediction request may carry.
+pub const MAX_BATCH: usize = 1024;
+
+enum Slot {
+    Loading,
+    Ready(Arc<Predictor>),
+    Failed(String),
+}
+
+struct Assigned {
+    artifact: Artifact,
+    slot: Slot,
+}
+
+/// The agent's serving side, shared by AgentRoot (assignments, seals) and the HTTP server.
+#[derive(Clone)]
+pub struct Serving {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: Option<String>,
+    store: ArtifactStore,
+    models: RwLock<BTreeMap<ModelRef, Assigned>>,
+    outbox: mpsc::UnboundedSender<AgentMessage>,
+    metrics: Arc<AgentMetrics>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Serving {
+    pub fn new(
+        endpoint: Option<String>,
+        store: ArtifactStore,
+        outbox: mpsc::UnboundedSender<AgentMessage>,
+        metrics: Arc<AgentMetrics>,
+        shutdown: CancellationToken,
+    ) -> Serving {
+        Serving {
+            inner: Arc::new(Inner {
+                endpoint,
+                store,
+                models: RwLock::new(BTreeMap::new()),
+                outbox,
+                metrics,
+                tasks: TaskTracker::new(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// What this agent serves, for the coordinator.
+    pub fn report(&self) -> ServingReport {
+        let models = self.inner.read_models();
+        ServingReport {
+            endpoint: self.inner.endpoint.clone(),
+            models: models
+                .iter()
+                .map(|(model, assigned)| {
+                    let state = match &assigned.slot {
+                        Slot::Loading => ServeState::Loading,
+                        Slot::Ready(_) => ServeState::Ready,
+                        Slot::Failed(message) => ServeState::Failed(message.clone()),
+                    };
+                    (model.clone(), state)
+                })
+                .collect(),
+        }
+    }
+
+    /// Sends the report to the coordinator.
+    pub fn announce(&self) {
+        let _ = self.inner.outbox.send(AgentMessage::Serving(self.report()));
+    }
+
+    /// Serves exactly `wanted`: loads new versions in the background, drops the others.
+    pub fn assign(&self, wanted: Vec<ServedModel>) {
+        if self.inner.endpoint.is_none() {
+            return;
+        }
+        let mut to_load = Vec::new();
+        {
+            let mut models = self.inner.write_models();
+            models.retain(|model, assigned| {
+                let keep = wanted
+                    .iter()
+                    .any(|w| &w.model == model && w.artifact == assigned.artifact);
+                if !keep {
+                    tracing::info!(%model, "no longer serving");
+                    self.inner.set_state_metric(model, None);
+                }
+                keep
+            });
+            for served in wanted {
+                if !models.contains_key(&served.model) {
+                    models.insert(
+                        served.model.clone(),
+                        Assigned {
+                            artifact: served.artifact.clone(),
+                            slot: Slot::Loading,
+                        },
+                    );
+                    self.inner.set_state_metric(&served.model, Some("loading"));
+                    to_load.push(served);
+                }
+            }
+        }
+        for served in to_load {
+            let inner = self.inner.clone();
+            self.inner.tasks.spawn(async move {
+                let loaded = tokio::select! {
+                    loaded = load(&inner.store, &served) => loaded,
+                    () = inner.shutdown.cancelled() => return,
+                };
+                let slot = match loaded {
+                    Ok(predictor) => {
+                        tracing::info!(model = %served.model, sha256 = %served.artifact.sha256, "serving");
+                        inner.set_state_metric(&served.model, Some("ready"));
+                        Slot::Ready(Arc::new(predictor))
+                    }
+                    Err(message) => {
+                        tracing::error!(model = %served.model, %message, "cannot serve this version");
+                        inner.set_state_metric(&served.model, Some("failed"));
+                        Slot::Failed(message)
+                    }
+                };
+                if let Some(assigned) = inner.write_models().get_mut(&served.model)
+                    && assigned.artifact == served.artifact
+                {
+                    assigned.slot = slot;
+                }
+                let _ = inner
+                    .outbox
+                    .send(AgentMessage::Serving(Serving { inner: inner.clone() }.report()));
+            });
+        }
+        self.announce();
+    }
+
+    /// Copies a checkpoint into the store for a model version and answers with its digest.
+    pub fn seal(&self, request: SealRequest) {
+        let inner = self.inner.clone();
+        self.inner.tasks.spawn(async move {
+            let result = tokio::select! {
+                result = seal(&inner.store, &request) => result,
+                () = inner.shutdown.cancelled() => Err("the agent is shutting down".into()),
+            };
+            if let Err(message) = &result {
+                tracing::warn!(source = %request.source, %message, "sealing failed");
+            }
+            let _ = inner.outbox.send(AgentMessage::ModelSealed {
+                request: request.request,
+                result,
+            });
+        });
+    }
+
+    /// Waits for loads and seals in flight (after the shutdown token fired).
+    pub async fn stopped(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}
+
+impl Inner {
+    fn read_models(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ModelRef, Assigned>> {
+        self.models
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn write_models(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ModelRef, Assigned>> {
+        self.models
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn set_state_metric(&self, model: &ModelRef, state: Option<&str>) {
+        let version = model.version.to_string();
+        for each in ["loading", "ready", "failed"] {
+            let _ = self.metrics.served_models.remove_label_values(&[
+                model.name.as_str(),
+                version.as_str(),
+                each,
+            ]);
+        }
+        if let Some(state) = state {
+            self.metrics
+                .served_models
+                .with_label_values(&[model.name.as_str(), version.as_str(), state])
+                .set(1);
+        }
+    }
+}
+
+async fn load(store: &ArtifactStore, served: &ServedModel) -> Result<Predictor, String> {
+    let uri = served.artifact.uri.clone();
+    let bytes = store.get(&uri).await.map_err(|error| error.to_string())?;
+    let expected = served.artifact.sha256.clone();
+    tokio::task::spawn_blocking(move || {
+        verify_sha256(&uri, &bytes, &expected).map_err(|error| error.to_string())?;
+        Predictor::from_bytes(&bytes, &uri).map_err(|error| error.to_string())
+    })
+    .await
+    .map_err(|error| format!("loading stopped: {error}"))?
+}
+
+async fn seal(store: &ArtifactStore, request: &SealRequest) -> Result<Artifact, String> {
+    let bytes = match store.get(&request.source).await {
+        Ok(bytes) => bytes,
+        Err(_) => flotilla_train::checkpoint::fetch(&request.source)
+            .await
+            .map_err(|error| error.to_string())?,
+    };
+    let source = request.source.clone();
+    let (bytes, sha256) = tokio::task::spawn_blocking(move || {
+        // Only a checkpoint that loads as a model becomes one.
+        Predictor::from_bytes(&bytes, &source)
+            .map_err(|error| format!("not a servable model: {error}"))?;
+        let sha256 = sha256_hex(&bytes);
+        Ok::<_, String>((bytes, sha256))
+    })
+    .await
+    .map_err(|error| format!("sealing stopped: {error}"))??;
+    let size = bytes.len() as u64;
+    let uri = match store.put_new(&request.key, bytes).await {
+        Ok(uri) => uri,
+        Err(error) => {
+            // A retried seal finds its own earlier copy: the same bytes are fine.
+            let existing = store
+                .root()
+                .join(&request.key)
+                .map_err(|join| format!("{error} ({join})"))?
+                .to_string();
+            match store.get(&existing).await {
+                Ok(earlier) if sha256_hex(&earlier) == sha256 => existing,
+                _ => return Err(error.to_string()),
+            }
+        }
+    };
+    Ok(Artifact {
+        uri,
+        sha256,
+        bytes: size,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+#[derive(Debug, Deserialize)]
+pub struct PredictRequest {
+    pub model: String,
+    pub version: String,
+    pub instances: Vec<Vec<f32>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PredictionJson {
+    Class {
+        class: usize,
+        probabilities: Vec<f32>,
+    },
+    Value {
+        value: f32,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PredictResponse {
+    pub model: String,
+    pub version: String,
+    pub predictions: Vec<PredictionJson>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn predict(State(serving): State<Serving>, body: axum::body::Bytes) -> Response {
+    let started = Instant::now();
+    let request: PredictRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(problem) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body is not a prediction request ({{\"model\", \"version\", \"instances\"}}): {problem}"
+                ),
+            );
+        }
+    };
+    run(
+        serving,
+        started,
+        &request.model,
+        &request.version,
+        request.instances,
+    )
+    .await
+}
+
+/// The routers' form: the version in the path, the body `{"instances": […]}` (other fields,
+/// such as the router's `model` and `key`, are ignored).
+async fn predict_version(
+    State(serving): State<Serving>,
+    axum::extract::Path((model, version)): axum::extract::Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let started = Instant::now();
+    #[derive(Deserialize)]
+    struct Instances {
+        instances: Vec<Vec<f32>>,
+    }
+    match serde_json::from_slice::<Instances>(&body) {
+        Ok(request) => run(serving, started, &model, &version, request.instances).await,
+        Err(problem) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body is not a prediction request ({{\"instances\": [[…], …]}}): {problem}"
+            ),
+        ),
+    }
+}
+
+async fn run(
+    serving: Serving,
+    started: Instant,
+    model: &str,
+    version: &str,
+    instances: Vec<Vec<f32>>,
+) -> Response {
+    let reference: ModelRef = match format!("{model}@{version}").parse() {
+        Ok(reference) => reference,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let metrics = serving.inner.metrics.clone();
+    let version = reference.version.to_string();
+    let count = |outcome: &str| {
+        metrics
+            .predictions
+            .with_label_values(&[reference.name.as_str(), version.as_str(), outcome])
+            .inc();
+    };
+    if instances.len() > MAX_BATCH {
+        count("bad_request");
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} inputs in one request; at most {MAX_BATCH}",
+                instances.len()
+            ),
+        );
+    }
+    let predictor = {
+        let models = serving.inner.read_models();
+        match models.get(&reference).map(|assigned| &assigned.slot) {
+            None => {
+                drop(models);
+                count("bad_request");
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("{reference} is not served by this agent"),
+                );
+            }
+            Some(Slot::Loading) => {
+                drop(models);
+                count("error");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{reference} is still loading"),
+                );
+            }
+            Some(Slot::Failed(message)) => {
+                let message = message.clone();
+                drop(models);
+                count("error");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{reference} could not be loaded: {message}"),
+                );
+            }
+            Some(Slot::Ready(predictor)) => predictor.clone(),
+        }
+    };
+    metrics.prediction_batch.observe(instances.len() as f64);
+    let predicted = tokio::task::spawn_blocking(move || predictor.predict(&instances)).await;
+    let response = match predicted {
+        Ok(Ok(predictions)) => {
+            count("ok");
+            Json(PredictResponse {
+                model: reference.name.clone(),
+                version: version.clone(),
+                predictions: predictions
+                    .into_iter()
+                    .map(|prediction| match prediction {
+                        Prediction::Class {
+                            class,
+                            probabilities,
+                        } => PredictionJson::Class {
+                            class,
+                            probabilities,
+                        },
+                        Prediction::Value(value) => PredictionJson::Value { value },
+                    })
+                    .collect(),
+            })
+            .into_response()
+        }
+        Ok(Err(TrainError::Data(problem))) => {
+            count("bad_request");
+            error(StatusCode::BAD_REQUEST, problem.to_string())
+        }
+        Ok(Err(failure)) => {
+            count("error");
+            error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string())
+        }
+        Err(failure) => {
+            count("error");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the prediction stopped: {failure}"),
+            )
+        }
+    };
+    metrics
+        .prediction_seconds
+        .with_label_values(&[reference.name.as_str(), version.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn list(State(serving): State<Serving>) -> Response {
+    let report = serving.report();
+    let models: Vec<serde_json::Value> = report
+        .models
+        .iter()
+        .map(|(model, state)| {
+            let (state, message) = match state {
+                ServeState::Loading => ("loading", None),
+                ServeState::Ready => ("ready", None),
+                ServeState::Failed(message) => ("failed", Some(message.clone())),
+            };
+            serde_json::json!({
+                "model": model.name,
+                "version": model.version.to_string(),
+                "state": state,
+                "error": message,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "models": models })).into_response()
+}
+
+async fn metrics_page(State(serving): State<Serving>) -> Response {
+    flotilla_telemetry::exposition(&serving.inner.metrics.registry)
+}
+
+/// Binds the serving address (TCP).
+pub async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot serve models on {address} (TCP): {error}"))
+}
+
+/// Serves predictions until the shutdown token fires.
+pub async fn serve(listener: tokio::net::TcpListener, serving: Serving) {
+    let shutdown = serving.inner.shutdown.clone();
+    let app = Router::new()
+        .route("/v1/predict", post(predict))
+        .route(
+            "/v1/models/{model}/versions/{version}/predict",
+            post(predict_version),
+        )
+        .route("/v1/models", get(list))
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
+        .with_state(serving);
+    flotilla_telemetry::serve(listener, app, shutdown).await
+}

@@ -1,0 +1,868 @@
+//! Models: the model registry, where versions are served, and the routes routers follow.
+//!
+//! Place in the tree: a child of the Leader, parent of one [`Rollout`] actor per active
+//! rollout.
+//!
+//! - **Registry.** `register` seals a trial's checkpoint into an immutable artifact: an agent
+//!   copies it to `models/<name>/<version>/model.ckpt` in the shared artifact store
+//!   (create-once), checks that it loads as a model, and answers with its SHA-256; only then
+//!   is the version stored. Stages: staging → production (one per model) → archived.
+//! - **Serving.** Every agent that serves (`flotilla agent --serve`) is told to load the
+//!   production version of each model and the canary of each active rollout; agents report
+//!   what is loaded, ready or failed.
+//! - **Routes.** Routers send their per-rollout traffic counters every second and get the
+//!   routes back: each model's production version and, during a rollout, the canary and its
+//!   weight. Each check interval the counters of every router are summed per rollout and
+//!   handed to that rollout's actor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_protocol::messages::{ApiError, ApiErrorKind, Command, CoordinatorCommand};
+use flotilla_protocol::models::{
+    Artifact, Lineage, ModelRef, ModelStage, ModelVersion, RegisterModel, RolloutAction,
+    RolloutRecord, RolloutState, Route, RouteTarget, RouterReport, SealRequest, SemVer, ServeState,
+    ServedModel, ServingReport, StartRollout, check_model_name,
+};
+use flotilla_protocol::{AgentId, Epoch};
+use flotilla_rollout::Pair;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::mpsc;
+
+use super::rollout::{Rollout, RolloutArgs, RolloutMsg};
+use crate::clock::now_ms;
+use crate::store::{StateStore, StateWrite};
+
+/// How long an agent may take to seal an artifact.
+const SEAL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Oldest protocol version that knows `Serve` and `SealModel`.
+const SERVING_VERSION: u16 = 9;
+
+/// A registration with everything the session found out about the trial.
+pub struct Registration {
+    pub request: RegisterModel,
+    pub lineage: Lineage,
+}
+
+pub enum ModelsMsg {
+    /// An agent's serving report, with the link to reach it.
+    AgentServing {
+        agent: AgentId,
+        connection: u64,
+        commands: mpsc::UnboundedSender<CoordinatorCommand>,
+        version: u16,
+        report: ServingReport,
+    },
+    /// An agent's connection closed.
+    AgentGone {
+        agent: AgentId,
+        connection: u64,
+    },
+    Sealed {
+        agent: AgentId,
+        request: u64,
+        result: Result<Artifact, String>,
+    },
+    SealTimedOut(u64),
+    Register {
+        registration: Box<Registration>,
+        reply: RpcReplyPort<Result<ModelVersion, ApiError>>,
+    },
+    List {
+        name: Option<String>,
+        reply: RpcReplyPort<Vec<ModelVersion>>,
+    },
+    SetStage {
+        model: ModelRef,
+        stage: ModelStage,
+        reply: RpcReplyPort<Result<Vec<ModelVersion>, ApiError>>,
+    },
+    StartRollout {
+        request: Box<StartRollout>,
+        reply: RpcReplyPort<Result<RolloutRecord, ApiError>>,
+    },
+    ListRollouts {
+        model: Option<String>,
+        reply: RpcReplyPort<Vec<RolloutRecord>>,
+    },
+    Act {
+        model: String,
+        action: RolloutAction,
+        reply: RpcReplyPort<Result<RolloutRecord, ApiError>>,
+    },
+    RouterSync {
+        report: RouterReport,
+        reply: RpcReplyPort<Vec<Route>>,
+    },
+    /// A Rollout actor stored a change.
+    RolloutChanged(Box<RolloutRecord>),
+    /// Time to check every active rollout.
+    Tick,
+}
+
+pub struct ModelsArgs {
+    pub epoch: Epoch,
+    pub store: Arc<dyn StateStore>,
+    pub models: BTreeMap<(String, SemVer), ModelVersion>,
+    pub rollouts: BTreeMap<u64, RolloutRecord>,
+    /// Between rollout checks.
+    pub check_interval: Duration,
+}
+
+/// An agent that speaks protocol 9, as far as serving goes.
+struct ServingAgent {
+    connection: u64,
+    commands: mpsc::UnboundedSender<CoordinatorCommand>,
+    version: u16,
+    endpoint: Option<String>,
+    models: Vec<(ModelRef, ServeState)>,
+    /// What it was last told to serve.
+    assigned: Option<Vec<ServedModel>>,
+}
+
+struct PendingSeal {
+    agent: AgentId,
+    version: ModelVersion,
+    reply: RpcReplyPort<Result<ModelVersion, ApiError>>,
+}
+
+pub struct ModelsState {
+    epoch: Epoch,
+    store: Arc<dyn StateStore>,
+    models: BTreeMap<(String, SemVer), ModelVersion>,
+    rollouts: BTreeMap<u64, RolloutRecord>,
+    controllers: HashMap<u64, ActorRef<RolloutMsg>>,
+    agents: BTreeMap<AgentId, ServingAgent>,
+    /// Each router's newest counters, per rollout.
+    routers: HashMap<String, HashMap<u64, Pair>>,
+    seals: HashMap<u64, PendingSeal>,
+    next_request: u64,
+}
+
+pub struct Models;
+
+fn api_error(kind: ApiErrorKind, message: impl Into<String>) -> ApiError {
+    ApiError {
+        kind,
+        message: message.into(),
+        problems: Vec::new(),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    api_error(ApiErrorKind::InvalidRequest, message)
+}
+
+impl Actor for Models {
+    type Msg = ModelsMsg;
+    type State = ModelsState;
+    type Arguments = ModelsArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ModelsMsg>,
+        args: ModelsArgs,
+    ) -> Result<ModelsState, ActorProcessingErr> {
+        myself.send_interval(args.check_interval, || ModelsMsg::Tick);
+        let mut state = ModelsState {
+            epoch: args.epoch,
+            store: args.store,
+            models: args.models,
+            rollouts: args.rollouts,
+            controllers: HashMap::new(),
+            agents: BTreeMap::new(),
+            routers: HashMap::new(),
+            seals: HashMap::new(),
+            next_request: 1,
+        };
+        let active: Vec<RolloutRecord> = state
+            .rollouts
+            .values()
+            .filter(|rollout| rollout.state.is_active())
+            .cloned()
+            .collect();
+        for record in active {
+            state.spawn_controller(&myself, record).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ModelsMsg>,
+        message: ModelsMsg,
+        state: &mut ModelsState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ModelsMsg::AgentServing {
+                agent,
+                connection,
+                commands,
+                version,
+                report,
+            } => {
+                let entry = state
+                    .agents
+                    .entry(agent.clone())
+                    .or_insert_with(|| ServingAgent {
+                        connection,
+                        commands: commands.clone(),
+                        version,
+                        endpoint: None,
+                        models: Vec::new(),
+                        assigned: None,
+                    });
+                if entry.connection != connection {
+                    // A new connection: it knows nothing of what the old one was told.
+                    entry.connection = connection;
+                    entry.commands = commands;
+                    entry.version = version;
+                    entry.assigned = None;
+                }
+                entry.endpoint = report.endpoint;
+                entry.models = report.models;
+                state.assign();
+            }
+            ModelsMsg::AgentGone { agent, connection } => {
+                if state
+                    .agents
+                    .get(&agent)
+                    .is_some_and(|entry| entry.connection == connection)
+                {
+                    state.agents.remove(&agent);
+                    let lost: Vec<u64> = state
+                        .seals
+                        .iter()
+                        .filter(|(_, seal)| seal.agent == agent)
+                        .map(|(request, _)| *request)
+                        .collect();
+                    for request in lost {
+                        if let Some(seal) = state.seals.remove(&request) {
+                            let _ = seal.reply.send(Err(api_error(
+                                ApiErrorKind::Unavailable,
+                                format!("agent {agent} disconnected while sealing the artifact; register again"),
+                            )));
+                        }
+                    }
+                }
+            }
+            ModelsMsg::Sealed {
+                agent,
+                request,
+                result,
+            } => {
+                let Some(seal) = state.seals.remove(&request) else {
+                    return Ok(());
+                };
+                if seal.agent != agent {
+                    tracing::warn!(%agent, request, "a seal answer from an agent that was not asked");
+                }
+                let answer = match result {
+                    Ok(artifact) => state.complete_registration(seal.version, artifact).await,
+                    Err(message) => Err(invalid(format!(
+                        "{}@{}: the checkpoint could not be sealed: {message}",
+                        seal.version.name, seal.version.version
+                    ))),
+                };
+                let _ = seal.reply.send(answer);
+                state.assign();
+            }
+            ModelsMsg::SealTimedOut(request) => {
+                if let Some(seal) = state.seals.remove(&request) {
+                    let _ = seal.reply.send(Err(api_error(
+                        ApiErrorKind::Unavailable,
+                        format!(
+                            "agent {} did not seal the artifact within {SEAL_TIMEOUT:?}",
+                            seal.agent
+                        ),
+                    )));
+                }
+            }
+            ModelsMsg::Register {
+                registration,
+                reply,
+            } => {
+                if let Err(error) = state.start_registration(&myself, *registration, reply) {
+                    tracing::debug!(?error, "registration refused");
+                }
+            }
+            ModelsMsg::List { name, reply } => {
+                let versions = state
+                    .models
+                    .values()
+                    .filter(|model| name.as_ref().is_none_or(|name| &model.name == name))
+                    .cloned()
+                    .collect();
+                let _ = reply.send(versions);
+            }
+            ModelsMsg::SetStage {
+                model,
+                stage,
+                reply,
+            } => {
+                let result = state.set_stage(&model, stage).await;
+                let _ = reply.send(result);
+                state.assign();
+            }
+            ModelsMsg::StartRollout { request, reply } => {
+                let result = state.start_rollout(&myself, *request).await;
+                let _ = reply.send(result);
+                state.assign();
+            }
+            ModelsMsg::ListRollouts { model, reply } => {
+                let rollouts = state
+                    .rollouts
+                    .values()
+                    .rev()
+                    .filter(|rollout| model.as_ref().is_none_or(|model| &rollout.model == model))
+                    .cloned()
+                    .collect();
+                let _ = reply.send(rollouts);
+            }
+            ModelsMsg::Act {
+                model,
+                action,
+                reply,
+            } => {
+                let active = state
+                    .rollouts
+                    .values()
+                    .find(|rollout| rollout.model == model && rollout.state.is_active())
+                    .map(|rollout| rollout.id);
+                let controller = active.and_then(|id| state.controllers.get(&id).cloned());
+                match controller {
+                    None => {
+                        let _ = reply.send(Err(api_error(
+                            ApiErrorKind::NotFound,
+                            format!("model '{model}' has no active rollout"),
+                        )));
+                    }
+                    Some(controller) => {
+                        // The controller answers; Models must not wait on it (it reports back).
+                        tokio::spawn(async move {
+                            let answer =
+                                super::ask(&controller, |reply| RolloutMsg::Act { action, reply })
+                                    .await;
+                            let _ = reply.send(match answer {
+                                Ok(Ok(record)) => Ok(record),
+                                Ok(Err(message)) => Err(invalid(message)),
+                                Err(error) => {
+                                    Err(api_error(ApiErrorKind::Unavailable, error.to_string()))
+                                }
+                            });
+                        });
+                    }
+                }
+            }
+            ModelsMsg::RouterSync { report, reply } => {
+                let counters = report
+                    .rollouts
+                    .iter()
+                    .map(|traffic| (traffic.rollout, traffic.traffic))
+                    .collect();
+                state.routers.insert(report.router, counters);
+                let _ = reply.send(state.routes());
+            }
+            ModelsMsg::RolloutChanged(record) => {
+                let record = *record;
+                if record.state == RolloutState::Promoted
+                    && state
+                        .rollouts
+                        .get(&record.id)
+                        .is_none_or(|old| old.state != RolloutState::Promoted)
+                {
+                    state.promote(&record).await?;
+                }
+                if !record.state.is_active() {
+                    state.controllers.remove(&record.id);
+                }
+                state.rollouts.insert(record.id, record);
+                state.assign();
+            }
+            ModelsMsg::Tick => state.check_rollouts(),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<ModelsMsg>,
+        event: SupervisionEvent,
+        _state: &mut ModelsState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(child, error) = event {
+            // Its record is stored; failing here lets the Leader's crash-only rule restart
+            // the coordinator, which resumes the rollout from the store.
+            return Err(format!("rollout controller {} failed: {error}", child.get_id()).into());
+        }
+        Ok(())
+    }
+}
+
+impl ModelsState {
+    async fn spawn_controller(
+        &mut self,
+        myself: &ActorRef<ModelsMsg>,
+        record: RolloutRecord,
+    ) -> Result<(), ActorProcessingErr> {
+        let id = record.id;
+        let args = RolloutArgs {
+            record,
+            store: self.store.clone(),
+            models: myself.clone(),
+        };
+        let (controller, _) = Actor::spawn_linked(None, Rollout, args, myself.get_cell()).await?;
+        self.controllers.insert(id, controller);
+        Ok(())
+    }
+
+    fn production(&self, name: &str) -> Option<&ModelVersion> {
+        self.models
+            .values()
+            .find(|model| model.name == name && model.stage == ModelStage::Production)
+    }
+
+    fn active_rollout(&self, name: &str) -> Option<&RolloutRecord> {
+        self.rollouts
+            .values()
+            .find(|rollout| rollout.model == name && rollout.state.is_active())
+    }
+
+    fn start_registration(
+        &mut self,
+        myself: &ActorRef<ModelsMsg>,
+        registration: Registration,
+        reply: RpcReplyPort<Result<ModelVersion, ApiError>>,
+    ) -> Result<(), ()> {
+        let Registration { request, lineage } = registration;
+        let refuse = |reply: RpcReplyPort<Result<ModelVersion, ApiError>>, error: ApiError| {
+            let _ = reply.send(Err(error));
+            Err(())
+        };
+        if let Err(message) = check_model_name(&request.name) {
+            return refuse(reply, invalid(message));
+        }
+        if request.stage == ModelStage::Archived {
+            return refuse(reply, invalid("a new version cannot start archived"));
+        }
+        if request.stage == ModelStage::Production && self.active_rollout(&request.name).is_some() {
+            return refuse(
+                reply,
+                invalid(format!(
+                    "model '{}' has an active rollout; register as staging and roll it out, or abort the rollout first",
+                    request.name
+                )),
+            );
+        }
+        let pending = |name: &str, version: SemVer| {
+            self.seals
+                .values()
+                .any(|seal| seal.version.name == name && seal.version.version == version)
+        };
+        let newest = self
+            .models
+            .keys()
+            .filter(|(name, _)| name == &request.name)
+            .map(|(_, version)| *version)
+            .chain(
+                self.seals
+                    .values()
+                    .filter(|seal| seal.version.name == request.name)
+                    .map(|seal| seal.version.version),
+            )
+            .max();
+        let version = match request.version {
+            Some(version) => version,
+            None => newest.map_or(SemVer::new(1, 0, 0), SemVer::next_minor),
+        };
+        if self.models.contains_key(&(request.name.clone(), version))
+            || pending(&request.name, version)
+        {
+            return refuse(
+                reply,
+                invalid(format!(
+                    "{}@{version} is already registered; versions are immutable, choose another",
+                    request.name
+                )),
+            );
+        }
+        let Some((agent, entry)) = self
+            .agents
+            .iter()
+            .find(|(_, entry)| entry.version >= SERVING_VERSION)
+        else {
+            return refuse(
+                reply,
+                api_error(
+                    ApiErrorKind::Unavailable,
+                    "no agent is connected to copy the checkpoint into the artifact store; start one and register again",
+                ),
+            );
+        };
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let key = format!("models/{}/{version}/model.ckpt", request.name);
+        let command = CoordinatorCommand {
+            epoch: self.epoch,
+            command: Command::SealModel(SealRequest {
+                request: request_id,
+                source: lineage.checkpoint.clone(),
+                key,
+            }),
+        };
+        if entry.commands.send(command).is_err() {
+            return refuse(
+                reply,
+                api_error(
+                    ApiErrorKind::Unavailable,
+                    format!("agent {agent} just left"),
+                ),
+            );
+        }
+        let now = now_ms();
+        let model = ModelVersion {
+            name: request.name,
+            version,
+            stage: request.stage,
+            lineage,
+            artifact: Artifact {
+                uri: String::new(),
+                sha256: String::new(),
+                bytes: 0,
+            },
+            description: request.description,
+            created_ms: now,
+            stage_changed_ms: now,
+        };
+        tracing::info!(model = %model.reference(), %agent, "sealing the artifact");
+        self.seals.insert(
+            request_id,
+            PendingSeal {
+                agent: agent.clone(),
+                version: model,
+                reply,
+            },
+        );
+        myself.send_after(SEAL_TIMEOUT, move || ModelsMsg::SealTimedOut(request_id));
+        Ok(())
+    }
+
+    async fn complete_registration(
+        &mut self,
+        mut model: ModelVersion,
+        artifact: Artifact,
+    ) -> Result<ModelVersion, ApiError> {
+        model.artifact = artifact;
+        let mut writes = Vec::new();
+        if model.stage == ModelStage::Production {
+            writes.extend(self.archive_production(&model.name, model.created_ms));
+        }
+        writes.push(StateWrite::Model(Box::new(model.clone())));
+        self.commit(writes).await?;
+        tracing::info!(model = %model.reference(), sha256 = %model.artifact.sha256, stage = model.stage.as_str(), "model version registered");
+        Ok(model)
+    }
+
+    /// The write that archives the production version of `name` (memory changes once it is
+    /// durable, in `commit`).
+    fn archive_production(&self, name: &str, now: u64) -> Option<StateWrite> {
+        let mut model = self.production(name)?.clone();
+        model.stage = ModelStage::Archived;
+        model.stage_changed_ms = now;
+        Some(StateWrite::Model(Box::new(model)))
+    }
+
+    /// Stores writes and applies them to memory once durable.
+    async fn commit(&mut self, writes: Vec<StateWrite>) -> Result<(), ApiError> {
+        self.store
+            .write(writes.clone())
+            .durable()
+            .await
+            .map_err(|error| api_error(ApiErrorKind::Internal, error.to_string()))?;
+        for write in writes {
+            match write {
+                StateWrite::Model(model) => {
+                    self.models
+                        .insert((model.name.clone(), model.version), *model);
+                }
+                StateWrite::Rollout(rollout) => {
+                    self.rollouts.insert(rollout.id, *rollout);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_stage(
+        &mut self,
+        reference: &ModelRef,
+        stage: ModelStage,
+    ) -> Result<Vec<ModelVersion>, ApiError> {
+        let key = (reference.name.clone(), reference.version);
+        let Some(current) = self.models.get(&key).cloned() else {
+            return Err(api_error(
+                ApiErrorKind::NotFound,
+                format!("no model version {reference}"),
+            ));
+        };
+        if current.stage == stage {
+            return Ok(vec![current]);
+        }
+        if let Some(rollout) = self.active_rollout(&reference.name) {
+            return Err(invalid(format!(
+                "model '{}' has an active rollout ({} → {}); promote or abort it instead",
+                reference.name, rollout.baseline, rollout.canary
+            )));
+        }
+        let now = now_ms();
+        let mut writes = Vec::new();
+        if stage == ModelStage::Production {
+            writes.extend(self.archive_production(&reference.name, now));
+        }
+        let mut changed = current;
+        changed.stage = stage;
+        changed.stage_changed_ms = now;
+        writes.push(StateWrite::Model(Box::new(changed)));
+        let versions = writes
+            .iter()
+            .filter_map(|write| match write {
+                StateWrite::Model(model) => Some((**model).clone()),
+                _ => None,
+            })
+            .collect();
+        self.commit(writes).await?;
+        tracing::info!(model = %reference, stage = stage.as_str(), "stage changed");
+        Ok(versions)
+    }
+
+    async fn start_rollout(
+        &mut self,
+        myself: &ActorRef<ModelsMsg>,
+        request: StartRollout,
+    ) -> Result<RolloutRecord, ApiError> {
+        let name = &request.model;
+        let policy = request.policy.unwrap_or_default();
+        policy
+            .validate()
+            .map_err(|error| invalid(format!("rollout policy: {error}")))?;
+        let Some(baseline) = self.production(name).map(|model| model.version) else {
+            return Err(invalid(format!(
+                "model '{name}' has no production version to compare a canary with; register one with --stage production"
+            )));
+        };
+        let Some(canary) = self.models.get(&(name.clone(), request.canary)) else {
+            return Err(api_error(
+                ApiErrorKind::NotFound,
+                format!("no model version {name}@{}", request.canary),
+            ));
+        };
+        if canary.stage != ModelStage::Staging {
+            return Err(invalid(format!(
+                "{name}@{} is {}; only a staging version can be a canary",
+                request.canary,
+                canary.stage.as_str()
+            )));
+        }
+        if let Some(active) = self.active_rollout(name) {
+            return Err(invalid(format!(
+                "model '{name}' already has an active rollout (id {}, canary {})",
+                active.id, active.canary
+            )));
+        }
+        let now = now_ms();
+        let record = RolloutRecord {
+            id: self.rollouts.keys().next_back().map_or(1, |last| last + 1),
+            model: name.clone(),
+            baseline,
+            canary: request.canary,
+            canary_weight: policy.stages[0].weight,
+            policy,
+            state: RolloutState::Running,
+            stage: 0,
+            started_ms: now,
+            stage_started_ms: now,
+            stage_paused_ms: 0,
+            paused_since_ms: None,
+            stage_start: Pair::default(),
+            traffic: Pair::default(),
+            decisions: Vec::new(),
+            finished_ms: None,
+        };
+        self.commit(vec![StateWrite::Rollout(Box::new(record.clone()))])
+            .await?;
+        self.spawn_controller(myself, record.clone())
+            .await
+            .map_err(|error| api_error(ApiErrorKind::Internal, error.to_string()))?;
+        tracing::info!(rollout = record.id, model = %name, %baseline, canary = %record.canary, "rollout started");
+        Ok(record)
+    }
+
+    /// A promoted canary becomes the production version; the baseline is archived.
+    async fn promote(&mut self, record: &RolloutRecord) -> Result<(), ActorProcessingErr> {
+        let now = now_ms();
+        let mut writes = Vec::new();
+        for (version, stage) in [
+            (record.baseline, ModelStage::Archived),
+            (record.canary, ModelStage::Production),
+        ] {
+            if let Some(model) = self.models.get(&(record.model.clone(), version)) {
+                let mut model = model.clone();
+                model.stage = stage;
+                model.stage_changed_ms = now;
+                writes.push(StateWrite::Model(Box::new(model)));
+            }
+        }
+        self.commit(writes)
+            .await
+            .map_err(|error| format!("storing the promotion: {}", error.message))?;
+        Ok(())
+    }
+
+    /// Versions every serving agent should hold: each production version and each active
+    /// rollout's canary.
+    fn desired(&self) -> Vec<ServedModel> {
+        let mut wanted: Vec<&ModelVersion> = self
+            .models
+            .values()
+            .filter(|model| model.stage == ModelStage::Production)
+            .collect();
+        for rollout in self.rollouts.values().filter(|r| r.state.is_active()) {
+            for version in [rollout.baseline, rollout.canary] {
+                if let Some(model) = self.models.get(&(rollout.model.clone(), version))
+                    && !wanted.iter().any(|w| w.reference() == model.reference())
+                {
+                    wanted.push(model);
+                }
+            }
+        }
+        wanted
+            .into_iter()
+            .map(|model| ServedModel {
+                model: model.reference(),
+                artifact: model.artifact.clone(),
+            })
+            .collect()
+    }
+
+    /// Tells every serving agent whose assignment changed what to serve.
+    fn assign(&mut self) {
+        let desired = self.desired();
+        for (agent, entry) in &mut self.agents {
+            if entry.endpoint.is_none() || entry.version < SERVING_VERSION {
+                continue;
+            }
+            if entry.assigned.as_ref() == Some(&desired) {
+                continue;
+            }
+            let command = CoordinatorCommand {
+                epoch: self.epoch,
+                command: Command::Serve(desired.clone()),
+            };
+            if entry.commands.send(command).is_ok() {
+                tracing::debug!(%agent, versions = desired.len(), "serving assignment sent");
+                entry.assigned = Some(desired.clone());
+            }
+        }
+    }
+
+    fn endpoints(&self, reference: &ModelRef) -> Vec<String> {
+        self.agents
+            .values()
+            .filter(|entry| {
+                entry
+                    .models
+                    .iter()
+                    .any(|(model, state)| model == reference && *state == ServeState::Ready)
+            })
+            .filter_map(|entry| entry.endpoint.clone())
+            .collect()
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        let mut routes = Vec::new();
+        let names: std::collections::BTreeSet<&String> =
+            self.models.keys().map(|(name, _)| name).collect();
+        for name in names {
+            let target = |version: SemVer| RouteTarget {
+                version,
+                endpoints: self.endpoints(&ModelRef {
+                    name: name.clone(),
+                    version,
+                }),
+            };
+            if let Some(rollout) = self.active_rollout(name) {
+                routes.push(Route {
+                    model: name.clone(),
+                    baseline: target(rollout.baseline),
+                    canary: Some(target(rollout.canary)),
+                    canary_weight: rollout.canary_weight,
+                    rollout: Some(rollout.id),
+                });
+            } else if let Some(production) = self.production(name) {
+                routes.push(Route {
+                    model: name.clone(),
+                    baseline: target(production.version),
+                    canary: None,
+                    canary_weight: 0.0,
+                    rollout: None,
+                });
+            }
+        }
+        routes
+    }
+
+    /// Hands each active rollout its traffic, summed over routers; a canary that failed to
+    /// load everywhere it was assigned is reported as unavailable.
+    fn check_rollouts(&mut self) {
+        for (id, controller) in &self.controllers {
+            let Some(rollout) = self.rollouts.get(id) else {
+                continue;
+            };
+            let mut total = Pair::default();
+            for counters in self.routers.values() {
+                if let Some(pair) = counters.get(id) {
+                    total.baseline.merge(&pair.baseline);
+                    total.canary.merge(&pair.canary);
+                }
+            }
+            let canary = ModelRef {
+                name: rollout.model.clone(),
+                version: rollout.canary,
+            };
+            let states: Vec<&ServeState> = self
+                .agents
+                .values()
+                .filter(|entry| entry.endpoint.is_some())
+                .filter_map(|entry| {
+                    entry
+                        .models
+                        .iter()
+                        .find(|(model, _)| *model == canary)
+                        .map(|(_, state)| state)
+                })
+                .collect();
+            let failures: Vec<&String> = states
+                .iter()
+                .filter_map(|state| match state {
+                    ServeState::Failed(message) => Some(message),
+                    _ => None,
+                })
+                .collect();
+            if !states.is_empty() && failures.len() == states.len() {
+                let _ = controller.cast(RolloutMsg::CanaryUnavailable(format!(
+                    "{canary} failed to load on every serving agent: {}",
+                    failures[0]
+                )));
+            } else {
+                let _ = controller.cast(RolloutMsg::Check(total));
+            }
+        }
+        // Counters of ended rollouts are no longer needed.
+        let active: std::collections::HashSet<u64> = self.controllers.keys().copied().collect();
+        for counters in self.routers.values_mut() {
+            counters.retain(|rollout, _| active.contains(rollout));
+        }
+    }
+}

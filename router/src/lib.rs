@@ -1,0 +1,650 @@
+//! The model router (`flotilla router`, and part of `flotilla up`): one HTTP entry point for
+//! predictions that splits each model's traffic between its production version (the
+//! baseline) and, during a rollout, the canary, and counts per version what the rollout
+//! controller decides on.
+//!
+//! - `POST /v1/predict` with `{"model": "churn", "instances": [[…], …], "key": "user-42"}`
+//!   (`key` optional; the `x-flotilla-key` header works too). A request with a key always
+//!   lands on the same side at a given weight, and stays on the canary as its weight grows.
+//!   The body is forwarded unchanged to an agent that has the chosen version loaded (round
+//!   robin, one retry on another endpoint when a connection fails) and the agent's answer
+//!   comes back with `x-flotilla-version` and `x-flotilla-request-id` headers.
+//! - `POST /v1/feedback` with `{"request_id": "…", "labels": [1, 0, …]}`: true labels for a
+//!   classification request answered in the last [`FEEDBACK_WINDOW`]; each is compared with
+//!   the class predicted and counted for the version that predicted it (accuracy).
+//! - `GET /v1/routes`: the routes in force. `GET /metrics`: requests, errors and latency per
+//!   model and version, feedback, canary weights, sync errors.
+//!
+//! Counting. Per rollout and side the router keeps [`flotilla_rollout::Arm`]s: requests,
+//! errors (a 5xx answer, a failed connection or a timeout; a 4xx is the client's and is not
+//! counted against a version), log-latency sums and feedback. Every second it sends them to
+//! the coordinator (cumulative since it first saw the rollout) and gets the routes back; a
+//! router that cannot reach the coordinator keeps routing by the last routes it had.
+//!
+//! A canary with no ready endpoint yet (still loading) gets no traffic: its share goes to
+//! the baseline and is counted there.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use flotilla_protocol::models::{RolloutTraffic, Route, RouterReport};
+use flotilla_rollout::{Pair, Side, Split};
+use flotilla_sdk::{Client, Identity};
+use prometheus::{GaugeVec, HistogramVec, IntCounter, IntCounterVec, Registry};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a prediction's classes are kept for feedback.
+pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(600);
+/// Predictions kept for feedback at most (oldest dropped first).
+const FEEDBACK_CAPACITY: usize = 200_000;
+
+#[derive(Clone)]
+pub struct RouterConfig {
+    /// The coordinator's address, or every replica's.
+    pub coordinators: Vec<SocketAddr>,
+    /// A client (or admin) certificate of the cluster.
+    pub identity: Identity,
+    pub listen: SocketAddr,
+    /// Between reports to the coordinator.
+    pub sync_interval: Duration,
+    /// How long an agent may take to answer one request.
+    pub upstream_timeout: Duration,
+}
+
+impl RouterConfig {
+    pub fn new(coordinators: Vec<SocketAddr>, identity: Identity, listen: SocketAddr) -> Self {
+        RouterConfig {
+            coordinators,
+            identity,
+            listen,
+            sync_interval: Duration::from_secs(1),
+            upstream_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    feedback: IntCounterVec,
+    weight: GaugeVec,
+    sync_errors: IntCounter,
+    retries: IntCounter,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut families = flotilla_telemetry::Families::new();
+        Metrics {
+            requests: families.counter_vec(
+                "flotilla_router_requests_total",
+                "Prediction requests routed, by model, version and outcome: ok, client_error (4xx), error (5xx, connection failure, timeout), unavailable (no ready endpoint).",
+                &["model", "version", "outcome"],
+            ),
+            latency: families.histogram_vec(
+                "flotilla_router_request_duration_seconds",
+                "Time from a request's arrival at the router to its answer, agent included.",
+                &["model", "version"],
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    10.0,
+                ],
+            ),
+            feedback: families.counter_vec(
+                "flotilla_router_feedback_total",
+                "Labelled predictions that came back through /v1/feedback, by model, version and whether the prediction was right.",
+                &["model", "version", "correct"],
+            ),
+            weight: families.float_gauge_vec(
+                "flotilla_router_canary_weight",
+                "The canary's share of each model's requests (0 without a rollout).",
+                &["model"],
+            ),
+            sync_errors: families.counter(
+                "flotilla_router_sync_errors_total",
+                "Reports to the coordinator that failed (the router keeps its last routes).",
+            ),
+            retries: families.counter(
+                "flotilla_router_upstream_retries_total",
+                "Requests sent to a second endpoint after a connection to the first failed.",
+            ),
+            registry: families.registry().clone(),
+        }
+    }
+}
+
+/// A prediction waiting for its labels.
+struct Predicted {
+    id: String,
+    at: Instant,
+    model: String,
+    version: String,
+    rollout: Option<(u64, Side)>,
+    classes: Vec<Option<usize>>,
+}
+
+/// Predictions awaiting labels, by request id, expiring oldest first.
+#[derive(Default)]
+struct FeedbackBook {
+    by_id: HashMap<String, Predicted>,
+    order: VecDeque<(Instant, String)>,
+}
+
+struct Shared {
+    routes: RwLock<HashMap<String, Route>>,
+    counters: Mutex<HashMap<u64, Pair>>,
+    predicted: Mutex<FeedbackBook>,
+    next: AtomicUsize,
+    http: reqwest::Client,
+    metrics: Metrics,
+    name: String,
+}
+
+impl Shared {
+    fn count(&self, rollout: Option<(u64, Side)>, update: impl FnOnce(&mut flotilla_rollout::Arm)) {
+        let Some((id, side)) = rollout else { return };
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let pair = counters.entry(id).or_default();
+        update(match side {
+            Side::Baseline => &mut pair.baseline,
+            Side::Canary => &mut pair.canary,
+        });
+    }
+}
+
+/// A running router.
+pub struct Router {
+    address: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    shared: Arc<Shared>,
+}
+
+impl Router {
+    pub async fn start(config: RouterConfig) -> anyhow::Result<Router> {
+        if config.coordinators.is_empty() {
+            anyhow::bail!("the router needs at least one coordinator address");
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot listen for predictions on {} (TCP): {error}",
+                    config.listen
+                )
+            })?;
+        let address = listener.local_addr()?;
+        let http = reqwest::Client::builder()
+            .timeout(config.upstream_timeout)
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()?;
+        let shared = Arc::new(Shared {
+            routes: RwLock::new(HashMap::new()),
+            counters: Mutex::new(HashMap::new()),
+            predicted: Mutex::new(FeedbackBook::default()),
+            next: AtomicUsize::new(0),
+            http,
+            metrics: Metrics::new(),
+            name: format!(
+                "router-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+        });
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        // The first routes before the first request: wait for one sync (briefly).
+        let mut client = None;
+        sync_once(&config, &shared, &mut client).await;
+        tasks.spawn(sync_loop(
+            config.clone(),
+            shared.clone(),
+            client,
+            shutdown.clone(),
+        ));
+        let app = axum::Router::new()
+            .route("/v1/predict", post(predict))
+            .route("/v1/feedback", post(feedback))
+            .route("/v1/routes", get(routes))
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
+            .with_state(shared.clone());
+        tasks.spawn(flotilla_telemetry::serve(listener, app, shutdown.clone()));
+        tasks.close();
+        tracing::info!(%address, router = %shared.name, "router listening");
+        Ok(Router {
+            address,
+            shutdown,
+            tasks,
+            shared,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The routes in force now.
+    pub fn routes(&self) -> Vec<Route> {
+        let routes = self.shared.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes.values().cloned().collect()
+    }
+
+    /// Stops serving and syncing.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+async fn sync_once(config: &RouterConfig, shared: &Shared, client: &mut Option<Client>) -> bool {
+    if client.is_none() {
+        match Client::connect_any(&config.coordinators, &config.identity).await {
+            Ok(connected) => *client = Some(connected),
+            Err(error) => {
+                shared.metrics.sync_errors.inc();
+                tracing::warn!(%error, "router cannot reach the coordinator; keeping its routes");
+                return false;
+            }
+        }
+    }
+    let report = {
+        let counters = shared.counters.lock().unwrap_or_else(|p| p.into_inner());
+        RouterReport {
+            router: shared.name.clone(),
+            rollouts: counters
+                .iter()
+                .map(|(rollout, traffic)| RolloutTraffic {
+                    rollout: *rollout,
+                    traffic: *traffic,
+                })
+                .collect(),
+        }
+    };
+    let Some(connected) = client.as_ref() else {
+        return false;
+    };
+    match connected.router_sync(report).await {
+        Ok(routes) => {
+            let active: Vec<u64> = routes.iter().filter_map(|route| route.rollout).collect();
+            for route in &routes {
+                shared
+                    .metrics
+                    .weight
+                    .with_label_values(&[route.model.as_str()])
+                    .set(route.canary_weight);
+            }
+            *shared.routes.write().unwrap_or_else(|p| p.into_inner()) = routes
+                .into_iter()
+                .map(|route| (route.model.clone(), route))
+                .collect();
+            // Counters of ended rollouts were reported; forget them.
+            shared
+                .counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|rollout, _| active.contains(rollout));
+            true
+        }
+        Err(error) => {
+            shared.metrics.sync_errors.inc();
+            tracing::warn!(%error, "router sync failed; reconnecting, keeping its routes");
+            if let Some(old) = client.take() {
+                old.close().await;
+            }
+            false
+        }
+    }
+}
+
+async fn sync_loop(
+    config: RouterConfig,
+    shared: Arc<Shared>,
+    mut client: Option<Client>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(config.sync_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => break,
+        }
+        tokio::select! {
+            _ = sync_once(&config, &shared, &mut client) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    // Last counts, so a rollout sees this router's traffic up to its end.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        sync_once(&config, &shared, &mut client),
+    )
+    .await;
+    if let Some(client) = client {
+        client.close().await;
+    }
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+#[derive(Deserialize)]
+struct PredictEnvelope {
+    model: String,
+    #[serde(default)]
+    key: Option<String>,
+    #[allow(dead_code)]
+    instances: IgnoredAny,
+}
+
+#[derive(Deserialize)]
+struct AgentAnswer {
+    predictions: Vec<AgentPrediction>,
+}
+
+#[derive(Deserialize)]
+struct AgentPrediction {
+    #[serde(default)]
+    class: Option<usize>,
+}
+
+async fn predict(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let started = Instant::now();
+    let envelope: PredictEnvelope = match serde_json::from_slice(&body) {
+        Ok(envelope) => envelope,
+        Err(problem) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body is not a prediction request ({{\"model\", \"instances\", optional \"key\"}}): {problem}"
+                ),
+            );
+        }
+    };
+    let key = envelope.key.or_else(|| {
+        headers
+            .get("x-flotilla-key")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    });
+    let route = {
+        let routes = shared.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes.get(&envelope.model).cloned()
+    };
+    let Some(route) = route else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            format!("no model '{}' is in production", envelope.model),
+        );
+    };
+    let canary_ready = route
+        .canary
+        .as_ref()
+        .is_some_and(|canary| !canary.endpoints.is_empty());
+    let side = if canary_ready {
+        Split::new(route.canary_weight).route(key.as_deref(), rand::random::<f64>())
+    } else {
+        Side::Baseline
+    };
+    let target = match (side, &route.canary) {
+        (Side::Canary, Some(canary)) => canary,
+        _ => &route.baseline,
+    };
+    let version = target.version.to_string();
+    let labels = [envelope.model.as_str(), version.as_str()];
+    if target.endpoints.is_empty() {
+        shared
+            .metrics
+            .requests
+            .with_label_values(&[labels[0], labels[1], "unavailable"])
+            .inc();
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}@{version} has no ready serving endpoint", envelope.model),
+        );
+    }
+    let rollout = route.rollout.map(|id| (id, side));
+    let path = format!("/v1/models/{}/versions/{version}/predict", envelope.model);
+    let first = shared.next.fetch_add(1, Ordering::Relaxed);
+    let attempts = target.endpoints.len().min(2);
+    let mut outcome = Err("no endpoint tried".to_string());
+    for attempt in 0..attempts {
+        let endpoint = &target.endpoints[(first + attempt) % target.endpoints.len()];
+        let sent = shared
+            .http
+            .post(format!("{endpoint}{path}"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                let status = response.status();
+                match response.bytes().await {
+                    Ok(bytes) => {
+                        outcome = Ok((status, bytes));
+                        break;
+                    }
+                    Err(error) => outcome = Err(error.to_string()),
+                }
+                break;
+            }
+            Err(error) if error.is_connect() && attempt + 1 < attempts => {
+                shared.metrics.retries.inc();
+                outcome = Err(error.to_string());
+            }
+            Err(error) => {
+                outcome = Err(error.to_string());
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let (response, failed, kind) = match outcome {
+        Ok((status, bytes)) => {
+            let kind = if status.is_success() {
+                "ok"
+            } else if status.is_client_error() {
+                "client_error"
+            } else {
+                "error"
+            };
+            let mut response = (
+                StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+                [("content-type", "application/json")],
+                bytes.clone(),
+            )
+                .into_response();
+            if status.is_success() {
+                let request_id = format!("{}-{:x}", shared.name, first);
+                if let Ok(answer) = serde_json::from_slice::<AgentAnswer>(&bytes)
+                    && answer.predictions.iter().any(|p| p.class.is_some())
+                {
+                    remember(
+                        &shared,
+                        Predicted {
+                            id: request_id.clone(),
+                            at: Instant::now(),
+                            model: envelope.model.clone(),
+                            version: version.clone(),
+                            rollout,
+                            classes: answer.predictions.iter().map(|p| p.class).collect(),
+                        },
+                    );
+                }
+                if let Ok(value) = HeaderValue::from_str(&request_id) {
+                    response
+                        .headers_mut()
+                        .insert("x-flotilla-request-id", value);
+                }
+            }
+            (response, status.is_server_error(), kind)
+        }
+        Err(message) => (
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "{}@{version}: no answer from its serving agent: {message}",
+                    envelope.model
+                ),
+            ),
+            true,
+            "error",
+        ),
+    };
+    if kind != "client_error" {
+        shared.count(rollout, |arm| arm.record(elapsed, failed));
+    }
+    shared
+        .metrics
+        .requests
+        .with_label_values(&[labels[0], labels[1], kind])
+        .inc();
+    shared
+        .metrics
+        .latency
+        .with_label_values(&labels)
+        .observe(elapsed.as_secs_f64());
+    let mut response = response;
+    if let Ok(value) = HeaderValue::from_str(&version) {
+        response.headers_mut().insert("x-flotilla-version", value);
+    }
+    response
+}
+
+fn remember(shared: &Shared, predicted: Predicted) {
+    let mut book = shared.predicted.lock().unwrap_or_else(|p| p.into_inner());
+    while book.order.len() >= FEEDBACK_CAPACITY
+        || book
+            .order
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > FEEDBACK_WINDOW)
+    {
+        if let Some((_, id)) = book.order.pop_front() {
+            book.by_id.remove(&id);
+        }
+    }
+    book.order.push_back((predicted.at, predicted.id.clone()));
+    book.by_id.insert(predicted.id.clone(), predicted);
+}
+
+#[derive(Deserialize)]
+struct FeedbackRequest {
+    request_id: String,
+    labels: Vec<Option<usize>>,
+}
+
+async fn feedback(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let request: FeedbackRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(problem) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body is not feedback ({{\"request_id\", \"labels\": [class or null, …]}}): {problem}"
+                ),
+            );
+        }
+    };
+    let predicted = {
+        let mut book = shared.predicted.lock().unwrap_or_else(|p| p.into_inner());
+        book.by_id
+            .remove(&request.request_id)
+            .filter(|p| p.at.elapsed() <= FEEDBACK_WINDOW)
+    };
+    let Some(predicted) = predicted else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no prediction '{}' awaits feedback (unknown, already labelled, or older than {FEEDBACK_WINDOW:?})",
+                request.request_id
+            ),
+        );
+    };
+    if request.labels.len() != predicted.classes.len() {
+        let count = predicted.classes.len();
+        remember(&shared, predicted);
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} labels for a request with {count} predictions",
+                request.labels.len()
+            ),
+        );
+    }
+    let mut labelled = 0u64;
+    let mut correct = 0u64;
+    for (label, class) in request.labels.iter().zip(&predicted.classes) {
+        if let (Some(label), Some(class)) = (label, class) {
+            let right = label == class;
+            labelled += 1;
+            correct += u64::from(right);
+            shared.count(predicted.rollout, |arm| arm.feedback(right));
+            shared
+                .metrics
+                .feedback
+                .with_label_values(&[
+                    predicted.model.as_str(),
+                    predicted.version.as_str(),
+                    if right { "true" } else { "false" },
+                ])
+                .inc();
+        }
+    }
+    Json(serde_json::json!({
+        "model": predicted.model,
+        "version": predicted.version,
+        "labelled": labelled,
+        "correct": correct,
+    }))
+    .into_response()
+}
+
+async fn routes(State(shared): State<Arc<Shared>>) -> Response {
+    let routes: Vec<serde_json::Value> = {
+        let routes = shared.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes
+            .values()
+            .map(|route| {
+                serde_json::json!({
+                    "model": route.model,
+                    "baseline": {
+                        "version": route.baseline.version.to_string(),
+                        "endpoints": route.baseline.endpoints,
+                    },
+                    "canary": route.canary.as_ref().map(|canary| serde_json::json!({
+                        "version": canary.version.to_string(),
+                        "endpoints": canary.endpoints,
+                    })),
+                    "canary_weight": route.canary_weight,
+                    "rollout": route.rollout,
+                })
+            })
+            .collect()
+    };
+    Json(serde_json::json!({ "routes": routes })).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    flotilla_telemetry::exposition(&shared.metrics.registry)
+}
