@@ -22,21 +22,31 @@ struct Harness {
 async fn harness(slots: u32, stop_grace: Duration) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let (outbox, receiver) = mpsc::unbounded_channel();
+    let metrics = flotilla_agent::metrics::AgentMetrics::new();
+    let artifacts =
+        flotilla_train::ArtifactStore::open(dir.path().join("artifacts").to_str().expect("utf-8"))
+            .expect("artifact store");
+    // Not serving (no endpoint): assignments are ignored.
+    let serving = flotilla_agent::serving::Serving::new(
+        None,
+        artifacts.clone(),
+        outbox.clone(),
+        metrics.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    );
     let args = RootArgs {
         slots,
         outbox,
         checkpoint_root: dir.path().join("checkpoints"),
         stop_grace,
         trainer_env: flotilla_agent::trial::TrainerEnv {
-            artifacts: flotilla_train::ArtifactStore::open(
-                dir.path().join("artifacts").to_str().expect("utf-8"),
-            )
-            .expect("artifact store"),
+            artifacts,
             device: flotilla_train::DeviceChoice::Cpu,
             data_dir: dir.path().to_path_buf(),
             leases: None,
         },
-        metrics: flotilla_agent::metrics::AgentMetrics::new(),
+        metrics,
+        serving,
     };
     let (root, _) = Actor::spawn(None, AgentRoot, args)
         .await

@@ -3,10 +3,13 @@
 //!
 //! At every check, for each metric (error rate, latency, and accuracy when labels come back):
 //!
-//! - **Harm** (roll back): a mixture SPRT of "no difference" on everything counted since the
-//!   rollout began. It rolls back as soon as the canary is worse with evidence Λ ≥ k/α, at any
-//!   stage and at any look: a canary as good as the baseline is rolled back with probability
-//!   at most α over the whole rollout.
+//! - **Harm** (roll back): a mixture SPRT of "the canary is worse by a quarter of the metric's margin"
+//!   on everything counted since the rollout began. It rolls back as soon as the canary is
+//!   worse than that with evidence Λ ≥ k/α, at any stage and at any look: a canary as good as
+//!   the baseline (or worse by less than a quarter of the margin) is rolled back with probability at
+//!   most α over the whole rollout. Testing "no difference" instead would, with enough
+//!   traffic, roll back canaries for differences far too small to matter (a 4% latency
+//!   difference between two builds, with a margin of 50%).
 //! - **Stages** limit the damage while evidence accumulates: a stage advances once its
 //!   minimum duration has passed and the canary has served its minimum requests there with
 //!   no harm shown.
@@ -22,6 +25,9 @@
 //! (inconclusive): a canary that cannot be shown good is not promoted.
 
 use std::time::Duration;
+
+/// The harm test's null: the canary worse by this share of the metric's margin.
+pub const HARM_TOLERANCE: f64 = 0.25;
 
 use serde::{Deserialize, Serialize};
 
@@ -233,8 +239,10 @@ pub fn decide(policy: &Policy, check: Check<'_>) -> Decision {
         };
         let harm = enough(check.total_traffic).map(|(baseline, canary)| {
             let difference = Difference::between(&baseline, &canary);
-            let worse = metric.worse() * difference.estimate > 0.0;
-            (difference.log_mixture_ratio(0.0, tau2), worse)
+            // A difference under a quarter of the margin is no reason to roll back.
+            let null = metric.worse() * margin * HARM_TOLERANCE;
+            let worse = metric.worse() * (difference.estimate - null) > 0.0;
+            (difference.log_mixture_ratio(null, tau2), worse)
         });
         let stage_moments = (
             check.stage_traffic.baseline.moments(metric),

@@ -168,7 +168,14 @@ fn a_clearly_worse_canary_is_rolled_back_at_the_first_stage() {
             },
             "{name}: {outcome:?}"
         );
-        assert_eq!(outcome.stage, 0, "{name}: rolled back at 1%: {outcome:?}");
+        // Ten points of accuracy with half the requests labelled: the harm test ("worse by
+        // more than a quarter of the margin") needs the 10% stage's labels; the others are
+        // caught at 1%.
+        let earliest = if metric == Metric::Accuracy { 1 } else { 0 };
+        assert!(
+            outcome.stage <= earliest,
+            "{name}: rolled back by stage {earliest}: {outcome:?}"
+        );
     }
 }
 

@@ -1,0 +1,433 @@
+//! From a sweep's winner to production, end to end: a real coordinator, two agents that
+//! train and serve (`--serve`), a real `flotilla router`, and a load generator that sends
+//! labelled traffic through the router and returns the labels as feedback.
+//!
+//! 1. A sweep trains two LSTM classifiers; trial 0 becomes `churn@1.0.0` in production, the
+//!    winner `churn@1.1.0` is rolled out as a canary and promoted to 100% by the controller,
+//!    across a coordinator crash and restart in its last stage.
+//! 2. A deliberately degraded model (one epoch at a learning rate of 1e-7: an untrained
+//!    network) is rolled out as `churn@1.2.0` and rolled back automatically on accuracy;
+//!    afterwards the router sends every request to the production version.
+//! 3. A registered artifact whose bytes changed in the store is refused at load: the agents
+//!    report it failed with a digest mismatch and the rollout of it is rolled back.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use support::cluster::*;
+
+const POLICY: &str = r#"
+stages = [
+    { weight = 0.2, min_duration = "3s", min_requests = 40 },
+    { weight = 0.5, min_duration = "3s", min_requests = 40 },
+]
+false_rollback = 0.01
+false_promotion = 0.05
+error_margin = 0.05
+latency_margin = 0.5
+accuracy_margin = 0.05
+min_samples = 40
+max_stage_duration = "3m"
+"#;
+
+fn lstm_sweep(name: &str, rates: &str, epochs: u32) -> String {
+    format!(
+        r#"
+name = "{name}"
+
+[objective]
+metric = "accuracy"
+direction = "maximize"
+
+[space.learning_rate]
+type = "categorical"
+choices = [{rates}]
+
+[algorithm]
+name = "grid"
+
+[budget]
+max_trials = 2
+max_parallel = 2
+
+[trial]
+trainer = "lstm_classifier"
+
+[trial.settings]
+samples = 600
+seq_len = 24
+hidden_size = 24
+num_heads = 2
+epochs = {epochs}
+checkpoint_every = 0
+"#
+    )
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: (status, headers lowercased, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, BTreeMap<String, String>, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+/// Sends labelled traffic through the router until stopped, counting answers per version.
+struct Load {
+    stop: Arc<AtomicBool>,
+    versions: Arc<Mutex<BTreeMap<String, u64>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(router: u16) -> Load {
+        let data = flotilla_train::data::SyntheticSeries {
+            samples: 2000,
+            seq_len: 24,
+            features: 4,
+            num_classes: 2,
+            minority_fraction: 0.25,
+            seed: 991,
+        }
+        .generate();
+        let data = Arc::new(data);
+        let stop = Arc::new(AtomicBool::new(false));
+        let versions = Arc::new(Mutex::new(BTreeMap::new()));
+        let threads = (0..2)
+            .map(|thread| {
+                let (data, stop, versions) = (data.clone(), stop.clone(), versions.clone());
+                std::thread::spawn(move || {
+                    let width = data.seq_len * data.features;
+                    let mut next = thread * 1000;
+                    while !stop.load(Ordering::Relaxed) {
+                        let rows: Vec<usize> = (0..4).map(|k| (next + k) % data.y.len()).collect();
+                        next += 4;
+                        let instances: Vec<&[f32]> = rows
+                            .iter()
+                            .map(|&row| &data.x[row * width..(row + 1) * width])
+                            .collect();
+                        let body = serde_json::json!({
+                            "model": "churn",
+                            "key": format!("user-{}", next % 997),
+                            "instances": instances,
+                        })
+                        .to_string();
+                        let (status, headers, _) = http(router, "POST", "/v1/predict", &body);
+                        if status != 200 {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                        if let Some(version) = headers.get("x-flotilla-version") {
+                            *versions
+                                .lock()
+                                .expect("versions")
+                                .entry(version.clone())
+                                .or_default() += 1;
+                        }
+                        if let Some(id) = headers.get("x-flotilla-request-id") {
+                            let labels: Vec<usize> = rows.iter().map(|&row| data.y[row]).collect();
+                            let feedback =
+                                serde_json::json!({ "request_id": id, "labels": labels })
+                                    .to_string();
+                            let (status, _, body) = http(router, "POST", "/v1/feedback", &feedback);
+                            assert_eq!(status, 200, "feedback refused: {body}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            versions,
+            threads,
+        }
+    }
+
+    /// Answers per version since the last call.
+    fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.versions.lock().expect("versions"))
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("load thread");
+        }
+    }
+}
+
+fn rollout(cluster: &Cluster) -> Value {
+    let text = cluster.flotilla_ok(&["rollout", "status", "churn", "--json"]);
+    let rollouts: Value = serde_json::from_str(&text).expect("rollouts JSON");
+    rollouts[0].clone()
+}
+
+/// Waits for the newest rollout of `churn` to end and returns it.
+fn finished_rollout(cluster: &Cluster) -> Value {
+    let mut last = Value::Null;
+    wait_until("the rollout to end", Duration::from_secs(240), || {
+        last = rollout(cluster);
+        last["state"] != "Running" && last["state"] != "Paused"
+    });
+    last
+}
+
+fn versions(cluster: &Cluster) -> BTreeMap<String, String> {
+    let text = cluster.flotilla_ok(&["model", "list", "churn", "--json"]);
+    let versions: Value = serde_json::from_str(&text).expect("models JSON");
+    versions
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|version| {
+            let v = &version["version"];
+            (
+                format!("{}.{}.{}", v["major"], v["minor"], v["patch"]),
+                version["stage"].as_str().expect("stage").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_back() {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator();
+    let artifacts = cluster.path("artifacts");
+    let artifacts = artifacts.to_str().expect("utf-8 path").to_string();
+    for name in ["serve-0", "serve-1"] {
+        let listen = format!("127.0.0.1:{}", free_tcp_port());
+        cluster.start_agent_with(
+            name,
+            2,
+            &[
+                "--artifacts",
+                &artifacts,
+                "--device",
+                "cpu",
+                "--serve",
+                &listen,
+            ],
+        );
+    }
+    cluster.wait_for_agents(2);
+    let router_port = free_tcp_port();
+    let _router = Process {
+        child: Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["router", "--coordinator", &cluster.address, "--listen"])
+            .arg(format!("127.0.0.1:{router_port}"))
+            .arg("--certs")
+            .arg(cluster.path("certs"))
+            .env("FLOTILLA_LOG", "info")
+            .stdout(cluster.log("router"))
+            .stderr(cluster.log("router"))
+            .spawn()
+            .expect("start router"),
+    };
+
+    // Train: two reasonable models, and a degraded one.
+    let good = cluster.path("churn.toml");
+    std::fs::write(&good, lstm_sweep("churn", "0.003, 0.01", 8)).expect("write sweep");
+    cluster.flotilla_ok(&["sweep", "submit", good.to_str().expect("utf-8"), "--watch"]);
+    let bad = cluster.path("degraded.toml");
+    std::fs::write(&bad, lstm_sweep("degraded", "0.0000001", 1)).expect("write sweep");
+    cluster.flotilla_ok(&["sweep", "submit", bad.to_str().expect("utf-8"), "--watch"]);
+    let policy = cluster.path("policy.toml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let policy = policy.to_str().expect("utf-8");
+
+    // Register: trial 0 in production, the winner as a staging version.
+    let registered = cluster.flotilla_ok(&[
+        "model",
+        "register",
+        "--from",
+        "s1/0",
+        "--name",
+        "churn",
+        "--stage",
+        "production",
+    ]);
+    assert!(
+        registered.contains("churn@1.0.0 (production)"),
+        "{registered}"
+    );
+    let registered = cluster.flotilla_ok(&["model", "register", "--from", "s1", "--name", "churn"]);
+    assert!(registered.contains("churn@1.1.0 (staging)"), "{registered}");
+    let shown = cluster.flotilla_ok(&["model", "show", "churn@1.1.0"]);
+    assert!(
+        shown.contains("sha256:") && shown.contains("sweep s1 'churn'"),
+        "{shown}"
+    );
+    // Versions are immutable.
+    let again = cluster.flotilla(&[
+        "model",
+        "register",
+        "--from",
+        "s1",
+        "--name",
+        "churn",
+        "--version",
+        "1.1.0",
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already registered"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // The router serves the production version once an agent has loaded it.
+    let load = Load::start(router_port);
+    wait_until(
+        "the router to serve churn@1.0.0",
+        Duration::from_secs(60),
+        || load.take().contains_key("1.0.0"),
+    );
+
+    // 1. The winner as a canary: promoted through every stage to 100%, with the coordinator
+    //    killed and restarted in the middle (the last stage lasts long enough for that); the
+    //    restarted leader carries on from the stored rollout.
+    let slow_policy = cluster.path("slow-policy.toml");
+    std::fs::write(
+        &slow_policy,
+        POLICY.replace(
+            r#"{ weight = 0.5, min_duration = "3s""#,
+            r#"{ weight = 0.5, min_duration = "25s""#,
+        ),
+    )
+    .expect("write policy");
+    let slow_policy = slow_policy.to_str().expect("utf-8");
+    cluster.flotilla_ok(&["rollout", "start", "churn@1.1.0", "--policy", slow_policy]);
+    wait_until(
+        "the canary to reach the last stage",
+        Duration::from_secs(120),
+        || {
+            let current = rollout(&cluster);
+            assert_eq!(current["state"], "Running", "{current:#}");
+            current["stage"] == 1
+        },
+    );
+    cluster.coordinator.take().expect("coordinator").kill();
+    cluster.start_coordinator();
+    let promoted = finished_rollout(&cluster);
+    assert_eq!(promoted["state"], "Promoted", "{promoted:#}");
+    let stages: Vec<u64> = promoted["decisions"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .filter(|d| d["decision"]["verdict"] != "hold")
+        .map(|d| d["stage"].as_u64().expect("stage"))
+        .collect();
+    assert_eq!(
+        stages,
+        [0, 1],
+        "advanced from stage 0, promoted from 1: {promoted:#}"
+    );
+    assert!(promoted["traffic"]["canary"]["labelled"].as_u64() > Some(0));
+    let stages = versions(&cluster);
+    assert_eq!(stages["1.0.0"], "Archived");
+    assert_eq!(stages["1.1.0"], "Production");
+    load.take();
+    wait_until(
+        "all traffic on churn@1.1.0",
+        Duration::from_secs(30),
+        || {
+            let seen = load.take();
+            seen.get("1.1.0").is_some_and(|n| *n >= 20) && seen.len() == 1
+        },
+    );
+
+    // 2. The degraded model: rolled back on accuracy, everything back on 1.1.0.
+    let registered = cluster.flotilla_ok(&["model", "register", "--from", "s2", "--name", "churn"]);
+    assert!(registered.contains("churn@1.2.0"), "{registered}");
+    cluster.flotilla_ok(&["rollout", "start", "churn@1.2.0", "--policy", policy]);
+    let rolled_back = finished_rollout(&cluster);
+    assert_eq!(rolled_back["state"], "RolledBack", "{rolled_back:#}");
+    let last = rolled_back["decisions"]
+        .as_array()
+        .and_then(|d| d.last())
+        .expect("a decision")
+        .clone();
+    assert_eq!(
+        last["decision"]["verdict"],
+        serde_json::json!({ "rollback": { "metric": "accuracy" } }),
+        "{rolled_back:#}"
+    );
+    assert_eq!(
+        last["stage"], 0,
+        "caught at the first stage: {rolled_back:#}"
+    );
+    assert_eq!(rolled_back["canary_weight"], 0.0);
+    let stages = versions(&cluster);
+    assert_eq!(stages["1.1.0"], "Production");
+    assert_eq!(stages["1.2.0"], "Staging");
+    load.take();
+    wait_until(
+        "all traffic back on churn@1.1.0",
+        Duration::from_secs(30),
+        || {
+            let seen = load.take();
+            seen.get("1.1.0").is_some_and(|n| *n >= 20) && seen.len() == 1
+        },
+    );
+
+    // 3. A corrupted artifact: refused at load, the rollout rolled back.
+    let registered =
+        cluster.flotilla_ok(&["model", "register", "--from", "s1/1", "--name", "churn"]);
+    assert!(registered.contains("churn@1.3.0"), "{registered}");
+    let artifact = cluster.path("artifacts/models/churn/1.3.0/model.ckpt");
+    let mut bytes = std::fs::read(&artifact).expect("read the sealed artifact");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&artifact, bytes).expect("corrupt the artifact");
+    cluster.flotilla_ok(&["rollout", "start", "churn@1.3.0", "--policy", policy]);
+    let refused = finished_rollout(&cluster);
+    assert_eq!(refused["state"], "RolledBack", "{refused:#}");
+    let reason = refused["decisions"]
+        .as_array()
+        .and_then(|d| d.last())
+        .map(|d| d["decision"]["reason"].to_string())
+        .expect("a decision");
+    assert!(
+        reason.contains("SHA-256") && reason.contains("refusing to load"),
+        "{reason}"
+    );
+    let log = std::fs::read_to_string(cluster.path("serve-0.log")).expect("agent log");
+    assert!(log.contains("is not the one recorded"), "{log}");
+    load.stop();
+    // What the controller decided, with its evidence (shown when the test is run with
+    // --nocapture).
+    eprintln!("{}", cluster.flotilla_ok(&["rollout", "status", "churn"]));
+}
