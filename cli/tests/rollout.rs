@@ -24,6 +24,8 @@ use serde_json::Value;
 
 use support::cluster::*;
 
+// Wide margins: the test is about the loop (stages, promotion, rollback, failover), and its
+// agents share two cores with the rest of the suite, so latency is noisy.
 const POLICY: &str = r#"
 stages = [
     { weight = 0.2, min_duration = "3s", min_requests = 40 },
@@ -32,7 +34,7 @@ stages = [
 false_rollback = 0.01
 false_promotion = 0.05
 error_margin = 0.05
-latency_margin = 0.5
+latency_margin = 1.0
 accuracy_margin = 0.05
 min_samples = 40
 max_stage_duration = "3m"

@@ -19,7 +19,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use flotilla_protocol::messages::{SweepState, TrialCounts};
 use flotilla_telemetry::Families;
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use prometheus::{GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +50,10 @@ pub struct CoordinatorMetrics {
     pub autoscaler_actual: IntGauge,
     pub autoscaler_demand: IntGauge,
     pub autoscaler_errors: IntCounterVec,
+    /// Rollout verdicts other than hold, by model and verdict (advance, promote, rollback,
+    /// abort), and each model's canary weight while a rollout runs.
+    pub rollout_decisions: IntCounterVec,
+    pub canary_weight: GaugeVec,
     /// Every family's name (see [`flotilla_telemetry::Families::names`]).
     pub names: Vec<&'static str>,
 }
@@ -120,6 +124,16 @@ impl CoordinatorMetrics {
                 "flotilla_trials_finished_total",
                 "Trials that ended, by outcome (succeeded, failed, stopped).",
                 &["outcome"],
+            ),
+            rollout_decisions: families.counter_vec(
+                "flotilla_rollout_decisions_total",
+                "Canary rollout verdicts other than hold, by model and verdict: advance, promote, rollback (the controller), abort (an operator).",
+                &["model", "verdict"],
+            ),
+            canary_weight: families.float_gauge_vec(
+                "flotilla_rollout_canary_weight",
+                "The canary's share of a model's requests during its rollout (0 after a rollback, 1 after a promotion).",
+                &["model"],
             ),
             early_stopped: families.counter(
                 "flotilla_trials_early_stopped_total",

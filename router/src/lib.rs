@@ -6,8 +6,8 @@
 //! - `POST /v1/predict` with `{"model": "churn", "instances": [[…], …], "key": "user-42"}`
 //!   (`key` optional; the `x-flotilla-key` header works too). A request with a key always
 //!   lands on the same side at a given weight, and stays on the canary as its weight grows.
-//!   The body is forwarded unchanged to an agent that has the chosen version loaded (round
-//!   robin, one retry on another endpoint when a connection fails) and the agent's answer
+//!   The body is forwarded unchanged to an agent that has the chosen version loaded (chosen
+//!   at random, one retry on another endpoint when a connection fails) and the agent's answer
 //!   comes back with `x-flotilla-version` and `x-flotilla-request-id` headers.
 //! - `POST /v1/feedback` with `{"request_id": "…", "labels": [1, 0, …]}`: true labels for a
 //!   classification request answered in the last [`FEEDBACK_WINDOW`]; each is compared with
@@ -425,7 +425,11 @@ async fn predict(
     }
     let rollout = route.rollout.map(|id| (id, side));
     let path = format!("/v1/models/{}/versions/{version}/predict", envelope.model);
-    let first = shared.next.fetch_add(1, Ordering::Relaxed);
+    let request_number = shared.next.fetch_add(1, Ordering::Relaxed);
+    // A random endpoint, not a shared round robin: with a round robin the side chosen and
+    // the endpoint could fall into step (say, every canary request on the same agent) and a
+    // slow agent would look like a slow version.
+    let first = rand::random::<u32>() as usize;
     let attempts = target.endpoints.len().min(2);
     let mut outcome = Err("no endpoint tried".to_string());
     for attempt in 0..attempts {
@@ -476,7 +480,7 @@ async fn predict(
             )
                 .into_response();
             if status.is_success() {
-                let request_id = format!("{}-{:x}", shared.name, first);
+                let request_id = format!("{}-{:x}", shared.name, request_number);
                 if let Ok(answer) = serde_json::from_slice::<AgentAnswer>(&bytes)
                     && answer.predictions.iter().any(|p| p.class.is_some())
                 {

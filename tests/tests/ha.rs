@@ -720,3 +720,64 @@ fn an_agent_paused_past_its_checkpoint_lease_never_moves_the_pointer_back() {
         log.contains("checkpoint not published")
     );
 }
+
+/// Acceptance (rollouts survive failover): model versions and a paused canary rollout are in
+/// etcd; the leader is killed, and the new leader shows the same versions and the rollout
+/// with its decisions, and continues it (resume, then an operator's abort, both stored).
+#[test]
+fn model_versions_and_a_rollout_survive_a_leader_failover() {
+    let mut cluster = Cluster::new(1, 2, Duration::from_secs(3));
+    cluster.start_coordinator(0);
+    let (leader, epoch) = cluster.wait_for_leader(0, Duration::from_secs(30));
+    cluster.start_coordinator(1);
+    cluster.start_agent_with("a0", 1, &["--device", "cpu"]);
+    cluster.wait_for_agents(1, Duration::from_secs(30));
+    let file = trainer_sweep(&cluster, "model", 2);
+    let sweep = cluster.submit(&file);
+    wait_completed(&cluster, &sweep, Duration::from_secs(120));
+    let out = cluster.flotilla_ok(&[
+        "model",
+        "register",
+        "--from",
+        &sweep,
+        "--name",
+        "churn",
+        "--stage",
+        "production",
+    ]);
+    assert!(out.contains("churn@1.0.0 (production)"), "{out}");
+    let out = cluster.flotilla_ok(&["model", "register", "--from", &sweep, "--name", "churn"]);
+    assert!(out.contains("churn@1.1.0 (staging)"), "{out}");
+    cluster.flotilla_ok(&["rollout", "start", "churn@1.1.0"]);
+    let out = cluster.flotilla_ok(&["rollout", "pause", "churn"]);
+    assert!(out.contains("paused"), "{out}");
+
+    cluster.kill_coordinator(leader);
+    cluster.wait_for_leader(epoch, Duration::from_secs(30));
+    let models = cluster.flotilla_ok(&["model", "list", "churn"]);
+    assert!(
+        models.contains("1.0.0") && models.contains("production") && models.contains("1.1.0"),
+        "{models}"
+    );
+    let status = cluster.flotilla_ok(&["rollout", "status", "churn"]);
+    assert!(
+        status.contains("1.0.0 → 1.1.0 — paused") && status.contains("paused by an operator"),
+        "{status}"
+    );
+    let out = cluster.flotilla_ok(&["rollout", "resume", "churn"]);
+    assert!(out.contains("— running"), "{out}");
+    let out = cluster.flotilla_ok(&["rollout", "abort", "churn"]);
+    assert!(
+        out.contains("— aborted") && out.contains("canary at 0.0%"),
+        "{out}"
+    );
+    let models = cluster.flotilla_ok(&["model", "list", "churn", "--json"]);
+    let models: Value = serde_json::from_str(&models).expect("models JSON");
+    let stages: Vec<&str> = models
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|model| model["stage"].as_str().expect("stage"))
+        .collect();
+    assert_eq!(stages, ["Production", "Staging"]);
+}

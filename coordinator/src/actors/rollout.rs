@@ -19,6 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::models::ModelsMsg;
 use crate::clock::now_ms;
+use crate::metrics::METRICS;
 use crate::store::{StateStore, StateWrite};
 
 /// Holds kept in a record besides every other verdict: only the newest.
@@ -182,6 +183,23 @@ impl RolloutActorState {
                 tracing::warn!(rollout = record.id, model = %record.model, canary = %record.canary, reason = %entry.decision.reason, "canary rolled back");
             }
         }
+        let verdict = match &entry.decision.verdict {
+            Verdict::Hold => None,
+            Verdict::Advance { .. } => Some("advance"),
+            Verdict::Promote => Some("promote"),
+            Verdict::Rollback { .. } if by == "operator" => Some("abort"),
+            Verdict::Rollback { .. } => Some("rollback"),
+        };
+        if let Some(verdict) = verdict {
+            METRICS
+                .rollout_decisions
+                .with_label_values(&[record.model.as_str(), verdict])
+                .inc();
+        }
+        METRICS
+            .canary_weight
+            .with_label_values(&[record.model.as_str()])
+            .set(record.canary_weight);
         // Keep every verdict that changed something and only the newest hold.
         if matches!(entry.decision.verdict, Verdict::Hold) {
             let holds = record

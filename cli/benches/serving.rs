@@ -1,0 +1,373 @@
+//! Serving, measured on real processes: what the router adds to a prediction against a direct
+//! call to the serving agent (latency p50/p99 one request at a time, requests/s with several
+//! clients), and the LSTM's prediction latency per batch size (through the agent's HTTP
+//! endpoint, and the model alone in this process).
+//!
+//! Setup: a coordinator, one agent with `--serve`, `flotilla router`, all on loopback; one LSTM
+//! trial of the seeds' shape trained and registered as `bench@1.0.0` in production.
+//! Clients keep their HTTP/1.1 connections alive, as a service calling the router would.
+//!
+//! ```text
+//! cargo bench -p flotilla --bench serving -- [--requests 2000] [--clients 8] [--seconds 10]
+//! ```
+//!
+//! Run by bench/serving.sh; results in docs/benchmarks.md.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::cluster::{Cluster, Process, free_tcp_port, wait_until};
+
+const SEQ_LEN: usize = 48;
+const FEATURES: usize = 4;
+
+struct Options {
+    requests: usize,
+    clients: usize,
+    seconds: u64,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        requests: 2000,
+        clients: 8,
+        seconds: 10,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args = args.iter().filter(|arg| *arg != "--bench");
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--requests" => options.requests = value.parse().expect("--requests N"),
+            "--clients" => options.clients = value.parse().expect("--clients N"),
+            "--seconds" => options.seconds = value.parse().expect("--seconds N"),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    options
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Connection {
+    reader: BufReader<TcpStream>,
+    port: u16,
+}
+
+impl Connection {
+    fn open(port: u16) -> Connection {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Connection {
+            reader: BufReader::new(stream),
+            port,
+        }
+    }
+
+    /// POSTs `body` to `path`; the status and the body.
+    fn post(&mut self, path: &str, body: &str) -> (u16, Vec<u8>) {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        self.reader
+            .get_mut()
+            .write_all(request.as_bytes())
+            .expect("send");
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("status line");
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).expect("header");
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().expect("content length");
+            }
+        }
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).expect("body");
+        (status, body)
+    }
+}
+
+fn batch_body(rows: usize, router: bool) -> String {
+    let data = flotilla_train::data::SyntheticSeries {
+        samples: rows.max(1),
+        seq_len: SEQ_LEN,
+        features: FEATURES,
+        num_classes: 2,
+        minority_fraction: 0.25,
+        seed: 5,
+    }
+    .generate();
+    let width = SEQ_LEN * FEATURES;
+    let instances: Vec<&[f32]> = (0..rows)
+        .map(|row| &data.x[row * width..(row + 1) * width])
+        .collect();
+    if router {
+        serde_json::json!({ "model": "bench", "instances": instances }).to_string()
+    } else {
+        serde_json::json!({ "instances": instances }).to_string()
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// Latencies (ms, sorted) of `requests` sequential requests after 100 of warm-up.
+fn sequential(port: u16, path: &str, body: &str, requests: usize) -> Vec<f64> {
+    let mut connection = Connection::open(port);
+    for _ in 0..100 {
+        let (status, answer) = connection.post(path, body);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    }
+    let mut latencies: Vec<f64> = (0..requests)
+        .map(|_| {
+            let started = Instant::now();
+            let (status, _) = connection.post(path, body);
+            assert_eq!(status, 200);
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
+
+/// Requests/s of `clients` connections sending as fast as answers come, for `seconds`.
+fn throughput(port: u16, path: &str, body: &str, clients: usize, seconds: u64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (stop, done) = (stop.clone(), done.clone());
+            let (path, body) = (path.to_string(), body.to_string());
+            std::thread::spawn(move || {
+                let mut connection = Connection::open(port);
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, _) = connection.post(&path, &body);
+                    assert_eq!(status, 200);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let start_count = done.load(Ordering::Relaxed);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let counted = done.load(Ordering::Relaxed) - start_count;
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().expect("client");
+    }
+    counted as f64 / elapsed
+}
+
+fn main() {
+    let options = options();
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator();
+    let artifacts = cluster.path("artifacts");
+    let artifacts = artifacts.to_str().expect("utf-8 path").to_string();
+    let agent_port = free_tcp_port();
+    cluster.start_agent_with(
+        "serve-0",
+        1,
+        &[
+            "--artifacts",
+            &artifacts,
+            "--device",
+            "cpu",
+            "--serve",
+            &format!("127.0.0.1:{agent_port}"),
+        ],
+    );
+    cluster.wait_for_agents(1);
+    let router_port = free_tcp_port();
+    let _router = Process {
+        child: Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["router", "--coordinator", &cluster.address, "--listen"])
+            .arg(format!("127.0.0.1:{router_port}"))
+            .arg("--certs")
+            .arg(cluster.path("certs"))
+            .env("FLOTILLA_LOG", "warn")
+            .stdout(cluster.log("router"))
+            .stderr(cluster.log("router"))
+            .spawn()
+            .expect("start router"),
+    };
+    let sweep = cluster.path("bench.toml");
+    std::fs::write(
+        &sweep,
+        format!(
+            r#"
+name = "bench"
+[objective]
+metric = "accuracy"
+direction = "maximize"
+[space.learning_rate]
+type = "categorical"
+choices = [0.003]
+[budget]
+max_trials = 1
+max_parallel = 1
+[trial]
+trainer = "lstm_classifier"
+[trial.settings]
+samples = 600
+seq_len = {SEQ_LEN}
+features = {FEATURES}
+hidden_size = 64
+num_heads = 2
+epochs = 2
+checkpoint_every = 0
+"#
+        ),
+    )
+    .expect("write sweep");
+    cluster.flotilla_ok(&["sweep", "submit", sweep.to_str().expect("utf-8"), "--watch"]);
+    cluster.flotilla_ok(&[
+        "model",
+        "register",
+        "--from",
+        "s1",
+        "--name",
+        "bench",
+        "--stage",
+        "production",
+    ]);
+    let direct_path = "/v1/models/bench/versions/1.0.0/predict";
+    let one_direct = batch_body(1, false);
+    let one_routed = batch_body(1, true);
+    wait_until("the router to serve bench", Duration::from_secs(60), || {
+        let mut connection = Connection::open(router_port);
+        connection.post("/v1/predict", &one_routed).0 == 200
+    });
+
+    println!(
+        "# model: LSTM classifier, hidden 64, 2 attention heads, inputs {SEQ_LEN} steps × {FEATURES} features"
+    );
+    println!(
+        "## one request at a time, batch of 1 ({} requests)",
+        options.requests
+    );
+    println!("| path | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|");
+    let direct = sequential(agent_port, direct_path, &one_direct, options.requests);
+    let routed = sequential(router_port, "/v1/predict", &one_routed, options.requests);
+    for (name, latencies) in [("agent directly", &direct), ("through the router", &routed)] {
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.3} |",
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.99),
+            latencies[latencies.len() - 1]
+        );
+    }
+    println!(
+        "router overhead: p50 +{:.3} ms, p99 +{:.3} ms; ratio router/direct p50 {:.2}, p99 {:.2}",
+        percentile(&routed, 0.5) - percentile(&direct, 0.5),
+        percentile(&routed, 0.99) - percentile(&direct, 0.99),
+        percentile(&routed, 0.5) / percentile(&direct, 0.5),
+        percentile(&routed, 0.99) / percentile(&direct, 0.99),
+    );
+
+    println!(
+        "## throughput, batch of 1, {} keep-alive clients, {} s",
+        options.clients, options.seconds
+    );
+    let direct_rps = throughput(
+        agent_port,
+        direct_path,
+        &one_direct,
+        options.clients,
+        options.seconds,
+    );
+    let routed_rps = throughput(
+        router_port,
+        "/v1/predict",
+        &one_routed,
+        options.clients,
+        options.seconds,
+    );
+    println!(
+        "agent directly {direct_rps:.0} req/s, through the router {routed_rps:.0} req/s (ratio {:.2})",
+        routed_rps / direct_rps
+    );
+
+    println!(
+        "## prediction latency per batch size (through the agent's HTTP endpoint; the model alone in-process)"
+    );
+    println!(
+        "| batch | HTTP p50 ms | HTTP p99 ms | model p50 ms | model p99 ms | inputs/s (model) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let versions: serde_json::Value =
+        serde_json::from_str(&cluster.flotilla_ok(&["model", "list", "bench", "--json"]))
+            .expect("models JSON");
+    let uri = versions[0]["artifact"]["uri"]
+        .as_str()
+        .expect("artifact uri")
+        .to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let predictor = runtime
+        .block_on(flotilla_train::inference::Predictor::load(&uri))
+        .expect("load the model");
+    for batch in [1usize, 8, 32, 128, 512] {
+        let requests = (options.requests / batch.max(1)).clamp(50, 500);
+        let http = sequential(agent_port, direct_path, &batch_body(batch, false), requests);
+        let data = flotilla_train::data::SyntheticSeries {
+            samples: batch,
+            seq_len: SEQ_LEN,
+            features: FEATURES,
+            num_classes: 2,
+            minority_fraction: 0.25,
+            seed: 5,
+        }
+        .generate();
+        let width = SEQ_LEN * FEATURES;
+        let inputs: Vec<Vec<f32>> = (0..batch)
+            .map(|row| data.x[row * width..(row + 1) * width].to_vec())
+            .collect();
+        let mut model: Vec<f64> = (0..requests)
+            .map(|_| {
+                let started = Instant::now();
+                predictor.predict(&inputs).expect("predict");
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        model.sort_by(f64::total_cmp);
+        println!(
+            "| {batch} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
+            percentile(&http, 0.5),
+            percentile(&http, 0.99),
+            percentile(&model, 0.5),
+            percentile(&model, 0.99),
+            batch as f64 / (percentile(&model, 0.5) / 1000.0)
+        );
+    }
+}
