@@ -138,7 +138,7 @@ impl AgentMetrics {
             ),
             predictions: families.counter_vec(
                 "flotilla_agent_predictions_total",
-                "Prediction requests served (--serve), by model, version and outcome: ok, bad_request, error.",
+                "Prediction requests served (--serve), by model, version and outcome: ok, bad_request (not a prediction request, a version not served here), rejected (inputs the version cannot take), error.",
                 &["model", "version", "outcome"],
             ),
             prediction_seconds: families.histogram_vec(

@@ -3,9 +3,10 @@
 //!
 //! - `POST /v1/predict` with `{"model": "churn", "version": "1.2.0", "instances": [[…], …]}`
 //!   predicts a batch (at most [`MAX_BATCH`] inputs) and answers `{"model", "version",
-//!   "predictions": [{"class", "probabilities"} | {"value"}]}`. 400 for inputs the model
-//!   cannot take, 404 for a version not served here, 503 while it loads, 500 when it failed
-//!   to load or to predict.
+//!   "predictions": [{"class", "probabilities"} | {"value"}]}`. 400 for a body that is not a
+//!   prediction request, 422 for inputs this version cannot take (their shape, non-finite
+//!   values), 404 for a version not served here, 503 while it loads, 500 when it failed to
+//!   load or to predict.
 //! - `POST /v1/models/{model}/versions/{version}/predict` with `{"instances": […]}`: the
 //!   same, the form routers use (they forward the client's body unchanged).
 //! - `GET /v1/models`: each assigned version and its state. `GET /metrics`: the agent's
@@ -456,8 +457,10 @@ async fn run(
             .into_response()
         }
         Ok(Err(TrainError::Data(problem))) => {
-            count("bad_request");
-            error(StatusCode::BAD_REQUEST, problem.to_string())
+            // Well-formed, but not inputs this version takes (their shape, a non-finite
+            // value): routers count it against the version.
+            count("rejected");
+            error(StatusCode::UNPROCESSABLE_ENTITY, problem.to_string())
         }
         Ok(Err(failure)) => {
             count("error");

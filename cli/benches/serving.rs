@@ -47,7 +47,10 @@ fn options() -> Options {
             .next()
             .unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
-            "--requests" => options.requests = value.parse().expect("--requests N"),
+            "--requests" => {
+                options.requests = value.parse().expect("--requests N");
+                assert!(options.requests > 0, "--requests must be at least 1");
+            }
             "--clients" => options.clients = value.parse().expect("--clients N"),
             "--seconds" => options.seconds = value.parse().expect("--seconds N"),
             other => panic!("unknown option {other}"),

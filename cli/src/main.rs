@@ -702,6 +702,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     let spec = SweepSpec::from_file(&args.sweep)?;
+    if args.autoscale && args.serve.is_some() {
+        bail!(
+            "--serve needs agents that stay after the sweep; --autoscale takes them down to zero (use one or the other)"
+        );
+    }
     let autoscale = if args.autoscale {
         Some(flotilla_sdk::LocalAutoscale {
             program: std::env::current_exe().context("finding the flotilla binary")?,

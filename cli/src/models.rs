@@ -26,7 +26,7 @@ pub enum ModelCommand {
         #[arg(long)]
         version: Option<String>,
         /// staging (default; roll it out with `flotilla rollout start`) or production (serve
-        /// it at once, archiving the current production version).
+        /// it at once, archiving the current production version; admin certificate).
         #[arg(long, default_value = "staging")]
         stage: String,
         #[arg(long, default_value = "")]
@@ -148,7 +148,14 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
             let version = version
                 .map(|text| text.parse::<SemVer>().map_err(|m| anyhow::anyhow!(m)))
                 .transpose()?;
-            let client = connection.connect("client").await?;
+            let stage = parse_stage(&stage)?;
+            // Straight into production is an operator's decision.
+            let identity = if stage == ModelStage::Staging {
+                "client"
+            } else {
+                "admin"
+            };
+            let client = connection.connect(identity).await?;
             let registered = client
                 .register_model(RegisterModel {
                     name,
@@ -156,7 +163,7 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
                     sweep,
                     trial,
                     description,
-                    stage: parse_stage(&stage)?,
+                    stage,
                 })
                 .await;
             client.close().await;

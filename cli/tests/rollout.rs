@@ -110,6 +110,8 @@ fn http(
 struct Load {
     stop: Arc<AtomicBool>,
     versions: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Answers other than 200, by status.
+    failures: Arc<Mutex<BTreeMap<u16, u64>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -127,9 +129,11 @@ impl Load {
         let data = Arc::new(data);
         let stop = Arc::new(AtomicBool::new(false));
         let versions = Arc::new(Mutex::new(BTreeMap::new()));
+        let failures = Arc::new(Mutex::new(BTreeMap::new()));
         let threads = (0..2)
             .map(|thread| {
                 let (data, stop, versions) = (data.clone(), stop.clone(), versions.clone());
+                let failures = failures.clone();
                 std::thread::spawn(move || {
                     let width = data.seq_len * data.features;
                     let mut next = thread * 1000;
@@ -148,6 +152,11 @@ impl Load {
                         .to_string();
                         let (status, headers, _) = http(router, "POST", "/v1/predict", &body);
                         if status != 200 {
+                            *failures
+                                .lock()
+                                .expect("failures")
+                                .entry(status)
+                                .or_default() += 1;
                             std::thread::sleep(Duration::from_millis(50));
                             continue;
                         }
@@ -173,6 +182,7 @@ impl Load {
         Load {
             stop,
             versions,
+            failures,
             threads,
         }
     }
@@ -180,6 +190,11 @@ impl Load {
     /// Answers per version since the last call.
     fn take(&self) -> BTreeMap<String, u64> {
         std::mem::take(&mut *self.versions.lock().expect("versions"))
+    }
+
+    /// Answers other than 200 since the last call, by status.
+    fn take_failures(&self) -> BTreeMap<u16, u64> {
+        std::mem::take(&mut *self.failures.lock().expect("failures"))
     }
 
     fn stop(self) {
@@ -317,6 +332,10 @@ fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_bac
         Duration::from_secs(60),
         || load.take().contains_key("1.0.0"),
     );
+    // From here on every request is answered: through stage changes, the coordinator's
+    // restart, a promotion and two rollbacks (routers keep their routes while the coordinator
+    // is away, and versions leaving service stay loaded until routers know).
+    load.take_failures();
 
     // 1. The winner as a canary: promoted through every stage to 100%, with the coordinator
     //    killed and restarted in the middle (the last stage lasts long enough for that); the
@@ -428,6 +447,11 @@ fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_bac
     );
     let log = std::fs::read_to_string(cluster.path("serve-0.log")).expect("agent log");
     assert!(log.contains("is not the one recorded"), "{log}");
+    assert_eq!(
+        load.take_failures(),
+        BTreeMap::new(),
+        "requests that were not answered with 200"
+    );
     load.stop();
     // What the controller decided, with its evidence (shown when the test is run with
     // --nocapture).

@@ -24,7 +24,7 @@ use flotilla_protocol::messages::{
     ClientResponse, ClusterStatus, Command, CoordinatorCommand, Hello, HelloReply, Refusal,
     RefusalReason, ReplicaInfo, Role, SweepEvent, TrialState, Welcome,
 };
-use flotilla_protocol::models::{Lineage, RegisterModel};
+use flotilla_protocol::models::{Lineage, ModelStage, RegisterModel};
 use flotilla_protocol::{AgentId, Epoch, tls};
 use quinn::{RecvStream, SendStream};
 use ractor::ActorRef;
@@ -602,6 +602,14 @@ async fn answer(request: ClientRequest, role: Role, context: &SessionContext) ->
             error_response(
                 ApiErrorKind::PermissionDenied,
                 "changing a model's stage and controlling rollouts need an admin certificate",
+            )
+        }
+        ClientRequest::RegisterModel(request)
+            if request.stage != ModelStage::Staging && role != Role::Admin =>
+        {
+            error_response(
+                ApiErrorKind::PermissionDenied,
+                "registering a version straight into production needs an admin certificate (register it as staging and roll it out)",
             )
         }
         ClientRequest::RegisterModel(request) => register_model(context, request).await,

@@ -36,9 +36,9 @@ impl SemVer {
     }
 
     /// The next minor version (`1.4.2` → `1.5.0`): what a registration without a version
-    /// gets after the newest one.
-    pub fn next_minor(self) -> SemVer {
-        SemVer::new(self.major, self.minor + 1, 0)
+    /// gets after the newest one. `None` when the minor number cannot grow.
+    pub fn next_minor(self) -> Option<SemVer> {
+        Some(SemVer::new(self.major, self.minor.checked_add(1)?, 0))
     }
 }
 
@@ -381,7 +381,8 @@ mod tests {
         let version: SemVer = "1.10.0".parse().expect("valid");
         assert!(version > "1.9.7".parse().expect("valid"));
         assert_eq!(version.to_string(), "1.10.0");
-        assert_eq!(version.next_minor(), SemVer::new(1, 11, 0));
+        assert_eq!(version.next_minor(), Some(SemVer::new(1, 11, 0)));
+        assert_eq!(SemVer::new(0, u64::MAX, 0).next_minor(), None);
         for bad in ["1.2", "1.2.x", "", "1..2", "1.2.3.4", "-1.2.3"] {
             let error = bad.parse::<SemVer>().expect_err(bad);
             assert!(error.contains("MAJOR.MINOR.PATCH"), "{error}");

@@ -103,6 +103,15 @@ pub enum PolicyError {
     Margin { field: &'static str, value: f64 },
     #[error("min_samples must be at least 2")]
     MinSamples,
+    #[error(
+        "stage {stage}: min_duration {min_duration:?} is longer than max_stage_duration \
+         {max:?}, so the stage could never pass"
+    )]
+    Duration {
+        stage: usize,
+        min_duration: Duration,
+        max: Duration,
+    },
 }
 
 impl Policy {
@@ -119,6 +128,13 @@ impl Policy {
                 });
             }
             previous = stage.weight;
+            if stage.min_duration >= self.max_stage_duration {
+                return Err(PolicyError::Duration {
+                    stage: index + 1,
+                    min_duration: stage.min_duration,
+                    max: self.max_stage_duration,
+                });
+            }
         }
         for (field, value) in [
             ("false_rollback", self.false_rollback),

@@ -327,3 +327,18 @@ fn bad_policies_name_what_is_wrong() {
             .contains("false_rollback")
     );
 }
+
+#[test]
+fn a_stage_that_could_never_pass_is_refused_by_name() {
+    let policy = Policy {
+        max_stage_duration: Duration::from_secs(30),
+        ..Policy::default()
+    };
+    let error = policy
+        .validate()
+        .expect_err("1-minute stages in at most 30 s");
+    assert!(
+        error.to_string().contains("stage 1") && error.to_string().contains("could never pass"),
+        "{error}"
+    );
+}

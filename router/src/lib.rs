@@ -16,8 +16,8 @@
 //!   model and version, feedback, canary weights, sync errors.
 //!
 //! Counting. Per rollout and side the router keeps [`flotilla_rollout::Arm`]s: requests,
-//! errors (a 5xx answer, a failed connection or a timeout; a 4xx is the client's and is not
-//! counted against a version), log-latency sums and feedback. Every second it sends them to
+//! errors (a 5xx answer, a 422 — the version cannot take the inputs —, a failed connection or a
+//! timeout; any other 4xx is the client's and is not counted against a version), log-latency sums and feedback. Every second it sends them to
 //! the coordinator (cumulative since it first saw the rollout) and gets the routes back; a
 //! router that cannot reach the coordinator keeps routing by the last routes it had.
 //!
@@ -35,7 +35,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use flotilla_protocol::models::{RolloutTraffic, Route, RouterReport};
+use flotilla_protocol::models::{RolloutTraffic, Route, RouteTarget, RouterReport};
 use flotilla_rollout::{Pair, Side, Split};
 use flotilla_sdk::{Client, Identity};
 use prometheus::{GaugeVec, HistogramVec, IntCounter, IntCounterVec, Registry};
@@ -46,8 +46,9 @@ use tokio_util::task::TaskTracker;
 
 /// How long a prediction's classes are kept for feedback.
 pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(600);
-/// Predictions kept for feedback at most (oldest dropped first).
+/// Predictions kept for feedback at most, and their classes (oldest dropped first).
 const FEEDBACK_CAPACITY: usize = 200_000;
+const FEEDBACK_CLASSES: usize = 4_000_000;
 
 #[derive(Clone)]
 pub struct RouterConfig {
@@ -90,7 +91,7 @@ impl Metrics {
         Metrics {
             requests: families.counter_vec(
                 "flotilla_router_requests_total",
-                "Prediction requests routed, by model, version and outcome: ok, client_error (4xx), error (5xx, connection failure, timeout), unavailable (no ready endpoint).",
+                "Prediction requests routed, by model, version and outcome: ok, client_error (4xx but 422), rejected (422: the version cannot take the inputs), error (5xx, connection failure, timeout), unavailable (no ready endpoint).",
                 &["model", "version", "outcome"],
             ),
             latency: families.histogram_vec(
@@ -140,6 +141,16 @@ struct Predicted {
 struct FeedbackBook {
     by_id: HashMap<String, Predicted>,
     order: VecDeque<(Instant, String)>,
+    /// Predicted classes held, over every request (bounds the memory).
+    classes: usize,
+}
+
+impl FeedbackBook {
+    fn remove(&mut self, id: &str) -> Option<Predicted> {
+        let removed = self.by_id.remove(id)?;
+        self.classes -= removed.classes.len();
+        Some(removed)
+    }
 }
 
 struct Shared {
@@ -167,7 +178,11 @@ impl Shared {
 /// A running router.
 pub struct Router {
     address: SocketAddr,
+    /// Stops the report loop (after a last report).
     shutdown: CancellationToken,
+    /// Stops the HTTP server; it goes first, so the last report holds every request.
+    http_shutdown: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
     tasks: TaskTracker,
     shared: Arc<Shared>,
 }
@@ -223,12 +238,19 @@ impl Router {
             .route("/healthz", get(|| async { "ok\n" }))
             .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
             .with_state(shared.clone());
-        tasks.spawn(flotilla_telemetry::serve(listener, app, shutdown.clone()));
+        let http_shutdown = CancellationToken::new();
+        let http = tokio::spawn(flotilla_telemetry::serve(
+            listener,
+            app,
+            http_shutdown.clone(),
+        ));
         tasks.close();
         tracing::info!(%address, router = %shared.name, "router listening");
         Ok(Router {
             address,
             shutdown,
+            http_shutdown,
+            http,
             tasks,
             shared,
         })
@@ -246,6 +268,8 @@ impl Router {
 
     /// Stops serving and syncing.
     pub async fn shutdown(self) {
+        self.http_shutdown.cancel();
+        let _ = self.http.await;
         self.shutdown.cancel();
         self.tasks.wait().await;
     }
@@ -288,10 +312,23 @@ async fn sync_once(config: &RouterConfig, shared: &Shared, client: &mut Option<C
                     .with_label_values(&[route.model.as_str()])
                     .set(route.canary_weight);
             }
-            *shared.routes.write().unwrap_or_else(|p| p.into_inner()) = routes
+            let mut table = shared.routes.write().unwrap_or_else(|p| p.into_inner());
+            let fresh: HashMap<String, Route> = routes
                 .into_iter()
-                .map(|route| (route.model.clone(), route))
+                .map(|mut route| {
+                    // A coordinator that has just taken over may not have heard from the
+                    // agents yet: keep the endpoints this router knew for the same version.
+                    if let Some(old) = table.get(&route.model) {
+                        keep_endpoints(&mut route.baseline, old);
+                        if let Some(canary) = route.canary.as_mut() {
+                            keep_endpoints(canary, old);
+                        }
+                    }
+                    (route.model.clone(), route)
+                })
                 .collect();
+            *table = fresh;
+            drop(table);
             // Counters of ended rollouts were reported; forget them.
             shared
                 .counters
@@ -308,6 +345,18 @@ async fn sync_once(config: &RouterConfig, shared: &Shared, client: &mut Option<C
             }
             false
         }
+    }
+}
+
+fn keep_endpoints(target: &mut RouteTarget, old: &Route) {
+    if !target.endpoints.is_empty() {
+        return;
+    }
+    let known = std::iter::once(&old.baseline)
+        .chain(old.canary.as_ref())
+        .find(|known| known.version == target.version);
+    if let Some(known) = known {
+        target.endpoints = known.endpoints.clone();
     }
 }
 
@@ -466,8 +515,13 @@ async fn predict(
     let elapsed = started.elapsed();
     let (response, failed, kind) = match outcome {
         Ok((status, bytes)) => {
+            // 422: the version cannot take inputs the client sent (a canary trained on another
+            // input shape): the version's failure, counted against it.
+            let rejected = status.as_u16() == 422;
             let kind = if status.is_success() {
                 "ok"
+            } else if rejected {
+                "rejected"
             } else if status.is_client_error() {
                 "client_error"
             } else {
@@ -502,7 +556,7 @@ async fn predict(
                         .insert("x-flotilla-request-id", value);
                 }
             }
-            (response, status.is_server_error(), kind)
+            (response, status.is_server_error() || rejected, kind)
         }
         Err(message) => (
             json_error(
@@ -539,16 +593,19 @@ async fn predict(
 fn remember(shared: &Shared, predicted: Predicted) {
     let mut book = shared.predicted.lock().unwrap_or_else(|p| p.into_inner());
     while book.order.len() >= FEEDBACK_CAPACITY
+        || book.classes + predicted.classes.len() > FEEDBACK_CLASSES
         || book
             .order
             .front()
             .is_some_and(|(at, _)| at.elapsed() > FEEDBACK_WINDOW)
     {
-        if let Some((_, id)) = book.order.pop_front() {
-            book.by_id.remove(&id);
-        }
+        let Some((_, id)) = book.order.pop_front() else {
+            break;
+        };
+        book.remove(&id);
     }
     book.order.push_back((predicted.at, predicted.id.clone()));
+    book.classes += predicted.classes.len();
     book.by_id.insert(predicted.id.clone(), predicted);
 }
 
@@ -572,9 +629,22 @@ async fn feedback(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) ->
     };
     let predicted = {
         let mut book = shared.predicted.lock().unwrap_or_else(|p| p.into_inner());
-        book.by_id
-            .remove(&request.request_id)
-            .filter(|p| p.at.elapsed() <= FEEDBACK_WINDOW)
+        match book.by_id.get(&request.request_id) {
+            Some(known) if known.at.elapsed() <= FEEDBACK_WINDOW => {
+                if known.classes.len() != request.labels.len() {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "{} labels for a request with {} predictions",
+                            request.labels.len(),
+                            known.classes.len()
+                        ),
+                    );
+                }
+                book.remove(&request.request_id)
+            }
+            _ => None,
+        }
     };
     let Some(predicted) = predicted else {
         return json_error(
@@ -585,17 +655,6 @@ async fn feedback(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) ->
             ),
         );
     };
-    if request.labels.len() != predicted.classes.len() {
-        let count = predicted.classes.len();
-        remember(&shared, predicted);
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{} labels for a request with {count} predictions",
-                request.labels.len()
-            ),
-        );
-    }
     let mut labelled = 0u64;
     let mut correct = 0u64;
     for (label, class) in request.labels.iter().zip(&predicted.classes) {

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flotilla_protocol::messages::{ApiError, ApiErrorKind, Command, CoordinatorCommand};
 use flotilla_protocol::models::{
@@ -38,6 +38,12 @@ use crate::store::{StateStore, StateWrite};
 const SEAL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Oldest protocol version that knows `Serve` and `SealModel`.
 const SERVING_VERSION: u16 = 9;
+/// How long a version no longer wanted stays loaded: routers follow new routes within a
+/// sync interval (1 s by default), so requests already on their way still find it.
+const RETIRE_GRACE: Duration = Duration::from_secs(10);
+/// After this leader starts, rollouts are checked only once routers have had time to report
+/// their counters (a check on partial totals could move a stage window).
+const CHECK_WARMUP: Duration = Duration::from_secs(3);
 
 /// A registration with everything the session found out about the trial.
 pub struct Registration {
@@ -97,6 +103,12 @@ pub enum ModelsMsg {
     },
     /// A Rollout actor stored a change.
     RolloutChanged(Box<RolloutRecord>),
+    /// A Rollout actor's canary passed: store the promoted rollout, the canary as production
+    /// and the baseline as archived in one write, then route by it.
+    Promote {
+        record: Box<RolloutRecord>,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
     /// Time to check every active rollout.
     Tick,
 }
@@ -138,6 +150,12 @@ pub struct ModelsState {
     routers: HashMap<String, HashMap<u64, Pair>>,
     seals: HashMap<u64, PendingSeal>,
     next_request: u64,
+    /// What `assign` last wanted served, and versions no longer wanted, kept loaded until
+    /// routers have the routes without them.
+    current: Vec<ServedModel>,
+    retired: HashMap<ModelRef, (Instant, Artifact)>,
+    /// Checks wait until routers have reported to this leader.
+    started: Instant,
 }
 
 pub struct Models;
@@ -152,6 +170,21 @@ fn api_error(kind: ApiErrorKind, message: impl Into<String>) -> ApiError {
 
 fn invalid(message: impl Into<String>) -> ApiError {
     api_error(ApiErrorKind::InvalidRequest, message)
+}
+
+/// Whether a router's counters can be real: errors within requests, correct within labelled,
+/// finite sums, and counts far from overflowing when summed.
+fn plausible(pair: &Pair) -> bool {
+    const LIMIT: u64 = 1 << 52;
+    [pair.baseline, pair.canary].iter().all(|arm| {
+        arm.requests < LIMIT
+            && arm.labelled < LIMIT
+            && arm.errors <= arm.requests
+            && arm.correct <= arm.labelled
+            && arm.log_latency_sum.is_finite()
+            && arm.log_latency_sq_sum.is_finite()
+            && arm.log_latency_sq_sum >= 0.0
+    })
 }
 
 impl Actor for Models {
@@ -175,7 +208,11 @@ impl Actor for Models {
             routers: HashMap::new(),
             seals: HashMap::new(),
             next_request: 1,
+            current: Vec::new(),
+            retired: HashMap::new(),
+            started: Instant::now(),
         };
+        state.repair_promotions().await?;
         let active: Vec<RolloutRecord> = state
             .rollouts
             .values()
@@ -331,6 +368,23 @@ impl Actor for Models {
                     .find(|rollout| rollout.model == model && rollout.state.is_active())
                     .map(|rollout| rollout.id);
                 let controller = active.and_then(|id| state.controllers.get(&id).cloned());
+                let canary_ready =
+                    active
+                        .and_then(|id| state.rollouts.get(&id))
+                        .is_some_and(|rollout| {
+                            !state
+                                .endpoints(&ModelRef {
+                                    name: rollout.model.clone(),
+                                    version: rollout.canary,
+                                })
+                                .is_empty()
+                        });
+                if action == RolloutAction::Promote && controller.is_some() && !canary_ready {
+                    let _ = reply.send(Err(invalid(format!(
+                        "the canary of '{model}' is not ready on any serving agent; promoting it would leave the model unserved"
+                    ))));
+                    return Ok(());
+                }
                 match controller {
                     None => {
                         let _ = reply.send(Err(api_error(
@@ -359,6 +413,13 @@ impl Actor for Models {
                 let counters = report
                     .rollouts
                     .iter()
+                    .filter(|traffic| {
+                        let valid = plausible(&traffic.traffic);
+                        if !valid {
+                            tracing::warn!(router = %report.router, rollout = traffic.rollout, "ignoring impossible counters from a router");
+                        }
+                        valid
+                    })
                     .map(|traffic| (traffic.rollout, traffic.traffic))
                     .collect();
                 state.routers.insert(report.router, counters);
@@ -366,21 +427,29 @@ impl Actor for Models {
             }
             ModelsMsg::RolloutChanged(record) => {
                 let record = *record;
-                if record.state == RolloutState::Promoted
-                    && state
-                        .rollouts
-                        .get(&record.id)
-                        .is_none_or(|old| old.state != RolloutState::Promoted)
-                {
-                    state.promote(&record).await?;
-                }
                 if !record.state.is_active() {
                     state.controllers.remove(&record.id);
                 }
                 state.rollouts.insert(record.id, record);
                 state.assign();
             }
-            ModelsMsg::Tick => state.check_rollouts(),
+            ModelsMsg::Promote { record, reply } => {
+                let record = *record;
+                let result = state.promote(&record).await.map_err(|error| error.message);
+                if result.is_ok() {
+                    state.controllers.remove(&record.id);
+                }
+                let _ = reply.send(result);
+                state.assign();
+            }
+            ModelsMsg::Tick => {
+                if !state.retired.is_empty() {
+                    state.assign();
+                }
+                if state.started.elapsed() >= CHECK_WARMUP {
+                    state.check_rollouts();
+                }
+            }
         }
         Ok(())
     }
@@ -472,9 +541,21 @@ impl ModelsState {
                     .map(|seal| seal.version.version),
             )
             .max();
-        let version = match request.version {
-            Some(version) => version,
-            None => newest.map_or(SemVer::new(1, 0, 0), SemVer::next_minor),
+        let version = match (request.version, newest) {
+            (Some(version), _) => version,
+            (None, None) => SemVer::new(1, 0, 0),
+            (None, Some(newest)) => match newest.next_minor() {
+                Some(next) => next,
+                None => {
+                    return refuse(
+                        reply,
+                        invalid(format!(
+                            "{}@{newest} is the newest version and its minor number cannot grow; give --version",
+                            request.name
+                        )),
+                    );
+                }
+            },
         };
         if self.models.contains_key(&(request.name.clone(), version))
             || pending(&request.name, version)
@@ -554,6 +635,14 @@ impl ModelsState {
         artifact: Artifact,
     ) -> Result<ModelVersion, ApiError> {
         model.artifact = artifact;
+        if model.stage == ModelStage::Production
+            && let Some(rollout) = self.active_rollout(&model.name)
+        {
+            return Err(invalid(format!(
+                "model '{}' got an active rollout ({} → {}) while this version was sealed; register it as staging, or abort the rollout first",
+                model.name, rollout.baseline, rollout.canary
+            )));
+        }
         let mut writes = Vec::new();
         if model.stage == ModelStage::Production {
             writes.extend(self.archive_production(&model.name, model.created_ms));
@@ -647,6 +736,21 @@ impl ModelsState {
         policy
             .validate()
             .map_err(|error| invalid(format!("rollout policy: {error}")))?;
+        if !self.models.keys().any(|(model, _)| model == name) {
+            return Err(api_error(
+                ApiErrorKind::NotFound,
+                format!("no model named '{name}' is registered"),
+            ));
+        }
+        if self
+            .seals
+            .values()
+            .any(|seal| &seal.version.name == name && seal.version.stage == ModelStage::Production)
+        {
+            return Err(invalid(format!(
+                "a production version of '{name}' is being registered; start the rollout once it is"
+            )));
+        }
         let Some(baseline) = self.production(name).map(|model| model.version) else {
             return Err(invalid(format!(
                 "model '{name}' has no production version to compare a canary with; register one with --stage production"
@@ -699,24 +803,57 @@ impl ModelsState {
         Ok(record)
     }
 
-    /// A promoted canary becomes the production version; the baseline is archived.
-    async fn promote(&mut self, record: &RolloutRecord) -> Result<(), ActorProcessingErr> {
+    /// Stores a promoted rollout with its consequences in one write: the canary becomes the
+    /// production version, the baseline is archived.
+    async fn promote(&mut self, record: &RolloutRecord) -> Result<(), ApiError> {
+        let mut writes = vec![StateWrite::Rollout(Box::new(record.clone()))];
+        writes.extend(self.promotion_writes(record));
+        self.commit(writes).await?;
+        tracing::info!(rollout = record.id, model = %record.model, canary = %record.canary, "canary is the production version");
+        Ok(())
+    }
+
+    /// The stage changes a promotion makes (none once they are made).
+    fn promotion_writes(&self, record: &RolloutRecord) -> Vec<StateWrite> {
         let now = now_ms();
         let mut writes = Vec::new();
         for (version, stage) in [
             (record.baseline, ModelStage::Archived),
             (record.canary, ModelStage::Production),
         ] {
-            if let Some(model) = self.models.get(&(record.model.clone(), version)) {
+            if let Some(model) = self.models.get(&(record.model.clone(), version))
+                && model.stage != stage
+            {
                 let mut model = model.clone();
                 model.stage = stage;
                 model.stage_changed_ms = now;
                 writes.push(StateWrite::Model(Box::new(model)));
             }
         }
-        self.commit(writes)
-            .await
-            .map_err(|error| format!("storing the promotion: {}", error.message))?;
+        writes
+    }
+
+    /// A store whose batch was cut short (a local state file torn mid-write) may hold a
+    /// promoted rollout whose stage changes are missing: make them.
+    async fn repair_promotions(&mut self) -> Result<(), ActorProcessingErr> {
+        let mut newest: BTreeMap<&str, &RolloutRecord> = BTreeMap::new();
+        for rollout in self.rollouts.values() {
+            newest.insert(rollout.model.as_str(), rollout);
+        }
+        let writes: Vec<StateWrite> = newest
+            .values()
+            .filter(|rollout| rollout.state == RolloutState::Promoted)
+            .flat_map(|rollout| self.promotion_writes(rollout))
+            .collect();
+        if !writes.is_empty() {
+            tracing::warn!(
+                changes = writes.len(),
+                "completing a promotion the store did not finish"
+            );
+            self.commit(writes)
+                .await
+                .map_err(|error| format!("repairing a promotion: {}", error.message))?;
+        }
         Ok(())
     }
 
@@ -746,9 +883,34 @@ impl ModelsState {
             .collect()
     }
 
-    /// Tells every serving agent whose assignment changed what to serve.
+    /// Tells every serving agent whose assignment changed what to serve. A version that is
+    /// no longer wanted stays for [`RETIRE_GRACE`].
     fn assign(&mut self) {
-        let desired = self.desired();
+        let wanted = self.desired();
+        for served in &self.current {
+            if !wanted.iter().any(|w| w.model == served.model) {
+                self.retired.insert(
+                    served.model.clone(),
+                    (Instant::now(), served.artifact.clone()),
+                );
+            }
+        }
+        for served in &wanted {
+            self.retired.remove(&served.model);
+        }
+        self.retired
+            .retain(|_, (since, _)| since.elapsed() < RETIRE_GRACE);
+        self.current = wanted.clone();
+        let mut desired = wanted;
+        desired.extend(
+            self.retired
+                .iter()
+                .map(|(model, (_, artifact))| ServedModel {
+                    model: model.clone(),
+                    artifact: artifact.clone(),
+                }),
+        );
+        desired.sort_by(|a, b| a.model.cmp(&b.model));
         for (agent, entry) in &mut self.agents {
             if entry.endpoint.is_none() || entry.version < SERVING_VERSION {
                 continue;

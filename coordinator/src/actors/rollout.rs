@@ -11,7 +11,7 @@
 //! so the windows (since the rollout and since the stage began) carry on.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flotilla_protocol::models::{DecisionRecord, RolloutAction, RolloutRecord, RolloutState};
 use flotilla_rollout::{Check, Decision, Pair, Verdict, decide};
@@ -24,6 +24,9 @@ use crate::store::{StateStore, StateWrite};
 
 /// Holds kept in a record besides every other verdict: only the newest.
 const HOLDS_KEPT: usize = 1;
+/// A hold changes only the traffic shown; it is stored at most this often (a verdict that
+/// moves the rollout is stored at once).
+const HOLD_STORE_EVERY: Duration = Duration::from_secs(10);
 
 pub enum RolloutMsg {
     /// The rollout's traffic since it began, summed over routers.
@@ -46,6 +49,8 @@ pub struct RolloutActorState {
     record: RolloutRecord,
     store: Arc<dyn StateStore>,
     models: ActorRef<ModelsMsg>,
+    /// When the record was last stored: holds are stored at most every [`HOLD_STORE_EVERY`].
+    last_stored: Instant,
 }
 
 pub struct Rollout;
@@ -68,10 +73,21 @@ impl Actor for Rollout {
             weight = args.record.canary_weight,
             "rollout controller running"
         );
+        // The rollback series exists from the start, so an alert on its increase sees the
+        // first rollback too.
+        METRICS
+            .rollout_decisions
+            .with_label_values(&[args.record.model.as_str(), "rollback"])
+            .inc_by(0);
+        METRICS
+            .canary_weight
+            .with_label_values(&[args.record.model.as_str()])
+            .set(args.record.canary_weight);
         Ok(RolloutActorState {
             record: args.record,
             store: args.store,
             models: args.models,
+            last_stored: Instant::now(),
         })
     }
 
@@ -83,14 +99,29 @@ impl Actor for Rollout {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RolloutMsg::Check(traffic) => {
+                let start = &state.record.stage_start;
+                if traffic.baseline.requests < start.baseline.requests
+                    || traffic.canary.requests < start.canary.requests
+                {
+                    // Counters went back (a router's counts were lost with an old leader):
+                    // the stage's window starts again from here rather than mixing periods.
+                    tracing::warn!(
+                        rollout = state.record.id,
+                        "traffic counters went back; the stage's window starts again"
+                    );
+                    state.record.stage_start = traffic;
+                }
                 state.record.traffic = traffic;
                 if state.record.state != RolloutState::Running {
                     return Ok(());
                 }
                 let now = now_ms();
                 let decision = state.decide(now);
+                let hold = decision.verdict == Verdict::Hold;
                 state.apply(now, decision, "controller");
-                state.commit().await?;
+                if !hold || state.last_stored.elapsed() >= HOLD_STORE_EVERY {
+                    state.commit().await?;
+                }
             }
             RolloutMsg::CanaryUnavailable(reason) => {
                 if !state.record.state.is_active() {
@@ -202,16 +233,18 @@ impl RolloutActorState {
             .set(record.canary_weight);
         // Keep every verdict that changed something and only the newest hold.
         if matches!(entry.decision.verdict, Verdict::Hold) {
+            // An operator's pause or resume is kept.
+            let controller_hold = |d: &DecisionRecord| {
+                d.by != "operator" && matches!(d.decision.verdict, Verdict::Hold)
+            };
             let holds = record
                 .decisions
                 .iter()
-                .filter(|d| matches!(d.decision.verdict, Verdict::Hold))
+                .filter(|d| controller_hold(d))
                 .count();
-            if holds >= HOLDS_KEPT
-                && let Some(position) = record
-                    .decisions
-                    .iter()
-                    .position(|d| matches!(d.decision.verdict, Verdict::Hold))
+            if entry.by != "operator"
+                && holds >= HOLDS_KEPT
+                && let Some(position) = record.decisions.iter().position(controller_hold)
             {
                 record.decisions.remove(position);
             }
@@ -273,8 +306,17 @@ impl RolloutActorState {
         Ok(())
     }
 
-    /// Stores the record, then tells Models (which routes by it).
+    /// Stores the record, then tells Models (which routes by it). A promotion is stored by
+    /// Models, with the stage changes it makes, in one write.
     async fn commit(&mut self) -> Result<(), ActorProcessingErr> {
+        self.last_stored = Instant::now();
+        if self.record.state == RolloutState::Promoted {
+            let record = Box::new(self.record.clone());
+            super::ask(&self.models, |reply| ModelsMsg::Promote { record, reply })
+                .await?
+                .map_err(|message| format!("storing the promotion: {message}"))?;
+            return Ok(());
+        }
         self.store
             .write(vec![StateWrite::Rollout(Box::new(self.record.clone()))])
             .durable()
