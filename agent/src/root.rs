@@ -185,10 +185,7 @@ impl Actor for AgentRoot {
                 }
             }
             AgentMsg::Drain(reply) => {
-                if !state.draining {
-                    state.draining = true;
-                    let _ = state.outbox.send(AgentMessage::Draining);
-                }
+                state.start_draining();
                 for running in state.running.values() {
                     let _ = running
                         .actor
@@ -264,14 +261,19 @@ impl RootState {
         self.heartbeat_timer = Some(myself.send_interval(interval, || AgentMsg::Tick));
     }
 
-    /// Takes no new trials and stops every running one as `Preempted`: a trainer writes a
-    /// checkpoint of its exact position first; a command trial gets SIGTERM. The coordinator
-    /// resumes them elsewhere without spending their retry budget.
-    pub(crate) fn preempt(&mut self) {
+    /// Takes no new trials from now on, and tells the coordinator once.
+    fn start_draining(&mut self) {
         if !self.draining {
             self.draining = true;
             let _ = self.outbox.send(AgentMessage::Draining);
         }
+    }
+
+    /// Takes no new trials and stops every running one as `Preempted`: a trainer writes a
+    /// checkpoint of its exact position first; a command trial gets SIGTERM. The coordinator
+    /// resumes them elsewhere without spending their retry budget.
+    pub(crate) fn preempt(&mut self) {
+        self.start_draining();
         for running in self.running.values() {
             let _ = running.actor.cast(TrialMsg::Stop(StopReason::Preempted));
         }
@@ -286,10 +288,7 @@ impl RootState {
                 tracing::warn!(
                     "rebalance recommendation: this instance may be interrupted soon; taking no new trials (running ones go on)"
                 );
-                if !self.draining {
-                    self.draining = true;
-                    let _ = self.outbox.send(AgentMessage::Draining);
-                }
+                self.start_draining();
             }
             Notice::Interruption { action, at } => {
                 let left = at
