@@ -146,16 +146,22 @@ impl Load {
                 std::thread::spawn(move || {
                     let width = data.seq_len * data.features;
                     let mut next = thread * 1000;
+                    // Users, drawn independently of the rows sent: a key tied to the rows
+                    // would give each side its own slice of the data (and class balance).
+                    let mut user: u64 = 0x9e37_79b9 + thread as u64;
                     while !stop.load(Ordering::Relaxed) {
                         let rows: Vec<usize> = (0..4).map(|k| (next + k) % data.y.len()).collect();
                         next += 4;
+                        user = user
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407);
                         let instances: Vec<&[f32]> = rows
                             .iter()
                             .map(|&row| &data.x[row * width..(row + 1) * width])
                             .collect();
                         let body = serde_json::json!({
                             "model": "churn",
-                            "key": format!("user-{}", next % 997),
+                            "key": format!("user-{}", (user >> 33) % 997),
                             "instances": instances,
                         })
                         .to_string();
