@@ -18,12 +18,11 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::cluster::{Cluster, Process, free_tcp_port, wait_until};
+use support::cluster::{Cluster, wait_until};
 
 const SEQ_LEN: usize = 48;
 const FEATURES: usize = 4;
@@ -112,7 +111,8 @@ impl Connection {
     }
 }
 
-fn batch_body(rows: usize, router: bool) -> String {
+/// `rows` labelled-series inputs of the benchmark's shape.
+fn inputs(rows: usize) -> Vec<Vec<f32>> {
     let data = flotilla_train::data::SyntheticSeries {
         samples: rows.max(1),
         seq_len: SEQ_LEN,
@@ -123,9 +123,13 @@ fn batch_body(rows: usize, router: bool) -> String {
     }
     .generate();
     let width = SEQ_LEN * FEATURES;
-    let instances: Vec<&[f32]> = (0..rows)
-        .map(|row| &data.x[row * width..(row + 1) * width])
-        .collect();
+    (0..rows)
+        .map(|row| data.x[row * width..(row + 1) * width].to_vec())
+        .collect()
+}
+
+fn batch_body(rows: usize, router: bool) -> String {
+    let instances = inputs(rows);
     if router {
         serde_json::json!({ "model": "bench", "instances": instances }).to_string()
     } else {
@@ -192,35 +196,9 @@ fn main() {
     let options = options();
     let mut cluster = Cluster::new();
     cluster.start_coordinator();
-    let artifacts = cluster.path("artifacts");
-    let artifacts = artifacts.to_str().expect("utf-8 path").to_string();
-    let agent_port = free_tcp_port();
-    cluster.start_agent_with(
-        "serve-0",
-        1,
-        &[
-            "--artifacts",
-            &artifacts,
-            "--device",
-            "cpu",
-            "--serve",
-            &format!("127.0.0.1:{agent_port}"),
-        ],
-    );
+    let agent_port = cluster.start_serving_agent("serve-0", 1);
     cluster.wait_for_agents(1);
-    let router_port = free_tcp_port();
-    let _router = Process {
-        child: Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(["router", "--coordinator", &cluster.address, "--listen"])
-            .arg(format!("127.0.0.1:{router_port}"))
-            .arg("--certs")
-            .arg(cluster.path("certs"))
-            .env("FLOTILLA_LOG", "warn")
-            .stdout(cluster.log("router"))
-            .stderr(cluster.log("router"))
-            .spawn()
-            .expect("start router"),
-    };
+    let (_router, router_port) = cluster.start_router();
     let sweep = cluster.path("bench.toml");
     std::fs::write(
         &sweep,
@@ -343,19 +321,7 @@ checkpoint_every = 0
     for batch in [1usize, 8, 32, 128, 512] {
         let requests = (options.requests / batch.max(1)).clamp(50, 500);
         let http = sequential(agent_port, direct_path, &batch_body(batch, false), requests);
-        let data = flotilla_train::data::SyntheticSeries {
-            samples: batch,
-            seq_len: SEQ_LEN,
-            features: FEATURES,
-            num_classes: 2,
-            minority_fraction: 0.25,
-            seed: 5,
-        }
-        .generate();
-        let width = SEQ_LEN * FEATURES;
-        let inputs: Vec<Vec<f32>> = (0..batch)
-            .map(|row| data.x[row * width..(row + 1) * width].to_vec())
-            .collect();
+        let inputs = inputs(batch);
         let mut model: Vec<f64> = (0..requests)
             .map(|_| {
                 let started = Instant::now();

@@ -15,7 +15,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -264,37 +263,11 @@ fn versions(cluster: &Cluster) -> BTreeMap<String, String> {
 fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_back() {
     let mut cluster = Cluster::new();
     cluster.start_coordinator();
-    let artifacts = cluster.path("artifacts");
-    let artifacts = artifacts.to_str().expect("utf-8 path").to_string();
     for name in ["serve-0", "serve-1"] {
-        let listen = format!("127.0.0.1:{}", free_tcp_port());
-        cluster.start_agent_with(
-            name,
-            2,
-            &[
-                "--artifacts",
-                &artifacts,
-                "--device",
-                "cpu",
-                "--serve",
-                &listen,
-            ],
-        );
+        cluster.start_serving_agent(name, 2);
     }
     cluster.wait_for_agents(2);
-    let router_port = free_tcp_port();
-    let _router = Process {
-        child: Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(["router", "--coordinator", &cluster.address, "--listen"])
-            .arg(format!("127.0.0.1:{router_port}"))
-            .arg("--certs")
-            .arg(cluster.path("certs"))
-            .env("FLOTILLA_LOG", "info")
-            .stdout(cluster.log("router"))
-            .stderr(cluster.log("router"))
-            .spawn()
-            .expect("start router"),
-    };
+    let (_router, router_port) = cluster.start_router();
 
     // Train: two reasonable models, and a degraded one.
     let good = cluster.path("churn.toml");

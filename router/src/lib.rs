@@ -184,7 +184,6 @@ pub struct Router {
     http_shutdown: CancellationToken,
     http: tokio::task::JoinHandle<()>,
     tasks: TaskTracker,
-    shared: Arc<Shared>,
 }
 
 impl Router {
@@ -252,18 +251,11 @@ impl Router {
             http_shutdown,
             http,
             tasks,
-            shared,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.address
-    }
-
-    /// The routes in force now.
-    pub fn routes(&self) -> Vec<Route> {
-        let routes = self.shared.routes.read().unwrap_or_else(|p| p.into_inner());
-        routes.values().cloned().collect()
     }
 
     /// Stops serving and syncing.

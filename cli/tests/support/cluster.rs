@@ -143,6 +143,44 @@ impl Cluster {
         self.agents.push((name.to_string(), Process { child }));
     }
 
+    /// An agent that trains on the CPU and serves models (`--serve` on a free port), with
+    /// the cluster's shared artifact store; returns its serving port.
+    pub fn start_serving_agent(&mut self, name: &str, slots: u32) -> u16 {
+        let port = free_tcp_port();
+        let artifacts = self.path("artifacts");
+        let artifacts = artifacts.to_str().expect("utf-8 path").to_string();
+        let listen = format!("127.0.0.1:{port}");
+        self.start_agent_with(
+            name,
+            slots,
+            &[
+                "--artifacts",
+                &artifacts,
+                "--device",
+                "cpu",
+                "--serve",
+                &listen,
+            ],
+        );
+        port
+    }
+
+    /// `flotilla router` on a free port (log: router.log); returns it and its port.
+    pub fn start_router(&self) -> (Process, u16) {
+        let port = free_tcp_port();
+        let child = Command::new(BIN)
+            .args(["router", "--coordinator", &self.address, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--certs")
+            .arg(self.path("certs"))
+            .env("FLOTILLA_LOG", "info")
+            .stdout(self.log("router"))
+            .stderr(self.log("router"))
+            .spawn()
+            .expect("start router");
+        (Process { child }, port)
+    }
+
     pub fn flotilla(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
