@@ -10,10 +10,15 @@
 //!   interruption notices, the group's termination lifecycle state).
 //! - [`serving`]: with `--serve`, model versions the coordinator assigns, answered over HTTP;
 //!   sealing of registered versions' artifacts.
-//! - [`metric_line`]: the `@flotilla name=value` line format command trials print.
+//! - [`metric_line`]: the `@flotilla name=value` and `@flotilla checkpoint` lines command
+//!   trials print.
+//! - [`gpus`]: the agent's GPUs and which attempt holds each.
+//! - [`trial_checkpoint`]: command trials' checkpoint directories, taken at commit, stored
+//!   as one archive, restored for a later attempt.
 //! - [`metrics`]: the Prometheus endpoint (`--metrics-listen`): slots, trial progress,
 //!   checkpoint writes, GPUs through NVML.
 
+pub mod gpus;
 pub mod imds;
 pub mod leases;
 pub mod link;
@@ -22,6 +27,7 @@ pub mod metrics;
 pub mod root;
 pub mod serving;
 pub mod trial;
+pub mod trial_checkpoint;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,7 +52,10 @@ pub struct AgentConfig {
     /// Stable across restarts of the same agent, so the coordinator recognises it.
     pub agent_id: AgentId,
     pub slots: u32,
-    pub gpus: u32,
+    /// The GPUs this agent offers: found through NVML, or declared (`--gpus`).
+    pub gpus: gpus::GpuSpec,
+    /// A command trial's checkpoint larger than this is refused (`--checkpoint-max-bytes`).
+    pub checkpoint_max_bytes: u64,
     /// Checkpoints and scratch space for trials.
     pub work_dir: PathBuf,
     /// Between SIGTERM and SIGKILL when a trial is stopped.
@@ -84,7 +93,8 @@ impl AgentConfig {
             identity,
             agent_id,
             slots,
-            gpus: 0,
+            gpus: gpus::GpuSpec::none(),
+            checkpoint_max_bytes: DEFAULT_CHECKPOINT_MAX_BYTES,
             work_dir,
             stop_grace: Duration::from_secs(10),
             artifacts: None,
@@ -97,6 +107,9 @@ impl AgentConfig {
         }
     }
 }
+
+/// The default limit on one command-trial checkpoint: 4 GiB (it is packed in memory).
+pub const DEFAULT_CHECKPOINT_MAX_BYTES: u64 = 4 << 30;
 
 async fn ask<M: Message, R: Send + 'static>(
     actor: &ActorRef<M>,
@@ -142,6 +155,16 @@ impl Agent {
                 env!("CARGO_PKG_VERSION"),
             ])
             .set(1);
+        // NVML loads on a blocking thread: the driver's library can be slow to open.
+        let nvml = std::sync::Arc::new(tokio::task::spawn_blocking(metrics::Gpus::open).await?);
+        let gpu_indices = config
+            .gpus
+            .resolve(nvml.count())
+            .map_err(|message| anyhow!("--gpus: {message}"))?;
+        if !gpu_indices.is_empty() {
+            tracing::info!(gpus = %gpus::visible_devices(&gpu_indices), "GPUs offered to trials");
+        }
+        let gpu_pool = gpus::GpuPool::new(&gpu_indices);
         let metrics_listener = match config.metrics_listen {
             Some(address) => Some(flotilla_telemetry::bind(address).await?),
             None => None,
@@ -199,6 +222,8 @@ impl Agent {
             trainer_env,
             metrics: metrics.clone(),
             serving: serving.clone(),
+            gpus: gpu_pool.clone(),
+            checkpoint_max_bytes: config.checkpoint_max_bytes,
         };
         let (root, root_done) = Actor::spawn(None, AgentRoot, root_args)
             .await
@@ -209,7 +234,7 @@ impl Agent {
             agent_id: config.agent_id.clone(),
             hostname: hostname(),
             slots: config.slots,
-            gpus: config.gpus,
+            gpus: gpu_indices.len() as u32,
         };
         let serve_task = serve_listener.map(|listener| {
             let address = listener.local_addr().ok();
@@ -221,12 +246,11 @@ impl Agent {
         let metrics_endpoint = match metrics_listener {
             Some(listener) => {
                 let address = listener.local_addr()?;
-                // NVML loads on a blocking thread: the driver's library can be slow to open.
-                let gpus = tokio::task::spawn_blocking(metrics::Gpus::open).await?;
                 let task = tokio::spawn(metrics::serve(
                     listener,
                     metrics.clone(),
-                    std::sync::Arc::new(gpus),
+                    nvml.clone(),
+                    gpu_pool.clone(),
                     shutdown.clone(),
                 ));
                 Some((address, task))

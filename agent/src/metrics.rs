@@ -16,8 +16,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use flotilla_protocol::TrialId;
 use flotilla_protocol::messages::{Metrics, TrialOutcome};
+use flotilla_protocol::{AttemptId, TrialId};
 use flotilla_telemetry::Families;
 use prometheus::{
     GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
@@ -32,6 +32,8 @@ pub struct AgentMetrics {
     pub connected: IntGauge,
     pub draining: IntGauge,
     pub slots: IntGaugeVec,
+    /// GPUs this agent offers (total) and that attempts hold (busy).
+    pub gpus: IntGaugeVec,
     pub running_trials: IntGauge,
     trial_start: GaugeVec,
     trial_timeout: GaugeVec,
@@ -60,7 +62,8 @@ pub struct AgentMetrics {
 }
 
 const TRIAL_LABELS: &[&str] = &["sweep", "trial"];
-const GPU_LABELS: &[&str] = &["gpu", "uuid", "model"];
+/// `trial` names the attempt's trial holding the GPU (empty while it is free).
+const GPU_LABELS: &[&str] = &["gpu", "uuid", "model", "trial"];
 
 impl AgentMetrics {
     pub fn new() -> Arc<AgentMetrics> {
@@ -82,6 +85,11 @@ impl AgentMetrics {
             slots: families.gauge_vec(
                 "flotilla_agent_slots",
                 "Trial slots this agent offers (total) and occupies (busy).",
+                &["state"],
+            ),
+            gpus: families.gauge_vec(
+                "flotilla_agent_gpus",
+                "GPUs this agent offers (total) and that running attempts hold (busy).",
                 &["state"],
             ),
             running_trials: families.gauge(
@@ -223,8 +231,9 @@ impl AgentMetrics {
         }
     }
 
-    /// Replaces the GPU series with these readings (none: the series disappear).
-    pub fn set_gpus(&self, readings: &[GpuReading]) {
+    /// Replaces the GPU series with these readings (none: the series disappear), each
+    /// labelled with the trial holding that GPU.
+    pub fn set_gpus(&self, readings: &[GpuReading], holders: &[(u32, Option<AttemptId>)]) {
         for family in [
             &self.gpu_utilization,
             &self.gpu_memory_used,
@@ -236,10 +245,17 @@ impl AgentMetrics {
         }
         for reading in readings {
             let index = reading.index.to_string();
+            let trial = holders
+                .iter()
+                .find(|(gpu, _)| *gpu == reading.index)
+                .and_then(|(_, holder)| *holder)
+                .map(|attempt| attempt.trial.to_string())
+                .unwrap_or_default();
             let labels = [
                 index.as_str(),
                 reading.uuid.as_str(),
                 reading.model.as_str(),
+                trial.as_str(),
             ];
             let values = [
                 (&self.gpu_utilization, reading.utilization),
@@ -375,6 +391,13 @@ impl Gpus {
         }
     }
 
+    /// How many GPUs NVML sees (`None`: no driver).
+    pub fn count(&self) -> Option<u32> {
+        self.nvml
+            .as_ref()
+            .map(|nvml| nvml.device_count().unwrap_or(0))
+    }
+
     /// Every GPU's readings (blocking NVML calls: run off the async threads).
     pub fn read(&self) -> Vec<GpuReading> {
         use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
@@ -416,6 +439,7 @@ impl Gpus {
 struct Endpoint {
     metrics: Arc<AgentMetrics>,
     gpus: Arc<Gpus>,
+    pool: crate::gpus::GpuPool,
 }
 
 async fn metrics_page(State(endpoint): State<Endpoint>) -> impl IntoResponse {
@@ -423,7 +447,9 @@ async fn metrics_page(State(endpoint): State<Endpoint>) -> impl IntoResponse {
     let readings = tokio::task::spawn_blocking(move || gpus.read())
         .await
         .unwrap_or_default();
-    endpoint.metrics.set_gpus(&readings);
+    endpoint
+        .metrics
+        .set_gpus(&readings, &endpoint.pool.holders());
     flotilla_telemetry::exposition(&endpoint.metrics.registry)
 }
 
@@ -432,12 +458,17 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<AgentMetrics>,
     gpus: Arc<Gpus>,
+    pool: crate::gpus::GpuPool,
     shutdown: CancellationToken,
 ) {
     let app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(Endpoint { metrics, gpus });
+        .with_state(Endpoint {
+            metrics,
+            gpus,
+            pool,
+        });
     flotilla_telemetry::serve(listener, app, shutdown).await
 }
 
@@ -460,25 +491,35 @@ mod tests {
     #[test]
     fn gpu_series_are_absent_without_gpus_and_only_for_supported_readings() {
         let metrics = AgentMetrics::new();
-        metrics.set_gpus(&[]);
+        metrics.set_gpus(&[], &[]);
         assert!(!scrape(&metrics).contains("flotilla_agent_gpu_"));
-        metrics.set_gpus(&[GpuReading {
-            index: 0,
-            uuid: "GPU-1".into(),
-            model: "NVIDIA A10G".into(),
-            utilization: Some(0.5),
-            memory_used_bytes: Some(1 << 30),
-            memory_total_bytes: Some(24 << 30),
-            temperature_celsius: Some(61.0),
-            power_watts: None,
-        }]);
+        let holder = flotilla_protocol::AttemptId {
+            trial: TrialId {
+                sweep: SweepId(2),
+                number: 5,
+            },
+            attempt: 1,
+        };
+        metrics.set_gpus(
+            &[GpuReading {
+                index: 0,
+                uuid: "GPU-1".into(),
+                model: "NVIDIA A10G".into(),
+                utilization: Some(0.5),
+                memory_used_bytes: Some(1 << 30),
+                memory_total_bytes: Some(24 << 30),
+                temperature_celsius: Some(61.0),
+                power_watts: None,
+            }],
+            &[(0, Some(holder))],
+        );
         let text = scrape(&metrics);
         assert!(text.contains(
-            r#"flotilla_agent_gpu_utilization_ratio{gpu="0",model="NVIDIA A10G",uuid="GPU-1"} 0.5"#
+            r#"flotilla_agent_gpu_utilization_ratio{gpu="0",model="NVIDIA A10G",trial="s2-t5",uuid="GPU-1"} 0.5"#
         ));
         assert!(text.contains("flotilla_agent_gpu_temperature_celsius{"));
         assert!(!text.contains("flotilla_agent_gpu_power_watts"));
-        metrics.set_gpus(&[]);
+        metrics.set_gpus(&[], &[]);
         assert!(!scrape(&metrics).contains("flotilla_agent_gpu_"));
     }
 

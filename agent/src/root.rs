@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flotilla_protocol::messages::{
-    AgentMessage, Command, CoordinatorCommand, Heartbeat, StopReason, TrialOutcome,
+    AgentMessage, Command, CoordinatorCommand, Heartbeat, StartAttempt, StartTrial, StopReason,
+    TrialOutcome,
 };
 use flotilla_protocol::{AttemptId, Epoch};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -68,6 +69,10 @@ pub struct RootArgs {
     pub metrics: std::sync::Arc<crate::metrics::AgentMetrics>,
     /// Model serving and sealing (serving itself only with `--serve`).
     pub serving: crate::serving::Serving,
+    /// The agent's GPUs and their holders (shared with the metrics endpoint).
+    pub gpus: crate::gpus::GpuPool,
+    /// A command trial's commit larger than this is refused.
+    pub checkpoint_max_bytes: u64,
 }
 
 struct Running {
@@ -96,6 +101,8 @@ pub struct RootState {
     heartbeat_timer: Option<ractor::concurrency::JoinHandle<()>>,
     metrics: std::sync::Arc<crate::metrics::AgentMetrics>,
     serving: crate::serving::Serving,
+    gpus: crate::gpus::GpuPool,
+    checkpoint_max_bytes: u64,
 }
 
 pub struct AgentRoot;
@@ -129,6 +136,8 @@ impl Actor for AgentRoot {
             heartbeat_timer: Some(heartbeat_timer),
             metrics: args.metrics,
             serving: args.serving,
+            gpus: args.gpus,
+            checkpoint_max_bytes: args.checkpoint_max_bytes,
         })
     }
 
@@ -142,6 +151,7 @@ impl Actor for AgentRoot {
             AgentMsg::Command(command) => state.command(&myself, command).await,
             AgentMsg::TrialExited { attempt, outcome } => {
                 state.running.remove(&attempt);
+                state.gpus.give_back(attempt);
                 tracing::debug!(%attempt, ?outcome, "trial exited");
                 if state.recent.len() == RECENT_OUTCOMES {
                     state.recent.pop_front();
@@ -237,6 +247,16 @@ impl RootState {
             .slots
             .with_label_values(&["busy"])
             .set(i64::from(busy));
+        let gpus = self.gpus.holders();
+        let busy_gpus = gpus.iter().filter(|(_, holder)| holder.is_some()).count();
+        metrics
+            .gpus
+            .with_label_values(&["total"])
+            .set(gpus.len() as i64);
+        metrics
+            .gpus
+            .with_label_values(&["busy"])
+            .set(busy_gpus as i64);
         metrics.running_trials.set(self.running.len() as i64);
         metrics.draining.set(i64::from(self.draining));
         metrics.connected.set(i64::from(self.link_up));
@@ -272,10 +292,18 @@ impl RootState {
     /// Takes no new trials and stops every running one as `Preempted`: a trainer writes a
     /// checkpoint of its exact position first; a command trial gets SIGTERM. The coordinator
     /// resumes them elsewhere without spending their retry budget.
-    pub(crate) fn preempt(&mut self) {
+    ///
+    /// `left` is how long the host has (a spot notice's time): a command trial's grace
+    /// between SIGTERM and SIGKILL is then at most half of it, leaving the rest for the
+    /// upload of its final checkpoint.
+    pub(crate) fn preempt(&mut self, left: Option<Duration>) {
         self.start_draining();
         for running in self.running.values() {
-            let _ = running.actor.cast(TrialMsg::Stop(StopReason::Preempted));
+            let stop = match left {
+                Some(left) => TrialMsg::StopWithin(StopReason::Preempted, left / 2),
+                None => TrialMsg::Stop(StopReason::Preempted),
+            };
+            let _ = running.actor.cast(stop);
         }
     }
 
@@ -291,8 +319,8 @@ impl RootState {
                 self.start_draining();
             }
             Notice::Interruption { action, at } => {
-                let left = at
-                    .and_then(|at| at.duration_since(seen).ok())
+                let time_left = at.and_then(|at| at.duration_since(seen).ok());
+                let left = time_left
                     .map(|left| format!("{}s", left.as_secs()))
                     .unwrap_or_else(|| "an unknown time".into());
                 tracing::warn!(
@@ -301,7 +329,7 @@ impl RootState {
                     "spot interruption notice ({action} in {left}): checkpointing every running trial and draining"
                 );
                 self.interrupted.get_or_insert(notice.posted(seen));
-                self.preempt();
+                self.preempt(time_left);
             }
             Notice::Terminating => {
                 tracing::warn!(
@@ -309,7 +337,7 @@ impl RootState {
                     "the group's termination lifecycle hook holds this instance: checkpointing every running trial and draining"
                 );
                 self.interrupted.get_or_insert(notice.posted(seen));
-                self.preempt();
+                self.preempt(None);
             }
         }
         if self.running.is_empty() {
@@ -335,10 +363,64 @@ impl RootState {
         );
     }
 
+    /// Starts an attempt with `gpus` GPUs of its own, or refuses it (draining, no free slot
+    /// or GPU).
+    async fn start(&mut self, myself: &ActorRef<AgentMsg>, start: StartTrial, gpus: u32) {
+        let attempt = start.attempt;
+        if self.running.contains_key(&attempt) {
+            return;
+        }
+        if self.draining {
+            self.reject(Some(attempt), "the agent is draining".into());
+            return;
+        }
+        let busy: u32 = self.running.values().map(|running| running.slots).sum();
+        if busy + start.slots > self.slots {
+            self.reject(
+                Some(attempt),
+                format!("no free slot ({busy} of {} busy)", self.slots),
+            );
+            return;
+        }
+        let assigned = match self.gpus.take(attempt, gpus) {
+            Ok(assigned) => assigned,
+            Err(message) => {
+                self.reject(Some(attempt), format!("no free GPU: {message}"));
+                return;
+            }
+        };
+        if !assigned.is_empty() {
+            tracing::info!(%attempt, gpus = %crate::gpus::visible_devices(&assigned), "GPUs assigned");
+        }
+        let slots = start.slots;
+        let args = TrialArgs {
+            metrics: self.metrics.clone(),
+            trainer_env: self.trainer_env.clone(),
+            start,
+            outbox: self.outbox.clone(),
+            root: myself.clone(),
+            checkpoint_root: self.checkpoint_root.clone(),
+            stop_grace: self.stop_grace,
+            gpus: assigned,
+            agent_has_gpus: self.gpus.total() > 0,
+            checkpoint_max_bytes: self.checkpoint_max_bytes,
+        };
+        match Actor::spawn_linked(None, Trial, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.running.insert(attempt, Running { actor, slots });
+            }
+            Err(error) => {
+                self.gpus.give_back(attempt);
+                self.reject(Some(attempt), format!("cannot start the trial: {error}"))
+            }
+        }
+    }
+
     async fn command(&mut self, myself: &ActorRef<AgentMsg>, command: CoordinatorCommand) {
         if command.epoch < self.newest_epoch {
             let attempt = match &command.command {
                 Command::StartTrial(start) => Some(start.attempt),
+                Command::StartAttempt(start) => Some(start.start.attempt),
                 Command::StopTrial { attempt, .. } => Some(*attempt),
                 Command::Registered { .. }
                 | Command::Drain
@@ -360,7 +442,7 @@ impl RootState {
                 tracing::info!(
                     "the coordinator drains this agent: checkpointing and stopping every trial"
                 );
-                self.preempt();
+                self.preempt(None);
             }
             Command::Registered {
                 adopted,
@@ -374,41 +456,10 @@ impl RootState {
                     }
                 }
             }
-            Command::StartTrial(start) => {
-                let attempt = start.attempt;
-                if self.running.contains_key(&attempt) {
-                    return;
-                }
-                if self.draining {
-                    self.reject(Some(attempt), "the agent is draining".into());
-                    return;
-                }
-                let busy: u32 = self.running.values().map(|running| running.slots).sum();
-                if busy + start.slots > self.slots {
-                    self.reject(
-                        Some(attempt),
-                        format!("no free slot ({busy} of {} busy)", self.slots),
-                    );
-                    return;
-                }
-                let slots = start.slots;
-                let args = TrialArgs {
-                    metrics: self.metrics.clone(),
-                    trainer_env: self.trainer_env.clone(),
-                    start: *start,
-                    outbox: self.outbox.clone(),
-                    root: myself.clone(),
-                    checkpoint_root: self.checkpoint_root.clone(),
-                    stop_grace: self.stop_grace,
-                };
-                match Actor::spawn_linked(None, Trial, args, myself.get_cell()).await {
-                    Ok((actor, _)) => {
-                        self.running.insert(attempt, Running { actor, slots });
-                    }
-                    Err(error) => {
-                        self.reject(Some(attempt), format!("cannot start the trial: {error}"))
-                    }
-                }
+            Command::StartTrial(start) => self.start(myself, *start, 0).await,
+            Command::StartAttempt(start) => {
+                let StartAttempt { start, gpus } = *start;
+                self.start(myself, start, gpus).await;
             }
             Command::StopTrial { attempt, reason } => {
                 if let Some(running) = self.running.get(&attempt) {

@@ -1,10 +1,15 @@
-//! Trial: one actor per running attempt of a command trial.
+//! Trial: one actor per running attempt, of a built-in trainer or of a command.
 //!
-//! Place in the tree: child of AgentRoot. It starts the user's program in its own process
-//! group, with the parameters in the environment, and owns a task that reads its output
-//! (metric lines → `TrialMetrics`) and waits for its exit. Stop = SIGTERM to the group, then
-//! SIGKILL after the grace period; on exit the whole group is killed so no grandchild
-//! outlives the trial. The actor reports the outcome to AgentRoot and stops.
+//! Place in the tree: child of AgentRoot. A built-in trainer runs on its own thread. A
+//! command runs in its own process group with the parameters, its GPUs and its checkpoint
+//! folders in the environment; the actor owns a task that reads its output (metric lines →
+//! `TrialMetrics`, checkpoint lines → a commit) and waits for its exit, and a task that
+//! uploads its commits one at a time. Before either starts, the attempt takes the trial's
+//! checkpoint lease (with etcd) and restores the latest checkpoint into
+//! `FLOTILLA_RESUME_FROM`. Stop = SIGTERM to the group, then SIGKILL after the grace period;
+//! on exit the whole group is killed so no grandchild outlives the trial, the last commits
+//! finish uploading, and only then is the outcome reported (so a preempted trial's final
+//! checkpoint is the one the next attempt resumes from).
 //!
 //! Failure: a failure of this actor is reported to AgentRoot, which reports the attempt as
 //! failed; the child process is killed on drop.
@@ -30,9 +35,10 @@ use tokio::sync::mpsc;
 use flotilla_train::{ArtifactStore, Control, DeviceChoice, Events, Finish, StopRequest, TrainJob};
 
 use crate::leases::{CheckpointLeases, Ownership};
-use crate::metric_line;
+use crate::metric_line::{self, Line};
 use crate::metrics::{AgentMetrics, TrialSeries};
 use crate::root::AgentMsg;
+use crate::trial_checkpoint::{self, Manifest};
 
 pub enum TrialMsg {
     Metric {
@@ -43,10 +49,37 @@ pub enum TrialMsg {
     TrainerDone(Result<Finish, String>),
     /// The checkpoint lease was taken (with the trial's latest checkpoint) or not.
     Owned(Result<(Ownership, Option<CheckpointRef>), String>),
+    /// A command attempt is ready to start (its lease taken, its checkpoint restored), or
+    /// cannot start.
+    Prepared(Result<Prepared, String>),
     StderrTail(String),
     Exited(Result<ExitStatus, String>),
     Stop(StopReason),
+    /// Stop with at most this grace before SIGKILL (a spot notice leaves less than usual).
+    StopWithin(StopReason, Duration),
     ForceKill,
+    /// The program committed its checkpoint directory, now taken aside at `dir`.
+    Commit {
+        dir: PathBuf,
+        step: Option<u64>,
+        epoch: Option<u32>,
+    },
+    /// A commit that could not be taken or uploaded: `fatal` ends the trial with it.
+    CheckpointProblem {
+        message: String,
+        fatal: bool,
+    },
+    /// Another attempt holds the trial's checkpoints now: this one stops.
+    LeaseLost(String),
+    /// Every commit has been uploaded (or given up) after the program exited.
+    UploadsDone,
+}
+
+/// What a command attempt starts with.
+pub struct Prepared {
+    ownership: Option<Ownership>,
+    /// The restored checkpoint: where it was unpacked, and its manifest.
+    resume: Option<(PathBuf, Manifest)>,
 }
 
 /// What built-in trainers need from the agent.
@@ -68,6 +101,40 @@ pub struct TrialArgs {
     pub root: ActorRef<AgentMsg>,
     pub checkpoint_root: PathBuf,
     pub stop_grace: Duration,
+    /// The GPUs this attempt holds alone (empty: none).
+    pub gpus: Vec<u32>,
+    /// Whether the agent has GPUs at all: a trial with none of them then sees none.
+    pub agent_has_gpus: bool,
+    /// A command trial's commit larger than this is refused.
+    pub checkpoint_max_bytes: u64,
+}
+
+/// Where a command attempt's files live: `<root>/<sweep>/<trial>/a<attempt>/`.
+struct AttemptDirs {
+    root: PathBuf,
+    /// `FLOTILLA_CHECKPOINT_DIR`.
+    checkpoint: PathBuf,
+    /// Commits taken aside until uploaded.
+    commits: PathBuf,
+    /// `FLOTILLA_RESUME_FROM`.
+    resume: PathBuf,
+}
+
+impl AttemptDirs {
+    fn of(args: &TrialArgs) -> AttemptDirs {
+        let attempt = args.start.attempt;
+        let root = args
+            .checkpoint_root
+            .join(attempt.trial.sweep.to_string())
+            .join(attempt.trial.to_string())
+            .join(format!("a{}", attempt.attempt));
+        AttemptDirs {
+            checkpoint: root.join("checkpoint"),
+            commits: root.join("commits"),
+            resume: root.join("resume"),
+            root,
+        }
+    }
 }
 
 pub struct TrialState {
@@ -93,6 +160,24 @@ pub struct TrialState {
     ownership: Option<(Arc<CheckpointLeases>, Ownership)>,
     /// This attempt's Prometheus series, removed when the actor's state is dropped.
     series: TrialSeries,
+    /// A command attempt taking its lease and restoring its checkpoint: its arguments and
+    /// the task (aborted if the actor stops first).
+    preparing: Option<(Box<TrialArgs>, tokio::task::JoinHandle<()>)>,
+    /// A command attempt's commits go here, to the upload task.
+    commits: Option<mpsc::UnboundedSender<Commit>>,
+    uploader: Option<tokio::task::JoinHandle<()>>,
+    /// The outcome, held back until the last commits are uploaded.
+    held: Option<TrialOutcome>,
+    /// The last `epoch` metric reported (a commit's epoch unless it names one).
+    last_epoch: Option<u32>,
+    /// Whether any metric was reported (a commit's step is then the last one's).
+    reported_metrics: bool,
+    /// Why the trial fails regardless of its exit (a checkpoint that could not be kept).
+    failure: Option<String>,
+    /// SIGTERM has been sent.
+    terminating: bool,
+    /// A command attempt's folder, removed when the actor stops.
+    attempt_dir: Option<PathBuf>,
 }
 
 pub struct Trial;
@@ -127,6 +212,15 @@ impl Actor for Trial {
             series: args
                 .metrics
                 .trial(args.start.attempt.trial, args.start.trial.timeout),
+            preparing: None,
+            commits: None,
+            uploader: None,
+            held: None,
+            last_epoch: None,
+            reported_metrics: false,
+            failure: None,
+            terminating: false,
+            attempt_dir: None,
         };
         let leases = args.trainer_env.leases.clone();
         let started = if let (Some(_), Some(leases)) = (&args.start.trial.trainer, leases) {
@@ -148,10 +242,24 @@ impl Actor for Trial {
         } else if args.start.trial.trainer.is_some() {
             spawn_trainer(&args, &myself, None).map(|control| state.trainer = Some(control))
         } else {
-            spawn_process(&args, &myself).map(|(process_group, watcher)| {
-                state.process_group = Some(process_group);
-                state.watcher = Some(watcher);
-            })
+            // A command starts once its lease is held and its checkpoint restored.
+            let dirs = AttemptDirs::of(&args);
+            state.attempt_dir = Some(dirs.root.clone());
+            let task = tokio::spawn(prepare(
+                myself.clone(),
+                args.trainer_env.clone(),
+                attempt,
+                args.start.resume_from.clone(),
+                dirs,
+            ));
+            let outbox = args.outbox.clone();
+            let timeout = args.start.trial.timeout;
+            state.preparing = Some((Box::new(args), task));
+            let _ = outbox.send(AgentMessage::TrialStarted { attempt });
+            if let Some(timeout) = timeout {
+                myself.send_after(timeout, || TrialMsg::Stop(StopReason::TimedOut));
+            }
+            return Ok(state);
         };
         match started {
             Ok(()) => {
@@ -179,6 +287,13 @@ impl Actor for Trial {
             TrialMsg::Metric { step, values } => {
                 let step = step.unwrap_or(state.next_step);
                 state.next_step = step + 1;
+                state.reported_metrics = true;
+                if let Some(epoch) = values.get(flotilla_protocol::trainers::BUDGET_METRIC)
+                    && epoch.is_finite()
+                    && *epoch >= 0.0
+                {
+                    state.last_epoch = Some(*epoch as u32);
+                }
                 state.series.point(step, &values);
                 state
                     .latest
@@ -226,6 +341,60 @@ impl Actor for Trial {
                     }
                 }
             }
+            TrialMsg::Prepared(prepared) => {
+                let Some((args, _)) = state.preparing.take() else {
+                    return Ok(());
+                };
+                state.start_command(&myself, *args, prepared);
+            }
+            TrialMsg::Stop(reason) | TrialMsg::StopWithin(reason, _)
+                if state.preparing.is_some() =>
+            {
+                if let Some((_, task)) = state.preparing.take() {
+                    task.abort();
+                }
+                state.stop_reason = Some(reason);
+                state.report(TrialOutcome::Stopped {
+                    reason,
+                    duration_ms: state.started.elapsed().as_millis() as u64,
+                });
+                myself.stop(None);
+            }
+            TrialMsg::Commit { dir, step, epoch } => {
+                let step = step.unwrap_or(if state.reported_metrics {
+                    state.next_step.saturating_sub(1)
+                } else {
+                    0
+                });
+                let epoch = epoch.or(state.last_epoch).unwrap_or(0);
+                tracing::info!(attempt = %state.attempt, step, epoch, "checkpoint committed; uploading");
+                let commit = Commit { dir, step, epoch };
+                if let Some(commits) = &state.commits
+                    && let Err(refused) = commits.send(commit)
+                {
+                    let _ = std::fs::remove_dir_all(&refused.0.dir);
+                }
+            }
+            TrialMsg::CheckpointProblem { message, fatal } => {
+                if fatal {
+                    tracing::error!(attempt = %state.attempt, %message, "checkpoint refused; the trial fails");
+                    state.failure.get_or_insert(message);
+                    state.terminate(&myself, state.stop_grace);
+                } else {
+                    tracing::warn!(attempt = %state.attempt, %message, "checkpoint refused; the trial goes on");
+                }
+            }
+            TrialMsg::LeaseLost(message) => {
+                tracing::warn!(attempt = %state.attempt, %message, "checkpoint not published; stopping the trial");
+                state.stop_reason.get_or_insert(StopReason::Superseded);
+                state.terminate(&myself, state.stop_grace);
+            }
+            TrialMsg::UploadsDone => {
+                if let Some(outcome) = state.held.take() {
+                    state.report(outcome);
+                }
+                myself.stop(None);
+            }
             TrialMsg::Stop(reason) if state.waiting.is_some() => {
                 if let Some((_, task)) = state.waiting.take() {
                     task.abort();
@@ -237,7 +406,7 @@ impl Actor for Trial {
                 });
                 myself.stop(None);
             }
-            TrialMsg::Stop(reason) if state.trainer.is_some() => {
+            TrialMsg::Stop(reason) | TrialMsg::StopWithin(reason, _) if state.trainer.is_some() => {
                 if state.stop_reason.is_none() {
                     state.stop_reason = Some(reason);
                     // A drain keeps the work: checkpoint the exact position, then stop.
@@ -270,18 +439,33 @@ impl Actor for Trial {
                 myself.stop(None);
             }
             TrialMsg::Stop(reason) => {
-                if state.stop_reason.is_none() {
-                    state.stop_reason = Some(reason);
-                    state.signal(Signal::SIGTERM);
-                    myself.send_after(state.stop_grace, || TrialMsg::ForceKill);
-                }
+                state.stop_reason.get_or_insert(reason);
+                state.terminate(&myself, state.stop_grace);
+            }
+            TrialMsg::StopWithin(reason, grace) => {
+                state.stop_reason.get_or_insert(reason);
+                state.terminate(&myself, grace.min(state.stop_grace));
             }
             TrialMsg::ForceKill => state.signal(Signal::SIGKILL),
             TrialMsg::Exited(status) => {
                 let outcome = state.outcome(status);
-                state.report(outcome);
                 state.process_group = None;
-                myself.stop(None);
+                // The last commits finish uploading before the outcome goes out.
+                state.commits = None;
+                match state.uploader.take() {
+                    Some(uploader) => {
+                        state.held = Some(outcome);
+                        let me = myself.clone();
+                        tokio::spawn(async move {
+                            let _ = uploader.await;
+                            let _ = me.cast(TrialMsg::UploadsDone);
+                        });
+                    }
+                    None => {
+                        state.report(outcome);
+                        myself.stop(None);
+                    }
+                }
             }
         }
         Ok(())
@@ -296,6 +480,18 @@ impl Actor for Trial {
         state.signal(Signal::SIGKILL);
         if let Some((_, task)) = state.waiting.take() {
             task.abort();
+        }
+        if let Some((_, task)) = state.preparing.take() {
+            task.abort();
+        }
+        if let Some(uploader) = state.uploader.take() {
+            uploader.abort();
+        }
+        if let Some(dir) = state.attempt_dir.take() {
+            // Nothing here is needed once the attempt is over: its commits are in the store.
+            tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_dir_all(dir);
+            });
         }
         if let Some((leases, ownership)) = state.ownership.take() {
             leases.release(&ownership).await;
@@ -328,9 +524,78 @@ impl TrialState {
         }
     }
 
+    /// SIGTERM to the program, SIGKILL after `grace` (once, whatever asked first).
+    fn terminate(&mut self, myself: &ActorRef<TrialMsg>, grace: Duration) {
+        if self.terminating {
+            return;
+        }
+        self.terminating = true;
+        self.signal(Signal::SIGTERM);
+        myself.send_after(grace, || TrialMsg::ForceKill);
+    }
+
+    /// Starts a prepared command attempt: its program, and the task uploading its commits.
+    fn start_command(
+        &mut self,
+        myself: &ActorRef<TrialMsg>,
+        mut args: TrialArgs,
+        prepared: Result<Prepared, String>,
+    ) {
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(message) => {
+                tracing::warn!(attempt = %self.attempt, %message, "command trial could not start");
+                self.report(TrialOutcome::error(message, 0));
+                myself.stop(None);
+                return;
+            }
+        };
+        let leases = args.trainer_env.leases.clone();
+        let lease = leases.zip(prepared.ownership);
+        self.ownership = lease.clone();
+        if let Some((dir, manifest)) = &prepared.resume {
+            tracing::info!(attempt = %self.attempt, resume = %dir.display(), step = manifest.step, epoch = manifest.epoch, "resuming from the trial's latest checkpoint");
+            // Steps go on from the checkpoint's, so a resumed curve continues where it was.
+            self.next_step = manifest.step + 1;
+            self.last_epoch = Some(manifest.epoch);
+        }
+        let dirs = AttemptDirs::of(&args);
+        let (commits, queue) = mpsc::unbounded_channel();
+        let uploader = tokio::spawn(upload_commits(
+            queue,
+            Uploader {
+                trial: myself.clone(),
+                outbox: args.outbox.clone(),
+                attempt: self.attempt,
+                artifacts: args.trainer_env.artifacts.clone(),
+                lease,
+                limit: args.checkpoint_max_bytes,
+                metrics: args.metrics.clone(),
+            },
+        ));
+        args.start.resume_from = None;
+        match spawn_process(&args, myself, &dirs, prepared.resume.as_ref()) {
+            Ok((process_group, watcher)) => {
+                self.process_group = Some(process_group);
+                self.watcher = Some(watcher);
+                self.commits = Some(commits);
+                self.uploader = Some(uploader);
+            }
+            Err(message) => {
+                uploader.abort();
+                tracing::warn!(attempt = %self.attempt, %message, "command trial could not start");
+                self.report(TrialOutcome::error(message, 0));
+                myself.stop(None);
+            }
+        }
+    }
+
     fn outcome(&self, status: Result<ExitStatus, String>) -> TrialOutcome {
         use std::os::unix::process::ExitStatusExt;
         let duration_ms = self.started.elapsed().as_millis() as u64;
+        if let Some(message) = &self.failure {
+            return TrialOutcome::error(message.clone(), duration_ms);
+        }
         if let Some(reason) = self.stop_reason {
             return TrialOutcome::Stopped {
                 reason,
@@ -425,7 +690,7 @@ fn spawn_trainer(
         settings: start.trial.settings.clone(),
         resume_from: start.resume_from.clone(),
         artifacts: args.trainer_env.artifacts.clone(),
-        device: args.trainer_env.device,
+        device: trainer_device(args),
         data_dir: args.trainer_env.data_dir.clone(),
     };
     let control = Control::new();
@@ -452,10 +717,30 @@ fn spawn_trainer(
     Ok(control)
 }
 
-/// The environment a command trial sees.
+/// The device a built-in trainer attempt trains on. On an agent with GPUs it is the first
+/// GPU the attempt holds (CPU when it holds none, so it never lands on another attempt's
+/// GPU), unless the agent was told `--device cpu`; a build without CUDA trains on the CPU.
+fn trainer_device(args: &TrialArgs) -> DeviceChoice {
+    let configured = args.trainer_env.device;
+    if !args.agent_has_gpus || configured == DeviceChoice::Cpu {
+        return configured;
+    }
+    match args.gpus.first() {
+        Some(index) if cfg!(feature = "cuda") => DeviceChoice::Cuda(*index as usize),
+        Some(index) => {
+            tracing::warn!(attempt = %args.start.attempt, gpu = index, "this agent was built without CUDA; the trial trains on the CPU");
+            DeviceChoice::Cpu
+        }
+        None => DeviceChoice::Cpu,
+    }
+}
+
+/// The environment a command trial sees (the contract in docs/trials.md).
 pub fn trial_environment(
     start: &StartTrial,
     checkpoint_dir: &std::path::Path,
+    gpus: Option<&[u32]>,
+    resume: Option<(&std::path::Path, &Manifest)>,
 ) -> Vec<(String, String)> {
     let attempt = start.attempt;
     let params_json = format!(
@@ -486,8 +771,34 @@ pub fn trial_environment(
             value.exact(),
         ));
     }
-    if let Some(resume) = &start.resume_from {
-        environment.push(("FLOTILLA_RESUME_FROM".to_string(), resume.clone()));
+    // The GPUs the attempt holds alone; on an agent with GPUs, a trial holding none sees none.
+    if let Some(gpus) = gpus {
+        let visible = crate::gpus::visible_devices(gpus);
+        environment.push(("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()));
+        environment.push(("CUDA_VISIBLE_DEVICES".to_string(), visible.clone()));
+        environment.push(("FLOTILLA_GPUS".to_string(), visible));
+    }
+    // ASHA's promotion form (or the sweep) sets the epochs this attempt trains up to.
+    if let Some(epochs) = start
+        .trial
+        .settings
+        .get(flotilla_protocol::trainers::BUDGET_HYPERPARAMETER)
+    {
+        environment.push(("FLOTILLA_EPOCHS".to_string(), epochs.exact()));
+    }
+    if let Some((dir, manifest)) = resume {
+        environment.push((
+            "FLOTILLA_RESUME_FROM".to_string(),
+            dir.display().to_string(),
+        ));
+        environment.push((
+            "FLOTILLA_RESUME_STEP".to_string(),
+            manifest.step.to_string(),
+        ));
+        environment.push((
+            "FLOTILLA_RESUME_EPOCH".to_string(),
+            manifest.epoch.to_string(),
+        ));
     }
     environment
 }
@@ -495,9 +806,170 @@ pub fn trial_environment(
 /// How long output may keep flowing after the program exited (its group is killed first).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
+/// Takes the trial's checkpoint lease (with etcd) and restores its latest checkpoint, then
+/// tells the actor. The pointer in etcd is the truth when there is one; the coordinator's
+/// `resume_from` may lag it.
+async fn prepare(
+    trial: ActorRef<TrialMsg>,
+    env: TrainerEnv,
+    attempt: AttemptId,
+    resume_from: Option<String>,
+    dirs: AttemptDirs,
+) {
+    let prepared = async {
+        let mut resume_from = resume_from;
+        let mut ownership = None;
+        if let Some(leases) = &env.leases {
+            let (owned, latest) = leases.acquire(attempt, leases.takeover_wait()).await?;
+            if let Some(latest) = latest {
+                resume_from = Some(latest.uri);
+            }
+            ownership = Some(owned);
+        }
+        let root = dirs.root.clone();
+        let fresh = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(root.join("checkpoint"))
+                .map_err(|error| format!("cannot create {}: {error}", root.display()))
+        });
+        fresh
+            .await
+            .map_err(|error| format!("preparing the trial's folders failed: {error}"))??;
+        let resume = match resume_from {
+            None => None,
+            Some(uri) => {
+                let bytes = env.artifacts.get(&uri).await.map_err(|error| {
+                    format!("cannot download the trial's latest checkpoint: {error}")
+                })?;
+                let dest = dirs.resume.clone();
+                let manifest = tokio::task::spawn_blocking(move || {
+                    trial_checkpoint::unpack(&bytes, &uri, &dest)
+                })
+                .await
+                .map_err(|error| format!("restoring the checkpoint failed: {error}"))??;
+                Some((dirs.resume.clone(), manifest))
+            }
+        };
+        Ok::<_, String>(Prepared { ownership, resume })
+    }
+    .await;
+    let _ = trial.cast(TrialMsg::Prepared(prepared));
+}
+
+/// A commit taken aside, waiting for its upload.
+struct Commit {
+    dir: PathBuf,
+    step: u64,
+    epoch: u32,
+}
+
+/// What the upload task needs.
+struct Uploader {
+    trial: ActorRef<TrialMsg>,
+    outbox: mpsc::UnboundedSender<AgentMessage>,
+    attempt: AttemptId,
+    artifacts: ArtifactStore,
+    lease: Option<(Arc<CheckpointLeases>, Ownership)>,
+    limit: u64,
+    metrics: Arc<AgentMetrics>,
+}
+
+/// Uploads an attempt's commits in order, one at a time; when several wait, only the newest
+/// is uploaded (the others are older states of the same trial). Ends when the actor drops
+/// its sender (the program exited) and the queue is empty, or at the first failure.
+async fn upload_commits(mut queue: mpsc::UnboundedReceiver<Commit>, uploader: Uploader) {
+    while let Some(mut commit) = queue.recv().await {
+        while let Ok(newer) = queue.try_recv() {
+            let _ = std::fs::remove_dir_all(&commit.dir);
+            commit = newer;
+        }
+        let dir = commit.dir.clone();
+        let result = uploader.upload(commit).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        match result {
+            Ok(()) => {}
+            Err(UploadError::LeaseLost(message)) => {
+                let _ = uploader.trial.cast(TrialMsg::LeaseLost(message));
+                break;
+            }
+            Err(UploadError::Refused(message)) => {
+                let _ = uploader.trial.cast(TrialMsg::CheckpointProblem {
+                    message,
+                    fatal: true,
+                });
+                break;
+            }
+        }
+    }
+    // Whatever is left is not uploaded: its folders go with the attempt's.
+    queue.close();
+    while let Some(commit) = queue.recv().await {
+        let _ = std::fs::remove_dir_all(&commit.dir);
+    }
+}
+
+enum UploadError {
+    LeaseLost(String),
+    Refused(String),
+}
+
+impl Uploader {
+    async fn upload(&self, commit: Commit) -> Result<(), UploadError> {
+        let began = Instant::now();
+        let trial = self.attempt.trial.to_string();
+        let manifest = Manifest {
+            trial: trial.clone(),
+            attempt: self.attempt.attempt,
+            step: commit.step,
+            epoch: commit.epoch,
+            files: 0,
+            bytes: 0,
+        };
+        let limit = self.limit;
+        let dir = commit.dir.clone();
+        let bytes =
+            tokio::task::spawn_blocking(move || trial_checkpoint::pack(&dir, manifest, limit))
+                .await
+                .map_err(|error| {
+                    UploadError::Refused(format!("packing the checkpoint failed: {error}"))
+                })?
+                .map_err(|error| UploadError::Refused(error.to_string()))?;
+        let size = bytes.len() as u64;
+        let key = trial_checkpoint::checkpoint_key(&trial, self.attempt.attempt, commit.step);
+        let uri = self.artifacts.put_new(&key, bytes).await.map_err(|error| {
+            UploadError::Refused(format!("the checkpoint could not be uploaded: {error}"))
+        })?;
+        let checkpoint = CheckpointRef {
+            uri,
+            attempt: self.attempt.attempt,
+            step: commit.step,
+            epoch: commit.epoch,
+            bytes: size,
+        };
+        if let Some((leases, ownership)) = &self.lease {
+            leases
+                .move_latest(ownership, &checkpoint)
+                .await
+                .map_err(UploadError::LeaseLost)?;
+        }
+        self.metrics
+            .checkpoint_write
+            .observe(began.elapsed().as_secs_f64());
+        self.metrics.checkpoint_bytes.inc_by(size);
+        tracing::info!(attempt = %self.attempt, checkpoint = %checkpoint.uri, step = checkpoint.step, bytes = size, "checkpoint uploaded");
+        let _ = self.outbox.send(AgentMessage::TrialCheckpoint {
+            attempt: self.attempt,
+            checkpoint,
+        });
+        Ok(())
+    }
+}
+
 fn spawn_process(
     args: &TrialArgs,
     myself: &ActorRef<TrialMsg>,
+    dirs: &AttemptDirs,
+    resume: Option<&(PathBuf, Manifest)>,
 ) -> Result<(Pid, tokio::task::JoinHandle<()>), String> {
     let start = &args.start;
     let program = start
@@ -505,12 +977,9 @@ fn spawn_process(
         .command
         .clone()
         .ok_or("this agent runs command trials only; the trial names no command")?;
-    let checkpoint_dir = args
-        .checkpoint_root
-        .join(start.attempt.trial.sweep.to_string())
-        .join(start.attempt.trial.to_string());
-    std::fs::create_dir_all(&checkpoint_dir)
-        .map_err(|error| format!("cannot create {}: {error}", checkpoint_dir.display()))?;
+    let checkpoint_dir = dirs.checkpoint.clone();
+    let gpus = args.agent_has_gpus.then_some(args.gpus.as_slice());
+    let resume = resume.map(|(dir, manifest)| (dir.as_path(), manifest));
     let mut command = tokio::process::Command::new(&program);
     command
         .args(
@@ -520,7 +989,7 @@ fn spawn_process(
                 .iter()
                 .map(|arg| substitute(arg, &start.params)),
         )
-        .envs(trial_environment(start, &checkpoint_dir))
+        .envs(trial_environment(start, &checkpoint_dir, gpus, resume))
         .envs(&start.trial.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -541,6 +1010,7 @@ fn spawn_process(
     let actor = myself.clone();
     let attempt = start.attempt;
     let group = Pid::from_raw(pid as i32);
+    let commits_dir = dirs.commits.clone();
     // Owned by this actor (aborted in its post_stop): it ends once the process has exited,
     // been reaped, and its output has been read.
     let watcher = tokio::spawn(async move {
@@ -564,17 +1034,42 @@ fn spawn_process(
             let Some(stdout) = stdout else { return };
             let mut lines = BufReader::new(stdout).lines();
             let mut warned = false;
+            let mut commits = 0u32;
             while let Ok(Some(line)) = lines.next_line().await {
                 match metric_line::parse(&line) {
-                    Some(Ok(metric)) => {
+                    Some(Ok(Line::Metrics(metric))) => {
                         let _ = stdout_actor.cast(TrialMsg::Metric {
                             step: metric.step,
                             values: metric.values,
                         });
                     }
+                    // The directory is taken the moment the line is read: what the commit
+                    // holds is what was there when the program printed it.
+                    Some(Ok(Line::Checkpoint { step, epoch })) => {
+                        commits += 1;
+                        let aside = commits_dir.join(format!("{commits:06}"));
+                        let message = match trial_checkpoint::take_directory(
+                            &checkpoint_dir,
+                            &aside,
+                        ) {
+                            Ok(Some(dir)) => TrialMsg::Commit { dir, step, epoch },
+                            Ok(None) => TrialMsg::CheckpointProblem {
+                                message: format!(
+                                    "'@flotilla checkpoint' with no files in {}: nothing was committed",
+                                    checkpoint_dir.display()
+                                ),
+                                fatal: false,
+                            },
+                            Err(message) => TrialMsg::CheckpointProblem {
+                                message,
+                                fatal: true,
+                            },
+                        };
+                        let _ = stdout_actor.cast(message);
+                    }
                     Some(Err(error)) if !warned => {
                         warned = true;
-                        tracing::warn!(%attempt, %error, "ignoring a malformed metric line (further ones are ignored silently)");
+                        tracing::warn!(%attempt, %error, "ignoring a malformed @flotilla line (further ones are ignored silently)");
                     }
                     _ => {}
                 }

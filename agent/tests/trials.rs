@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use flotilla_agent::root::{AgentMsg, AgentRoot, RootArgs};
 use flotilla_protocol::messages::{
-    AgentMessage, Command, CoordinatorCommand, StartTrial, StopReason, TrialOutcome,
+    AgentMessage, CheckpointRef, Command, CoordinatorCommand, StartAttempt, StartTrial, StopReason,
+    TrialOutcome,
 };
 use flotilla_protocol::spec::TrialSpec;
 use flotilla_protocol::{AttemptId, Epoch, ParamValue, SweepId, TrialId};
@@ -20,6 +21,22 @@ struct Harness {
 }
 
 async fn harness(slots: u32, stop_grace: Duration) -> Harness {
+    harness_with(
+        slots,
+        stop_grace,
+        &[],
+        flotilla_agent::DEFAULT_CHECKPOINT_MAX_BYTES,
+    )
+    .await
+}
+
+/// An agent with these GPU indices and this limit on command-trial checkpoints.
+async fn harness_with(
+    slots: u32,
+    stop_grace: Duration,
+    gpus: &[u32],
+    checkpoint_max_bytes: u64,
+) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let (outbox, receiver) = mpsc::unbounded_channel();
     let metrics = flotilla_agent::metrics::AgentMetrics::new();
@@ -47,6 +64,8 @@ async fn harness(slots: u32, stop_grace: Duration) -> Harness {
         },
         metrics,
         serving,
+        gpus: flotilla_agent::gpus::GpuPool::new(gpus),
+        checkpoint_max_bytes,
     };
     let (root, _) = Actor::spawn(None, AgentRoot, args)
         .await
@@ -391,4 +410,257 @@ async fn a_drained_trainer_checkpoints_and_its_next_attempt_resumes_to_the_end()
         !steps.is_empty() && steps.iter().all(|step| u64::from(checkpoint.epoch) < *step),
         "{steps:?} after {checkpoint:?}"
     );
+}
+
+/// A command trial of `gpus` GPUs (attempt `attempt_number`), resuming from `resume_from`.
+fn command_trial(
+    number: u32,
+    attempt_number: u32,
+    script: &str,
+    gpus: u32,
+    resume_from: Option<String>,
+) -> Command {
+    let mut id = attempt(number);
+    id.attempt = attempt_number;
+    Command::StartAttempt(Box::new(StartAttempt {
+        start: StartTrial {
+            attempt: id,
+            params: BTreeMap::new(),
+            trial: TrialSpec {
+                command: Some("sh".into()),
+                args: vec!["-c".into(), script.into()],
+                ..TrialSpec::default()
+            },
+            resume_from,
+            slots: 1,
+        },
+        gpus,
+    }))
+}
+
+/// Messages up to the attempt's outcome: its checkpoints and the outcome.
+async fn checkpoints_and_outcome(
+    agent: &mut Harness,
+    of: AttemptId,
+) -> (Vec<CheckpointRef>, TrialOutcome) {
+    let mut checkpoints = Vec::new();
+    loop {
+        match agent.next(Duration::from_secs(30)).await {
+            AgentMessage::TrialCheckpoint {
+                attempt,
+                checkpoint,
+            } if attempt == of => checkpoints.push(checkpoint),
+            AgentMessage::TrialFinished { attempt, outcome } if attempt == of => {
+                return (checkpoints, outcome);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A line a trial writes to `path`, once it is there.
+async fn written(path: &std::path::Path) -> String {
+    for _ in 0..400 {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return text.trim().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never written", path.display());
+}
+
+#[tokio::test]
+async fn each_command_trial_sees_only_the_gpus_it_holds() {
+    let mut agent = harness_with(3, Duration::from_secs(5), &[0, 1], 1 << 20).await;
+    let out = agent._dir.path().to_path_buf();
+    let report = |name: &str| {
+        format!(
+            "echo \"$CUDA_VISIBLE_DEVICES|$FLOTILLA_GPUS|$CUDA_DEVICE_ORDER\" > {}/{name}; \
+             while [ ! -e {}/release ]; do sleep 0.05; done",
+            out.display(),
+            out.display()
+        )
+    };
+    agent.send(1, command_trial(0, 0, &report("a"), 1, None));
+    agent.send(1, command_trial(1, 0, &report("b"), 1, None));
+    // Both GPUs are held: a third 1-GPU trial is refused, though a slot is free.
+    agent.send(1, command_trial(2, 0, &report("c"), 1, None));
+    loop {
+        match agent.next(Duration::from_secs(10)).await {
+            AgentMessage::CommandRejected {
+                attempt: Some(refused),
+                reason,
+            } => {
+                assert_eq!(refused, attempt(2));
+                assert!(
+                    reason.contains("no free GPU") && reason.contains("0 of 2 free"),
+                    "{reason}"
+                );
+                break;
+            }
+            AgentMessage::TrialFinished { outcome, .. } => panic!("finished early: {outcome:?}"),
+            _ => {}
+        }
+    }
+    let mut pair = [written(&out.join("a")).await, written(&out.join("b")).await];
+    pair.sort();
+    assert_eq!(pair, ["0|0|PCI_BUS_ID", "1|1|PCI_BUS_ID"]);
+    std::fs::write(out.join("release"), b"").expect("release");
+    for _ in 0..2 {
+        let (_, outcome) = agent.finished(Duration::from_secs(10)).await;
+        assert!(
+            matches!(outcome, TrialOutcome::Succeeded { .. }),
+            "{outcome:?}"
+        );
+    }
+    // With both free again, a 2-GPU trial holds both; a 0-GPU trial on this agent sees none.
+    std::fs::remove_file(out.join("release")).expect("rm");
+    agent.send(1, command_trial(3, 0, &report("d"), 2, None));
+    agent.send(1, command_trial(4, 0, &report("e"), 0, None));
+    assert_eq!(written(&out.join("d")).await, "0,1|0,1|PCI_BUS_ID");
+    assert_eq!(written(&out.join("e")).await, "||PCI_BUS_ID");
+    std::fs::write(out.join("release"), b"").expect("release");
+    for _ in 0..2 {
+        let (_, outcome) = agent.finished(Duration::from_secs(10)).await;
+        assert!(
+            matches!(outcome, TrialOutcome::Succeeded { .. }),
+            "{outcome:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_committed_directory_is_uploaded_and_restored_for_the_next_attempt() {
+    let mut agent = harness_with(1, Duration::from_secs(5), &[], 1 << 20).await;
+    // Two commits; the second's files are what the next attempt gets back.
+    let script = "echo '@flotilla step=1 epoch=1 loss=0.5'; \
+                  echo one > \"$FLOTILLA_CHECKPOINT_DIR/state.txt\"; echo '@flotilla checkpoint'; \
+                  echo '@flotilla step=2 epoch=2 loss=0.25'; \
+                  mkdir \"$FLOTILLA_CHECKPOINT_DIR/sub\"; echo two > \"$FLOTILLA_CHECKPOINT_DIR/sub/state.txt\"; \
+                  echo '@flotilla checkpoint'";
+    agent.send(1, command_trial(0, 0, script, 0, None));
+    let (checkpoints, outcome) = checkpoints_and_outcome(&mut agent, attempt(0)).await;
+    assert!(
+        matches!(outcome, TrialOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    let latest = checkpoints.last().cloned().expect("checkpoints uploaded");
+    assert_eq!((latest.step, latest.epoch, latest.attempt), (2, 2, 0));
+    assert!(
+        latest.uri.ends_with(".tar") && latest.uri.contains("/checkpoints/s1-t0/"),
+        "{latest:?}"
+    );
+
+    // The next attempt finds it in FLOTILLA_RESUME_FROM, with its step and epoch.
+    let out = agent._dir.path().join("resumed");
+    let script = format!(
+        "cat \"$FLOTILLA_RESUME_FROM/sub/state.txt\" > {out}; \
+         echo \"$FLOTILLA_RESUME_STEP $FLOTILLA_RESUME_EPOCH\" >> {out}; \
+         ls -A \"$FLOTILLA_RESUME_FROM\" >> {out}; ls -A \"$FLOTILLA_CHECKPOINT_DIR\" | wc -l >> {out}",
+        out = out.display()
+    );
+    agent.send(1, command_trial(0, 1, &script, 0, Some(latest.uri.clone())));
+    let mut id = attempt(0);
+    id.attempt = 1;
+    let (_, outcome) = checkpoints_and_outcome(&mut agent, id).await;
+    assert!(
+        matches!(outcome, TrialOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    let seen = std::fs::read_to_string(&out).expect("the resumed attempt wrote");
+    assert_eq!(
+        seen, "two\n2 2\nsub\n0\n",
+        "resume folder holds only the checkpoint's files"
+    );
+}
+
+#[tokio::test]
+async fn bad_commits_are_named_and_nothing_half_made_is_uploaded() {
+    let mut agent = harness_with(1, Duration::from_secs(5), &[], 1024).await;
+    // No files: a warning, and the trial goes on to succeed with no checkpoint.
+    agent.send(
+        1,
+        command_trial(
+            0,
+            0,
+            "echo '@flotilla checkpoint'; echo '@flotilla loss=1'",
+            0,
+            None,
+        ),
+    );
+    let (checkpoints, outcome) = checkpoints_and_outcome(&mut agent, attempt(0)).await;
+    assert!(checkpoints.is_empty());
+    assert!(
+        matches!(outcome, TrialOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
+
+    // Over the limit: the trial fails, saying so, and nothing is uploaded.
+    let big = "head -c 4096 /dev/zero > \"$FLOTILLA_CHECKPOINT_DIR/w.bin\"; \
+               echo '@flotilla checkpoint'; sleep 30";
+    agent.send(1, command_trial(1, 0, big, 0, None));
+    let (checkpoints, outcome) = checkpoints_and_outcome(&mut agent, attempt(1)).await;
+    assert!(checkpoints.is_empty());
+    match outcome {
+        TrialOutcome::Failed { message, .. } => {
+            assert!(
+                message.contains("--checkpoint-max-bytes") && message.contains("4096"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+
+    // Something that cannot be read (a pipe): the trial fails naming it.
+    let pipe = "mkfifo \"$FLOTILLA_CHECKPOINT_DIR/fifo\"; echo '@flotilla checkpoint'; sleep 30";
+    agent.send(1, command_trial(2, 0, pipe, 0, None));
+    let (checkpoints, outcome) = checkpoints_and_outcome(&mut agent, attempt(2)).await;
+    assert!(checkpoints.is_empty());
+    match outcome {
+        TrialOutcome::Failed { message, .. } => {
+            assert!(
+                message.contains("fifo") && message.contains("pipe"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    let stored = agent._dir.path().join("artifacts/checkpoints");
+    let objects = std::fs::read_dir(&stored)
+        .map(|dir| dir.count())
+        .unwrap_or(0);
+    assert_eq!(objects, 0, "nothing was written to the store");
+}
+
+#[tokio::test]
+async fn a_drained_command_trial_commits_on_sigterm_before_it_is_handed_back() {
+    let mut agent = harness_with(1, Duration::from_secs(5), &[], 1 << 20).await;
+    // Checkpoints only when told to stop, as a program using the SIGTERM hook does.
+    let script = "trap 'echo final > \"$FLOTILLA_CHECKPOINT_DIR/state.txt\"; \
+                  echo \"@flotilla checkpoint step=7 epoch=3\"; exit 0' TERM; \
+                  echo '@flotilla step=0 loss=1'; while true; do sleep 0.05; done";
+    agent.send(1, command_trial(0, 0, script, 0, None));
+    loop {
+        if let AgentMessage::TrialMetrics { .. } = agent.next(Duration::from_secs(10)).await {
+            break;
+        }
+    }
+    agent.send(1, Command::Drain);
+    let (checkpoints, outcome) = checkpoints_and_outcome(&mut agent, attempt(0)).await;
+    assert!(
+        matches!(
+            outcome,
+            TrialOutcome::Stopped {
+                reason: StopReason::Preempted,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let [checkpoint] = checkpoints.as_slice() else {
+        panic!("one final checkpoint, uploaded before the outcome: {checkpoints:?}");
+    };
+    assert_eq!((checkpoint.step, checkpoint.epoch), (7, 3));
 }

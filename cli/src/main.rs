@@ -277,9 +277,14 @@ struct AgentArgs {
     /// Trials this agent runs at once.
     #[arg(long, env = "FLOTILLA_SLOTS", default_value_t = 1)]
     slots: u32,
-    /// GPUs this agent offers.
-    #[arg(long, default_value_t = 0)]
-    gpus: u32,
+    /// GPUs this agent offers to trials, each to one trial at a time: a count (2: GPUs 0 and
+    /// 1) or indices (0,2). Default: every GPU NVML finds (none without an NVIDIA driver).
+    #[arg(long, env = "FLOTILLA_GPUS_OFFERED")]
+    gpus: Option<flotilla_agent::gpus::GpuSpec>,
+    /// A command trial's committed checkpoint larger than this many bytes is refused (the
+    /// trial fails with that reason).
+    #[arg(long, default_value_t = flotilla_agent::DEFAULT_CHECKPOINT_MAX_BYTES)]
+    checkpoint_max_bytes: u64,
     /// A stable name for this agent (default: kept in WORK_DIR/agent-id, made on first start).
     /// In an autoscaled group it must be the instance id.
     #[arg(long, visible_alias = "agent-id", env = "FLOTILLA_AGENT_ID")]
@@ -622,7 +627,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         args.work_dir,
     );
     config.coordinators = args.coordinator.clone();
-    config.gpus = args.gpus;
+    config.gpus = args.gpus.clone().unwrap_or_default();
+    config.checkpoint_max_bytes = args.checkpoint_max_bytes;
     config.stop_grace = args.stop_grace;
     config.artifacts = args.artifacts;
     config.device = args.device;
@@ -973,8 +979,14 @@ async fn sweep(command: SweepCommand) -> anyhow::Result<()> {
 async fn cluster_agents(connection: Connection) -> anyhow::Result<()> {
     let client = connection.connect("admin").await?;
     let agents = client.agents().await?;
+    // A coordinator older than protocol 10 counts GPUs but does not report their use.
+    let gpus = if client.welcome().version >= 10 {
+        Some(client.agent_gpus().await?)
+    } else {
+        None
+    };
     client.close().await;
-    report::print_agents(&agents);
+    report::print_agents(&agents, gpus.as_deref());
     Ok(())
 }
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use flotilla_sdk::{
-    AgentInfo, Client, PhaseSummary, SweepEvent, SweepSpec, SweepSummary, TrialRecord, TrialState,
+    AgentGpus, AgentInfo, Client, PhaseSummary, SweepEvent, SweepSpec, SweepSummary, TrialRecord,
+    TrialState,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
@@ -234,7 +235,8 @@ pub fn print_summaries(summaries: &[SweepSummary]) {
     println!("{table}");
 }
 
-pub fn print_agents(agents: &[AgentInfo]) {
+/// The agents' table; `gpus` (protocol 10) shows each agent's GPUs as used/total.
+pub fn print_agents(agents: &[AgentInfo], gpus: Option<&[AgentGpus]>) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(vec![
@@ -253,7 +255,10 @@ pub fn print_agents(agents: &[AgentInfo]) {
             agent.hostname.clone(),
             agent.slots.to_string(),
             agent.busy_slots.to_string(),
-            agent.gpus.to_string(),
+            match gpus.and_then(|gpus| gpus.iter().find(|gpus| gpus.agent == agent.id)) {
+                Some(gpus) => format!("{}/{} used", gpus.busy_gpus, gpus.gpus),
+                None => agent.gpus.to_string(),
+            },
             match (agent.connected, agent.draining) {
                 (true, false) => "connected",
                 (true, true) => "draining",

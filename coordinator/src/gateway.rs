@@ -20,7 +20,7 @@ use flotilla_protocol::handshake::{
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, negotiate, role_permits,
 };
 use flotilla_protocol::messages::{
-    AgentAction, AgentMessage, ApiError, ApiErrorKind, AutoscaleStatus, ClientRequest,
+    AgentAction, AgentGpus, AgentMessage, ApiError, ApiErrorKind, AutoscaleStatus, ClientRequest,
     ClientResponse, ClusterStatus, Command, CoordinatorCommand, Hello, HelloReply, Refusal,
     RefusalReason, ReplicaInfo, Role, SweepEvent, TrialState, Welcome,
 };
@@ -554,6 +554,29 @@ async fn answer(request: ClientRequest, role: Role, context: &SessionContext) ->
             ask(&context.registry, RegistryMsg::List)
                 .await
                 .map_or_else(unavailable, ClientResponse::Agents)
+        }
+        ClientRequest::AgentGpus => {
+            if role != Role::Admin {
+                return error_response(
+                    ApiErrorKind::PermissionDenied,
+                    "listing agents' GPUs needs an admin certificate",
+                );
+            }
+            match ask(&context.scheduler, SchedulerMsg::Usage).await {
+                Ok(usage) => {
+                    let mut gpus: Vec<AgentGpus> = usage
+                        .into_iter()
+                        .map(|(agent, usage)| AgentGpus {
+                            agent,
+                            gpus: usage.gpus,
+                            busy_gpus: usage.busy_gpus,
+                        })
+                        .collect();
+                    gpus.sort_by(|a, b| a.agent.cmp(&b.agent));
+                    ClientResponse::AgentGpus(gpus)
+                }
+                Err(error) => unavailable(error),
+            }
         }
         ClientRequest::ClusterStatus => {
             if role != Role::Admin {

@@ -13,8 +13,10 @@ use crate::messages::{Hello, Role};
 /// peers still understand everything else; a coordinator sends the version-8 command and
 /// stop reason only to agents that speak version 8); version 9 added the model registry,
 /// serving and rollouts (`Command::Serve`/`SealModel`, `AgentMessage::Serving`/`ModelSealed`,
-/// the model, rollout and router requests; all appended).
-pub const PROTOCOL_VERSION: u16 = 9;
+/// the model, rollout and router requests; all appended); version 10 added
+/// `Command::StartAttempt` (the GPUs an attempt gets) and `ClientRequest::AgentGpus` (sent only
+/// to peers that speak 10).
+pub const PROTOCOL_VERSION: u16 = 10;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot
 /// decode.

@@ -271,6 +271,17 @@ pub enum Command {
     Serve(Vec<ServedModel>),
     /// Copy a checkpoint into the artifact store for a model version (protocol 9).
     SealModel(SealRequest),
+    /// `StartTrial` with the GPUs the attempt needs (protocol 10): the agent assigns that
+    /// many of its free GPUs to the attempt alone. Agents older than 10 get `StartTrial`.
+    StartAttempt(Box<StartAttempt>),
+}
+
+/// A trial attempt to start and what it needs of the agent beyond slots (protocol 10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartAttempt {
+    pub start: StartTrial,
+    /// GPUs the attempt gets to itself (`[resources] gpus`).
+    pub gpus: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -343,6 +354,9 @@ pub enum ClientRequest {
     },
     /// A router's traffic counters (protocol 9). Answered with `Routes`.
     RouterSync(RouterReport),
+    /// Each agent's GPUs and how many running attempts hold (admin; protocol 10). Answered
+    /// with `AgentGpus`.
+    AgentGpus,
 }
 
 /// `flotilla cluster scale`: every field that is `Some` is changed.
@@ -421,6 +435,8 @@ pub enum ClientResponse {
     Models(Vec<ModelVersion>),
     Rollouts(Vec<RolloutRecord>),
     Routes(Vec<Route>),
+    /// Answer to `AgentGpus` (protocol 10).
+    AgentGpus(Vec<AgentGpus>),
 }
 
 /// Everything a report needs beyond the trial list.
@@ -499,6 +515,15 @@ pub enum ApiErrorKind {
     Internal,
     /// An admin request that cannot be carried out as asked (protocol 8).
     InvalidRequest,
+}
+
+/// One agent's GPUs as the scheduler counts them (protocol 10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentGpus {
+    pub agent: AgentId,
+    pub gpus: u32,
+    /// GPUs held by placed or running attempts.
+    pub busy_gpus: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

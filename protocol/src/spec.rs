@@ -96,7 +96,8 @@ pub struct EarlyStopping {
     /// Median rule: trials with reports that must exist before the rule applies.
     #[serde(default = "default_min_trials")]
     pub min_trials: u32,
-    /// ASHA's promotion form (built-in trainers): each trial first trains only up to the
+    /// ASHA's promotion form (built-in trainers and commands that checkpoint): each trial
+    /// first trains only up to the
     /// first rung and pauses there; the best `1/η` of a rung are promoted and resume from
     /// their checkpoints up to the next rung, and so on up to `max_resource`. Without it,
     /// ASHA stops trials in flight (the stopping form).
@@ -805,18 +806,11 @@ impl SweepSpec {
         }
     }
 
-    /// ASHA's promotion form sets each attempt's `epochs` to its rung, so it needs a built-in
-    /// trainer, `epoch` as the resource, whole-epoch rungs and `epochs` left to it.
+    /// ASHA's promotion form sets each attempt's `epochs` to its rung (a built-in trainer's
+    /// setting; a command sees it as `FLOTILLA_EPOCHS`) and resumes from checkpoints, so it
+    /// needs `epoch` as the resource, whole-epoch rungs and `epochs` left to it.
     fn check_promotion(&self, stopping: &EarlyStopping, problem: &mut impl FnMut(&str, String)) {
         use crate::trainers::{BUDGET_HYPERPARAMETER, BUDGET_METRIC};
-        if self.trial.trainer.is_none() {
-            problem(
-                "early_stopping.promotion",
-                format!(
-                    "needs a built-in trainer (it sets the trial's '{BUDGET_HYPERPARAMETER}' per rung and resumes from checkpoints); use the stopping form for commands"
-                ),
-            );
-        }
         if stopping.resource != BUDGET_METRIC {
             problem(
                 "early_stopping.resource",
@@ -1339,21 +1333,27 @@ log = true
     }
 
     #[test]
-    fn asha_promotion_needs_a_trainer_epochs_and_whole_rungs() {
+    fn asha_promotion_needs_epochs_and_whole_rungs() {
         let command = format!(
             "{GOOD}\n[early_stopping]\nrule = \"asha\"\nresource = \"loss\"\nmin_resource = 1.5\nmax_resource = 9\npromotion = true\n"
         );
         let problems = problems_of(&command);
-        for path in [
-            "early_stopping.promotion",
-            "early_stopping.resource",
-            "early_stopping.min_resource",
-        ] {
+        for path in ["early_stopping.resource", "early_stopping.min_resource"] {
             assert!(
                 problems.iter().any(|p| p.path == path),
                 "{path} missing from {problems:?}"
             );
         }
+        // A command trial may pause at rungs too: it is told its epochs and checkpoints.
+        let command = format!(
+            "{}\n[early_stopping]\nrule = \"asha\"\nresource = \"epoch\"\nmin_resource = 1\nmax_resource = 9\npromotion = true\n",
+            GOOD.replace(
+                "metrics = [\"loss\", \"accuracy\"]",
+                "metrics = [\"loss\", \"accuracy\", \"epoch\"]"
+            )
+        );
+        let spec = SweepSpec::from_toml(&command, "command.toml").expect("valid");
+        assert!(spec.early_stopping.as_ref().is_some_and(|s| s.promotion));
         let trainer = r#"
 name = "promoted"
 [objective]

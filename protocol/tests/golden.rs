@@ -692,6 +692,28 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 rollout: None,
             }])),
         ),
+        (
+            "CoordinatorCommand::StartAttempt",
+            encode(&CoordinatorCommand {
+                epoch: Epoch(7),
+                command: Command::StartAttempt(Box::new(StartAttempt {
+                    start: start(),
+                    gpus: 2,
+                })),
+            }),
+        ),
+        (
+            "ClientRequest::AgentGpus",
+            encode(&ClientRequest::AgentGpus),
+        ),
+        (
+            "ClientResponse::AgentGpus",
+            encode(&ClientResponse::AgentGpus(vec![AgentGpus {
+                agent: AgentId("a".into()),
+                gpus: 4,
+                busy_gpus: 1,
+            }])),
+        ),
     ]
 }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use flotilla_protocol::framing::{self, FrameError};
 use flotilla_protocol::handshake;
 use flotilla_protocol::messages::{
-    AgentAction, AgentInfo, ApiError, AutoscaleStatus, ClientRequest, ClientResponse,
+    AgentAction, AgentGpus, AgentInfo, ApiError, AutoscaleStatus, ClientRequest, ClientResponse,
     ClusterStatus, HelloReply, RefusalReason, Role, ScaleRequest, SweepDetail, SweepEvent,
     SweepSummary, TrialRecord, Welcome,
 };
@@ -278,6 +278,15 @@ impl Client {
     pub async fn agents(&self) -> Result<Vec<AgentInfo>, SdkError> {
         match self.request(&ClientRequest::ListAgents).await? {
             ClientResponse::Agents(agents) => Ok(agents),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
+    /// Each agent's GPUs and how many placed or running attempts hold (admin certificate;
+    /// protocol 10).
+    pub async fn agent_gpus(&self) -> Result<Vec<AgentGpus>, SdkError> {
+        match self.request(&ClientRequest::AgentGpus).await? {
+            ClientResponse::AgentGpus(gpus) => Ok(gpus),
             other => Err(Self::unexpected(other)),
         }
     }

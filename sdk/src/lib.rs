@@ -41,7 +41,7 @@ mod study;
 pub use builder::SweepBuilder;
 pub use client::{Client, EventStream, SdkError};
 pub use flotilla_protocol::messages::{
-    AgentAction, AgentInfo, ApiError, ApiErrorKind, AutoscaleStatus, ClusterStatus,
+    AgentAction, AgentGpus, AgentInfo, ApiError, ApiErrorKind, AutoscaleStatus, ClusterStatus,
     EtcdMemberStatus, LearningCurve, MetricPoint, Metrics, Params, PhaseSummary, ReplicaInfo, Role,
     ScaleRequest, SweepDetail, SweepEvent, SweepState, SweepSummary, TrialCounts, TrialRecord,
     TrialState,

@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use flotilla_protocol::messages::{
-    CheckpointRef, Command, CoordinatorCommand, MetricPoint, StartTrial, StopReason, TrialOutcome,
+    CheckpointRef, Command, CoordinatorCommand, MetricPoint, StartAttempt, StartTrial, StopReason,
+    TrialOutcome,
 };
 use flotilla_protocol::{AgentId, AttemptId, Epoch, SweepId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -42,6 +43,8 @@ pub struct AgentLink {
 #[derive(Debug, Clone, Default)]
 pub struct AgentUsage {
     pub busy_slots: u32,
+    pub gpus: u32,
+    pub busy_gpus: u32,
     pub running: Vec<AttemptId>,
     pub draining: bool,
 }
@@ -352,13 +355,28 @@ impl Actor for Scheduler {
                 attempt,
                 command,
             } => {
-                if state
-                    .assignments
-                    .get(&attempt)
-                    .is_some_and(|assignment| assignment.agent == agent)
-                {
-                    state.send(&agent, command);
+                let Some(assignment) = state.assignments.get(&attempt) else {
+                    return Ok(());
+                };
+                if assignment.agent != agent {
+                    return Ok(());
                 }
+                // An agent of protocol 10 is told how many GPUs the attempt holds there.
+                let command = match command {
+                    Command::StartTrial(start)
+                        if state
+                            .agents
+                            .get(&agent)
+                            .is_some_and(|slots| slots.link.version >= 10) =>
+                    {
+                        Command::StartAttempt(Box::new(StartAttempt {
+                            start: *start,
+                            gpus: assignment.gpus,
+                        }))
+                    }
+                    command => command,
+                };
+                state.send(&agent, command);
             }
             SchedulerMsg::Abandon { agent, attempt } => {
                 if state.release(&agent, attempt) {
@@ -384,6 +402,8 @@ impl Actor for Scheduler {
                     .map(|(agent, slots)| {
                         let usage = AgentUsage {
                             busy_slots: slots.busy,
+                            gpus: slots.gpus,
+                            busy_gpus: slots.busy_gpus,
                             running: Vec::new(),
                             draining: slots.draining || state.cordoned.contains(agent),
                         };

@@ -131,4 +131,10 @@ const GOLDEN: &[(&str, &str)] = &[
         "ClientResponse::Routes",
         "0e01016d010203010a687474703a2f2f683a3100000000000000000000",
     ),
+    (
+        "CoordinatorCommand::StartAttempt",
+        "070603070102026c72007b14ae47e17a843f036f707402046164616d010474727565000000000001046c6f737300000102",
+    ),
+    ("ClientRequest::AgentGpus", "14"),
+    ("ClientResponse::AgentGpus", "0f0101610401"),
 ];
