@@ -47,6 +47,8 @@ promtool test rules monitoring/rules/flotilla_test.yml
 # terraform/ and ansible/: checkov, an HCL parse of every file, ansible-lint, syntax check.
 ./scripts/check-infra.sh
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# The command-trial helper (python/flotilla_trial, stdlib only) and its resumable example.
+python3 -m unittest discover -s python/tests
 # Doc tests are not run by nextest; run them first so the suite's summary closes the log.
 cargo test --workspace --all-features --doc
 cargo nextest run --workspace --all-features --no-fail-fast
