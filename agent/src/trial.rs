@@ -245,9 +245,16 @@ impl Actor for Trial {
             // A command starts once its lease is held and its checkpoint restored.
             let dirs = AttemptDirs::of(&args);
             state.attempt_dir = Some(dirs.root.clone());
+            // Not yet under the etcd checkpoint lease: an owner key whose release failed
+            // while etcd had no quorum outlives its attempt (the agent's lease keeps it),
+            // and the next attempt would wait for it in vain. Until releases are retried,
+            // command checkpoints are fenced by the coordinator (only the current attempt
+            // moves `latest`, only forward: `CheckpointRef::may_replace`).
+            let mut env = args.trainer_env.clone();
+            env.leases = None;
             let task = tokio::spawn(prepare(
                 myself.clone(),
-                args.trainer_env.clone(),
+                env,
                 attempt,
                 args.start.resume_from.clone(),
                 dirs,
