@@ -354,10 +354,12 @@ impl Actor for Trial {
                 };
                 state.start_command(&myself, *args, prepared);
             }
+            // Stopped before anything ran (waiting for the lease or preparing a command).
             TrialMsg::Stop(reason) | TrialMsg::StopWithin(reason, _)
-                if state.preparing.is_some() =>
+                if state.waiting.is_some() || state.preparing.is_some() =>
             {
-                if let Some((_, task)) = state.preparing.take() {
+                let tasks = [state.waiting.take(), state.preparing.take()];
+                for (_, task) in tasks.into_iter().flatten() {
                     task.abort();
                 }
                 state.stop_reason = Some(reason);
@@ -400,17 +402,6 @@ impl Actor for Trial {
                 if let Some(outcome) = state.held.take() {
                     state.report(outcome);
                 }
-                myself.stop(None);
-            }
-            TrialMsg::Stop(reason) if state.waiting.is_some() => {
-                if let Some((_, task)) = state.waiting.take() {
-                    task.abort();
-                }
-                state.stop_reason = Some(reason);
-                state.report(TrialOutcome::Stopped {
-                    reason,
-                    duration_ms: state.started.elapsed().as_millis() as u64,
-                });
                 myself.stop(None);
             }
             TrialMsg::Stop(reason) | TrialMsg::StopWithin(reason, _) if state.trainer.is_some() => {
