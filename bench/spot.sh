@@ -3,11 +3,13 @@
 # trial, and training lost per interruption, with a notice and without one (agent killed).
 #   bench/spot.sh [ROUNDS] [SLOTS]
 # Real processes on loopback: a coordinator, a spot agent watching an IMDS responder, an
-# on-demand agent that takes the trials over; LSTM trials on the CPU.
+# on-demand agent that takes the trials over; built-in LSTM trials on the CPU, then command
+# trials (examples/trials/resumable.py) in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 slots=${2:-2}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla-target}"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(date -u +%Y-%m-%d)"
-cargo bench -q -p flotilla --bench spot -- --rounds "$rounds" --slots "$slots"
+cargo bench -q -p flotilla --bench spot -- --trial lstm --rounds "$rounds" --slots "$slots"
+cargo bench -q -p flotilla --bench spot -- --trial command --rounds "$rounds" --slots "$slots"

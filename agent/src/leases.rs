@@ -221,20 +221,34 @@ impl CheckpointLeases {
     }
 
     /// Gives the trial up, so the next attempt need not wait for the lease to expire.
+    ///
+    /// The owner key is bound to the agent's lease, which outlives the attempt: a release
+    /// that etcd did not answer (no quorum, a timeout) is retried by an owned task until etcd
+    /// answers, the lease runs out (the key goes with it) or the agent shuts down (the lease
+    /// is revoked). Otherwise the key would hold the trial until the agent stopped.
     pub async fn release(&self, ownership: &Ownership) {
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                ownership.owner_key.clone(),
-                CompareOp::Equal,
-                ownership.revision,
-            )])
-            .and_then(vec![TxnOp::delete(ownership.owner_key.clone(), None)]);
-        let mut client = self.client.clone();
-        if let Ok(Err(error)) = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn)).await {
-            tracing::debug!(%error, attempt = %ownership.attempt, "could not release the checkpoint lease");
+        if release_once(self.client.clone(), ownership).await.is_ok() {
+            return;
         }
+        let client = self.client.clone();
+        let ownership = ownership.clone();
+        let stop = self.stop.child_token();
+        self.tasks.spawn(async move {
+            let mut pause = Duration::from_millis(200);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = ownership.fence.lost() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                if release_once(client.clone(), &ownership).await.is_ok() {
+                    tracing::info!(attempt = %ownership.attempt, "released the checkpoint lease after a retry");
+                    return;
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        });
     }
-
     /// Stops the keep-alives and revokes the lease (its owner keys go with it).
     pub async fn shutdown(&self) {
         self.stop.cancel();
@@ -244,5 +258,25 @@ impl CheckpointLeases {
             let mut client = self.client.clone();
             let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
         }
+    }
+}
+
+/// One try at deleting `ownership`'s owner key (if it is still this attempt's): `Ok` once
+/// etcd answered, whether or not the key was still there.
+async fn release_once(mut client: Client, ownership: &Ownership) -> Result<(), String> {
+    let txn = Txn::new()
+        .when(vec![Compare::create_revision(
+            ownership.owner_key.clone(),
+            CompareOp::Equal,
+            ownership.revision,
+        )])
+        .and_then(vec![TxnOp::delete(ownership.owner_key.clone(), None)]);
+    match tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, attempt = %ownership.attempt, "could not release the checkpoint lease");
+            Err(error.to_string())
+        }
+        Err(_) => Err("timed out".into()),
     }
 }

@@ -245,13 +245,7 @@ impl Actor for Trial {
             // A command starts once its lease is held and its checkpoint restored.
             let dirs = AttemptDirs::of(&args);
             state.attempt_dir = Some(dirs.root.clone());
-            // Not yet under the etcd checkpoint lease: an owner key whose release failed
-            // while etcd had no quorum outlives its attempt (the agent's lease keeps it),
-            // and the next attempt would wait for it in vain. Until releases are retried,
-            // command checkpoints are fenced by the coordinator (only the current attempt
-            // moves `latest`, only forward: `CheckpointRef::may_replace`).
-            let mut env = args.trainer_env.clone();
-            env.leases = None;
+            let env = args.trainer_env.clone();
             let task = tokio::spawn(prepare(
                 myself.clone(),
                 env,
@@ -933,7 +927,12 @@ impl Uploader {
                 })?
                 .map_err(|error| UploadError::Refused(error.to_string()))?;
         let size = bytes.len() as u64;
-        let key = trial_checkpoint::checkpoint_key(&trial, self.attempt.attempt, commit.step);
+        let key = flotilla_train::checkpoint::checkpoint_key(
+            &trial,
+            self.attempt.attempt,
+            commit.step,
+            "tar",
+        );
         let uri = self.artifacts.put_new(&key, bytes).await.map_err(|error| {
             UploadError::Refused(format!("the checkpoint could not be uploaded: {error}"))
         })?;

@@ -256,12 +256,6 @@ pub fn unpack(bytes: &[u8], uri: &str, dest: &Path) -> Result<Manifest, String> 
     manifest.ok_or_else(|| bad("no manifest: not a command trial's checkpoint".into()))
 }
 
-/// The key of a new command-trial checkpoint: unique per write, ordered by attempt and step.
-pub fn checkpoint_key(trial: &str, attempt: u32, step: u64) -> String {
-    let nonce: u64 = rand::random();
-    format!("checkpoints/{trial}/a{attempt:04}-s{step:010}-{nonce:016x}.tar")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,11 @@
 //! interruption without a notice (the agent killed, as when the instance vanishes first).
 //!
 //! Each round starts a fresh cluster on loopback: a coordinator, a spot agent with `--slots
-//! SLOTS` watching an IMDS responder, and a sweep of SLOTS LSTM trials (periodic checkpoints
-//! every CHECKPOINT_EVERY epochs). Once every trial has reported NOTICE_AT epochs on the spot
+//! SLOTS` watching an IMDS responder, and a sweep of SLOTS trials: built-in LSTM trials
+//! (`--trial lstm`, periodic checkpoints every CHECKPOINT_EVERY epochs) or command trials
+//! (`--trial command`: examples/trials/resumable.py, pure Python through the python/ helper,
+//! committing a checkpoint every epoch and on SIGTERM, each epoch paced to
+//! `--epoch-seconds`). Once every trial has reported NOTICE_AT epochs on the spot
 //! agent, an on-demand agent joins and the spot agent gets a notice (or is SIGKILLed). The
 //! round ends when the sweep completes; every trial must succeed with no retry spent.
 //!
@@ -14,13 +17,15 @@
 //!   and stopped: polling delay included).
 //! - lost training: epochs the interrupted attempt had reported when the notice was posted
 //!   (or the agent killed) minus the position the next attempt resumed from (optimizer steps
-//!   in its resume line over steps per epoch), never below zero; in seconds at the resumed
-//!   attempt's epoch time. A lower bound for kills (the attempt went on a little after the
+//!   in its resume line over steps per epoch; for command trials the `step` of the agent's
+//!   "resuming from the trial's latest checkpoint" line), never below zero; in seconds at the
+//!   resumed attempt's epoch time. A lower bound for kills (the attempt went on a little after the
 //!   last report), exact in sign for notices (the resumed position is past every report).
 //!
 //! ```text
-//! cargo bench -p flotilla --bench spot -- [--rounds 5] [--slots 2] [--epochs 60]
-//!     [--checkpoint-every 20] [--notice-at 30] [--imds-interval 2s]
+//! cargo bench -p flotilla --bench spot -- [--trial lstm|command] [--rounds 5] [--slots 2]
+//!     [--epochs 60] [--checkpoint-every 20] [--notice-at 30] [--imds-interval 2s]
+//!     [--epoch-seconds 0.5]
 //! ```
 //!
 //! Run by bench/spot.sh; results in docs/benchmarks.md.
@@ -34,7 +39,17 @@ use std::time::{Duration, Instant};
 use support::cluster::{Cluster, free_tcp_port, scrape, sweep_state, trials, wait_until};
 use support::imds::ImdsResponder;
 
+#[derive(Clone, Copy, PartialEq)]
+enum TrialKind {
+    /// The built-in burn LSTM, checkpointing every `checkpoint_every` epochs.
+    Lstm,
+    /// examples/trials/resumable.py: a checkpoint every epoch and one on SIGTERM.
+    Command,
+}
+
 struct Options {
+    trial: TrialKind,
+    epoch_seconds: f64,
     rounds: u32,
     slots: u32,
     epochs: u32,
@@ -45,6 +60,8 @@ struct Options {
 
 fn options() -> Options {
     let mut options = Options {
+        trial: TrialKind::Lstm,
+        epoch_seconds: 0.5,
         rounds: 5,
         slots: 2,
         epochs: 60,
@@ -70,6 +87,18 @@ fn options() -> Options {
             "--checkpoint-every" => options.checkpoint_every = number(),
             "--notice-at" => options.notice_at = number(),
             "--imds-interval" => options.imds_interval = value.clone(),
+            "--trial" => {
+                options.trial = match value.as_str() {
+                    "lstm" => TrialKind::Lstm,
+                    "command" => TrialKind::Command,
+                    other => panic!("--trial {other}: use lstm or command"),
+                }
+            }
+            "--epoch-seconds" => {
+                options.epoch_seconds = value
+                    .parse()
+                    .unwrap_or_else(|_| panic!("--epoch-seconds {value}: not a number"))
+            }
             other => panic!("unknown option {other}"),
         }
     }
@@ -97,6 +126,45 @@ struct Round {
 
 fn sweep_file(cluster: &Cluster, options: &Options) -> std::path::PathBuf {
     let path = cluster.path("spot.toml");
+    let trial = match options.trial {
+        TrialKind::Lstm => format!(
+            r#"[trial]
+trainer = "lstm_classifier"
+
+[trial.settings]
+samples = 800
+seq_len = 32
+hidden_size = 32
+num_heads = 2
+epochs = {epochs}
+checkpoint_every = {every}
+"#,
+            epochs = options.epochs,
+            every = options.checkpoint_every,
+        ),
+        TrialKind::Command => {
+            let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/trials/resumable.py");
+            format!(
+                r#"[trial]
+command = "python3"
+args = ["{example}"]
+metrics = ["epoch", "loss", "accuracy"]
+
+[trial.env]
+FLOTILLA_EPOCHS = "{epochs}"
+FLOTILLA_EXAMPLE_EPOCH_SECONDS = "{seconds}"
+"#,
+                example = example.display(),
+                epochs = options.epochs,
+                seconds = options.epoch_seconds,
+            )
+        }
+    };
+    let (space, range) = match options.trial {
+        TrialKind::Lstm => ("learning_rate", (0.001, 0.005)),
+        TrialKind::Command => ("lr", (0.01, 0.5)),
+    };
     let text = format!(
         r#"
 name = "spot-bench"
@@ -105,10 +173,10 @@ name = "spot-bench"
 metric = "accuracy"
 direction = "maximize"
 
-[space.learning_rate]
+[space.{space}]
 type = "float"
-low = 0.001
-high = 0.005
+low = {low}
+high = {high}
 
 [algorithm]
 name = "random"
@@ -121,23 +189,31 @@ max_parallel = {slots}
 [retries]
 max_retries = 0
 
-[trial]
-trainer = "lstm_classifier"
-
-[trial.settings]
-samples = 800
-seq_len = 32
-hidden_size = 32
-num_heads = 2
-epochs = {epochs}
-checkpoint_every = {every}
-"#,
+{trial}"#,
         slots = options.slots,
-        epochs = options.epochs,
-        every = options.checkpoint_every,
+        low = range.0,
+        high = range.1,
     );
     std::fs::write(&path, text).expect("write the sweep file");
     path
+}
+
+/// A command trial's resume: `resuming from the trial's latest checkpoint attempt=ID#N
+/// … step=S epoch=E` → (ID, S).
+fn command_resume_lines(log: &str) -> Vec<(String, u64)> {
+    log.lines()
+        .filter(|line| line.contains("resuming from the trial's latest checkpoint"))
+        .filter_map(|line| {
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|part| part.strip_prefix(name))
+                    .map(str::to_string)
+            };
+            let trial = field("attempt=")?.split('#').next()?.to_string();
+            let steps = field("step=")?.parse().ok()?;
+            Some((trial, steps))
+        })
+        .collect()
 }
 
 /// `resuming from URI (attempt A, S optimizer steps, E epochs done)` → (URI, S).
@@ -233,7 +309,10 @@ fn round(mode: Mode, options: &Options) -> Round {
         Mode::Kill => None,
     };
     let log = std::fs::read_to_string(cluster.path("on-demand.log")).unwrap_or_default();
-    let resumes = resume_lines(&log);
+    let resumes = match options.trial {
+        TrialKind::Lstm => resume_lines(&log),
+        TrialKind::Command => command_resume_lines(&log),
+    };
     let mut lost = Vec::new();
     for trial in trials(&cluster.results("s1")) {
         let id = trial["id"].as_str().expect("trial id");
@@ -246,7 +325,10 @@ fn round(mode: Mode, options: &Options) -> Round {
         // The resume line names the checkpoint's key, which holds the trial id.
         let resumed_steps = resumes
             .iter()
-            .find(|(uri, _)| uri.contains(&format!("/{id}/")))
+            .find(|(uri, _)| match options.trial {
+                TrialKind::Lstm => uri.contains(&format!("/{id}/")),
+                TrialKind::Command => uri == id,
+            })
             .map(|(_, steps)| *steps as f64)
             .unwrap_or(0.0);
         let resumed_epochs = resumed_steps / steps_per_epoch;
@@ -275,14 +357,19 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 
 fn main() {
     let options = options();
+    let kind = match options.trial {
+        TrialKind::Lstm => format!(
+            "built-in LSTM trials, checkpoint every {} epochs",
+            options.checkpoint_every
+        ),
+        TrialKind::Command => format!(
+            "command trials (examples/trials/resumable.py, {} s per epoch), checkpoint every epoch and on SIGTERM",
+            options.epoch_seconds
+        ),
+    };
     println!(
-        "spot rounds: {} per mode, {} trials per spot agent, {} epochs, checkpoint every {}, interrupted at epoch {}, IMDS polled every {}",
-        options.rounds,
-        options.slots,
-        options.epochs,
-        options.checkpoint_every,
-        options.notice_at,
-        options.imds_interval
+        "spot rounds: {} per mode, {} trials per spot agent, {kind}, {} epochs, interrupted at epoch {}, IMDS polled every {}",
+        options.rounds, options.slots, options.epochs, options.notice_at, options.imds_interval
     );
     println!(
         "| mode | round | notice → every trial checkpointed, s | lost epochs per trial | lost training s per trial | interruption → sweep done, s |"

@@ -210,6 +210,18 @@ pub async fn keep_alive(
             };
             match answer {
                 Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+                    if !fence.is_valid() {
+                        // The fence closed while etcd was unreachable: this process has
+                        // stopped acting on the lease, so nothing bound to it (a leader key,
+                        // an owner key whose release failed) may outlive it. Renewing it
+                        // now would keep those keys forever; revoke it instead.
+                        tracing::warn!(
+                            lease,
+                            "the fence ran out before etcd answered; revoking the lease"
+                        );
+                        let _ = tokio::time::timeout(period, client.lease_revoke(lease)).await;
+                        return;
+                    }
                     let granted = Duration::from_secs(answer.ttl() as u64);
                     fence.extend(sent + granted.saturating_sub(margin));
                 }

@@ -445,11 +445,14 @@ pub struct SweepDetail {
     pub summary: SweepSummary,
     pub spec: SweepSpec,
     /// The objective metric by step, per trial that reported one while this leader held the
-    /// sweep (curves are kept in memory, thinned to at most a few hundred points each).
+    /// sweep (curves are kept in memory, thinned to at most a few hundred points each). A
+    /// trial that paused at an ASHA rung (the promotion form) has one curve per stretch
+    /// between its pauses, in order: each but the last ends where the trial paused, and the
+    /// next begins where its promoted attempt resumed.
     pub curves: Vec<LearningCurve>,
 }
 
-/// One trial's objective metric by step.
+/// One trial's objective metric by step (or one stretch of it between pauses).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LearningCurve {
     /// The trial's number in its sweep.

@@ -350,34 +350,73 @@ pub fn learning_curves(curves: &[LearningCurve], best: Option<u32>) -> Plot {
     let y = Scale::new(y_range, HEIGHT - BOTTOM - 8.0, TOP + 8.0);
     let mut svg = open("curves", &title);
     axes(&mut svg, x, y, "step", metric);
-    let mut ordered: Vec<&LearningCurve> = curves.iter().collect();
-    ordered.sort_by_key(|curve| Some(curve.trial) == best);
-    for curve in ordered {
-        let highlighted = Some(curve.trial) == best;
-        let coordinates: Vec<String> = curve
-            .points
-            .iter()
-            .map(|(step, value)| format!("{:.1},{:.1}", x.at(*step as f64), y.at(*value)))
-            .collect();
+    // One entry per trial, its stretches in order (several when it paused at ASHA rungs).
+    let mut trials: Vec<(u32, Vec<&LearningCurve>)> = Vec::new();
+    for curve in curves {
+        match trials.iter_mut().find(|(trial, _)| *trial == curve.trial) {
+            Some((_, stretches)) => stretches.push(curve),
+            None => trials.push((curve.trial, vec![curve])),
+        }
+    }
+    trials.sort_by_key(|(trial, _)| Some(*trial) == best);
+    let mut paused = false;
+    for (trial, stretches) in trials {
+        let highlighted = Some(trial) == best;
         let (stroke, width, opacity) = if highlighted {
             ("#e8710a", 2.5, 1.0)
         } else {
             ("#1a73e8", 1.0, 0.45)
         };
-        svg.push_str(&format!(
-            "<polyline data-trial=\"{}\" fill=\"none\" stroke=\"{stroke}\" stroke-width=\"{width}\" stroke-opacity=\"{opacity}\" points=\"{}\"><title>trial {}</title></polyline>",
-            curve.trial,
-            coordinates.join(" "),
-            curve.trial
-        ));
-        // A single point draws no line: mark it.
-        if let [(step, value)] = curve.points.as_slice() {
+        let at = |(step, value): &(u64, f64)| (x.at(*step as f64), y.at(*value));
+        for (index, curve) in stretches.iter().enumerate() {
+            let coordinates: Vec<String> = curve
+                .points
+                .iter()
+                .map(|point| {
+                    let (cx, cy) = at(point);
+                    format!("{cx:.1},{cy:.1}")
+                })
+                .collect();
             svg.push_str(&format!(
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{stroke}\" fill-opacity=\"{opacity}\"/>",
-                x.at(*step as f64),
-                y.at(*value)
+                "<polyline data-trial=\"{trial}\" fill=\"none\" stroke=\"{stroke}\" stroke-width=\"{width}\" stroke-opacity=\"{opacity}\" points=\"{}\"><title>trial {trial}</title></polyline>",
+                coordinates.join(" "),
+            ));
+            // A single point draws no line: mark it.
+            if let [point] = curve.points.as_slice() {
+                let (cx, cy) = at(point);
+                svg.push_str(&format!(
+                    "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"3\" fill=\"{stroke}\" fill-opacity=\"{opacity}\"/>"
+                ));
+            }
+            // Where the trial paused: an open marker, and a dashed line to where its promoted
+            // attempt resumed.
+            let (Some(end), Some(next)) = (
+                curve.points.last(),
+                stretches
+                    .get(index + 1)
+                    .and_then(|next| next.points.first()),
+            ) else {
+                continue;
+            };
+            paused = true;
+            let ((x1, y1), (x2, y2)) = (at(end), at(next));
+            svg.push_str(&format!(
+                "<line class=\"resume\" x1=\"{x1:.1}\" y1=\"{y1:.1}\" x2=\"{x2:.1}\" y2=\"{y2:.1}\" stroke=\"{stroke}\" stroke-width=\"{width}\" stroke-opacity=\"{opacity}\" stroke-dasharray=\"3 3\"/>"
+            ));
+            svg.push_str(&format!(
+                "<circle class=\"pause\" data-trial=\"{trial}\" cx=\"{x1:.1}\" cy=\"{y1:.1}\" r=\"4\" fill=\"#ffffff\" stroke=\"{stroke}\" stroke-width=\"1.5\" stroke-opacity=\"{opacity}\"><title>trial {trial} paused at step {} (ASHA rung {}); promoted, it resumed from its checkpoint at step {}</title></circle>",
+                end.0,
+                index + 1,
+                next.0
             ));
         }
+    }
+    if paused {
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\" fill=\"#5f6368\">○ paused at an ASHA rung · dashed: resumed from its checkpoint</text>",
+            WIDTH - RIGHT,
+            TOP - 6.0
+        ));
     }
     svg.push_str("</svg>");
     Plot {
@@ -398,6 +437,38 @@ mod tests {
         assert_eq!(tick_label(94.3621), "94.4");
         assert_eq!(tick_label(1234.5), "1234");
         assert_eq!(tick_label(1e-6), "1.00e-6");
+    }
+
+    #[test]
+    fn a_trial_that_paused_shows_where_it_paused_and_resumed() {
+        let stretch = |points: &[(u64, f64)]| LearningCurve {
+            trial: 3,
+            metric: "accuracy".into(),
+            points: points.to_vec(),
+        };
+        let curves = [
+            stretch(&[(1, 0.5), (2, 0.6)]),
+            stretch(&[(3, 0.7), (6, 0.8)]),
+            LearningCurve {
+                trial: 4,
+                metric: "accuracy".into(),
+                points: vec![(1, 0.4), (2, 0.45)],
+            },
+        ];
+        let plot = learning_curves(&curves, Some(3));
+        assert_eq!(plot.svg.matches("<polyline data-trial=\"3\"").count(), 2);
+        assert_eq!(plot.svg.matches("class=\"pause\"").count(), 1);
+        assert_eq!(plot.svg.matches("class=\"resume\"").count(), 1);
+        assert!(plot.svg.contains("trial 3 paused at step 2 (ASHA rung 1)"));
+        assert!(plot.svg.contains("resumed from its checkpoint at step 3"));
+        // The best trial is drawn last (on top), after the other one.
+        let other = plot.svg.find("data-trial=\"4\"").expect("trial 4");
+        let best = plot.svg.find("data-trial=\"3\"").expect("trial 3");
+        assert!(other < best);
+
+        let unpaused = learning_curves(&curves[2..], None);
+        assert!(!unpaused.svg.contains("class=\"pause\""));
+        assert!(!unpaused.svg.contains("paused at an ASHA rung"));
     }
 
     #[test]

@@ -220,6 +220,91 @@ impl Drop for Netns {
 }
 
 /// One etcd member.
+/// `moto_server` (PyPI `moto[server]`, an AWS-compatible endpoint) on a loopback port, for
+/// agents whose artifact store is S3; killed when dropped. `FLOTILLA_MOTO_SERVER` names the
+/// program (`scripts/test.sh` installs it into a virtualenv).
+pub struct Moto {
+    pub port: u16,
+    process: Process,
+}
+
+impl Moto {
+    pub fn start(log: &Path) -> Moto {
+        let program = std::env::var("FLOTILLA_MOTO_SERVER").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            format!("{home}/.cache/flotilla-moto-venv/bin/moto_server")
+        });
+        assert!(
+            Path::new(&program).exists(),
+            "{program} is missing: run scripts/test.sh, or set FLOTILLA_MOTO_SERVER"
+        );
+        let port = free_tcp_port();
+        let process = Process::spawn(
+            Command::new(&program).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+            log,
+        );
+        wait_until("moto_server to listen", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Moto { port, process }
+    }
+
+    /// Creates a bucket (unsigned: moto does not check signatures).
+    pub fn create_bucket(&self, bucket: &str) {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+
+    /// The environment an S3 client needs to reach this endpoint.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect()
+    }
+
+    /// The keys under `prefix/` in `bucket` (ListObjectsV2, unsigned).
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        write!(
+            stream,
+            "GET /{bucket}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read");
+        response
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.process.kill();
+    }
+}
+
 pub struct EtcdMember {
     pub name: String,
     pub client_url: String,
@@ -358,6 +443,11 @@ pub struct Cluster {
     pub coordinator_args: Vec<String>,
     pub coordinators: Vec<Coordinator>,
     pub agents: Vec<Agent>,
+    /// The artifact store agents start with (`--artifacts`): a folder of the harness unless
+    /// changed, e.g. to an `s3://` location.
+    pub artifacts: String,
+    /// Environment variables every agent starts with (S3 settings, …).
+    pub agent_env: Vec<(String, String)>,
 }
 
 pub struct Coordinator {
@@ -423,13 +513,15 @@ impl Cluster {
             })
             .collect();
         Cluster {
-            dir,
             etcd,
             lease_ttl,
             agent_timeout: Duration::from_secs(3),
             coordinator_args: Vec::new(),
             coordinators,
             agents: Vec::new(),
+            artifacts: dir.path().join("artifacts").display().to_string(),
+            agent_env: Vec::new(),
+            dir,
         }
     }
 
@@ -513,9 +605,9 @@ impl Cluster {
             .arg(self.path("certs"))
             .arg("--work-dir")
             .arg(&work_dir)
-            .arg("--artifacts")
-            .arg(self.path("artifacts"))
+            .args(["--artifacts", &self.artifacts])
             .args(extra)
+            .envs(self.agent_env.iter().map(|(name, value)| (name, value)))
             .env("FLOTILLA_LOG", "info");
         let process = Process::spawn(&mut command, &self.path(&format!("agent-{name}.log")));
         self.agents.push(Agent {

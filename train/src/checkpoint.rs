@@ -377,10 +377,12 @@ pub async fn fetch_verified(uri: &str, sha256: &str) -> Result<Vec<u8>, Checkpoi
     Ok(bytes)
 }
 
-/// The key of a new checkpoint object: unique per write.
-pub fn checkpoint_key(trial: &str, attempt: u32, step: u64) -> String {
+/// The key of a new checkpoint object: unique per write, ordered by attempt and step.
+/// `extension` tells the kinds apart: `ckpt` for a built-in trainer's checkpoint file, `tar`
+/// for a command trial's committed directory.
+pub fn checkpoint_key(trial: &str, attempt: u32, step: u64, extension: &str) -> String {
     let nonce: u64 = rand::random();
-    format!("checkpoints/{trial}/a{attempt:04}-s{step:010}-{nonce:016x}.ckpt")
+    format!("checkpoints/{trial}/a{attempt:04}-s{step:010}-{nonce:016x}.{extension}")
 }
 
 #[cfg(test)]
@@ -429,13 +431,13 @@ mod tests {
     async fn objects_are_written_once_under_unique_names() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = ArtifactStore::open(dir.path().to_str().expect("utf-8")).expect("store");
-        let key = checkpoint_key("s1-t0", 0, 10);
+        let key = checkpoint_key("s1-t0", 0, 10, "ckpt");
         let uri = store.put_new(&key, vec![1, 2, 3]).await.expect("put");
         assert!(uri.starts_with("file:///"), "{uri}");
         assert_eq!(fetch(&uri).await.expect("fetch"), vec![1, 2, 3]);
         // The same name is never written twice.
         assert!(store.put_new(&key, vec![9]).await.is_err());
         assert_eq!(fetch(&uri).await.expect("fetch"), vec![1, 2, 3]);
-        assert_ne!(key, checkpoint_key("s1-t0", 0, 10));
+        assert_ne!(key, checkpoint_key("s1-t0", 0, 10, "ckpt"));
     }
 }

@@ -263,7 +263,7 @@ impl Session<'_> {
         }
         .encode();
         let size = bytes.len() as u64;
-        let key = checkpoint::checkpoint_key(&self.job.trial, self.job.attempt, self.step);
+        let key = checkpoint::checkpoint_key(&self.job.trial, self.job.attempt, self.step, "ckpt");
         let writing = std::time::Instant::now();
         let uri = self
             .runtime

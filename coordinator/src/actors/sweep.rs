@@ -162,7 +162,7 @@ pub struct SweepActorState {
     trials: Vec<TrialRecord>,
     live: HashMap<u32, LiveAttempt>,
     /// Each trial's objective by step, in memory only (a new leader starts them afresh).
-    curves: BTreeMap<u32, Vec<(u64, f64)>>,
+    curves: BTreeMap<u32, Curve>,
     /// The current phase's sampler has no more points.
     exhausted: bool,
     scheduler: ActorRef<SchedulerMsg>,
@@ -316,13 +316,17 @@ impl Actor for SweepActor {
                 let _ = reply.send(SweepDetail {
                     summary: state.summary(),
                     spec: state.record.spec.clone(),
+                    // A trial paused at an ASHA rung sends one curve per stretch between
+                    // its pauses, in order: the report shows where it paused and resumed.
                     curves: state
                         .curves
                         .iter()
-                        .map(|(trial, points)| LearningCurve {
-                            trial: *trial,
-                            metric: metric.clone(),
-                            points: points.clone(),
+                        .flat_map(|(trial, curve)| {
+                            curve.stretches().into_iter().map(|points| LearningCurve {
+                                trial: *trial,
+                                metric: metric.clone(),
+                                points,
+                            })
                         })
                         .collect(),
                 });
@@ -899,11 +903,10 @@ impl SweepActorState {
                 decision = stopper.report(attempt.trial.number, *resource, loss);
             }
             if let Some(value) = point.values.get(&self.record.spec.objective.metric) {
-                record_curve_point(
-                    self.curves.entry(attempt.trial.number).or_default(),
-                    point.step,
-                    *value,
-                );
+                self.curves
+                    .entry(attempt.trial.number)
+                    .or_default()
+                    .record(point.step, *value);
             }
             fresh.push(point);
         }
@@ -1036,6 +1039,9 @@ impl SweepActorState {
         trial.rungs.push(value);
         trial.state = TrialState::Paused;
         trial.agent = None;
+        if let Some(curve) = self.curves.get_mut(&number) {
+            curve.pause();
+        }
         let epochs = self
             .promotion()
             .map(|asha| {
@@ -1216,20 +1222,58 @@ impl SweepActorState {
 /// Points kept per learning curve; past it, every other point is dropped.
 const CURVE_POINTS: usize = 256;
 
-/// Appends a point to a learning curve (a resumed attempt repeating steps adds nothing),
-/// halving the curve's resolution whenever it is full.
-fn record_curve_point(curve: &mut Vec<(u64, f64)>, step: u64, value: f64) {
-    if curve.last().is_some_and(|(last, _)| step <= *last) {
-        return;
+/// A trial's objective by step, and where it paused (ASHA's promotion form).
+#[derive(Debug, Default)]
+struct Curve {
+    /// (step, value), steps increasing.
+    points: Vec<(u64, f64)>,
+    /// The last step before each pause.
+    pauses: Vec<u64>,
+}
+
+impl Curve {
+    /// Appends a point (a resumed attempt repeating steps adds nothing), halving the curve's
+    /// resolution whenever it is full.
+    fn record(&mut self, step: u64, value: f64) {
+        if self.points.last().is_some_and(|(last, _)| step <= *last) {
+            return;
+        }
+        if self.points.len() >= CURVE_POINTS {
+            let mut index = 0;
+            self.points.retain(|_| {
+                index += 1;
+                index % 2 == 1
+            });
+        }
+        self.points.push((step, value));
     }
-    if curve.len() >= CURVE_POINTS {
-        let mut index = 0;
-        curve.retain(|_| {
-            index += 1;
-            index % 2 == 1
-        });
+
+    /// The trial paused after its last point.
+    fn pause(&mut self) {
+        if let Some((step, _)) = self.points.last()
+            && self.pauses.last() != Some(step)
+        {
+            self.pauses.push(*step);
+        }
     }
-    curve.push((step, value));
+
+    /// The points split after each pause: one stretch per attempt between pauses, in order.
+    fn stretches(&self) -> Vec<Vec<(u64, f64)>> {
+        let mut stretches = vec![Vec::new()];
+        let mut pauses = self.pauses.iter().peekable();
+        for point in &self.points {
+            while pauses.next_if(|pause| point.0 > **pause).is_some() {
+                if stretches.last().is_some_and(|stretch| !stretch.is_empty()) {
+                    stretches.push(Vec::new());
+                }
+            }
+            if let Some(stretch) = stretches.last_mut() {
+                stretch.push(*point);
+            }
+        }
+        stretches.retain(|stretch| !stretch.is_empty());
+        stretches
+    }
 }
 
 #[cfg(test)]
@@ -1238,19 +1282,43 @@ mod tests {
 
     #[test]
     fn curves_ignore_repeated_steps_and_thin_out_when_full() {
-        let mut curve = Vec::new();
-        record_curve_point(&mut curve, 1, 0.9);
-        record_curve_point(&mut curve, 2, 0.8);
+        let mut curve = Curve::default();
+        curve.record(1, 0.9);
+        curve.record(2, 0.8);
         // A resumed attempt reports step 2 again: kept once.
-        record_curve_point(&mut curve, 2, 0.7);
-        assert_eq!(curve, [(1, 0.9), (2, 0.8)]);
+        curve.record(2, 0.7);
+        assert_eq!(curve.points, [(1, 0.9), (2, 0.8)]);
         for step in 3..=10_000 {
-            record_curve_point(&mut curve, step, 1.0 / step as f64);
+            curve.record(step, 1.0 / step as f64);
         }
-        assert!(curve.len() <= CURVE_POINTS);
-        assert!(curve.len() > CURVE_POINTS / 2);
-        assert_eq!(curve.first().map(|point| point.0), Some(1));
-        assert_eq!(curve.last().map(|point| point.0), Some(10_000));
-        assert!(curve.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        let points = &curve.points;
+        assert!(points.len() <= CURVE_POINTS);
+        assert!(points.len() > CURVE_POINTS / 2);
+        assert_eq!(points.first().map(|point| point.0), Some(1));
+        assert_eq!(points.last().map(|point| point.0), Some(10_000));
+        assert!(points.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        assert_eq!(curve.stretches(), vec![points.clone()]);
+    }
+
+    #[test]
+    fn a_paused_trials_curve_splits_where_it_paused() {
+        let mut curve = Curve::default();
+        // Nothing reported yet: a pause marks nothing.
+        curve.pause();
+        curve.record(1, 0.5);
+        curve.record(2, 0.6);
+        curve.pause();
+        curve.pause();
+        // The promoted attempt resumes at step 3 (a repeat of step 2 is dropped).
+        curve.record(2, 0.6);
+        curve.record(3, 0.7);
+        curve.record(6, 0.8);
+        curve.pause();
+        assert_eq!(
+            curve.stretches(),
+            [vec![(1, 0.5), (2, 0.6)], vec![(3, 0.7), (6, 0.8)]]
+        );
+        curve.record(7, 0.9);
+        assert_eq!(curve.stretches().len(), 3);
     }
 }
