@@ -56,6 +56,38 @@ pub struct Ownership {
     fence: Arc<Fence>,
 }
 
+/// Why an attempt did not get its trial's checkpoint lease.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseError {
+    /// etcd did not answer within the wait (members down, no quorum): nothing about the
+    /// trial is wrong, so the agent hands the attempt back rather than failing it.
+    Unavailable(String),
+    /// etcd answered no: another attempt still holds the trial, or its pointer is not one.
+    Refused(String),
+}
+
+impl std::fmt::Display for LeaseError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeaseError::Unavailable(message) | LeaseError::Refused(message) => {
+                formatter.write_str(message)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Ownership {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Ownership")
+            .field("attempt", &self.attempt)
+            .field("owner_key", &self.owner_key)
+            .field("revision", &self.revision)
+            .field("fence_valid", &self.fence.is_valid())
+            .finish()
+    }
+}
+
 fn etcd(what: &str, error: impl std::fmt::Display) -> String {
     format!("etcd ({what}): {error}")
 }
@@ -104,43 +136,65 @@ impl CheckpointLeases {
     }
 
     /// Takes `attempt`'s trial for it, waiting up to `wait` for another attempt's hold to
-    /// go, and returns the trial's latest checkpoint as of then.
+    /// go, and returns the trial's latest checkpoint as of then. A request etcd does not
+    /// answer (a member down, no quorum, a timeout) is tried again until `wait` has passed;
+    /// then the error is [`LeaseError::Unavailable`].
     pub async fn acquire(
         &self,
         attempt: AttemptId,
         wait: Duration,
-    ) -> Result<(Ownership, Option<CheckpointRef>), String> {
+    ) -> Result<(Ownership, Option<CheckpointRef>), LeaseError> {
         let trial = attempt.trial.to_string();
         let owner_key = self.config.checkpoint_owner_key(&trial);
         let latest_key = self.config.checkpoint_latest_key(&trial);
         let deadline = Instant::now() + wait;
         let mut client = self.client.clone();
         let mut logged = false;
+        let mut unanswered = false;
         loop {
-            let (lease, fence) = self.lease().await?;
-            let put = flotilla_etcd::etcd_client::PutOptions::new().with_lease(lease);
-            let txn = Txn::new()
-                .when(vec![Compare::create_revision(
-                    owner_key.clone(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then(vec![
-                    TxnOp::put(owner_key.clone(), attempt.to_string(), Some(put)),
-                    TxnOp::get(latest_key.clone(), None),
-                ])
-                .or_else(vec![TxnOp::get(owner_key.clone(), None)]);
-            let answer = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn))
-                .await
-                .map_err(|_| etcd("take the checkpoint lease", "timed out"))?;
-            let answer = match answer {
-                Ok(answer) => answer,
-                // The lease ended at the server before our fence noticed: take a new one.
-                Err(error) if error.to_string().contains("lease not found") => {
-                    fence.revoke();
+            let attempted = async {
+                let (lease, fence) = self.lease().await?;
+                let put = flotilla_etcd::etcd_client::PutOptions::new().with_lease(lease);
+                let txn = Txn::new()
+                    .when(vec![Compare::create_revision(
+                        owner_key.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(vec![
+                        TxnOp::put(owner_key.clone(), attempt.to_string(), Some(put)),
+                        TxnOp::get(latest_key.clone(), None),
+                    ])
+                    .or_else(vec![TxnOp::get(owner_key.clone(), None)]);
+                let answer = tokio::time::timeout(REQUEST_TIMEOUT, client.txn(txn))
+                    .await
+                    .map_err(|_| etcd("take the checkpoint lease", "timed out"))?;
+                match answer {
+                    Ok(answer) => Ok(Some((answer, fence))),
+                    // The lease ended at the server before our fence noticed: take a new one.
+                    Err(error) if error.to_string().contains("lease not found") => {
+                        fence.revoke();
+                        Ok(None)
+                    }
+                    Err(error) => Err(etcd("take the checkpoint lease", error)),
+                }
+            };
+            let (answer, fence) = match attempted.await {
+                Ok(Some(answered)) => answered,
+                Ok(None) => continue,
+                Err(message) => {
+                    if Instant::now() >= deadline {
+                        return Err(LeaseError::Unavailable(format!(
+                            "{message} (tried for {wait:?})"
+                        )));
+                    }
+                    if !unanswered {
+                        tracing::warn!(%attempt, %message, "etcd did not answer; trying again");
+                        unanswered = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                Err(error) => return Err(etcd("take the checkpoint lease", error)),
             };
             let responses = answer.op_responses();
             if answer.succeeded() {
@@ -151,7 +205,11 @@ impl CheckpointLeases {
                 });
                 let latest = match latest {
                     Some(bytes) => Some(serde_json::from_slice::<CheckpointRef>(&bytes).map_err(
-                        |error| format!("{latest_key} holds no checkpoint pointer: {error}"),
+                        |error| {
+                            LeaseError::Refused(format!(
+                                "{latest_key} holds no checkpoint pointer: {error}"
+                            ))
+                        },
                     )?),
                     None => None,
                 };
@@ -175,10 +233,10 @@ impl CheckpointLeases {
                 })
                 .unwrap_or_default();
             if Instant::now() >= deadline {
-                return Err(format!(
+                return Err(LeaseError::Refused(format!(
                     "{holder} still holds the checkpoints of {trial} after {wait:?}; \
                      not starting {attempt} beside it"
-                ));
+                )));
             }
             if !logged {
                 tracing::info!(%attempt, %holder, "waiting for the previous attempt's checkpoint lease to go");

@@ -42,6 +42,13 @@ pub enum AgentMsg {
         attempt: AttemptId,
         outcome: TrialOutcome,
     },
+    /// An attempt that did not start through no fault of its own (etcd did not answer for
+    /// its checkpoint lease): its slot and GPUs free, and the coordinator hears
+    /// `CommandRejected`, which places it again without spending a retry.
+    TrialHandedBack {
+        attempt: AttemptId,
+        reason: String,
+    },
     /// Running attempts and recent outcomes, for `Register`.
     Snapshot(RpcReplyPort<Snapshot>),
     LinkUp {
@@ -160,12 +167,13 @@ impl Actor for AgentRoot {
                 let _ = state
                     .outbox
                     .send(AgentMessage::TrialFinished { attempt, outcome });
-                if state.running.is_empty() {
-                    if let Some(reply) = state.drained.take() {
-                        let _ = reply.send(());
-                    }
-                    state.interruption_over();
-                }
+                state.check_drained();
+            }
+            AgentMsg::TrialHandedBack { attempt, reason } => {
+                state.running.remove(&attempt);
+                state.gpus.give_back(attempt);
+                state.reject(Some(attempt), reason);
+                state.check_drained();
             }
             AgentMsg::Notice { notice, seen } => state.notice(notice, seen),
             AgentMsg::Snapshot(reply) => {
@@ -260,6 +268,16 @@ impl RootState {
         metrics.running_trials.set(self.running.len() as i64);
         metrics.draining.set(i64::from(self.draining));
         metrics.connected.set(i64::from(self.link_up));
+    }
+
+    /// Once nothing runs: answers a pending drain and ends an interruption.
+    fn check_drained(&mut self) {
+        if self.running.is_empty() {
+            if let Some(reply) = self.drained.take() {
+                let _ = reply.send(());
+            }
+            self.interruption_over();
+        }
     }
 
     fn reject(&self, attempt: Option<AttemptId>, reason: String) {

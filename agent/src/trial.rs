@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 
 use flotilla_train::{ArtifactStore, Control, DeviceChoice, Events, Finish, StopRequest, TrainJob};
 
-use crate::leases::{CheckpointLeases, Ownership};
+use crate::leases::{CheckpointLeases, LeaseError, Ownership};
 use crate::metric_line::{self, Line};
 use crate::metrics::{AgentMetrics, TrialSeries};
 use crate::root::AgentMsg;
@@ -48,10 +48,10 @@ pub enum TrialMsg {
     /// A built-in trainer's thread ended.
     TrainerDone(Result<Finish, String>),
     /// The checkpoint lease was taken (with the trial's latest checkpoint) or not.
-    Owned(Result<(Ownership, Option<CheckpointRef>), String>),
+    Owned(Result<(Ownership, Option<CheckpointRef>), LeaseError>),
     /// A command attempt is ready to start (its lease taken, its checkpoint restored), or
     /// cannot start.
-    Prepared(Result<Prepared, String>),
+    Prepared(Result<Prepared, NotStarted>),
     StderrTail(String),
     Exited(Result<ExitStatus, String>),
     Stop(StopReason),
@@ -73,6 +73,31 @@ pub enum TrialMsg {
     LeaseLost(String),
     /// Every commit has been uploaded (or given up) after the program exited.
     UploadsDone,
+}
+
+/// Why an attempt did not start.
+pub enum NotStarted {
+    /// Nothing about the trial is wrong (etcd did not answer for the checkpoint lease): the
+    /// attempt is handed back to the coordinator, which places it again without spending a
+    /// retry.
+    HandedBack(String),
+    /// The attempt failed before its program ran (a retry is spent).
+    Failed(String),
+}
+
+impl From<LeaseError> for NotStarted {
+    fn from(error: LeaseError) -> NotStarted {
+        match error {
+            LeaseError::Unavailable(message) => NotStarted::HandedBack(message),
+            LeaseError::Refused(message) => NotStarted::Failed(message),
+        }
+    }
+}
+
+impl From<String> for NotStarted {
+    fn from(message: String) -> NotStarted {
+        NotStarted::Failed(message)
+    }
 }
 
 /// What a command attempt starts with.
@@ -335,11 +360,7 @@ impl Actor for Trial {
                             }
                         }
                     }
-                    Err(message) => {
-                        tracing::warn!(attempt = %state.attempt, %message, "no checkpoint lease");
-                        state.report(TrialOutcome::error(message, 0));
-                        myself.stop(None);
-                    }
+                    Err(error) => state.not_started(&myself, error.into()),
                 }
             }
             TrialMsg::Prepared(prepared) => {
@@ -516,6 +537,27 @@ impl TrialState {
         }
     }
 
+    /// Ends an attempt that did not start: failed, or handed back (no retry spent).
+    fn not_started(&mut self, myself: &ActorRef<TrialMsg>, why: NotStarted) {
+        match why {
+            NotStarted::Failed(message) => {
+                tracing::warn!(attempt = %self.attempt, %message, "the attempt could not start");
+                self.report(TrialOutcome::error(message, 0));
+            }
+            NotStarted::HandedBack(reason) => {
+                tracing::warn!(attempt = %self.attempt, %reason, "handing the attempt back to the coordinator");
+                if !self.reported {
+                    self.reported = true;
+                    let _ = self.root.cast(AgentMsg::TrialHandedBack {
+                        attempt: self.attempt,
+                        reason,
+                    });
+                }
+            }
+        }
+        myself.stop(None);
+    }
+
     /// SIGTERM to the program, SIGKILL after `grace` (once, whatever asked first).
     fn terminate(&mut self, myself: &ActorRef<TrialMsg>, grace: Duration) {
         if self.terminating {
@@ -531,14 +573,12 @@ impl TrialState {
         &mut self,
         myself: &ActorRef<TrialMsg>,
         mut args: TrialArgs,
-        prepared: Result<Prepared, String>,
+        prepared: Result<Prepared, NotStarted>,
     ) {
         let prepared = match prepared {
             Ok(prepared) => prepared,
-            Err(message) => {
-                tracing::warn!(attempt = %self.attempt, %message, "command trial could not start");
-                self.report(TrialOutcome::error(message, 0));
-                myself.stop(None);
+            Err(why) => {
+                self.not_started(myself, why);
                 return;
             }
         };
@@ -842,7 +882,7 @@ async fn prepare(
                 Some((dirs.resume.clone(), manifest))
             }
         };
-        Ok::<_, String>(Prepared { ownership, resume })
+        Ok::<_, NotStarted>(Prepared { ownership, resume })
     }
     .await;
     let _ = trial.cast(TrialMsg::Prepared(prepared));

@@ -111,9 +111,7 @@ max_trials = 1
 max_parallel = 1"#,
         "timeout = \"5m\"",
         // The example trains FLOTILLA_EPOCHS epochs (ASHA sets it; here the sweep does).
-        &format!(
-            "FLOTILLA_EPOCHS = \"{epochs}\"\nFLOTILLA_EXAMPLE_EPOCH_SECONDS = \"{seconds}\""
-        ),
+        &format!("FLOTILLA_EPOCHS = \"{epochs}\"\nFLOTILLA_EXAMPLE_EPOCH_SECONDS = \"{seconds}\""),
     )
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flotilla_agent::leases::CheckpointLeases;
+use flotilla_agent::leases::{CheckpointLeases, LeaseError};
 use flotilla_cluster_tests::Etcd;
 use flotilla_coordinator::ha::EtcdConfig;
 use flotilla_protocol::messages::CheckpointRef;
@@ -72,8 +72,8 @@ fn a_stale_holder_cannot_move_the_pointer_after_another_attempt_took_over() {
         let refused = blocked
             .acquire(attempt(1), Duration::from_millis(500))
             .await;
-        let Err(message) = refused else {
-            panic!("took a trial another attempt holds")
+        let Err(LeaseError::Refused(message)) = refused else {
+            panic!("took a trial another attempt holds: {refused:?}")
         };
         assert!(message.contains("s1-t0#0 still holds"), "{message}");
 
@@ -147,5 +147,68 @@ fn a_holder_whose_lease_ran_out_refuses_to_write() {
         };
         assert!(message.contains("ran out"), "{message}");
         assert_eq!(latest(&config).await, None);
+    });
+}
+
+/// An etcd that does not answer is tried again until the wait is over, and then named as
+/// unavailable (the agent hands such an attempt back rather than failing it); once etcd is
+/// back within the wait, the attempt gets its lease. A release that etcd did not answer is
+/// retried until it did, so the next attempt does not wait for the agent's lease to end.
+#[test]
+fn an_unanswered_take_or_release_is_tried_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut etcd = Etcd::start(dir.path(), 1);
+    let mut config = EtcdConfig::new(etcd.endpoints());
+    // A long lease: only a retried release can free the trial for the next attempt in time.
+    config.lease_ttl = Duration::from_secs(30);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let holder = CheckpointLeases::connect(config.clone())
+            .await
+            .expect("holder");
+        etcd.kill_member(0);
+        let began = std::time::Instant::now();
+        let refused = holder.acquire(attempt(0), Duration::from_secs(2)).await;
+        assert!(
+            matches!(refused, Err(LeaseError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert!(
+            began.elapsed() >= Duration::from_secs(2),
+            "{:?}",
+            began.elapsed()
+        );
+
+        // etcd returns while the attempt waits: it gets the lease.
+        let restart = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            etcd.start_member(0);
+            etcd
+        });
+        let (ownership, _) = holder
+            .acquire(attempt(0), Duration::from_secs(30))
+            .await
+            .expect("the lease once etcd is back");
+        let mut etcd = restart.join().expect("restart etcd");
+
+        // A release while etcd is down is retried once it is back: the next attempt (on
+        // another agent) takes the trial well before this agent's lease could expire.
+        etcd.kill_member(0);
+        holder.release(&ownership).await;
+        etcd.start_member(0);
+        let other = CheckpointLeases::connect(config.clone())
+            .await
+            .expect("other");
+        let began = std::time::Instant::now();
+        other
+            .acquire(attempt(1), Duration::from_secs(20))
+            .await
+            .expect("the next attempt takes the trial");
+        drop(etcd);
+        assert!(
+            began.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            began.elapsed()
+        );
     });
 }
