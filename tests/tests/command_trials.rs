@@ -503,3 +503,127 @@ max_parallel = 2"#,
         "promoted attempts traced: {runs:?}"
     );
 }
+
+/// GPUs per trial through the whole path (sweep file → coordinator placement → agent →
+/// program): an agent declaring two GPUs (`--gpus 2`, no NVML needed) and four slots runs
+/// 1-GPU trials two at a time, each alone on its GPU, and `cluster agents` shows them used;
+/// a 2-GPU trial then gets both.
+#[test]
+fn each_trial_gets_gpus_of_its_own_and_placement_counts_free_ones() {
+    let mut cluster = Cluster::new(1, 1, Duration::from_secs(2));
+    cluster.start_coordinator(0);
+    cluster.wait_for_leader(0, Duration::from_secs(30));
+    cluster.start_agent_with("gpu", 4, &["--gpus", "2"]);
+    cluster.wait_for_agents(1, Duration::from_secs(30));
+    let runs = cluster.path("gpus.runs");
+    let script = cluster.path("gpus.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+echo "start $FLOTILLA_TRIAL_ID [$CUDA_VISIBLE_DEVICES] [$FLOTILLA_GPUS] $(date +%s%N)" >> {runs}
+sleep 1.5
+echo "end $FLOTILLA_TRIAL_ID [$CUDA_VISIBLE_DEVICES] [$FLOTILLA_GPUS] $(date +%s%N)" >> {runs}
+echo "@flotilla step=0 loss=$1"
+"#,
+            runs = runs.display()
+        ),
+    )
+    .expect("write the trial script");
+    let sweep_file = |name: &str, trials: u32, gpus: u32| {
+        let path = cluster.path(&format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"name = "{name}"
+
+[objective]
+metric = "loss"
+direction = "minimize"
+
+[space.x]
+type = "float"
+low = 1.0
+high = 100.0
+
+[algorithm]
+name = "random"
+seed = 3
+
+[budget]
+max_trials = {trials}
+max_parallel = 4
+
+[resources]
+gpus = {gpus}
+
+[trial]
+command = "sh"
+args = ["{script}", "{{x}}"]
+metrics = ["loss"]
+"#,
+                script = script.display()
+            ),
+        )
+        .expect("write the sweep file");
+        path
+    };
+    let sweep = cluster.submit(&sweep_file("one-each", 4, 1));
+    let mut seen_full = false;
+    wait_until("the 1-GPU sweep to finish", Duration::from_secs(60), || {
+        let agents = cluster.flotilla(&["cluster", "agents"]);
+        seen_full |= String::from_utf8_lossy(&agents.stdout).contains("2/2 used");
+        cluster
+            .progress(&sweep)
+            .is_some_and(|(state, done)| state == "Completed" && done == 4)
+    });
+    assert!(seen_full, "`cluster agents` showed both GPUs used");
+
+    // (trial, visible, flotilla_gpus, start, end) from the trials' own log.
+    let log = std::fs::read_to_string(&runs).expect("the trials' log");
+    let mut spans: BTreeMap<String, (String, String, u128, u128)> = BTreeMap::new();
+    for line in log.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let [kind, trial, visible, gpus, at] = parts[..] else {
+            panic!("odd line {line:?}")
+        };
+        let at: u128 = at.parse().expect("a timestamp");
+        let span = spans
+            .entry(trial.to_string())
+            .or_insert_with(|| (visible.to_string(), gpus.to_string(), 0, 0));
+        match kind {
+            "start" => span.2 = at,
+            _ => span.3 = at,
+        }
+    }
+    assert_eq!(spans.len(), 4, "{log}");
+    for (trial, (visible, gpus, _, _)) in &spans {
+        assert!(
+            visible == "[0]" || visible == "[1]",
+            "{trial} sees one GPU: {log}"
+        );
+        assert_eq!(visible, gpus, "FLOTILLA_GPUS names the same GPUs: {log}");
+    }
+    // No two trials that ran at the same time shared a GPU, and at most two ran at once
+    // although the agent has four slots.
+    let spans: Vec<_> = spans.values().collect();
+    for (index, a) in spans.iter().enumerate() {
+        let overlapping: Vec<_> = spans.iter().filter(|b| b.2 < a.3 && a.2 < b.3).collect();
+        assert!(overlapping.len() <= 2, "more than two at once: {log}");
+        for b in &spans[index + 1..] {
+            if a.2 < b.3 && b.2 < a.3 {
+                assert_ne!(a.0, b.0, "two running trials shared a GPU: {log}");
+            }
+        }
+    }
+
+    let _ = std::fs::remove_file(&runs);
+    let sweep = cluster.submit(&sweep_file("both", 1, 2));
+    wait_until("the 2-GPU trial to finish", Duration::from_secs(60), || {
+        cluster
+            .progress(&sweep)
+            .is_some_and(|(state, done)| state == "Completed" && done == 1)
+    });
+    let log = std::fs::read_to_string(&runs).expect("the trial's log");
+    assert!(log.starts_with("start s2-t0 [0,1] [0,1] "), "{log}");
+}
