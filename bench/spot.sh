@@ -11,5 +11,9 @@ rounds=${1:-5}
 slots=${2:-2}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla-target}"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr), $(date -u +%Y-%m-%d)"
-cargo bench -q -p flotilla --bench spot -- --trial lstm --rounds "$rounds" --slots "$slots"
-cargo bench -q -p flotilla --bench spot -- --trial command --rounds "$rounds" --slots "$slots"
+# Long enough that every trial is still training when the notice is read (IMDS is polled
+# every 2 s; a release-build LSTM epoch takes about 0.05 s here).
+cargo bench -q -p flotilla --bench spot -- --trial lstm --epochs 200 --notice-at 30 \
+  --rounds "$rounds" --slots "$slots"
+cargo bench -q -p flotilla --bench spot -- --trial command --epochs 60 --notice-at 30 \
+  --epoch-seconds 0.25 --rounds "$rounds" --slots "$slots"

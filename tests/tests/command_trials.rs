@@ -163,6 +163,27 @@ fn only_trial(cluster: &Cluster, sweep: &str) -> Value {
     results["trials"][0].clone()
 }
 
+/// The index of the agent running the sweep's only trial, once that trial's checkpoint holds
+/// `epochs` epochs (and before the trial could finish).
+fn agent_once_committed(cluster: &Cluster, sweep: &str, epochs: u64) -> usize {
+    let mut agent = String::new();
+    wait_until(
+        &format!("the trial to commit {epochs} epochs"),
+        Duration::from_secs(90),
+        || {
+            let trial = only_trial(cluster, sweep);
+            assert_ne!(trial["state"], "succeeded", "finished too soon: {trial}");
+            agent = trial["agent"].as_str().unwrap_or_default().to_string();
+            trial["checkpoint"]["epoch"].as_u64().unwrap_or(0) >= epochs
+        },
+    );
+    cluster
+        .agents
+        .iter()
+        .position(|candidate| candidate.name == agent)
+        .expect("the trial's agent")
+}
+
 fn start(cluster: &mut Cluster, agents: &[&str]) {
     cluster.start_coordinator(0);
     cluster.wait_for_leader(0, Duration::from_secs(30));
@@ -179,22 +200,8 @@ fn a_killed_agents_command_trial_resumes_elsewhere(cluster: &mut Cluster, surviv
     const EPOCHS: u32 = 16;
     start(cluster, &["a", "b"]);
     let sweep = cluster.submit(&single_trial_sweep(cluster, "lost", EPOCHS, 0.5));
-    let mut victim = String::new();
-    wait_until(
-        "attempt 0 to commit 4 epochs",
-        Duration::from_secs(90),
-        || {
-            let trial = only_trial(cluster, &sweep);
-            assert_ne!(trial["state"], "succeeded", "finished too soon: {trial}");
-            victim = trial["agent"].as_str().unwrap_or_default().to_string();
-            trial["checkpoint"]["epoch"].as_u64().unwrap_or(0) >= 4
-        },
-    );
-    let index = cluster
-        .agents
-        .iter()
-        .position(|agent| agent.name == victim)
-        .expect("the trial's agent");
+    let index = agent_once_committed(cluster, &sweep, 4);
+    let victim = cluster.agents[index].name.clone();
     cluster.agents[index]
         .process
         .as_mut()
@@ -319,21 +326,8 @@ fn a_stale_attempts_checkpoint_never_replaces_the_newer_one() {
     let mut cluster = Cluster::new(1, 1, Duration::from_secs(2));
     start(&mut cluster, &["a", "b"]);
     let sweep = cluster.submit(&single_trial_sweep(&cluster, "stale", 24, 0.4));
-    let mut stale = String::new();
-    wait_until(
-        "attempt 0 to commit 2 epochs",
-        Duration::from_secs(90),
-        || {
-            let trial = only_trial(&cluster, &sweep);
-            stale = trial["agent"].as_str().unwrap_or_default().to_string();
-            trial["checkpoint"]["epoch"].as_u64().unwrap_or(0) >= 2
-        },
-    );
-    let index = cluster
-        .agents
-        .iter()
-        .position(|agent| agent.name == stale)
-        .expect("the trial's agent");
+    let index = agent_once_committed(&cluster, &sweep, 2);
+    let stale = cluster.agents[index].name.clone();
     cluster.agents[index]
         .process
         .as_ref()
