@@ -496,6 +496,30 @@ max_parallel = 2"#,
         runs.keys().any(|(_, attempt)| *attempt >= 1),
         "promoted attempts traced: {runs:?}"
     );
+
+    // The report's learning curves mark each pause and join it to the resume.
+    let report = cluster.path("asha-report.html");
+    cluster.flotilla_ok(&[
+        "sweep",
+        "report",
+        &sweep,
+        "--out",
+        report.to_str().expect("UTF-8 path"),
+    ]);
+    let html = std::fs::read_to_string(&report).expect("the report");
+    let pauses = html.matches("class=\"pause\"").count();
+    let promotions: usize = promoted
+        .iter()
+        .map(|trial| trial["attempt"].as_u64().unwrap_or(0) as usize)
+        .sum();
+    assert!(
+        pauses >= promotions,
+        "{pauses} pause markers for {promotions} promotions"
+    );
+    assert!(
+        html.contains("paused at an ASHA rung"),
+        "the curves' legend"
+    );
 }
 
 /// GPUs per trial through the whole path (sweep file → coordinator placement → agent →
