@@ -1,12 +1,13 @@
 //! `flotilla`: run sweeps locally (`up`), run cluster processes (`coordinator`, `agent`),
 //! make certificates (`certs`), and talk to a cluster (`sweep`, `cluster`).
 
+mod certs;
 mod models;
 mod report;
 mod study;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -15,7 +16,7 @@ use flotilla_agent::{Agent, AgentConfig};
 use flotilla_coordinator::ha::EtcdConfig;
 use flotilla_coordinator::{Coordinator, CoordinatorConfig};
 use flotilla_sdk::{
-    AgentId, Client, ClusterCa, Identity, LocalCluster, LocalClusterOptions, SweepId, SweepSpec,
+    AgentId, Client, Identity, LocalCluster, LocalClusterOptions, SweepId, SweepSpec,
 };
 
 #[derive(Parser)]
@@ -36,7 +37,7 @@ enum Commands {
     Up(UpArgs),
     /// Certificates for a cluster.
     #[command(subcommand)]
-    Certs(CertsCommand),
+    Certs(certs::CertsCommand),
     /// Run a coordinator.
     Coordinator(CoordinatorArgs),
     /// Run an agent that takes trials from a coordinator, or (with a subcommand) drain,
@@ -73,6 +74,13 @@ struct RouterArgs {
     /// How long a serving agent may take to answer one request.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     upstream_timeout: Duration,
+    /// Bearer tokens (hashed; `flotilla certs token create`), reloaded when the file
+    /// changes. Feedback needs one with the feedback scope. Default: CERTS/tokens.
+    #[arg(long, env = "FLOTILLA_ROUTER_TOKENS")]
+    tokens: Option<PathBuf>,
+    /// Predictions and routes need a token with the predict scope too.
+    #[arg(long, env = "FLOTILLA_GATE_PREDICTIONS")]
+    gate_predictions: bool,
     #[command(flatten)]
     connection: Connection,
 }
@@ -115,18 +123,6 @@ struct UpArgs {
     /// it behind the router until interrupted.
     #[arg(long, value_name = "MODEL")]
     serve: Option<String>,
-}
-
-#[derive(Subcommand)]
-enum CertsCommand {
-    /// Make a CA and coordinator, agent, client and admin certificates in DIR.
-    Init {
-        #[arg(long)]
-        out: PathBuf,
-        /// Extra DNS names or IP addresses for the coordinator's certificate.
-        #[arg(long = "coordinator-name")]
-        coordinator_names: Vec<String>,
-    },
 }
 
 /// Where the cluster is and who we are.
@@ -199,6 +195,14 @@ struct CoordinatorArgs {
     /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` over HTTP here.
     #[arg(long, env = "FLOTILLA_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// The certificate revocation list (from `flotilla certs revoke`; default CERTS/crl.pem).
+    /// Reloaded within seconds when it changes; a missing file revokes nothing.
+    #[arg(long, env = "FLOTILLA_CRL")]
+    crl: Option<PathBuf>,
+    /// Refuse agent certificates not bound to one agent id (`flotilla certs issue agent
+    /// --id NAME`), so that no certificate can register as every agent.
+    #[arg(long, env = "FLOTILLA_REQUIRE_AGENT_IDS")]
+    require_agent_ids: bool,
     /// Post a Slack-compatible JSON message here when a sweep ends (repeatable, or
     /// comma-separated). The URL is a secret: logs name only its number and host.
     #[arg(
@@ -208,6 +212,10 @@ struct CoordinatorArgs {
         hide_env_values = true
     )]
     notify_webhooks: Vec<String>,
+    /// Sign every webhook delivery with the secret in this file (HMAC-SHA256 in the
+    /// X-Flotilla-Signature header; docs/operations.md shows how a receiver checks it).
+    #[arg(long, env = "FLOTILLA_NOTIFY_SECRET_FILE")]
+    notify_secret_file: Option<PathBuf>,
     /// Size the agent fleet from demand: `aws:GROUP[:HOOK]` for an EC2 Auto Scaling group
     /// (credentials and region from the standard AWS chain; HOOK is the termination
     /// lifecycle hook, default flotilla-drain). Agents must use their instance id as --id.
@@ -458,10 +466,7 @@ async fn main() {
             init_logging("warn");
             up(args).await
         }
-        Commands::Certs(CertsCommand::Init {
-            out,
-            coordinator_names,
-        }) => certs_init(&out, &coordinator_names),
+        Commands::Certs(command) => certs::run(command),
         Commands::Coordinator(args) => {
             init_logging("info");
             coordinator(args).await
@@ -518,25 +523,6 @@ async fn main() {
     }
 }
 
-fn certs_init(out: &Path, coordinator_names: &[String]) -> anyhow::Result<()> {
-    if out.join("ca.pem").exists() {
-        bail!(
-            "{} already holds a CA (ca.pem); choose another directory or remove it",
-            out.display()
-        );
-    }
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    names.extend(coordinator_names.iter().cloned());
-    let ca = ClusterCa::generate("flotilla")?;
-    let written = ca.write_cluster_material(out, &names)?;
-    println!("wrote {} files to {}:", written.len(), out.display());
-    for path in written {
-        println!("  {}", path.display());
-    }
-    println!("keep ca-key.pem offline; hand each process only its own certificate and key");
-    Ok(())
-}
-
 async fn shutdown_signal() {
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -553,12 +539,28 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.rollout_check_interval = args.rollout_check_interval;
     config.advertise = args.advertise;
     config.metrics_listen = args.metrics_listen;
+    config.crl_path = Some(args.crl.unwrap_or_else(|| args.certs.join("crl.pem")));
+    config.require_agent_ids = args.require_agent_ids;
     config.webhooks = args
         .notify_webhooks
         .iter()
         .enumerate()
         .map(|(index, url)| flotilla_coordinator::notify::Webhook::parse(index + 1, url))
         .collect::<anyhow::Result<_>>()?;
+    match &args.notify_secret_file {
+        Some(path) => {
+            let secret = flotilla_coordinator::notify::SigningSecret::from_file(path)?;
+            config.webhooks = config
+                .webhooks
+                .into_iter()
+                .map(|webhook| webhook.signed_with(secret.clone()))
+                .collect();
+        }
+        None if !config.webhooks.is_empty() => tracing::warn!(
+            "webhook deliveries are not signed: receivers cannot tell them from forgeries (--notify-secret-file)"
+        ),
+        None => {}
+    }
     if let Some(name) = args.name {
         config.name = name;
     }
@@ -613,9 +615,15 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let identity = Identity::load_from_dir(&args.certs, &args.identity)?;
-    let id = match args.id {
-        Some(id) => id,
-        None => flotilla_agent::stable_agent_id(&args.work_dir)?.0,
+    // A certificate bound to an agent id names the agent; --id may only repeat it.
+    let bound = flotilla_protocol::tls::agent_id_of_certificate(&identity.chain[0])?;
+    let id = match (args.id, bound) {
+        (Some(id), Some(bound)) if id != bound => bail!(
+            "--id {id} but the certificate {} is bound to agent {bound}; the coordinator would refuse it",
+            args.certs.join(format!("{}.pem", args.identity)).display()
+        ),
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => flotilla_agent::stable_agent_id(&args.work_dir)?.0,
     };
     let first = *args
         .coordinator
@@ -686,12 +694,21 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 async fn router(args: RouterArgs) -> anyhow::Result<()> {
-    let name = args.connection.identity.as_deref().unwrap_or("client");
+    let name = args.connection.identity.as_deref().unwrap_or("router");
     let identity = Identity::load_from_dir(&args.connection.certs, name)?;
     let mut config =
         flotilla_router::RouterConfig::new(args.connection.coordinator, identity, args.listen);
     config.sync_interval = args.sync_interval;
     config.upstream_timeout = args.upstream_timeout;
+    let tokens = args
+        .tokens
+        .unwrap_or_else(|| args.connection.certs.join("tokens"));
+    let tokens = flotilla_telemetry::tokens::TokenFile::load(&tokens)?;
+    if tokens.is_empty() {
+        tracing::warn!(path = %tokens.path().display(), "no bearer tokens yet: feedback is refused until one is created (flotilla certs token create NAME --scope feedback)");
+    }
+    config.tokens = Some(tokens);
+    config.gate_predictions = args.gate_predictions;
     let router = flotilla_router::Router::start(config).await?;
     println!(
         "router on http://{}/v1/predict (feedback: /v1/feedback, routes: /v1/routes, metrics: /metrics)",
@@ -751,12 +768,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             args.dir.display()
         );
     }
-    let router = flotilla_router::Router::start(flotilla_router::RouterConfig::new(
+    // Feedback needs a token: one made for this run, kept hashed beside the state.
+    let token_path = args.dir.join("router-tokens");
+    flotilla_telemetry::tokens::revoke(&token_path, "up-feedback")?;
+    let feedback_token = flotilla_telemetry::tokens::create(
+        &token_path,
+        "up-feedback",
+        vec![flotilla_telemetry::tokens::Scope::Feedback],
+    )?;
+    let mut router_config = flotilla_router::RouterConfig::new(
         vec![cluster.address()],
-        cluster.client_identity().clone(),
+        cluster.router_identity().clone(),
         args.router_listen,
-    ))
-    .await?;
+    );
+    router_config.tokens = Some(flotilla_telemetry::tokens::TokenFile::load(&token_path)?);
+    let router = flotilla_router::Router::start(router_config).await?;
     println!("model router on http://{}/v1/predict", router.local_addr());
     let client = cluster.client().await?;
     let fleet_log = if args.autoscale {
@@ -795,7 +821,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         report::write_report(&page, &detail, &trials, true)?;
         println!("report: {}", page.display());
         if let Some(name) = &args.serve {
-            serve_winner(&cluster, &summary, name, router.local_addr()).await?;
+            serve_winner(
+                &cluster,
+                &summary,
+                name,
+                router.local_addr(),
+                &feedback_token,
+            )
+            .await?;
         }
         if args.autoscale {
             // From here the wait reports the fleet itself, up to its last line (0 agents).
@@ -827,6 +860,7 @@ async fn serve_winner(
     summary: &flotilla_sdk::SweepSummary,
     name: &str,
     router: SocketAddr,
+    feedback_token: &str,
 ) -> anyhow::Result<()> {
     let admin = cluster.client().await?;
     let registered = admin
@@ -842,7 +876,7 @@ async fn serve_winner(
     admin.close().await;
     let registered = registered?;
     println!(
-        "serving {} (trial {}, sha256 {}) — try:\n  curl -s http://{router}/v1/predict -d '{{\"model\": \"{name}\", \"instances\": [[…]]}}'\nCtrl-C stops",
+        "serving {} (trial {}, sha256 {}) — try:\n  curl -s http://{router}/v1/predict -d '{{\"model\": \"{name}\", \"instances\": [[…]]}}'\nlabels go to /v1/feedback with `Authorization: Bearer {feedback_token}` (this run's feedback token)\nCtrl-C stops",
         registered.reference(),
         registered.lineage.trial.number,
         registered.artifact.sha256

@@ -791,7 +791,7 @@ fn the_cluster_ca_is_rotated_in_three_phases_without_losing_a_trial() {
     );
 
     // Phase 2: certificates from the new CA; old-CA clients still get in.
-    for role in ["coordinator", "agent", "client", "admin"] {
+    for role in ["coordinator", "agent", "client", "admin", "router"] {
         for file in [format!("{role}.pem"), format!("{role}-key.pem")] {
             std::fs::copy(new.join(&file), certs.join(&file)).expect("copy a new certificate");
         }
@@ -816,4 +816,265 @@ fn the_cluster_ca_is_rotated_in_three_phases_without_losing_a_trial() {
         sweep_state(&cluster, "s1")["state"] == "Completed"
     });
     assert_all_succeeded_once(&cluster.results("s1"), 12);
+}
+
+/// The permission table (docs/protocol.md, `ClientRequest::access`) is what a real
+/// coordinator enforces: every kind of request, sent with a client, an admin and a router
+/// certificate, is refused with `PermissionDenied` exactly when the table says so, and the
+/// refusal names the request and the certificate's role. A router certificate's RouterSync
+/// is answered with routes; a client certificate's is refused.
+#[test]
+fn every_request_is_answered_only_for_the_roles_the_table_names() {
+    use flotilla_protocol::messages::{ApiErrorKind, ClientRequest, ClientResponse, Role};
+    use flotilla_protocol::tls::Identity;
+
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator();
+    wait_until("the coordinator to answer", Duration::from_secs(60), || {
+        cluster.flotilla(&["sweep", "list"]).status.success()
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let address = cluster.address.parse().expect("address");
+    let mut checked = 0;
+    for role in [Role::Client, Role::Admin, Role::Router] {
+        let identity =
+            Identity::load_from_dir(&cluster.path("certs"), role.name()).expect("certificate");
+        runtime.block_on(async {
+            let client = flotilla_sdk::Client::connect(address, &identity)
+                .await
+                .unwrap_or_else(|error| panic!("{} connects: {error}", role.name()));
+            for request in ClientRequest::example_of_each_kind() {
+                let name = request.name();
+                let allowed = request.access().permits(role);
+                // A permitted watch streams until the sweep changes: its first answer may
+                // not come, which shows it was not refused.
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(5), client.send(&request)).await;
+                let denied = match &answer {
+                    Ok(Ok(ClientResponse::Error(error))) => {
+                        error.kind == ApiErrorKind::PermissionDenied
+                    }
+                    Ok(Ok(_)) => false,
+                    Ok(Err(error)) => panic!("{name} as {}: {error}", role.name()),
+                    Err(_) => {
+                        assert!(
+                            matches!(request, ClientRequest::WatchSweep(_)),
+                            "{name} as {} was not answered",
+                            role.name()
+                        );
+                        false
+                    }
+                };
+                assert_eq!(
+                    denied,
+                    !allowed,
+                    "{name} with {} certificate: {answer:?}",
+                    role.with_article()
+                );
+                if let Ok(Ok(ClientResponse::Error(error))) = &answer
+                    && denied
+                {
+                    assert!(
+                        error.message.contains(name) && error.message.contains(role.name()),
+                        "the refusal names the request and the role: {}",
+                        error.message
+                    );
+                }
+                if matches!(request, ClientRequest::RouterSync(_)) && allowed {
+                    assert!(
+                        matches!(answer, Ok(Ok(ClientResponse::Routes(_)))),
+                        "a router's sync is answered with routes: {answer:?}"
+                    );
+                }
+                checked += 1;
+            }
+        });
+    }
+    assert_eq!(checked, 3 * ClientRequest::example_of_each_kind().len());
+    // The CLI shows the refusal in words.
+    let output = cluster.flotilla(&["cluster", "agents", "--identity", "router"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("admin"), "{stderr}");
+}
+
+/// Per-agent certificates and revocation against a real coordinator: an agent certificate
+/// bound to `gpu-2` cannot register as `gpu-1` (nor can the fleet-wide one, under
+/// `--require-agent-ids`); revoking `gpu-1`'s certificate closes its open connection and
+/// refuses it from then on, and a revoked client certificate is refused at the next
+/// handshake while another client's still works.
+#[test]
+fn agents_are_bound_to_their_ids_and_revoked_certificates_are_dropped() {
+    use flotilla_protocol::messages::{HelloReply, RefusalReason, Role};
+    use flotilla_protocol::tls::Identity;
+
+    let mut cluster = Cluster::new();
+    let certs = cluster.path("certs");
+    let certs_arg = certs.to_str().expect("utf-8").to_string();
+    for id in ["gpu-1", "gpu-2"] {
+        let issued =
+            cluster.flotilla_ok(&["certs", "issue", "agent", "--id", id, "--certs", &certs_arg]);
+        assert!(issued.contains("serial "), "{issued}");
+    }
+    let issued = cluster.flotilla_ok(&[
+        "certs", "issue", "client", "--name", "alice", "--certs", &certs_arg,
+    ]);
+    assert!(issued.contains("alice.pem"), "{issued}");
+    let shown = cluster.flotilla_ok(&[
+        "certs",
+        "show",
+        certs.join("agent-gpu-2.pem").to_str().expect("utf-8"),
+    ]);
+    assert!(
+        shown.contains("agent id  gpu-2") && shown.contains("revoked   no"),
+        "{shown}"
+    );
+
+    cluster.start_coordinator_with(&["--require-agent-ids"]);
+    cluster.start_agent_with("gpu-1", 1, &["--identity", "agent-gpu-1"]);
+    cluster.wait_for_agents(1);
+
+    // The CLI refuses a certificate bound to another id before connecting.
+    let output = cluster.flotilla(&[
+        "agent",
+        "--coordinator",
+        &cluster.address,
+        "--certs",
+        &certs_arg,
+        "--identity",
+        "agent-gpu-2",
+        "--id",
+        "gpu-1",
+        "--work-dir",
+        cluster.path("liar").to_str().expect("utf-8"),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("bound to agent gpu-2"), "{stderr}");
+
+    // The coordinator refuses it too, for a peer that says hello as gpu-1 anyway, and the
+    // fleet-wide certificate, which names no agent.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let address: std::net::SocketAddr = cluster.address.parse().expect("address");
+    let hello_as = |identity: &str, name: &str| {
+        let identity = Identity::load_from_dir(&certs, identity).expect("identity");
+        runtime.block_on(hello(address, &identity, Role::Agent, name))
+    };
+    match hello_as("agent-gpu-2", "gpu-1") {
+        Ok(HelloReply::Refused(refusal)) => {
+            assert_eq!(refusal.reason, RefusalReason::RoleNotPermitted);
+            assert!(
+                refusal.message.contains("belongs to agent \"gpu-2\""),
+                "{}",
+                refusal.message
+            );
+        }
+        other => panic!("gpu-2's certificate registering as gpu-1: {other:?}"),
+    }
+    match hello_as("agent", "gpu-3") {
+        Ok(HelloReply::Refused(refusal)) => {
+            assert!(
+                refusal.message.contains("names no agent id"),
+                "{}",
+                refusal.message
+            );
+        }
+        other => panic!("the fleet-wide certificate under --require-agent-ids: {other:?}"),
+    }
+    assert!(
+        matches!(hello_as("agent-gpu-2", "gpu-2"), Ok(HelloReply::Welcome(_))),
+        "gpu-2's certificate as gpu-2 is welcome"
+    );
+
+    // Revoke gpu-1 while it is connected, and alice's client certificate.
+    assert!(
+        cluster
+            .flotilla(&["sweep", "list", "--identity", "alice"])
+            .status
+            .success()
+    );
+    let revoked = cluster.flotilla_ok(&[
+        "certs",
+        "revoke",
+        certs.join("agent-gpu-1.pem").to_str().expect("utf-8"),
+        certs.join("alice.pem").to_str().expect("utf-8"),
+        "--certs",
+        &certs_arg,
+    ]);
+    assert!(revoked.contains("revokes 2 certificate(s)"), "{revoked}");
+    let gpu1_connected = |cluster: &Cluster| {
+        let output = cluster.flotilla(&["cluster", "agents"]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .any(|line| line.contains("gpu-1") && line.contains(" connected "))
+    };
+    wait_until(
+        "the revoked agent to be dropped",
+        Duration::from_secs(30),
+        || !gpu1_connected(&cluster),
+    );
+    // It keeps trying; it stays out.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(!gpu1_connected(&cluster), "a revoked agent got back in");
+    let log = std::fs::read_to_string(cluster.path("coordinator.log")).expect("log");
+    assert!(log.contains("its certificate was revoked"), "{log}");
+    let output = cluster.flotilla(&["sweep", "list", "--identity", "alice"]);
+    assert!(
+        !output.status.success(),
+        "a revoked client certificate is refused"
+    );
+    assert!(
+        cluster.flotilla(&["sweep", "list"]).status.success(),
+        "other clients still work"
+    );
+    let shown = cluster.flotilla_ok(&[
+        "certs",
+        "show",
+        certs.join("alice.pem").to_str().expect("utf-8"),
+    ]);
+    assert!(shown.contains("revoked   yes"), "{shown}");
+}
+
+/// Opens a QUIC connection with `identity` and says hello as `role` named `name`; the answer.
+async fn hello(
+    address: std::net::SocketAddr,
+    identity: &flotilla_protocol::tls::Identity,
+    role: flotilla_protocol::messages::Role,
+    name: &str,
+) -> Result<flotilla_protocol::messages::HelloReply, String> {
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("bind")).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(
+        flotilla_protocol::tls::client_config(identity).map_err(|e| e.to_string())?,
+    );
+    let connection = endpoint
+        .connect(address, flotilla_protocol::tls::COORDINATOR_SERVER_NAME)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    flotilla_protocol::framing::write_frame(
+        &mut send,
+        &flotilla_protocol::handshake::hello(role, name),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        flotilla_protocol::framing::read_frame::<_, flotilla_protocol::messages::HelloReply>(
+            &mut recv,
+        ),
+    )
+    .await
+    .map_err(|_| "no reply".to_string())?
+    .map_err(|e| e.to_string())?
+    .ok_or_else(|| "closed".to_string())?;
+    connection.close(0u32.into(), b"done");
+    Ok(reply)
 }

@@ -81,6 +81,17 @@ fn http(
     path: &str,
     body: &str,
 ) -> (u16, BTreeMap<String, String>, String) {
+    http_with(port, method, path, body, "")
+}
+
+/// `http` with extra header lines (each ending in `\r\n`).
+fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    extra_headers: &str,
+) -> (u16, BTreeMap<String, String>, String) {
     let failed = |error: std::io::Error| (0, BTreeMap::new(), error.to_string());
     let mut stream = match std::net::TcpStream::connect(("127.0.0.1", port)) {
         Ok(stream) => stream,
@@ -90,7 +101,7 @@ fn http(
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
         body.len()
     );
     let mut text = String::new();
@@ -124,7 +135,9 @@ struct Load {
 }
 
 impl Load {
-    fn start(router: u16) -> Load {
+    /// `feedback_token`: a bearer token with the feedback scope.
+    fn start(router: u16, feedback_token: &str) -> Load {
+        let authorization = format!("Authorization: Bearer {feedback_token}\r\n");
         let data = flotilla_train::data::SyntheticSeries {
             samples: 2000,
             seq_len: 24,
@@ -142,6 +155,7 @@ impl Load {
             .map(|thread| {
                 let (data, stop, versions) = (data.clone(), stop.clone(), versions.clone());
                 let failures = failures.clone();
+                let authorization = authorization.clone();
                 std::thread::spawn(move || {
                     let width = data.seq_len * data.features;
                     let mut next = thread * 1000;
@@ -186,7 +200,13 @@ impl Load {
                             let feedback =
                                 serde_json::json!({ "request_id": id, "labels": labels })
                                     .to_string();
-                            let (status, _, _) = http(router, "POST", "/v1/feedback", &feedback);
+                            let (status, _, _) = http_with(
+                                router,
+                                "POST",
+                                "/v1/feedback",
+                                &feedback,
+                                &authorization,
+                            );
                             if status != 200 {
                                 // Feedback failures, apart from predictions' (1000 + status).
                                 *failures
@@ -320,8 +340,62 @@ fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_bac
         String::from_utf8_lossy(&again.stderr)
     );
 
+    // Labels need a token with the feedback scope, made while the router runs (it rereads
+    // its token file): none, an unknown one or one without the scope is refused.
+    let token = |name: &str, scope: &str| {
+        let certs = cluster.path("certs");
+        let output = cluster.flotilla_ok(&[
+            "certs",
+            "token",
+            "create",
+            name,
+            "--scope",
+            scope,
+            "--certs",
+            certs.to_str().expect("utf-8"),
+        ]);
+        output.trim().to_string()
+    };
+    let feedback_token = token("labeller", "feedback");
+    let predict_token = token("reader", "predict");
+    let probe = r#"{"request_id": "none", "labels": [1]}"#;
+    let bearer = |token: &str| format!("Authorization: Bearer {token}\r\n");
+    wait_until(
+        "the router to take the new feedback token",
+        Duration::from_secs(30),
+        || {
+            http_with(
+                router_port,
+                "POST",
+                "/v1/feedback",
+                probe,
+                &bearer(&feedback_token),
+            )
+            .0 == 404
+        },
+    );
+    let (status, _, body) = http(router_port, "POST", "/v1/feedback", probe);
+    assert_eq!(status, 401, "feedback without a token: {body}");
+    assert!(body.contains("bearer token"), "{body}");
+    let (status, _, body) = http_with(
+        router_port,
+        "POST",
+        "/v1/feedback",
+        probe,
+        &bearer("flt_forged"),
+    );
+    assert_eq!(status, 401, "feedback with an unknown token: {body}");
+    let (status, _, body) = http_with(
+        router_port,
+        "POST",
+        "/v1/feedback",
+        probe,
+        &bearer(&predict_token),
+    );
+    assert_eq!(status, 403, "feedback with a predict-only token: {body}");
+
     // The router serves the production version once an agent has loaded it.
-    let load = Load::start(router_port);
+    let load = Load::start(router_port, &feedback_token);
     wait_until(
         "the router to serve churn@1.0.0",
         Duration::from_secs(60),

@@ -5,7 +5,11 @@
 //! 2. `Hello` on the first stream: a protocol version both sides speak, and a requested
 //!    role that the certificate's role permits (an agent certificate cannot act as a
 //!    client, nor a client certificate as an agent);
-//! 3. per request, the role again (cluster operations need the admin role).
+//!    An agent certificate bound to an agent id (`flotilla certs issue agent --id`) may
+//!    register only under that id, and a revoked certificate is refused here too;
+//! 3. per request, the role again, by the table in `ClientRequest::access`.
+//!
+//! A connection whose certificate the revocation list comes to revoke is closed.
 //!
 //! An agent session keeps its handshake stream as the control stream. A client session
 //! serves one request per bidirectional stream. Sessions are tasks owned by the gateway's
@@ -24,7 +28,8 @@ use flotilla_protocol::messages::{
     ClientResponse, ClusterStatus, Command, CoordinatorCommand, Hello, HelloReply, Refusal,
     RefusalReason, ReplicaInfo, Role, SweepEvent, TrialState, Welcome,
 };
-use flotilla_protocol::models::{Lineage, ModelStage, RegisterModel};
+use flotilla_protocol::models::{Lineage, RegisterModel};
+use flotilla_protocol::revocation::RevocationList;
 use flotilla_protocol::{AgentId, Epoch, tls};
 use quinn::{RecvStream, SendStream};
 use ractor::ActorRef;
@@ -86,11 +91,22 @@ pub enum Standing {
     Leading(Arc<SessionContext>),
 }
 
+/// Who the gateway trusts beyond the CA's signature.
+#[derive(Clone)]
+pub struct Trust {
+    /// The CRL in force, replaced when `crl.pem` changes (see `crate::revocation`): checked at
+    /// every `Hello`, and a connection whose certificate it comes to revoke is closed.
+    pub revoked: tokio::sync::watch::Receiver<Arc<RevocationList>>,
+    /// Refuse agent certificates that name no agent id (`flotilla certs issue agent --id`).
+    pub require_agent_ids: bool,
+}
+
 /// Accepts connections until `shutdown` fires. Connections arriving while this coordinator
 /// follows are refused with the leader's address.
 pub async fn accept_loop(
     endpoint: quinn::Endpoint,
     standing: tokio::sync::watch::Receiver<Standing>,
+    trust: Trust,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -102,6 +118,7 @@ pub async fn accept_loop(
         let Some(incoming) = incoming else { break };
         let standing = standing.clone();
         let shutdown = shutdown.clone();
+        let trust = trust.clone();
         tasks.spawn(async move {
             let remote = incoming.remote_address();
             let connection = match incoming.await {
@@ -111,9 +128,15 @@ pub async fn accept_loop(
                     return;
                 }
             };
+            let revoked = trust.revoked.clone();
             tokio::select! {
                 () = shutdown.cancelled() => connection.close(0u32.into(), b"coordinator shutting down"),
-                result = serve_connection(connection.clone(), standing) => {
+                () = until_revoked(&connection, revoked) => {
+                    tracing::warn!(%remote, "closing a connection: its certificate was revoked");
+                    METRICS.revoked_connections_closed.inc();
+                    connection.close(4u32.into(), b"certificate revoked");
+                }
+                result = serve_connection(connection.clone(), standing, &trust) => {
                     if let Err(error) = result {
                         tracing::info!(%remote, %error, "session ended");
                     }
@@ -122,6 +145,25 @@ pub async fn accept_loop(
         });
     }
     endpoint.close(0u32.into(), b"coordinator shutting down");
+}
+
+/// Resolves once the revocation list in force revokes the certificate `connection`
+/// presented; never, while it does not.
+async fn until_revoked(
+    connection: &quinn::Connection,
+    mut revoked: tokio::sync::watch::Receiver<Arc<RevocationList>>,
+) {
+    let Ok(certificate) = tls::peer_certificate(connection) else {
+        return std::future::pending().await;
+    };
+    loop {
+        if revoked.borrow_and_update().revokes(&certificate) {
+            return;
+        }
+        if revoked.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +181,7 @@ enum SessionError {
 async fn serve_connection(
     connection: quinn::Connection,
     standing: tokio::sync::watch::Receiver<Standing>,
+    trust: &Trust,
 ) -> Result<(), SessionError> {
     let (mut send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept_bi())
         .await
@@ -151,6 +194,7 @@ async fn serve_connection(
         tls::peer_role(&connection).map_err(|error| SessionError::Handshake(error.to_string()));
     let negotiated = negotiate(&hello);
     let standing = standing.borrow().clone();
+    let identity_problem = identity_problem(&connection, &hello, trust);
     let refusal = match (&certified, negotiated) {
         (Err(error), _) => Some((RefusalReason::RoleNotPermitted, error.to_string())),
         (_, None) => Some((
@@ -172,6 +216,9 @@ async fn serve_connection(
                 ),
             ))
         }
+        _ if identity_problem.is_some() => identity_problem
+            .clone()
+            .map(|message| (RefusalReason::RoleNotPermitted, message)),
         _ => match &standing {
             Standing::Leading(context) if context.may_act() => None,
             Standing::Leading(_) => Some((
@@ -219,7 +266,10 @@ async fn serve_connection(
     let deposed = context.deposed.clone();
     let session = async {
         match hello.role {
-            Role::Agent => agent_session(connection.clone(), send, recv, context, version).await,
+            Role::Agent => {
+                let claimed = AgentId(hello.peer_name.clone());
+                agent_session(connection.clone(), send, recv, context, version, claimed).await
+            }
             _ => client_session(connection.clone(), certified, context).await,
         }
     };
@@ -233,6 +283,37 @@ async fn serve_connection(
     }
 }
 
+/// Why the certificate on `connection` may not be used as `hello` asks, beyond its role: a
+/// revoked certificate (the TLS handshake refuses those too, but the list may have changed
+/// since), or an agent certificate bound to another agent id than the one the agent names.
+fn identity_problem(
+    connection: &quinn::Connection,
+    hello: &Hello,
+    trust: &Trust,
+) -> Option<String> {
+    let certificate = tls::peer_certificate(connection).ok()?;
+    if trust.revoked.borrow().revokes(&certificate) {
+        return Some("this certificate has been revoked".to_string());
+    }
+    if hello.role != Role::Agent {
+        return None;
+    }
+    match tls::agent_id_of_certificate(&certificate) {
+        Ok(Some(bound)) if bound != hello.peer_name => Some(format!(
+            "this certificate belongs to agent {bound:?}; it may not register as {:?}",
+            hello.peer_name
+        )),
+        Ok(Some(_)) => None,
+        Ok(None) if trust.require_agent_ids => Some(
+            "this agent certificate names no agent id, and this coordinator requires one per agent \
+             (issue it with `flotilla certs issue agent --id NAME`)"
+                .to_string(),
+        ),
+        Ok(None) => None,
+        Err(error) => Some(error.to_string()),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 async fn agent_session(
@@ -241,8 +322,19 @@ async fn agent_session(
     mut recv: RecvStream,
     context: Arc<SessionContext>,
     version: u16,
+    claimed: AgentId,
 ) -> Result<(), SessionError> {
     let registration = match framing::read_frame::<_, AgentMessage>(&mut recv).await? {
+        // The id was checked against the certificate at the Hello; the registration must
+        // not name another.
+        Some(AgentMessage::Register(registration)) if registration.agent_id != claimed => {
+            tracing::warn!(hello = %claimed, registered = %registration.agent_id, "refusing a registration under another id than the hello's");
+            connection.close(1u32.into(), b"registered under another id than the hello's");
+            return Err(SessionError::Handshake(format!(
+                "the agent said hello as {claimed} but registered as {}",
+                registration.agent_id
+            )));
+        }
         Some(AgentMessage::Register(registration)) => registration,
         Some(other) => {
             return Err(SessionError::Handshake(format!(
@@ -475,10 +567,21 @@ async fn serve_request(
     let Some(request) = framing::read_frame::<_, ClientRequest>(&mut recv).await? else {
         return Ok(());
     };
+    // One check for every request, from the table in `ClientRequest::access`.
+    if let Some(refusal) = refusal(&request, role) {
+        tracing::warn!(
+            request = request.name(),
+            role = role.name(),
+            "refusing a request the certificate does not allow"
+        );
+        framing::write_frame(&mut send, &refusal).await?;
+        let _ = send.finish();
+        return Ok(());
+    }
     if let ClientRequest::WatchSweep(sweep) = request {
         return watch(send, sweep, context).await;
     }
-    let response = answer(request, role, context).await;
+    let response = answer(request, context).await;
     framing::write_frame(&mut send, &response).await?;
     let _ = send.finish();
     Ok(())
@@ -498,7 +601,30 @@ async fn lookup(
     }
 }
 
-async fn answer(request: ClientRequest, role: Role, context: &SessionContext) -> ClientResponse {
+/// `PermissionDenied` when `role`'s certificate may not send `request`.
+fn refusal(request: &ClientRequest, role: Role) -> Option<ClientResponse> {
+    let access = request.access();
+    if access.permits(role) {
+        return None;
+    }
+    let hint = match request {
+        ClientRequest::RegisterModel(_) => {
+            " (a client may register a version as staging and roll it out)"
+        }
+        _ => "",
+    };
+    Some(error_response(
+        ApiErrorKind::PermissionDenied,
+        format!(
+            "{} is answered only for {} certificates; this connection has {} certificate{hint}",
+            request.name(),
+            access.holders().replace(", ", " or "),
+            role.with_article()
+        ),
+    ))
+}
+
+async fn answer(request: ClientRequest, context: &SessionContext) -> ClientResponse {
     let unavailable =
         |error: anyhow::Error| error_response(ApiErrorKind::Unavailable, error.to_string());
     match request {
@@ -544,59 +670,25 @@ async fn answer(request: ClientRequest, role: Role, context: &SessionContext) ->
                 }),
             Err(response) => response,
         },
-        ClientRequest::ListAgents => {
-            if role != Role::Admin {
-                return error_response(
-                    ApiErrorKind::PermissionDenied,
-                    "listing agents needs an admin certificate",
-                );
+        ClientRequest::ListAgents => ask(&context.registry, RegistryMsg::List)
+            .await
+            .map_or_else(unavailable, ClientResponse::Agents),
+        ClientRequest::AgentGpus => match ask(&context.scheduler, SchedulerMsg::Usage).await {
+            Ok(usage) => {
+                let mut gpus: Vec<AgentGpus> = usage
+                    .into_iter()
+                    .map(|(agent, usage)| AgentGpus {
+                        agent,
+                        gpus: usage.gpus,
+                        busy_gpus: usage.busy_gpus,
+                    })
+                    .collect();
+                gpus.sort_by(|a, b| a.agent.cmp(&b.agent));
+                ClientResponse::AgentGpus(gpus)
             }
-            ask(&context.registry, RegistryMsg::List)
-                .await
-                .map_or_else(unavailable, ClientResponse::Agents)
-        }
-        ClientRequest::AgentGpus => {
-            if role != Role::Admin {
-                return error_response(
-                    ApiErrorKind::PermissionDenied,
-                    "listing agents' GPUs needs an admin certificate",
-                );
-            }
-            match ask(&context.scheduler, SchedulerMsg::Usage).await {
-                Ok(usage) => {
-                    let mut gpus: Vec<AgentGpus> = usage
-                        .into_iter()
-                        .map(|(agent, usage)| AgentGpus {
-                            agent,
-                            gpus: usage.gpus,
-                            busy_gpus: usage.busy_gpus,
-                        })
-                        .collect();
-                    gpus.sort_by(|a, b| a.agent.cmp(&b.agent));
-                    ClientResponse::AgentGpus(gpus)
-                }
-                Err(error) => unavailable(error),
-            }
-        }
-        ClientRequest::ClusterStatus => {
-            if role != Role::Admin {
-                return error_response(
-                    ApiErrorKind::PermissionDenied,
-                    "cluster status needs an admin certificate",
-                );
-            }
-            cluster_status(context).await
-        }
-        ClientRequest::AutoscaleStatus
-        | ClientRequest::Scale(_)
-        | ClientRequest::AgentAdmin { .. }
-            if role != Role::Admin =>
-        {
-            error_response(
-                ApiErrorKind::PermissionDenied,
-                "cluster operations need an admin certificate",
-            )
-        }
+            Err(error) => unavailable(error),
+        },
+        ClientRequest::ClusterStatus => cluster_status(context).await,
         ClientRequest::AutoscaleStatus => match &context.autoscaler {
             Some(autoscaler) => ask(autoscaler, AutoscalerMsg::Status)
                 .await
@@ -617,24 +709,6 @@ async fn answer(request: ClientRequest, role: Role, context: &SessionContext) ->
             ),
         },
         ClientRequest::AgentAdmin { agent, action } => agent_admin(context, agent, action).await,
-        ClientRequest::SetModelStage { .. }
-        | ClientRequest::StartRollout(_)
-        | ClientRequest::RolloutAction { .. }
-            if role != Role::Admin =>
-        {
-            error_response(
-                ApiErrorKind::PermissionDenied,
-                "changing a model's stage and controlling rollouts need an admin certificate",
-            )
-        }
-        ClientRequest::RegisterModel(request)
-            if request.stage != ModelStage::Staging && role != Role::Admin =>
-        {
-            error_response(
-                ApiErrorKind::PermissionDenied,
-                "registering a version straight into production needs an admin certificate (register it as staging and roll it out)",
-            )
-        }
         ClientRequest::RegisterModel(request) => register_model(context, request).await,
         ClientRequest::ListModels { name } => {
             ask(&context.models, |reply| ModelsMsg::List { name, reply })

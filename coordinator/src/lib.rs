@@ -27,6 +27,7 @@ pub mod ha;
 pub mod metrics;
 pub mod notify;
 pub mod placement;
+pub mod revocation;
 pub mod selection;
 pub mod store;
 pub mod web;
@@ -77,6 +78,11 @@ pub struct CoordinatorConfig {
     pub autoscaler: Option<AutoscalerConfig>,
     /// Between checks of each canary rollout.
     pub rollout_check_interval: Duration,
+    /// The cluster CA's revocation list (`crl.pem` from `flotilla certs revoke`), reloaded
+    /// when it changes. None: nothing is revoked.
+    pub crl_path: Option<PathBuf>,
+    /// Refuse agent certificates that are not bound to one agent id.
+    pub require_agent_ids: bool,
 }
 
 impl CoordinatorConfig {
@@ -94,6 +100,8 @@ impl CoordinatorConfig {
             webhooks: Vec::new(),
             autoscaler: None,
             rollout_check_interval: Duration::from_secs(1),
+            crl_path: None,
+            require_agent_ids: false,
         }
     }
 }
@@ -310,9 +318,14 @@ impl Coordinator {
         if config.identity.role()? != flotilla_protocol::messages::Role::Coordinator {
             anyhow::bail!("the coordinator needs a certificate with the coordinator role");
         }
-        let server_config = tls::server_config(&config.identity)?;
+        let revoked = match &config.crl_path {
+            Some(path) => revocation::load(path)?,
+            None => Default::default(),
+        };
+        let server_config = tls::server_config(&config.identity, &revoked)?;
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("cannot listen on {} (UDP)", config.listen))?;
+        let (revoked_sender, revoked) = watch::channel(Arc::new(revoked));
         let local_addr = endpoint.local_addr()?;
         let advertise = config.advertise.unwrap_or(local_addr);
         // Bound before anything starts, so a taken port fails the start cleanly.
@@ -362,9 +375,23 @@ impl Coordinator {
                 ))
             }
         };
+        if let Some(path) = &config.crl_path {
+            tasks.spawn(revocation::watch_file(
+                path.clone(),
+                config.identity.clone(),
+                endpoint.clone(),
+                revoked_sender,
+                shutdown.clone(),
+            ));
+        }
+        let trust = gateway::Trust {
+            revoked,
+            require_agent_ids: config.require_agent_ids,
+        };
         tasks.spawn(gateway::accept_loop(
             endpoint,
             standing.clone(),
+            trust,
             shutdown.clone(),
             tasks.clone(),
         ));

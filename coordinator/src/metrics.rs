@@ -54,6 +54,10 @@ pub struct CoordinatorMetrics {
     /// abort), and each model's canary weight while a rollout runs.
     pub rollout_decisions: IntCounterVec,
     pub canary_weight: GaugeVec,
+    /// Certificates the revocation list in force revokes, and connections closed because
+    /// their certificate was revoked while they were open.
+    pub revoked_certificates: IntGauge,
+    pub revoked_connections_closed: IntCounter,
     /// Every family's name (see [`flotilla_telemetry::Families::names`]).
     pub names: Vec<&'static str>,
 }
@@ -167,6 +171,14 @@ impl CoordinatorMetrics {
                 "flotilla_autoscaler_errors_total",
                 "Provider calls that failed, by call.",
                 &["call"],
+            ),
+            revoked_certificates: families.gauge(
+                "flotilla_revoked_certificates",
+                "Certificates revoked by the CRL this coordinator enforces (crl.pem).",
+            ),
+            revoked_connections_closed: families.counter(
+                "flotilla_revoked_connections_closed_total",
+                "Open connections closed because their certificate was revoked.",
             ),
             registry: families.registry().clone(),
             names: families.names().to_vec(),

@@ -7,7 +7,14 @@
 //! Other 4xx answers are not retried. Webhook URLs carry secrets (Slack's path is the
 //! credential), so logs name a webhook only by its number and host, and errors are logged
 //! without their URL.
+//!
+//! With a signing secret (`--notify-secret-file`), every delivery carries
+//! `X-Flotilla-Signature: t=UNIX_SECONDS,v1=HEX`, where HEX is HMAC-SHA256 with the secret over
+//! `"{t}.{body}"` (the exact bytes posted), and `X-Flotilla-Delivery: ID`, the same on every
+//! retry of one notice. A receiver recomputes the HMAC, compares in constant time, and refuses
+//! a `t` more than five minutes old (replays). docs/operations.md shows a receiver's check.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_protocol::messages::{SweepState, SweepSummary};
@@ -40,6 +47,50 @@ impl Notifier {
 pub struct Webhook {
     url: reqwest::Url,
     label: String,
+    /// Signs deliveries when set (see the module's docs).
+    secret: Option<SigningSecret>,
+}
+
+/// The shared secret webhook deliveries are signed with. Debug never shows it.
+#[derive(Clone)]
+pub struct SigningSecret(Arc<[u8]>);
+
+impl std::fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningSecret(..)")
+    }
+}
+
+impl SigningSecret {
+    /// Reads a secret from a file (surrounding whitespace dropped); at least 16 bytes.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<SigningSecret> {
+        let text = std::fs::read(path)
+            .map_err(|error| anyhow::anyhow!("--notify-secret-file {}: {error}", path.display()))?;
+        Self::new(text.trim_ascii())
+            .map_err(|error| anyhow::anyhow!("--notify-secret-file {}: {error}", path.display()))
+    }
+
+    pub fn new(secret: &[u8]) -> anyhow::Result<SigningSecret> {
+        if secret.len() < 16 {
+            anyhow::bail!(
+                "a webhook signing secret needs at least 16 bytes (e.g. `openssl rand -hex 32`)"
+            );
+        }
+        Ok(SigningSecret(secret.into()))
+    }
+
+    /// `t=UNIX,v1=HEX` for `body` sent at `unix_seconds`.
+    pub fn signature(&self, unix_seconds: u64, body: &[u8]) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
+            .expect("HMAC takes keys of any length");
+        mac.update(unix_seconds.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+        format!("t={unix_seconds},v1={hex}")
+    }
 }
 
 impl Webhook {
@@ -53,9 +104,27 @@ impl Webhook {
             );
         }
         let label = format!("webhook #{index} ({})", url.host_str().unwrap_or("?"));
-        Ok(Webhook { url, label })
+        Ok(Webhook {
+            url,
+            label,
+            secret: None,
+        })
+    }
+
+    /// Signs this webhook's deliveries with `secret`.
+    pub fn signed_with(mut self, secret: SigningSecret) -> Webhook {
+        self.secret = Some(secret);
+        self
+    }
+
+    pub fn is_signed(&self) -> bool {
+        self.secret.is_some()
     }
 }
+
+/// Header names of a signed delivery.
+pub const SIGNATURE_HEADER: &str = "x-flotilla-signature";
+pub const DELIVERY_HEADER: &str = "x-flotilla-delivery";
 
 const ATTEMPTS: u32 = 5;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,9 +147,17 @@ pub fn start(
             tokio::select! {
                 notice = receiver.recv() => {
                     let Some(notice) = notice else { break };
-                    let payload = payload(&notice);
+                    let body: Arc<[u8]> = serde_json::to_vec(&payload(&notice))
+                        .unwrap_or_default()
+                        .into();
+                    let delivery = format!("{:016x}", rand::random::<u64>());
                     for webhook in &webhooks {
-                        deliveries.spawn(deliver(client.clone(), webhook.clone(), payload.clone()));
+                        deliveries.spawn(deliver(
+                            client.clone(),
+                            webhook.clone(),
+                            body.clone(),
+                            delivery.clone(),
+                        ));
                     }
                 }
                 Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
@@ -99,10 +176,22 @@ pub fn start(
 }
 
 /// Posts one payload, retrying as the module describes.
-async fn deliver(client: reqwest::Client, webhook: Webhook, payload: Value) {
+async fn deliver(client: reqwest::Client, webhook: Webhook, body: Arc<[u8]>, delivery: String) {
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=ATTEMPTS {
-        let wait = match client.post(webhook.url.clone()).json(&payload).send().await {
+        let mut request = client
+            .post(webhook.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(DELIVERY_HEADER, &delivery)
+            .body(body.to_vec());
+        if let Some(secret) = &webhook.secret {
+            // Signed at each attempt, so a retry's timestamp is fresh.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs());
+            request = request.header(SIGNATURE_HEADER, secret.signature(now, &body));
+        }
+        let wait = match request.send().await {
             Ok(response) if response.status().is_success() => {
                 tracing::info!(webhook = %webhook.label, attempt, "notification delivered");
                 return;
@@ -202,6 +291,23 @@ pub fn payload(notice: &Notice) -> Value {
 mod tests {
     use super::*;
 
+    /// The signature is HMAC-SHA256 over "t.body": checked against a value computed
+    /// independently (Python: hmac.new(b"0123456789abcdef", b"1700000000.{}", "sha256")).
+    #[test]
+    fn signatures_are_hmac_sha256_over_the_timestamp_and_body() {
+        let secret = SigningSecret::new(b"0123456789abcdef").expect("long enough");
+        assert_eq!(
+            secret.signature(1_700_000_000, b"{}"),
+            "t=1700000000,v1=e4f8e2ecae2295b2ddb2f0b5584c8275e226c0ebe9b3b819e70156bb67122e3e"
+        );
+        assert_ne!(
+            secret.signature(1_700_000_001, b"{}"),
+            secret.signature(1_700_000_000, b"{}")
+        );
+        assert!(SigningSecret::new(b"short").is_err());
+        assert_eq!(format!("{secret:?}"), "SigningSecret(..)");
+    }
+
     #[test]
     fn urls_are_checked_without_repeating_them() {
         let error = Webhook::parse(2, "hooks.slack.com/services/SECRET")
@@ -245,11 +351,17 @@ mod tests {
 
     const CLOSE: &str = "content-length: 0\r\nconnection: close\r\n\r\n";
 
+    fn body() -> Arc<[u8]> {
+        serde_json::to_vec(&json!({"text": "x"}))
+            .expect("JSON")
+            .into()
+    }
+
     #[tokio::test]
     async fn a_refusal_is_not_retried_and_too_many_requests_is() {
         let client = reqwest::Client::new();
         let (webhook, count) = receiver(vec![format!("HTTP/1.1 404 Not Found\r\n{CLOSE}")]).await;
-        deliver(client.clone(), webhook, json!({"text": "x"})).await;
+        deliver(client.clone(), webhook, body(), "d1".into()).await;
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
 
         let (webhook, count) = receiver(vec![
@@ -257,7 +369,7 @@ mod tests {
             format!("HTTP/1.1 200 OK\r\n{CLOSE}"),
         ])
         .await;
-        deliver(client, webhook, json!({"text": "x"})).await;
+        deliver(client, webhook, body(), "d2".into()).await;
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

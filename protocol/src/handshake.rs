@@ -15,8 +15,9 @@ use crate::messages::{Hello, Role};
 /// serving and rollouts (`Command::Serve`/`SealModel`, `AgentMessage::Serving`/`ModelSealed`,
 /// the model, rollout and router requests; all appended); version 10 added
 /// `Command::StartAttempt` (the GPUs an attempt gets) and `ClientRequest::AgentGpus` (sent only
-/// to peers that speak 10).
-pub const PROTOCOL_VERSION: u16 = 10;
+/// to peers that speak 10); version 11 added `Role::Router` (appended): `RouterSync` is
+/// answered only for router and admin certificates.
+pub const PROTOCOL_VERSION: u16 = 11;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot
 /// decode.
@@ -41,7 +42,8 @@ pub fn negotiate(peer: &Hello) -> Option<u16> {
     (peer.min_version <= peer.max_version && low <= high).then_some(high)
 }
 
-/// Whether a certificate with `certified` may act as `requested`.
+/// Whether a certificate with `certified` may act as `requested`. An admin may act as a
+/// client; no other role stands in for another (a router certificate is not a client's).
 pub fn role_permits(certified: Role, requested: Role) -> bool {
     match requested {
         Role::Client => matches!(certified, Role::Client | Role::Admin),
@@ -73,5 +75,8 @@ mod tests {
         assert!(!role_permits(Role::Agent, Role::Client));
         assert!(!role_permits(Role::Client, Role::Agent));
         assert!(!role_permits(Role::Client, Role::Admin));
+        assert!(role_permits(Role::Router, Role::Router));
+        assert!(!role_permits(Role::Router, Role::Client));
+        assert!(!role_permits(Role::Client, Role::Router));
     }
 }

@@ -21,6 +21,7 @@ pub mod handshake;
 pub mod ids;
 pub mod messages;
 pub mod models;
+pub mod revocation;
 pub mod spec;
 pub mod tls;
 pub mod trainers;

@@ -38,22 +38,44 @@ pub enum Role {
     Client,
     /// Everything a client may do, plus cluster operations.
     Admin,
+    /// A model router: reports its traffic and reads the routes (`RouterSync`), nothing
+    /// else (protocol 11).
+    Router,
 }
 
 impl Role {
+    /// Every role, in wire order.
+    pub const ALL: [Role; 5] = [
+        Role::Coordinator,
+        Role::Agent,
+        Role::Client,
+        Role::Admin,
+        Role::Router,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Coordinator => "coordinator",
             Role::Agent => "agent",
             Role::Client => "client",
             Role::Admin => "admin",
+            Role::Router => "router",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Role> {
-        [Role::Coordinator, Role::Agent, Role::Client, Role::Admin]
-            .into_iter()
-            .find(|role| role.name() == name)
+        Role::ALL.into_iter().find(|role| role.name() == name)
+    }
+
+    /// The name with its article, for messages ("an admin certificate").
+    pub fn with_article(self) -> String {
+        let name = self.name();
+        let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        format!("{article} {name}")
     }
 }
 
@@ -357,6 +379,169 @@ pub enum ClientRequest {
     /// Each agent's GPUs and how many running attempts hold (admin; protocol 10). Answered
     /// with `AgentGpus`.
     AgentGpus,
+}
+
+/// Which certificates a client request is answered for: the one table of request
+/// permissions (docs/protocol.md lists it, and a test checks every request against a real
+/// coordinator with each certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Client and admin certificates.
+    Client,
+    /// Admin certificates only.
+    Admin,
+    /// Router and admin certificates.
+    Router,
+}
+
+impl Access {
+    pub fn permits(self, role: Role) -> bool {
+        match self {
+            Access::Client => matches!(role, Role::Client | Role::Admin),
+            Access::Admin => role == Role::Admin,
+            Access::Router => matches!(role, Role::Router | Role::Admin),
+        }
+    }
+
+    /// Who may send it, as the table in docs/protocol.md says.
+    pub fn holders(self) -> &'static str {
+        match self {
+            Access::Client => "client, admin",
+            Access::Admin => "admin",
+            Access::Router => "router, admin",
+        }
+    }
+}
+
+impl ClientRequest {
+    /// The variant's name, as in docs/protocol.md.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientRequest::SubmitSweep(_) => "SubmitSweep",
+            ClientRequest::ListSweeps => "ListSweeps",
+            ClientRequest::SweepStatus(_) => "SweepStatus",
+            ClientRequest::CancelSweep(_) => "CancelSweep",
+            ClientRequest::BestTrial(_) => "BestTrial",
+            ClientRequest::ListTrials(_) => "ListTrials",
+            ClientRequest::WatchSweep(_) => "WatchSweep",
+            ClientRequest::ListAgents => "ListAgents",
+            ClientRequest::ClusterStatus => "ClusterStatus",
+            ClientRequest::SweepDetail(_) => "SweepDetail",
+            ClientRequest::AutoscaleStatus => "AutoscaleStatus",
+            ClientRequest::Scale(_) => "Scale",
+            ClientRequest::AgentAdmin { .. } => "AgentAdmin",
+            ClientRequest::RegisterModel(_) => "RegisterModel",
+            ClientRequest::ListModels { .. } => "ListModels",
+            ClientRequest::SetModelStage { .. } => "SetModelStage",
+            ClientRequest::StartRollout(_) => "StartRollout",
+            ClientRequest::ListRollouts { .. } => "ListRollouts",
+            ClientRequest::RolloutAction { .. } => "RolloutAction",
+            ClientRequest::RouterSync(_) => "RouterSync",
+            ClientRequest::AgentGpus => "AgentGpus",
+        }
+    }
+
+    /// Who may send this request. Every variant is decided here, with no catch-all arm, so
+    /// a new request does not build without a decision.
+    pub fn access(&self) -> Access {
+        match self {
+            ClientRequest::SubmitSweep(_)
+            | ClientRequest::ListSweeps
+            | ClientRequest::SweepStatus(_)
+            | ClientRequest::CancelSweep(_)
+            | ClientRequest::BestTrial(_)
+            | ClientRequest::ListTrials(_)
+            | ClientRequest::WatchSweep(_)
+            | ClientRequest::SweepDetail(_)
+            | ClientRequest::ListModels { .. }
+            | ClientRequest::ListRollouts { .. } => Access::Client,
+            // Straight into production skips the canary: operators only.
+            ClientRequest::RegisterModel(request) => {
+                if request.stage == ModelStage::Staging {
+                    Access::Client
+                } else {
+                    Access::Admin
+                }
+            }
+            ClientRequest::ListAgents
+            | ClientRequest::ClusterStatus
+            | ClientRequest::AutoscaleStatus
+            | ClientRequest::Scale(_)
+            | ClientRequest::AgentAdmin { .. }
+            | ClientRequest::SetModelStage { .. }
+            | ClientRequest::StartRollout(_)
+            | ClientRequest::RolloutAction { .. }
+            | ClientRequest::AgentGpus => Access::Admin,
+            // Its counters decide canaries: only routers (and operators) may post them.
+            ClientRequest::RouterSync(_) => Access::Router,
+        }
+    }
+
+    /// One request of every kind, with placeholder contents (sweep 1, model `m`, agent `a`):
+    /// for checks that must cover every request, such as the permission test that sends each
+    /// one with each certificate to a real coordinator. A test in this module fails when a
+    /// kind is missing. `RegisterModel` appears twice: as staging (client) and as production
+    /// (admin), the one request whose permission depends on its contents.
+    pub fn example_of_each_kind() -> Vec<ClientRequest> {
+        let sweep = SweepId(1);
+        let register = |stage| {
+            ClientRequest::RegisterModel(RegisterModel {
+                name: "m".into(),
+                version: None,
+                sweep,
+                trial: None,
+                description: String::new(),
+                stage,
+            })
+        };
+        vec![
+            ClientRequest::SubmitSweep(Box::new(SweepSpec::example())),
+            ClientRequest::ListSweeps,
+            ClientRequest::SweepStatus(sweep),
+            ClientRequest::CancelSweep(sweep),
+            ClientRequest::BestTrial(sweep),
+            ClientRequest::ListTrials(sweep),
+            ClientRequest::WatchSweep(sweep),
+            ClientRequest::ListAgents,
+            ClientRequest::ClusterStatus,
+            ClientRequest::SweepDetail(sweep),
+            ClientRequest::AutoscaleStatus,
+            ClientRequest::Scale(ScaleRequest {
+                desired: None,
+                min: None,
+                max: None,
+            }),
+            ClientRequest::AgentAdmin {
+                agent: AgentId("a".into()),
+                action: AgentAction::Cordon,
+            },
+            register(ModelStage::Staging),
+            register(ModelStage::Production),
+            ClientRequest::ListModels { name: None },
+            ClientRequest::SetModelStage {
+                model: ModelRef {
+                    name: "m".into(),
+                    version: crate::models::SemVer::new(1, 0, 0),
+                },
+                stage: ModelStage::Archived,
+            },
+            ClientRequest::StartRollout(StartRollout {
+                model: "m".into(),
+                canary: crate::models::SemVer::new(1, 1, 0),
+                policy: None,
+            }),
+            ClientRequest::ListRollouts { model: None },
+            ClientRequest::RolloutAction {
+                model: "m".into(),
+                action: RolloutAction::Pause,
+            },
+            ClientRequest::RouterSync(RouterReport {
+                router: "permission-check".into(),
+                rollouts: vec![],
+            }),
+            ClientRequest::AgentGpus,
+        ]
+    }
 }
 
 /// `flotilla cluster scale`: every field that is `Some` is changed.
@@ -702,4 +887,99 @@ pub struct AgentInfo {
     /// The agent is shutting down: it finishes its trials and takes no new ones.
     pub draining: bool,
     pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A number per kind of request, by a `match` without a catch-all: a new request does
+    /// not build until it is numbered here, and the test below then fails until
+    /// `example_of_each_kind` sends it.
+    fn kind_number(request: &ClientRequest) -> usize {
+        match request {
+            ClientRequest::SubmitSweep(_) => 0,
+            ClientRequest::ListSweeps => 1,
+            ClientRequest::SweepStatus(_) => 2,
+            ClientRequest::CancelSweep(_) => 3,
+            ClientRequest::BestTrial(_) => 4,
+            ClientRequest::ListTrials(_) => 5,
+            ClientRequest::WatchSweep(_) => 6,
+            ClientRequest::ListAgents => 7,
+            ClientRequest::ClusterStatus => 8,
+            ClientRequest::SweepDetail(_) => 9,
+            ClientRequest::AutoscaleStatus => 10,
+            ClientRequest::Scale(_) => 11,
+            ClientRequest::AgentAdmin { .. } => 12,
+            ClientRequest::RegisterModel(_) => 13,
+            ClientRequest::ListModels { .. } => 14,
+            ClientRequest::SetModelStage { .. } => 15,
+            ClientRequest::StartRollout(_) => 16,
+            ClientRequest::ListRollouts { .. } => 17,
+            ClientRequest::RolloutAction { .. } => 18,
+            ClientRequest::RouterSync(_) => 19,
+            ClientRequest::AgentGpus => 20,
+        }
+    }
+    const KINDS: usize = 21;
+
+    #[test]
+    fn the_examples_hold_every_kind_of_request() {
+        let mut seen = [false; KINDS];
+        for request in ClientRequest::example_of_each_kind() {
+            seen[kind_number(&request)] = true;
+        }
+        let missing: Vec<usize> = (0..KINDS).filter(|kind| !seen[*kind]).collect();
+        assert!(missing.is_empty(), "kinds without an example: {missing:?}");
+    }
+
+    /// docs/protocol.md's permission table says the same as `ClientRequest::access`, row by
+    /// row: the table is what operators read, `access` is what the coordinator enforces.
+    #[test]
+    fn the_documented_permission_table_matches_the_code() {
+        let doc = include_str!("../../docs/protocol.md");
+        let start = doc
+            .find("<!-- permissions:begin -->")
+            .expect("docs/protocol.md marks its permission table");
+        let end = doc
+            .find("<!-- permissions:end -->")
+            .expect("docs/protocol.md ends its permission table");
+        let mut documented = BTreeMap::new();
+        for line in doc[start..end]
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+        {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            let request = cells[0].trim_matches('`').to_string();
+            documented.insert(request, cells[1].to_string());
+        }
+        for request in ClientRequest::example_of_each_kind() {
+            let key = match &request {
+                ClientRequest::RegisterModel(register) if register.stage != ModelStage::Staging => {
+                    "RegisterModel (stage production or archived)".to_string()
+                }
+                ClientRequest::RegisterModel(_) => "RegisterModel (stage staging)".to_string(),
+                other => other.name().to_string(),
+            };
+            let holders = documented.get(&key).unwrap_or_else(|| {
+                panic!("docs/protocol.md's permission table has no row for {key}")
+            });
+            assert_eq!(holders, request.access().holders(), "{key}");
+        }
+    }
+
+    #[test]
+    fn access_follows_the_roles() {
+        for role in Role::ALL {
+            assert_eq!(
+                Access::Client.permits(role),
+                matches!(role, Role::Client | Role::Admin)
+            );
+            assert_eq!(Access::Admin.permits(role), role == Role::Admin);
+            assert_eq!(
+                Access::Router.permits(role),
+                matches!(role, Role::Router | Role::Admin)
+            );
+        }
+    }
 }

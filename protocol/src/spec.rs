@@ -545,6 +545,31 @@ impl SweepSpec {
         Ok(spec)
     }
 
+    /// A small valid sweep (two command trials that print one metric), for examples and
+    /// checks that need some sweep to send.
+    pub fn example() -> SweepSpec {
+        const EXAMPLE: &str = r#"
+name = "example"
+[objective]
+metric = "loss"
+direction = "minimize"
+[space.x]
+type = "float"
+low = 0.0
+high = 1.0
+[algorithm]
+name = "random"
+[budget]
+max_trials = 2
+max_parallel = 1
+[trial]
+command = "sh"
+args = ["-c", "echo '@flotilla step=0 loss={x}'"]
+metrics = ["loss"]
+"#;
+        SweepSpec::from_toml(EXAMPLE, "SweepSpec::example").expect("the example sweep is valid")
+    }
+
     /// Reads, parses and validates a sweep file.
     pub fn from_file(path: &Path) -> Result<SweepSpec, SpecError> {
         let origin = path.display().to_string();

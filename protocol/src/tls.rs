@@ -14,18 +14,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::handshake::ALPN;
 use crate::messages::Role;
+use crate::revocation::RevocationList;
 
 /// The DNS name every coordinator certificate carries and every peer verifies.
 pub const COORDINATOR_SERVER_NAME: &str = "coordinator.flotilla";
 const ROLE_URI_PREFIX: &str = "urn:flotilla:role:";
+/// The SAN URI prefix that binds an agent certificate to one agent id
+/// (`flotilla certs issue agent --id NAME`).
+const AGENT_ID_URI_PREFIX: &str = "urn:flotilla:agent:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -47,6 +51,8 @@ pub enum TlsError {
     NoRole,
     #[error("the peer's certificate does not parse: {0}")]
     BadCertificate(String),
+    #[error("{path}: {message}")]
+    Revocation { path: PathBuf, message: String },
 }
 
 /// A certificate chain, its private key, and the CAs that peers must be signed by.
@@ -126,9 +132,12 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
         })
 }
 
-/// A certificate authority for one cluster, able to issue role certificates.
+/// A certificate authority for one cluster, able to issue role certificates and to revoke
+/// them (a CRL, see [`crate::revocation`]).
 pub struct ClusterCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    pub(crate) issuer: Issuer<'static, KeyPair>,
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
     key_pem: String,
 }
 
@@ -136,6 +145,8 @@ pub struct ClusterCa {
 pub struct IssuedPem {
     pub cert_pem: String,
     pub key_pem: String,
+    /// The certificate's serial number, as `flotilla certs revoke` takes it.
+    pub serial: String,
 }
 
 impl ClusterCa {
@@ -152,12 +163,61 @@ impl ClusterCa {
             KeyUsagePurpose::DigitalSignature,
         ];
         params.not_after = rcgen::date_time_ymd(2036, 1, 1);
-        let issuer = CertifiedIssuer::self_signed(params, key).map_err(generation_error)?;
-        Ok(ClusterCa { issuer, key_pem })
+        let certificate = params.self_signed(&key).map_err(generation_error)?;
+        Ok(ClusterCa {
+            cert_der: certificate.der().clone(),
+            cert_pem: certificate.pem(),
+            issuer: Issuer::new(params, key),
+            key_pem,
+        })
+    }
+
+    /// The CA kept by `flotilla certs init` in `dir`: `ca-key.pem` and, of the certificates
+    /// in `ca.pem` (two while the CA is rotated), the one that key belongs to.
+    pub fn load_from_dir(dir: &Path) -> Result<ClusterCa, TlsError> {
+        let key_path = dir.join("ca-key.pem");
+        let key_pem = String::from_utf8(read_file(&key_path)?).map_err(|_| TlsError::Pem {
+            path: key_path.clone(),
+            message: "is not text".into(),
+        })?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|error| TlsError::Pem {
+            path: key_path.clone(),
+            message: format!("no CA key: {error}"),
+        })?;
+        let ca_path = dir.join("ca.pem");
+        let public_key = rcgen::PublicKeyData::der_bytes(&key).to_vec();
+        for certificate in read_certificates(&ca_path)? {
+            let (_, parsed) =
+                x509_parser::parse_x509_certificate(certificate.as_ref()).map_err(|error| {
+                    TlsError::Pem {
+                        path: ca_path.clone(),
+                        message: error.to_string(),
+                    }
+                })?;
+            if parsed.public_key().subject_public_key.data.as_ref() != public_key.as_slice() {
+                continue;
+            }
+            let issuer =
+                Issuer::from_ca_cert_der(&certificate, key).map_err(|error| TlsError::Pem {
+                    path: ca_path.clone(),
+                    message: error.to_string(),
+                })?;
+            let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", certificate.to_vec()));
+            return Ok(ClusterCa {
+                cert_pem,
+                cert_der: certificate,
+                issuer,
+                key_pem,
+            });
+        }
+        Err(TlsError::Pem {
+            path: ca_path,
+            message: format!("holds no certificate for the key in {}", key_path.display()),
+        })
     }
 
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
     }
 
     pub fn key_pem(&self) -> String {
@@ -165,7 +225,7 @@ impl ClusterCa {
     }
 
     pub fn cert_der(&self) -> CertificateDer<'static> {
-        self.issuer.der().clone()
+        self.cert_der.clone()
     }
 
     /// Issues a certificate for `role`. Coordinator certificates also get
@@ -176,6 +236,18 @@ impl ClusterCa {
         common_name: &str,
         extra_names: &[String],
     ) -> Result<IssuedPem, TlsError> {
+        self.issue_bound_pem(role, common_name, extra_names, None)
+    }
+
+    /// Issues a certificate for `role` that also names `agent_id` (agents: the coordinator
+    /// refuses it for any other id).
+    pub fn issue_bound_pem(
+        &self,
+        role: Role,
+        common_name: &str,
+        extra_names: &[String],
+        agent_id: Option<&str>,
+    ) -> Result<IssuedPem, TlsError> {
         let key = KeyPair::generate().map_err(generation_error)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(common_name, role.name());
@@ -185,6 +257,12 @@ impl ClusterCa {
         params
             .subject_alt_names
             .push(SanType::URI(role_uri.try_into().map_err(generation_error)?));
+        if let Some(id) = agent_id {
+            let id_uri = format!("{AGENT_ID_URI_PREFIX}{id}");
+            params
+                .subject_alt_names
+                .push(SanType::URI(id_uri.try_into().map_err(generation_error)?));
+        }
         if role == Role::Coordinator {
             params.extended_key_usages = vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
@@ -206,6 +284,7 @@ impl ClusterCa {
             .signed_by(&key, &self.issuer)
             .map_err(generation_error)?;
         Ok(IssuedPem {
+            serial: crate::revocation::format_serial(&crate::revocation::serial_of(cert.der())?),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         })
@@ -213,7 +292,15 @@ impl ClusterCa {
 
     /// Issues a certificate for `role` as an in-memory [`Identity`].
     pub fn issue(&self, role: Role, common_name: &str) -> Result<Identity, TlsError> {
-        let issued = self.issue_pem(role, common_name, &[])?;
+        self.identity_from(self.issue_pem(role, common_name, &[])?)
+    }
+
+    /// Issues an agent certificate bound to `agent_id` as an in-memory [`Identity`].
+    pub fn issue_agent(&self, agent_id: &str) -> Result<Identity, TlsError> {
+        self.identity_from(self.issue_bound_pem(Role::Agent, agent_id, &[], Some(agent_id))?)
+    }
+
+    fn identity_from(&self, issued: IssuedPem) -> Result<Identity, TlsError> {
         let chain = vec![
             CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
                 .map_err(|error| TlsError::Generate(error.to_string()))?,
@@ -240,46 +327,61 @@ impl ClusterCa {
         let mut written = Vec::new();
         write_private(&dir.join("ca.pem"), &self.cert_pem(), false, &mut written)?;
         write_private(&dir.join("ca-key.pem"), &self.key_pem, true, &mut written)?;
-        for role in [Role::Coordinator, Role::Agent, Role::Client, Role::Admin] {
+        for role in Role::ALL {
             let common_name = format!("flotilla-{}", role.name());
             self.write_role(dir, role, &common_name, coordinator_names, &mut written)?;
         }
         Ok(written)
     }
 
-    /// Writes this CA's certificate and a new certificate for `role` into `dir`, in the same
-    /// layout (`ca.pem`, `ROLE.pem`, `ROLE-key.pem`; no CA key), replacing those files if an
-    /// earlier CA left them there. For processes started with an in-memory CA's identity
-    /// (`flotilla up --autoscale`'s agent processes).
-    pub fn write_identity(
-        &self,
-        dir: &Path,
-        role: Role,
-        common_name: &str,
-    ) -> Result<Vec<PathBuf>, TlsError> {
+    /// Writes this CA's certificate into `dir` as `ca.pem` (no CA key), replacing one an
+    /// earlier CA left there: for processes started with an in-memory CA's certificates
+    /// (`flotilla up --autoscale`'s agent processes; see [`ClusterCa::write_bound_agent`]).
+    pub fn write_ca(&self, dir: &Path) -> Result<PathBuf, TlsError> {
         std::fs::create_dir_all(dir).map_err(|error| TlsError::Write {
             path: dir.into(),
             message: error.to_string(),
         })?;
-        for name in [
-            "ca.pem".to_string(),
-            format!("{}.pem", role.name()),
-            format!("{}-key.pem", role.name()),
+        let path = dir.join("ca.pem");
+        match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(TlsError::Write {
+                    path,
+                    message: error.to_string(),
+                });
+            }
+            _ => {}
+        }
+        let mut written = Vec::new();
+        write_private(&path, &self.cert_pem(), false, &mut written)?;
+        Ok(path)
+    }
+
+    /// Issues an agent certificate bound to `agent_id` and writes `agent-ID.pem` and
+    /// `agent-ID-key.pem` into `dir`, replacing earlier ones: for a launcher that holds the CA
+    /// and starts agents (`flotilla up --autoscale`), so each agent process gets a certificate
+    /// of its own, issued when it is started. Returns the name to pass as `--identity`.
+    pub fn write_bound_agent(&self, dir: &Path, agent_id: &str) -> Result<String, TlsError> {
+        let stem = format!("agent-{agent_id}");
+        let issued = self.issue_bound_pem(Role::Agent, agent_id, &[], Some(agent_id))?;
+        let mut written = Vec::new();
+        for (name, contents, secret) in [
+            (format!("{stem}.pem"), &issued.cert_pem, false),
+            (format!("{stem}-key.pem"), &issued.key_pem, true),
         ] {
-            match std::fs::remove_file(dir.join(&name)) {
+            let path = dir.join(name);
+            match std::fs::remove_file(&path) {
                 Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
                     return Err(TlsError::Write {
-                        path: dir.join(name),
+                        path,
                         message: error.to_string(),
                     });
                 }
                 _ => {}
             }
+            write_private(&path, contents, secret, &mut written)?;
         }
-        let mut written = Vec::new();
-        write_private(&dir.join("ca.pem"), &self.cert_pem(), false, &mut written)?;
-        self.write_role(dir, role, common_name, &[], &mut written)?;
-        Ok(written)
+        Ok(stem)
     }
 
     /// Issues a certificate for `role` and writes `ROLE.pem` and `ROLE-key.pem` into `dir`.
@@ -366,16 +468,43 @@ pub fn role_of_certificate(certificate: &CertificateDer<'_>) -> Result<Role, Tls
         .ok_or(TlsError::NoRole)
 }
 
-/// The verified role of the peer on a QUIC connection.
-pub fn peer_role(connection: &quinn::Connection) -> Result<Role, TlsError> {
+/// The agent id an agent certificate is bound to (its `urn:flotilla:agent:` SAN URI), if any.
+pub fn agent_id_of_certificate(
+    certificate: &CertificateDer<'_>,
+) -> Result<Option<String>, TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())
+        .map_err(|error| TlsError::BadCertificate(error.to_string()))?;
+    let Ok(Some(names)) = parsed.subject_alternative_name() else {
+        return Ok(None);
+    };
+    Ok(names
+        .value
+        .general_names
+        .iter()
+        .find_map(|general_name| match general_name {
+            x509_parser::extensions::GeneralName::URI(uri) => {
+                uri.strip_prefix(AGENT_ID_URI_PREFIX).map(str::to_string)
+            }
+            _ => None,
+        }))
+}
+
+/// The verified certificate the peer on a QUIC connection presented.
+pub fn peer_certificate(
+    connection: &quinn::Connection,
+) -> Result<CertificateDer<'static>, TlsError> {
     let identity = connection
         .peer_identity()
         .ok_or(TlsError::NoPeerCertificate)?;
     let chain = identity
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| TlsError::NoPeerCertificate)?;
-    let first = chain.first().ok_or(TlsError::NoPeerCertificate)?;
-    role_of_certificate(first)
+    chain.first().cloned().ok_or(TlsError::NoPeerCertificate)
+}
+
+/// The verified role of the peer on a QUIC connection.
+pub fn peer_role(connection: &quinn::Connection) -> Result<Role, TlsError> {
+    role_of_certificate(&peer_certificate(connection)?)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -409,10 +538,18 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(transport)
 }
 
-/// A QUIC server configuration that demands a client certificate signed by the cluster CA.
-pub fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, TlsError> {
+/// A QUIC server configuration that demands a client certificate signed by the cluster CA
+/// and not revoked by `revoked` (certificates of a CA without a CRL there are accepted: while
+/// the CA is rotated, only one of the two may have one).
+pub fn server_config(
+    identity: &Identity,
+    revoked: &RevocationList,
+) -> Result<quinn::ServerConfig, TlsError> {
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots(identity)?, provider())
+            .with_crls(revoked.crls())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status()
             .build()
             .map_err(|error| TlsError::Config(error.to_string()))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -452,7 +589,7 @@ mod tests {
     #[test]
     fn issued_certificates_carry_their_role() {
         let ca = ClusterCa::generate("test").expect("ca");
-        for role in [Role::Coordinator, Role::Agent, Role::Client, Role::Admin] {
+        for role in Role::ALL {
             let identity = ca.issue(role, "x").expect("issue");
             assert_eq!(identity.role().expect("role"), role);
         }
@@ -472,7 +609,11 @@ mod tests {
         let agent = Identity::load_from_dir(&dir, "agent").expect("load");
         assert_eq!(agent.role().expect("role"), Role::Agent);
         assert!(
-            server_config(&Identity::load_from_dir(&dir, "coordinator").expect("load")).is_ok()
+            server_config(
+                &Identity::load_from_dir(&dir, "coordinator").expect("load"),
+                &RevocationList::default()
+            )
+            .is_ok()
         );
         assert!(client_config(&agent).is_ok());
         let missing = Identity::load_from_dir(&dir, "nobody").expect_err("missing");
@@ -481,26 +622,54 @@ mod tests {
     }
 
     #[test]
-    fn one_identity_written_to_disk_replaces_an_earlier_cas() {
+    fn a_bound_agent_identity_written_to_disk_replaces_an_earlier_cas() {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("flotilla-tls-one-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let first = ClusterCa::generate("first").expect("ca");
-        first.write_identity(&dir, Role::Agent, "a").expect("write");
+        first.write_ca(&dir).expect("write");
+        first.write_bound_agent(&dir, "a").expect("write");
         let second = ClusterCa::generate("second").expect("ca");
-        let written = second
-            .write_identity(&dir, Role::Agent, "a")
+        second.write_ca(&dir).expect("write over the first");
+        let stem = second
+            .write_bound_agent(&dir, "a")
             .expect("write over the first");
-        assert_eq!(written.len(), 3);
+        assert_eq!(stem, "agent-a");
         assert!(!dir.join("ca-key.pem").exists());
-        let agent = Identity::load_from_dir(&dir, "agent").expect("load");
+        let agent = Identity::load_from_dir(&dir, &stem).expect("load");
         assert_eq!(agent.role().expect("role"), Role::Agent);
+        assert_eq!(
+            agent_id_of_certificate(&agent.chain[0]).expect("parse"),
+            Some("a".to_string())
+        );
         assert_eq!(agent.ca, vec![second.cert_der()]);
-        let mode = std::fs::metadata(dir.join("agent-key.pem"))
+        let mode = std::fs::metadata(dir.join("agent-a-key.pem"))
             .expect("key")
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_ca_written_to_disk_loads_back_and_issues() {
+        let dir = std::env::temp_dir().join(format!("flotilla-tls-ca-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = ClusterCa::generate("test").expect("ca");
+        ca.write_cluster_material(&dir, &[]).expect("write");
+        let loaded = ClusterCa::load_from_dir(&dir).expect("load");
+        assert_eq!(loaded.cert_der(), ca.cert_der());
+        let agent = loaded.issue_agent("gpu-1").expect("issue");
+        assert_eq!(
+            agent_id_of_certificate(&agent.chain[0]).expect("parse"),
+            Some("gpu-1".to_string())
+        );
+        // Certificates issued without an id name none.
+        let plain = ca.issue(Role::Client, "c").expect("issue");
+        assert_eq!(
+            agent_id_of_certificate(&plain.chain[0]).expect("parse"),
+            None
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

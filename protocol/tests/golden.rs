@@ -714,6 +714,15 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 busy_gpus: 1,
             }])),
         ),
+        (
+            "Hello (router, protocol 11)",
+            encode(&Hello {
+                min_version: 1,
+                max_version: 1,
+                role: Role::Router,
+                peer_name: "r".into(),
+            }),
+        ),
     ]
 }
 

@@ -15,6 +15,14 @@
 //! - `GET /v1/routes`: the routes in force. `GET /metrics`: requests, errors and latency per
 //!   model and version, feedback, canary weights, sync errors.
 //!
+//! Credentials. Feedback decides canaries, so `/v1/feedback` answers only requests with a
+//! bearer token that has the `feedback` scope, from the router's token file
+//! ([`flotilla_telemetry::tokens`]; reloaded when it changes): 401 without one, 403 for a
+//! token without the scope, and 403 for every request when the router has no token file.
+//! Predictions and routes are open unless [`RouterConfig::gate_predictions`] is set; then
+//! they need the `predict` scope. The router reports to the coordinator with a `router`
+//! certificate, the only kind (besides admin) whose traffic counters the coordinator takes.
+//!
 //! Counting. Per rollout and side the router keeps [`flotilla_rollout::Arm`]s: requests,
 //! errors (a 5xx answer, a 422 — the version cannot take the inputs —, a failed connection or a
 //! timeout; any other 4xx is the client's and is not counted against a version), log-latency sums and feedback. Every second it sends them to
@@ -38,6 +46,7 @@ use axum::routing::{get, post};
 use flotilla_protocol::models::{RolloutTraffic, Route, RouteTarget, RouterReport};
 use flotilla_rollout::{Pair, Side, Split};
 use flotilla_sdk::{Client, Identity};
+use flotilla_telemetry::tokens::{Scope, TokenFile};
 use prometheus::{GaugeVec, HistogramVec, IntCounter, IntCounterVec, Registry};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -54,8 +63,12 @@ const FEEDBACK_CLASSES: usize = 4_000_000;
 pub struct RouterConfig {
     /// The coordinator's address, or every replica's.
     pub coordinators: Vec<SocketAddr>,
-    /// A client (or admin) certificate of the cluster.
+    /// A router (or admin) certificate of the cluster.
     pub identity: Identity,
+    /// Bearer tokens for feedback (and predictions when gated). None: feedback is refused.
+    pub tokens: Option<TokenFile>,
+    /// Predictions and routes need a token with the `predict` scope.
+    pub gate_predictions: bool,
     pub listen: SocketAddr,
     /// Between reports to the coordinator.
     pub sync_interval: Duration,
@@ -69,6 +82,8 @@ impl RouterConfig {
             coordinators,
             identity,
             listen,
+            tokens: None,
+            gate_predictions: false,
             sync_interval: Duration::from_secs(1),
             upstream_timeout: Duration::from_secs(10),
         }
@@ -83,6 +98,7 @@ struct Metrics {
     weight: GaugeVec,
     sync_errors: IntCounter,
     retries: IntCounter,
+    refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -120,6 +136,11 @@ impl Metrics {
             retries: families.counter(
                 "flotilla_router_upstream_retries_total",
                 "Requests sent to a second endpoint after a connection to the first failed.",
+            ),
+            refused: families.counter_vec(
+                "flotilla_router_unauthorized_requests_total",
+                "Requests refused for a missing, unknown or insufficient bearer token, by the scope they needed.",
+                &["scope"],
             ),
             registry: families.registry().clone(),
         }
@@ -161,6 +182,29 @@ struct Shared {
     http: reqwest::Client,
     metrics: Metrics,
     name: String,
+    tokens: Option<TokenFile>,
+    gate_predictions: bool,
+}
+
+impl Shared {
+    /// The answer to refuse with, unless `headers` carry a token with `scope`.
+    fn refusal(&self, headers: &HeaderMap, scope: Scope) -> Option<Response> {
+        let Some(tokens) = &self.tokens else {
+            return Some(json_error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this router takes no {} requests: it was started without a token file (--tokens)",
+                    scope.name()
+                ),
+            ));
+        };
+        let refused = tokens.check(headers, scope).err()?;
+        self.metrics
+            .refused
+            .with_label_values(&[scope.name()])
+            .inc();
+        Some(json_error(refused.status, refused.message))
+    }
 }
 
 impl Shared {
@@ -217,6 +261,8 @@ impl Router {
                 std::process::id(),
                 rand::random::<u32>()
             ),
+            tokens: config.tokens.clone(),
+            gate_predictions: config.gate_predictions,
         });
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -229,6 +275,9 @@ impl Router {
             client,
             shutdown.clone(),
         ));
+        if let Some(tokens) = &config.tokens {
+            tasks.spawn(tokens.clone().watch(shutdown.clone()));
+        }
         let app = axum::Router::new()
             .route("/v1/predict", post(predict))
             .route("/v1/feedback", post(feedback))
@@ -411,6 +460,11 @@ async fn predict(
     body: axum::body::Bytes,
 ) -> Response {
     let started = Instant::now();
+    if shared.gate_predictions
+        && let Some(refused) = shared.refusal(&headers, Scope::Predict)
+    {
+        return refused;
+    }
     let envelope: PredictEnvelope = match serde_json::from_slice(&body) {
         Ok(envelope) => envelope,
         Err(problem) => {
@@ -607,7 +661,14 @@ struct FeedbackRequest {
     labels: Vec<Option<usize>>,
 }
 
-async fn feedback(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+async fn feedback(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(refused) = shared.refusal(&headers, Scope::Feedback) {
+        return refused;
+    }
     let request: FeedbackRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(problem) => {
@@ -675,7 +736,12 @@ async fn feedback(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) ->
     .into_response()
 }
 
-async fn routes(State(shared): State<Arc<Shared>>) -> Response {
+async fn routes(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if shared.gate_predictions
+        && let Some(refused) = shared.refusal(&headers, Scope::Predict)
+    {
+        return refused;
+    }
     let routes: Vec<serde_json::Value> = {
         let routes = shared.routes.read().unwrap_or_else(|p| p.into_inner());
         routes

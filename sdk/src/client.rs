@@ -141,10 +141,12 @@ impl Client {
         let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
             connect_error(format!("the coordinator closed the connection: {error}"))
         })?;
-        let requested = if role == Role::Admin {
-            Role::Admin
-        } else {
-            Role::Client
+        // Ask for what the certificate carries: an admin or a router acts as itself, and
+        // anything else as a client (the coordinator refuses what the certificate does not
+        // allow).
+        let requested = match role {
+            Role::Admin | Role::Router => role,
+            _ => Role::Client,
         };
         let hello = handshake::hello(
             requested,
@@ -184,6 +186,16 @@ impl Client {
     /// What the coordinator said in the handshake (protocol version, epoch, name).
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
+    }
+
+    /// Sends one request and returns the coordinator's answer as it is (an `Error`
+    /// answer included): for tools that speak the protocol directly. The typed methods
+    /// below are built on it.
+    pub async fn send(&self, request: &ClientRequest) -> Result<ClientResponse, SdkError> {
+        match self.request(request).await {
+            Err(SdkError::Api(error)) => Ok(ClientResponse::Error(error)),
+            other => other,
+        }
     }
 
     async fn request(&self, request: &ClientRequest) -> Result<ClientResponse, SdkError> {

@@ -62,6 +62,7 @@ pub struct LocalCluster {
     fleet: Option<Arc<LocalProvider>>,
     client_identity: Identity,
     admin_identity: Identity,
+    router_identity: Identity,
     dir: PathBuf,
     _temporary: Option<tempfile::TempDir>,
 }
@@ -81,13 +82,16 @@ impl LocalCluster {
         };
         std::fs::create_dir_all(&dir)
             .map_err(|error| embedded(format!("cannot create {}: {error}", dir.display())))?;
-        let ca = ClusterCa::generate("flotilla-up")?;
+        let ca = Arc::new(ClusterCa::generate("flotilla-up")?);
         let listen: SocketAddr = "127.0.0.1:0".parse().map_err(embedded)?;
         let mut config = CoordinatorConfig::new(
             listen,
             ca.issue(Role::Coordinator, "coordinator")?,
             dir.join("state.log"),
         );
+        // Every agent has a certificate bound to its id (issued here, or by the launcher when
+        // it starts one), so none may register as another.
+        config.require_agent_ids = true;
         // The launcher needs the coordinator's address, known once it has bound.
         let address = Arc::new(OnceLock::new());
         let fleet = match &options.autoscale {
@@ -122,7 +126,7 @@ impl LocalCluster {
             let name = format!("local-agent-{index}");
             let mut config = AgentConfig::new(
                 coordinator.local_addr(),
-                ca.issue(Role::Agent, &name)?,
+                ca.issue_agent(&name)?,
                 AgentId(name.clone()),
                 options.slots_per_agent,
                 dir.join("agents").join(&name),
@@ -142,6 +146,7 @@ impl LocalCluster {
             fleet,
             client_identity: ca.issue(Role::Client, "local-client")?,
             admin_identity: ca.issue(Role::Admin, "local-admin")?,
+            router_identity: ca.issue(Role::Router, "local-router")?,
             dir,
             _temporary: temporary,
         })
@@ -163,6 +168,11 @@ impl LocalCluster {
         &self.admin_identity
     }
 
+    /// The certificate a model router uses (its role allows `RouterSync` and nothing else).
+    pub fn router_identity(&self) -> &Identity {
+        &self.router_identity
+    }
+
     /// A client connected with the cluster's admin certificate.
     pub async fn client(&self) -> Result<Client, SdkError> {
         Client::connect(self.address(), &self.admin_identity).await
@@ -181,10 +191,11 @@ impl LocalCluster {
     }
 }
 
-/// The `local` provider for an embedded cluster: writes an agent certificate under
-/// `dir/certs` and starts `PROGRAM agent …` per instance, logging to `dir/agents/ID.log`.
+/// The `local` provider for an embedded cluster: starts `PROGRAM agent …` per instance with
+/// a certificate bound to the instance's id (issued under `dir/certs` as it starts), logging
+/// to `dir/agents/ID.log`.
 fn local_fleet(
-    ca: &ClusterCa,
+    ca: &Arc<ClusterCa>,
     dir: &Path,
     autoscale: &LocalAutoscale,
     slots: u32,
@@ -192,14 +203,20 @@ fn local_fleet(
     address: Arc<OnceLock<SocketAddr>>,
 ) -> Result<LocalProvider, SdkError> {
     let certs = dir.join("certs");
-    ca.write_identity(&certs, Role::Agent, "local-agent")?;
+    ca.write_ca(&certs)?;
     let agents = dir.join("agents");
     std::fs::create_dir_all(&agents)
         .map_err(|error| embedded(format!("cannot create {}: {error}", agents.display())))?;
     let program = autoscale.program.clone();
     let artifacts = dir.join("artifacts");
+    let ca = ca.clone();
     let launcher: Launcher = Arc::new(move |id: &str| {
         let mut command = tokio::process::Command::new(&program);
+        // A failure here shows in the agent's log: it cannot load the missing identity.
+        let identity = ca.write_bound_agent(&certs, id).unwrap_or_else(|error| {
+            tracing::error!(%error, agent = id, "cannot issue the agent's certificate");
+            format!("agent-{id}")
+        });
         let coordinator = address
             .get()
             .map_or_else(|| "127.0.0.1:7070".to_string(), ToString::to_string);
@@ -209,6 +226,8 @@ fn local_fleet(
             .arg(coordinator)
             .arg("--certs")
             .arg(&certs)
+            .arg("--identity")
+            .arg(identity)
             .arg("--id")
             .arg(id)
             .arg("--slots")

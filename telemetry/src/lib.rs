@@ -1,4 +1,4 @@
-//! Prometheus plumbing shared by the coordinator and the agent.
+//! Prometheus and HTTP plumbing shared by the coordinator, the agent and the router.
 //!
 //! - [`Families`] registers metric families and keeps a catalogue of their names, so the
 //!   alert rules and Grafana dashboards in `monitoring/` can be checked against exactly what
@@ -6,9 +6,13 @@
 //!   although a scrape shows nothing for it).
 //! - [`exposition`] renders a registry in the text format as an HTTP response;
 //!   [`bind`] and [`serve`] run an endpoint until a shutdown token fires.
+//! - [`tokens`]: bearer tokens for HTTP endpoints, kept hashed in a file and reloaded when it
+//!   changes.
 //!
 //! Names follow Prometheus conventions: `flotilla_` prefix, base units (`_seconds`, `_bytes`,
 //! `_ratio`, `_celsius`, `_watts`), `_total` for counters.
+
+pub mod tokens;
 
 use std::net::SocketAddr;
 

@@ -93,6 +93,10 @@ impl Cluster {
     }
 
     pub fn start_coordinator(&mut self) {
+        self.start_coordinator_with(&[]);
+    }
+
+    pub fn start_coordinator_with(&mut self, extra: &[&str]) {
         let child = Command::new(BIN)
             .args([
                 "coordinator",
@@ -105,6 +109,7 @@ impl Cluster {
             .arg(self.path("state/state.log"))
             .arg("--certs")
             .arg(self.path("certs"))
+            .args(extra)
             .env("FLOTILLA_LOG", "info")
             .stdout(self.log("coordinator"))
             .stderr(self.log("coordinator"))

@@ -137,4 +137,5 @@ const GOLDEN: &[(&str, &str)] = &[
     ),
     ("ClientRequest::AgentGpus", "14"),
     ("ClientResponse::AgentGpus", "0f0101610401"),
+    ("Hello (router, protocol 11)", "0101040172"),
 ];

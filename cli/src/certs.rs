@@ -1,0 +1,385 @@
+//! `flotilla certs …`: the cluster CA, certificates for each role and agent, and revocation.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use flotilla_protocol::messages::Role;
+use flotilla_protocol::revocation::{self, RevocationList};
+use flotilla_protocol::tls::{self, ClusterCa};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+#[derive(Subcommand)]
+pub enum CertsCommand {
+    /// Make a CA and coordinator, agent, client, admin and router certificates in DIR.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses for the coordinator's certificate.
+        #[arg(long = "coordinator-name")]
+        coordinator_names: Vec<String>,
+    },
+    /// Issue one more certificate with the CA in --certs (it needs ca-key.pem). Agents get
+    /// one each: `--id NAME` binds the agent id into the certificate, and the coordinator
+    /// refuses that certificate for any other id.
+    Issue {
+        /// coordinator, agent, client, admin or router.
+        role: String,
+        #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
+        certs: PathBuf,
+        /// The agent id the certificate is bound to (agents only).
+        #[arg(long)]
+        id: Option<String>,
+        /// File names: NAME.pem and NAME-key.pem (default: ROLE-ID with --id, else ROLE-N).
+        #[arg(long)]
+        name: Option<String>,
+        /// Extra DNS names or IP addresses (coordinator certificates).
+        #[arg(long = "coordinator-name")]
+        coordinator_names: Vec<String>,
+    },
+    /// Revoke certificates: the CA in --certs signs a new crl.pem there. Coordinators
+    /// started with that file (`--crl`, default CERTS/crl.pem) reload it within seconds,
+    /// refuse the certificate at every new handshake and close its open connections.
+    Revoke {
+        /// Serial numbers as `certs show` and `certs issue` print them, or certificate files.
+        #[arg(required = true)]
+        serials_or_files: Vec<String>,
+        #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
+        certs: PathBuf,
+    },
+    /// Show a certificate file: role, agent id, serial, validity, and whether crl.pem beside
+    /// it revokes it.
+    Show { file: PathBuf },
+    /// List the certificates crl.pem in --certs revokes.
+    Revoked {
+        #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
+        certs: PathBuf,
+    },
+    /// Bearer tokens for HTTP endpoints (router feedback and gated predictions), kept
+    /// hashed in a file that routers reload when it changes.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a token, print it once, and add its hash to the file.
+    Create {
+        name: String,
+        /// feedback, predict, read; repeatable (default: feedback).
+        #[arg(long = "scope", value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// The token file (default: CERTS/tokens, which `flotilla router` reads).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
+        certs: PathBuf,
+    },
+    /// Remove a token: routers refuse it within seconds.
+    Revoke {
+        name: String,
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
+        certs: PathBuf,
+    },
+    /// List the tokens' names and scopes (the tokens themselves are not kept).
+    List {
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
+        certs: PathBuf,
+    },
+}
+
+pub fn run(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Init {
+            out,
+            coordinator_names,
+        } => init(&out, &coordinator_names),
+        CertsCommand::Issue {
+            role,
+            certs,
+            id,
+            name,
+            coordinator_names,
+        } => issue(&role, &certs, id.as_deref(), name, &coordinator_names),
+        CertsCommand::Revoke {
+            serials_or_files,
+            certs,
+        } => revoke(&serials_or_files, &certs),
+        CertsCommand::Show { file } => show(&file),
+        CertsCommand::Revoked { certs } => revoked(&certs),
+        CertsCommand::Token(command) => token(command),
+    }
+}
+
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    use flotilla_telemetry::tokens::{self, Scope};
+    let path = |file: Option<PathBuf>, certs: PathBuf| file.unwrap_or_else(|| certs.join("tokens"));
+    match command {
+        TokenCommand::Create {
+            name,
+            scopes,
+            file,
+            certs,
+        } => {
+            let scopes = if scopes.is_empty() {
+                vec![Scope::Feedback]
+            } else {
+                scopes
+                    .iter()
+                    .map(|scope| {
+                        Scope::from_name(scope).ok_or_else(|| {
+                            anyhow::anyhow!("--scope {scope:?}: one of feedback, predict, read")
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            };
+            let path = path(file, certs);
+            let names: Vec<&str> = scopes.iter().map(|scope| scope.name()).collect();
+            let token = tokens::create(&path, &name, scopes.clone())?;
+            eprintln!(
+                "added token {name:?} ({}) to {}; it is shown once, here:",
+                names.join(","),
+                path.display()
+            );
+            println!("{token}");
+        }
+        TokenCommand::Revoke { name, file, certs } => {
+            let path = path(file, certs);
+            if !tokens::revoke(&path, &name)? {
+                bail!("{} holds no token named {name:?}", path.display());
+            }
+            println!(
+                "removed token {name:?} from {}; routers reading it refuse it within seconds",
+                path.display()
+            );
+        }
+        TokenCommand::List { file, certs } => {
+            let path = path(file, certs);
+            let entries = tokens::read(&path)?;
+            if entries.is_empty() {
+                println!("{} holds no tokens", path.display());
+            }
+            for entry in entries {
+                let line = entry.line();
+                let mut fields = line.split_whitespace();
+                println!(
+                    "{}  {}",
+                    fields.next().unwrap_or_default(),
+                    fields.next().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn init(out: &Path, coordinator_names: &[String]) -> anyhow::Result<()> {
+    if out.join("ca.pem").exists() {
+        bail!(
+            "{} already holds a CA (ca.pem); choose another directory or remove it",
+            out.display()
+        );
+    }
+    let ca = ClusterCa::generate("flotilla")?;
+    let written = ca.write_cluster_material(out, &coordinator_hosts(coordinator_names))?;
+    println!("wrote {} files to {}:", written.len(), out.display());
+    for path in written {
+        println!("  {}", path.display());
+    }
+    println!("keep ca-key.pem offline; hand each process only its own certificate and key");
+    println!(
+        "give each agent its own certificate: flotilla certs issue agent --id NAME --certs {}",
+        out.display()
+    );
+    Ok(())
+}
+
+fn coordinator_hosts(extra: &[String]) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    names.extend(extra.iter().cloned());
+    names
+}
+
+/// Agent ids travel in certificates (a SAN URI) and in file names.
+fn check_agent_id(id: &str) -> anyhow::Result<()> {
+    let valid = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        bail!(
+            "--id {id:?}: an agent id is 1 to 128 letters, digits, '-', '_' or '.' (an instance id such as i-0abc… fits)"
+        );
+    }
+    Ok(())
+}
+
+fn issue(
+    role: &str,
+    certs: &Path,
+    id: Option<&str>,
+    name: Option<String>,
+    coordinator_names: &[String],
+) -> anyhow::Result<()> {
+    let Some(role) = Role::from_name(role) else {
+        bail!("unknown role {role:?}: one of coordinator, agent, client, admin, router");
+    };
+    if let Some(id) = id {
+        if role != Role::Agent {
+            bail!(
+                "--id binds an agent id; a {} certificate has none",
+                role.name()
+            );
+        }
+        check_agent_id(id)?;
+    }
+    let ca = ClusterCa::load_from_dir(certs)
+        .with_context(|| format!("issuing needs the CA in {}", certs.display()))?;
+    let stem = match (name, id) {
+        (Some(name), _) => name,
+        (None, Some(id)) => format!("{}-{id}", role.name()),
+        (None, None) => (1..)
+            .map(|n| format!("{}-{n}", role.name()))
+            .find(|stem| !certs.join(format!("{stem}.pem")).exists())
+            .unwrap_or_else(|| role.name().to_string()),
+    };
+    let common_name = match id {
+        Some(id) => id.to_string(),
+        None => format!("flotilla-{}", role.name()),
+    };
+    let extra = if role == Role::Coordinator {
+        coordinator_hosts(coordinator_names)
+    } else {
+        vec![]
+    };
+    let issued = ca.issue_bound_pem(role, &common_name, &extra, id)?;
+    let cert_path = certs.join(format!("{stem}.pem"));
+    let key_path = certs.join(format!("{stem}-key.pem"));
+    for path in [&cert_path, &key_path] {
+        if path.exists() {
+            bail!("{} exists; choose another --name", path.display());
+        }
+    }
+    write_new(&cert_path, &issued.cert_pem, 0o644)?;
+    write_new(&key_path, &issued.key_pem, 0o600)?;
+    println!("wrote {} and {}", cert_path.display(), key_path.display());
+    println!("role {}, serial {}", role.name(), issued.serial);
+    if let Some(id) = id {
+        println!(
+            "bound to agent id {id}: run it as `flotilla agent --id {id} --identity {stem}` (ca.pem, {stem}.pem and {stem}-key.pem on that host)"
+        );
+    }
+    Ok(())
+}
+
+fn write_new(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn read_certificate(path: &Path) -> anyhow::Result<CertificateDer<'static>> {
+    CertificateDer::from_pem_file(path)
+        .map_err(|error| anyhow::anyhow!("{}: not a PEM certificate: {error}", path.display()))
+}
+
+fn revoke(serials_or_files: &[String], certs: &Path) -> anyhow::Result<()> {
+    let ca = ClusterCa::load_from_dir(certs)
+        .with_context(|| format!("revoking needs the CA in {}", certs.display()))?;
+    let mut serials = Vec::new();
+    for item in serials_or_files {
+        let path = Path::new(item);
+        let serial = if path.exists() {
+            revocation::serial_of(&read_certificate(path)?)?
+        } else {
+            revocation::parse_serial(item)?
+        };
+        serials.push(serial);
+    }
+    let crl_path = certs.join("crl.pem");
+    let previous = match std::fs::read(&crl_path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => bail!("cannot read {}: {error}", crl_path.display()),
+    };
+    let crl = ca.revoke(&previous, &serials)?;
+    // Written aside and renamed, so a coordinator never reads half a list.
+    let staging = certs.join(".crl.pem.new");
+    let _ = std::fs::remove_file(&staging);
+    write_new(&staging, &crl, 0o644)?;
+    std::fs::rename(&staging, &crl_path)
+        .with_context(|| format!("cannot replace {}", crl_path.display()))?;
+    let list = RevocationList::load(&crl_path)?;
+    for serial in &serials {
+        println!("revoked {}", revocation::format_serial(serial));
+    }
+    println!(
+        "{} now revokes {} certificate(s); coordinators reading it reload it within seconds (copy it to every coordinator host)",
+        crl_path.display(),
+        list.len()
+    );
+    Ok(())
+}
+
+fn show(file: &Path) -> anyhow::Result<()> {
+    let certificate = read_certificate(file)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())
+        .map_err(|error| anyhow::anyhow!("{}: {error}", file.display()))?;
+    let role = tls::role_of_certificate(&certificate)
+        .map(|role| role.name().to_string())
+        .unwrap_or_else(|error| format!("none ({error})"));
+    println!("file      {}", file.display());
+    println!("subject   {}", parsed.subject());
+    println!("role      {role}");
+    if let Some(id) = tls::agent_id_of_certificate(&certificate)? {
+        println!("agent id  {id}");
+    }
+    println!(
+        "serial    {}",
+        revocation::format_serial(&revocation::serial_of(&certificate)?)
+    );
+    println!(
+        "valid     {} to {}",
+        parsed.validity().not_before,
+        parsed.validity().not_after
+    );
+    let crl = file
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("crl.pem");
+    let list = RevocationList::load(&crl)?;
+    println!(
+        "revoked   {}",
+        if list.revokes(&certificate) {
+            format!("yes (by {})", crl.display())
+        } else {
+            "no".to_string()
+        }
+    );
+    Ok(())
+}
+
+fn revoked(certs: &Path) -> anyhow::Result<()> {
+    let crl = certs.join("crl.pem");
+    let all = revocation::list(&crl)?;
+    if all.is_empty() {
+        println!("{} revokes nothing", crl.display());
+    }
+    for revoked in all {
+        println!("{}  revoked at unix {}", revoked.serial, revoked.revoked_at);
+    }
+    Ok(())
+}
