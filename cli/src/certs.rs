@@ -258,17 +258,25 @@ fn issue(
     } else {
         vec![]
     };
-    let issued = ca.issue_bound_pem(role, &common_name, &extra, id)?;
-    let cert_path = certs.join(format!("{stem}.pem"));
-    let key_path = certs.join(format!("{stem}-key.pem"));
-    for path in [&cert_path, &key_path] {
+    for path in [
+        certs.join(format!("{stem}.pem")),
+        certs.join(format!("{stem}-key.pem")),
+    ] {
         if path.exists() {
             bail!("{} exists; choose another --name", path.display());
         }
     }
-    write_new(&cert_path, &issued.cert_pem, 0o644)?;
-    write_new(&key_path, &issued.key_pem, 0o600)?;
-    println!("wrote {} and {}", cert_path.display(), key_path.display());
+    let issued = ca.issue_bound_pem(role, &common_name, &extra, id)?;
+    let mut written = Vec::new();
+    issued.write(certs, &stem, false, &mut written)?;
+    println!(
+        "wrote {}",
+        written
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
     println!("role {}, serial {}", role.name(), issued.serial);
     if let Some(id) = id {
         println!(
@@ -276,19 +284,6 @@ fn issue(
         );
     }
     Ok(())
-}
-
-fn write_new(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn read_certificate(path: &Path) -> anyhow::Result<CertificateDer<'static>> {
@@ -316,12 +311,7 @@ fn revoke(serials_or_files: &[String], certs: &Path) -> anyhow::Result<()> {
         Err(error) => bail!("cannot read {}: {error}", crl_path.display()),
     };
     let crl = ca.revoke(&previous, &serials)?;
-    // Written aside and renamed, so a coordinator never reads half a list.
-    let staging = certs.join(".crl.pem.new");
-    let _ = std::fs::remove_file(&staging);
-    write_new(&staging, &crl, 0o644)?;
-    std::fs::rename(&staging, &crl_path)
-        .with_context(|| format!("cannot replace {}", crl_path.display()))?;
+    revocation::write_crl(&crl_path, &crl)?;
     let list = RevocationList::load(&crl_path)?;
     for serial in &serials {
         println!("revoked {}", revocation::format_serial(serial));

@@ -277,9 +277,7 @@ checkpoint_every = 1
 fn peers_without_the_right_certificate_are_refused() {
     let mut cluster = Cluster::new();
     cluster.start_coordinator();
-    wait_until("the coordinator to answer", Duration::from_secs(60), || {
-        cluster.flotilla(&["sweep", "list"]).status.success()
-    });
+    cluster.wait_for_coordinator();
 
     // An agent certificate trying to act as a client.
     let output = cluster.flotilla(&["sweep", "list", "--identity", "agent"]);
@@ -830,9 +828,7 @@ fn every_request_is_answered_only_for_the_roles_the_table_names() {
 
     let mut cluster = Cluster::new();
     cluster.start_coordinator();
-    wait_until("the coordinator to answer", Duration::from_secs(60), || {
-        cluster.flotilla(&["sweep", "list"]).status.success()
-    });
+    cluster.wait_for_coordinator();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1039,6 +1035,22 @@ fn agents_are_bound_to_their_ids_and_revoked_certificates_are_dropped() {
         certs.join("alice.pem").to_str().expect("utf-8"),
     ]);
     assert!(shown.contains("revoked   yes"), "{shown}");
+
+    // A list that no longer parses is reported and ignored: the revocations stay in force.
+    std::fs::write(certs.join("crl.pem"), "not a CRL\n").expect("spoil crl.pem");
+    wait_until(
+        "the coordinator to report the spoiled list",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(cluster.path("coordinator.log"))
+                .is_ok_and(|log| log.contains("the revocation list changed but cannot be used"))
+        },
+    );
+    let output = cluster.flotilla(&["sweep", "list", "--identity", "alice"]);
+    assert!(
+        !output.status.success(),
+        "a spoiled list must not let a revoked certificate back in"
+    );
 }
 
 /// Opens a QUIC connection with `identity` and says hello as `role` named `name`; the answer.

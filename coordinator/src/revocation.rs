@@ -48,11 +48,13 @@ pub async fn watch_file(
         if current == last {
             continue;
         }
+        // A removed file revokes nothing, as at start.
+        let list = RevocationList::from_pem(current.as_deref().unwrap_or_default());
         last = current;
-        let list = match RevocationList::load(&path) {
+        let list = match list {
             Ok(list) => list,
             Err(error) => {
-                tracing::error!(%error, "the revocation list changed but cannot be used; the previous one stays in force");
+                tracing::error!(path = %path.display(), %error, "the revocation list changed but cannot be used; the previous one stays in force");
                 continue;
             }
         };

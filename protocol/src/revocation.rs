@@ -41,35 +41,22 @@ impl RevocationList {
     /// Reads the CRLs in `path` (PEM, one or more). A missing file is an empty list: a
     /// cluster that never revoked anything has none.
     pub fn load(path: &Path) -> Result<RevocationList, TlsError> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(RevocationList::default());
-            }
-            Err(error) => {
-                return Err(TlsError::Read {
-                    path: path.into(),
-                    message: error.to_string(),
-                });
-            }
-        };
+        let bytes = read_optional(path)?.unwrap_or_default();
         Self::from_pem(&bytes).map_err(|message| TlsError::Revocation {
             path: path.into(),
             message,
         })
     }
 
-    fn from_pem(bytes: &[u8]) -> Result<RevocationList, String> {
-        let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| format!("not a PEM CRL: {error}"))?;
-        if crls.is_empty() && !bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err("holds no X509 CRL block".into());
-        }
+    /// Parses the CRLs in a PEM file's contents (empty: nothing revoked).
+    pub fn from_pem(bytes: &[u8]) -> Result<RevocationList, String> {
+        let crls = parse_crls(bytes)?;
         let mut serials = BTreeSet::new();
         for (index, crl) in crls.iter().enumerate() {
-            for revoked in revoked_in(crl).map_err(|error| format!("CRL {}: {error}", index + 1))? {
-                serials.insert(parse_serial(&revoked.serial).map_err(|error| error.to_string())?);
+            for (serial, _) in
+                revoked_in(crl).map_err(|error| format!("CRL {}: {error}", index + 1))?
+            {
+                serials.insert(serial);
             }
         }
         Ok(RevocationList { crls, serials })
@@ -94,17 +81,55 @@ impl RevocationList {
     }
 }
 
-/// The certificates one CRL revokes.
-fn revoked_in(crl: &CertificateRevocationListDer<'_>) -> Result<Vec<Revoked>, String> {
+/// `path`'s contents, or None when there is no such file.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, TlsError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(TlsError::Read {
+            path: path.into(),
+            message: error.to_string(),
+        }),
+    }
+}
+
+/// The CRL blocks of a PEM file's contents.
+fn parse_crls(bytes: &[u8]) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("not a PEM CRL: {error}"))?;
+    if crls.is_empty() && !bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("holds no X509 CRL block".into());
+    }
+    Ok(crls)
+}
+
+/// The serials (leading zeros dropped) one CRL revokes, with their revocation times (Unix
+/// seconds).
+fn revoked_in(crl: &CertificateRevocationListDer<'_>) -> Result<Vec<(Vec<u8>, i64)>, String> {
     let (_, parsed) =
         x509_parser::parse_x509_crl(crl.as_ref()).map_err(|error| error.to_string())?;
     Ok(parsed
         .iter_revoked_certificates()
-        .map(|revoked| Revoked {
-            serial: format_serial(&trim(revoked.raw_serial())),
-            revoked_at: revoked.revocation_date.timestamp(),
+        .map(|revoked| {
+            (
+                trim(revoked.raw_serial()),
+                revoked.revocation_date.timestamp(),
+            )
         })
         .collect())
+}
+
+/// Writes `crl_pem` to `path` aside and renames it into place, so a coordinator polling the
+/// file never reads half a list.
+pub fn write_crl(path: &Path, crl_pem: &str) -> Result<(), TlsError> {
+    let staging = path.with_extension("pem.new");
+    crate::tls::remove_if_present(&staging)?;
+    crate::tls::write_private(&staging, crl_pem, false, &mut Vec::new())?;
+    std::fs::rename(&staging, path).map_err(|error| TlsError::Write {
+        path: path.into(),
+        message: error.to_string(),
+    })
 }
 
 fn trim(bytes: &[u8]) -> Vec<u8> {
@@ -163,8 +188,7 @@ impl ClusterCa {
         let mut entries: Vec<RevokedCertParams> = Vec::new();
         let mut number: u64 = 0;
         let mut seen = BTreeSet::new();
-        let crls = CertificateRevocationListDer::pem_slice_iter(previous)
-            .collect::<Result<Vec<_>, _>>()
+        let crls = parse_crls(previous)
             .map_err(|error| TlsError::Generate(format!("the current CRL: {error}")))?;
         for crl in &crls {
             let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref())
@@ -226,26 +250,22 @@ impl ClusterCa {
 
 /// Every certificate `path`'s CRLs revoke, for `flotilla certs revoked`.
 pub fn list(path: &Path) -> Result<Vec<Revoked>, TlsError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(error) => {
-            return Err(TlsError::Read {
-                path: path.into(),
-                message: error.to_string(),
-            });
-        }
-    };
+    let bytes = read_optional(path)?.unwrap_or_default();
     let invalid = |message: String| TlsError::Revocation {
         path: path.into(),
         message,
     };
-    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| invalid(error.to_string()))?;
     let mut all = Vec::new();
-    for crl in &crls {
-        all.extend(revoked_in(crl).map_err(invalid)?);
+    for crl in &parse_crls(&bytes).map_err(invalid)? {
+        all.extend(
+            revoked_in(crl)
+                .map_err(invalid)?
+                .into_iter()
+                .map(|(serial, revoked_at)| Revoked {
+                    serial: format_serial(&serial),
+                    revoked_at,
+                }),
+        );
     }
     Ok(all)
 }

@@ -343,17 +343,8 @@ impl ClusterCa {
             message: error.to_string(),
         })?;
         let path = dir.join("ca.pem");
-        match std::fs::remove_file(&path) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                return Err(TlsError::Write {
-                    path,
-                    message: error.to_string(),
-                });
-            }
-            _ => {}
-        }
-        let mut written = Vec::new();
-        write_private(&path, &self.cert_pem(), false, &mut written)?;
+        remove_if_present(&path)?;
+        write_private(&path, &self.cert_pem(), false, &mut Vec::new())?;
         Ok(path)
     }
 
@@ -364,23 +355,7 @@ impl ClusterCa {
     pub fn write_bound_agent(&self, dir: &Path, agent_id: &str) -> Result<String, TlsError> {
         let stem = format!("agent-{agent_id}");
         let issued = self.issue_bound_pem(Role::Agent, agent_id, &[], Some(agent_id))?;
-        let mut written = Vec::new();
-        for (name, contents, secret) in [
-            (format!("{stem}.pem"), &issued.cert_pem, false),
-            (format!("{stem}-key.pem"), &issued.key_pem, true),
-        ] {
-            let path = dir.join(name);
-            match std::fs::remove_file(&path) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(TlsError::Write {
-                        path,
-                        message: error.to_string(),
-                    });
-                }
-                _ => {}
-            }
-            write_private(&path, contents, secret, &mut written)?;
-        }
+        issued.write(dir, &stem, true, &mut Vec::new())?;
         Ok(stem)
     }
 
@@ -394,22 +369,44 @@ impl ClusterCa {
         written: &mut Vec<PathBuf>,
     ) -> Result<(), TlsError> {
         let issued = self.issue_pem(role, common_name, extra_names)?;
-        write_private(
-            &dir.join(format!("{}.pem", role.name())),
-            &issued.cert_pem,
-            false,
-            written,
-        )?;
-        write_private(
-            &dir.join(format!("{}-key.pem", role.name())),
-            &issued.key_pem,
-            true,
-            written,
-        )
+        issued.write(dir, role.name(), false, written)
     }
 }
 
-fn write_private(
+impl IssuedPem {
+    /// Writes `STEM.pem` (0644) and `STEM-key.pem` (0600) into `dir`, appending their paths
+    /// to `written`. An existing file is an error, unless `replace` (then it is replaced).
+    pub fn write(
+        &self,
+        dir: &Path,
+        stem: &str,
+        replace: bool,
+        written: &mut Vec<PathBuf>,
+    ) -> Result<(), TlsError> {
+        for (path, contents, secret) in [
+            (dir.join(format!("{stem}.pem")), &self.cert_pem, false),
+            (dir.join(format!("{stem}-key.pem")), &self.key_pem, true),
+        ] {
+            if replace {
+                remove_if_present(&path)?;
+            }
+            write_private(&path, contents, secret, written)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn remove_if_present(path: &Path) -> Result<(), TlsError> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(TlsError::Write {
+            path: path.into(),
+            message: error.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn write_private(
     path: &Path,
     contents: &str,
     secret: bool,

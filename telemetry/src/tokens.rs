@@ -261,19 +261,21 @@ impl TokenFile {
 
     /// Rereads the file whenever it changes until `shutdown`.
     pub async fn watch(self, shutdown: CancellationToken) {
-        let mut last = std::fs::read(&self.path).ok();
+        let mut last = std::fs::read_to_string(&self.path).ok();
         let mut ticker = tokio::time::interval(Duration::from_secs(2));
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            let current = tokio::fs::read(&self.path).await.ok();
+            let current = tokio::fs::read_to_string(&self.path).await.ok();
             if current == last {
                 continue;
             }
+            // A removed file holds no tokens, as at start.
+            let parsed = parse(current.as_deref().unwrap_or_default(), &self.path);
             last = current;
-            match read(&self.path) {
+            match parsed {
                 Ok(entries) => {
                     tracing::info!(path = %self.path.display(), tokens = entries.len(), "token file reloaded");
                     self.install(entries);

@@ -208,6 +208,13 @@ impl Cluster {
         String::from_utf8_lossy(&output.stdout).to_string()
     }
 
+    /// Waits until the coordinator answers a client.
+    pub fn wait_for_coordinator(&self) {
+        wait_until("the coordinator to answer", Duration::from_secs(60), || {
+            self.flotilla(&["sweep", "list"]).status.success()
+        });
+    }
+
     /// Waits until the coordinator answers and `agents` agents are registered.
     pub fn wait_for_agents(&self, agents: usize) {
         wait_until("agents to register", Duration::from_secs(60), || {
