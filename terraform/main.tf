@@ -29,9 +29,13 @@ locals {
   # Secrets stay out of Terraform state: the operator stores agent-key.pem in this parameter
   # (terraform/README.md, step 3); Terraform only grants the agents read access to it.
   agent_key_parameter_name = "/${var.cluster_name}/agent/tls-key"
+  # The agents' etcd client key (CERTS/etcd/agent-key.pem): etcd user flotilla-agent, which
+  # may only take checkpoint leases.
+  agent_etcd_key_parameter_name = "/${var.cluster_name}/agent/etcd-tls-key"
 
   coordinator_addresses = [for ip in module.control.private_ips : "${ip}:7070"]
-  etcd_endpoints        = [for ip in module.control.private_ips : "http://${ip}:2379"]
+  # etcd serves TLS only and authenticates clients by certificate (ansible/roles/etcd).
+  etcd_endpoints = [for ip in module.control.private_ips : "https://${ip}:2379"]
 
   # Tags that modules put on instances and volumes themselves (the provider's default tags do
   # not reach volumes created through a launch template).
@@ -77,14 +81,15 @@ module "storage" {
 module "iam" {
   source = "./modules/iam"
 
-  name                       = var.cluster_name
-  agent_group_name           = local.agent_group_name
-  bucket_arn                 = module.storage.bucket_arn
-  checkpoint_prefix          = var.checkpoint_prefix
-  dist_prefix                = var.dist_prefix
-  kms_key_arn                = module.storage.kms_key_arn
-  agent_key_parameter_name   = local.agent_key_parameter_name
-  enable_ssm_session_manager = var.enable_ssm_session_manager
+  name                          = var.cluster_name
+  agent_group_name              = local.agent_group_name
+  bucket_arn                    = module.storage.bucket_arn
+  checkpoint_prefix             = var.checkpoint_prefix
+  dist_prefix                   = var.dist_prefix
+  kms_key_arn                   = module.storage.kms_key_arn
+  agent_key_parameter_name      = local.agent_key_parameter_name
+  agent_etcd_key_parameter_name = local.agent_etcd_key_parameter_name
+  enable_ssm_session_manager    = var.enable_ssm_session_manager
 }
 
 module "control" {
@@ -127,6 +132,7 @@ module "agents" {
   dist_prefix                              = var.dist_prefix
   checkpoint_prefix                        = var.checkpoint_prefix
   agent_key_parameter_name                 = local.agent_key_parameter_name
+  agent_etcd_key_parameter_name            = local.agent_etcd_key_parameter_name
   coordinator_addresses                    = local.coordinator_addresses
   etcd_endpoints                           = var.agents_use_etcd ? local.etcd_endpoints : []
   device                                   = var.agent_device

@@ -93,6 +93,11 @@ output "agent_key_parameter_name" {
   value       = local.agent_key_parameter_name
 }
 
+output "agent_etcd_key_parameter_name" {
+  description = "SSM SecureString parameter to put certs/etcd/agent-key.pem in before agents start."
+  value       = local.agent_etcd_key_parameter_name
+}
+
 output "monitoring_instance_id" {
   description = "Instance id of the Prometheus and Grafana host."
   value       = module.monitoring.instance_id

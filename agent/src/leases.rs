@@ -94,9 +94,16 @@ fn etcd(what: &str, error: impl std::fmt::Display) -> String {
 
 impl CheckpointLeases {
     pub async fn connect(config: EtcdConfig) -> Result<Arc<CheckpointLeases>, String> {
-        let client = flotilla_etcd::connect(&config)
+        let mut client = flotilla_etcd::connect(&config)
             .await
             .map_err(|error| etcd("connect", error))?;
+        flotilla_etcd::check_access(
+            &mut client,
+            &config,
+            &config.checkpoints_prefix(),
+            Duration::from_secs(5),
+        )
+        .await?;
         Ok(Arc::new(CheckpointLeases {
             client,
             config,

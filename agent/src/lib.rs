@@ -70,6 +70,9 @@ pub struct AgentConfig {
     pub etcd: Option<flotilla_etcd::EtcdConfig>,
     /// Where to serve `/metrics` and `/healthz` (none: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// Bearer tokens (read scope) for `/metrics`, reloaded when the file changes. None:
+    /// open to whoever reaches `metrics_listen`.
+    pub http_tokens: Option<flotilla_telemetry::tokens::TokenFile>,
     /// Watch the instance metadata service for spot and lifecycle notices (none: not
     /// watched).
     pub imds: Option<imds::ImdsConfig>,
@@ -101,6 +104,7 @@ impl AgentConfig {
             device: flotilla_train::DeviceChoice::Auto,
             etcd: None,
             metrics_listen: None,
+            http_tokens: None,
             imds: None,
             serve_listen: None,
             serve_advertise: None,
@@ -251,8 +255,10 @@ impl Agent {
                     metrics.clone(),
                     nvml.clone(),
                     gpu_pool.clone(),
+                    config.http_tokens.clone(),
                     shutdown.clone(),
                 ));
+
                 Some((address, task))
             }
             None => None,

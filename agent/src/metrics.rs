@@ -459,6 +459,7 @@ pub async fn serve(
     metrics: Arc<AgentMetrics>,
     gpus: Arc<Gpus>,
     pool: crate::gpus::GpuPool,
+    tokens: Option<flotilla_telemetry::tokens::TokenFile>,
     shutdown: CancellationToken,
 ) {
     let app = Router::new()
@@ -469,7 +470,7 @@ pub async fn serve(
             gpus,
             pool,
         });
-    flotilla_telemetry::serve(listener, app, shutdown).await
+    flotilla_telemetry::serve_gated(listener, app, tokens, shutdown).await
 }
 
 #[cfg(test)]

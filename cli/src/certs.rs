@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use flotilla_protocol::etcd_pki;
 use flotilla_protocol::messages::Role;
 use flotilla_protocol::revocation::{self, RevocationList};
 use flotilla_protocol::tls::{self, ClusterCa};
@@ -12,19 +13,27 @@ use rustls::pki_types::pem::PemObject;
 
 #[derive(Subcommand)]
 pub enum CertsCommand {
-    /// Make a CA and coordinator, agent, client, admin and router certificates in DIR.
+    /// Make a CA and coordinator, agent, client, admin and router certificates in DIR, and
+    /// in DIR/etcd a separate CA with certificates for etcd members and etcd's users
+    /// (root, coordinator, agent).
     Init {
         #[arg(long)]
         out: PathBuf,
         /// Extra DNS names or IP addresses for the coordinator's certificate.
         #[arg(long = "coordinator-name")]
         coordinator_names: Vec<String>,
+        /// Extra DNS names or IP addresses for the etcd members' certificate (loopback is
+        /// always in it).
+        #[arg(long = "etcd-host")]
+        etcd_hosts: Vec<String>,
     },
     /// Issue one more certificate with the CA in --certs (it needs ca-key.pem). Agents get
     /// one each: `--id NAME` binds the agent id into the certificate, and the coordinator
-    /// refuses that certificate for any other id.
+    /// refuses that certificate for any other id. `etcd-member`, `etcd-coordinator`,
+    /// `etcd-agent` and `etcd-root` issue from the etcd CA in CERTS/etcd instead.
     Issue {
-        /// coordinator, agent, client, admin or router.
+        /// coordinator, agent, client, admin, router, or etcd-member, etcd-coordinator,
+        /// etcd-agent, etcd-root.
         role: String,
         #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
         certs: PathBuf,
@@ -34,9 +43,23 @@ pub enum CertsCommand {
         /// File names: NAME.pem and NAME-key.pem (default: ROLE-ID with --id, else ROLE-N).
         #[arg(long)]
         name: Option<String>,
-        /// Extra DNS names or IP addresses (coordinator certificates).
-        #[arg(long = "coordinator-name")]
+        /// Extra DNS names or IP addresses (coordinator and etcd-member certificates).
+        #[arg(long = "coordinator-name", alias = "host")]
         coordinator_names: Vec<String>,
+    },
+    /// Make etcd's users and roles for this cluster and turn etcd authentication on, with
+    /// CERTS/etcd/root.pem: coordinators may read and write the cluster's prefix, agents
+    /// only its checkpoint-lease keys. etcd must run with TLS and --client-cert-auth (the
+    /// common name of a client certificate is its etcd user). Safe to run again.
+    EtcdAuth {
+        /// etcd client URLs (https://), separated by commas.
+        #[arg(long, env = "FLOTILLA_ETCD", value_delimiter = ',', required = true)]
+        etcd: Vec<String>,
+        /// The cluster's key prefix in etcd.
+        #[arg(long, env = "FLOTILLA_ETCD_PREFIX", default_value = "/flotilla")]
+        etcd_prefix: String,
+        #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
+        certs: PathBuf,
     },
     /// Revoke certificates: the CA in --certs signs a new crl.pem there. Coordinators
     /// started with that file (`--crl`, default CERTS/crl.pem) reload it within seconds,
@@ -93,12 +116,18 @@ pub enum TokenCommand {
     },
 }
 
-pub fn run(command: CertsCommand) -> anyhow::Result<()> {
+pub async fn run(command: CertsCommand) -> anyhow::Result<()> {
     match command {
         CertsCommand::Init {
             out,
             coordinator_names,
-        } => init(&out, &coordinator_names),
+            etcd_hosts,
+        } => init(&out, &coordinator_names, &etcd_hosts),
+        CertsCommand::EtcdAuth {
+            etcd,
+            etcd_prefix,
+            certs,
+        } => etcd_auth(etcd, etcd_prefix, &certs).await,
         CertsCommand::Issue {
             role,
             certs,
@@ -178,15 +207,19 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init(out: &Path, coordinator_names: &[String]) -> anyhow::Result<()> {
-    if out.join("ca.pem").exists() {
-        bail!(
-            "{} already holds a CA (ca.pem); choose another directory or remove it",
-            out.display()
-        );
+fn init(out: &Path, coordinator_names: &[String], etcd_hosts: &[String]) -> anyhow::Result<()> {
+    let etcd_dir = out.join(etcd_pki::DIR);
+    for ca in [out.join("ca.pem"), etcd_dir.join("ca.pem")] {
+        if ca.exists() {
+            bail!(
+                "{} already holds a CA; choose another directory or remove it",
+                ca.display()
+            );
+        }
     }
     let ca = ClusterCa::generate("flotilla")?;
-    let written = ca.write_cluster_material(out, &coordinator_hosts(coordinator_names))?;
+    let mut written = ca.write_cluster_material(out, &coordinator_hosts(coordinator_names))?;
+    written.extend(etcd_pki::write_etcd_material(&etcd_dir, etcd_hosts)?);
     println!("wrote {} files to {}:", written.len(), out.display());
     for path in written {
         println!("  {}", path.display());
@@ -196,6 +229,71 @@ fn init(out: &Path, coordinator_names: &[String]) -> anyhow::Result<()> {
         "give each agent its own certificate: flotilla certs issue agent --id NAME --certs {}",
         out.display()
     );
+    println!(
+        "etcd: start members with {0}/member.pem (TLS, --client-cert-auth; see docs/operations.md), then run flotilla certs etcd-auth --etcd https://HOST:2379 --certs {1}",
+        etcd_dir.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+async fn etcd_auth(endpoints: Vec<String>, prefix: String, certs: &Path) -> anyhow::Result<()> {
+    let mut config = flotilla_etcd::EtcdConfig::new(endpoints);
+    config.prefix = prefix;
+    if !config.is_tls() {
+        bail!(
+            "--etcd {}: etcd authentication by certificate needs https:// endpoints (etcd with TLS and --client-cert-auth)",
+            config.endpoints.join(",")
+        );
+    }
+    config.tls = Some(flotilla_etcd::EtcdTls::in_dir(
+        &certs.join(etcd_pki::DIR),
+        etcd_pki::EtcdCert::Root.name(),
+    ));
+    let mut client = flotilla_etcd::connect(&config)
+        .await
+        .with_context(|| format!("connecting to etcd at {}", config.endpoints.join(",")))?;
+    let done = flotilla_etcd::auth::enable(&mut client, &config)
+        .await
+        .context("setting up etcd users and roles as root")?;
+    for line in done {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn issue_etcd(
+    kind: &str,
+    certs: &Path,
+    name: Option<String>,
+    hosts: &[String],
+) -> anyhow::Result<()> {
+    let Some(kind) = etcd_pki::EtcdCert::from_name(kind) else {
+        bail!(
+            "unknown etcd certificate etcd-{kind}: one of etcd-member, etcd-coordinator, etcd-agent, etcd-root"
+        );
+    };
+    let dir = certs.join(etcd_pki::DIR);
+    let ca = ClusterCa::load_from_dir(&dir)
+        .with_context(|| format!("issuing needs the etcd CA in {}", dir.display()))?;
+    let stem = name.unwrap_or_else(|| {
+        (1..)
+            .map(|n| format!("{}-{n}", kind.name()))
+            .find(|stem| !dir.join(format!("{stem}.pem")).exists())
+            .unwrap_or_else(|| kind.name().to_string())
+    });
+    let issued = ca.issue_etcd_pem(kind, hosts)?;
+    let mut written = Vec::new();
+    issued.write(&dir, &stem, false, &mut written)?;
+    println!(
+        "wrote {}",
+        written
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
+    println!("etcd user {}, serial {}", kind.common_name(), issued.serial);
     Ok(())
 }
 
@@ -227,6 +325,14 @@ fn issue(
     name: Option<String>,
     coordinator_names: &[String],
 ) -> anyhow::Result<()> {
+    if let Some(kind) = role.strip_prefix("etcd-") {
+        if id.is_some() {
+            bail!(
+                "--id binds an agent id into a cluster certificate; etcd certificates name their etcd user only"
+            );
+        }
+        return issue_etcd(kind, certs, name, coordinator_names);
+    }
     let Some(role) = Role::from_name(role) else {
         bail!("unknown role {role:?}: one of coordinator, agent, client, admin, router");
     };

@@ -7,7 +7,7 @@ mod report;
 mod study;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -153,6 +153,80 @@ impl Connection {
     }
 }
 
+/// `--http-tokens`: the token file, which must parse (a missing file holds no tokens, so
+/// every gated request is refused until one is created).
+fn http_tokens(
+    path: Option<&Path>,
+) -> anyhow::Result<Option<flotilla_telemetry::tokens::TokenFile>> {
+    let Some(path) = path else { return Ok(None) };
+    let tokens = flotilla_telemetry::tokens::TokenFile::load(path)?;
+    if tokens.is_empty() {
+        tracing::warn!(path = %path.display(), "no bearer tokens yet: /metrics and the web view's data are refused until one is created (flotilla certs token create NAME --scope read --file FILE)");
+    }
+    Ok(Some(tokens))
+}
+
+/// TLS for `https://` etcd endpoints. Each file defaults to the `CERTS/etcd` set that
+/// `flotilla certs init` writes; the client certificate's common name is the etcd user.
+#[derive(Args)]
+struct EtcdTlsArgs {
+    /// etcd's CA (default: CERTS/etcd/ca.pem).
+    #[arg(long, env = "FLOTILLA_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// The client certificate for etcd (default: CERTS/etcd/coordinator.pem on a
+    /// coordinator, CERTS/etcd/agent.pem on an agent).
+    #[arg(long, env = "FLOTILLA_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// Its key (default: the certificate's name with -key.pem).
+    #[arg(long, env = "FLOTILLA_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdTlsArgs {
+    /// The etcd connection for `endpoints` as user `stem` (coordinator, agent).
+    fn config(
+        &self,
+        endpoints: Vec<String>,
+        prefix: String,
+        certs: &Path,
+        stem: &str,
+    ) -> anyhow::Result<EtcdConfig> {
+        let mut config = EtcdConfig::new(endpoints);
+        config.prefix = prefix;
+        let given = self.etcd_ca.is_some() || self.etcd_cert.is_some() || self.etcd_key.is_some();
+        if config.is_tls() {
+            let defaults =
+                flotilla_etcd::EtcdTls::in_dir(&certs.join(flotilla_protocol::etcd_pki::DIR), stem);
+            let cert = self.etcd_cert.clone().unwrap_or(defaults.cert);
+            let key = self.etcd_key.clone().unwrap_or_else(|| {
+                let name = cert.file_stem().unwrap_or_default().to_string_lossy();
+                cert.with_file_name(format!("{name}-key.pem"))
+            });
+            config.tls = Some(flotilla_etcd::EtcdTls {
+                ca: self.etcd_ca.clone().unwrap_or(defaults.ca),
+                cert,
+                key,
+            });
+        } else if config.endpoints.iter().any(|e| e.starts_with("https://")) {
+            bail!(
+                "--etcd {}: use https:// for every endpoint or for none",
+                config.endpoints.join(",")
+            );
+        } else if given {
+            bail!(
+                "--etcd-ca/--etcd-cert/--etcd-key are for https:// endpoints; --etcd {} is plain http",
+                config.endpoints.join(",")
+            );
+        } else {
+            tracing::warn!(
+                endpoints = %config.endpoints.join(","),
+                "etcd over plain http without authentication: anyone who reaches it can rewrite the cluster's state (see docs/operations.md, Security)"
+            );
+        }
+        Ok(config)
+    }
+}
+
 #[derive(Args)]
 struct CoordinatorArgs {
     #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:7070")]
@@ -181,6 +255,8 @@ struct CoordinatorArgs {
     /// The key prefix for this cluster in etcd.
     #[arg(long, env = "FLOTILLA_ETCD_PREFIX", default_value = "/flotilla")]
     etcd_prefix: String,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsArgs,
     /// The leader's etcd lease (whole seconds): a dead leader is replaced about this long
     /// after it died.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -192,9 +268,15 @@ struct CoordinatorArgs {
     /// This replica's name in logs and `cluster status` (default: coordinator-PID).
     #[arg(long)]
     name: Option<String>,
-    /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` over HTTP here.
+    /// Serve Prometheus metrics (`/metrics`), `/healthz`, `/readyz` and the web view over
+    /// HTTP here (nothing by default; keep it on loopback or a private network).
     #[arg(long, env = "FLOTILLA_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Require a bearer token with the read scope (`flotilla certs token create NAME --scope
+    /// read --file FILE`) for the web view's data and `/metrics`; the file is reloaded when
+    /// it changes. `/healthz` and `/readyz` stay open.
+    #[arg(long, env = "FLOTILLA_HTTP_TOKENS")]
+    http_tokens: Option<PathBuf>,
     /// The certificate revocation list (from `flotilla certs revoke`; default CERTS/crl.pem).
     /// Reloaded within seconds when it changes; a missing file revokes nothing.
     #[arg(long, env = "FLOTILLA_CRL")]
@@ -318,6 +400,8 @@ struct AgentArgs {
     /// The cluster's key prefix in etcd.
     #[arg(long, env = "FLOTILLA_ETCD_PREFIX", default_value = "/flotilla")]
     etcd_prefix: String,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsArgs,
     /// The agent's checkpoint lease (whole seconds): a dead or paused agent's trials can
     /// be taken over this long after its last keep-alive.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -326,6 +410,10 @@ struct AgentArgs {
     /// through NVML) and `/healthz` over HTTP here (conventionally port 9465).
     #[arg(long, env = "FLOTILLA_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Require a bearer token with the read scope for `/metrics` (`/healthz` stays open);
+    /// the file is reloaded when it changes.
+    #[arg(long, env = "FLOTILLA_HTTP_TOKENS")]
+    http_tokens: Option<PathBuf>,
     /// Watch the EC2 instance metadata service (IMDSv2) at this URL for spot and lifecycle
     /// notices (on EC2: http://169.254.169.254). A rebalance recommendation stops new trials;
     /// an interruption notice or a terminating lifecycle state checkpoints every running
@@ -466,7 +554,7 @@ async fn main() {
             init_logging("warn");
             up(args).await
         }
-        Commands::Certs(command) => certs::run(command),
+        Commands::Certs(command) => certs::run(command).await,
         Commands::Coordinator(args) => {
             init_logging("info");
             coordinator(args).await
@@ -539,6 +627,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.rollout_check_interval = args.rollout_check_interval;
     config.advertise = args.advertise;
     config.metrics_listen = args.metrics_listen;
+    config.http_tokens = http_tokens(args.http_tokens.as_deref())?;
     config.crl_path = Some(args.crl.unwrap_or_else(|| args.certs.join("crl.pem")));
     config.require_agent_ids = args.require_agent_ids;
     config.webhooks = args
@@ -583,8 +672,9 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         config.autoscaler = Some(autoscaler);
     }
     if !args.etcd.is_empty() {
-        let mut etcd = EtcdConfig::new(args.etcd);
-        etcd.prefix = args.etcd_prefix;
+        let mut etcd =
+            args.etcd_tls
+                .config(args.etcd, args.etcd_prefix, &args.certs, "coordinator")?;
         if args.lease_ttl < Duration::from_secs(1) {
             bail!("--lease-ttl must be at least 1s (etcd leases are whole seconds)");
         }
@@ -643,6 +733,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.artifacts = args.artifacts;
     config.device = args.device;
     config.metrics_listen = args.metrics_listen;
+    config.http_tokens = http_tokens(args.http_tokens.as_deref())?;
     config.serve_listen = args.serve;
     config.serve_advertise = args.serve_advertise;
     if let Some(endpoint) = args.imds {
@@ -662,8 +753,9 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         if args.checkpoint_lease_ttl < Duration::from_secs(1) {
             bail!("--checkpoint-lease-ttl must be at least 1s (etcd leases are whole seconds)");
         }
-        let mut etcd = EtcdConfig::new(args.etcd);
-        etcd.prefix = args.etcd_prefix;
+        let mut etcd = args
+            .etcd_tls
+            .config(args.etcd, args.etcd_prefix, &args.certs, "agent")?;
         etcd.lease_ttl = args.checkpoint_lease_ttl;
         config.etcd = Some(etcd);
     }

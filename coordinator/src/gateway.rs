@@ -663,11 +663,15 @@ async fn answer(request: ClientRequest, context: &SessionContext) -> ClientRespo
             Err(response) => response,
         },
         ClientRequest::SweepDetail(sweep) => match lookup(context, sweep).await {
-            Ok(actor) => ask(&actor, SweepMsg::Detail)
-                .await
-                .map_or_else(unavailable, |detail| {
-                    ClientResponse::SweepDetail(Box::new(detail))
-                }),
+            Ok(actor) => {
+                ask(&actor, SweepMsg::Detail)
+                    .await
+                    .map_or_else(unavailable, |mut detail| {
+                        // Trial environment values reach agents only.
+                        detail.spec = detail.spec.redacted();
+                        ClientResponse::SweepDetail(Box::new(detail))
+                    })
+            }
             Err(response) => response,
         },
         ClientRequest::ListAgents => ask(&context.registry, RegistryMsg::List)

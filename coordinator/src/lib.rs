@@ -83,6 +83,9 @@ pub struct CoordinatorConfig {
     pub crl_path: Option<PathBuf>,
     /// Refuse agent certificates that are not bound to one agent id.
     pub require_agent_ids: bool,
+    /// Bearer tokens (read scope) for the web view's API and `/metrics`, reloaded when the
+    /// file changes. None: those paths are open to whoever reaches `metrics_listen`.
+    pub http_tokens: Option<flotilla_telemetry::tokens::TokenFile>,
 }
 
 impl CoordinatorConfig {
@@ -102,6 +105,7 @@ impl CoordinatorConfig {
             rollout_check_interval: Duration::from_secs(1),
             crl_path: None,
             require_agent_ids: false,
+            http_tokens: None,
         }
     }
 }
@@ -362,9 +366,17 @@ impl Coordinator {
                 tokio::spawn(lead_locally(term, store, standing_sender, shutdown.clone()))
             }
             Some(etcd) => {
-                let client = ha::connect(etcd).await.with_context(|| {
+                let mut client = ha::connect(etcd).await.with_context(|| {
                     format!("cannot reach etcd at {}", etcd.endpoints.join(","))
                 })?;
+                flotilla_etcd::check_access(
+                    &mut client,
+                    etcd,
+                    &etcd.election_name(),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(anyhow::Error::msg)?;
                 tokio::spawn(campaign(
                     base,
                     client,
@@ -398,7 +410,13 @@ impl Coordinator {
         let metrics_addr = match metrics_listener {
             Some(listener) => {
                 let bound = listener.local_addr()?;
-                tasks.spawn(metrics::serve(listener, standing.clone(), shutdown.clone()));
+                tasks.spawn(metrics::serve(
+                    listener,
+                    standing.clone(),
+                    config.http_tokens.clone(),
+                    shutdown.clone(),
+                ));
+
                 tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
                 Some(bound)
             }

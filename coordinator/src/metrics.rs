@@ -306,10 +306,12 @@ async fn ready(State(standing): State<watch::Receiver<Standing>>) -> impl IntoRe
 }
 
 /// Serves `/metrics`, `/healthz` (the process answers), `/readyz` (it leads) and the web
-/// view ([`crate::web`]) until `shutdown` fires.
+/// view ([`crate::web`]) until `shutdown` fires. With `tokens`, the API and `/metrics` need
+/// a bearer token with the read scope.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     standing: watch::Receiver<Standing>,
+    tokens: Option<flotilla_telemetry::tokens::TokenFile>,
     shutdown: CancellationToken,
 ) {
     let app = crate::web::routes()
@@ -317,7 +319,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(standing);
-    flotilla_telemetry::serve(listener, app, shutdown).await
+    flotilla_telemetry::serve_gated(listener, app, tokens, shutdown).await
 }
 
 pub use flotilla_telemetry::bind;

@@ -16,6 +16,7 @@
 //! leader stops acting: the store refuses writes and the session layer refuses to send
 //! commands before anything else runs.
 
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ pub use etcd_client;
 
 use etcd_client::{Client, ConnectOptions};
 use tokio_util::sync::CancellationToken;
+
+pub mod auth;
 
 /// How this coordinator reaches etcd and campaigns.
 #[derive(Debug, Clone)]
@@ -33,6 +36,46 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// The leader's lease. A dead leader is replaced about this long after it died.
     pub lease_ttl: Duration,
+    /// TLS with a client certificate, for `https://` endpoints. etcd authenticates the
+    /// client as the user its certificate's common name names (`--client-cert-auth`).
+    pub tls: Option<EtcdTls>,
+}
+
+/// The files a process reaches etcd over TLS with: etcd's CA, and a client certificate and
+/// key for one etcd user (see `flotilla_protocol::etcd_pki`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl EtcdTls {
+    /// `DIR/ca.pem`, `DIR/STEM.pem` and `DIR/STEM-key.pem` (the `CERTS/etcd` layout).
+    pub fn in_dir(dir: &Path, stem: &str) -> EtcdTls {
+        EtcdTls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{stem}.pem")),
+            key: dir.join(format!("{stem}-key.pem")),
+        }
+    }
+
+    fn options(&self) -> Result<etcd_client::TlsOptions, etcd_client::Error> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|error| {
+                etcd_client::Error::InvalidArgs(format!(
+                    "cannot read {} (etcd TLS): {error}",
+                    path.display()
+                ))
+            })
+        };
+        Ok(etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)?))
+            .identity(etcd_client::Identity::from_pem(
+                read(&self.cert)?,
+                read(&self.key)?,
+            )))
+    }
 }
 
 impl EtcdConfig {
@@ -41,7 +84,17 @@ impl EtcdConfig {
             endpoints,
             prefix: "/flotilla".into(),
             lease_ttl: Duration::from_secs(5),
+            tls: None,
         }
+    }
+
+    /// True when every endpoint is `https://`.
+    pub fn is_tls(&self) -> bool {
+        !self.endpoints.is_empty()
+            && self
+                .endpoints
+                .iter()
+                .all(|endpoint| endpoint.starts_with("https://"))
     }
 
     /// The versioned root of every key Flotilla writes.
@@ -53,14 +106,19 @@ impl EtcdConfig {
         format!("{}/election", self.root())
     }
 
+    /// Every checkpoint-lease key: the only keys agents may touch.
+    pub fn checkpoints_prefix(&self) -> String {
+        format!("{}/checkpoints/", self.root())
+    }
+
     /// The key an agent holds, bound to its lease, while an attempt of `trial` runs there.
     pub fn checkpoint_owner_key(&self, trial: &str) -> String {
-        format!("{}/checkpoints/{trial}/owner", self.root())
+        format!("{}{trial}/owner", self.checkpoints_prefix())
     }
 
     /// The trial's latest checkpoint pointer, moved only by the owner.
     pub fn checkpoint_latest_key(&self, trial: &str) -> String {
-        format!("{}/checkpoints/{trial}/latest", self.root())
+        format!("{}{trial}/latest", self.checkpoints_prefix())
     }
 
     /// etcd leases are whole seconds.
@@ -71,12 +129,92 @@ impl EtcdConfig {
 
 /// Connects to etcd. Requests need a member that has a leader (`require_leader`), so a
 /// member cut off from its quorum fails requests instead of serving stale answers.
+/// `https://` endpoints need [`EtcdConfig::tls`] and `http://` ones refuse it: a
+/// certificate is never configured and then silently not used.
 pub async fn connect(config: &EtcdConfig) -> Result<Client, etcd_client::Error> {
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
         .with_require_leader(true);
+    let secure = config
+        .endpoints
+        .iter()
+        .filter(|endpoint| endpoint.starts_with("https://"))
+        .count();
+    match (&config.tls, secure) {
+        (Some(tls), n) if n == config.endpoints.len() => options = options.with_tls(tls.options()?),
+        (Some(_), _) => {
+            return Err(etcd_client::Error::InvalidArgs(format!(
+                "etcd TLS is configured but not every endpoint is https:// ({})",
+                config.endpoints.join(",")
+            )));
+        }
+        (None, 0) => {}
+        (None, _) => {
+            return Err(etcd_client::Error::InvalidArgs(format!(
+                "https:// etcd endpoints ({}) need a CA, a client certificate and its key",
+                config.endpoints.join(",")
+            )));
+        }
+    }
     Client::connect(&config.endpoints, Some(options)).await
+}
+
+/// Reads `key` once, within `limit`, so that credentials etcd refuses (a certificate of
+/// another CA, a user without a role for the key) fail a process's start with a clear
+/// error rather than a stream of retries. An etcd that does not answer in time is not an
+/// error here: members may come up after the process.
+pub async fn check_access(
+    client: &mut Client,
+    config: &EtcdConfig,
+    key: &str,
+    limit: Duration,
+) -> Result<(), String> {
+    let error = match tokio::time::timeout(limit, client.get(key, None)).await {
+        Ok(Ok(_)) | Err(_) => return Ok(()),
+        Ok(Err(error)) => error_chain(&error),
+    };
+    let refused = [
+        "permission denied",
+        "certificate",
+        "user name",
+        "authentication",
+        "handshake",
+        "alert",
+    ]
+    .iter()
+    .any(|sign| error.to_lowercase().contains(sign));
+    if !refused {
+        tracing::warn!(%error, "etcd did not answer yet");
+        return Ok(());
+    }
+    let credentials = match &config.tls {
+        Some(tls) => format!(
+            "CA {}, certificate {}",
+            tls.ca.display(),
+            tls.cert.display()
+        ),
+        None => "no client certificate".to_string(),
+    };
+    Err(format!(
+        "etcd at {} refused access to {key} with {credentials}: {error}",
+        config.endpoints.join(",")
+    ))
+}
+
+/// An error and its sources, `: `-separated (transport errors hide the TLS reason in
+/// their sources).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A leader's right to act, measured on this process's monotonic clock.

@@ -16,6 +16,7 @@
 //! - [`tuning`]: the spec's space, trial parameters and metrics in the tuner's terms.
 
 pub mod codec;
+pub mod etcd_pki;
 pub mod framing;
 pub mod handshake;
 pub mod ids;

@@ -531,7 +531,21 @@ fn render_problems(problems: &[FieldProblem]) -> String {
         .join("\n")
 }
 
+/// What an answer shows in place of a trial environment variable's value.
+pub const REDACTED: &str = "<redacted>";
+
 impl SweepSpec {
+    /// The spec as answers show it: `trial.env` values (API keys, tokens: whatever a sweep
+    /// hands its trials) replaced by [`REDACTED`], names kept. Only agents, which run the
+    /// trials, are sent the values.
+    pub fn redacted(&self) -> SweepSpec {
+        let mut spec = self.clone();
+        for value in spec.trial.env.values_mut() {
+            *value = REDACTED.to_string();
+        }
+        spec
+    }
+
     /// Parses a sweep file's text and validates it. `origin` names the source in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<SweepSpec, SpecError> {
         let spec: SweepSpec = toml::from_str(text).map_err(|error| SpecError::Syntax {

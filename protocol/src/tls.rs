@@ -433,7 +433,7 @@ pub(crate) fn write_private(
     Ok(())
 }
 
-fn name(common_name: &str, unit: &str) -> DistinguishedName {
+pub(crate) fn name(common_name: &str, unit: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, "Flotilla");
     name.push(DnType::OrganizationalUnitName, unit);
@@ -441,7 +441,7 @@ fn name(common_name: &str, unit: &str) -> DistinguishedName {
     name
 }
 
-fn generation_error(error: impl std::fmt::Display) -> TlsError {
+pub(crate) fn generation_error(error: impl std::fmt::Display) -> TlsError {
     TlsError::Generate(error.to_string())
 }
 

@@ -147,6 +147,27 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener
         .map_err(|error| anyhow::anyhow!("cannot listen for metrics on {address} (TCP): {error}"))
 }
 
+/// Serves `app` until `shutdown` fires; with `tokens`, every path but
+/// [`tokens::OPEN_PATHS`] needs a bearer token with the read scope, and the token file is
+/// reloaded when it changes.
+pub async fn serve_gated(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tokens: Option<tokens::TokenFile>,
+    shutdown: CancellationToken,
+) {
+    match tokens {
+        None => serve(listener, app, shutdown).await,
+        Some(tokens) => {
+            let app = tokens::gate_reads(app, tokens.clone());
+            tokio::join!(
+                serve(listener, app, shutdown.clone()),
+                tokens.watch(shutdown)
+            );
+        }
+    }
+}
+
 /// Serves `app` until `shutdown` fires.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
     if let Err(error) = axum::serve(listener, app)

@@ -288,6 +288,38 @@ impl TokenFile {
     }
 }
 
+/// Paths an endpoint gated by [`gate_reads`] still serves to anyone: liveness and readiness
+/// probes, and the web view's static page and assets (they hold no data; the page asks for a
+/// token before it reads the API).
+pub const OPEN_PATHS: [&str; 5] = ["/healthz", "/readyz", "/", "/ui/app.js", "/ui/app.css"];
+
+/// Puts every path of `app` but [`OPEN_PATHS`] behind a bearer token with the read scope
+/// (the coordinator's web view API and metrics, an agent's metrics).
+/// A refusal is 401 or 403 with a JSON body that says what was missing.
+pub fn gate_reads(app: axum::Router, tokens: TokenFile) -> axum::Router {
+    app.layer(axum::middleware::from_fn_with_state(tokens, require_read))
+}
+
+async fn require_read(
+    axum::extract::State(tokens): axum::extract::State<TokenFile>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    match tokens.check(request.headers(), Scope::Read) {
+        Ok(_) => next.run(request).await,
+        Err(refused) => (
+            refused.status,
+            [("www-authenticate", "Bearer")],
+            axum::Json(serde_json::json!({ "error": refused.message })),
+        )
+            .into_response(),
+    }
+}
+
 /// Adds a new token named `name` with `scopes` to the file at `path` (created, mode 0600, if
 /// missing) and returns the token, which is not kept anywhere.
 pub fn create(path: &Path, name: &str, scopes: Vec<Scope>) -> Result<String, TokenError> {

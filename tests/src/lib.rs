@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use flotilla_etcd::EtcdConfig;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -219,7 +220,6 @@ impl Drop for Netns {
     }
 }
 
-/// One etcd member.
 /// `moto_server` (PyPI `moto[server]`, an AWS-compatible endpoint) on a loopback port, for
 /// agents whose artifact store is S3; killed when dropped. `FLOTILLA_MOTO_SERVER` names the
 /// program (`scripts/test.sh` installs it into a virtualenv).
@@ -305,6 +305,7 @@ impl Drop for Moto {
     }
 }
 
+/// One etcd member.
 pub struct EtcdMember {
     pub name: String,
     pub client_url: String,
@@ -316,10 +317,15 @@ pub struct EtcdMember {
     process: Option<Process>,
 }
 
-/// A real etcd: one member, or a cluster of three on loopback ports.
+/// A real etcd, secured as the operations runbook says: TLS for clients and peers,
+/// `--client-cert-auth`, and authentication on with the users and roles of
+/// `flotilla certs etcd-auth` (coordinators: the cluster prefix; agents: checkpoint leases).
+/// One member, or a cluster of three on loopback ports.
 pub struct Etcd {
     pub members: Vec<EtcdMember>,
     initial_cluster: String,
+    /// The etcd certificates (`CERTS/etcd`).
+    pub pki: PathBuf,
 }
 
 impl Etcd {
@@ -328,8 +334,14 @@ impl Etcd {
     }
 
     /// Members that also serve clients on `extra_ips` (host sides of namespaces), each on
-    /// its client port.
+    /// its client port. The certificates are `dir/certs/etcd` (made when missing, naming
+    /// `extra_ips`).
     pub fn start_listening(dir: &Path, size: usize, extra_ips: &[String]) -> Etcd {
+        let pki = dir.join("certs").join(flotilla_protocol::etcd_pki::DIR);
+        if !pki.join("ca.pem").exists() {
+            flotilla_protocol::etcd_pki::write_etcd_material(&pki, extra_ips)
+                .expect("etcd certificates");
+        }
         let members: Vec<EtcdMember> = (0..size)
             .map(|index| {
                 let name = format!("etcd{index}");
@@ -337,8 +349,8 @@ impl Etcd {
                 EtcdMember {
                     client_port,
                     extra_ips: extra_ips.to_vec(),
-                    client_url: format!("http://127.0.0.1:{client_port}"),
-                    peer_url: format!("http://127.0.0.1:{}", free_tcp_port()),
+                    client_url: format!("https://127.0.0.1:{client_port}"),
+                    peer_url: format!("https://127.0.0.1:{}", free_tcp_port()),
                     data_dir: dir.join(format!("{name}.data")),
                     log: dir.join(format!("{name}.log")),
                     name,
@@ -354,17 +366,33 @@ impl Etcd {
         let mut etcd = Etcd {
             members,
             initial_cluster,
+            pki,
         };
         for index in 0..size {
             etcd.start_member(index);
         }
         etcd.wait_healthy(Duration::from_secs(30));
+        let certs = etcd.pki.parent().expect("CERTS").to_path_buf();
+        let output = Command::new(flotilla_bin())
+            .args(["certs", "etcd-auth", "--etcd", &etcd.endpoints().join(",")])
+            .arg("--certs")
+            .arg(&certs)
+            .output()
+            .expect("run flotilla certs etcd-auth");
+        assert!(
+            output.status.success(),
+            "certs etcd-auth: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         etcd
     }
 
     /// Starts (or restarts, on its data directory) member `index`.
     pub fn start_member(&mut self, index: usize) {
         let initial_cluster = self.initial_cluster.clone();
+        let file = |name: &str| self.pki.join(name);
+        let (ca, cert, key) = (file("ca.pem"), file("member.pem"), file("member-key.pem"));
         let member = &mut self.members[index];
         let mut command = Command::new("etcd");
         command
@@ -379,7 +407,7 @@ impl Etcd {
                         member
                             .extra_ips
                             .iter()
-                            .map(|ip| format!("http://{ip}:{}", member.client_port)),
+                            .map(|ip| format!("https://{ip}:{}", member.client_port)),
                     )
                     .collect::<Vec<_>>()
                     .join(","),
@@ -396,6 +424,20 @@ impl Etcd {
             .arg("new")
             .arg("--initial-cluster-token")
             .arg("flotilla-test")
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(&ca)
+            .arg("--cert-file")
+            .arg(&cert)
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--peer-client-cert-auth")
+            .arg("--peer-trusted-ca-file")
+            .arg(&ca)
+            .arg("--peer-cert-file")
+            .arg(&cert)
+            .arg("--peer-key-file")
+            .arg(&key)
             .arg("--logger")
             .arg("zap");
         member.process = Some(Process::spawn(&mut command, &member.log));
@@ -414,19 +456,34 @@ impl Etcd {
             .collect()
     }
 
+    /// How a process holding `user`'s etcd certificate connects (root, coordinator, agent).
+    pub fn config(&self, user: flotilla_protocol::etcd_pki::EtcdCert) -> EtcdConfig {
+        let mut config = EtcdConfig::new(self.endpoints());
+        config.tls = Some(flotilla_etcd::EtcdTls::in_dir(&self.pki, user.name()));
+        config
+    }
+
+    /// `etcdctl` with the root certificate.
+    pub fn etcdctl(&self) -> Command {
+        let mut command = Command::new("etcdctl");
+        command
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoints().join(","))
+            .arg("--cacert")
+            .arg(self.pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(self.pki.join("root.pem"))
+            .arg("--key")
+            .arg(self.pki.join("root-key.pem"));
+        command
+    }
+
     /// Waits until etcd answers a linearizable read (a quorum is up).
     pub fn wait_healthy(&self, limit: Duration) {
-        let endpoints = self.endpoints().join(",");
         wait_until("etcd to serve linearizable reads", limit, || {
-            Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .args([
-                    "--endpoints",
-                    &endpoints,
-                    "--command-timeout=1s",
-                    "get",
-                    "health-probe",
-                ])
+            self.etcdctl()
+                .args(["--command-timeout=1s", "get", "health-probe"])
                 .output()
                 .is_ok_and(|output| output.status.success())
         });
@@ -484,9 +541,11 @@ impl Cluster {
         namespaces: Vec<Netns>,
     ) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let host_ips: Vec<String> = namespaces.iter().map(|ns| ns.host_ip.clone()).collect();
         let output = Command::new(flotilla_bin())
             .args(["certs", "init", "--out"])
             .arg(dir.path().join("certs"))
+            .args(host_ips.iter().flat_map(|ip| ["--etcd-host", ip]))
             .output()
             .expect("run certs init");
         assert!(
@@ -494,7 +553,6 @@ impl Cluster {
             "certs init: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let host_ips: Vec<String> = namespaces.iter().map(|ns| ns.host_ip.clone()).collect();
         let etcd = Etcd::start_listening(dir.path(), etcd_members, &host_ips);
         let mut namespaces = namespaces.into_iter();
         let coordinators = (0..coordinators)
@@ -544,7 +602,7 @@ impl Cluster {
                 .etcd
                 .members
                 .iter()
-                .map(|member| format!("http://{}:{}", ns.host_ip, member.client_port))
+                .map(|member| format!("https://{}:{}", ns.host_ip, member.client_port))
                 .collect::<Vec<_>>()
                 .join(","),
             None => self.etcd.endpoints().join(","),
@@ -891,12 +949,24 @@ pub fn assert_no_trial_ran_twice_at_once(events: &[RunEvent]) {
 
 /// A plain HTTP/1.1 GET on loopback; returns the status code and the body.
 pub fn http_get(address: &str, path_and_query: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(address, path_and_query, None)
+}
+
+/// [`http_get`] with `Authorization: Bearer TOKEN` when `bearer` is given.
+pub fn http_get_with(
+    address: &str,
+    path_and_query: &str,
+    bearer: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let authorization = bearer
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path_and_query} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "GET {path_and_query} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_cluster_tests::{Cluster, Moto, wait_until};
-use flotilla_coordinator::ha::EtcdConfig;
+use flotilla_protocol::etcd_pki::EtcdCert;
 use flotilla_protocol::messages::CheckpointRef;
 use serde_json::Value;
 
@@ -292,7 +292,7 @@ fn a_command_trial_resumes_through_s3_on_an_agent_that_shares_only_the_bucket() 
 /// Every value the trial's `latest` pointer has held in etcd, oldest first (a watch from
 /// revision 1 replays the key's history).
 fn pointer_history(cluster: &Cluster, trial: &str) -> Vec<CheckpointRef> {
-    let config = EtcdConfig::new(cluster.etcd.endpoints());
+    let config = cluster.etcd.config(EtcdCert::Root);
     let key = config.checkpoint_latest_key(trial);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
@@ -644,4 +644,87 @@ metrics = ["loss"]
     });
     let log = std::fs::read_to_string(&runs).expect("the trial's log");
     assert!(log.starts_with("start s2-t0 [0,1] [0,1] "), "{log}");
+}
+
+/// A sweep's `[trial.env]` values reach the trial process and nobody else: the trial sees
+/// the value (it fails otherwise), and a client reading the sweep back gets the names with
+/// the values redacted.
+#[test]
+fn trial_environment_values_reach_the_trial_but_no_client() {
+    let mut cluster = Cluster::new(1, 1, Duration::from_secs(2));
+    cluster.start_coordinator(0);
+    cluster.wait_for_leader(0, Duration::from_secs(30));
+    cluster.start_agent("a0", 1);
+    cluster.wait_for_agents(1, Duration::from_secs(30));
+    let secret = "s3cret-value-9f2c";
+    // The trial compares with a file, so the value appears nowhere in the spec but the env.
+    let expected = cluster.path("expected-key");
+    std::fs::write(&expected, secret).expect("write the expected key");
+    let path = cluster.path("secretive.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "secretive"
+[objective]
+metric = "loss"
+direction = "minimize"
+[space.x]
+type = "float"
+low = 0.0
+high = 1.0
+[algorithm]
+name = "random"
+[budget]
+max_trials = 1
+max_parallel = 1
+[trial]
+command = "sh"
+args = ["-c", "test \"$API_KEY\" = \"$(cat {expected})\" && echo '@flotilla step=0 loss={{x}}'"]
+metrics = ["loss"]
+[trial.env]
+API_KEY = "{secret}"
+"#,
+            expected = expected.display()
+        ),
+    )
+    .expect("write the sweep");
+    let sweep = cluster.submit(&path);
+    wait_until("the sweep to end", Duration::from_secs(60), || {
+        cluster
+            .progress(&sweep)
+            .is_some_and(|(state, _)| state != "Running" && state != "Pending")
+    });
+    let results = cluster.results(&sweep).expect("results");
+    assert_eq!(
+        results["trials"][0]["state"], "succeeded",
+        "the trial saw its API_KEY: {results}"
+    );
+
+    let identity =
+        flotilla_protocol::tls::Identity::load_from_dir(&cluster.path("certs"), "client")
+            .expect("the client certificate");
+    let address = cluster.coordinators[0].address.parse().expect("address");
+    let id = flotilla_protocol::SweepId(sweep.trim_start_matches('s').parse().expect("an id"));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let detail = runtime.block_on(async {
+        let client = flotilla_sdk::Client::connect(address, &identity)
+            .await
+            .expect("connect");
+        client.detail(id).await.expect("the sweep's detail")
+    });
+    assert_eq!(
+        detail.spec.trial.env.get("API_KEY").map(String::as_str),
+        Some(flotilla_protocol::spec::REDACTED)
+    );
+    assert!(!format!("{detail:?}").contains(secret));
+    let report = cluster.path("secretive.html");
+    cluster.flotilla_ok(&[
+        "sweep",
+        "report",
+        &sweep,
+        "--out",
+        report.to_str().expect("UTF-8"),
+    ]);
+    let html = std::fs::read_to_string(&report).expect("the report");
+    assert!(!html.contains(secret));
 }

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use flotilla_cluster_tests::{Cluster, assert_no_trial_ran_twice_at_once, run_events, wait_until};
+use flotilla_cluster_tests::{
+    Cluster, Etcd, assert_no_trial_ran_twice_at_once, run_events, wait_until,
+};
+use flotilla_protocol::etcd_pki::EtcdCert;
 use serde_json::Value;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -281,8 +284,7 @@ fn one_etcd_member_lost_keeps_scheduling_two_lost_stops_it_until_they_return() {
 /// must come from `new_epoch` or later.
 fn assert_no_writes_after_takeover(cluster: &Cluster, old_epoch: u64, new_epoch: u64) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let endpoints = cluster.etcd.endpoints();
-    let election = runtime.block_on(history(&endpoints, "/flotilla/v1/election"));
+    let election = runtime.block_on(history(&cluster.etcd, "/flotilla/v1/election"));
     let old_key = election
         .iter()
         .find(|event| event.put && event.create_revision == old_epoch as i64)
@@ -293,7 +295,7 @@ fn assert_no_writes_after_takeover(cluster: &Cluster, old_epoch: u64, new_epoch:
         .find(|event| !event.put && event.key == old_key)
         .map(|event| event.revision)
         .expect("the old leader's election key was deleted");
-    let writes = runtime.block_on(history(&endpoints, "/flotilla/v1/state/"));
+    let writes = runtime.block_on(history(&cluster.etcd, "/flotilla/v1/state/"));
     let after_takeover: Vec<_> = writes
         .iter()
         .filter(|event| event.put && event.revision > takeover)
@@ -334,7 +336,7 @@ fn a_leader_shut_down_revokes_its_lease_and_a_follower_takes_over() {
     });
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let election = runtime.block_on(history(&cluster.etcd.endpoints(), "/flotilla/v1/election"));
+    let election = runtime.block_on(history(&cluster.etcd, "/flotilla/v1/election"));
     let lease = election
         .iter()
         .find(|event| event.put && event.create_revision == epoch as i64)
@@ -348,7 +350,7 @@ fn a_leader_shut_down_revokes_its_lease_and_a_follower_takes_over() {
         .expect("the leader exits");
     assert!(status.success(), "{status:?}");
     let remaining = runtime.block_on(async {
-        let mut client = etcd_client::Client::connect(cluster.etcd.endpoints(), None)
+        let mut client = flotilla_etcd::connect(&cluster.etcd.config(EtcdCert::Root))
             .await
             .expect("connect");
         client
@@ -468,8 +470,8 @@ struct HistoryEvent {
 }
 
 /// Every event under `prefix` in etcd's history (etcd here never compacts), oldest first.
-async fn history(endpoints: &[String], prefix: &str) -> Vec<HistoryEvent> {
-    let mut client = etcd_client::Client::connect(endpoints, None)
+async fn history(etcd: &Etcd, prefix: &str) -> Vec<HistoryEvent> {
+    let mut client = flotilla_etcd::connect(&etcd.config(EtcdCert::Root))
         .await
         .expect("connect to etcd");
     let current = client
@@ -681,7 +683,7 @@ fn an_agent_paused_past_its_checkpoint_lease_never_moves_the_pointer_back() {
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let history = runtime.block_on(history(
-        &cluster.etcd.endpoints(),
+        &cluster.etcd,
         "/flotilla/v1/checkpoints/s1-t0/latest",
     ));
     let pointers: Vec<Value> = history

@@ -7,6 +7,7 @@ use std::time::Duration;
 use flotilla_agent::leases::{CheckpointLeases, LeaseError};
 use flotilla_cluster_tests::Etcd;
 use flotilla_coordinator::ha::EtcdConfig;
+use flotilla_protocol::etcd_pki::EtcdCert;
 use flotilla_protocol::messages::CheckpointRef;
 use flotilla_protocol::{AttemptId, SweepId, TrialId};
 
@@ -49,7 +50,7 @@ async fn latest(config: &EtcdConfig) -> Option<CheckpointRef> {
 fn a_stale_holder_cannot_move_the_pointer_after_another_attempt_took_over() {
     let dir = tempfile::tempdir().expect("tempdir");
     let etcd = Etcd::start(dir.path(), 1);
-    let mut config = EtcdConfig::new(etcd.endpoints());
+    let mut config = etcd.config(EtcdCert::Agent);
     config.lease_ttl = Duration::from_secs(2);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
@@ -126,7 +127,7 @@ fn a_stale_holder_cannot_move_the_pointer_after_another_attempt_took_over() {
 fn a_holder_whose_lease_ran_out_refuses_to_write() {
     let dir = tempfile::tempdir().expect("tempdir");
     let etcd = Etcd::start(dir.path(), 1);
-    let mut config = EtcdConfig::new(etcd.endpoints());
+    let mut config = etcd.config(EtcdCert::Agent);
     config.lease_ttl = Duration::from_secs(1);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
@@ -158,7 +159,7 @@ fn a_holder_whose_lease_ran_out_refuses_to_write() {
 fn an_unanswered_take_or_release_is_tried_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut etcd = Etcd::start(dir.path(), 1);
-    let mut config = EtcdConfig::new(etcd.endpoints());
+    let mut config = etcd.config(EtcdCert::Agent);
     // A long lease: only a retried release can free the trial for the next attempt in time.
     config.lease_ttl = Duration::from_secs(30);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

@@ -1,10 +1,27 @@
 //! The coordinator's live web view in headless Chromium (Debian's `chromium`), against a
 //! running cluster: the page loads, runs its JavaScript against the API, and shows the
 //! sweep's trials (sortable), its plots and the agents. A screenshot is kept as an artifact.
+//! The coordinator runs with `--http-tokens`, as a deployment that exposes the view should:
+//! the page gets its token from `?token=`, and without one shows a form instead of data.
 
 use std::time::Duration;
 
-use flotilla_cluster_tests::{Cluster, chromium, http_get, wait_until};
+use flotilla_cluster_tests::{Cluster, chromium, flotilla_bin, http_get_with, wait_until};
+
+/// A token with `scope` added to the token file at `path`.
+fn create_token(path: &std::path::Path, name: &str, scope: &str) -> String {
+    let output = std::process::Command::new(flotilla_bin())
+        .args(["certs", "token", "create", name, "--scope", scope, "--file"])
+        .arg(path)
+        .output()
+        .expect("run certs token create");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
 
 /// The page's DOM after its scripts ran.
 fn rendered(url: &str) -> String {
@@ -33,6 +50,10 @@ fn trial_rows(dom: &str) -> Vec<String> {
 #[test]
 fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
     let mut cluster = Cluster::new(1, 1, Duration::from_secs(2));
+    let tokens = cluster.path("http-tokens");
+    let token = create_token(&tokens, "viewer", "read");
+    let feedback_only = create_token(&tokens, "labeller", "feedback");
+    cluster.coordinator_args = vec!["--http-tokens".into(), tokens.display().to_string()];
     cluster.start_coordinator(0);
     cluster.wait_for_leader(0, Duration::from_secs(30));
     cluster.start_agent("a0", 2);
@@ -46,11 +67,36 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
             .is_some_and(|(state, _)| state == "Completed")
     });
     let web = cluster.coordinators[0].metrics.clone();
-    let (status, _) = http_get(&web, "/").expect("the page");
-    assert_eq!(status, 200);
+    let http_get = |path: &str| http_get_with(&web, path, Some(&token));
+    let (status, _) = http_get_with(&web, "/", None).expect("the page");
+    assert_eq!(status, 200, "the page itself holds no data and is open");
 
-    // Home: the sweep and both agents.
-    let home = rendered(&format!("http://{web}/"));
+    // Without a token (or with one of another scope) the data and metrics are refused, and
+    // the page asks for a token; probes stay open.
+    for path in ["/api/sweeps", "/api/agents", "/metrics"] {
+        let (status, body) = http_get_with(&web, path, None).expect("a refusal");
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(
+            body.contains("needs a bearer token with the read scope"),
+            "{body}"
+        );
+        let (status, body) = http_get_with(&web, path, Some(&feedback_only)).expect("a refusal");
+        assert_eq!(status, 403, "{path}: {body}");
+        let (status, body) = http_get_with(&web, path, Some("flt_guessed")).expect("a refusal");
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    let (status, metrics) = http_get("/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("flotilla_"), "{metrics}");
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(http_get_with(&web, probe, None).expect("a probe").0, 200);
+    }
+    let locked = rendered(&format!("http://{web}/"));
+    assert!(locked.contains("id=\"token-form\""), "{locked}");
+    assert!(!locked.contains("data-sweep="), "{locked}");
+
+    // Home, with the token: the sweep and both agents.
+    let home = rendered(&format!("http://{web}/?token={token}"));
     assert!(
         home.contains("data-ready=\"1\""),
         "the page did not load: {home}"
@@ -61,7 +107,7 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
     }
 
     // The sweep: every trial is a row, ranked by the objective (minimized) by default.
-    let page = rendered(&format!("http://{web}/#/sweep/{sweep}"));
+    let page = rendered(&format!("http://{web}/?token={token}#/sweep/{sweep}"));
     assert!(page.contains("id=\"sweep-title\""), "{page}");
     let rows = trial_rows(&page);
     assert_eq!(rows.len(), 10, "{page}");
@@ -88,13 +134,13 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
             "no {plot} plot"
         );
         let (status, svg) =
-            http_get(&web, &format!("/api/sweeps/{sweep}/plots/{plot}.svg")).expect("a plot");
+            http_get(&format!("/api/sweeps/{sweep}/plots/{plot}.svg")).expect("a plot");
         assert_eq!(status, 200);
         assert!(svg.starts_with("<svg"), "{svg}");
     }
 
     let (status, body) =
-        http_get(&web, &format!("/api/sweeps/{sweep}/plots/nope.svg")).expect("an unknown plot");
+        http_get(&format!("/api/sweeps/{sweep}/plots/nope.svg")).expect("an unknown plot");
     assert_eq!(status, 404, "{body}");
     assert!(
         body.contains("history, parallel, importance, curves"),
@@ -125,7 +171,7 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
 
     // Sorted by another column (the same sort a click on its header applies).
     let by_number = trial_rows(&rendered(&format!(
-        "http://{web}/#/sweep/{sweep}?sort=number&desc=1"
+        "http://{web}/?token={token}#/sweep/{sweep}?sort=number&desc=1"
     )));
     let mut numbers: Vec<u32> = by_number
         .iter()
@@ -150,7 +196,7 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
         "--virtual-time-budget=8000",
         "--window-size=1400,1500",
         &format!("--screenshot={}", shot.display()),
-        &format!("http://{web}/#/sweep/{sweep}"),
+        &format!("http://{web}/?token={token}#/sweep/{sweep}"),
     ]);
     assert!(output.status.success());
     let png = std::fs::read(&shot).expect("the screenshot");

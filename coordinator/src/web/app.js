@@ -1,6 +1,27 @@
 // Flotilla's live view: sweeps, a sweep's trials (sortable), its plots, and the agents.
 // Plain JavaScript; everything comes from this coordinator's /api.
+//
+// A coordinator started with --http-tokens answers the API only with a bearer token (read
+// scope). The page takes one from `?token=` (then drops it from the address bar) or from the
+// form it shows when the API refuses, and keeps it in this tab's sessionStorage only.
 "use strict";
+
+const TOKEN_KEY = "flotilla-read-token";
+(function takeTokenFromAddress() {
+  const params = new URLSearchParams(location.search);
+  if (!params.has("token")) return;
+  sessionStorage.setItem(TOKEN_KEY, params.get("token"));
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+})();
+
+function authorization() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+class NeedsToken extends Error {}
 
 const view = document.getElementById("view");
 const status = document.getElementById("status");
@@ -34,7 +55,11 @@ function show(...parts) {
 }
 
 async function api(path) {
-  const response = await fetch(path, { cache: "no-store" });
+  const response = await fetch(path, { cache: "no-store", headers: authorization() });
+  if (response.status === 401 || response.status === 403) {
+    const body = await response.json().catch(() => ({}));
+    throw new NeedsToken(body.error || response.statusText);
+  }
   const body = await response.json();
   if (!response.ok) {
     const leader = body.leader ? ` (leader: ${body.leader})` : "";
@@ -60,10 +85,44 @@ async function render() {
     status.textContent = "updated " + new Date().toLocaleTimeString();
     document.body.dataset.ready = "1";
   } catch (error) {
+    if (error instanceof NeedsToken) {
+      askForToken(error.message);
+      return;
+    }
     view.replaceChildren(el("p", { class: "error", id: "error" }, error.message));
     status.textContent = "error";
   }
   timer = setTimeout(render, REFRESH_MS);
+}
+
+// The API refused: a form for a token (nothing refreshes until one is given).
+function askForToken(message) {
+  const input = el("input", { type: "password", id: "token", autocomplete: "off", size: "50" });
+  const form = el("form", { id: "token-form" },
+    el("p", { class: "error" }, message),
+    el("label", {}, "Bearer token (read scope): ", input),
+    el("button", { type: "submit" }, "Use token"));
+  form.onsubmit = (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    render();
+  };
+  view.replaceChildren(form);
+  status.textContent = "needs a token";
+  document.body.dataset.ready = "token";
+}
+
+// Plots are fetched with the token (an <img src> could not send it) and shown as blobs.
+async function loadPlot(img, path) {
+  try {
+    const response = await fetch(path, { cache: "no-store", headers: authorization() });
+    if (!response.ok) return;
+    const url = URL.createObjectURL(await response.blob());
+    img.onload = () => URL.revokeObjectURL(url);
+    img.src = url;
+  } catch (_) {
+    // The next refresh tries again.
+  }
 }
 
 async function renderHome() {
@@ -174,8 +233,11 @@ async function renderSweep(id) {
       (best ? `Best ${summary.objective}: ${number(best.objective)} (${best.id}).` : "No feasible result yet.")),
     summary.phases.length > 1 ? el("p", {}, "Phases: " + summary.phases.map((phase) =>
       `${phase.name} ${phase.trials}/${phase.max_trials}${phase.winner !== null ? ` (winner t${phase.winner})` : ""}`).join(" · ")) : null,
-    el("div", { class: "plots" }, ["history", "parallel", "importance", "curves"].map((plot) =>
-      el("img", { class: "plot", "data-plot": plot, alt: plot, src: `/api/sweeps/${summary.id}/plots/${plot}.svg?t=${stamp}` }))),
+    el("div", { class: "plots" }, ["history", "parallel", "importance", "curves"].map((plot) => {
+      const img = el("img", { class: "plot", "data-plot": plot, alt: plot });
+      loadPlot(img, `/api/sweeps/${summary.id}/plots/${plot}.svg?t=${stamp}`);
+      return img;
+    })),
     el("h2", {}, "Trials"),
     el("table", { id: "trials" }, el("thead", {}, header), el("tbody", {}, rows)));
 }

@@ -45,15 +45,16 @@ locals {
   })
 
   user_data = templatefile("${path.module}/user_data.sh.tftpl", {
-    bucket               = var.bucket_name
-    dist_prefix          = var.dist_prefix
-    checkpoint_url       = "s3://${var.bucket_name}/${trimsuffix(var.checkpoint_prefix, "/")}"
-    key_parameter_name   = var.agent_key_parameter_name
-    coordinator_list     = join(",", var.coordinator_addresses)
-    etcd_list            = join(",", var.etcd_endpoints)
-    device               = var.device
-    stop_grace           = var.stop_grace
-    stop_timeout_seconds = var.stop_timeout_seconds
+    bucket                  = var.bucket_name
+    dist_prefix             = var.dist_prefix
+    checkpoint_url          = "s3://${var.bucket_name}/${trimsuffix(var.checkpoint_prefix, "/")}"
+    key_parameter_name      = var.agent_key_parameter_name
+    etcd_key_parameter_name = var.agent_etcd_key_parameter_name
+    coordinator_list        = join(",", var.coordinator_addresses)
+    etcd_list               = join(",", var.etcd_endpoints)
+    device                  = var.device
+    stop_grace              = var.stop_grace
+    stop_timeout_seconds    = var.stop_timeout_seconds
   })
 }
 

@@ -94,6 +94,11 @@ variable "agent_key_parameter_name" {
   type        = string
 }
 
+variable "agent_etcd_key_parameter_name" {
+  description = "SSM SecureString parameter that holds etcd/agent-key.pem (etcd user flotilla-agent)."
+  type        = string
+}
+
 variable "coordinator_addresses" {
   description = "Every coordinator replica as IP:PORT (the agent's --coordinator)."
   type        = list(string)

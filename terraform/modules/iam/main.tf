@@ -28,7 +28,8 @@ locals {
   # depend on each other (the group needs the agent role's instance profile).
   agent_group_arn = "arn:${local.partition}:autoscaling:${local.region}:${local.account_id}:autoScalingGroup:*:autoScalingGroupName/${var.agent_group_name}"
 
-  agent_key_parameter_arn = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter/${trimprefix(var.agent_key_parameter_name, "/")}"
+  agent_key_parameter_arn      = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter/${trimprefix(var.agent_key_parameter_name, "/")}"
+  agent_etcd_key_parameter_arn = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter/${trimprefix(var.agent_etcd_key_parameter_name, "/")}"
 
   ssm_core_policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
 
@@ -128,7 +129,7 @@ data "aws_iam_policy_document" "agent" {
   statement {
     sid       = "ReadAgentKey"
     actions   = ["ssm:GetParameter"]
-    resources = [local.agent_key_parameter_arn]
+    resources = [local.agent_key_parameter_arn, local.agent_etcd_key_parameter_arn]
   }
 
   statement {

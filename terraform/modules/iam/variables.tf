@@ -33,6 +33,11 @@ variable "agent_key_parameter_name" {
   type        = string
 }
 
+variable "agent_etcd_key_parameter_name" {
+  description = "SSM parameter (SecureString) that holds etcd/agent-key.pem, the agents' etcd client key."
+  type        = string
+}
+
 variable "enable_ssm_session_manager" {
   description = "Attach AmazonSSMManagedInstanceCore to every role, for shell access without SSH."
   type        = bool
