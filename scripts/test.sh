@@ -20,6 +20,8 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # The web view is tested in headless Chromium.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# curl is the outside HTTPS client that tries the agents' serving endpoints as an attacker would.
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

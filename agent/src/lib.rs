@@ -78,9 +78,11 @@ pub struct AgentConfig {
     pub imds: Option<imds::ImdsConfig>,
     /// Where to serve model predictions over HTTP (none: the agent does not serve).
     pub serve_listen: Option<SocketAddr>,
-    /// The serving URL the coordinator hands to routers (default: `http://` and the bound
+    /// The serving URL the coordinator hands to routers (default: `https://` and the bound
     /// address, with the hostname in place of an unspecified IP).
     pub serve_advertise: Option<String>,
+    /// Certificates the serving endpoint refuses (the cluster's `crl.pem`, read at start).
+    pub serve_revoked: flotilla_protocol::revocation::RevocationList,
 }
 
 impl AgentConfig {
@@ -108,6 +110,7 @@ impl AgentConfig {
             imds: None,
             serve_listen: None,
             serve_advertise: None,
+            serve_revoked: Default::default(),
         }
     }
 }
@@ -203,9 +206,9 @@ impl Agent {
                 let bound = listener.local_addr()?;
                 Some(config.serve_advertise.clone().unwrap_or_else(|| {
                     if bound.ip().is_unspecified() {
-                        format!("http://{}:{}", hostname(), bound.port())
+                        format!("https://{}:{}", hostname(), bound.port())
                     } else {
-                        format!("http://{bound}")
+                        format!("https://{bound}")
                     }
                 }))
             }
@@ -240,11 +243,20 @@ impl Agent {
             slots: config.slots,
             gpus: gpu_indices.len() as u32,
         };
-        let serve_task = serve_listener.map(|listener| {
+        let serve_tls = match &serve_listener {
+            Some(_) => Some(std::sync::Arc::new(
+                flotilla_protocol::https::serving_server_config(
+                    &config.identity,
+                    &config.serve_revoked,
+                )?,
+            )),
+            None => None,
+        };
+        let serve_task = serve_listener.zip(serve_tls).map(|(listener, tls)| {
             let address = listener.local_addr().ok();
             (
                 address,
-                tokio::spawn(serving::serve(listener, serving.clone())),
+                tokio::spawn(serving::serve(listener, tls, serving.clone())),
             )
         });
         let metrics_endpoint = match metrics_listener {

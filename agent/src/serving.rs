@@ -1,5 +1,11 @@
 //! Model serving (`flotilla agent --serve ADDR`): the versions the coordinator assigns,
-//! loaded through the burn inference path and answered over HTTP.
+//! loaded through the burn inference path and answered over HTTPS.
+//!
+//! The endpoint speaks TLS with the agent's own certificate and requires a client
+//! certificate of the cluster CA (not revoked by the CRL the agent started with) that carries
+//! the router or admin role ([`flotilla_protocol::https`]); any other certificate gets a 403
+//! naming its role, and no certificate fails the handshake. Handshakes run in tasks of their
+//! own (with a timeout), so a slow peer holds up no one.
 //!
 //! - `POST /v1/predict` with `{"model": "churn", "version": "1.2.0", "instances": [[…], …]}`
 //!   predicts a batch (at most [`MAX_BATCH`] inputs) and answers `{"model", "version",
@@ -514,8 +520,13 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener
         .map_err(|error| anyhow::anyhow!("cannot serve models on {address} (TCP): {error}"))
 }
 
-/// Serves predictions until the shutdown token fires.
-pub async fn serve(listener: tokio::net::TcpListener, serving: Serving) {
+/// Serves predictions over HTTPS (see the module documentation) until the shutdown token
+/// fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    serving: Serving,
+) {
     let shutdown = serving.inner.shutdown.clone();
     let app = Router::new()
         .route("/v1/predict", post(predict))
@@ -528,5 +539,127 @@ pub async fn serve(listener: tokio::net::TcpListener, serving: Serving) {
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(serving);
-    flotilla_telemetry::serve(listener, app, shutdown).await
+    let local = match listener.local_addr() {
+        Ok(local) => local,
+        Err(error) => {
+            tracing::error!(%error, "the serving listener has no address");
+            return;
+        }
+    };
+    let (ready, accepted) = tokio::sync::mpsc::channel(64);
+    let handshakes = accept_tls(listener, tls, ready, shutdown.clone());
+    let server = async move {
+        if let Err(error) = axum::serve(TlsListener { local, accepted }, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+        {
+            tracing::error!(%error, "the serving endpoint stopped");
+        }
+    };
+    tokio::join!(handshakes, server);
+}
+
+/// How long a peer may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Connections that completed the handshake with a certificate that may call serving.
+struct TlsListener {
+    local: SocketAddr,
+    accepted: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The acceptor stopped (shutdown): nothing more arrives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Accepts TCP connections until `shutdown`, runs each TLS handshake in a task of its own,
+/// and hands on those whose certificate's role may call serving; the others are answered
+/// 403 and closed.
+async fn accept_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    ready: tokio::sync::mpsc::Sender<(TlsStream, SocketAddr)>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let handshakes = tokio_util::task::TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a serving connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let ready = ready.clone();
+        let shutdown = shutdown.clone();
+        handshakes.spawn(async move {
+            let handshake = tokio::select! {
+                () = shutdown.cancelled() => return,
+                handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => handshake,
+            };
+            let mut stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::warn!(%peer, %error, "refused a serving connection at the TLS handshake");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "a serving connection's TLS handshake timed out");
+                    return;
+                }
+            };
+            let role = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(flotilla_protocol::tls::role_of_certificate);
+            match role {
+                Some(Ok(role)) if flotilla_protocol::https::may_call_serving(role) => {
+                    let _ = ready.send((stream, peer)).await;
+                }
+                other => {
+                    let role = match other {
+                        Some(Ok(role)) => role.with_article(),
+                        _ => "a certificate without a Flotilla role".to_string(),
+                    };
+                    tracing::warn!(%peer, %role, "refused a serving connection: only routers and admins may call serving endpoints");
+                    let body = serde_json::json!({
+                        "error": format!("serving endpoints answer router and admin certificates, not {role}")
+                    })
+                    .to_string();
+                    let response = format!(
+                        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, response.as_bytes()).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                }
+            }
+        });
+    }
+    handshakes.close();
+    handshakes.wait().await;
 }

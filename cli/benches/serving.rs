@@ -1,7 +1,8 @@
 //! Serving, measured on real processes: what the router adds to a prediction against a direct
 //! call to the serving agent (latency p50/p99 one request at a time, requests/s with several
-//! clients), and the LSTM's prediction latency per batch size (through the agent's HTTP
-//! endpoint, and the model alone in this process).
+//! clients), and the LSTM's prediction latency per batch size (through the agent's HTTPS
+//! endpoint, and the model alone in this process). Direct calls use the router's
+//! certificate, as the router does: agents answer router and admin certificates only.
 //!
 //! Setup: a coordinator, one agent with `--serve`, `flotilla router`, all on loopback; one LSTM
 //! trial of the seeds' shape trained and registered as `bench@1.0.0` in production.
@@ -58,16 +59,38 @@ fn options() -> Options {
     options
 }
 
+/// Where requests go: the router (plain HTTP) or an agent's serving endpoint (HTTPS with
+/// the router's certificate, as the router itself calls it).
+#[derive(Clone)]
+enum Target {
+    Router(u16),
+    Agent(u16, Arc<rustls::ClientConfig>),
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
 /// One keep-alive HTTP/1.1 connection.
 struct Connection {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Stream>>,
     port: u16,
 }
 
 impl Connection {
-    fn open(port: u16) -> Connection {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
+    fn open(target: &Target) -> Connection {
+        let port = match target {
+            Target::Router(port) | Target::Agent(port, _) => *port,
+        };
+        let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let stream: Box<dyn Stream> = match target {
+            Target::Router(_) => Box::new(tcp),
+            Target::Agent(_, config) => {
+                let name = rustls::pki_types::ServerName::try_from("agent.flotilla").expect("name");
+                let tls = rustls::ClientConnection::new(config.clone(), name).expect("TLS");
+                Box::new(rustls::StreamOwned::new(tls, tcp))
+            }
+        };
         Connection {
             reader: BufReader::new(stream),
             port,
@@ -143,8 +166,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Latencies (ms, sorted) of `requests` sequential requests after 100 of warm-up.
-fn sequential(port: u16, path: &str, body: &str, requests: usize) -> Vec<f64> {
-    let mut connection = Connection::open(port);
+fn sequential(target: &Target, path: &str, body: &str, requests: usize) -> Vec<f64> {
+    let mut connection = Connection::open(target);
     for _ in 0..100 {
         let (status, answer) = connection.post(path, body);
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
@@ -162,15 +185,15 @@ fn sequential(port: u16, path: &str, body: &str, requests: usize) -> Vec<f64> {
 }
 
 /// Requests/s of `clients` connections sending as fast as answers come, for `seconds`.
-fn throughput(port: u16, path: &str, body: &str, clients: usize, seconds: u64) -> f64 {
+fn throughput(target: &Target, path: &str, body: &str, clients: usize, seconds: u64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..clients)
         .map(|_| {
             let (stop, done) = (stop.clone(), done.clone());
-            let (path, body) = (path.to_string(), body.to_string());
+            let (path, body, target) = (path.to_string(), body.to_string(), target.clone());
             std::thread::spawn(move || {
-                let mut connection = Connection::open(port);
+                let mut connection = Connection::open(&target);
                 while !stop.load(Ordering::Relaxed) {
                     let (status, _) = connection.post(&path, &body);
                     assert_eq!(status, 200);
@@ -242,8 +265,16 @@ checkpoint_every = 0
     let direct_path = "/v1/models/bench/versions/1.0.0/predict";
     let one_direct = batch_body(1, false);
     let one_routed = batch_body(1, true);
+    let router = Target::Router(router_port);
+    let identity =
+        flotilla_protocol::tls::Identity::load_from_dir(&cluster.path("certs"), "router")
+            .expect("the router certificate");
+    let agent = Target::Agent(
+        agent_port,
+        Arc::new(flotilla_protocol::https::serving_client_config(&identity).expect("TLS")),
+    );
     wait_until("the router to serve bench", Duration::from_secs(60), || {
-        let mut connection = Connection::open(router_port);
+        let mut connection = Connection::open(&router);
         connection.post("/v1/predict", &one_routed).0 == 200
     });
 
@@ -256,8 +287,8 @@ checkpoint_every = 0
     );
     println!("| path | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|");
-    let direct = sequential(agent_port, direct_path, &one_direct, options.requests);
-    let routed = sequential(router_port, "/v1/predict", &one_routed, options.requests);
+    let direct = sequential(&agent, direct_path, &one_direct, options.requests);
+    let routed = sequential(&router, "/v1/predict", &one_routed, options.requests);
     for (name, latencies) in [("agent directly", &direct), ("through the router", &routed)] {
         println!(
             "| {name} | {:.3} | {:.3} | {:.3} |",
@@ -279,14 +310,14 @@ checkpoint_every = 0
         options.clients, options.seconds
     );
     let direct_rps = throughput(
-        agent_port,
+        &agent,
         direct_path,
         &one_direct,
         options.clients,
         options.seconds,
     );
     let routed_rps = throughput(
-        router_port,
+        &router,
         "/v1/predict",
         &one_routed,
         options.clients,
@@ -320,7 +351,7 @@ checkpoint_every = 0
         .expect("load the model");
     for batch in [1usize, 8, 32, 128, 512] {
         let requests = (options.requests / batch.max(1)).clamp(50, 500);
-        let http = sequential(agent_port, direct_path, &batch_body(batch, false), requests);
+        let http = sequential(&agent, direct_path, &batch_body(batch, false), requests);
         let inputs = inputs(batch);
         let mut model: Vec<f64> = (0..requests)
             .map(|_| {

@@ -423,11 +423,11 @@ struct AgentArgs {
     /// Between polls of the metadata service.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     imds_interval: Duration,
-    /// Serve model versions the coordinator assigns over HTTP here (`POST /v1/predict`,
-    /// `/metrics`); routers send predictions to it.
+    /// Serve model versions the coordinator assigns over HTTPS here (`POST /v1/predict`,
+    /// `/metrics`), to router and admin certificates only; routers send predictions to it.
     #[arg(long, env = "FLOTILLA_SERVE")]
     serve: Option<SocketAddr>,
-    /// The URL routers should use for --serve (default: http:// and the bound address, the
+    /// The URL routers should use for --serve (default: https:// and the bound address, the
     /// hostname in place of 0.0.0.0).
     #[arg(long, env = "FLOTILLA_SERVE_ADVERTISE")]
     serve_advertise: Option<String>,
@@ -736,6 +736,11 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.http_tokens = http_tokens(args.http_tokens.as_deref())?;
     config.serve_listen = args.serve;
     config.serve_advertise = args.serve_advertise;
+    if config.serve_listen.is_some() {
+        // The serving endpoint refuses revoked router certificates (read once, at start).
+        config.serve_revoked =
+            flotilla_protocol::revocation::RevocationList::load(&args.certs.join("crl.pem"))?;
+    }
     if let Some(endpoint) = args.imds {
         let url = url::Url::parse(&endpoint)
             .with_context(|| format!("--imds {endpoint:?} is not a URL"))?;
@@ -764,7 +769,9 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         println!("agent metrics on http://{address}/metrics");
     }
     if let Some(address) = agent.serve_addr() {
-        println!("agent serving models on http://{address}/v1/predict");
+        println!(
+            "agent serving models on https://{address}/v1/predict (router and admin certificates only)"
+        );
     }
     println!(
         "agent {id} with {} slot(s) serving {}",

@@ -84,6 +84,81 @@ fn http(
     http_with(port, method, path, body, "")
 }
 
+/// curl (an outside HTTPS client) against an agent's serving endpoint: `GET /v1/models` at
+/// `url` with `args`; the HTTP status (0 when no HTTP answer came: a refused handshake) and
+/// the body.
+fn curl(url: &str, args: &[&str]) -> (u16, String) {
+    let output = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Who may call an agent's serving endpoint: routers (and admins) over mutual TLS; plain
+/// HTTP, TLS without a certificate, another CA's certificate and a client certificate are
+/// refused.
+fn check_serving_endpoint_trust(cluster: &Cluster, port: u16) {
+    let certs = cluster.path("certs");
+    let file = |name: &str| certs.join(name).display().to_string();
+    let https = format!("https://127.0.0.1:{port}/v1/models");
+    let (status, body) = curl(&format!("http://127.0.0.1:{port}/v1/models"), &[]);
+    assert_eq!(status, 0, "plain HTTP was answered: {body}");
+    let (status, body) = curl(&https, &["-k"]);
+    assert_eq!(
+        status, 0,
+        "TLS without a client certificate was answered: {body}"
+    );
+    let other = cluster.path("other-ca");
+    let output = std::process::Command::new(BIN)
+        .args(["certs", "init", "--out"])
+        .arg(&other)
+        .output()
+        .expect("certs init");
+    assert!(output.status.success());
+    let other_router = other.join("router.pem").display().to_string();
+    let other_key = other.join("router-key.pem").display().to_string();
+    let (status, body) = curl(
+        &https,
+        &["-k", "--cert", &other_router, "--key", &other_key],
+    );
+    assert_eq!(
+        status, 0,
+        "another CA's router certificate was answered: {body}"
+    );
+    let (status, body) = curl(
+        &https,
+        &[
+            "-k",
+            "--cert",
+            &file("client.pem"),
+            "--key",
+            &file("client-key.pem"),
+        ],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("router and admin certificates, not a client"),
+        "{body}"
+    );
+    let (status, body) = curl(
+        &https,
+        &[
+            "-k",
+            "--cert",
+            &file("router.pem"),
+            "--key",
+            &file("router-key.pem"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"models\""), "{body}");
+}
+
 /// `http` with extra header lines (each ending in `\r\n`).
 fn http_with(
     port: u16,
@@ -283,10 +358,12 @@ fn versions(cluster: &Cluster) -> BTreeMap<String, String> {
 fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_back() {
     let mut cluster = Cluster::new();
     cluster.start_coordinator();
-    for name in ["serve-0", "serve-1"] {
-        cluster.start_serving_agent(name, 2);
-    }
+    let serving_ports: Vec<u16> = ["serve-0", "serve-1"]
+        .into_iter()
+        .map(|name| cluster.start_serving_agent(name, 2))
+        .collect();
     cluster.wait_for_agents(2);
+    check_serving_endpoint_trust(&cluster, serving_ports[0]);
     let (_router, router_port) = cluster.start_router();
 
     // Train: two reasonable models, and a degraded one.

@@ -19,6 +19,7 @@ pub mod codec;
 pub mod etcd_pki;
 pub mod framing;
 pub mod handshake;
+pub mod https;
 pub mod ids;
 pub mod messages;
 pub mod models;

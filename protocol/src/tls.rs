@@ -504,11 +504,11 @@ pub fn peer_role(connection: &quinn::Connection) -> Result<Role, TlsError> {
     role_of_certificate(&peer_certificate(connection)?)
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn roots(identity: &Identity) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+pub(crate) fn roots(identity: &Identity) -> Result<Arc<rustls::RootCertStore>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for (index, ca) in identity.ca.iter().enumerate() {
         roots.add(ca.clone()).map_err(|error| {

@@ -244,7 +244,11 @@ impl Router {
                 )
             })?;
         let address = listener.local_addr()?;
+        // Agents' serving endpoints: mutual TLS with the router's certificate, and only
+        // agent certificates of the cluster accepted (flotilla_protocol::https).
+        let serving_tls = flotilla_protocol::https::serving_client_config(&config.identity)?;
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(serving_tls)
             .timeout(config.upstream_timeout)
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)

@@ -170,6 +170,25 @@ impl Cluster {
         port
     }
 
+    /// A connection to an agent's serving endpoint on `port` (HTTPS, mutual TLS) with the
+    /// cluster certificate `identity` (routers use `router`); the handshake runs on first use.
+    pub fn serving_stream(
+        &self,
+        port: u16,
+        identity: &str,
+    ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+        let identity =
+            flotilla_protocol::tls::Identity::load_from_dir(&self.path("certs"), identity)
+                .expect("the certificate");
+        let config = flotilla_protocol::https::serving_client_config(&identity).expect("TLS");
+        let name = rustls::pki_types::ServerName::try_from("agent.flotilla").expect("a name");
+        let connection =
+            rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("TLS");
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        rustls::StreamOwned::new(connection, tcp)
+    }
+
     /// `flotilla router` on a free port (log: router.log); returns it and its port.
     pub fn start_router(&self) -> (Process, u16) {
         let port = free_tcp_port();
