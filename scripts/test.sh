@@ -30,6 +30,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+# Supply-chain checks (deny.toml): cargo-deny at a pinned version.
+CARGO_DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+  cargo install --locked "cargo-deny@$CARGO_DENY_VERSION"
+fi
 # The autoscaler's `aws` provider is tested against moto_server, an AWS-compatible endpoint
 # from PyPI, kept in a virtualenv outside the clone.
 moto_venv="${FLOTILLA_MOTO_VENV:-$HOME/.cache/flotilla-moto-venv}"
@@ -43,6 +48,15 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 cargo fmt --all -- --check
+# Licences, banned crates and sources need only the lockfile and the registry.
+cargo deny --all-features check --hide-inclusion-graph bans licenses sources
+# Advisories need the RustSec database, cloned from GitHub: checked whenever it can be
+# fetched (a vulnerable, unsound or yanked crate fails the run), and said plainly when not.
+if cargo deny fetch db >/dev/null 2>&1; then
+  cargo deny --all-features check --hide-inclusion-graph advisories
+else
+  echo "cargo deny: the RustSec advisory database (github.com/rustsec/advisory-db) cannot be fetched from this machine; advisories NOT checked in this run"
+fi
 promtool check config monitoring/prometheus.yml
 promtool check rules monitoring/rules/flotilla.yml
 promtool test rules monitoring/rules/flotilla_test.yml

@@ -81,8 +81,9 @@ pub struct AgentConfig {
     /// The serving URL the coordinator hands to routers (default: `https://` and the bound
     /// address, with the hostname in place of an unspecified IP).
     pub serve_advertise: Option<String>,
-    /// Certificates the serving endpoint refuses (the cluster's `crl.pem`, read at start).
-    pub serve_revoked: flotilla_protocol::revocation::RevocationList,
+    /// The cluster's revocation list (`crl.pem`) for the serving endpoint: read at start and
+    /// reloaded when it changes; a missing file revokes nothing.
+    pub serve_crl: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -110,7 +111,7 @@ impl AgentConfig {
             imds: None,
             serve_listen: None,
             serve_advertise: None,
-            serve_revoked: Default::default(),
+            serve_crl: None,
         }
     }
 }
@@ -244,12 +245,10 @@ impl Agent {
             gpus: gpu_indices.len() as u32,
         };
         let serve_tls = match &serve_listener {
-            Some(_) => Some(std::sync::Arc::new(
-                flotilla_protocol::https::serving_server_config(
-                    &config.identity,
-                    &config.serve_revoked,
-                )?,
-            )),
+            Some(_) => Some(serving::ServingTls::load(
+                config.identity.clone(),
+                config.serve_crl.clone(),
+            )?),
             None => None,
         };
         let serve_task = serve_listener.zip(serve_tls).map(|(listener, tls)| {

@@ -2,9 +2,11 @@
 //! loaded through the burn inference path and answered over HTTPS.
 //!
 //! The endpoint speaks TLS with the agent's own certificate and requires a client
-//! certificate of the cluster CA (not revoked by the CRL the agent started with) that carries
-//! the router or admin role ([`flotilla_protocol::https`]); any other certificate gets a 403
-//! naming its role, and no certificate fails the handshake. Handshakes run in tasks of their
+//! certificate of the cluster CA, not revoked, that carries the router or admin role
+//! ([`flotilla_protocol::https`]); any other certificate gets a 403 naming its role, and no
+//! certificate fails the handshake. The cluster's `crl.pem` is reloaded when it changes: new
+//! handshakes are checked against the new list, and a kept-alive connection whose
+//! certificate it revokes fails at its next read or write. Handshakes run in tasks of their
 //! own (with a timeout), so a slow peer holds up no one.
 //!
 //! - `POST /v1/predict` with `{"model": "churn", "version": "1.2.0", "instances": [[…], …]}`
@@ -520,13 +522,40 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener
         .map_err(|error| anyhow::anyhow!("cannot serve models on {address} (TCP): {error}"))
 }
 
+/// The serving endpoint's TLS: the agent's certificate and the revocation list in force.
+pub struct ServingTls {
+    identity: flotilla_protocol::tls::Identity,
+    crl: Option<std::path::PathBuf>,
+    config: Arc<rustls::ServerConfig>,
+    revoked: flotilla_protocol::revocation::RevocationList,
+}
+
+impl ServingTls {
+    /// Reads `crl` (missing: nothing revoked) and makes the first configuration; an
+    /// unreadable list or an unusable certificate fails the agent's start.
+    pub fn load(
+        identity: flotilla_protocol::tls::Identity,
+        crl: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<ServingTls> {
+        let revoked = match &crl {
+            Some(path) => flotilla_protocol::revocation::RevocationList::load(path)?,
+            None => Default::default(),
+        };
+        let config = Arc::new(flotilla_protocol::https::serving_server_config(
+            &identity, &revoked,
+        )?);
+        Ok(ServingTls {
+            identity,
+            crl,
+            config,
+            revoked,
+        })
+    }
+}
+
 /// Serves predictions over HTTPS (see the module documentation) until the shutdown token
 /// fires.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    serving: Serving,
-) {
+pub async fn serve(listener: tokio::net::TcpListener, tls: ServingTls, serving: Serving) {
     let shutdown = serving.inner.shutdown.clone();
     let app = Router::new()
         .route("/v1/predict", post(predict))
@@ -547,7 +576,23 @@ pub async fn serve(
         }
     };
     let (ready, accepted) = tokio::sync::mpsc::channel(64);
-    let handshakes = accept_tls(listener, tls, ready, shutdown.clone());
+    let (config_sender, config) = tokio::sync::watch::channel(tls.config);
+    let (revoked_sender, revoked) = tokio::sync::watch::channel(Arc::new(tls.revoked));
+    let identity = tls.identity;
+    let crl = tls.crl;
+    let reload_shutdown = shutdown.clone();
+    let reload = async move {
+        let Some(path) = crl else { return };
+        flotilla_protocol::revocation::watch_file(path, reload_shutdown, |list| {
+            let config = flotilla_protocol::https::serving_server_config(&identity, &list)
+                .map_err(|error| error.to_string())?;
+            config_sender.send_replace(Arc::new(config));
+            revoked_sender.send_replace(Arc::new(list));
+            Ok(())
+        })
+        .await
+    };
+    let handshakes = accept_tls(listener, config, revoked, ready, shutdown.clone());
     let server = async move {
         if let Err(error) = axum::serve(TlsListener { local, accepted }, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -556,7 +601,7 @@ pub async fn serve(
             tracing::error!(%error, "the serving endpoint stopped");
         }
     };
-    tokio::join!(handshakes, server);
+    tokio::join!(handshakes, server, reload);
 }
 
 /// How long a peer may take over its TLS handshake.
@@ -564,14 +609,75 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
+type Revoked = tokio::sync::watch::Receiver<Arc<flotilla_protocol::revocation::RevocationList>>;
+
+/// A connection that fails its next read or write once its peer's certificate is revoked.
+struct Revocable {
+    stream: TlsStream,
+    certificate: rustls::pki_types::CertificateDer<'static>,
+    revoked: Revoked,
+}
+
+impl Revocable {
+    fn check(&self) -> std::io::Result<()> {
+        if self.revoked.borrow().revokes(&self.certificate) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the peer's certificate has been revoked",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl tokio::io::AsyncRead for Revocable {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Err(error) = self.check() {
+            return std::task::Poll::Ready(Err(error));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_read(context, buffer)
+    }
+}
+
+impl tokio::io::AsyncWrite for Revocable {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Err(error) = self.check() {
+            return std::task::Poll::Ready(Err(error));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_write(context, buffer)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(context)
+    }
+}
+
 /// Connections that completed the handshake with a certificate that may call serving.
 struct TlsListener {
     local: SocketAddr,
-    accepted: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
+    accepted: tokio::sync::mpsc::Receiver<(Revocable, SocketAddr)>,
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream;
+    type Io = Revocable;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -592,11 +698,11 @@ impl axum::serve::Listener for TlsListener {
 /// 403 and closed.
 async fn accept_tls(
     listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    ready: tokio::sync::mpsc::Sender<(TlsStream, SocketAddr)>,
+    config: tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>,
+    revoked: Revoked,
+    ready: tokio::sync::mpsc::Sender<(Revocable, SocketAddr)>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let handshakes = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -611,7 +717,9 @@ async fn accept_tls(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        // The configuration in force now: a reloaded CRL applies from the next handshake.
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
+        let revoked = revoked.clone();
         let ready = ready.clone();
         let shutdown = shutdown.clone();
         handshakes.spawn(async move {
@@ -630,17 +738,27 @@ async fn accept_tls(
                     return;
                 }
             };
-            let role = stream
+            let certificate = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
+                .map(|certificate| certificate.clone().into_owned());
+            let role = certificate
+                .as_ref()
                 .map(flotilla_protocol::tls::role_of_certificate);
-            match role {
-                Some(Ok(role)) if flotilla_protocol::https::may_call_serving(role) => {
-                    let _ = ready.send((stream, peer)).await;
+            match (role, certificate) {
+                (Some(Ok(role)), Some(certificate))
+                    if flotilla_protocol::https::may_call_serving(role) =>
+                {
+                    let connection = Revocable {
+                        stream,
+                        certificate,
+                        revoked,
+                    };
+                    let _ = ready.send((connection, peer)).await;
                 }
-                other => {
+                (other, _) => {
                     let role = match other {
                         Some(Ok(role)) => role.with_article(),
                         _ => "a certificate without a Flotilla role".to_string(),

@@ -534,11 +534,15 @@ async fn each_command_trial_sees_only_the_gpus_it_holds() {
 #[tokio::test]
 async fn a_committed_directory_is_uploaded_and_restored_for_the_next_attempt() {
     let mut agent = harness_with(1, Duration::from_secs(5), &[], 1 << 20).await;
-    // Two commits; the second's files are what the next attempt gets back.
-    let script = "echo '@flotilla step=1 epoch=1 loss=0.5'; \
-                  echo one > \"$FLOTILLA_CHECKPOINT_DIR/state.txt\"; echo '@flotilla checkpoint'; \
+    // Two commits; the second's files are what the next attempt gets back. Between them the
+    // script waits for the take (the directory's inode changes), as the trial contract asks
+    // (docs/trials.md) and `flotilla_trial.commit()` does.
+    let script = "D=\"$FLOTILLA_CHECKPOINT_DIR\"; \
+                  echo '@flotilla step=1 epoch=1 loss=0.5'; \
+                  echo one > \"$D/state.txt\"; i=$(stat -c %i \"$D\"); echo '@flotilla checkpoint'; \
+                  while j=$(stat -c %i \"$D\" 2>/dev/null); [ -z \"$j\" ] || [ \"$j\" = \"$i\" ]; do sleep 0.01; done; \
                   echo '@flotilla step=2 epoch=2 loss=0.25'; \
-                  mkdir \"$FLOTILLA_CHECKPOINT_DIR/sub\"; echo two > \"$FLOTILLA_CHECKPOINT_DIR/sub/state.txt\"; \
+                  mkdir \"$D/sub\"; echo two > \"$D/sub/state.txt\"; \
                   echo '@flotilla checkpoint'";
     agent.send(1, command_trial(0, 0, script, 0, None));
     let (checkpoints, outcome) = checkpoints_and_outcome(&mut agent, attempt(0)).await;

@@ -736,11 +736,8 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.http_tokens = http_tokens(args.http_tokens.as_deref())?;
     config.serve_listen = args.serve;
     config.serve_advertise = args.serve_advertise;
-    if config.serve_listen.is_some() {
-        // The serving endpoint refuses revoked router certificates (read once, at start).
-        config.serve_revoked =
-            flotilla_protocol::revocation::RevocationList::load(&args.certs.join("crl.pem"))?;
-    }
+    // The serving endpoint refuses revoked certificates (reloaded when crl.pem changes).
+    config.serve_crl = Some(args.certs.join("crl.pem"));
     if let Some(endpoint) = args.imds {
         let url = url::Url::parse(&endpoint)
             .with_context(|| format!("--imds {endpoint:?} is not a URL"))?;

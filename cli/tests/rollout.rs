@@ -157,6 +157,53 @@ fn check_serving_endpoint_trust(cluster: &Cluster, port: u16) {
     );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"models\""), "{body}");
+
+    // A second router's certificate, revoked while it holds a kept-alive connection: the
+    // agent reloads crl.pem, refuses the next request on that connection and every new
+    // handshake with it, and the first router's certificate still works.
+    cluster.flotilla_ok(&["certs", "issue", "router", "--name", "router-2"]);
+    let request = format!("GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let mut kept = cluster.serving_stream(port, "router-2");
+    kept.write_all(request.as_bytes()).expect("send");
+    let mut first = [0u8; 12];
+    kept.read_exact(&mut first).expect("an answer");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let mut rest = vec![0u8; 4096];
+    let _ = kept.sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let _ = kept.read(&mut rest);
+    cluster.flotilla_ok(&["certs", "revoke", &file("router-2.pem")]);
+    let router_2 = [
+        "-k",
+        "--cert",
+        &file("router-2.pem"),
+        "--key",
+        &file("router-2-key.pem"),
+    ];
+    wait_until(
+        "the agent to refuse the revoked router certificate",
+        Duration::from_secs(15),
+        || curl(&https, &router_2).0 == 0,
+    );
+    let _ = kept.sock.set_read_timeout(Some(Duration::from_secs(5)));
+    let answered = kept
+        .write_all(request.as_bytes())
+        .and_then(|()| kept.read(&mut first))
+        .is_ok_and(|read| read > 0);
+    assert!(
+        !answered,
+        "a revoked certificate's open connection was still answered"
+    );
+    let (status, body) = curl(
+        &https,
+        &[
+            "-k",
+            "--cert",
+            &file("router.pem"),
+            "--key",
+            &file("router-key.pem"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
 }
 
 /// `http` with extra header lines (each ending in `\r\n`).

@@ -1,7 +1,7 @@
 //! Keeps the coordinator's certificate revocation list current.
 //!
 //! The list is `crl.pem` (written by `flotilla certs revoke`), read at start and polled every
-//! [`POLL`]: when its contents change, the QUIC endpoint gets a new server configuration (new
+//! [`flotilla_protocol::revocation::POLL`]: when its contents change, the QUIC endpoint gets a new server configuration (new
 //! handshakes are checked against the new list by rustls) and the gateway's sessions are told
 //! (a connection whose certificate is now revoked is closed). A list that does not parse is
 //! reported and ignored: the previous one stays in force, so a half-written file never lets a
@@ -10,7 +10,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use flotilla_protocol::revocation::RevocationList;
 use flotilla_protocol::tls::{self, Identity};
@@ -19,9 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::METRICS;
 
-/// How often the file is checked for changes.
-pub const POLL: Duration = Duration::from_secs(2);
-
 /// Reads the list at `path` (none there: nothing revoked).
 pub fn load(path: &Path) -> anyhow::Result<RevocationList> {
     let list = RevocationList::load(path)?;
@@ -29,7 +25,8 @@ pub fn load(path: &Path) -> anyhow::Result<RevocationList> {
     Ok(list)
 }
 
-/// Polls `path` until `shutdown`, installing each new list on `endpoint` and in `sender`.
+/// Polls `path` until `shutdown`, installing each new list on `endpoint` and in `sender`
+/// ([`flotilla_protocol::revocation::watch_file`]).
 pub async fn watch_file(
     path: PathBuf,
     identity: Identity,
@@ -37,36 +34,14 @@ pub async fn watch_file(
     sender: watch::Sender<Arc<RevocationList>>,
     shutdown: CancellationToken,
 ) {
-    let mut last = std::fs::read(&path).ok();
-    let mut ticker = tokio::time::interval(POLL);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let current = tokio::fs::read(&path).await.ok();
-        if current == last {
-            continue;
-        }
-        // A removed file revokes nothing, as at start.
-        let list = RevocationList::from_pem(current.as_deref().unwrap_or_default());
-        last = current;
-        let list = match list {
-            Ok(list) => list,
-            Err(error) => {
-                tracing::error!(path = %path.display(), %error, "the revocation list changed but cannot be used; the previous one stays in force");
-                continue;
-            }
-        };
-        match tls::server_config(&identity, &list) {
-            Ok(config) => endpoint.set_server_config(Some(config)),
-            Err(error) => {
-                tracing::error!(%error, "cannot configure TLS with the new revocation list; the previous one stays in force");
-                continue;
-            }
-        }
-        tracing::info!(path = %path.display(), revoked = list.len(), "revocation list reloaded");
+    flotilla_protocol::revocation::watch_file(path, shutdown, |list| {
+        let config = tls::server_config(&identity, &list).map_err(|error| {
+            format!("cannot configure TLS with the new revocation list: {error}")
+        })?;
+        endpoint.set_server_config(Some(config));
         METRICS.revoked_certificates.set(list.len() as i64);
         sender.send_replace(Arc::new(list));
-    }
+        Ok(())
+    })
+    .await
 }

@@ -270,6 +270,43 @@ pub fn list(path: &Path) -> Result<Vec<Revoked>, TlsError> {
     Ok(all)
 }
 
+/// How often [`watch_file`] checks the file for changes.
+pub const POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Polls the CRL file at `path` every [`POLL`] until `shutdown`. Each time its contents change
+/// to a list that parses (a removed file revokes nothing), `install` gets it; when `install`
+/// refuses it (returns an error) or it does not parse, the error is logged and the previous
+/// list stays in force, so a half-written file never lets a revoked certificate back in.
+pub async fn watch_file(
+    path: std::path::PathBuf,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut install: impl FnMut(RevocationList) -> Result<(), String>,
+) {
+    let mut last = std::fs::read(&path).ok();
+    let mut ticker = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let current = tokio::fs::read(&path).await.ok();
+        if current == last {
+            continue;
+        }
+        let list = RevocationList::from_pem(current.as_deref().unwrap_or_default());
+        last = current;
+        let revoked = list.as_ref().map_or(0, RevocationList::len);
+        match list.and_then(&mut install) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), revoked, "revocation list reloaded");
+            }
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "the revocation list changed but cannot be used; the previous one stays in force");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
