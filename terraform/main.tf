@@ -32,6 +32,10 @@ locals {
   # The agents' etcd client key (CERTS/etcd/agent-key.pem): etcd user flotilla-agent, which
   # may only take checkpoint leases.
   agent_etcd_key_parameter_name = "/${var.cluster_name}/agent/etcd-tls-key"
+  # Per-instance agent certificates (`flotilla certs issue-instances`): one folder per instance
+  # role session (ROLE_ID:INSTANCE_ID), outside the release prefix, each readable by that
+  # instance only (modules/iam).
+  agent_certificates_prefix = "agent-certs/"
 
   coordinator_addresses = [for ip in module.control.private_ips : "${ip}:7070"]
   # etcd serves TLS only and authenticates clients by certificate (ansible/roles/etcd).
@@ -89,6 +93,7 @@ module "iam" {
   kms_key_arn                   = module.storage.kms_key_arn
   agent_key_parameter_name      = local.agent_key_parameter_name
   agent_etcd_key_parameter_name = local.agent_etcd_key_parameter_name
+  agent_certificates_prefix     = local.agent_certificates_prefix
   enable_ssm_session_manager    = var.enable_ssm_session_manager
 }
 
@@ -133,6 +138,8 @@ module "agents" {
   checkpoint_prefix                        = var.checkpoint_prefix
   agent_key_parameter_name                 = local.agent_key_parameter_name
   agent_etcd_key_parameter_name            = local.agent_etcd_key_parameter_name
+  per_instance_certificates                = var.agent_per_instance_certificates
+  agent_certificates_prefix                = local.agent_certificates_prefix
   coordinator_addresses                    = local.coordinator_addresses
   etcd_endpoints                           = var.agents_use_etcd ? local.etcd_endpoints : []
   device                                   = var.agent_device

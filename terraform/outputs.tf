@@ -98,6 +98,16 @@ output "agent_etcd_key_parameter_name" {
   value       = local.agent_etcd_key_parameter_name
 }
 
+output "agent_role_unique_id" {
+  description = "For `flotilla certs issue-instances --role-id`: the agents' IAM role's unique id."
+  value       = module.iam.agent_role_unique_id
+}
+
+output "agent_certificates_url" {
+  description = "For `flotilla certs issue-instances --to`: where per-instance agent certificates go."
+  value       = "s3://${module.storage.bucket_name}/${local.agent_certificates_prefix}"
+}
+
 output "monitoring_instance_id" {
   description = "Instance id of the Prometheus and Grafana host."
   value       = module.monitoring.instance_id

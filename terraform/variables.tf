@@ -303,6 +303,12 @@ variable "agent_stop_timeout_seconds" {
   }
 }
 
+variable "agent_per_instance_certificates" {
+  description = "Each agent instance waits at boot for a certificate bound to its instance id, which `flotilla certs issue-instances` writes under the agent_certificates_url output (readable by that instance only); false: every agent shares the certificate in the agent_key_parameter_name parameter."
+  type        = bool
+  default     = true
+}
+
 variable "agents_use_etcd" {
   description = "Start agents with --etcd so that built-in trainers' checkpoints are fenced by a lease; opens etcd's client port to the agent security group."
   type        = bool

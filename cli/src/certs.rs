@@ -47,6 +47,27 @@ pub enum CertsCommand {
         #[arg(long = "coordinator-name", alias = "host")]
         coordinator_names: Vec<String>,
     },
+    /// Give every instance of an EC2 Auto Scaling group an agent certificate of its own,
+    /// bound to its instance id, with the CA in --certs (run it where ca-key.pem is kept).
+    /// Each goes to `TO/ROLE_ID:INSTANCE_ID/` (agent.pem, agent-key.pem): the name of the
+    /// instance's role session, the only part of TO the agents' IAM policy lets that
+    /// instance read. Instances that left the group lose theirs. Once, or every --every.
+    IssueInstances {
+        /// The group, as aws:GROUP.
+        #[arg(long)]
+        group: String,
+        /// Where certificates go: s3://BUCKET/PREFIX (Terraform's agent_certificates_url).
+        #[arg(long)]
+        to: String,
+        /// The agents' IAM role's unique id, AROA… (Terraform's agent_role_unique_id).
+        #[arg(long)]
+        role_id: String,
+        /// Keep going, once per this interval, until interrupted.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<std::time::Duration>,
+        #[arg(long, env = "FLOTILLA_CERTS", default_value = "certs")]
+        certs: PathBuf,
+    },
     /// Make etcd's users and roles for this cluster and turn etcd authentication on, with
     /// CERTS/etcd/root.pem: coordinators may read and write the cluster's prefix, agents
     /// only its checkpoint-lease keys. etcd must run with TLS and --client-cert-auth (the
@@ -128,6 +149,13 @@ pub async fn run(command: CertsCommand) -> anyhow::Result<()> {
             etcd_prefix,
             certs,
         } => etcd_auth(etcd, etcd_prefix, &certs).await,
+        CertsCommand::IssueInstances {
+            group,
+            to,
+            role_id,
+            every,
+            certs,
+        } => issue_instances(&group, &to, &role_id, every, &certs).await,
         CertsCommand::Issue {
             role,
             certs,
@@ -235,6 +263,82 @@ fn init(out: &Path, coordinator_names: &[String], etcd_hosts: &[String]) -> anyh
         out.display()
     );
     Ok(())
+}
+
+/// `certs issue-instances`: see [`CertsCommand::IssueInstances`].
+async fn issue_instances(
+    group: &str,
+    to: &str,
+    role_id: &str,
+    every: Option<std::time::Duration>,
+    certs: &Path,
+) -> anyhow::Result<()> {
+    use flotilla_autoscale::Provider;
+    let options = flotilla_autoscale::aws::AwsOptions::parse(group)
+        .map_err(|message| anyhow::anyhow!("--group {message}"))?;
+    let role_valid = role_id.len() >= 4
+        && role_id.starts_with("AROA")
+        && role_id.chars().all(|c| c.is_ascii_alphanumeric());
+    if !role_valid {
+        bail!(
+            "--role-id {role_id:?}: an IAM role's unique id looks like AROA… (terraform output agent_role_unique_id)"
+        );
+    }
+    let ca = ClusterCa::load_from_dir(certs)
+        .with_context(|| format!("issuing needs the CA in {}", certs.display()))?;
+    let store = flotilla_train::ArtifactStore::open(to).with_context(|| format!("--to {to}"))?;
+    let provider = flotilla_autoscale::aws::AwsProvider::from_env(options).await;
+    loop {
+        let group = provider.group().await?;
+        let present = store.list_folders().await?;
+        let session = |instance: &str| format!("{role_id}:{instance}");
+        for instance in &group.instances {
+            let name = session(&instance.id);
+            if present.contains(&name) {
+                continue;
+            }
+            check_agent_id(&instance.id)?;
+            let issued = ca.issue_bound_pem(Role::Agent, &instance.id, &[], Some(&instance.id))?;
+            // The key first: an instance waiting for agent.pem finds its key with it.
+            store
+                .put_new(
+                    &format!("{name}/agent-key.pem"),
+                    issued.key_pem.into_bytes(),
+                )
+                .await?;
+            store
+                .put_new(&format!("{name}/agent.pem"), issued.cert_pem.into_bytes())
+                .await?;
+            println!(
+                "issued agent {} (serial {}) to {}{name}/",
+                instance.id,
+                issued.serial,
+                store.root()
+            );
+        }
+        for name in present {
+            let Some(instance) = name.strip_prefix(&format!("{role_id}:")) else {
+                continue;
+            };
+            if group.instances.iter().any(|known| known.id == instance) {
+                continue;
+            }
+            for file in ["agent.pem", "agent-key.pem"] {
+                store.delete(&format!("{name}/{file}")).await?;
+            }
+            println!(
+                "removed the certificate of {instance}, no longer in the group (revoke it too if it may still run: flotilla certs revoke)"
+            );
+        }
+        let Some(every) = every else { return Ok(()) };
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            result = tokio::signal::ctrl_c() => {
+                result?;
+                return Ok(());
+            }
+        }
+    }
 }
 
 async fn etcd_auth(endpoints: Vec<String>, prefix: String, certs: &Path) -> anyhow::Result<()> {

@@ -260,13 +260,7 @@ impl ArtifactStore {
     /// Writes a new object at `key` (relative to the root), failing if one exists, and
     /// returns its URI.
     pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<String, CheckpointError> {
-        let url = self
-            .root
-            .join(key)
-            .map_err(|error| CheckpointError::Store {
-                location: self.root.to_string(),
-                message: format!("bad key {key}: {error}"),
-            })?;
+        let url = self.key_url(key)?;
         let path = object_path(&url);
         let options = PutOptions {
             mode: PutMode::Create,
@@ -280,6 +274,51 @@ impl ArtifactStore {
                 message: error.to_string(),
             })?;
         Ok(url.to_string())
+    }
+}
+
+impl ArtifactStore {
+    /// The URL of `key` under the root. Joined as `./KEY`, so a first segment with a colon
+    /// (`ROLE:INSTANCE`) stays a path rather than becoming a URL scheme.
+    fn key_url(&self, key: &str) -> Result<Url, CheckpointError> {
+        let relative = format!("./{}", key.trim_start_matches('/'));
+        self.root
+            .join(&relative)
+            .map_err(|error| CheckpointError::Store {
+                location: self.root.to_string(),
+                message: format!("bad key {key}: {error}"),
+            })
+    }
+
+    /// The names of the "folders" right under the root (keys' first segments).
+    pub async fn list_folders(&self) -> Result<Vec<String>, CheckpointError> {
+        let root = object_path(&self.root);
+        let prefix = (!root.as_ref().is_empty()).then_some(&root);
+        let listed = self
+            .store
+            .list_with_delimiter(prefix)
+            .await
+            .map_err(|error| CheckpointError::Store {
+                location: self.root.to_string(),
+                message: error.to_string(),
+            })?;
+        Ok(listed
+            .common_prefixes
+            .iter()
+            .filter_map(|path| path.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// Deletes the object at `key` (relative to the root); a missing one is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), CheckpointError> {
+        let url = self.key_url(key)?;
+        match self.store.delete(&object_path(&url)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(CheckpointError::Store {
+                location: url.to_string(),
+                message: error.to_string(),
+            }),
+        }
     }
 }
 

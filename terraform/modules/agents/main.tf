@@ -50,6 +50,8 @@ locals {
     checkpoint_url          = "s3://${var.bucket_name}/${trimsuffix(var.checkpoint_prefix, "/")}"
     key_parameter_name      = var.agent_key_parameter_name
     etcd_key_parameter_name = var.agent_etcd_key_parameter_name
+    per_instance            = var.per_instance_certificates
+    certificates_prefix     = var.agent_certificates_prefix
     coordinator_list        = join(",", var.coordinator_addresses)
     etcd_list               = join(",", var.etcd_endpoints)
     device                  = var.device

@@ -94,6 +94,16 @@ variable "agent_key_parameter_name" {
   type        = string
 }
 
+variable "per_instance_certificates" {
+  description = "Wait at boot for a certificate bound to the instance id under agent_certificates_prefix (true), or use the shared one in agent_key_parameter_name (false)."
+  type        = bool
+}
+
+variable "agent_certificates_prefix" {
+  description = "Key prefix of per-instance agent certificates in the bucket."
+  type        = string
+}
+
 variable "agent_etcd_key_parameter_name" {
   description = "SSM SecureString parameter that holds etcd/agent-key.pem (etcd user flotilla-agent)."
   type        = string

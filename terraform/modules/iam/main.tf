@@ -126,6 +126,14 @@ data "aws_iam_policy_document" "agent" {
     resources = ["${var.bucket_arn}/${var.dist_prefix}*"]
   }
 
+  # An instance's role session is ROLE_ID:INSTANCE_ID (aws:userid): it reads its own
+  # certificate and key, and no other instance's.
+  statement {
+    sid       = "ReadOwnAgentCertificate"
+    actions   = ["s3:GetObject"]
+    resources = ["${var.bucket_arn}/${var.agent_certificates_prefix}$${aws:userid}/*"]
+  }
+
   statement {
     sid       = "ReadAgentKey"
     actions   = ["ssm:GetParameter"]

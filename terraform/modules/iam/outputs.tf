@@ -23,6 +23,11 @@ output "agent_role_arn" {
   value       = aws_iam_role.agent.arn
 }
 
+output "agent_role_unique_id" {
+  description = "The agents' role's unique id (AROA…): the first half of each instance's role session name."
+  value       = aws_iam_role.agent.unique_id
+}
+
 output "monitoring_role_arn" {
   description = "The monitoring host's role."
   value       = aws_iam_role.monitoring.arn

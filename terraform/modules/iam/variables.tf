@@ -33,6 +33,11 @@ variable "agent_key_parameter_name" {
   type        = string
 }
 
+variable "agent_certificates_prefix" {
+  description = "Key prefix of per-instance agent certificates (`flotilla certs issue-instances`); each instance may read only its own role session's folder."
+  type        = string
+}
+
 variable "agent_etcd_key_parameter_name" {
   description = "SSM parameter (SecureString) that holds etcd/agent-key.pem, the agents' etcd client key."
   type        = string
