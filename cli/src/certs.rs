@@ -380,23 +380,9 @@ fn issue_etcd(
     let dir = certs.join(etcd_pki::DIR);
     let ca = ClusterCa::load_from_dir(&dir)
         .with_context(|| format!("issuing needs the etcd CA in {}", dir.display()))?;
-    let stem = name.unwrap_or_else(|| {
-        (1..)
-            .map(|n| format!("{}-{n}", kind.name()))
-            .find(|stem| !dir.join(format!("{stem}.pem")).exists())
-            .unwrap_or_else(|| kind.name().to_string())
-    });
+    let stem = name.unwrap_or_else(|| free_stem(&dir, kind.name()));
     let issued = ca.issue_etcd_pem(kind, hosts)?;
-    let mut written = Vec::new();
-    issued.write(&dir, &stem, false, &mut written)?;
-    println!(
-        "wrote {}",
-        written
-            .iter()
-            .map(|path| path.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" and ")
-    );
+    write_issued(&issued, &dir, &stem)?;
     println!("etcd user {}, serial {}", kind.common_name(), issued.serial);
     Ok(())
 }
@@ -454,10 +440,7 @@ fn issue(
     let stem = match (name, id) {
         (Some(name), _) => name,
         (None, Some(id)) => format!("{}-{id}", role.name()),
-        (None, None) => (1..)
-            .map(|n| format!("{}-{n}", role.name()))
-            .find(|stem| !certs.join(format!("{stem}.pem")).exists())
-            .unwrap_or_else(|| role.name().to_string()),
+        (None, None) => free_stem(certs, role.name()),
     };
     let common_name = match id {
         Some(id) => id.to_string(),
@@ -477,8 +460,28 @@ fn issue(
         }
     }
     let issued = ca.issue_bound_pem(role, &common_name, &extra, id)?;
+    write_issued(&issued, certs, &stem)?;
+    println!("role {}, serial {}", role.name(), issued.serial);
+    if let Some(id) = id {
+        println!(
+            "bound to agent id {id}: run it as `flotilla agent --id {id} --identity {stem}` (ca.pem, {stem}.pem and {stem}-key.pem on that host)"
+        );
+    }
+    Ok(())
+}
+
+/// `BASE-N` for the first N with no `BASE-N.pem` in `dir`.
+fn free_stem(dir: &Path, base: &str) -> String {
+    (1..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|stem| !dir.join(format!("{stem}.pem")).exists())
+        .unwrap_or_else(|| base.to_string())
+}
+
+/// Writes `STEM.pem` and `STEM-key.pem` into `dir` (never over a file) and says so.
+fn write_issued(issued: &tls::IssuedPem, dir: &Path, stem: &str) -> anyhow::Result<()> {
     let mut written = Vec::new();
-    issued.write(certs, &stem, false, &mut written)?;
+    issued.write(dir, stem, false, &mut written)?;
     println!(
         "wrote {}",
         written
@@ -487,12 +490,6 @@ fn issue(
             .collect::<Vec<_>>()
             .join(" and ")
     );
-    println!("role {}, serial {}", role.name(), issued.serial);
-    if let Some(id) = id {
-        println!(
-            "bound to agent id {id}: run it as `flotilla agent --id {id} --identity {stem}` (ca.pem, {stem}.pem and {stem}-key.pem on that host)"
-        );
-    }
     Ok(())
 }
 

@@ -104,8 +104,13 @@ fn curl(url: &str, args: &[&str]) -> (u16, String) {
 /// refused.
 fn check_serving_endpoint_trust(cluster: &Cluster, port: u16) {
     let certs = cluster.path("certs");
-    let file = |name: &str| certs.join(name).display().to_string();
     let https = format!("https://127.0.0.1:{port}/v1/models");
+    // curl presenting DIR/STEM.pem and its key.
+    let with = |dir: &std::path::Path, stem: &str| {
+        let cert = dir.join(format!("{stem}.pem")).display().to_string();
+        let key = dir.join(format!("{stem}-key.pem")).display().to_string();
+        curl(&https, &["-k", "--cert", &cert, "--key", &key])
+    };
     let (status, body) = curl(&format!("http://127.0.0.1:{port}/v1/models"), &[]);
     assert_eq!(status, 0, "plain HTTP was answered: {body}");
     let (status, body) = curl(&https, &["-k"]);
@@ -120,41 +125,18 @@ fn check_serving_endpoint_trust(cluster: &Cluster, port: u16) {
         .output()
         .expect("certs init");
     assert!(output.status.success());
-    let other_router = other.join("router.pem").display().to_string();
-    let other_key = other.join("router-key.pem").display().to_string();
-    let (status, body) = curl(
-        &https,
-        &["-k", "--cert", &other_router, "--key", &other_key],
-    );
+    let (status, body) = with(&other, "router");
     assert_eq!(
         status, 0,
         "another CA's router certificate was answered: {body}"
     );
-    let (status, body) = curl(
-        &https,
-        &[
-            "-k",
-            "--cert",
-            &file("client.pem"),
-            "--key",
-            &file("client-key.pem"),
-        ],
-    );
+    let (status, body) = with(&certs, "client");
     assert_eq!(status, 403, "{body}");
     assert!(
         body.contains("router and admin certificates, not a client"),
         "{body}"
     );
-    let (status, body) = curl(
-        &https,
-        &[
-            "-k",
-            "--cert",
-            &file("router.pem"),
-            "--key",
-            &file("router-key.pem"),
-        ],
-    );
+    let (status, body) = with(&certs, "router");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"models\""), "{body}");
 
@@ -171,18 +153,12 @@ fn check_serving_endpoint_trust(cluster: &Cluster, port: u16) {
     let mut rest = vec![0u8; 4096];
     let _ = kept.sock.set_read_timeout(Some(Duration::from_millis(200)));
     let _ = kept.read(&mut rest);
-    cluster.flotilla_ok(&["certs", "revoke", &file("router-2.pem")]);
-    let router_2 = [
-        "-k",
-        "--cert",
-        &file("router-2.pem"),
-        "--key",
-        &file("router-2-key.pem"),
-    ];
+    let revoked = certs.join("router-2.pem").display().to_string();
+    cluster.flotilla_ok(&["certs", "revoke", &revoked]);
     wait_until(
         "the agent to refuse the revoked router certificate",
         Duration::from_secs(15),
-        || curl(&https, &router_2).0 == 0,
+        || with(&certs, "router-2").0 == 0,
     );
     let _ = kept.sock.set_read_timeout(Some(Duration::from_secs(5)));
     let answered = kept
@@ -193,16 +169,7 @@ fn check_serving_endpoint_trust(cluster: &Cluster, port: u16) {
         !answered,
         "a revoked certificate's open connection was still answered"
     );
-    let (status, body) = curl(
-        &https,
-        &[
-            "-k",
-            "--cert",
-            &file("router.pem"),
-            "--key",
-            &file("router-key.pem"),
-        ],
-    );
+    let (status, body) = with(&certs, "router");
     assert_eq!(status, 200, "{body}");
 }
 

@@ -19,9 +19,11 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
 
-use crate::tls::{ClusterCa, IssuedPem, TlsError, generation_error, name, write_private};
+use crate::tls::{
+    ClusterCa, IssuedPem, TlsError, generation_error, host_name, name, write_private,
+};
 
 /// The etcd user of the root certificate: it creates users and roles and enables auth.
 pub const ROOT: &str = "root";
@@ -111,23 +113,12 @@ impl ClusterCa {
                 ExtendedKeyUsagePurpose::ClientAuth,
             ];
             for host in member_hosts(hosts) {
-                let san = match host.parse::<std::net::IpAddr>() {
-                    Ok(address) => SanType::IpAddress(address),
-                    Err(_) => SanType::DnsName(host.try_into().map_err(generation_error)?),
-                };
-                params.subject_alt_names.push(san);
+                params.subject_alt_names.push(host_name(host)?);
             }
         } else {
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         }
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(generation_error)?;
-        Ok(IssuedPem {
-            serial: crate::revocation::format_serial(&crate::revocation::serial_of(cert.der())?),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        self.sign(&params, key)
     }
 }
 

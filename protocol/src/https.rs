@@ -17,7 +17,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::messages::Role;
 use crate::revocation::RevocationList;
-use crate::tls::{Identity, TlsError, provider, role_of_certificate, roots};
+use crate::tls::{Identity, TlsError, provider, role_of_certificate, tls_server};
 
 /// The roles whose certificates an agent's serving endpoint answers.
 pub fn may_call_serving(role: Role) -> bool {
@@ -31,22 +31,11 @@ pub fn serving_server_config(
     identity: &Identity,
     revoked: &RevocationList,
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(identity)?, provider())
-            .with_crls(revoked.crls())
-            .only_check_end_entity_revocation()
-            .allow_unknown_revocation_status()
-            .build()
-            .map_err(|error| TlsError::Config(error.to_string()))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|error| TlsError::Config(error.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|error| TlsError::Config(error.to_string()))?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tls)
+    tls_server(identity, revoked, HTTP1)
 }
+
+/// The ALPN protocol of serving endpoints.
+const HTTP1: &[u8] = b"http/1.1";
 
 /// The TLS configuration a router calls agents' serving endpoints with: it presents
 /// `identity` and accepts only agent certificates of the cluster CA.
@@ -74,7 +63,7 @@ pub fn serving_client_config(identity: &Identity) -> Result<rustls::ClientConfig
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|error| TlsError::Config(error.to_string()))?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tls.alpn_protocols = vec![HTTP1.to_vec()];
     Ok(tls)
 }
 
@@ -234,7 +223,7 @@ mod tests {
             .with_no_client_auth()
             .with_single_cert(stranger.chain.clone(), stranger.key.clone_key())
             .expect("server");
-        stranger_server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        stranger_server.alpn_protocols = vec![HTTP1.to_vec()];
         let error = handshake(
             serving_client_config(&router).expect("client"),
             stranger_server,

@@ -271,15 +271,20 @@ impl ClusterCa {
             let mut names = vec![COORDINATOR_SERVER_NAME.to_string()];
             names.extend(extra_names.iter().cloned());
             for host in names {
-                let san = match host.parse::<std::net::IpAddr>() {
-                    Ok(address) => SanType::IpAddress(address),
-                    Err(_) => SanType::DnsName(host.try_into().map_err(generation_error)?),
-                };
-                params.subject_alt_names.push(san);
+                params.subject_alt_names.push(host_name(host)?);
             }
         } else {
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         }
+        self.sign(&params, key)
+    }
+
+    /// Signs `params` for `key` with this CA.
+    pub(crate) fn sign(
+        &self,
+        params: &CertificateParams,
+        key: KeyPair,
+    ) -> Result<IssuedPem, TlsError> {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(generation_error)?;
@@ -441,6 +446,14 @@ pub(crate) fn name(common_name: &str, unit: &str) -> DistinguishedName {
     name
 }
 
+/// A subject alternative name for a host: an IP address, or else a DNS name.
+pub(crate) fn host_name(host: String) -> Result<SanType, TlsError> {
+    Ok(match host.parse::<std::net::IpAddr>() {
+        Ok(address) => SanType::IpAddress(address),
+        Err(_) => SanType::DnsName(host.try_into().map_err(generation_error)?),
+    })
+}
+
 pub(crate) fn generation_error(error: impl std::fmt::Display) -> TlsError {
     TlsError::Generate(error.to_string())
 }
@@ -542,6 +555,23 @@ pub fn server_config(
     identity: &Identity,
     revoked: &RevocationList,
 ) -> Result<quinn::ServerConfig, TlsError> {
+    let tls = tls_server(identity, revoked, ALPN)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport());
+    Ok(config)
+}
+
+/// A TLS 1.3 server configuration with `identity`'s certificate that demands a client
+/// certificate signed by the cluster CA and not revoked by `revoked` (certificates of a CA
+/// without a CRL there are accepted: while the CA is rotated, only one of the two may have
+/// one), speaking `alpn`. The QUIC endpoint and agents' serving endpoints use it.
+pub(crate) fn tls_server(
+    identity: &Identity,
+    revoked: &RevocationList,
+    alpn: &[u8],
+) -> Result<rustls::ServerConfig, TlsError> {
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots(identity)?, provider())
             .with_crls(revoked.crls())
@@ -555,12 +585,8 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|error| TlsError::Config(error.to_string()))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
-        .map_err(|error| TlsError::Config(error.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport());
-    Ok(config)
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
 }
 
 /// A QUIC client configuration that presents `identity` and trusts only the cluster CA.

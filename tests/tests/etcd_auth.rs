@@ -235,6 +235,51 @@ fn each_etcd_certificate_does_only_what_its_role_allows() {
     assert!(stdout.contains("user flotilla-agent exists"), "{stdout}");
     assert!(stdout.contains("authentication enabled"), "{stdout}");
 
+    // More etcd certificates from the same CA: a member naming another host, and a second
+    // agent certificate (the same etcd user), which etcd accepts as that user.
+    let certs = dir.path().join("certs");
+    let output = std::process::Command::new(flotilla_bin())
+        .args(["certs", "issue", "etcd-member", "--host", "10.0.2.1"])
+        .args(["--name", "member-etcd1", "--certs"])
+        .arg(&certs)
+        .output()
+        .expect("issue an etcd member certificate");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(certs.join("etcd/member-etcd1-key.pem").exists());
+    let output = std::process::Command::new(flotilla_bin())
+        .args(["certs", "issue", "etcd-agent", "--certs"])
+        .arg(&certs)
+        .output()
+        .expect("issue an etcd agent certificate");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(stdout.contains("etcd user flotilla-agent"), "{stdout}");
+    let mut second_agent = etcd.config(EtcdCert::Agent);
+    second_agent.tls = Some(flotilla_etcd::EtcdTls::in_dir(&etcd.pki, "agent-1"));
+    runtime.block_on(async {
+        let mut agent = connect(&second_agent).await;
+        agent
+            .put(second_agent.checkpoint_owner_key("s1-t9"), "x", None)
+            .await
+            .expect("the second agent certificate takes checkpoint leases");
+        denied(
+            "the second agent certificate writing coordinator state",
+            agent
+                .put("/flotilla/v1/state/sweeps/x", "forged", None)
+                .await,
+        );
+    });
+    let output = std::process::Command::new(flotilla_bin())
+        .args(["certs", "issue", "etcd-nobody", "--certs"])
+        .arg(&certs)
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("etcd-member, etcd-coordinator"));
+
     // A coordinator holding another cluster's etcd certificates (another etcd CA) fails
     // to start, naming etcd and the files it used.
     let other = dir.path().join("other-cluster");
@@ -244,15 +289,20 @@ fn each_etcd_certificate_does_only_what_its_role_allows() {
         .output()
         .expect("run certs init");
     assert!(output.status.success());
-    let output = std::process::Command::new(flotilla_bin())
-        .args(["coordinator", "--listen", "127.0.0.1:0"])
-        .args(["--etcd", &etcd.endpoints().join(",")])
-        .arg("--certs")
-        .arg(&other)
-        .output()
-        .expect("run a coordinator");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    // A coordinator started with `certs` against this etcd: it must fail; its stderr.
+    let refused_start = |certs: &std::path::Path| {
+        let output = std::process::Command::new(flotilla_bin())
+            .args(["coordinator", "--listen", "127.0.0.1:0"])
+            .args(["--etcd", &etcd.endpoints().join(",")])
+            .arg("--certs")
+            .arg(certs)
+            .output()
+            .expect("run a coordinator");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!output.status.success(), "{stderr}");
+        stderr
+    };
+    let stderr = refused_start(&other);
     let used = other.join("etcd").join("coordinator.pem");
     assert!(
         stderr.contains("refused access") && stderr.contains(&used.display().to_string()),
@@ -261,15 +311,7 @@ fn each_etcd_certificate_does_only_what_its_role_allows() {
 
     // One whose etcd certificate is missing names the file.
     std::fs::remove_file(&used).expect("remove");
-    let output = std::process::Command::new(flotilla_bin())
-        .args(["coordinator", "--listen", "127.0.0.1:0"])
-        .args(["--etcd", &etcd.endpoints().join(",")])
-        .arg("--certs")
-        .arg(&other)
-        .output()
-        .expect("run a coordinator");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    let stderr = refused_start(&other);
     assert!(
         stderr.contains(&format!("cannot read {}", used.display())),
         "{stderr}"
