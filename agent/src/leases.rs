@@ -97,13 +97,7 @@ impl CheckpointLeases {
         let mut client = flotilla_etcd::connect(&config)
             .await
             .map_err(|error| etcd("connect", error))?;
-        flotilla_etcd::check_access(
-            &mut client,
-            &config,
-            &config.checkpoints_prefix(),
-            Duration::from_secs(5),
-        )
-        .await?;
+        flotilla_etcd::check_access(&mut client, &config, &config.checkpoints_prefix()).await?;
         Ok(Arc::new(CheckpointLeases {
             client,
             config,

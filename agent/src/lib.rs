@@ -76,7 +76,7 @@ pub struct AgentConfig {
     /// Watch the instance metadata service for spot and lifecycle notices (none: not
     /// watched).
     pub imds: Option<imds::ImdsConfig>,
-    /// Where to serve model predictions over HTTP (none: the agent does not serve).
+    /// Where to serve model predictions over HTTPS (none: the agent does not serve).
     pub serve_listen: Option<SocketAddr>,
     /// The serving URL the coordinator hands to routers (default: `https://` and the bound
     /// address, with the hostname in place of an unspecified IP).
@@ -244,20 +244,18 @@ impl Agent {
             slots: config.slots,
             gpus: gpu_indices.len() as u32,
         };
-        let serve_tls = match &serve_listener {
-            Some(_) => Some(serving::ServingTls::load(
-                config.identity.clone(),
-                config.serve_crl.clone(),
-            )?),
+        let serve_task = match serve_listener {
+            Some(listener) => {
+                let tls =
+                    serving::ServingTls::load(config.identity.clone(), config.serve_crl.clone())?;
+                let address = listener.local_addr().ok();
+                Some((
+                    address,
+                    tokio::spawn(serving::serve(listener, tls, serving.clone())),
+                ))
+            }
             None => None,
         };
-        let serve_task = serve_listener.zip(serve_tls).map(|(listener, tls)| {
-            let address = listener.local_addr().ok();
-            (
-                address,
-                tokio::spawn(serving::serve(listener, tls, serving.clone())),
-            )
-        });
         let metrics_endpoint = match metrics_listener {
             Some(listener) => {
                 let address = listener.local_addr()?;
@@ -269,7 +267,6 @@ impl Agent {
                     config.http_tokens.clone(),
                     shutdown.clone(),
                 ));
-
                 Some((address, task))
             }
             None => None,

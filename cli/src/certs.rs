@@ -246,7 +246,7 @@ fn init(out: &Path, coordinator_names: &[String], etcd_hosts: &[String]) -> anyh
         }
     }
     let ca = ClusterCa::generate("flotilla")?;
-    let mut written = ca.write_cluster_material(out, &coordinator_hosts(coordinator_names))?;
+    let mut written = ca.write_cluster_material(out, &tls::with_loopback(coordinator_names))?;
     written.extend(etcd_pki::write_etcd_material(&etcd_dir, etcd_hosts)?);
     println!("wrote {} files to {}:", written.len(), out.display());
     for path in written {
@@ -387,12 +387,6 @@ fn issue_etcd(
     Ok(())
 }
 
-fn coordinator_hosts(extra: &[String]) -> Vec<String> {
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    names.extend(extra.iter().cloned());
-    names
-}
-
 /// Agent ids travel in certificates (a SAN URI) and in file names.
 fn check_agent_id(id: &str) -> anyhow::Result<()> {
     let valid = !id.is_empty()
@@ -447,7 +441,7 @@ fn issue(
         None => format!("flotilla-{}", role.name()),
     };
     let extra = if role == Role::Coordinator {
-        coordinator_hosts(coordinator_names)
+        tls::with_loopback(coordinator_names)
     } else {
         vec![]
     };

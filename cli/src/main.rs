@@ -194,7 +194,10 @@ impl EtcdTlsArgs {
         let mut config = EtcdConfig::new(endpoints);
         config.prefix = prefix;
         let given = self.etcd_ca.is_some() || self.etcd_cert.is_some() || self.etcd_key.is_some();
-        if config.is_tls() {
+        let any_https = config.endpoints.iter().any(|e| e.starts_with("https://"));
+        // TLS files whenever an endpoint is https:// or a file is named; mixing schemes is
+        // refused when connecting (flotilla_etcd::connect says which).
+        if any_https || given {
             let defaults =
                 flotilla_etcd::EtcdTls::in_dir(&certs.join(flotilla_protocol::etcd_pki::DIR), stem);
             let cert = self.etcd_cert.clone().unwrap_or(defaults.cert);
@@ -207,16 +210,6 @@ impl EtcdTlsArgs {
                 cert,
                 key,
             });
-        } else if config.endpoints.iter().any(|e| e.starts_with("https://")) {
-            bail!(
-                "--etcd {}: use https:// for every endpoint or for none",
-                config.endpoints.join(",")
-            );
-        } else if given {
-            bail!(
-                "--etcd-ca/--etcd-cert/--etcd-key are for https:// endpoints; --etcd {} is plain http",
-                config.endpoints.join(",")
-            );
         } else {
             tracing::warn!(
                 endpoints = %config.endpoints.join(","),

@@ -369,14 +369,9 @@ impl Coordinator {
                 let mut client = ha::connect(etcd).await.with_context(|| {
                     format!("cannot reach etcd at {}", etcd.endpoints.join(","))
                 })?;
-                flotilla_etcd::check_access(
-                    &mut client,
-                    etcd,
-                    &etcd.election_name(),
-                    Duration::from_secs(5),
-                )
-                .await
-                .map_err(anyhow::Error::msg)?;
+                flotilla_etcd::check_access(&mut client, etcd, &etcd.election_name())
+                    .await
+                    .map_err(anyhow::Error::msg)?;
                 tokio::spawn(campaign(
                     base,
                     client,
@@ -416,7 +411,6 @@ impl Coordinator {
                     config.http_tokens.clone(),
                     shutdown.clone(),
                 ));
-
                 tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
                 Some(bound)
             }

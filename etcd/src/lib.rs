@@ -136,20 +136,19 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, etcd_client::Error> 
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
         .with_require_leader(true);
-    let secure = config
+    let any_https = config
         .endpoints
         .iter()
-        .filter(|endpoint| endpoint.starts_with("https://"))
-        .count();
-    match (&config.tls, secure) {
-        (Some(tls), n) if n == config.endpoints.len() => options = options.with_tls(tls.options()?),
-        (Some(_), _) => {
+        .any(|endpoint| endpoint.starts_with("https://"));
+    match (&config.tls, config.is_tls()) {
+        (Some(tls), true) => options = options.with_tls(tls.options()?),
+        (Some(_), false) => {
             return Err(etcd_client::Error::InvalidArgs(format!(
                 "etcd TLS is configured but not every endpoint is https:// ({})",
                 config.endpoints.join(",")
             )));
         }
-        (None, 0) => {}
+        (None, _) if !any_https => {}
         (None, _) => {
             return Err(etcd_client::Error::InvalidArgs(format!(
                 "https:// etcd endpoints ({}) need a CA, a client certificate and its key",
@@ -160,7 +159,10 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, etcd_client::Error> 
     Client::connect(&config.endpoints, Some(options)).await
 }
 
-/// Reads `key` once, within `limit`, so that credentials etcd refuses (a certificate of
+/// How long [`check_access`] waits for etcd's answer.
+const CHECK_LIMIT: Duration = Duration::from_secs(5);
+
+/// Reads `key` once, within [`CHECK_LIMIT`], so that credentials etcd refuses (a certificate of
 /// another CA, a user without a role for the key) fail a process's start with a clear
 /// error rather than a stream of retries. An etcd that does not answer in time is not an
 /// error here: members may come up after the process.
@@ -168,9 +170,8 @@ pub async fn check_access(
     client: &mut Client,
     config: &EtcdConfig,
     key: &str,
-    limit: Duration,
 ) -> Result<(), String> {
-    let error = match tokio::time::timeout(limit, client.get(key, None)).await {
+    let error = match tokio::time::timeout(CHECK_LIMIT, client.get(key, None)).await {
         Ok(Ok(_)) | Err(_) => return Ok(()),
         Ok(Err(error)) => error_chain(&error),
     };

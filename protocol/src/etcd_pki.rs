@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use rcgen::{ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
 
 use crate::tls::{
-    ClusterCa, IssuedPem, TlsError, generation_error, host_name, name, write_private,
+    ClusterCa, IssuedPem, TlsError, generation_error, host_name, name, with_loopback, write_private,
 };
 
 /// The etcd user of the root certificate: it creates users and roles and enables auth.
@@ -78,17 +78,6 @@ impl EtcdCert {
     }
 }
 
-/// The host names a member certificate always carries (loopback), then `extra`.
-pub fn member_hosts(extra: &[String]) -> Vec<String> {
-    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    for host in extra {
-        if !hosts.contains(host) {
-            hosts.push(host.clone());
-        }
-    }
-    hosts
-}
-
 impl ClusterCa {
     /// A new etcd CA.
     pub fn generate_etcd() -> Result<ClusterCa, TlsError> {
@@ -112,7 +101,7 @@ impl ClusterCa {
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ];
-            for host in member_hosts(hosts) {
+            for host in with_loopback(hosts) {
                 params.subject_alt_names.push(host_name(host)?);
             }
         } else {

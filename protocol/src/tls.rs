@@ -446,6 +446,18 @@ pub(crate) fn name(common_name: &str, unit: &str) -> DistinguishedName {
     name
 }
 
+/// `localhost`, `127.0.0.1`, then `extra` (without repeats): the host names a server
+/// certificate (a coordinator's, an etcd member's) carries so that loopback always works.
+pub fn with_loopback(extra: &[String]) -> Vec<String> {
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    for host in extra {
+        if !hosts.contains(host) {
+            hosts.push(host.clone());
+        }
+    }
+    hosts
+}
+
 /// A subject alternative name for a host: an IP address, or else a DNS name.
 pub(crate) fn host_name(host: String) -> Result<SanType, TlsError> {
     Ok(match host.parse::<std::net::IpAddr>() {
