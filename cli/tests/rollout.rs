@@ -492,6 +492,34 @@ fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_bac
         Duration::from_secs(60),
         || load.take().contains_key("1.0.0"),
     );
+    // A router started with --gate-predictions wants the predict scope for predictions and
+    // routes as well.
+    let (gated_router, gated_port) = cluster.start_router_with(&["--gate-predictions"]);
+    wait_until(
+        "the gated router to answer its routes",
+        Duration::from_secs(30),
+        || http_with(gated_port, "GET", "/v1/routes", "", &bearer(&predict_token)).0 == 200,
+    );
+    for path in ["/v1/routes", "/v1/predict"] {
+        let method = if path == "/v1/routes" { "GET" } else { "POST" };
+        let (status, _, body) = http(gated_port, method, path, "{}");
+        assert_eq!(status, 401, "{path} without a token: {body}");
+        let (status, _, body) = http_with(gated_port, method, path, "{}", &bearer(&feedback_token));
+        assert_eq!(status, 403, "{path} with a feedback-only token: {body}");
+    }
+    let (status, _, body) = http_with(gated_port, "GET", "/v1/routes", "", &bearer(&predict_token));
+    assert!(status == 200 && body.contains("churn"), "{status} {body}");
+    // Past the gate, a body that is no prediction request is the client's error.
+    let (status, _, body) = http_with(
+        gated_port,
+        "POST",
+        "/v1/predict",
+        "{}",
+        &bearer(&predict_token),
+    );
+    assert_eq!(status, 400, "{body}");
+    drop(gated_router);
+
     // From here on every request is answered: through stage changes, the coordinator's
     // restart, a promotion and two rollbacks (routers keep their routes while the coordinator
     // is away, and versions leaving service stay loaded until routers know).

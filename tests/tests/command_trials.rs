@@ -660,34 +660,21 @@ fn trial_environment_values_reach_the_trial_but_no_client() {
     // The trial compares with a file, so the value appears nowhere in the spec but the env.
     let expected = cluster.path("expected-key");
     std::fs::write(&expected, secret).expect("write the expected key");
-    let path = cluster.path("secretive.toml");
-    std::fs::write(
-        &path,
+    // The example sweep (two command trials printing `loss`), cut to one trial that
+    // succeeds only when it sees the value.
+    let mut spec = flotilla_protocol::spec::SweepSpec::example();
+    spec.name = "secretive".into();
+    spec.budget.max_trials = 1;
+    spec.trial.args = vec![
+        "-c".into(),
         format!(
-            r#"name = "secretive"
-[objective]
-metric = "loss"
-direction = "minimize"
-[space.x]
-type = "float"
-low = 0.0
-high = 1.0
-[algorithm]
-name = "random"
-[budget]
-max_trials = 1
-max_parallel = 1
-[trial]
-command = "sh"
-args = ["-c", "test \"$API_KEY\" = \"$(cat {expected})\" && echo '@flotilla step=0 loss={{x}}'"]
-metrics = ["loss"]
-[trial.env]
-API_KEY = "{secret}"
-"#,
-            expected = expected.display()
+            "test \"$API_KEY\" = \"$(cat {})\" && echo '@flotilla step=0 loss={{x}}'",
+            expected.display()
         ),
-    )
-    .expect("write the sweep");
+    ];
+    spec.trial.env.insert("API_KEY".into(), secret.into());
+    let path = cluster.path("secretive.toml");
+    std::fs::write(&path, spec.to_toml()).expect("write the sweep");
     let sweep = cluster.submit(&path);
     wait_until("the sweep to end", Duration::from_secs(60), || {
         cluster

@@ -56,8 +56,10 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
     cluster.coordinator_args = vec!["--http-tokens".into(), tokens.display().to_string()];
     cluster.start_coordinator(0);
     cluster.wait_for_leader(0, Duration::from_secs(30));
-    cluster.start_agent("a0", 2);
-    cluster.start_agent("a1", 2);
+    let tokens_arg = tokens.display().to_string();
+    for name in ["a0", "a1"] {
+        cluster.start_agent_with(name, 2, &["--http-tokens", &tokens_arg]);
+    }
     cluster.wait_for_agents(2, Duration::from_secs(30));
     let file = cluster.write_logged_sweep("viewed", 10, 4, "0.1");
     let sweep = cluster.submit(&file);
@@ -91,6 +93,17 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
     for probe in ["/healthz", "/readyz"] {
         assert_eq!(http_get_with(&web, probe, None).expect("a probe").0, 200);
     }
+    // Agents started with --http-tokens gate their /metrics the same way.
+    let agent = cluster.agents[0].metrics.clone();
+    let (status, body) = http_get_with(&agent, "/metrics", None).expect("a refusal");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http_get_with(&agent, "/metrics", Some(&token)).expect("metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("flotilla_agent_"), "{body}");
+    assert_eq!(
+        http_get_with(&agent, "/healthz", None).expect("a probe").0,
+        200
+    );
     let locked = rendered(&format!("http://{web}/"));
     assert!(locked.contains("id=\"token-form\""), "{locked}");
     assert!(!locked.contains("data-sweep="), "{locked}");

@@ -191,12 +191,18 @@ impl Cluster {
 
     /// `flotilla router` on a free port (log: router.log); returns it and its port.
     pub fn start_router(&self) -> (Process, u16) {
+        self.start_router_with(&[])
+    }
+
+    /// A router with extra command-line arguments.
+    pub fn start_router_with(&self, extra: &[&str]) -> (Process, u16) {
         let port = free_tcp_port();
         let child = Command::new(BIN)
             .args(["router", "--coordinator", &self.address, "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--certs")
             .arg(self.path("certs"))
+            .args(extra)
             .env("FLOTILLA_LOG", "info")
             .stdout(self.log("router"))
             .stderr(self.log("router"))
