@@ -25,6 +25,7 @@ pub mod link;
 pub mod metric_line;
 pub mod metrics;
 pub mod root;
+pub mod served_program;
 pub mod serving;
 pub mod trial;
 pub mod trial_checkpoint;
@@ -218,6 +219,7 @@ impl Agent {
         let serving = serving::Serving::new(
             serve_endpoint,
             trainer_env.artifacts.clone(),
+            &config.work_dir,
             outbox.clone(),
             metrics.clone(),
             shutdown.clone(),

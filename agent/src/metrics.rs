@@ -54,6 +54,8 @@ pub struct AgentMetrics {
     pub prediction_seconds: HistogramVec,
     pub prediction_batch: Histogram,
     pub served_models: IntGaugeVec,
+    /// Serving programs started again after they exited or stopped answering.
+    pub serving_restarts: IntCounterVec,
     gpu_utilization: GaugeVec,
     gpu_memory_used: GaugeVec,
     gpu_memory_total: GaugeVec,
@@ -164,8 +166,13 @@ impl AgentMetrics {
             ),
             served_models: families.gauge_vec(
                 "flotilla_agent_served_models",
-                "Model versions assigned to this agent, by state (loading, ready, failed): 1 for the version's current state.",
+                "Model versions assigned to this agent, by state (loading, ready, failed, restarting): 1 for the version's current state.",
                 &["model", "version", "state"],
+            ),
+            serving_restarts: families.counter_vec(
+                "flotilla_agent_serving_restarts_total",
+                "Serving programs ([serving]) started again after they exited or stopped passing their health check, by model and version.",
+                &["model", "version"],
             ),
             notices: families.counter_vec(
                 "flotilla_agent_notices_total",

@@ -1,5 +1,8 @@
 //! Model serving (`flotilla agent --serve ADDR`): the versions the coordinator assigns,
-//! loaded through the burn inference path and answered over HTTPS.
+//! answered over HTTPS — a built-in trainer's model through the burn inference path, a
+//! command trial's through the sweep's own serving program ([`crate::served_program`]),
+//! to which requests are passed unchanged (KServe v1: `{"instances": […]}` in,
+//! `{"predictions": […]}` out).
 //!
 //! The endpoint speaks TLS with the agent's own certificate and requires a client
 //! certificate of the cluster CA, not revoked, that carries the router or admin role
@@ -10,27 +13,30 @@
 //! own (with a timeout), so a slow peer holds up no one.
 //!
 //! - `POST /v1/predict` with `{"model": "churn", "version": "1.2.0", "instances": [[…], …]}`
-//!   predicts a batch (at most [`MAX_BATCH`] inputs) and answers `{"model", "version",
-//!   "predictions": [{"class", "probabilities"} | {"value"}]}`. 400 for a body that is not a
+//!   predicts a batch and answers `{"model", "version", "predictions": [{"class",
+//!   "probabilities"} | {"value"}]}` for a built-in model (at most [`MAX_BATCH`] inputs), or
+//!   whatever the serving program answers, status included. 400 for a body that is not a
 //!   prediction request, 422 for inputs this version cannot take (their shape, non-finite
-//!   values), 404 for a version not served here, 503 while it loads, 500 when it failed to
-//!   load or to predict.
+//!   values), 404 for a version not served here, 503 while it loads or its program restarts,
+//!   500 when it failed to load or to predict, 502 when its program does not answer.
 //! - `POST /v1/models/{model}/versions/{version}/predict` with `{"instances": […]}`: the
 //!   same, the form routers use (they forward the client's body unchanged).
 //! - `GET /v1/models`: each assigned version and its state. `GET /metrics`: the agent's
 //!   Prometheus families, prediction counters and latency included.
 //!
 //! Loading reads the sealed artifact from the artifact store, checks its SHA-256 against the
-//! registry's before decoding anything (a corrupted or replaced object is refused and the
+//! registry's before decoding, unpacking or starting anything (a corrupted or replaced object is refused and the
 //! version reported failed, with both digests), and decodes on a blocking thread. Predictions
 //! also run on blocking threads, so neither the actors nor the HTTP server's tasks stall.
 //! Every task is owned by this module's tracker and stops with the agent.
 //!
 //! Sealing (`Command::SealModel`): copy a trial's checkpoint to the registry's key,
-//! create-once, after checking it decodes as a model; answer with its SHA-256.
+//! create-once, after checking it is what the version says (a burn model that decodes, or a
+//! command trial's checkpoint archive with its manifest); answer with its SHA-256.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -42,8 +48,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use flotilla_protocol::messages::AgentMessage;
 use flotilla_protocol::models::{
-    Artifact, ModelRef, SealRequest, ServeState, ServedModel, ServingReport,
+    Artifact, ArtifactFormat, ModelRef, SealRequest, ServeState, ServedModel, ServingReport,
 };
+use flotilla_protocol::spec::ServingSpec;
 use flotilla_train::checkpoint::{sha256_hex, verify_sha256};
 use flotilla_train::inference::{Prediction, Predictor};
 use flotilla_train::{ArtifactStore, TrainError};
@@ -59,13 +66,26 @@ pub const MAX_BATCH: usize = 1024;
 
 enum Slot {
     Loading,
-    Ready(Arc<Predictor>),
+    Ready(Backend),
     Failed(String),
+    Restarting { restarts: u32, reason: String },
+}
+
+/// What answers a ready version's predictions.
+#[derive(Clone)]
+enum Backend {
+    /// A built-in trainer's model, through burn.
+    Burn(Arc<Predictor>),
+    /// The sweep's serving program, listening on this loopback port.
+    Program { port: u16 },
 }
 
 struct Assigned {
     artifact: Artifact,
+    serving: Option<ServingSpec>,
     slot: Slot,
+    /// Stops its loading and its serving program when the version leaves this agent.
+    stop: CancellationToken,
 }
 
 /// The agent's serving side, shared by AgentRoot (assignments, seals) and the HTTP server.
@@ -77,6 +97,10 @@ pub struct Serving {
 struct Inner {
     endpoint: Option<String>,
     store: ArtifactStore,
+    /// Where serving programs' checkpoints are unpacked.
+    serving_dir: PathBuf,
+    /// Health checks and predictions to serving programs on loopback.
+    http: reqwest::Client,
     models: RwLock<BTreeMap<ModelRef, Assigned>>,
     outbox: mpsc::UnboundedSender<AgentMessage>,
     metrics: Arc<AgentMetrics>,
@@ -88,6 +112,7 @@ impl Serving {
     pub fn new(
         endpoint: Option<String>,
         store: ArtifactStore,
+        work_dir: &std::path::Path,
         outbox: mpsc::UnboundedSender<AgentMessage>,
         metrics: Arc<AgentMetrics>,
         shutdown: CancellationToken,
@@ -96,6 +121,12 @@ impl Serving {
             inner: Arc::new(Inner {
                 endpoint,
                 store,
+                serving_dir: work_dir.join("serving"),
+                http: reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(64)
+                    .build()
+                    .unwrap_or_default(),
                 models: RwLock::new(BTreeMap::new()),
                 outbox,
                 metrics,
@@ -117,6 +148,10 @@ impl Serving {
                         Slot::Loading => ServeState::Loading,
                         Slot::Ready(_) => ServeState::Ready,
                         Slot::Failed(message) => ServeState::Failed(message.clone()),
+                        Slot::Restarting { restarts, reason } => ServeState::Restarting {
+                            restarts: *restarts,
+                            reason: reason.clone(),
+                        },
                     };
                     (model.clone(), state)
                 })
@@ -129,7 +164,8 @@ impl Serving {
         let _ = self.inner.outbox.send(AgentMessage::Serving(self.report()));
     }
 
-    /// Serves exactly `wanted`: loads new versions in the background, drops the others.
+    /// Serves exactly `wanted`: loads new versions in the background, drops the others
+    /// (stopping their serving programs).
     pub fn assign(&self, wanted: Vec<ServedModel>) {
         if self.inner.endpoint.is_none() {
             return;
@@ -138,56 +174,58 @@ impl Serving {
         {
             let mut models = self.inner.write_models();
             models.retain(|model, assigned| {
-                let keep = wanted
-                    .iter()
-                    .any(|w| &w.model == model && w.artifact == assigned.artifact);
+                let keep = wanted.iter().any(|w| {
+                    &w.model == model
+                        && w.artifact == assigned.artifact
+                        && w.serving == assigned.serving
+                });
                 if !keep {
                     tracing::info!(%model, "no longer serving");
+                    assigned.stop.cancel();
                     self.inner.set_state_metric(model, None);
                 }
                 keep
             });
             for served in wanted {
                 if !models.contains_key(&served.model) {
+                    let stop = self.inner.shutdown.child_token();
                     models.insert(
                         served.model.clone(),
                         Assigned {
                             artifact: served.artifact.clone(),
+                            serving: served.serving.clone(),
                             slot: Slot::Loading,
+                            stop: stop.clone(),
                         },
                     );
                     self.inner.set_state_metric(&served.model, Some("loading"));
-                    to_load.push(served);
+                    to_load.push((served, stop));
                 }
             }
         }
-        for served in to_load {
+        for (served, stop) in to_load {
             let inner = self.inner.clone();
             self.inner.tasks.spawn(async move {
-                let loaded = tokio::select! {
-                    loaded = load(&inner.store, &served) => loaded,
-                    () = inner.shutdown.cancelled() => return,
-                };
-                let slot = match loaded {
-                    Ok(predictor) => {
-                        tracing::info!(model = %served.model, sha256 = %served.artifact.sha256, "serving");
-                        inner.set_state_metric(&served.model, Some("ready"));
-                        Slot::Ready(Arc::new(predictor))
+                match served.serving.clone() {
+                    None => {
+                        let loaded = tokio::select! {
+                            loaded = load(&inner.store, &served) => loaded,
+                            () = stop.cancelled() => return,
+                        };
+                        let slot = match loaded {
+                            Ok(predictor) => {
+                                tracing::info!(model = %served.model, sha256 = %served.artifact.sha256, "serving");
+                                Slot::Ready(Backend::Burn(Arc::new(predictor)))
+                            }
+                            Err(message) => {
+                                tracing::error!(model = %served.model, %message, "cannot serve this version");
+                                Slot::Failed(message)
+                            }
+                        };
+                        inner.set_slot(&served, slot);
                     }
-                    Err(message) => {
-                        tracing::error!(model = %served.model, %message, "cannot serve this version");
-                        inner.set_state_metric(&served.model, Some("failed"));
-                        Slot::Failed(message)
-                    }
-                };
-                if let Some(assigned) = inner.write_models().get_mut(&served.model)
-                    && assigned.artifact == served.artifact
-                {
-                    assigned.slot = slot;
+                    Some(serving) => run_program(&inner, &served, serving, stop).await,
                 }
-                let _ = inner
-                    .outbox
-                    .send(AgentMessage::Serving(Serving { inner: inner.clone() }.report()));
             });
         }
         self.announce();
@@ -219,6 +257,31 @@ impl Serving {
 }
 
 impl Inner {
+    /// Moves an assigned version (still this artifact) to `slot` and tells the coordinator.
+    fn set_slot(self: &Arc<Self>, served: &ServedModel, slot: Slot) {
+        let state = match &slot {
+            Slot::Loading => "loading",
+            Slot::Ready(_) => "ready",
+            Slot::Failed(_) => "failed",
+            Slot::Restarting { .. } => "restarting",
+        };
+        {
+            let mut models = self.write_models();
+            match models.get_mut(&served.model) {
+                Some(assigned) if assigned.artifact == served.artifact => assigned.slot = slot,
+                // Unassigned meanwhile: nothing to report.
+                _ => return,
+            }
+        }
+        self.set_state_metric(&served.model, Some(state));
+        let _ = self.outbox.send(AgentMessage::Serving(
+            Serving {
+                inner: self.clone(),
+            }
+            .report(),
+        ));
+    }
+
     fn read_models(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ModelRef, Assigned>> {
         self.models
             .read()
@@ -233,7 +296,7 @@ impl Inner {
 
     fn set_state_metric(&self, model: &ModelRef, state: Option<&str>) {
         let version = model.version.to_string();
-        for each in ["loading", "ready", "failed"] {
+        for each in ["loading", "ready", "failed", "restarting"] {
             let _ = self.metrics.served_models.remove_label_values(&[
                 model.name.as_str(),
                 version.as_str(),
@@ -261,6 +324,85 @@ async fn load(store: &ArtifactStore, served: &ServedModel) -> Result<Predictor, 
     .map_err(|error| format!("loading stopped: {error}"))?
 }
 
+/// Fetches and verifies a command trial's sealed checkpoint, unpacks it, and runs the
+/// version's serving program until the version is unassigned or the agent stops. A digest
+/// that does not match is refused before anything is unpacked or started.
+async fn run_program(
+    inner: &Arc<Inner>,
+    served: &ServedModel,
+    serving: ServingSpec,
+    stop: CancellationToken,
+) {
+    let fail = |message: String| {
+        tracing::error!(model = %served.model, %message, "cannot serve this version");
+        inner.set_slot(served, Slot::Failed(message));
+    };
+    let uri = served.artifact.uri.clone();
+    let bytes = tokio::select! {
+        bytes = inner.store.get(&uri) => bytes,
+        () = stop.cancelled() => return,
+    };
+    let bytes = match bytes {
+        Ok(bytes) => bytes,
+        Err(error) => return fail(error.to_string()),
+    };
+    let model_dir = inner.serving_dir.join(format!(
+        "{}@{}-{}",
+        served.model.name,
+        served.model.version,
+        served.artifact.sha256.get(..12).unwrap_or_default()
+    ));
+    let expected = served.artifact.sha256.clone();
+    let dir = model_dir.clone();
+    let unpacked = tokio::task::spawn_blocking(move || {
+        verify_sha256(&uri, &bytes, &expected).map_err(|error| error.to_string())?;
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::trial_checkpoint::unpack(&bytes, &uri, &dir).map(|_| ())
+    })
+    .await
+    .map_err(|error| format!("loading stopped: {error}"))
+    .and_then(|unpacked| unpacked);
+    if let Err(message) = unpacked {
+        return fail(message);
+    }
+    let program = crate::served_program::Program {
+        model: served.model.clone(),
+        serving,
+        model_dir: model_dir.clone(),
+    };
+    let labels = [served.model.name.clone(), served.model.version.to_string()];
+    program
+        .supervise(
+            inner.http.clone(),
+            stop,
+            |update| {
+                let slot = match update {
+                    crate::served_program::Update::Ready { port } => {
+                        tracing::info!(model = %served.model, sha256 = %served.artifact.sha256, port, "serving through its program");
+                        Slot::Ready(Backend::Program { port })
+                    }
+                    crate::served_program::Update::Restarting { restarts, reason } => {
+                        Slot::Restarting { restarts, reason }
+                    }
+                    crate::served_program::Update::Failed(message) => {
+                        tracing::error!(model = %served.model, %message, "cannot serve this version");
+                        Slot::Failed(message)
+                    }
+                };
+                inner.set_slot(served, slot);
+            },
+            || {
+                inner
+                    .metrics
+                    .serving_restarts
+                    .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
+                    .inc();
+            },
+        )
+        .await;
+    let _ = tokio::fs::remove_dir_all(&model_dir).await;
+}
+
 async fn seal(store: &ArtifactStore, request: &SealRequest) -> Result<Artifact, String> {
     let bytes = match store.get(&request.source).await {
         Ok(bytes) => bytes,
@@ -269,10 +411,21 @@ async fn seal(store: &ArtifactStore, request: &SealRequest) -> Result<Artifact, 
             .map_err(|error| error.to_string())?,
     };
     let source = request.source.clone();
+    let format = request.format;
     let (bytes, sha256) = tokio::task::spawn_blocking(move || {
         // Only a checkpoint that loads as a model becomes one.
-        Predictor::from_bytes(&bytes, &source)
-            .map_err(|error| format!("not a servable model: {error}"))?;
+        match format {
+            ArtifactFormat::BurnModel => {
+                Predictor::from_bytes(&bytes, &source)
+                    .map(|_| ())
+                    .map_err(|error| format!("not a servable model: {error}"))?;
+            }
+            ArtifactFormat::CheckpointArchive => {
+                crate::trial_checkpoint::read_manifest(&bytes, &source)
+                    .map(|_| ())
+                    .map_err(|error| format!("not a command trial's checkpoint: {error}"))?;
+            }
+        }
         let sha256 = sha256_hex(&bytes);
         Ok::<_, String>((bytes, sha256))
     })
@@ -304,13 +457,6 @@ async fn seal(store: &ArtifactStore, request: &SealRequest) -> Result<Artifact, 
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
-#[derive(Debug, Deserialize)]
-pub struct PredictRequest {
-    pub model: String,
-    pub version: String,
-    pub instances: Vec<Vec<f32>>,
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PredictionJson {
@@ -334,50 +480,34 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
+/// `/v1/predict`: the model and version in the body.
 async fn predict(State(serving): State<Serving>, body: axum::body::Bytes) -> Response {
     let started = Instant::now();
-    let request: PredictRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(problem) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "the body is not a prediction request ({{\"model\", \"version\", \"instances\"}}): {problem}"
-                ),
-            );
-        }
-    };
-    run(
-        serving,
-        started,
-        &request.model,
-        &request.version,
-        request.instances,
-    )
-    .await
+    #[derive(Deserialize)]
+    struct Target {
+        model: String,
+        version: String,
+    }
+    match serde_json::from_slice::<Target>(&body) {
+        Ok(target) => run(serving, started, &target.model, &target.version, body).await,
+        Err(problem) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body is not a prediction request ({{\"model\", \"version\", \"instances\"}}): {problem}"
+            ),
+        ),
+    }
 }
 
 /// The routers' form: the version in the path, the body `{"instances": […]}` (other fields,
-/// such as the router's `model` and `key`, are ignored).
+/// such as the router's `model` and `key`, are ignored by built-in models and passed on to
+/// serving programs).
 async fn predict_version(
     State(serving): State<Serving>,
     axum::extract::Path((model, version)): axum::extract::Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    let started = Instant::now();
-    #[derive(Deserialize)]
-    struct Instances {
-        instances: Vec<Vec<f32>>,
-    }
-    match serde_json::from_slice::<Instances>(&body) {
-        Ok(request) => run(serving, started, &model, &version, request.instances).await,
-        Err(problem) => error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the body is not a prediction request ({{\"instances\": [[…], …]}}): {problem}"
-            ),
-        ),
-    }
+    run(serving, Instant::now(), &model, &version, body).await
 }
 
 async fn run(
@@ -385,7 +515,7 @@ async fn run(
     started: Instant,
     model: &str,
     version: &str,
-    instances: Vec<Vec<f32>>,
+    body: axum::body::Bytes,
 ) -> Response {
     let reference: ModelRef = match format!("{model}@{version}").parse() {
         Ok(reference) => reference,
@@ -399,17 +529,7 @@ async fn run(
             .with_label_values(&[reference.name.as_str(), version.as_str(), outcome])
             .inc();
     };
-    if instances.len() > MAX_BATCH {
-        count("bad_request");
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "{} inputs in one request; at most {MAX_BATCH}",
-                instances.len()
-            ),
-        );
-    }
-    let predictor = {
+    let backend = {
         let models = serving.inner.read_models();
         match models.get(&reference).map(|assigned| &assigned.slot) {
             None => {
@@ -428,6 +548,15 @@ async fn run(
                     format!("{reference} is still loading"),
                 );
             }
+            Some(Slot::Restarting { reason, .. }) => {
+                let reason = reason.clone();
+                drop(models);
+                count("error");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{reference} is restarting its serving program: {reason}"),
+                );
+            }
             Some(Slot::Failed(message)) => {
                 let message = message.clone();
                 drop(models);
@@ -437,17 +566,137 @@ async fn run(
                     format!("{reference} could not be loaded: {message}"),
                 );
             }
-            Some(Slot::Ready(predictor)) => predictor.clone(),
+            Some(Slot::Ready(backend)) => backend.clone(),
         }
     };
-    metrics.prediction_batch.observe(instances.len() as f64);
+    let (response, outcome) = match backend {
+        Backend::Burn(predictor) => predict_burn(&reference, &version, predictor, &body).await,
+        Backend::Program { port } => forward(&serving.inner.http, &reference, port, body).await,
+    };
+    count(outcome);
+    metrics
+        .prediction_seconds
+        .with_label_values(&[reference.name.as_str(), version.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// How long a serving program may take to answer one request.
+const PROGRAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Passes a prediction request to the version's serving program unchanged, and its answer
+/// back unchanged (KServe v1: `POST /v1/models/<name>:predict`).
+async fn forward(
+    http: &reqwest::Client,
+    reference: &ModelRef,
+    port: u16,
+    body: axum::body::Bytes,
+) -> (Response, &'static str) {
+    let url = format!(
+        "http://127.0.0.1:{port}/v1/models/{}:predict",
+        reference.name
+    );
+    let sent = http
+        .post(url)
+        .header("content-type", "application/json")
+        .timeout(PROGRAM_TIMEOUT)
+        .body(body)
+        .send()
+        .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(failure) => {
+            return (
+                error(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{reference}: its serving program did not answer: {failure}"),
+                ),
+                "error",
+            );
+        }
+    };
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    match response.bytes().await {
+        Ok(bytes) => {
+            let outcome = if status.is_success() {
+                "ok"
+            } else if status == StatusCode::UNPROCESSABLE_ENTITY {
+                "rejected"
+            } else if status.is_client_error() {
+                "bad_request"
+            } else {
+                "error"
+            };
+            (
+                (
+                    status,
+                    [(axum::http::header::CONTENT_TYPE, content_type)],
+                    bytes,
+                )
+                    .into_response(),
+                outcome,
+            )
+        }
+        Err(failure) => (
+            error(
+                StatusCode::BAD_GATEWAY,
+                format!("{reference}: its serving program's answer was cut off: {failure}"),
+            ),
+            "error",
+        ),
+    }
+}
+
+/// A built-in model's prediction: `{"instances": [[f32, …], …]}`.
+async fn predict_burn(
+    reference: &ModelRef,
+    version: &str,
+    predictor: Arc<Predictor>,
+    body: &[u8],
+) -> (Response, &'static str) {
+    #[derive(Deserialize)]
+    struct Instances {
+        instances: Vec<Vec<f32>>,
+    }
+    let instances = match serde_json::from_slice::<Instances>(body) {
+        Ok(request) => request.instances,
+        Err(problem) => {
+            return (
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the body is not a prediction request ({{\"instances\": [[…], …]}}): {problem}"
+                    ),
+                ),
+                "bad_request",
+            );
+        }
+    };
+    if instances.len() > MAX_BATCH {
+        return (
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{} inputs in one request; at most {MAX_BATCH}",
+                    instances.len()
+                ),
+            ),
+            "bad_request",
+        );
+    }
     let predicted = tokio::task::spawn_blocking(move || predictor.predict(&instances)).await;
-    let response = match predicted {
-        Ok(Ok(predictions)) => {
-            count("ok");
+    match predicted {
+        Ok(Ok(predictions)) => (
             Json(PredictResponse {
                 model: reference.name.clone(),
-                version: version.clone(),
+                version: version.to_string(),
                 predictions: predictions
                     .into_iter()
                     .map(|prediction| match prediction {
@@ -462,31 +711,27 @@ async fn run(
                     })
                     .collect(),
             })
-            .into_response()
-        }
-        Ok(Err(TrainError::Data(problem))) => {
-            // Well-formed, but not inputs this version takes (their shape, a non-finite
-            // value): routers count it against the version.
-            count("rejected");
-            error(StatusCode::UNPROCESSABLE_ENTITY, problem.to_string())
-        }
-        Ok(Err(failure)) => {
-            count("error");
-            error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string())
-        }
-        Err(failure) => {
-            count("error");
+            .into_response(),
+            "ok",
+        ),
+        // Well-formed, but not inputs this version takes (their shape, a non-finite value):
+        // routers count it against the version.
+        Ok(Err(TrainError::Data(problem))) => (
+            error(StatusCode::UNPROCESSABLE_ENTITY, problem.to_string()),
+            "rejected",
+        ),
+        Ok(Err(failure)) => (
+            error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+            "error",
+        ),
+        Err(failure) => (
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("the prediction stopped: {failure}"),
-            )
-        }
-    };
-    metrics
-        .prediction_seconds
-        .with_label_values(&[reference.name.as_str(), version.as_str()])
-        .observe(started.elapsed().as_secs_f64());
-    response
+            ),
+            "error",
+        ),
+    }
 }
 
 async fn list(State(serving): State<Serving>) -> Response {
@@ -495,11 +740,12 @@ async fn list(State(serving): State<Serving>) -> Response {
         .models
         .iter()
         .map(|(model, state)| {
-            let (state, message) = match state {
-                ServeState::Loading => ("loading", None),
-                ServeState::Ready => ("ready", None),
-                ServeState::Failed(message) => ("failed", Some(message.clone())),
+            let message = match state {
+                ServeState::Failed(message) => Some(message.clone()),
+                ServeState::Restarting { reason, .. } => Some(reason.clone()),
+                ServeState::Loading | ServeState::Ready => None,
             };
+            let state = state.as_str();
             serde_json::json!({
                 "model": model.name,
                 "version": model.version.to_string(),

@@ -256,6 +256,32 @@ pub fn unpack(bytes: &[u8], uri: &str, dest: &Path) -> Result<Manifest, String> 
     manifest.ok_or_else(|| bad("no manifest: not a command trial's checkpoint".into()))
 }
 
+/// Reads a checkpoint archive's manifest without unpacking it (the archive's first entry).
+pub fn read_manifest(bytes: &[u8], uri: &str) -> Result<Manifest, String> {
+    let bad = |message: String| format!("{uri}: {message}");
+    let mut archive = tar::Archive::new(bytes);
+    let mut entries = archive
+        .entries()
+        .map_err(|error| bad(format!("not a checkpoint archive: {error}")))?;
+    let mut first = entries
+        .next()
+        .ok_or_else(|| bad("an empty archive".into()))?
+        .map_err(|error| bad(format!("damaged archive: {error}")))?;
+    let is_manifest = first
+        .path()
+        .map(|path| path == Path::new(MANIFEST))
+        .unwrap_or(false);
+    if !is_manifest {
+        return Err(bad(format!("no manifest ({MANIFEST}) as its first entry")));
+    }
+    let mut text = Vec::new();
+    first
+        .read_to_end(&mut text)
+        .map_err(|error| bad(format!("cannot read its manifest: {error}")))?;
+    serde_json::from_slice(&text)
+        .map_err(|error| bad(format!("its manifest is not valid: {error}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,6 +47,7 @@ async fn harness_with(
     let serving = flotilla_agent::serving::Serving::new(
         None,
         artifacts.clone(),
+        dir.path(),
         outbox.clone(),
         metrics.clone(),
         tokio_util::sync::CancellationToken::new(),

@@ -910,14 +910,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         report::write_report(&page, &detail, &trials, true)?;
         println!("report: {}", page.display());
         if let Some(name) = &args.serve {
-            serve_winner(
-                &cluster,
-                &summary,
-                name,
-                router.local_addr(),
-                &feedback_token,
-            )
-            .await?;
+            serve_winner(&cluster, &summary, name, &router, &feedback_token).await?;
         }
         if args.autoscale {
             // From here the wait reports the fleet itself, up to its last line (0 agents).
@@ -948,7 +941,7 @@ async fn serve_winner(
     cluster: &LocalCluster,
     summary: &flotilla_sdk::SweepSummary,
     name: &str,
-    router: SocketAddr,
+    router: &flotilla_router::Router,
     feedback_token: &str,
 ) -> anyhow::Result<()> {
     let admin = cluster.client().await?;
@@ -962,8 +955,23 @@ async fn serve_winner(
             stage: flotilla_sdk::ModelStage::Production,
         })
         .await;
+    let registered = match registered {
+        Ok(registered) => registered,
+        Err(error) => {
+            admin.close().await;
+            return Err(error.into());
+        }
+    };
+    let ready = wait_until_served(&admin, &registered).await;
     admin.close().await;
-    let registered = registered?;
+    ready?;
+    // The router takes the route at its next report (every second).
+    let version = registered.version.to_string();
+    let started = std::time::Instant::now();
+    while !router.routes_to(name, &version) && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let router = router.local_addr();
     println!(
         "serving {} (trial {}, sha256 {}) — try:\n  curl -s http://{router}/v1/predict -d '{{\"model\": \"{name}\", \"instances\": [[…]]}}'\nlabels go to /v1/feedback with `Authorization: Bearer {feedback_token}` (this run's feedback token)\nCtrl-C stops",
         registered.reference(),
@@ -972,6 +980,57 @@ async fn serve_winner(
     );
     shutdown_signal().await;
     Ok(())
+}
+
+/// Waits until a replica of `version` is ready; fails with the agents' reasons when every
+/// replica failed (a serving program that crashes on each start, or never passes its health
+/// check).
+async fn wait_until_served(
+    client: &flotilla_sdk::Client,
+    version: &flotilla_sdk::ModelVersion,
+) -> anyhow::Result<()> {
+    use flotilla_protocol::models::ServeState;
+    let reference = version.reference();
+    let limit = version
+        .serving
+        .as_ref()
+        .map_or(Duration::from_secs(120), |serving| {
+            serving.ready_timeout * 3 + Duration::from_secs(30)
+        });
+    let started = std::time::Instant::now();
+    loop {
+        let placements: Vec<_> = client
+            .model_placements(Some(&reference.name))
+            .await?
+            .into_iter()
+            .filter(|placement| placement.model == reference)
+            .collect();
+        if placements
+            .iter()
+            .any(|placement| placement.state == Some(ServeState::Ready))
+        {
+            return Ok(());
+        }
+        let failures: Vec<String> = placements
+            .iter()
+            .filter_map(|placement| match &placement.state {
+                Some(ServeState::Failed(message)) => {
+                    Some(format!("{}: {message}", placement.agent.0))
+                }
+                _ => None,
+            })
+            .collect();
+        if !placements.is_empty() && failures.len() == placements.len() {
+            bail!(
+                "{reference} could not be served:\n  {}",
+                failures.join("\n  ")
+            );
+        }
+        if started.elapsed() > limit {
+            bail!("{reference} was not ready on any agent within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn sweep(command: SweepCommand) -> anyhow::Result<()> {

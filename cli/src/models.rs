@@ -9,6 +9,8 @@ use flotilla_sdk::{
     SemVer, StartRollout, SweepId,
 };
 
+use flotilla_protocol::models::ServeState;
+
 use crate::Connection;
 
 #[derive(Subcommand)]
@@ -202,6 +204,7 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
             let reference = parse_ref(&model)?;
             let client = connection.connect("client").await?;
             let versions = client.models(Some(&reference.name)).await;
+            let placements = client.model_placements(Some(&reference.name)).await;
             client.close().await;
             let Some(version) = versions?
                 .into_iter()
@@ -209,10 +212,17 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
             else {
                 bail!("no model version {reference}");
             };
+            let placements: Vec<_> = placements?
+                .into_iter()
+                .filter(|placement| placement.model == reference)
+                .collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&version)?);
+                let mut value = serde_json::to_value(&version)?;
+                value["placements"] = serde_json::to_value(&placements)?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print_version(&version);
+                print_placements(&placements);
             }
             Ok(())
         }
@@ -297,6 +307,44 @@ fn print_version(version: &ModelVersion) {
         .collect();
     println!("  metrics:   {}", metrics.join(" "));
     println!("  created:   {}", age(version.created_ms));
+    match &version.serving {
+        None => println!("  served by: the agents' built-in inference"),
+        Some(serving) => {
+            println!(
+                "  served by: {} {} (health {}, ready within {}, {} replica(s))",
+                serving.command,
+                serving.args.join(" "),
+                serving.health,
+                humantime::format_duration(serving.ready_timeout),
+                serving.replicas
+            );
+        }
+    }
+}
+
+/// Where the version runs and how each replica is.
+fn print_placements(placements: &[flotilla_protocol::models::Placement]) {
+    if placements.is_empty() {
+        println!("  runs on:   no agent (not in production or in a rollout, or no serving agent)");
+        return;
+    }
+    println!("  runs on:");
+    for placement in placements {
+        let (state, detail) = match &placement.state {
+            None => ("assigned".to_string(), String::new()),
+            Some(ServeState::Restarting { restarts, reason }) => (
+                format!("restarting ({restarts} restarts)"),
+                format!(": {reason}"),
+            ),
+            Some(ServeState::Failed(message)) => ("failed".to_string(), format!(": {message}")),
+            Some(state) => (state.as_str().to_string(), String::new()),
+        };
+        println!(
+            "    {:<24} {:<32} {state}{detail}",
+            placement.agent.0,
+            placement.endpoint.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 fn age(unix_ms: u64) -> String {

@@ -648,3 +648,100 @@ checkpoint_every = 0
     let status = child.wait().expect("flotilla up exits");
     assert!(status.success(), "{status:?}");
 }
+
+/// `flotilla up examples/served-command.toml --serve demo`, as the README shows it: a
+/// command sweep is tuned, its winner registered with the sweep's `[serving]` program and
+/// served behind the router; predictions through the router are the program's own output,
+/// and Ctrl-C stops the program with the rest.
+#[test]
+fn up_serve_runs_a_command_sweeps_own_serving_program_behind_the_router() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let router = format!("127.0.0.1:{port}");
+    let run = dir.path().join("run");
+    let mut child = Command::new(BIN)
+        .current_dir(repo_root())
+        .args(["up", "examples/served-command.toml", "--serve", "demo"])
+        .args(["--router-listen", &router])
+        .arg("--dir")
+        .arg(&run)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start flotilla up --serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = String::new();
+    loop {
+        let line = received
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .unwrap_or_else(|_| panic!("no serving line from flotilla up --serve:\n{seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Authorization: Bearer ") {
+            break;
+        }
+    }
+    assert!(seen.contains("serving demo@1.0.0"), "{seen}");
+    assert!(
+        seen.contains(&format!("http://{router}/v1/predict")),
+        "{seen}"
+    );
+
+    // `up --serve` waits until a replica is ready, so the first request is answered.
+    let body = r#"{"model": "demo", "instances": [[1.5, -0.3, 4.2, 0.7], [-2.0, 0.4, -9.0, 1.1]]}"#;
+    let (status, head, answer) = http_post(&router, "/v1/predict", body, "");
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-flotilla-version: 1.0.0"),
+        "{head}"
+    );
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+    let predictions = answer["predictions"].as_array().expect("predictions");
+    assert_eq!(predictions.len(), 2, "{answer}");
+    assert!(
+        predictions
+            .iter()
+            .all(|p| p.as_u64().is_some_and(|class| class < 3)),
+        "the program's own classes: {answer}"
+    );
+    let kserve = r#"{"instances": [[1.5, -0.3, 4.2, 0.7]]}"#;
+    let (status, _, answer) = http_post(&router, "/v1/models/demo:predict", kserve, "");
+    assert_eq!(status, 200, "{answer}");
+
+    let serving_dir = run.to_string_lossy().into_owned();
+    let programs = || {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter(|entry| {
+                std::fs::read(entry.path().join("environ"))
+                    .is_ok_and(|environ| String::from_utf8_lossy(&environ).contains(&serving_dir))
+                    && std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
+                        String::from_utf8_lossy(&cmdline).contains("softmax_serve.py")
+                    })
+            })
+            .count()
+    };
+    assert_eq!(programs(), 1, "one replica of the serving program runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let status = child.wait().expect("flotilla up exits");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(programs(), 0, "Ctrl-C stops the serving program");
+}

@@ -28,7 +28,7 @@ use flotilla_protocol::messages::{
     ClientResponse, ClusterStatus, Command, CoordinatorCommand, Hello, HelloReply, Refusal,
     RefusalReason, ReplicaInfo, Role, SweepEvent, TrialState, Welcome,
 };
-use flotilla_protocol::models::{Lineage, RegisterModel};
+use flotilla_protocol::models::{Lineage, ModelVersion, RegisterModel};
 use flotilla_protocol::revocation::RevocationList;
 use flotilla_protocol::{AgentId, Epoch, tls};
 use quinn::{RecvStream, SendStream};
@@ -717,8 +717,13 @@ async fn answer(request: ClientRequest, context: &SessionContext) -> ClientRespo
         ClientRequest::ListModels { name } => {
             ask(&context.models, |reply| ModelsMsg::List { name, reply })
                 .await
-                .map_or_else(unavailable, ClientResponse::Models)
+                .map_or_else(unavailable, models_answer)
         }
+        ClientRequest::ModelPlacements { name } => ask(&context.models, |reply| {
+            ModelsMsg::Placements { name, reply }
+        })
+        .await
+        .map_or_else(unavailable, ClientResponse::Placements),
         ClientRequest::SetModelStage { model, stage } => {
             match ask(&context.models, |reply| ModelsMsg::SetStage {
                 model,
@@ -727,7 +732,7 @@ async fn answer(request: ClientRequest, context: &SessionContext) -> ClientRespo
             })
             .await
             {
-                Ok(Ok(versions)) => ClientResponse::Models(versions),
+                Ok(Ok(versions)) => models_answer(versions),
                 Ok(Err(error)) => ClientResponse::Error(error),
                 Err(error) => unavailable(error),
             }
@@ -772,6 +777,11 @@ async fn answer(request: ClientRequest, context: &SessionContext) -> ClientRespo
             error_response(ApiErrorKind::Internal, "watch is served as a stream")
         }
     }
+}
+
+/// Model versions as clients see them: `[serving] env` values redacted.
+fn models_answer(versions: Vec<ModelVersion>) -> ClientResponse {
+    ClientResponse::Models(versions.iter().map(ModelVersion::redacted).collect())
 }
 
 /// Looks up the trial (the sweep's winner when none is named), checks it has a checkpoint,
@@ -830,11 +840,21 @@ async fn register_model(context: &SessionContext, request: RegisterModel) -> Cli
         return error_response(
             ApiErrorKind::InvalidRequest,
             format!(
-                "trial {}/{} has no checkpoint (command trials write none; the built-in trainers write one when they finish)",
+                "trial {}/{} has no checkpoint (the built-in trainers write one when they finish; a command trial commits one by printing '@flotilla checkpoint')",
                 id.sweep, id.number
             ),
         );
     };
+    let command = detail.spec.trial.trainer.is_none();
+    if command && detail.spec.serving.is_none() {
+        return error_response(
+            ApiErrorKind::InvalidRequest,
+            format!(
+                "sweep {sweep} runs a command and its sweep file has no [serving] table, so nothing could serve trial {}/{}: add one (command, args, health) and submit the sweep again",
+                id.sweep, id.number
+            ),
+        );
+    }
     let lineage = Lineage {
         sweep,
         sweep_name: detail.spec.name.clone(),
@@ -851,7 +871,15 @@ async fn register_model(context: &SessionContext, request: RegisterModel) -> Cli
         checkpoint: checkpoint.uri,
         epoch: checkpoint.epoch,
     };
-    let registration = Box::new(Registration { request, lineage });
+    let registration = Box::new(Registration {
+        request,
+        lineage,
+        serving: if command {
+            detail.spec.serving.clone()
+        } else {
+            None
+        },
+    });
     let answer = context
         .models
         .call(
@@ -863,7 +891,7 @@ async fn register_model(context: &SessionContext, request: RegisterModel) -> Cli
         )
         .await;
     match answer {
-        Ok(ractor::rpc::CallResult::Success(Ok(version))) => ClientResponse::Models(vec![version]),
+        Ok(ractor::rpc::CallResult::Success(Ok(version))) => models_answer(vec![version]),
         Ok(ractor::rpc::CallResult::Success(Err(error))) => ClientResponse::Error(error),
         Ok(_) => error_response(ApiErrorKind::Unavailable, "the registration got no answer"),
         Err(error) => error_response(ApiErrorKind::Unavailable, error.to_string()),

@@ -16,12 +16,17 @@ use crate::messages::{Hello, Role};
 /// the model, rollout and router requests; all appended); version 10 added
 /// `Command::StartAttempt` (the GPUs an attempt gets) and `ClientRequest::AgentGpus` (sent only
 /// to peers that speak 10); version 11 added `Role::Router` (appended): `RouterSync` is
-/// answered only for router and admin certificates.
-pub const PROTOCOL_VERSION: u16 = 11;
+/// answered only for router and admin certificates; version 12 added served programs
+/// (`SweepSpec::serving`, `ModelVersion::serving`, `ServedModel::serving`,
+/// `SealRequest::format`, `ServeState::Restarting`, squared error in the rollout counters,
+/// per-stage gates in policies, `ClientRequest::ModelPlacements`). Version 12 changed existing
+/// structs, so older peers are refused; stored state of version 11 is read and converted
+/// (`flotilla_protocol::stored`).
+pub const PROTOCOL_VERSION: u16 = 12;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot
 /// decode.
-pub const MIN_PROTOCOL_VERSION: u16 = 5;
+pub const MIN_PROTOCOL_VERSION: u16 = 12;
 /// ALPN identifier; a peer without it fails the TLS handshake.
 pub const ALPN: &[u8] = b"flotilla";
 

@@ -379,6 +379,11 @@ pub enum ClientRequest {
     /// Each agent's GPUs and how many running attempts hold (admin; protocol 10). Answered
     /// with `AgentGpus`.
     AgentGpus,
+    /// Where the versions of one model, or of every model, are assigned and how each
+    /// replica is (protocol 12). Answered with `Placements`.
+    ModelPlacements {
+        name: Option<String>,
+    },
 }
 
 /// Which certificates a client request is answered for: the one table of request
@@ -438,6 +443,7 @@ impl ClientRequest {
             ClientRequest::RolloutAction { .. } => "RolloutAction",
             ClientRequest::RouterSync(_) => "RouterSync",
             ClientRequest::AgentGpus => "AgentGpus",
+            ClientRequest::ModelPlacements { .. } => "ModelPlacements",
         }
     }
 
@@ -454,6 +460,7 @@ impl ClientRequest {
             | ClientRequest::WatchSweep(_)
             | ClientRequest::SweepDetail(_)
             | ClientRequest::ListModels { .. }
+            | ClientRequest::ModelPlacements { .. }
             | ClientRequest::ListRollouts { .. } => Access::Client,
             // Straight into production skips the canary: operators only.
             ClientRequest::RegisterModel(request) => {
@@ -518,6 +525,7 @@ impl ClientRequest {
             register(ModelStage::Staging),
             register(ModelStage::Production),
             ClientRequest::ListModels { name: None },
+            ClientRequest::ModelPlacements { name: None },
             ClientRequest::SetModelStage {
                 model: ModelRef {
                     name: "m".into(),
@@ -622,6 +630,8 @@ pub enum ClientResponse {
     Routes(Vec<Route>),
     /// Answer to `AgentGpus` (protocol 10).
     AgentGpus(Vec<AgentGpus>),
+    /// Answer to `ModelPlacements` (protocol 12).
+    Placements(Vec<crate::models::Placement>),
 }
 
 /// Everything a report needs beyond the trial list.
@@ -919,9 +929,10 @@ mod tests {
             ClientRequest::RolloutAction { .. } => 18,
             ClientRequest::RouterSync(_) => 19,
             ClientRequest::AgentGpus => 20,
+            ClientRequest::ModelPlacements { .. } => 21,
         }
     }
-    const KINDS: usize = 21;
+    const KINDS: usize = 22;
 
     #[test]
     fn the_examples_hold_every_kind_of_request() {

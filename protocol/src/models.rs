@@ -16,7 +16,8 @@ use flotilla_rollout::{Decision, Pair, Policy};
 use serde::{Deserialize, Serialize};
 
 use crate::messages::{Metrics, Params};
-use crate::{SweepId, TrialId};
+use crate::spec::ServingSpec;
+use crate::{AgentId, SweepId, TrialId};
 
 /// `MAJOR.MINOR.PATCH`, ordered numerically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -186,9 +187,25 @@ pub struct ModelVersion {
     /// Unix milliseconds.
     pub created_ms: u64,
     pub stage_changed_ms: u64,
+    /// How the version is served (protocol 12): `None` for a built-in trainer's model
+    /// (loaded by the agents' burn inference), the sweep's `[serving]` program for a command
+    /// trial's checkpoint.
+    pub serving: Option<ServingSpec>,
 }
 
 impl ModelVersion {
+    /// The version as answers show it: its serving program's `env` values replaced by
+    /// [`crate::spec::REDACTED`].
+    pub fn redacted(&self) -> ModelVersion {
+        let mut version = self.clone();
+        if let Some(serving) = &mut version.serving {
+            for value in serving.env.values_mut() {
+                *value = crate::spec::REDACTED.to_string();
+            }
+        }
+        version
+    }
+
     pub fn reference(&self) -> ModelRef {
         ModelRef {
             name: self.name.clone(),
@@ -216,18 +233,58 @@ pub struct RegisterModel {
 // Serving (coordinator ⇄ agent)
 
 /// A version an agent is asked to serve.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServedModel {
     pub model: ModelRef,
     pub artifact: Artifact,
+    /// The program that serves it (protocol 12); `None`: the built-in burn inference.
+    pub serving: Option<ServingSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServeState {
     Loading,
     Ready,
-    /// The artifact could not be loaded (digest mismatch, unreadable, not a model).
+    /// The artifact could not be loaded (digest mismatch, unreadable, not a model), or its
+    /// serving program never passed its health check.
     Failed(String),
+    /// A serving program that was ready exited or stopped answering its health check and is
+    /// being started again (protocol 12): no traffic until it is ready.
+    Restarting {
+        restarts: u32,
+        reason: String,
+    },
+}
+
+impl ServeState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ServeState::Loading => "loading",
+            ServeState::Ready => "ready",
+            ServeState::Failed(_) => "failed",
+            ServeState::Restarting { .. } => "restarting",
+        }
+    }
+}
+
+/// Where one version runs and how it is (`flotilla model show`, protocol 12).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub model: ModelRef,
+    pub agent: AgentId,
+    pub endpoint: Option<String>,
+    /// `None`: assigned, not yet reported by the agent.
+    pub state: Option<ServeState>,
+}
+
+/// What a sealed artifact must be (protocol 12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArtifactFormat {
+    /// A built-in trainer's checkpoint: it must load as a burn model.
+    BurnModel,
+    /// A command trial's checkpoint archive (a tar with its manifest first), served by the
+    /// sweep's `[serving]` program.
+    CheckpointArchive,
 }
 
 /// What an agent serves: sent after it registers and on every change.
@@ -245,6 +302,8 @@ pub struct SealRequest {
     pub request: u64,
     pub source: String,
     pub key: String,
+    /// What the checkpoint must be to become a model (protocol 12).
+    pub format: ArtifactFormat,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -43,6 +43,99 @@ pub struct SweepSpec {
     /// (Never skipped when empty: the wire codec is not self-describing.)
     #[serde(default)]
     pub phases: Vec<PhaseSpec>,
+    /// How the sweep's models are served (`[serving]`, protocol 12): the program an agent
+    /// runs for a registered version of a command trial's checkpoint. None: a built-in
+    /// trainer's models are served by the agents themselves; a command trial's cannot be.
+    #[serde(default)]
+    pub serving: Option<ServingSpec>,
+}
+
+/// `[serving]`: the program that serves a registered version of this sweep's models.
+///
+/// An agent assigned the version unpacks its sealed checkpoint into a folder and runs
+/// `command` with `args` there, with `FLOTILLA_MODEL_DIR` (that folder) and
+/// `FLOTILLA_SERVE_PORT` (a loopback port the program must listen on) in its environment.
+/// The version is ready once `GET health` answers 2xx; predictions reach the program as
+/// `POST /v1/models/<name>:predict` with the client's KServe v1 body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServingSpec {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default: the agent's working directory, as for trials).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// The HTTP path that answers 2xx once the program can take predictions.
+    #[serde(default = "default_health")]
+    pub health: String,
+    /// How long a start may take to pass its health check before it is stopped as failed.
+    #[serde(default = "default_ready_timeout", with = "humantime_serde")]
+    pub ready_timeout: Duration,
+    /// Agents that serve each version of the model.
+    #[serde(default = "one")]
+    pub replicas: u32,
+}
+
+fn default_health() -> String {
+    "/healthz".to_string()
+}
+
+fn default_ready_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Replicas one version may ask for.
+pub const MAX_REPLICAS: u32 = 256;
+
+impl ServingSpec {
+    /// Problems with this table, their paths under `serving.`.
+    pub fn problems(&self) -> Vec<FieldProblem> {
+        let mut problems = Vec::new();
+        let mut problem = |path: &str, message: String| {
+            problems.push(FieldProblem {
+                path: format!("serving.{path}"),
+                message,
+            })
+        };
+        if self.command.trim().is_empty() {
+            problem(
+                "command",
+                "must name the program that serves the model".into(),
+            );
+        }
+        if !self.health.starts_with('/') || self.health.chars().any(char::is_whitespace) {
+            problem(
+                "health",
+                format!("'{}' is not an HTTP path (e.g. /healthz)", self.health),
+            );
+        }
+        if self.ready_timeout.is_zero() || self.ready_timeout > Duration::from_secs(3600) {
+            problem(
+                "ready_timeout",
+                "must be longer than zero and at most 1h".into(),
+            );
+        }
+        if self.replicas == 0 || self.replicas > MAX_REPLICAS {
+            problem("replicas", format!("must be between 1 and {MAX_REPLICAS}"));
+        }
+        for name in self.env.keys() {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                problem(
+                    &format!("env.{name}"),
+                    "is not a valid environment variable name".into(),
+                );
+            } else if name.starts_with("FLOTILLA_") {
+                problem(
+                    &format!("env.{name}"),
+                    "FLOTILLA_ variables are set by the agent".into(),
+                );
+            }
+        }
+        problems
+    }
 }
 
 /// One phase of a multi-phase sweep. The objective, constraints, trial, resources, retries
@@ -543,6 +636,11 @@ impl SweepSpec {
         for value in spec.trial.env.values_mut() {
             *value = REDACTED.to_string();
         }
+        if let Some(serving) = &mut spec.serving {
+            for value in serving.env.values_mut() {
+                *value = REDACTED.to_string();
+            }
+        }
         spec
     }
 
@@ -820,6 +918,17 @@ metrics = ["loss"]
         }
         if self.resources.slots == 0 {
             problem("resources.slots", "must be at least 1".into());
+        }
+        if let Some(serving) = &self.serving {
+            if self.trial.command.is_none() {
+                problem(
+                    "serving",
+                    "a [serving] program serves a command trial's checkpoints; the built-in trainers' models are served by the agents themselves".into(),
+                );
+            }
+            for found in serving.problems() {
+                problem(&found.path, found.message);
+            }
         }
 
         if problems.is_empty() {
@@ -1609,5 +1718,52 @@ settings = { epochs = 3, time_warp_sigma = 0.15 }
         params.insert("opt".to_string(), ParamValue::Str("adam".into()));
         assert_eq!(substitute("--x={x} --o={opt}", &params), "--x=0.5 --o=adam");
         assert_eq!(placeholders("{a}-{b}"), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_serving_table_is_read_with_its_defaults_and_checked() {
+        let text = format!(
+            "{GOOD}\n[serving]\ncommand = \"python3\"\nargs = [\"serve.py\"]\nenv = {{ API_KEY = \"s3cret\" }}\n"
+        );
+        let spec = SweepSpec::from_toml(&text, "test.toml").expect("valid");
+        let serving = spec.serving.clone().expect("a serving table");
+        assert_eq!(serving.health, "/healthz");
+        assert_eq!(serving.ready_timeout, Duration::from_secs(60));
+        assert_eq!(serving.replicas, 1);
+        assert_eq!(
+            spec.redacted().serving.expect("kept").env["API_KEY"],
+            REDACTED
+        );
+
+        let bad = format!(
+            "{GOOD}\n[serving]\ncommand = \" \"\nhealth = \"healthz\"\nready_timeout = \"0s\"\nreplicas = 0\nenv = {{ FLOTILLA_SERVE_PORT = \"1\" }}\n"
+        );
+        let paths: Vec<String> = problems_of(&bad).into_iter().map(|p| p.path).collect();
+        for path in [
+            "serving.command",
+            "serving.health",
+            "serving.ready_timeout",
+            "serving.replicas",
+            "serving.env.FLOTILLA_SERVE_PORT",
+        ] {
+            assert!(paths.iter().any(|p| p == path), "{path} in {paths:?}");
+        }
+
+        // Built-in trainers' models are served by the agents themselves.
+        let builtin = GOOD
+            .replace(
+                "command = \"python3\"\nargs = [\"train.py\", \"--x={x}\"]\nmetrics = [\"loss\", \"accuracy\"]",
+                "trainer = \"lstm_classifier\"",
+            );
+        let builtin = format!("{builtin}\n[serving]\ncommand = \"python3\"\n");
+        let problems = problems_of(&builtin);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == "serving" && p.message.contains("command trial")),
+            "{problems:?}"
+        );
+        let unknown = format!("{GOOD}\n[serving]\ncommand = \"x\"\nport = 80\n");
+        assert!(SweepSpec::from_toml(&unknown, "test.toml").is_err());
     }
 }

@@ -14,7 +14,7 @@ use flotilla_protocol::messages::*;
 use flotilla_protocol::models::*;
 use flotilla_protocol::spec::{
     AlgorithmSpec, Budget, Constraint, ConstraintOp, Direction, FieldProblem, Objective, ParamSpec,
-    PhaseSpec, Resources, RetryPolicy, SweepSpec, TrialSpec,
+    PhaseSpec, Resources, RetryPolicy, ServingSpec, SweepSpec, TrialSpec,
 };
 use flotilla_protocol::{AgentId, AttemptId, Epoch, ParamValue, SweepId, TrialId};
 use flotilla_rollout::{Arm, Decision, Evidence, Metric, Pair, Policy, Verdict};
@@ -78,6 +78,19 @@ fn spec() -> SweepSpec {
             max_trials: 2,
             max_parallel: Some(1),
         }],
+        serving: None,
+    }
+}
+
+fn serving() -> ServingSpec {
+    ServingSpec {
+        command: "python3".into(),
+        args: vec!["serve.py".into()],
+        env: BTreeMap::from([("K".to_string(), "v".to_string())]),
+        workdir: None,
+        health: "/healthz".into(),
+        ready_timeout: Duration::from_secs(30),
+        replicas: 2,
     }
 }
 
@@ -184,6 +197,7 @@ fn traffic() -> Pair {
     let mut arm = Arm::default();
     arm.record(Duration::from_millis(5), false);
     arm.feedback(true);
+    arm.score(0.5, 0.25);
     Pair {
         baseline: arm,
         canary: Arm::default(),
@@ -527,6 +541,13 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 models: vec![
                     (model_ref(), ServeState::Ready),
                     (model_ref(), ServeState::Failed("f".into())),
+                    (
+                        model_ref(),
+                        ServeState::Restarting {
+                            restarts: 1,
+                            reason: "r".into(),
+                        },
+                    ),
                 ],
             })),
         ),
@@ -541,10 +562,18 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             "CoordinatorCommand::Serve",
             encode(&CoordinatorCommand {
                 epoch: Epoch(7),
-                command: Command::Serve(vec![ServedModel {
-                    model: model_ref(),
-                    artifact: artifact(),
-                }]),
+                command: Command::Serve(vec![
+                    ServedModel {
+                        model: model_ref(),
+                        artifact: artifact(),
+                        serving: None,
+                    },
+                    ServedModel {
+                        model: model_ref(),
+                        artifact: artifact(),
+                        serving: Some(serving()),
+                    },
+                ]),
             }),
         ),
         (
@@ -555,6 +584,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                     request: 5,
                     source: "s".into(),
                     key: "k".into(),
+                    format: ArtifactFormat::CheckpointArchive,
                 }),
             }),
         ),
@@ -635,6 +665,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 description: "d".into(),
                 created_ms: 1,
                 stage_changed_ms: 2,
+                serving: Some(serving()),
             }])),
         ),
         (
@@ -713,6 +744,39 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 gpus: 4,
                 busy_gpus: 1,
             }])),
+        ),
+        (
+            "ClientRequest::ModelPlacements",
+            encode(&ClientRequest::ModelPlacements {
+                name: Some("m".into()),
+            }),
+        ),
+        (
+            "ClientResponse::Placements",
+            encode(&ClientResponse::Placements(vec![
+                Placement {
+                    model: model_ref(),
+                    agent: AgentId("a".into()),
+                    endpoint: Some("https://h:1".into()),
+                    state: Some(ServeState::Restarting {
+                        restarts: 2,
+                        reason: "r".into(),
+                    }),
+                },
+                Placement {
+                    model: model_ref(),
+                    agent: AgentId("b".into()),
+                    endpoint: None,
+                    state: None,
+                },
+            ])),
+        ),
+        (
+            "SweepSpec with [serving] (protocol 12)",
+            encode(&SweepSpec {
+                serving: Some(serving()),
+                ..spec()
+            }),
         ),
         (
             "Hello (router, protocol 11)",

@@ -43,6 +43,11 @@ pub struct Stage {
     pub min_duration: Duration,
     /// Requests the canary must serve in this stage before it may advance.
     pub min_requests: u64,
+    /// The metrics that gate this stage (protocol 12): harm on one of them rolls back, and
+    /// at the last stage each must be shown within its margin. Empty: the policy's
+    /// `metrics`. The others are still measured and shown.
+    #[serde(default)]
+    pub metrics: Vec<Metric>,
 }
 
 /// In a policy file (`flotilla rollout start --policy FILE.toml`) every field is optional;
@@ -62,6 +67,12 @@ pub struct Policy {
     pub latency_margin: f64,
     /// Accuracy drop that matters (absolute).
     pub accuracy_margin: f64,
+    /// Mean-squared-error increase that matters (relative to the baseline's: 0.1 is 10%
+    /// worse).
+    pub squared_error_margin: f64,
+    /// The metrics that gate every stage without a list of its own (default: all four;
+    /// those that need feedback count only once feedback arrives).
+    pub metrics: Vec<Metric>,
     /// Samples each version needs in a window before a metric is tested on it.
     pub min_samples: u64,
     /// A stage that has not shown safety by then is rolled back.
@@ -77,6 +88,7 @@ impl Default for Policy {
             weight,
             min_duration: Duration::from_secs(60),
             min_requests,
+            metrics: Vec::new(),
         };
         Policy {
             stages: vec![stage(0.01, 200), stage(0.10, 1000), stage(0.50, 2000)],
@@ -85,6 +97,8 @@ impl Default for Policy {
             error_margin: 0.01,
             latency_margin: 0.10,
             accuracy_margin: 0.02,
+            squared_error_margin: 0.10,
+            metrics: Metric::ALL.to_vec(),
             min_samples: 100,
             max_stage_duration: Duration::from_secs(3600),
         }
@@ -103,6 +117,10 @@ pub enum PolicyError {
     Margin { field: &'static str, value: f64 },
     #[error("min_samples must be at least 2")]
     MinSamples,
+    #[error(
+        "{field} names no metric: give at least one of error_rate, latency, accuracy, squared_error"
+    )]
+    NoMetrics { field: String },
     #[error(
         "stage {stage}: min_duration {min_duration:?} is longer than max_stage_duration \
          {max:?}, so the stage could never pass"
@@ -148,6 +166,7 @@ impl Policy {
             ("error_margin", self.error_margin),
             ("latency_margin", self.latency_margin),
             ("accuracy_margin", self.accuracy_margin),
+            ("squared_error_margin", self.squared_error_margin),
         ] {
             if !(value > 0.0 && value.is_finite()) {
                 return Err(PolicyError::Margin { field, value });
@@ -156,15 +175,30 @@ impl Policy {
         if self.min_samples < 2 {
             return Err(PolicyError::MinSamples);
         }
+        if self.metrics.is_empty() {
+            return Err(PolicyError::NoMetrics {
+                field: "metrics".into(),
+            });
+        }
         Ok(())
     }
 
-    /// The margin of `metric` on the scale it is tested on.
-    pub fn margin(&self, metric: Metric) -> f64 {
+    /// The margin of `metric` on the scale it is tested on; squared error's is relative to
+    /// the baseline's mean (`baseline`).
+    pub fn margin(&self, metric: Metric, baseline: f64) -> f64 {
         match metric {
             Metric::ErrorRate => self.error_margin,
             Metric::Latency => (1.0 + self.latency_margin).ln(),
             Metric::Accuracy => self.accuracy_margin,
+            Metric::SquaredError => (self.squared_error_margin * baseline).max(1e-12),
+        }
+    }
+
+    /// The metrics that gate stage `stage`.
+    pub fn gates(&self, stage: usize) -> &[Metric] {
+        match self.stages.get(stage) {
+            Some(stage) if !stage.metrics.is_empty() => &stage.metrics,
+            _ => &self.metrics,
         }
     }
 }
@@ -225,6 +259,7 @@ pub struct Evidence {
     /// `safe` is asked of the last stage only.
     pub harm: Option<f64>,
     pub safety: Option<f64>,
+    /// Harm shown on a metric that gates the stage (one that does not is shown only).
     pub harmful: bool,
     pub safe: bool,
 }
@@ -239,21 +274,24 @@ pub struct Decision {
 
 /// Decides one check of a rollout. Pure: the caller keeps the traffic and the clock.
 pub fn decide(policy: &Policy, check: Check<'_>) -> Decision {
-    let metrics = Metric::ALL.len() as f64;
+    let stage_index = check.stage.min(policy.stages.len() - 1);
+    let gates = policy.gates(stage_index);
+    let metrics = gates.len().max(1) as f64;
     let harm_line = (metrics / policy.false_rollback).ln();
     let safety_line = (metrics / policy.false_promotion).ln();
-    let stage = &policy.stages[check.stage.min(policy.stages.len() - 1)];
+    let stage = &policy.stages[stage_index];
     let mut evidence = Vec::new();
     for metric in Metric::ALL {
-        let margin = policy.margin(metric);
-        let tau2 = margin * margin;
         let enough = |pair: &Pair| {
             let baseline = pair.baseline.moments(metric)?;
             let canary = pair.canary.moments(metric)?;
             (baseline.samples >= policy.min_samples && canary.samples >= policy.min_samples)
                 .then_some((baseline, canary))
         };
+        let gating = gates.contains(&metric);
         let harm = enough(check.total_traffic).map(|(baseline, canary)| {
+            let margin = policy.margin(metric, baseline.mean);
+            let tau2 = margin * margin;
             let difference = Difference::between(&baseline, &canary);
             // A difference under a quarter of the margin is no reason to roll back.
             let null = metric.worse() * margin * HARM_TOLERANCE;
@@ -265,6 +303,8 @@ pub fn decide(policy: &Policy, check: Check<'_>) -> Decision {
             check.stage_traffic.canary.moments(metric),
         );
         let safety = enough(check.stage_traffic).map(|(baseline, canary)| {
+            let margin = policy.margin(metric, baseline.mean);
+            let tau2 = margin * margin;
             let difference = Difference::between(&baseline, &canary);
             let null = metric.worse() * margin;
             let better_than_margin = metric.worse() * (difference.estimate - null) < 0.0;
@@ -280,7 +320,7 @@ pub fn decide(policy: &Policy, check: Check<'_>) -> Decision {
             ),
             harm: harm.map(|(ratio, _)| ratio),
             safety: safety.map(|(ratio, _)| ratio),
-            harmful: harm.is_some_and(|(ratio, worse)| worse && ratio >= harm_line),
+            harmful: gating && harm.is_some_and(|(ratio, worse)| worse && ratio >= harm_line),
             safe: safety.is_some_and(|(ratio, better)| better && ratio >= safety_line),
         });
     }
@@ -305,7 +345,8 @@ pub fn decide(policy: &Policy, check: Check<'_>) -> Decision {
     // asked of the last stage only.
     let last = check.stage + 1 >= policy.stages.len();
     let present = |evidence: &&Evidence| {
-        evidence.metric != Metric::Accuracy || evidence.samples.0 + evidence.samples.1 > 0
+        gates.contains(&evidence.metric)
+            && (!evidence.metric.from_feedback() || evidence.samples.0 + evidence.samples.1 > 0)
     };
     let unproven: Vec<&Evidence> = if last {
         evidence
@@ -389,6 +430,7 @@ fn describe(evidence: &Evidence) -> String {
     let show = |value: Option<f64>| match (evidence.metric, value) {
         (_, None) => "–".to_string(),
         (Metric::Latency, Some(log)) => format!("{:.2} ms typical", log.exp() * 1000.0),
+        (Metric::SquaredError, Some(mse)) => format!("mean squared error {mse:.4}"),
         (_, Some(rate)) => format!("{:.2}%", rate * 100.0),
     };
     format!(

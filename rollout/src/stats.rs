@@ -36,6 +36,11 @@ pub struct Arm {
     /// Predictions whose true label came back (`/v1/feedback`), and how many were right.
     pub labelled: u64,
     pub correct: u64,
+    /// Numeric predictions whose true value came back (protocol 12), Σ of their squared
+    /// errors and Σ of those squared (for the variance).
+    pub scored: u64,
+    pub squared_error_sum: f64,
+    pub squared_error_sq_sum: f64,
 }
 
 /// Latencies below this are counted as this (a clock that reads zero has no logarithm).
@@ -55,7 +60,21 @@ impl Arm {
         self.correct += u64::from(correct);
     }
 
+    /// A numeric prediction and its true value.
+    pub fn score(&mut self, predicted: f64, truth: f64) {
+        let squared = (predicted - truth).powi(2);
+        if !squared.is_finite() {
+            return;
+        }
+        self.scored += 1;
+        self.squared_error_sum += squared;
+        self.squared_error_sq_sum += squared * squared;
+    }
+
     pub fn merge(&mut self, other: &Arm) {
+        self.scored += other.scored;
+        self.squared_error_sum += other.squared_error_sum;
+        self.squared_error_sq_sum += other.squared_error_sq_sum;
         self.requests += other.requests;
         self.errors += other.errors;
         self.log_latency_sum += other.log_latency_sum;
@@ -73,6 +92,9 @@ impl Arm {
             log_latency_sq_sum: self.log_latency_sq_sum - earlier.log_latency_sq_sum,
             labelled: self.labelled.saturating_sub(earlier.labelled),
             correct: self.correct.saturating_sub(earlier.correct),
+            scored: self.scored.saturating_sub(earlier.scored),
+            squared_error_sum: self.squared_error_sum - earlier.squared_error_sum,
+            squared_error_sq_sum: self.squared_error_sq_sum - earlier.squared_error_sq_sum,
         }
     }
 
@@ -99,6 +121,27 @@ impl Arm {
                 })
             }
             Metric::Accuracy => bernoulli(self.labelled, self.correct),
+            Metric::SquaredError => {
+                let n = self.scored;
+                if n == 0 {
+                    return None;
+                }
+                let mean = (self.squared_error_sum / n as f64).max(0.0);
+                let variance = if n > 1 {
+                    ((self.squared_error_sq_sum - n as f64 * mean * mean) / (n - 1) as f64).max(0.0)
+                } else {
+                    0.0
+                };
+                // A floor relative to the mean: a version that is exactly right (or exactly
+                // as wrong) every time would otherwise make any difference infinitely
+                // significant.
+                let floor = (mean * mean * 1e-4).max(1e-12);
+                Some(Moments {
+                    samples: n,
+                    mean,
+                    variance: variance.max(floor),
+                })
+            }
         }
     }
 }
@@ -132,15 +175,29 @@ pub enum Metric {
     Latency,
     /// The share of labelled predictions that were right; lower is worse.
     Accuracy,
+    /// The mean squared error of numeric predictions against the true values that came
+    /// back; higher is worse. Appended (protocol 12).
+    SquaredError,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 3] = [Metric::ErrorRate, Metric::Latency, Metric::Accuracy];
+    pub const ALL: [Metric; 4] = [
+        Metric::ErrorRate,
+        Metric::Latency,
+        Metric::Accuracy,
+        Metric::SquaredError,
+    ];
+
+    /// Whether the metric needs feedback (it is absent until true labels or values come
+    /// back, and absent metrics neither block nor decide).
+    pub fn from_feedback(self) -> bool {
+        matches!(self, Metric::Accuracy | Metric::SquaredError)
+    }
 
     /// +1 when a higher value is worse, −1 when a lower one is.
     pub fn worse(self) -> f64 {
         match self {
-            Metric::ErrorRate | Metric::Latency => 1.0,
+            Metric::ErrorRate | Metric::Latency | Metric::SquaredError => 1.0,
             Metric::Accuracy => -1.0,
         }
     }
@@ -150,6 +207,7 @@ impl Metric {
             Metric::ErrorRate => "error rate",
             Metric::Latency => "latency",
             Metric::Accuracy => "accuracy",
+            Metric::SquaredError => "squared error",
         }
     }
 }

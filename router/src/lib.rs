@@ -55,9 +55,9 @@ use tokio_util::task::TaskTracker;
 
 /// How long a prediction's classes are kept for feedback.
 pub const FEEDBACK_WINDOW: Duration = Duration::from_secs(600);
-/// Predictions kept for feedback at most, and their classes (oldest dropped first).
+/// Predictions kept for feedback at most, and their labels (oldest dropped first).
 const FEEDBACK_CAPACITY: usize = 200_000;
-const FEEDBACK_CLASSES: usize = 4_000_000;
+const FEEDBACK_LABELS: usize = 4_000_000;
 
 #[derive(Clone)]
 pub struct RouterConfig {
@@ -95,6 +95,8 @@ struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     feedback: IntCounterVec,
+    scored: IntCounterVec,
+    squared_error: prometheus::CounterVec,
     weight: GaugeVec,
     sync_errors: IntCounter,
     retries: IntCounter,
@@ -123,6 +125,16 @@ impl Metrics {
                 "flotilla_router_feedback_total",
                 "Labelled predictions that came back through /v1/feedback, by model, version and whether the prediction was right.",
                 &["model", "version", "correct"],
+            ),
+            scored: families.counter_vec(
+                "flotilla_router_feedback_scored_total",
+                "Numeric predictions whose true value came back through /v1/feedback, by model and version.",
+                &["model", "version"],
+            ),
+            squared_error: families.float_counter_vec(
+                "flotilla_router_feedback_squared_error_sum",
+                "Σ of the squared errors of those predictions (divide by flotilla_router_feedback_scored_total for the mean).",
+                &["model", "version"],
             ),
             weight: families.float_gauge_vec(
                 "flotilla_router_canary_weight",
@@ -154,7 +166,81 @@ struct Predicted {
     model: String,
     version: String,
     rollout: Option<(u64, Side)>,
-    classes: Vec<Option<usize>>,
+    /// Each prediction's label, where it has one feedback can be compared with.
+    labels: Vec<Option<Label>>,
+}
+
+/// What feedback is compared with: a class (accuracy) or a number (squared error).
+#[derive(Debug, Clone, PartialEq)]
+enum Label {
+    Class(String),
+    Value(f64),
+}
+
+/// The label of one prediction in a KServe v1 `predictions` array: an integer, a string or
+/// `{"class": …}` is a class; a number with a fraction (or `{"value": x}`) is a value;
+/// anything else (a list of scores, an object without either) has none.
+fn prediction_label(prediction: &serde_json::Value) -> Option<Label> {
+    use serde_json::Value;
+    match prediction {
+        Value::Number(number) if number.is_f64() => number.as_f64().map(Label::Value),
+        Value::Number(number) => Some(Label::Class(number.to_string())),
+        Value::String(class) => Some(Label::Class(class.clone())),
+        Value::Bool(class) => Some(Label::Class(class.to_string())),
+        Value::Object(fields) => match (fields.get("class"), fields.get("value")) {
+            (Some(class), _) => match prediction_label(class)? {
+                Label::Class(class) => Some(Label::Class(class)),
+                Label::Value(value) if value.fract() == 0.0 => {
+                    Some(Label::Class(format!("{value:.0}")))
+                }
+                Label::Value(_) => None,
+            },
+            (None, Some(Value::Number(value))) => value.as_f64().map(Label::Value),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A feedback label compared with a prediction: `Some(true/false)` for a class, the squared
+/// error's inputs for a value; `None` when the two cannot be compared.
+enum Judged {
+    Class(bool),
+    Value { predicted: f64, truth: f64 },
+}
+
+fn judge(predicted: &Label, truth: &serde_json::Value) -> Option<Judged> {
+    use serde_json::Value;
+    match predicted {
+        Label::Class(class) => {
+            let truth = match truth {
+                Value::Number(number) if number.is_f64() => {
+                    let value = number.as_f64()?;
+                    (value.fract() == 0.0).then(|| format!("{value:.0}"))?
+                }
+                Value::Number(number) => number.to_string(),
+                Value::String(text) => text.clone(),
+                Value::Bool(flag) => flag.to_string(),
+                Value::Object(fields) => match prediction_label(&Value::Object(fields.clone()))? {
+                    Label::Class(class) => class,
+                    Label::Value(_) => return None,
+                },
+                _ => return None,
+            };
+            Some(Judged::Class(&truth == class))
+        }
+        Label::Value(value) => {
+            let truth = match truth {
+                Value::Number(number) => number.as_f64()?,
+                Value::Object(fields) => fields.get("value")?.as_f64()?,
+                _ => return None,
+            };
+            Some(Judged::Value {
+                predicted: *value,
+                truth,
+            })
+        }
+    }
 }
 
 /// Predictions awaiting labels, by request id, expiring oldest first.
@@ -162,14 +248,14 @@ struct Predicted {
 struct FeedbackBook {
     by_id: HashMap<String, Predicted>,
     order: VecDeque<(Instant, String)>,
-    /// Predicted classes held, over every request (bounds the memory).
-    classes: usize,
+    /// Prediction labels held, over every request (bounds the memory).
+    labels: usize,
 }
 
 impl FeedbackBook {
     fn remove(&mut self, id: &str) -> Option<Predicted> {
         let removed = self.by_id.remove(id)?;
-        self.classes -= removed.classes.len();
+        self.labels -= removed.labels.len();
         Some(removed)
     }
 }
@@ -228,6 +314,7 @@ pub struct Router {
     http_shutdown: CancellationToken,
     http: tokio::task::JoinHandle<()>,
     tasks: TaskTracker,
+    shared: Arc<Shared>,
 }
 
 impl Router {
@@ -284,6 +371,7 @@ impl Router {
         }
         let app = axum::Router::new()
             .route("/v1/predict", post(predict))
+            .route("/v1/models/{target}", post(predict_kserve))
             .route("/v1/feedback", post(feedback))
             .route("/v1/routes", get(routes))
             .route("/metrics", get(metrics))
@@ -304,11 +392,22 @@ impl Router {
             http_shutdown,
             http,
             tasks,
+            shared,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Whether this router has `model@version` in its routes with a ready endpoint.
+    pub fn routes_to(&self, model: &str, version: &str) -> bool {
+        let routes = self.shared.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes.get(model).is_some_and(|route| {
+            std::iter::once(&route.baseline)
+                .chain(route.canary.as_ref())
+                .any(|target| target.version.to_string() == version && !target.endpoints.is_empty())
+        })
     }
 
     /// Stops serving and syncing.
@@ -440,28 +539,54 @@ fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
 
 #[derive(Deserialize)]
 struct PredictEnvelope {
-    model: String,
+    /// Given in the body for `/v1/predict`, in the path for the KServe form.
+    #[serde(default)]
+    model: Option<String>,
     #[serde(default)]
     key: Option<String>,
     #[allow(dead_code)]
     instances: IgnoredAny,
 }
 
+/// The KServe v1 answer: `{"predictions": [...]}` (other fields are passed on untouched).
 #[derive(Deserialize)]
 struct AgentAnswer {
-    predictions: Vec<AgentPrediction>,
-}
-
-#[derive(Deserialize)]
-struct AgentPrediction {
-    #[serde(default)]
-    class: Option<usize>,
+    predictions: Vec<serde_json::Value>,
 }
 
 async fn predict(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
+) -> Response {
+    route_prediction(shared, headers, body, None).await
+}
+
+/// KServe v1's form: `POST /v1/models/<model>:predict` with `{"instances": [...]}`.
+async fn predict_kserve(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(target): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match target.strip_suffix(":predict") {
+        Some(model) if !model.is_empty() => {
+            route_prediction(shared, headers, body, Some(model.to_string())).await
+        }
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no such path: POST /v1/models/{target} (predictions go to /v1/models/<model>:predict)"
+            ),
+        ),
+    }
+}
+
+async fn route_prediction(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    model: Option<String>,
 ) -> Response {
     let started = Instant::now();
     if shared.gate_predictions
@@ -480,6 +605,21 @@ async fn predict(
             );
         }
     };
+    let model = match (model, envelope.model) {
+        (Some(path), Some(body)) if path != body => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("the path names model '{path}' and the body '{body}'"),
+            );
+        }
+        (Some(model), _) | (None, Some(model)) => model,
+        (None, None) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "the body is not a prediction request: it names no \"model\"",
+            );
+        }
+    };
     let key = envelope.key.or_else(|| {
         headers
             .get("x-flotilla-key")
@@ -488,12 +628,12 @@ async fn predict(
     });
     let route = {
         let routes = shared.routes.read().unwrap_or_else(|p| p.into_inner());
-        routes.get(&envelope.model).cloned()
+        routes.get(&model).cloned()
     };
     let Some(route) = route else {
         return json_error(
             StatusCode::NOT_FOUND,
-            format!("no model '{}' is in production", envelope.model),
+            format!("no model '{model}' is in production"),
         );
     };
     let canary_ready = route
@@ -510,7 +650,7 @@ async fn predict(
         _ => &route.baseline,
     };
     let version = target.version.to_string();
-    let labels = [envelope.model.as_str(), version.as_str()];
+    let labels = [model.as_str(), version.as_str()];
     if target.endpoints.is_empty() {
         shared
             .metrics
@@ -519,11 +659,11 @@ async fn predict(
             .inc();
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}@{version} has no ready serving endpoint", envelope.model),
+            format!("{}@{version} has no ready serving endpoint", model),
         );
     }
     let rollout = route.rollout.map(|id| (id, side));
-    let path = format!("/v1/models/{}/versions/{version}/predict", envelope.model);
+    let path = format!("/v1/models/{}/versions/{version}/predict", model);
     let request_number = shared.next.fetch_add(1, Ordering::Relaxed);
     // A random endpoint, not a shared round robin: with a round robin the side chosen and
     // the endpoint could fall into step (say, every canary request on the same agent) and a
@@ -585,20 +725,22 @@ async fn predict(
                 .into_response();
             if status.is_success() {
                 let request_id = format!("{}-{:x}", shared.name, request_number);
-                if let Ok(answer) = serde_json::from_slice::<AgentAnswer>(&bytes)
-                    && answer.predictions.iter().any(|p| p.class.is_some())
-                {
-                    remember(
-                        &shared,
-                        Predicted {
-                            id: request_id.clone(),
-                            at: Instant::now(),
-                            model: envelope.model.clone(),
-                            version: version.clone(),
-                            rollout,
-                            classes: answer.predictions.iter().map(|p| p.class).collect(),
-                        },
-                    );
+                if let Ok(answer) = serde_json::from_slice::<AgentAnswer>(&bytes) {
+                    let labels: Vec<Option<Label>> =
+                        answer.predictions.iter().map(prediction_label).collect();
+                    if labels.iter().any(Option::is_some) {
+                        remember(
+                            &shared,
+                            Predicted {
+                                id: request_id.clone(),
+                                at: Instant::now(),
+                                model: model.clone(),
+                                version: version.clone(),
+                                rollout,
+                                labels,
+                            },
+                        );
+                    }
                 }
                 if let Ok(value) = HeaderValue::from_str(&request_id) {
                     response
@@ -613,7 +755,7 @@ async fn predict(
                 StatusCode::BAD_GATEWAY,
                 format!(
                     "{}@{version}: no answer from its serving agent: {message}",
-                    envelope.model
+                    model
                 ),
             ),
             true,
@@ -643,7 +785,7 @@ async fn predict(
 fn remember(shared: &Shared, predicted: Predicted) {
     let mut book = shared.predicted.lock().unwrap_or_else(|p| p.into_inner());
     while book.order.len() >= FEEDBACK_CAPACITY
-        || book.classes + predicted.classes.len() > FEEDBACK_CLASSES
+        || book.labels + predicted.labels.len() > FEEDBACK_LABELS
         || book
             .order
             .front()
@@ -655,14 +797,16 @@ fn remember(shared: &Shared, predicted: Predicted) {
         book.remove(&id);
     }
     book.order.push_back((predicted.at, predicted.id.clone()));
-    book.classes += predicted.classes.len();
+    book.labels += predicted.labels.len();
     book.by_id.insert(predicted.id.clone(), predicted);
 }
 
 #[derive(Deserialize)]
 struct FeedbackRequest {
     request_id: String,
-    labels: Vec<Option<usize>>,
+    /// One per prediction: a class (integer, string, `{"class": …}`) or a true value
+    /// (number), or null when unknown.
+    labels: Vec<serde_json::Value>,
 }
 
 async fn feedback(
@@ -679,7 +823,7 @@ async fn feedback(
             return json_error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "the body is not feedback ({{\"request_id\", \"labels\": [class or null, …]}}): {problem}"
+                    "the body is not feedback ({{\"request_id\", \"labels\": [class, value or null, …]}}): {problem}"
                 ),
             );
         }
@@ -688,13 +832,13 @@ async fn feedback(
         let mut book = shared.predicted.lock().unwrap_or_else(|p| p.into_inner());
         match book.by_id.get(&request.request_id) {
             Some(known) if known.at.elapsed() <= FEEDBACK_WINDOW => {
-                if known.classes.len() != request.labels.len() {
+                if known.labels.len() != request.labels.len() {
                     return json_error(
                         StatusCode::BAD_REQUEST,
                         format!(
                             "{} labels for a request with {} predictions",
                             request.labels.len(),
-                            known.classes.len()
+                            known.labels.len()
                         ),
                     );
                 }
@@ -714,21 +858,46 @@ async fn feedback(
     };
     let mut labelled = 0u64;
     let mut correct = 0u64;
-    for (label, class) in request.labels.iter().zip(&predicted.classes) {
-        if let (Some(label), Some(class)) = (label, class) {
-            let right = label == class;
-            labelled += 1;
-            correct += u64::from(right);
-            shared.count(predicted.rollout, |arm| arm.feedback(right));
-            shared
-                .metrics
-                .feedback
-                .with_label_values(&[
-                    predicted.model.as_str(),
-                    predicted.version.as_str(),
-                    if right { "true" } else { "false" },
-                ])
-                .inc();
+    let mut scored = 0u64;
+    let mut squared_error = 0.0f64;
+    for (truth, label) in request.labels.iter().zip(&predicted.labels) {
+        let Some(judged) = label.as_ref().and_then(|label| judge(label, truth)) else {
+            continue;
+        };
+        let labels = [predicted.model.as_str(), predicted.version.as_str()];
+        match judged {
+            Judged::Class(right) => {
+                labelled += 1;
+                correct += u64::from(right);
+                shared.count(predicted.rollout, |arm| arm.feedback(right));
+                shared
+                    .metrics
+                    .feedback
+                    .with_label_values(&[
+                        labels[0],
+                        labels[1],
+                        if right { "true" } else { "false" },
+                    ])
+                    .inc();
+            }
+            Judged::Value {
+                predicted: value,
+                truth,
+            } => {
+                let error = (value - truth).powi(2);
+                if !error.is_finite() {
+                    continue;
+                }
+                scored += 1;
+                squared_error += error;
+                shared.count(predicted.rollout, |arm| arm.score(value, truth));
+                shared.metrics.scored.with_label_values(&labels).inc();
+                shared
+                    .metrics
+                    .squared_error
+                    .with_label_values(&labels)
+                    .inc_by(error);
+            }
         }
     }
     Json(serde_json::json!({
@@ -736,6 +905,8 @@ async fn feedback(
         "version": predicted.version,
         "labelled": labelled,
         "correct": correct,
+        "scored": scored,
+        "squared_error": squared_error,
     }))
     .into_response()
 }
@@ -772,4 +943,54 @@ async fn routes(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     flotilla_telemetry::exposition(&shared.metrics.registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn predictions_are_classes_values_or_neither() {
+        let class = |text: &str| Some(Label::Class(text.to_string()));
+        assert_eq!(prediction_label(&json!(2)), class("2"));
+        assert_eq!(prediction_label(&json!("cat")), class("cat"));
+        assert_eq!(
+            prediction_label(&json!({"class": 1, "probabilities": [0.1, 0.9]})),
+            class("1")
+        );
+        assert_eq!(prediction_label(&json!({"class": "dog"})), class("dog"));
+        assert_eq!(prediction_label(&json!(0.25)), Some(Label::Value(0.25)));
+        assert_eq!(prediction_label(&json!(3.0)), Some(Label::Value(3.0)));
+        assert_eq!(
+            prediction_label(&json!({"value": 1.5})),
+            Some(Label::Value(1.5))
+        );
+        assert_eq!(prediction_label(&json!([0.1, 0.9])), None);
+        assert_eq!(prediction_label(&json!({"scores": [1]})), None);
+        assert_eq!(prediction_label(&json!(null)), None);
+    }
+
+    #[test]
+    fn feedback_is_compared_with_what_was_predicted() {
+        let right = |predicted: &Label, truth: serde_json::Value| match judge(predicted, &truth) {
+            Some(Judged::Class(right)) => Some(right),
+            _ => None,
+        };
+        let two = Label::Class("2".into());
+        assert_eq!(right(&two, json!(2)), Some(true));
+        assert_eq!(right(&two, json!("2")), Some(true));
+        assert_eq!(right(&two, json!(2.0)), Some(true));
+        assert_eq!(right(&two, json!({"class": 2})), Some(true));
+        assert_eq!(right(&two, json!(1)), Some(false));
+        assert_eq!(right(&two, json!(null)), None);
+        assert_eq!(right(&two, json!(2.5)), None);
+        match judge(&Label::Value(1.5), &json!(2)) {
+            Some(Judged::Value { predicted, truth }) => {
+                assert_eq!((predicted, truth), (1.5, 2.0));
+            }
+            _ => panic!("a value is scored against a number"),
+        }
+        assert!(judge(&Label::Value(1.5), &json!("x")).is_none());
+    }
 }

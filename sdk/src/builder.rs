@@ -36,6 +36,7 @@ impl SweepBuilder {
                 retries: RetryPolicy::default(),
                 early_stopping: None,
                 phases: Vec::new(),
+                serving: None,
             },
             constraint_errors: Vec::new(),
         }
@@ -124,6 +125,13 @@ impl SweepBuilder {
     {
         self.spec.trial.command = Some(program.into());
         self.spec.trial.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How the sweep's models are served (`[serving]`): a registered version of a trial's
+    /// checkpoint runs `spec.command` on the agents that serve it (see docs/trials.md).
+    pub fn serving(mut self, spec: flotilla_protocol::spec::ServingSpec) -> Self {
+        self.spec.serving = Some(spec);
         self
     }
 

@@ -367,6 +367,21 @@ impl Client {
         }
     }
 
+    /// Where versions of one model (or of every model) are assigned and how each replica is
+    /// (protocol 12).
+    pub async fn model_placements(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Vec<flotilla_protocol::models::Placement>, SdkError> {
+        let request = ClientRequest::ModelPlacements {
+            name: name.map(str::to_string),
+        };
+        match self.request(&request).await? {
+            ClientResponse::Placements(placements) => Ok(placements),
+            other => Err(Self::unexpected(other)),
+        }
+    }
+
     /// Moves a version to a stage; returns every version that changed (admin certificate;
     /// protocol 9).
     pub async fn set_model_stage(

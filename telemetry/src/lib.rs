@@ -92,6 +92,17 @@ impl Families {
         self.register(name, counter)
     }
 
+    pub fn float_counter_vec(
+        &mut self,
+        name: &'static str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::CounterVec {
+        let counter =
+            prometheus::CounterVec::new(Opts::new(name, help), labels).expect("a valid counter");
+        self.register(name, counter)
+    }
+
     pub fn histogram(&mut self, name: &'static str, help: &str, buckets: Vec<f64>) -> Histogram {
         let histogram = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
             .expect("a valid histogram");

@@ -4,12 +4,15 @@
 //! rollout.
 //!
 //! - **Registry.** `register` seals a trial's checkpoint into an immutable artifact: an agent
-//!   copies it to `models/<name>/<version>/model.ckpt` in the shared artifact store
-//!   (create-once), checks that it loads as a model, and answers with its SHA-256; only then
-//!   is the version stored. Stages: staging → production (one per model) → archived.
-//! - **Serving.** Every agent that serves (`flotilla agent --serve`) is told to load the
-//!   production version of each model and the canary of each active rollout; agents report
-//!   what is loaded, ready or failed.
+//!   copies it to `models/<name>/<version>/model.ckpt` (a built-in trainer's, checked to load
+//!   as a model) or `checkpoint.tar` (a command trial's archive, checked to carry its
+//!   manifest, stored with the sweep's `[serving]` program) in the shared artifact store
+//!   (create-once), and answers with its SHA-256; only then is the version stored. Stages: staging → production (one per model) → archived.
+//! - **Serving.** Agents that serve (`flotilla agent --serve`) are told to load the
+//!   production version of each model and the baseline and canary of each active rollout:
+//!   a built-in model on every serving agent, a served program's version on `replicas` of
+//!   them (a lost agent's replica placed again on another); agents report what is loading,
+//!   ready, restarting or failed.
 //! - **Routes.** Routers send their per-rollout traffic counters every second and get the
 //!   routes back: each model's production version and, during a rollout, the canary and its
 //!   weight. Each check interval the counters of every router are summed per rollout and
@@ -21,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use flotilla_protocol::messages::{ApiError, ApiErrorKind, Command, CoordinatorCommand};
 use flotilla_protocol::models::{
-    Artifact, Lineage, ModelRef, ModelStage, ModelVersion, RegisterModel, RolloutAction,
-    RolloutRecord, RolloutState, Route, RouteTarget, RouterReport, SealRequest, SemVer, ServeState,
-    ServedModel, ServingReport, StartRollout, check_model_name,
+    Artifact, ArtifactFormat, Lineage, ModelRef, ModelStage, ModelVersion, Placement,
+    RegisterModel, RolloutAction, RolloutRecord, RolloutState, Route, RouteTarget, RouterReport,
+    SealRequest, SemVer, ServeState, ServedModel, ServingReport, StartRollout, check_model_name,
 };
+use flotilla_protocol::spec::ServingSpec;
 use flotilla_protocol::{AgentId, Epoch};
 use flotilla_rollout::Pair;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -36,8 +40,8 @@ use crate::store::{StateStore, StateWrite};
 
 /// How long an agent may take to seal an artifact.
 const SEAL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Oldest protocol version that knows `Serve` and `SealModel`.
-const SERVING_VERSION: u16 = 9;
+/// Oldest protocol version that knows `Serve` and `SealModel` as this build sends them.
+const SERVING_VERSION: u16 = 12;
 /// How long a version no longer wanted stays loaded: routers follow new routes within a
 /// sync interval (1 s by default), so requests already on their way still find it.
 const RETIRE_GRACE: Duration = Duration::from_secs(10);
@@ -49,6 +53,8 @@ const CHECK_WARMUP: Duration = Duration::from_secs(3);
 pub struct Registration {
     pub request: RegisterModel,
     pub lineage: Lineage,
+    /// The sweep's `[serving]` program, for a command trial's checkpoint.
+    pub serving: Option<ServingSpec>,
 }
 
 pub enum ModelsMsg {
@@ -78,6 +84,10 @@ pub enum ModelsMsg {
     List {
         name: Option<String>,
         reply: RpcReplyPort<Vec<ModelVersion>>,
+    },
+    Placements {
+        name: Option<String>,
+        reply: RpcReplyPort<Vec<Placement>>,
     },
     SetStage {
         model: ModelRef,
@@ -153,7 +163,11 @@ pub struct ModelsState {
     /// What `assign` last wanted served, and versions no longer wanted, kept loaded until
     /// routers have the routes without them.
     current: Vec<ServedModel>,
-    retired: HashMap<ModelRef, (Instant, Artifact)>,
+    retired: HashMap<ModelRef, (Instant, ServedModel)>,
+    /// The agents each served program's version is placed on (built-in models are served
+    /// by every serving agent). Kept while the agents stay; a lost agent's replica is
+    /// placed again on another.
+    placements: BTreeMap<ModelRef, Vec<AgentId>>,
     /// Checks wait until routers have reported to this leader.
     started: Instant,
 }
@@ -210,6 +224,7 @@ impl Actor for Models {
             next_request: 1,
             current: Vec::new(),
             retired: HashMap::new(),
+            placements: BTreeMap::new(),
             started: Instant::now(),
         };
         state.repair_promotions().await?;
@@ -282,6 +297,8 @@ impl Actor for Models {
                             )));
                         }
                     }
+                    // Its served programs' replicas go elsewhere.
+                    state.assign();
                 }
             }
             ModelsMsg::Sealed {
@@ -332,6 +349,9 @@ impl Actor for Models {
                     .cloned()
                     .collect();
                 let _ = reply.send(versions);
+            }
+            ModelsMsg::Placements { name, reply } => {
+                let _ = reply.send(state.placements(name.as_deref()));
             }
             ModelsMsg::SetStage {
                 model,
@@ -504,7 +524,11 @@ impl ModelsState {
         registration: Registration,
         reply: RpcReplyPort<Result<ModelVersion, ApiError>>,
     ) -> Result<(), ()> {
-        let Registration { request, lineage } = registration;
+        let Registration {
+            request,
+            lineage,
+            serving,
+        } = registration;
         let refuse = |reply: RpcReplyPort<Result<ModelVersion, ApiError>>, error: ApiError| {
             let _ = reply.send(Err(error));
             Err(())
@@ -583,13 +607,23 @@ impl ModelsState {
         };
         let request_id = self.next_request;
         self.next_request += 1;
-        let key = format!("models/{}/{version}/model.ckpt", request.name);
+        let (key, format) = match serving {
+            None => (
+                format!("models/{}/{version}/model.ckpt", request.name),
+                ArtifactFormat::BurnModel,
+            ),
+            Some(_) => (
+                format!("models/{}/{version}/checkpoint.tar", request.name),
+                ArtifactFormat::CheckpointArchive,
+            ),
+        };
         let command = CoordinatorCommand {
             epoch: self.epoch,
             command: Command::SealModel(SealRequest {
                 request: request_id,
                 source: lineage.checkpoint.clone(),
                 key,
+                format,
             }),
         };
         if entry.commands.send(command).is_err() {
@@ -615,6 +649,7 @@ impl ModelsState {
             description: request.description,
             created_ms: now,
             stage_changed_ms: now,
+            serving,
         };
         tracing::info!(model = %model.reference(), %agent, "sealing the artifact");
         self.seals.insert(
@@ -857,8 +892,8 @@ impl ModelsState {
         Ok(())
     }
 
-    /// Versions every serving agent should hold: each production version and each active
-    /// rollout's canary.
+    /// Versions that should be served: each production version and each active rollout's
+    /// baseline and canary.
     fn desired(&self) -> Vec<ServedModel> {
         let mut wanted: Vec<&ModelVersion> = self
             .models
@@ -879,20 +914,87 @@ impl ModelsState {
             .map(|model| ServedModel {
                 model: model.reference(),
                 artifact: model.artifact.clone(),
+                serving: model.serving.clone(),
             })
             .collect()
     }
 
+    /// Agents that can serve.
+    fn serving_agents(&self) -> impl Iterator<Item = (&AgentId, &ServingAgent)> {
+        self.agents
+            .iter()
+            .filter(|(_, entry)| entry.endpoint.is_some() && entry.version >= SERVING_VERSION)
+    }
+
+    /// Places each served program's version on `replicas` serving agents: the agents it is
+    /// on stay while they are connected, and missing replicas go to the agents with the
+    /// fewest placed programs (then by name, so placement is stable). Built-in models need
+    /// no placement: every serving agent holds them.
+    fn place(&mut self, wanted: &[ServedModel]) {
+        let live: Vec<AgentId> = self.serving_agents().map(|(id, _)| id.clone()).collect();
+        self.placements.retain(|model, _| {
+            wanted
+                .iter()
+                .any(|w| &w.model == model && w.serving.is_some())
+                || self.retired.contains_key(model)
+        });
+        for agents in self.placements.values_mut() {
+            agents.retain(|agent| live.contains(agent));
+        }
+        for served in wanted {
+            let Some(serving) = &served.serving else {
+                continue;
+            };
+            let replicas = serving.replicas.max(1) as usize;
+            let mut load: BTreeMap<&AgentId, usize> =
+                live.iter().map(|agent| (agent, 0usize)).collect();
+            for agents in self.placements.values() {
+                for agent in agents {
+                    if let Some(count) = load.get_mut(agent) {
+                        *count += 1;
+                    }
+                }
+            }
+            let placed = self
+                .placements
+                .get(&served.model)
+                .cloned()
+                .unwrap_or_default();
+            let mut candidates: Vec<(&AgentId, usize)> = load
+                .into_iter()
+                .filter(|(agent, _)| !placed.contains(agent))
+                .collect();
+            candidates.sort_by_key(|(agent, count)| (*count, (*agent).clone()));
+            let mut chosen = placed;
+            for (agent, _) in candidates {
+                if chosen.len() >= replicas {
+                    break;
+                }
+                tracing::info!(model = %served.model, %agent, "placing a serving replica");
+                chosen.push(agent.clone());
+            }
+            chosen.truncate(replicas);
+            self.placements.insert(served.model.clone(), chosen);
+        }
+    }
+
+    /// Whether `agent` should hold `served`.
+    fn placed_on(&self, served: &ServedModel, agent: &AgentId) -> bool {
+        served.serving.is_none()
+            || self
+                .placements
+                .get(&served.model)
+                .is_some_and(|agents| agents.contains(agent))
+    }
+
     /// Tells every serving agent whose assignment changed what to serve. A version that is
-    /// no longer wanted stays for [`RETIRE_GRACE`].
+    /// no longer wanted stays for [`RETIRE_GRACE`] where it was.
     fn assign(&mut self) {
         let wanted = self.desired();
         for served in &self.current {
             if !wanted.iter().any(|w| w.model == served.model) {
-                self.retired.insert(
-                    served.model.clone(),
-                    (Instant::now(), served.artifact.clone()),
-                );
+                self.retired
+                    .insert(served.model.clone(), (Instant::now(), served.clone()));
             }
         }
         for served in &wanted {
@@ -900,21 +1002,21 @@ impl ModelsState {
         }
         self.retired
             .retain(|_, (since, _)| since.elapsed() < RETIRE_GRACE);
+        self.place(&wanted);
         self.current = wanted.clone();
-        let mut desired = wanted;
-        desired.extend(
-            self.retired
+        let mut all = wanted;
+        all.extend(self.retired.values().map(|(_, served)| served.clone()));
+        all.sort_by(|a, b| a.model.cmp(&b.model));
+        let agents: Vec<AgentId> = self.serving_agents().map(|(id, _)| id.clone()).collect();
+        for agent in agents {
+            let desired: Vec<ServedModel> = all
                 .iter()
-                .map(|(model, (_, artifact))| ServedModel {
-                    model: model.clone(),
-                    artifact: artifact.clone(),
-                }),
-        );
-        desired.sort_by(|a, b| a.model.cmp(&b.model));
-        for (agent, entry) in &mut self.agents {
-            if entry.endpoint.is_none() || entry.version < SERVING_VERSION {
+                .filter(|served| self.placed_on(served, &agent))
+                .cloned()
+                .collect();
+            let Some(entry) = self.agents.get_mut(&agent) else {
                 continue;
-            }
+            };
             if entry.assigned.as_ref() == Some(&desired) {
                 continue;
             }
@@ -924,9 +1026,34 @@ impl ModelsState {
             };
             if entry.commands.send(command).is_ok() {
                 tracing::debug!(%agent, versions = desired.len(), "serving assignment sent");
-                entry.assigned = Some(desired.clone());
+                entry.assigned = Some(desired);
             }
         }
+    }
+
+    /// Where versions of `name` (or of every model) are assigned, with each agent's report.
+    fn placements(&self, name: Option<&str>) -> Vec<Placement> {
+        let mut placements = Vec::new();
+        for (agent, entry) in self.serving_agents() {
+            for served in entry.assigned.iter().flatten() {
+                if name.is_some_and(|name| served.model.name != name) {
+                    continue;
+                }
+                let state = entry
+                    .models
+                    .iter()
+                    .find(|(model, _)| *model == served.model)
+                    .map(|(_, state)| state.clone());
+                placements.push(Placement {
+                    model: served.model.clone(),
+                    agent: agent.clone(),
+                    endpoint: entry.endpoint.clone(),
+                    state,
+                });
+            }
+        }
+        placements.sort_by(|a, b| (&a.model, &a.agent).cmp(&(&b.model, &b.agent)));
+        placements
     }
 
     fn endpoints(&self, reference: &ModelRef) -> Vec<String> {

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::legacy;
 use super::{CommitTicket, StateStore, StateWrite, StoreError, StoredState, SweepRecord};
 use crate::ha::{EtcdConfig, Fence, Leadership};
 
@@ -180,7 +181,8 @@ pub async fn list(client: &mut Client, root: &str) -> Result<StoredState, StoreE
             let suffix = &key[prefix.len()..];
             if suffix.starts_with("sweeps/") {
                 let sweep: SweepRecord =
-                    codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
+                    legacy::decode::<SweepRecord, legacy::SweepRecordV11>(record)
+                        .map_err(|error| corrupt(error.to_string()))?;
                 state.apply(StateWrite::Sweep(Box::new(sweep)));
             } else if suffix.starts_with("trials/") {
                 let trial: TrialRecord =
@@ -199,11 +201,13 @@ pub async fn list(client: &mut Client, root: &str) -> Result<StoredState, StoreE
                 });
             } else if suffix.starts_with("models/") {
                 let model: flotilla_protocol::models::ModelVersion =
-                    codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
+                    legacy::decode::<_, legacy::ModelVersionV11>(record)
+                        .map_err(|error| corrupt(error.to_string()))?;
                 state.apply(StateWrite::Model(Box::new(model)));
             } else if suffix.starts_with("rollouts/") {
                 let rollout: flotilla_protocol::models::RolloutRecord =
-                    codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
+                    legacy::decode::<_, legacy::RolloutRecordV11>(record)
+                        .map_err(|error| corrupt(error.to_string()))?;
                 state.apply(StateWrite::Rollout(Box::new(rollout)));
             } else {
                 tracing::warn!(%key, "ignoring an unknown key under the state prefix");

@@ -259,7 +259,10 @@ fn replay(path: &Path) -> Result<(StoredState, u64, usize), StoreError> {
             }
             break;
         }
-        let write: StateWrite = codec::decode(payload).map_err(|error| StoreError::Corrupt {
+        let write: StateWrite = super::legacy::decode::<StateWrite, super::legacy::StateWriteV11>(
+            payload,
+        )
+        .map_err(|error| StoreError::Corrupt {
             path: path.display().to_string(),
             offset: offset as u64,
             message: error.to_string(),

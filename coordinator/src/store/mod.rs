@@ -11,6 +11,7 @@
 //! [`etcd::EtcdStore`] (clustered; every write fenced by the leader's epoch).
 
 pub mod etcd;
+pub mod legacy;
 pub mod local;
 
 use std::collections::BTreeMap;
