@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Serving (see docs/benchmarks.md): what the model router adds to a prediction against a
 # direct call to the serving agent (p50/p99, requests/s), and the LSTM's prediction latency
-# per batch size (HTTP and the model alone).
+# per batch size (HTTP and the model alone), and the same router overhead for a sweep's own
+# serving program ([serving], examples/serving/softmax_serve.py) against a direct call to it.
 #   bench/serving.sh [REQUESTS] [CLIENTS] [SECONDS]
 # Real processes on loopback: a coordinator, one serving agent, `flotilla router`.
 set -euo pipefail

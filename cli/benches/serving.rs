@@ -6,6 +6,11 @@
 //!
 //! Setup: a coordinator, one agent with `--serve`, `flotilla router`, all on loopback; one LSTM
 //! trial of the seeds' shape trained and registered as `bench@1.0.0` in production.
+//!
+//! A served program (`[serving]`, examples/served-command.toml's softmax model and its
+//! program) is measured the same way, in the same run: the program called directly on its
+//! loopback port (plain HTTP, as the agent calls it), the agent's endpoint (HTTPS, passing
+//! the request on), and the router.
 //! Clients keep their HTTP/1.1 connections alive, as a service calling the router would.
 //!
 //! ```text
@@ -63,6 +68,7 @@ fn options() -> Options {
 /// the router's certificate, as the router itself calls it).
 #[derive(Clone)]
 enum Target {
+    /// Plain HTTP: the router, or a serving program on its loopback port.
     Router(u16),
     Agent(u16, Arc<rustls::ClientConfig>),
 }
@@ -328,6 +334,8 @@ checkpoint_every = 0
         routed_rps / direct_rps
     );
 
+    served_program(&cluster, &agent, &router, &options);
+
     println!(
         "## prediction latency per batch size (through the agent's HTTP endpoint; the model alone in-process)"
     );
@@ -370,4 +378,128 @@ checkpoint_every = 0
             batch as f64 / (percentile(&model, 0.5) / 1000.0)
         );
     }
+}
+
+/// The loopback port of the running serving program whose command line holds `needle`
+/// (read from its `FLOTILLA_SERVE_PORT`).
+fn program_port(needle: &str) -> Option<u16> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(needle) {
+            continue;
+        }
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        for variable in environ.split(|byte| *byte == 0) {
+            if let Some(port) = variable.strip_prefix(b"FLOTILLA_SERVE_PORT=") {
+                return std::str::from_utf8(port).ok()?.parse().ok();
+            }
+        }
+    }
+    None
+}
+
+/// A sweep's own serving program: direct, through the agent, through the router.
+fn served_program(cluster: &Cluster, agent: &Target, router: &Target, options: &Options) {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let program = cluster.path("bench_serve.py");
+    std::fs::copy(root.join("examples/serving/softmax_serve.py"), &program)
+        .expect("copy the serving program");
+    let sweep = cluster.path("served.toml");
+    std::fs::write(
+        &sweep,
+        format!(
+            r#"
+name = "served"
+[objective]
+metric = "accuracy"
+direction = "maximize"
+[space.lr]
+type = "categorical"
+choices = [0.3]
+[budget]
+max_trials = 1
+max_parallel = 1
+[trial]
+command = "python3"
+args = ["{trial}"]
+metrics = ["val_loss", "accuracy", "epoch"]
+[serving]
+command = "python3"
+args = ["{program}"]
+env = {{ PYTHONPATH = "{python}" }}
+"#,
+            trial = root.join("examples/trials/softmax.py").display(),
+            program = program.display(),
+            python = root.join("python").display(),
+        ),
+    )
+    .expect("write sweep");
+    cluster.flotilla_ok(&["sweep", "submit", sweep.to_str().expect("utf-8"), "--watch"]);
+    cluster.flotilla_ok(&[
+        "model",
+        "register",
+        "--from",
+        "s2",
+        "--name",
+        "served",
+        "--stage",
+        "production",
+    ]);
+    let routed_body = r#"{"model": "served", "instances": [[1.5, -0.3, 4.2, 0.7]]}"#;
+    let body = r#"{"instances": [[1.5, -0.3, 4.2, 0.7]]}"#;
+    wait_until(
+        "the router to serve served",
+        Duration::from_secs(60),
+        || Connection::open(router).post("/v1/predict", routed_body).0 == 200,
+    );
+    let port = program_port(program.to_str().expect("utf-8")).expect("the program's port");
+    let direct = Target::Router(port);
+    let program_path = "/v1/models/served:predict";
+    let agent_path = "/v1/models/served/versions/1.0.0/predict";
+    println!(
+        "## a served program (examples/serving/softmax_serve.py, Python's http.server), one request at a time, batch of 1 ({} requests)",
+        options.requests
+    );
+    println!("| path | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|");
+    let alone = sequential(&direct, program_path, body, options.requests);
+    let via_agent = sequential(agent, agent_path, body, options.requests);
+    let routed = sequential(router, "/v1/predict", routed_body, options.requests);
+    for (name, latencies) in [
+        ("program directly", &alone),
+        ("agent (HTTPS) → program", &via_agent),
+        ("router → agent → program", &routed),
+    ] {
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.3} |",
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.99),
+            latencies[latencies.len() - 1]
+        );
+    }
+    println!(
+        "router overhead on a served program: p50 +{:.3} ms, p99 +{:.3} ms; ratio router/direct p50 {:.2}, p99 {:.2}",
+        percentile(&routed, 0.5) - percentile(&alone, 0.5),
+        percentile(&routed, 0.99) - percentile(&alone, 0.99),
+        percentile(&routed, 0.5) / percentile(&alone, 0.5),
+        percentile(&routed, 0.99) / percentile(&alone, 0.99),
+    );
+    let direct_rps = throughput(
+        &direct,
+        program_path,
+        body,
+        options.clients,
+        options.seconds,
+    );
+    let routed_rps = throughput(
+        router,
+        "/v1/predict",
+        routed_body,
+        options.clients,
+        options.seconds,
+    );
+    println!(
+        "served program: directly {direct_rps:.0} req/s, through the router {routed_rps:.0} req/s (ratio {:.2})",
+        routed_rps / direct_rps
+    );
 }

@@ -973,10 +973,15 @@ async fn serve_winner(
     }
     let router = router.local_addr();
     println!(
-        "serving {} (trial {}, sha256 {}) — try:\n  curl -s http://{router}/v1/predict -d '{{\"model\": \"{name}\", \"instances\": [[…]]}}'\nlabels go to /v1/feedback with `Authorization: Bearer {feedback_token}` (this run's feedback token)\nCtrl-C stops",
+        "serving {} (trial {}, sha256 {}{}) — try:\n  curl -s http://{router}/v1/predict -d '{{\"model\": \"{name}\", \"instances\": [[…]]}}'\n  curl -s http://{router}/v1/models/{name}:predict -d '{{\"instances\": [[…]]}}'\nlabels go to /v1/feedback with `Authorization: Bearer {feedback_token}` (this run's feedback token)\nCtrl-C stops",
         registered.reference(),
         registered.lineage.trial.number,
-        registered.artifact.sha256
+        registered.artifact.sha256,
+        registered
+            .serving
+            .as_ref()
+            .map(|serving| format!(", by `{} {}`", serving.command, serving.args.join(" ")))
+            .unwrap_or_default()
     );
     shutdown_signal().await;
     Ok(())
