@@ -463,7 +463,7 @@ impl Actor for Models {
                 state.assign();
             }
             ModelsMsg::Tick => {
-                if !state.retired.is_empty() {
+                if !state.retired.is_empty() || state.placements_incomplete() {
                     state.assign();
                 }
                 if state.started.elapsed() >= CHECK_WARMUP {
@@ -960,14 +960,27 @@ impl ModelsState {
                 .get(&served.model)
                 .cloned()
                 .unwrap_or_default();
-            let mut candidates: Vec<(&AgentId, usize)> = load
+            // Agents that already run it (a new leader learns of them as they report) come
+            // first, so a takeover does not move replicas.
+            let runs_it = |agent: &AgentId| {
+                self.agents.get(agent).is_some_and(|entry| {
+                    entry.models.iter().any(|(model, state)| {
+                        model == &served.model && !matches!(state, ServeState::Failed(_))
+                    })
+                })
+            };
+            let mut candidates: Vec<(&AgentId, usize, bool)> = load
                 .into_iter()
                 .filter(|(agent, _)| !placed.contains(agent))
+                .map(|(agent, count)| (agent, count, runs_it(agent)))
                 .collect();
-            candidates.sort_by_key(|(agent, count)| (*count, (*agent).clone()));
+            candidates.sort_by_key(|(agent, count, runs)| (!*runs, *count, (*agent).clone()));
+            // Until agents have had time to report to a new leader, only those that run it
+            // are placed.
+            let settled = self.started.elapsed() >= CHECK_WARMUP;
             let mut chosen = placed;
-            for (agent, _) in candidates {
-                if chosen.len() >= replicas {
+            for (agent, _, runs) in candidates {
+                if chosen.len() >= replicas || !(runs || settled) {
                     break;
                 }
                 tracing::info!(model = %served.model, %agent, "placing a serving replica");
@@ -976,6 +989,17 @@ impl ModelsState {
             chosen.truncate(replicas);
             self.placements.insert(served.model.clone(), chosen);
         }
+    }
+
+    /// Whether a served program's version has fewer replicas placed than it asks for.
+    fn placements_incomplete(&self) -> bool {
+        self.current.iter().any(|served| {
+            served.serving.as_ref().is_some_and(|serving| {
+                self.placements
+                    .get(&served.model)
+                    .is_none_or(|agents| agents.len() < serving.replicas as usize)
+            })
+        })
     }
 
     /// Whether `agent` should hold `served`.
