@@ -120,6 +120,7 @@ impl Actor for Leader {
             models: stored.models,
             rollouts: stored.rollouts,
             check_interval: args.rollout_check_interval,
+            scheduler: scheduler.clone(),
         };
         let (models, _) = Actor::spawn_linked(None, Models, models_args, myself.get_cell()).await?;
         let mut state = LeaderState {

@@ -35,6 +35,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::sync::mpsc;
 
 use super::rollout::{Rollout, RolloutArgs, RolloutMsg};
+use super::scheduler::SchedulerMsg;
 use crate::clock::now_ms;
 use crate::store::{StateStore, StateWrite};
 
@@ -130,6 +131,8 @@ pub struct ModelsArgs {
     pub rollouts: BTreeMap<u64, RolloutRecord>,
     /// Between rollout checks.
     pub check_interval: Duration,
+    /// Asked each check interval how busy each agent is, to place served programs.
+    pub scheduler: ActorRef<SchedulerMsg>,
 }
 
 /// An agent that speaks protocol 9, as far as serving goes.
@@ -168,6 +171,9 @@ pub struct ModelsState {
     /// by every serving agent). Kept while the agents stay; a lost agent's replica is
     /// placed again on another.
     placements: BTreeMap<ModelRef, Vec<AgentId>>,
+    scheduler: ActorRef<SchedulerMsg>,
+    /// Free (GPUs, slots) of each agent, as the Scheduler last said.
+    free: HashMap<AgentId, (u32, u32)>,
     /// Checks wait until routers have reported to this leader.
     started: Instant,
 }
@@ -225,6 +231,8 @@ impl Actor for Models {
             current: Vec::new(),
             retired: HashMap::new(),
             placements: BTreeMap::new(),
+            scheduler: args.scheduler,
+            free: HashMap::new(),
             started: Instant::now(),
         };
         state.repair_promotions().await?;
@@ -463,6 +471,22 @@ impl Actor for Models {
                 state.assign();
             }
             ModelsMsg::Tick => {
+                if let Ok(ractor::rpc::CallResult::Success(usage)) = state
+                    .scheduler
+                    .call(SchedulerMsg::Usage, Some(Duration::from_millis(500)))
+                    .await
+                {
+                    state.free = usage
+                        .into_iter()
+                        .map(|(agent, usage)| {
+                            let free = (
+                                usage.gpus.saturating_sub(usage.busy_gpus),
+                                usage.slots.saturating_sub(usage.busy_slots),
+                            );
+                            (agent, free)
+                        })
+                        .collect();
+                }
                 if !state.retired.is_empty() || state.placements_incomplete() {
                     state.assign();
                 }
@@ -928,7 +952,8 @@ impl ModelsState {
 
     /// Places each served program's version on `replicas` serving agents: the agents it is
     /// on stay while they are connected, and missing replicas go to the agents with the
-    /// fewest placed programs (then by name, so placement is stable). Built-in models need
+    /// fewest placed programs, then the most free GPUs and slots, then by name (so placement
+    /// is stable). Replicas do not hold slots or GPUs themselves. Built-in models need
     /// no placement: every serving agent holds them.
     fn place(&mut self, wanted: &[ServedModel]) {
         let live: Vec<AgentId> = self.serving_agents().map(|(id, _)| id.clone()).collect();
@@ -974,7 +999,18 @@ impl ModelsState {
                 .filter(|(agent, _)| !placed.contains(agent))
                 .map(|(agent, count)| (agent, count, runs_it(agent)))
                 .collect();
-            candidates.sort_by_key(|(agent, count, runs)| (!*runs, *count, (*agent).clone()));
+            // Then the fewest served programs, the most free GPUs and slots (as the
+            // Scheduler said at the last check), the name.
+            candidates.sort_by_key(|(agent, count, runs)| {
+                let (gpus, slots) = self.free.get(*agent).copied().unwrap_or_default();
+                (
+                    !*runs,
+                    *count,
+                    std::cmp::Reverse(gpus),
+                    std::cmp::Reverse(slots),
+                    (*agent).clone(),
+                )
+            });
             // Until agents have had time to report to a new leader, only those that run it
             // are placed.
             let settled = self.started.elapsed() >= CHECK_WARMUP;

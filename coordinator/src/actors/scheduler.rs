@@ -42,6 +42,7 @@ pub struct AgentLink {
 /// What an agent is doing, as the Scheduler sees it.
 #[derive(Debug, Clone, Default)]
 pub struct AgentUsage {
+    pub slots: u32,
     pub busy_slots: u32,
     pub gpus: u32,
     pub busy_gpus: u32,
@@ -401,6 +402,7 @@ impl Actor for Scheduler {
                     .iter()
                     .map(|(agent, slots)| {
                         let usage = AgentUsage {
+                            slots: slots.slots,
                             busy_slots: slots.busy,
                             gpus: slots.gpus,
                             busy_gpus: slots.busy_gpus,
