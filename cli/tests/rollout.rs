@@ -173,47 +173,6 @@ fn check_serving_endpoint_trust(cluster: &Cluster, port: u16) {
     assert_eq!(status, 200, "{body}");
 }
 
-/// `http` with extra header lines (each ending in `\r\n`).
-fn http_with(
-    port: u16,
-    method: &str,
-    path: &str,
-    body: &str,
-    extra_headers: &str,
-) -> (u16, BTreeMap<String, String>, String) {
-    let failed = |error: std::io::Error| (0, BTreeMap::new(), error.to_string());
-    let mut stream = match std::net::TcpStream::connect(("127.0.0.1", port)) {
-        Ok(stream) => stream,
-        Err(error) => return failed(error),
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
-        body.len()
-    );
-    let mut text = String::new();
-    if let Err(error) = stream
-        .write_all(request.as_bytes())
-        .and_then(|()| stream.read_to_string(&mut text).map(|_| ()))
-    {
-        return failed(error);
-    }
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
 /// Sends labelled traffic through the router until stopped, counting answers per version.
 struct Load {
     stop: Arc<AtomicBool>,

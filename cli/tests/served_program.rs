@@ -18,7 +18,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,39 +81,15 @@ timeout = "2m"
     )
 }
 
-fn http(port: u16, method: &str, path: &str, body: &str, headers: &str) -> (u16, String, String) {
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new(), String::new());
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
-        body.len()
-    );
-    let mut text = String::new();
-    if stream
-        .write_all(request.as_bytes())
-        .and_then(|()| stream.read_to_string(&mut text).map(|_| ()))
-        .is_err()
-    {
-        return (0, String::new(), String::new());
-    }
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
-fn header(head: &str, name: &str) -> Option<String> {
-    head.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        (key.trim() == name).then(|| value.trim().to_string())
-    })
+/// One HTTP/1.1 exchange on a fresh connection (support's `http_with`).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> (u16, BTreeMap<String, String>, String) {
+    http_with(port, method, path, body, headers)
 }
 
 /// The softmax example's validation rows and labels, from its own data generator.
@@ -170,14 +145,14 @@ impl Load {
                             std::thread::sleep(Duration::from_millis(50));
                             continue;
                         }
-                        if let Some(version) = header(&head, "x-flotilla-version") {
+                        if let Some(version) = head.get("x-flotilla-version").cloned() {
                             *versions
                                 .lock()
                                 .expect("versions")
                                 .entry(version)
                                 .or_default() += 1;
                         }
-                        if let Some(id) = header(&head, "x-flotilla-request-id") {
+                        if let Some(id) = head.get("x-flotilla-request-id").cloned() {
                             let labels: Vec<u64> = picked.iter().map(|(_, y)| *y).collect();
                             let feedback =
                                 serde_json::json!({ "request_id": id, "labels": labels })
@@ -364,14 +339,14 @@ fn a_sweeps_own_serving_program_is_served_canaried_restarted_refused_and_replace
     let instances: Vec<&Vec<f64>> = data.iter().take(3).map(|(x, _)| x).collect();
     let body = serde_json::json!({ "model": "demo", "instances": instances }).to_string();
     // Routers learn of the ready replica at their next report (every second).
-    let mut answered = (0, String::new(), String::new());
+    let mut answered = (0, BTreeMap::new(), String::new());
     wait_until("the router to route demo", Duration::from_secs(30), || {
         answered = http(router, "POST", "/v1/predict", &body, "");
         answered.0 == 200
     });
     let (_, head, answer) = answered;
     assert_eq!(
-        header(&head, "x-flotilla-version").as_deref(),
+        head.get("x-flotilla-version").cloned().as_deref(),
         Some("1.0.0")
     );
     let answer: Value = serde_json::from_str(&answer).expect("JSON");

@@ -521,12 +521,36 @@ fn http_post(address: &str, path: &str, body: &str, headers: &str) -> (u16, Stri
     (status, head.to_string(), body.to_string())
 }
 
+/// What `flotilla up --serve` prints up to its feedback-token line (it serves from then on).
+fn serving_lines(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = String::new();
+    loop {
+        let line = received
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .unwrap_or_else(|_| panic!("no token line from flotilla up --serve:\n{seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Authorization: Bearer ") {
+            return seen;
+        }
+    }
+}
+
 /// `flotilla up --serve NAME` as a user runs it: the winner is registered and served by the
 /// local agents (over mutual TLS) behind the router; predictions work through the router,
 /// feedback needs the token the run prints, and Ctrl-C (SIGINT) ends it cleanly.
 #[test]
 fn up_serve_puts_the_winner_behind_the_router_with_a_feedback_token() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("tempdir");
     let sweep = dir.path().join("churn.toml");
     std::fs::write(
@@ -572,26 +596,13 @@ checkpoint_every = 0
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start flotilla up --serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = String::new();
-    let token = loop {
-        let line = received
-            .recv_timeout(std::time::Duration::from_secs(300))
-            .unwrap_or_else(|_| panic!("no token line from flotilla up --serve:\n{seen}"));
-        seen.push_str(&line);
-        seen.push('\n');
-        if let Some(rest) = line.split("Authorization: Bearer ").nth(1) {
-            break rest.split('`').next().expect("a token").to_string();
-        }
-    };
+    let seen = serving_lines(&mut child);
+    let token = seen
+        .split("Authorization: Bearer ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .expect("a token")
+        .to_string();
     assert!(seen.contains("serving churn@1.0.0"), "{seen}");
     assert!(token.starts_with("flt_"), "{token}");
 
@@ -655,7 +666,6 @@ checkpoint_every = 0
 /// and Ctrl-C stops the program with the rest.
 #[test]
 fn up_serve_runs_a_command_sweeps_own_serving_program_behind_the_router() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -673,26 +683,7 @@ fn up_serve_runs_a_command_sweeps_own_serving_program_behind_the_router() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start flotilla up --serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = String::new();
-    loop {
-        let line = received
-            .recv_timeout(std::time::Duration::from_secs(300))
-            .unwrap_or_else(|_| panic!("no serving line from flotilla up --serve:\n{seen}"));
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("Authorization: Bearer ") {
-            break;
-        }
-    }
+    let seen = serving_lines(&mut child);
     assert!(seen.contains("serving demo@1.0.0"), "{seen}");
     assert!(
         seen.contains(&format!("http://{router}/v1/predict")),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test or benchmark crate uses a part
 
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -354,7 +356,6 @@ pub fn free_tcp_port() -> u16 {
 /// The samples of one metric family an agent's `/metrics` serves now: (series with its
 /// labels, value). Empty when the endpoint does not answer.
 pub fn scrape(port: u16, family: &str) -> Vec<(String, f64)> {
-    use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return Vec::new();
     };
@@ -373,4 +374,47 @@ pub fn scrape(port: u16, family: &str) -> Vec<(String, f64)> {
             Some((series.to_string(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// One HTTP/1.1 request on a fresh connection to 127.0.0.1:`port`, with extra header lines
+/// (each ending in `\r\n`): (status, headers lowercased, body); status 0 when the
+/// connection failed.
+pub fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    extra_headers: &str,
+) -> (u16, BTreeMap<String, String>, String) {
+    let failed = |error: std::io::Error| (0, BTreeMap::new(), error.to_string());
+    let mut stream = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(stream) => stream,
+        Err(error) => return failed(error),
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    );
+    let mut text = String::new();
+    if let Err(error) = stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.read_to_string(&mut text).map(|_| ()))
+    {
+        return failed(error);
+    }
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
 }
