@@ -171,6 +171,31 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// A table of p50, p99 and max of each path's sorted latencies (ms).
+fn print_latencies(paths: &[(&str, &Vec<f64>)]) {
+    println!("| path | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|");
+    for (name, latencies) in paths {
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.3} |",
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.99),
+            latencies[latencies.len() - 1]
+        );
+    }
+}
+
+/// What the routed path adds to the direct one, in ms and as a ratio, at p50 and p99.
+fn print_overhead(what: &str, direct: &[f64], routed: &[f64]) {
+    println!(
+        "{what}: p50 +{:.3} ms, p99 +{:.3} ms; ratio router/direct p50 {:.2}, p99 {:.2}",
+        percentile(routed, 0.5) - percentile(direct, 0.5),
+        percentile(routed, 0.99) - percentile(direct, 0.99),
+        percentile(routed, 0.5) / percentile(direct, 0.5),
+        percentile(routed, 0.99) / percentile(direct, 0.99),
+    );
+}
+
 /// Latencies (ms, sorted) of `requests` sequential requests after 100 of warm-up.
 fn sequential(target: &Target, path: &str, body: &str, requests: usize) -> Vec<f64> {
     let mut connection = Connection::open(target);
@@ -291,25 +316,10 @@ checkpoint_every = 0
         "## one request at a time, batch of 1 ({} requests)",
         options.requests
     );
-    println!("| path | p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|");
     let direct = sequential(&agent, direct_path, &one_direct, options.requests);
     let routed = sequential(&router, "/v1/predict", &one_routed, options.requests);
-    for (name, latencies) in [("agent directly", &direct), ("through the router", &routed)] {
-        println!(
-            "| {name} | {:.3} | {:.3} | {:.3} |",
-            percentile(latencies, 0.5),
-            percentile(latencies, 0.99),
-            latencies[latencies.len() - 1]
-        );
-    }
-    println!(
-        "router overhead: p50 +{:.3} ms, p99 +{:.3} ms; ratio router/direct p50 {:.2}, p99 {:.2}",
-        percentile(&routed, 0.5) - percentile(&direct, 0.5),
-        percentile(&routed, 0.99) - percentile(&direct, 0.99),
-        percentile(&routed, 0.5) / percentile(&direct, 0.5),
-        percentile(&routed, 0.99) / percentile(&direct, 0.99),
-    );
+    print_latencies(&[("agent directly", &direct), ("through the router", &routed)]);
+    print_overhead("router overhead", &direct, &routed);
 
     println!(
         "## throughput, batch of 1, {} keep-alive clients, {} s",
@@ -460,30 +470,15 @@ env = {{ PYTHONPATH = "{python}" }}
         "## a served program (examples/serving/softmax_serve.py, Python's http.server), one request at a time, batch of 1 ({} requests)",
         options.requests
     );
-    println!("| path | p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|");
     let alone = sequential(&direct, program_path, body, options.requests);
     let via_agent = sequential(agent, agent_path, body, options.requests);
     let routed = sequential(router, "/v1/predict", routed_body, options.requests);
-    for (name, latencies) in [
+    print_latencies(&[
         ("program directly", &alone),
         ("agent (HTTPS) → program", &via_agent),
         ("router → agent → program", &routed),
-    ] {
-        println!(
-            "| {name} | {:.3} | {:.3} | {:.3} |",
-            percentile(latencies, 0.5),
-            percentile(latencies, 0.99),
-            latencies[latencies.len() - 1]
-        );
-    }
-    println!(
-        "router overhead on a served program: p50 +{:.3} ms, p99 +{:.3} ms; ratio router/direct p50 {:.2}, p99 {:.2}",
-        percentile(&routed, 0.5) - percentile(&alone, 0.5),
-        percentile(&routed, 0.99) - percentile(&alone, 0.99),
-        percentile(&routed, 0.5) / percentile(&alone, 0.5),
-        percentile(&routed, 0.99) / percentile(&alone, 0.99),
-    );
+    ]);
+    print_overhead("router overhead on a served program", &alone, &routed);
     let direct_rps = throughput(
         &direct,
         program_path,
