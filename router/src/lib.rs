@@ -221,7 +221,7 @@ fn judge(predicted: &Label, truth: &serde_json::Value) -> Option<Judged> {
                 Value::Number(number) => number.to_string(),
                 Value::String(text) => text.clone(),
                 Value::Bool(flag) => flag.to_string(),
-                Value::Object(fields) => match prediction_label(&Value::Object(fields.clone()))? {
+                Value::Object(_) => match prediction_label(truth)? {
                     Label::Class(class) => class,
                     Label::Value(_) => return None,
                 },

@@ -471,10 +471,13 @@ impl Actor for Models {
                 state.assign();
             }
             ModelsMsg::Tick => {
-                if let Ok(ractor::rpc::CallResult::Success(usage)) = state
-                    .scheduler
-                    .call(SchedulerMsg::Usage, Some(Duration::from_millis(500)))
-                    .await
+                // Free capacity matters only while served programs are placed.
+                let programs = state.current.iter().any(|served| served.serving.is_some());
+                if programs
+                    && let Ok(ractor::rpc::CallResult::Success(usage)) = state
+                        .scheduler
+                        .call(SchedulerMsg::Usage, Some(Duration::from_millis(500)))
+                        .await
                 {
                     state.free = usage
                         .into_iter()
