@@ -5,16 +5,37 @@
 //! declaration restricts what NVML sees and may not name a GPU it does not have; without
 //! NVML the declaration is taken as it is (a host whose driver is not loaded yet, or a test).
 //!
-//! Each attempt gets exactly the GPUs it asked for, to itself: [`GpuPool::take`] hands out
-//! the lowest free indices and [`GpuPool::give_back`] returns them when the attempt ends. A
-//! command trial sees them as `CUDA_VISIBLE_DEVICES` and `FLOTILLA_GPUS`; built-in trainers
-//! train on the first. The pool is shared with the metrics endpoint, which labels each GPU's
-//! readings with the trial holding it.
+//! Each attempt, and each serving program's replica, gets exactly the GPUs it asked for, to
+//! itself: [`GpuPool::take`] hands out the lowest free indices and [`GpuPool::give_back`]
+//! returns them when the attempt ends or the program exits. A command trial and a serving
+//! program see them as `CUDA_VISIBLE_DEVICES` and `FLOTILLA_GPUS`; built-in trainers train on
+//! the first. The pool is shared with the metrics endpoint, which labels each GPU's readings
+//! with the trial or model version holding it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use flotilla_protocol::AttemptId;
+use flotilla_protocol::models::ModelRef;
+
+/// What holds a GPU: a trial's attempt or a model version's serving program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    Attempt(AttemptId),
+    Replica(ModelRef),
+}
+
+impl From<AttemptId> for Holder {
+    fn from(attempt: AttemptId) -> Holder {
+        Holder::Attempt(attempt)
+    }
+}
+
+impl From<ModelRef> for Holder {
+    fn from(model: ModelRef) -> Holder {
+        Holder::Replica(model)
+    }
+}
 
 /// What `--gpus` said, or nothing (find them through NVML).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -87,7 +108,7 @@ impl std::str::FromStr for GpuSpec {
 /// The agent's GPUs and their holders.
 #[derive(Debug, Clone, Default)]
 pub struct GpuPool {
-    inner: Arc<Mutex<BTreeMap<u32, Option<AttemptId>>>>,
+    inner: Arc<Mutex<BTreeMap<u32, Option<Holder>>>>,
 }
 
 impl GpuPool {
@@ -99,7 +120,7 @@ impl GpuPool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Option<AttemptId>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Option<Holder>>> {
         // A poisoned lock only means a panic elsewhere; the map itself is always whole.
         self.inner
             .lock()
@@ -110,8 +131,9 @@ impl GpuPool {
         self.lock().len() as u32
     }
 
-    /// The lowest `count` free GPUs, now held by `attempt`; `Err` says how many are free.
-    pub fn take(&self, attempt: AttemptId, count: u32) -> Result<Vec<u32>, String> {
+    /// The lowest `count` free GPUs, now held by `holder`; `Err` says how many are free.
+    pub fn take(&self, holder: impl Into<Holder>, count: u32) -> Result<Vec<u32>, String> {
+        let holder = holder.into();
         let mut gpus = self.lock();
         let free: Vec<u32> = gpus
             .iter()
@@ -127,25 +149,26 @@ impl GpuPool {
         }
         let taken: Vec<u32> = free.into_iter().take(count as usize).collect();
         for index in &taken {
-            gpus.insert(*index, Some(attempt));
+            gpus.insert(*index, Some(holder.clone()));
         }
         Ok(taken)
     }
 
-    /// Frees whatever `attempt` holds.
-    pub fn give_back(&self, attempt: AttemptId) {
-        for holder in self.lock().values_mut() {
-            if *holder == Some(attempt) {
-                *holder = None;
+    /// Frees whatever `holder` holds.
+    pub fn give_back(&self, holder: impl Into<Holder>) {
+        let holder = Some(holder.into());
+        for held in self.lock().values_mut() {
+            if *held == holder {
+                *held = None;
             }
         }
     }
 
-    /// Each GPU index and the attempt holding it, if any.
-    pub fn holders(&self) -> Vec<(u32, Option<AttemptId>)> {
+    /// Each GPU index and what holds it, if anything.
+    pub fn holders(&self) -> Vec<(u32, Option<Holder>)> {
         self.lock()
             .iter()
-            .map(|(index, holder)| (*index, *holder))
+            .map(|(index, holder)| (*index, holder.clone()))
             .collect()
     }
 }
@@ -231,5 +254,18 @@ mod tests {
         assert_eq!(pool.take(attempt(3), 2), Ok(vec![0, 2]));
         assert_eq!(pool.take(attempt(4), 0), Ok(vec![]));
         assert_eq!(visible_devices(&[0, 2]), "0,2");
+    }
+
+    #[test]
+    fn serving_replicas_hold_gpus_apart_from_attempts() {
+        let pool = GpuPool::new(&[0, 1]);
+        let model: ModelRef = "demo@1.0.0".parse().expect("ref");
+        assert_eq!(pool.take(model.clone(), 1), Ok(vec![0]));
+        assert_eq!(pool.take(attempt(0), 1), Ok(vec![1]));
+        assert!(pool.take(attempt(1), 1).is_err());
+        assert_eq!(pool.holders()[0], (0, Some(Holder::Replica(model.clone()))));
+        pool.give_back(model);
+        assert_eq!(pool.holders()[0], (0, None));
+        assert_eq!(pool.holders()[1], (1, Some(Holder::Attempt(attempt(0)))));
     }
 }

@@ -222,6 +222,7 @@ impl Agent {
             &config.work_dir,
             outbox.clone(),
             metrics.clone(),
+            gpu_pool.clone(),
             shutdown.clone(),
         );
         let root_args = RootArgs {

@@ -16,8 +16,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use flotilla_protocol::TrialId;
 use flotilla_protocol::messages::{Metrics, TrialOutcome};
-use flotilla_protocol::{AttemptId, TrialId};
+
+use crate::gpus::Holder;
 use flotilla_telemetry::Families;
 use prometheus::{
     GaugeVec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
@@ -65,7 +67,7 @@ pub struct AgentMetrics {
 
 const TRIAL_LABELS: &[&str] = &["sweep", "trial"];
 /// `trial` names the attempt's trial holding the GPU (empty while it is free).
-const GPU_LABELS: &[&str] = &["gpu", "uuid", "model", "trial"];
+const GPU_LABELS: &[&str] = &["gpu", "uuid", "model", "trial", "served"];
 
 impl AgentMetrics {
     pub fn new() -> Arc<AgentMetrics> {
@@ -240,7 +242,7 @@ impl AgentMetrics {
 
     /// Replaces the GPU series with these readings (none: the series disappear), each
     /// labelled with the trial holding that GPU.
-    pub fn set_gpus(&self, readings: &[GpuReading], holders: &[(u32, Option<AttemptId>)]) {
+    pub fn set_gpus(&self, readings: &[GpuReading], holders: &[(u32, Option<Holder>)]) {
         for family in [
             &self.gpu_utilization,
             &self.gpu_memory_used,
@@ -252,17 +254,22 @@ impl AgentMetrics {
         }
         for reading in readings {
             let index = reading.index.to_string();
-            let trial = holders
+            // The trial holding it, or the model version whose serving program does.
+            let holder = holders
                 .iter()
                 .find(|(gpu, _)| *gpu == reading.index)
-                .and_then(|(_, holder)| *holder)
-                .map(|attempt| attempt.trial.to_string())
-                .unwrap_or_default();
+                .and_then(|(_, holder)| holder.clone());
+            let (trial, served) = match holder {
+                Some(Holder::Attempt(attempt)) => (attempt.trial.to_string(), String::new()),
+                Some(Holder::Replica(model)) => (String::new(), model.to_string()),
+                None => (String::new(), String::new()),
+            };
             let labels = [
                 index.as_str(),
                 reading.uuid.as_str(),
                 reading.model.as_str(),
                 trial.as_str(),
+                served.as_str(),
             ];
             let values = [
                 (&self.gpu_utilization, reading.utilization),
@@ -519,11 +526,11 @@ mod tests {
                 temperature_celsius: Some(61.0),
                 power_watts: None,
             }],
-            &[(0, Some(holder))],
+            &[(0, Some(holder.into()))],
         );
         let text = scrape(&metrics);
         assert!(text.contains(
-            r#"flotilla_agent_gpu_utilization_ratio{gpu="0",model="NVIDIA A10G",trial="s2-t5",uuid="GPU-1"} 0.5"#
+            r#"flotilla_agent_gpu_utilization_ratio{gpu="0",model="NVIDIA A10G",served="",trial="s2-t5",uuid="GPU-1"} 0.5"#
         ));
         assert!(text.contains("flotilla_agent_gpu_temperature_celsius{"));
         assert!(!text.contains("flotilla_agent_gpu_power_watts"));

@@ -246,7 +246,12 @@ impl RootState {
     /// Sets the agent-state gauges from what this actor holds (after every message).
     fn publish(&self) {
         let metrics = &self.metrics;
-        let busy: u32 = self.running.values().map(|running| running.slots).sum();
+        let busy: u32 = self
+            .running
+            .values()
+            .map(|running| running.slots)
+            .sum::<u32>()
+            + self.serving.held_slots();
         metrics
             .slots
             .with_label_values(&["total"])
@@ -392,7 +397,12 @@ impl RootState {
             self.reject(Some(attempt), "the agent is draining".into());
             return;
         }
-        let busy: u32 = self.running.values().map(|running| running.slots).sum();
+        let busy: u32 = self
+            .running
+            .values()
+            .map(|running| running.slots)
+            .sum::<u32>()
+            + self.serving.held_slots();
         if busy + start.slots > self.slots {
             self.reject(
                 Some(attempt),

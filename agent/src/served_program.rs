@@ -66,6 +66,9 @@ pub struct Program {
     pub serving: ServingSpec,
     /// The unpacked checkpoint.
     pub model_dir: PathBuf,
+    /// The GPUs this replica holds, shown to the program as `CUDA_VISIBLE_DEVICES`;
+    /// `None` on an agent without GPUs (nothing is set).
+    pub gpus: Option<Vec<u32>>,
 }
 
 /// A started program: its process group and what it said last.
@@ -169,6 +172,14 @@ impl Program {
             .kill_on_drop(true);
         if let Some(workdir) = &serving.workdir {
             command.current_dir(workdir);
+        }
+        // As for trials: on an agent with GPUs, a replica holding none sees none.
+        if let Some(gpus) = &self.gpus {
+            let visible = crate::gpus::visible_devices(gpus);
+            command
+                .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+                .env("CUDA_VISIBLE_DEVICES", &visible)
+                .env("FLOTILLA_GPUS", visible);
         }
         // Should the agent itself die (SIGKILL, a crash), its programs go with it instead of
         // holding their ports as orphans; the coordinator places the version elsewhere.

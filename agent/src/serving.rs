@@ -104,6 +104,8 @@ struct Inner {
     models: RwLock<BTreeMap<ModelRef, Assigned>>,
     outbox: mpsc::UnboundedSender<AgentMessage>,
     metrics: Arc<AgentMetrics>,
+    /// The agent's GPUs, shared with its trials: a replica holds `[serving] gpus` of them.
+    gpus: crate::gpus::GpuPool,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -115,6 +117,7 @@ impl Serving {
         work_dir: &std::path::Path,
         outbox: mpsc::UnboundedSender<AgentMessage>,
         metrics: Arc<AgentMetrics>,
+        gpus: crate::gpus::GpuPool,
         shutdown: CancellationToken,
     ) -> Serving {
         Serving {
@@ -130,6 +133,7 @@ impl Serving {
                 models: RwLock::new(BTreeMap::new()),
                 outbox,
                 metrics,
+                gpus,
                 tasks: TaskTracker::new(),
                 shutdown,
             }),
@@ -156,7 +160,31 @@ impl Serving {
                     (model.clone(), state)
                 })
                 .collect(),
+            gpus: self.replica_gpus(),
         }
+    }
+
+    /// The GPUs each serving program's replica holds.
+    fn replica_gpus(&self) -> BTreeMap<ModelRef, Vec<u32>> {
+        let mut held: BTreeMap<ModelRef, Vec<u32>> = BTreeMap::new();
+        for (index, holder) in self.inner.gpus.holders() {
+            if let Some(crate::gpus::Holder::Replica(model)) = holder {
+                held.entry(model).or_default().push(index);
+            }
+        }
+        held
+    }
+
+    /// Slots held by the serving programs assigned here (`[serving] slots` each, none for
+    /// one that failed): trials cannot use them, as the coordinator counts them too.
+    pub fn held_slots(&self) -> u32 {
+        self.inner
+            .read_models()
+            .values()
+            .filter(|assigned| !matches!(assigned.slot, Slot::Failed(_)))
+            .filter_map(|assigned| assigned.serving.as_ref())
+            .map(|serving| serving.slots)
+            .sum()
     }
 
     /// Sends the report to the coordinator.
@@ -365,10 +393,22 @@ async fn run_program(
     if let Err(message) = unpacked {
         return fail(message);
     }
+    // The replica's GPUs, its own until the program has exited.
+    let gpus = match inner.gpus.take(served.model.clone(), serving.gpus) {
+        Ok(gpus) => gpus,
+        Err(message) => {
+            let _ = tokio::fs::remove_dir_all(&model_dir).await;
+            return fail(format!("no free GPU for the serving program: {message}"));
+        }
+    };
+    if !gpus.is_empty() {
+        tracing::info!(model = %served.model, gpus = %crate::gpus::visible_devices(&gpus), "GPUs assigned to the serving program");
+    }
     let program = crate::served_program::Program {
         model: served.model.clone(),
         serving,
         model_dir: model_dir.clone(),
+        gpus: (inner.gpus.total() > 0).then_some(gpus),
     };
     let labels = [served.model.name.clone(), served.model.version.to_string()];
     program
@@ -400,6 +440,7 @@ async fn run_program(
             },
         )
         .await;
+    inner.gpus.give_back(served.model.clone());
     let _ = tokio::fs::remove_dir_all(&model_dir).await;
 }
 

@@ -44,12 +44,14 @@ async fn harness_with(
         flotilla_train::ArtifactStore::open(dir.path().join("artifacts").to_str().expect("utf-8"))
             .expect("artifact store");
     // Not serving (no endpoint): assignments are ignored.
+    let pool = flotilla_agent::gpus::GpuPool::new(gpus);
     let serving = flotilla_agent::serving::Serving::new(
         None,
         artifacts.clone(),
         dir.path(),
         outbox.clone(),
         metrics.clone(),
+        pool.clone(),
         tokio_util::sync::CancellationToken::new(),
     );
     let args = RootArgs {
@@ -65,7 +67,7 @@ async fn harness_with(
         },
         metrics,
         serving,
-        gpus: flotilla_agent::gpus::GpuPool::new(gpus),
+        gpus: pool,
         checkpoint_max_bytes,
     };
     let (root, _) = Actor::spawn(None, AgentRoot, args)

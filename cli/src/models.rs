@@ -222,7 +222,7 @@ pub async fn model(command: ModelCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print_version(&version);
-                print_placements(&placements);
+                print_placements(&version, &placements);
             }
             Ok(())
         }
@@ -311,20 +311,29 @@ fn print_version(version: &ModelVersion) {
         None => println!("  served by: the agents' built-in inference"),
         Some(serving) => {
             println!(
-                "  served by: {} {} (health {}, ready within {}, {} replica(s))",
+                "  served by: {} {} (health {}, ready within {}, {} replica(s) of {} slot(s) and {} GPU(s))",
                 serving.command,
                 serving.args.join(" "),
                 serving.health,
                 humantime::format_duration(serving.ready_timeout),
-                serving.replicas
+                serving.replicas,
+                serving.slots,
+                serving.gpus
             );
         }
     }
 }
 
-/// Where the version runs and how each replica is.
-fn print_placements(placements: &[flotilla_protocol::models::Placement]) {
-    if placements.is_empty() {
+/// Where the version runs and how each replica is; for a served program, the replicas that
+/// wait for an agent with free slots and GPUs.
+fn print_placements(version: &ModelVersion, placements: &[flotilla_protocol::models::Placement]) {
+    let missing = version
+        .serving
+        .as_ref()
+        .map_or(0, |serving| serving.replicas as usize)
+        .saturating_sub(placements.len());
+    let served = matches!(version.stage, ModelStage::Production) || !placements.is_empty();
+    if placements.is_empty() && !(served && missing > 0) {
         println!("  runs on:   no agent (not in production or in a rollout, or no serving agent)");
         return;
     }
@@ -339,11 +348,27 @@ fn print_placements(placements: &[flotilla_protocol::models::Placement]) {
             Some(ServeState::Failed(message)) => ("failed".to_string(), format!(": {message}")),
             Some(state) => (state.as_str().to_string(), String::new()),
         };
+        let gpus = if placement.gpus.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (GPU {})",
+                placement
+                    .gpus
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        };
         println!(
-            "    {:<24} {:<32} {state}{detail}",
+            "    {:<24} {:<32} {state}{gpus}{detail}",
             placement.agent.0,
             placement.endpoint.as_deref().unwrap_or("-")
         );
+    }
+    if served && missing > 0 {
+        println!("    {missing} replica(s) waiting for a serving agent with free slots and GPUs");
     }
 }
 

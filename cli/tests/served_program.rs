@@ -511,3 +511,140 @@ fn a_sweeps_own_serving_program_is_served_canaried_restarted_refused_and_replace
         || http(router, "POST", "/v1/predict", &body, "").0 == 200,
     );
 }
+
+/// A serving program that answers each instance with the GPUs it was given, as a class.
+const GPU_ECHO: &str = r#"
+import os
+import flotilla_serve
+
+def predict(instances):
+    return [{"class": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")} for _ in instances]
+
+flotilla_serve.serve(predict)
+"#;
+
+/// Serving replicas hold slots and GPUs as trials do: on agents with one slot and one GPU
+/// each (declared with `--gpus 1`; no NVIDIA driver here, so nothing runs on a GPU, but the
+/// assignment and `CUDA_VISIBLE_DEVICES` are the agents' own), a replica that asks for a
+/// GPU gets the agent's GPU to itself, trials go to the other agent, a replica whose agent
+/// is lost moves to the agent that is free again, and a trial needing the GPU the replica
+/// holds waits instead of sharing it.
+#[test]
+fn serving_replicas_hold_their_slots_and_gpus_like_trials() {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator();
+    let artifacts = cluster.path("artifacts");
+    let artifacts = artifacts.to_str().expect("utf-8").to_string();
+    for name in ["gpu-a", "gpu-b"] {
+        let listen = format!("127.0.0.1:{}", free_tcp_port());
+        cluster.start_agent_with(
+            name,
+            1,
+            &[
+                "--artifacts",
+                &artifacts,
+                "--device",
+                "cpu",
+                "--gpus",
+                "1",
+                "--serve",
+                &listen,
+            ],
+        );
+    }
+    cluster.wait_for_agents(2);
+    let (_router, router) = cluster.start_router();
+    let program = cluster.path("gpu_echo.py");
+    std::fs::write(&program, GPU_ECHO).expect("write the serving program");
+    let serving = format!(
+        "command = \"python3\"\nargs = [\"{}\"]\nenv = {{ PYTHONPATH = \"{}\" }}\nready_timeout = \"20s\"\nreplicas = 1\nslots = 1\ngpus = 1\n",
+        program.display(),
+        repo_root().join("python").display()
+    );
+    submit(
+        &cluster,
+        "train.toml",
+        &sweep("train", "0.3, 0.25", 2, 0.0, &serving),
+    );
+
+    // The replica holds an agent's one slot and its GPU, which its program sees.
+    register(&cluster, "s1/0", "gpudemo", "production");
+    let holder = wait_ready(&cluster, "gpudemo@1.0.0")[0].clone();
+    let other = if holder == "gpu-a" { "gpu-b" } else { "gpu-a" };
+    let shown = show(&cluster, "gpudemo@1.0.0");
+    assert_eq!(
+        shown["placements"][0]["gpus"],
+        serde_json::json!([0]),
+        "{shown:#}"
+    );
+    let text = cluster.flotilla_ok(&["model", "show", "gpudemo@1.0.0"]);
+    assert!(
+        text.contains("1 slot(s) and 1 GPU(s)") && text.contains("(GPU 0)"),
+        "{text}"
+    );
+    let body = r#"{"model": "gpudemo", "instances": [[1, 2, 3, 4], [5, 6, 7, 8]]}"#;
+    let mut answered = (0, BTreeMap::new(), String::new());
+    wait_until(
+        "the router to route gpudemo",
+        Duration::from_secs(30),
+        || {
+            answered = http(router, "POST", "/v1/predict", body, "");
+            answered.0 == 200
+        },
+    );
+    let answer: Value = serde_json::from_str(&answered.2).expect("JSON");
+    assert_eq!(
+        answer["predictions"],
+        serde_json::json!([{"class": "0"}, {"class": "0"}]),
+        "CUDA_VISIBLE_DEVICES is the replica's GPU"
+    );
+
+    // Trials, GPU or not, find no room beside the replica: all run on the other agent.
+    let gpu_serving = format!("{serving}\n[resources]\ngpus = 1\n");
+    submit(
+        &cluster,
+        "gpu.toml",
+        &sweep("gpu", "0.3, 0.25", 2, 0.0, &gpu_serving),
+    );
+    let results = cluster.results("s2");
+    assert_all_succeeded_once(&results, 2);
+    for trial in trials(&results) {
+        assert_eq!(trial["agent"], other, "{trial}");
+    }
+
+    // The holder is lost: the replica moves to the other agent, GPU and all.
+    let index = cluster
+        .agents
+        .iter()
+        .position(|(name, _)| *name == holder)
+        .expect("the holder");
+    cluster.agents[index].1.kill();
+    wait_until("gpudemo's replica to move", Duration::from_secs(90), || {
+        let now = show(&cluster, "gpudemo@1.0.0")["placements"].clone();
+        now.as_array()
+            .is_some_and(|placements| placements.len() == 1)
+            && now[0]["agent"] == other
+            && now[0]["state"] == "Ready"
+            && now[0]["gpus"] == serde_json::json!([0])
+    });
+    wait_until(
+        "the router to send gpudemo to the moved replica",
+        Duration::from_secs(30),
+        || http(router, "POST", "/v1/predict", body, "").0 == 200,
+    );
+
+    // A GPU trial now has no GPU to take: it waits rather than share the replica's.
+    let path = cluster.path("waits.toml");
+    std::fs::write(&path, sweep("waits", "0.3", 2, 0.0, &gpu_serving)).expect("write");
+    cluster.flotilla_ok(&["sweep", "submit", path.to_str().expect("utf-8")]);
+    std::thread::sleep(Duration::from_secs(6));
+    let waiting = sweep_state(&cluster, "s3");
+    assert_eq!(waiting["state"], "Running", "{waiting:#}");
+    assert_eq!(waiting["counts"]["running"], 0, "{waiting:#}");
+    assert_eq!(waiting["counts"]["succeeded"], 0, "{waiting:#}");
+    // Out of production, the replica lets go and the trial runs.
+    cluster.flotilla_ok(&["model", "stage", "gpudemo@1.0.0", "archived"]);
+    wait_until("the waiting trial to run", Duration::from_secs(90), || {
+        sweep_state(&cluster, "s3")["state"] == "Completed"
+    });
+}

@@ -19,14 +19,15 @@ use crate::messages::{Hello, Role};
 /// answered only for router and admin certificates; version 12 added served programs
 /// (`SweepSpec::serving`, `ModelVersion::serving`, `ServedModel::serving`,
 /// `SealRequest::format`, `ServeState::Restarting`, squared error in the rollout counters,
-/// per-stage gates in policies, `ClientRequest::ModelPlacements`). Version 12 changed existing
-/// structs, so older peers are refused; stored state of version 11 is read and converted
-/// (`flotilla_protocol::stored`).
-pub const PROTOCOL_VERSION: u16 = 12;
+/// per-stage gates in policies, `ClientRequest::ModelPlacements`); version 13 gave serving
+/// replicas resources (`ServingSpec::slots` and `gpus`) and `Placement` the GPUs a replica
+/// holds. Versions 12 and 13 changed existing structs, so older peers are refused; stored
+/// state of versions 11 and 12 is read and converted (the coordinator's `store::legacy`).
+pub const PROTOCOL_VERSION: u16 = 13;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot
 /// decode.
-pub const MIN_PROTOCOL_VERSION: u16 = 12;
+pub const MIN_PROTOCOL_VERSION: u16 = 13;
 /// ALPN identifier; a peer without it fails the TLS handshake.
 pub const ALPN: &[u8] = b"flotilla";
 

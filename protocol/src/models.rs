@@ -9,6 +9,7 @@
 //!   ([`RouterReport`]); the coordinator's Rollout actors decide from it
 //!   ([`RolloutRecord`]).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -275,6 +276,9 @@ pub struct Placement {
     pub endpoint: Option<String>,
     /// `None`: assigned, not yet reported by the agent.
     pub state: Option<ServeState>,
+    /// The GPU indices the replica holds on the agent (protocol 13; empty: none, or not
+    /// started yet).
+    pub gpus: Vec<u32>,
 }
 
 /// What a sealed artifact must be (protocol 12).
@@ -293,6 +297,8 @@ pub struct ServingReport {
     /// `http://host:port` of its serving endpoint; `None` when the agent does not serve.
     pub endpoint: Option<String>,
     pub models: Vec<(ModelRef, ServeState)>,
+    /// The GPU indices each served program's replica holds (protocol 13).
+    pub gpus: BTreeMap<ModelRef, Vec<u32>>,
 }
 
 /// Copy `source` (a trial's checkpoint) to `key` in the agent's artifact store, create-once,

@@ -77,6 +77,14 @@ pub struct ServingSpec {
     /// Agents that serve each version of the model.
     #[serde(default = "one")]
     pub replicas: u32,
+    /// Agent slots each replica holds while it runs (protocol 13): trials cannot use them.
+    /// 0: the program shares the agent's slots with what runs there.
+    #[serde(default = "one")]
+    pub slots: u32,
+    /// GPUs each replica holds to itself (protocol 13), assigned as a trial's are and seen
+    /// by the program as `CUDA_VISIBLE_DEVICES` and `FLOTILLA_GPUS`.
+    #[serde(default)]
+    pub gpus: u32,
 }
 
 fn default_health() -> String {
@@ -89,6 +97,10 @@ fn default_ready_timeout() -> Duration {
 
 /// Replicas one version may ask for.
 pub const MAX_REPLICAS: u32 = 256;
+/// Slots one replica may hold.
+pub const MAX_REPLICA_SLOTS: u32 = 1024;
+/// GPUs one replica may hold (a g5.48xlarge has 8).
+pub const MAX_REPLICA_GPUS: u32 = 64;
 
 impl ServingSpec {
     /// Problems with this table, their paths under `serving.`.
@@ -120,6 +132,15 @@ impl ServingSpec {
         }
         if self.replicas == 0 || self.replicas > MAX_REPLICAS {
             problem("replicas", format!("must be between 1 and {MAX_REPLICAS}"));
+        }
+        if self.slots > MAX_REPLICA_SLOTS {
+            problem(
+                "slots",
+                format!("must be at most {MAX_REPLICA_SLOTS} (0: the program holds no slot)"),
+            );
+        }
+        if self.gpus > MAX_REPLICA_GPUS {
+            problem("gpus", format!("must be at most {MAX_REPLICA_GPUS}"));
         }
         for name in self.env.keys() {
             if name.is_empty() || name.contains('=') || name.contains('\0') {

@@ -91,6 +91,8 @@ fn serving() -> ServingSpec {
         health: "/healthz".into(),
         ready_timeout: Duration::from_secs(30),
         replicas: 2,
+        slots: 1,
+        gpus: 1,
     }
 }
 
@@ -549,6 +551,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                         },
                     ),
                 ],
+                gpus: BTreeMap::from([(model_ref(), vec![1])]),
             })),
         ),
         (
@@ -762,12 +765,14 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                         restarts: 2,
                         reason: "r".into(),
                     }),
+                    gpus: vec![0, 3],
                 },
                 Placement {
                     model: model_ref(),
                     agent: AgentId("b".into()),
                     endpoint: None,
                     state: None,
+                    gpus: vec![],
                 },
             ])),
         ),

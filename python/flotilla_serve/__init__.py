@@ -11,6 +11,9 @@ Environment (read by the functions below):
   -> :func:`model_dir`.
 - ``FLOTILLA_SERVE_PORT``: the loopback port to listen on -> :func:`port`.
 - ``FLOTILLA_MODEL_NAME``, ``FLOTILLA_MODEL_VERSION``: which version this is.
+- ``FLOTILLA_GPUS`` / ``CUDA_VISIBLE_DEVICES``: the GPUs this replica holds alone (the
+  table's ``gpus``), in nvidia-smi order -> :func:`gpus`. On an agent with GPUs, a replica
+  that asked for none sees none.
 
 HTTP, on ``127.0.0.1:FLOTILLA_SERVE_PORT``:
 
@@ -49,7 +52,7 @@ from typing import Any, Callable, List, Optional
 
 __version__ = "0.1.0"
 
-__all__ = ["BadInput", "model_dir", "port", "serve"]
+__all__ = ["BadInput", "gpus", "model_dir", "port", "serve"]
 
 MAX_BODY = 32 * 1024 * 1024
 """The largest request body read (the agent's own limit)."""
@@ -68,6 +71,24 @@ def model_dir() -> Path:
 def port() -> int:
     """The loopback port to listen on (``FLOTILLA_SERVE_PORT``; 8080 outside an agent)."""
     return int(os.environ.get("FLOTILLA_SERVE_PORT", "8080"))
+
+
+def gpus() -> List[int]:
+    """The indices of the GPUs this replica holds (``FLOTILLA_GPUS``), in nvidia-smi order.
+
+    CUDA libraries inside the process number the visible devices from 0 (``cuda:0``, ...).
+    Empty when the replica holds no GPU or runs outside an agent.
+    """
+    raw = os.environ.get("FLOTILLA_GPUS", "").strip()
+    if not raw:
+        return []
+    indices = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not (part.isascii() and part.isdigit()):
+            raise ValueError(f"FLOTILLA_GPUS={raw!r}: {part!r} is not a GPU index")
+        indices.append(int(part))
+    return indices
 
 
 def serve(

@@ -90,5 +90,24 @@ class ServingProgramTest(unittest.TestCase):
         self.assertEqual(self.process.wait(timeout=10), 0)
 
 
+class GpusTest(unittest.TestCase):
+    def test_gpus_come_from_flotilla_gpus(self):
+        sys.path.insert(0, str(ROOT / "python"))
+        import flotilla_serve
+
+        saved = os.environ.pop("FLOTILLA_GPUS", None)
+        try:
+            self.assertEqual(flotilla_serve.gpus(), [])
+            os.environ["FLOTILLA_GPUS"] = "0,3"
+            self.assertEqual(flotilla_serve.gpus(), [0, 3])
+            os.environ["FLOTILLA_GPUS"] = "0,x"
+            with self.assertRaisesRegex(ValueError, "'x'"):
+                flotilla_serve.gpus()
+        finally:
+            os.environ.pop("FLOTILLA_GPUS", None)
+            if saved is not None:
+                os.environ["FLOTILLA_GPUS"] = saved
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -11,8 +11,9 @@
 //! - **Serving.** Agents that serve (`flotilla agent --serve`) are told to load the
 //!   production version of each model and the baseline and canary of each active rollout:
 //!   a built-in model on every serving agent, a served program's version on `replicas` of
-//!   them (a lost agent's replica placed again on another); agents report what is loading,
-//!   ready, restarting or failed.
+//!   them, each replica holding the slots and GPUs of its `[serving]` table, placed by the
+//!   Scheduler with the trials (a lost or drained agent's replica placed again on another);
+//!   agents report what is loading, ready, restarting or failed.
 //! - **Routes.** Routers send their per-rollout traffic counters every second and get the
 //!   routes back: each model's production version and, during a rollout, the canary and its
 //!   weight. Each check interval the counters of every router are summed per rollout and
@@ -37,12 +38,13 @@ use tokio::sync::mpsc;
 use super::rollout::{Rollout, RolloutArgs, RolloutMsg};
 use super::scheduler::SchedulerMsg;
 use crate::clock::now_ms;
+use crate::placement::ReplicaDemand;
 use crate::store::{StateStore, StateWrite};
 
 /// How long an agent may take to seal an artifact.
 const SEAL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Oldest protocol version that knows `Serve` and `SealModel` as this build sends them.
-const SERVING_VERSION: u16 = 12;
+const SERVING_VERSION: u16 = 13;
 /// How long a version no longer wanted stays loaded: routers follow new routes within a
 /// sync interval (1 s by default), so requests already on their way still find it.
 const RETIRE_GRACE: Duration = Duration::from_secs(10);
@@ -131,7 +133,7 @@ pub struct ModelsArgs {
     pub rollouts: BTreeMap<u64, RolloutRecord>,
     /// Between rollout checks.
     pub check_interval: Duration,
-    /// Asked each check interval how busy each agent is, to place served programs.
+    /// Places served programs' replicas, which hold agent slots and GPUs as trials do.
     pub scheduler: ActorRef<SchedulerMsg>,
 }
 
@@ -142,6 +144,8 @@ struct ServingAgent {
     version: u16,
     endpoint: Option<String>,
     models: Vec<(ModelRef, ServeState)>,
+    /// The GPUs each of its served programs' replicas holds.
+    gpus: BTreeMap<ModelRef, Vec<u32>>,
     /// What it was last told to serve.
     assigned: Option<Vec<ServedModel>>,
 }
@@ -167,13 +171,11 @@ pub struct ModelsState {
     /// routers have the routes without them.
     current: Vec<ServedModel>,
     retired: HashMap<ModelRef, (Instant, ServedModel)>,
-    /// The agents each served program's version is placed on (built-in models are served
-    /// by every serving agent). Kept while the agents stay; a lost agent's replica is
-    /// placed again on another.
+    /// The agents each served program's version is placed on, as the Scheduler last said
+    /// (built-in models are served by every serving agent). Kept while the agents stay; a
+    /// lost agent's replica is placed again on another.
     placements: BTreeMap<ModelRef, Vec<AgentId>>,
     scheduler: ActorRef<SchedulerMsg>,
-    /// Free (GPUs, slots) of each agent, as the Scheduler last said.
-    free: HashMap<AgentId, (u32, u32)>,
     /// Checks wait until routers have reported to this leader.
     started: Instant,
 }
@@ -232,7 +234,6 @@ impl Actor for Models {
             retired: HashMap::new(),
             placements: BTreeMap::new(),
             scheduler: args.scheduler,
-            free: HashMap::new(),
             started: Instant::now(),
         };
         state.repair_promotions().await?;
@@ -271,6 +272,7 @@ impl Actor for Models {
                         version,
                         endpoint: None,
                         models: Vec::new(),
+                        gpus: BTreeMap::new(),
                         assigned: None,
                     });
                 if entry.connection != connection {
@@ -282,7 +284,8 @@ impl Actor for Models {
                 }
                 entry.endpoint = report.endpoint;
                 entry.models = report.models;
-                state.assign();
+                entry.gpus = report.gpus;
+                state.assign().await;
             }
             ModelsMsg::AgentGone { agent, connection } => {
                 if state
@@ -306,7 +309,7 @@ impl Actor for Models {
                         }
                     }
                     // Its served programs' replicas go elsewhere.
-                    state.assign();
+                    state.assign().await;
                 }
             }
             ModelsMsg::Sealed {
@@ -328,7 +331,7 @@ impl Actor for Models {
                     ))),
                 };
                 let _ = seal.reply.send(answer);
-                state.assign();
+                state.assign().await;
             }
             ModelsMsg::SealTimedOut(request) => {
                 if let Some(seal) = state.seals.remove(&request) {
@@ -368,12 +371,12 @@ impl Actor for Models {
             } => {
                 let result = state.set_stage(&model, stage).await;
                 let _ = reply.send(result);
-                state.assign();
+                state.assign().await;
             }
             ModelsMsg::StartRollout { request, reply } => {
                 let result = state.start_rollout(&myself, *request).await;
                 let _ = reply.send(result);
-                state.assign();
+                state.assign().await;
             }
             ModelsMsg::ListRollouts { model, reply } => {
                 let rollouts = state
@@ -459,7 +462,7 @@ impl Actor for Models {
                     state.controllers.remove(&record.id);
                 }
                 state.rollouts.insert(record.id, record);
-                state.assign();
+                state.assign().await;
             }
             ModelsMsg::Promote { record, reply } => {
                 let record = *record;
@@ -468,30 +471,14 @@ impl Actor for Models {
                     state.controllers.remove(&record.id);
                 }
                 let _ = reply.send(result);
-                state.assign();
+                state.assign().await;
             }
             ModelsMsg::Tick => {
-                // Free capacity matters only while served programs are placed.
+                // Served programs' placements follow the Scheduler, which fills missing
+                // replicas as capacity frees and moves those of drained agents.
                 let programs = state.current.iter().any(|served| served.serving.is_some());
-                if programs
-                    && let Ok(ractor::rpc::CallResult::Success(usage)) = state
-                        .scheduler
-                        .call(SchedulerMsg::Usage, Some(Duration::from_millis(500)))
-                        .await
-                {
-                    state.free = usage
-                        .into_iter()
-                        .map(|(agent, usage)| {
-                            let free = (
-                                usage.gpus.saturating_sub(usage.busy_gpus),
-                                usage.slots.saturating_sub(usage.busy_slots),
-                            );
-                            (agent, free)
-                        })
-                        .collect();
-                }
-                if !state.retired.is_empty() || state.placements_incomplete() {
-                    state.assign();
+                if programs || !state.retired.is_empty() {
+                    state.assign().await;
                 }
                 if state.started.elapsed() >= CHECK_WARMUP {
                     state.check_rollouts();
@@ -953,92 +940,74 @@ impl ModelsState {
             .filter(|(_, entry)| entry.endpoint.is_some() && entry.version >= SERVING_VERSION)
     }
 
-    /// Places each served program's version on `replicas` serving agents: the agents it is
-    /// on stay while they are connected, and missing replicas go to the agents with the
-    /// fewest placed programs, then the most free GPUs and slots, then by name (so placement
-    /// is stable). Replicas do not hold slots or GPUs themselves. Built-in models need
-    /// no placement: every serving agent holds them.
-    fn place(&mut self, wanted: &[ServedModel]) {
-        let live: Vec<AgentId> = self.serving_agents().map(|(id, _)| id.clone()).collect();
-        self.placements.retain(|model, _| {
-            wanted
-                .iter()
-                .any(|w| &w.model == model && w.serving.is_some())
-                || self.retired.contains_key(model)
-        });
-        for agents in self.placements.values_mut() {
-            agents.retain(|agent| live.contains(agent));
-        }
-        for served in wanted {
-            let Some(serving) = &served.serving else {
-                continue;
-            };
-            let replicas = serving.replicas.max(1) as usize;
-            let mut load: BTreeMap<&AgentId, usize> =
-                live.iter().map(|agent| (agent, 0usize)).collect();
-            for agents in self.placements.values() {
-                for agent in agents {
-                    if let Some(count) = load.get_mut(agent) {
-                        *count += 1;
-                    }
-                }
-            }
-            let placed = self
-                .placements
-                .get(&served.model)
-                .cloned()
-                .unwrap_or_default();
-            // Agents that already run it (a new leader learns of them as they report) come
-            // first, so a takeover does not move replicas.
-            let runs_it = |agent: &AgentId| {
-                self.agents.get(agent).is_some_and(|entry| {
-                    entry.models.iter().any(|(model, state)| {
-                        model == &served.model && !matches!(state, ServeState::Failed(_))
+    /// Has the Scheduler place each served program's version on `replicas` serving agents,
+    /// where each replica holds the slots and GPUs its `[serving]` table asks for (as a trial
+    /// does). Replicas stay where they are while their agents do; a new leader keeps them on
+    /// the agents that report running them and, until agents have had time to report,
+    /// places no others. Built-in models need no placement: every serving agent holds them.
+    async fn place(&mut self, wanted: &[ServedModel]) {
+        let settled = self.started.elapsed() >= CHECK_WARMUP;
+        let eligible: Vec<AgentId> = if settled {
+            self.serving_agents().map(|(id, _)| id.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        // Agents that report the version, running (or starting) or failed.
+        let reporting = |model: &ModelRef, failed: bool| -> Vec<AgentId> {
+            self.serving_agents()
+                .filter(|(_, entry)| {
+                    entry.models.iter().any(|(served, state)| {
+                        served == model && matches!(state, ServeState::Failed(_)) == failed
                     })
                 })
-            };
-            let mut candidates: Vec<(&AgentId, usize, bool)> = load
-                .into_iter()
-                .filter(|(agent, _)| !placed.contains(agent))
-                .map(|(agent, count)| (agent, count, runs_it(agent)))
-                .collect();
-            // Then the fewest served programs, the most free GPUs and slots (as the
-            // Scheduler said at the last check), the name.
-            candidates.sort_by_key(|(agent, count, runs)| {
-                let (gpus, slots) = self.free.get(*agent).copied().unwrap_or_default();
-                (
-                    !*runs,
-                    *count,
-                    std::cmp::Reverse(gpus),
-                    std::cmp::Reverse(slots),
-                    (*agent).clone(),
-                )
-            });
-            // Until agents have had time to report to a new leader, only those that run it
-            // are placed.
-            let settled = self.started.elapsed() >= CHECK_WARMUP;
-            let mut chosen = placed;
-            for (agent, _, runs) in candidates {
-                if chosen.len() >= replicas || !(runs || settled) {
-                    break;
-                }
-                tracing::info!(model = %served.model, %agent, "placing a serving replica");
-                chosen.push(agent.clone());
-            }
-            chosen.truncate(replicas);
-            self.placements.insert(served.model.clone(), chosen);
-        }
-    }
-
-    /// Whether a served program's version has fewer replicas placed than it asks for.
-    fn placements_incomplete(&self) -> bool {
-        self.current.iter().any(|served| {
-            served.serving.as_ref().is_some_and(|serving| {
-                self.placements
-                    .get(&served.model)
-                    .is_none_or(|agents| agents.len() < serving.replicas as usize)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        let retiring = self
+            .retired
+            .values()
+            .map(|(_, served)| (served, true))
+            .filter(|(served, _)| !wanted.iter().any(|w| w.model == served.model));
+        let demands: Vec<ReplicaDemand> = wanted
+            .iter()
+            .map(|served| (served, false))
+            .chain(retiring)
+            .filter_map(|(served, retiring)| {
+                let serving = served.serving.as_ref()?;
+                Some(ReplicaDemand {
+                    model: served.model.clone(),
+                    replicas: serving.replicas.max(1),
+                    slots: serving.slots,
+                    gpus: serving.gpus,
+                    eligible: eligible.clone(),
+                    running: reporting(&served.model, false),
+                    failed: reporting(&served.model, true),
+                    retiring,
+                })
             })
-        })
+            .collect();
+        let answer = self
+            .scheduler
+            .call(
+                |reply| SchedulerMsg::Replicas { demands, reply },
+                Some(Duration::from_secs(2)),
+            )
+            .await;
+        match answer {
+            Ok(ractor::rpc::CallResult::Success(placements)) => {
+                for (model, agents) in &placements {
+                    let before = self.placements.get(model);
+                    if before != Some(agents) {
+                        tracing::info!(%model, agents = ?agents.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), "serving replicas placed");
+                    }
+                }
+                self.placements = placements;
+            }
+            other => {
+                // Placement waits for the next tick; what is served stays as it is.
+                tracing::warn!(answer = ?other.map(|_| ()), "the scheduler did not place serving replicas");
+            }
+        }
     }
 
     /// Whether `agent` should hold `served`.
@@ -1052,7 +1021,7 @@ impl ModelsState {
 
     /// Tells every serving agent whose assignment changed what to serve. A version that is
     /// no longer wanted stays for [`RETIRE_GRACE`] where it was.
-    fn assign(&mut self) {
+    async fn assign(&mut self) {
         let wanted = self.desired();
         for served in &self.current {
             if !wanted.iter().any(|w| w.model == served.model) {
@@ -1065,7 +1034,7 @@ impl ModelsState {
         }
         self.retired
             .retain(|_, (since, _)| since.elapsed() < RETIRE_GRACE);
-        self.place(&wanted);
+        self.place(&wanted).await;
         self.current = wanted.clone();
         let mut all = wanted;
         all.extend(self.retired.values().map(|(_, served)| served.clone()));
@@ -1112,6 +1081,7 @@ impl ModelsState {
                     agent: agent.clone(),
                     endpoint: entry.endpoint.clone(),
                     state,
+                    gpus: entry.gpus.get(&served.model).cloned().unwrap_or_default(),
                 });
             }
         }

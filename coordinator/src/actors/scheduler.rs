@@ -1,9 +1,12 @@
-//! Scheduler: queued trials → free agent slots; the owner of assignments.
+//! Scheduler: queued trials and serving replicas → free agent slots and GPUs; the owner of
+//! assignments.
 //!
-//! Place in the tree: child of the Leader. Inputs: trials queued by Sweep actors, agents
-//! coming and going (from the Registry), and trial reports from agent sessions, which it
-//! forwards to the owning Sweep after updating slot accounting. Placement itself is the
-//! pure [`crate::placement::assign`].
+//! Place in the tree: child of the Leader. Inputs: trials queued by Sweep actors, the
+//! serving replicas the Models actor wants, agents coming and going (from the Registry),
+//! and trial reports from agent sessions, which it forwards to the owning Sweep after
+//! updating slot accounting. Placement itself is the pure [`crate::placement::assign`] and
+//! [`crate::placement::place_replicas`]; replicas are placed first, so a production model
+//! is not kept waiting behind a long queue of trials.
 //!
 //! After a coordinator restart, attempts the store says were running are *expected* on their
 //! agent: adopted when that agent reconnects and reports them, declared lost when it does not
@@ -23,9 +26,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use flotilla_protocol::models::ModelRef;
+
 use super::QueuedTrial;
 use super::sweep::SweepMsg;
-use crate::placement::{self, Capacity};
+use crate::placement::{self, Capacity, ReplicaDemand};
 
 /// The send half of an agent session's command writer.
 #[derive(Debug, Clone)]
@@ -47,6 +52,8 @@ pub struct AgentUsage {
     pub gpus: u32,
     pub busy_gpus: u32,
     pub running: Vec<AttemptId>,
+    /// Serving replicas placed there (their slots and GPUs are in the busy counts).
+    pub replicas: Vec<ModelRef>,
     pub draining: bool,
 }
 
@@ -57,7 +64,7 @@ pub struct Demand {
     pub pending_slots: u32,
     /// Slots of placed and running trials.
     pub running_slots: u32,
-    /// Agents with at least one placed or running trial.
+    /// Agents with at least one placed or running trial or serving replica.
     pub busy: BTreeSet<String>,
     /// Agents connected now.
     pub connected: BTreeSet<String>,
@@ -144,6 +151,13 @@ pub enum SchedulerMsg {
         sweep: SweepId,
         reply: RpcReplyPort<Vec<AttemptId>>,
     },
+    /// The serving replicas wanted now (every served program's version, retiring ones
+    /// included): replicas no longer wanted are released, missing ones placed where they
+    /// fit. Replies with where each demanded version's replicas are.
+    Replicas {
+        demands: Vec<ReplicaDemand>,
+        reply: RpcReplyPort<BTreeMap<ModelRef, Vec<AgentId>>>,
+    },
     /// Busy slots and running attempts per agent.
     Usage(RpcReplyPort<HashMap<AgentId, AgentUsage>>),
     /// What the autoscaler sizes the fleet by.
@@ -191,6 +205,24 @@ struct Assignment {
     decided_at: Instant,
 }
 
+/// What one served program's version holds on each agent that runs a replica of it.
+struct Replicas {
+    slots: u32,
+    gpus: u32,
+    agents: Vec<AgentId>,
+    /// Agents among `agents` where its program failed: placed, holding nothing.
+    failed: BTreeSet<AgentId>,
+}
+
+impl Replicas {
+    /// Agents where a replica holds its slots and GPUs.
+    fn holding(&self) -> impl Iterator<Item = &AgentId> {
+        self.agents
+            .iter()
+            .filter(|agent| !self.failed.contains(*agent))
+    }
+}
+
 pub struct SchedulerState {
     epoch: Epoch,
     adoption_grace: Duration,
@@ -199,6 +231,9 @@ pub struct SchedulerState {
     last_served: Option<SweepId>,
     sweeps: HashMap<SweepId, ActorRef<SweepMsg>>,
     assignments: HashMap<AttemptId, Assignment>,
+    /// The replicas Models last asked for, and where they are placed.
+    replica_demands: Vec<ReplicaDemand>,
+    replicas: BTreeMap<ModelRef, Replicas>,
     expected: HashMap<AttemptId, (ExpectedAttempt, Instant)>,
     /// Agents an operator (or the autoscaler) cordoned; kept across their reconnects, and in
     /// the store across restarts and leader changes.
@@ -227,6 +262,8 @@ impl Actor for Scheduler {
             last_served: None,
             sweeps: HashMap::new(),
             assignments: HashMap::new(),
+            replica_demands: Vec::new(),
+            replicas: BTreeMap::new(),
             expected: HashMap::new(),
             cordoned: args.cordoned,
             store: args.store,
@@ -282,6 +319,9 @@ impl Actor for Scheduler {
                     tracing::info!(%agent, "agent draining; placing nothing new there");
                     slots.draining = true;
                 }
+                // Its serving replicas are placed elsewhere while it finishes.
+                state.release_replicas_on(&agent);
+                state.place();
             }
             SchedulerMsg::TrialStarted { agent, attempt } => {
                 if let Some(assignment) =
@@ -396,6 +436,25 @@ impl Actor for Scheduler {
                 let withdrawn = state.queues.remove(&sweep).unwrap_or_default();
                 let _ = reply.send(withdrawn.into_iter().map(|trial| trial.attempt).collect());
             }
+            SchedulerMsg::Replicas { demands, reply } => {
+                state.replica_demands = demands;
+                state.release_unwanted_replicas();
+                state.update_failed_replicas();
+                state.place();
+                let placed = state
+                    .replica_demands
+                    .iter()
+                    .map(|demand| {
+                        let agents = state
+                            .replicas
+                            .get(&demand.model)
+                            .map(|replicas| replicas.agents.clone())
+                            .unwrap_or_default();
+                        (demand.model.clone(), agents)
+                    })
+                    .collect();
+                let _ = reply.send(placed);
+            }
             SchedulerMsg::Usage(reply) => {
                 let mut usage: HashMap<AgentId, AgentUsage> = state
                     .agents
@@ -407,6 +466,7 @@ impl Actor for Scheduler {
                             gpus: slots.gpus,
                             busy_gpus: slots.busy_gpus,
                             running: Vec::new(),
+                            replicas: Vec::new(),
                             draining: slots.draining || state.cordoned.contains(agent),
                         };
                         (agent.clone(), usage)
@@ -419,20 +479,55 @@ impl Actor for Scheduler {
                         .running
                         .push(*attempt);
                 }
+                for (model, replicas) in &state.replicas {
+                    for agent in &replicas.agents {
+                        usage
+                            .entry(agent.clone())
+                            .or_default()
+                            .replicas
+                            .push(model.clone());
+                    }
+                }
                 let _ = reply.send(usage);
             }
             SchedulerMsg::Demand(reply) => {
+                // Replicas count as work: missing ones as pending, placed ones as running, so
+                // the fleet grows for them and an agent serving one is never idle.
+                let missing_replica_slots: u32 = state
+                    .replica_demands
+                    .iter()
+                    .filter(|demand| !demand.retiring)
+                    .map(|demand| {
+                        let placed = state
+                            .replicas
+                            .get(&demand.model)
+                            .map_or(0, |replicas| replicas.agents.len() as u32);
+                        demand.replicas.saturating_sub(placed) * demand.slots.max(1)
+                    })
+                    .sum();
                 let pending_slots = state
                     .queues
                     .values()
                     .flatten()
                     .map(|trial| trial.slots)
-                    .sum();
-                let running_slots = state.assignments.values().map(|a| a.slots).sum();
+                    .sum::<u32>()
+                    + missing_replica_slots;
+                let running_slots = state.assignments.values().map(|a| a.slots).sum::<u32>()
+                    + state
+                        .replicas
+                        .values()
+                        .map(|replicas| replicas.slots * replicas.holding().count() as u32)
+                        .sum::<u32>();
                 let busy = state
                     .assignments
                     .values()
                     .map(|a| a.agent.0.clone())
+                    .chain(
+                        state
+                            .replicas
+                            .values()
+                            .flat_map(|replicas| replicas.holding().map(|a| a.0.clone())),
+                    )
                     .collect();
                 let connected = state.agents.keys().map(|agent| agent.0.clone()).collect();
                 let _ = reply.send(Demand {
@@ -464,6 +559,10 @@ impl Actor for Scheduler {
                 let known = state.agents.contains_key(&agent);
                 let newly = state.cordoned.insert(agent.clone());
                 state.drain(&agent);
+                // Its serving replicas move too (placed elsewhere now; the agent stops its
+                // programs when Models takes them off it).
+                state.release_replicas_on(&agent);
+                state.place();
                 if newly {
                     state.store_cordon(agent, true).await;
                 }
@@ -626,7 +725,14 @@ impl SchedulerState {
             .assignments
             .values()
             .filter(|a| a.agent == agent)
-            .fold((0, 0), |(slots, gpus), a| (slots + a.slots, gpus + a.gpus));
+            .map(|a| (a.slots, a.gpus))
+            .chain(
+                self.replicas
+                    .values()
+                    .filter(|replicas| replicas.holding().any(|holder| holder == &agent))
+                    .map(|replicas| (replicas.slots, replicas.gpus)),
+            )
+            .fold((0, 0), |(slots, gpus), (s, g)| (slots + s, gpus + g));
         self.agents.insert(
             agent.clone(),
             AgentSlots {
@@ -665,6 +771,7 @@ impl SchedulerState {
     }
 
     fn agent_down(&mut self, agent: &AgentId) {
+        self.release_replicas_on(agent);
         self.agents.remove(agent);
         let lost: Vec<AttemptId> = self
             .assignments
@@ -687,8 +794,155 @@ impl SchedulerState {
         self.place();
     }
 
-    /// Places every queued trial that fits and sends the start commands.
+    /// Frees what a replica of `model` holds on `agent`, if it holds anything there.
+    fn release_replica(&mut self, model: &ModelRef, agent: &AgentId) {
+        let Some(replicas) = self.replicas.get_mut(model) else {
+            return;
+        };
+        let before = replicas.agents.len();
+        replicas.agents.retain(|holder| holder != agent);
+        let held = !replicas.failed.remove(agent);
+        if replicas.agents.len() == before {
+            return;
+        }
+        tracing::info!(%model, %agent, "serving replica released");
+        if !held {
+            return;
+        }
+        let (slots, gpus) = (replicas.slots, replicas.gpus);
+        if let Some(agent_slots) = self.agents.get_mut(agent) {
+            agent_slots.busy = agent_slots.busy.saturating_sub(slots);
+            agent_slots.busy_gpus = agent_slots.busy_gpus.saturating_sub(gpus);
+        }
+    }
+
+    /// A replica whose program failed on its agent holds nothing there; one that runs again
+    /// (the agent was told to load it anew) holds its slots and GPUs again.
+    fn update_failed_replicas(&mut self) {
+        for demand in &self.replica_demands {
+            let Some(replicas) = self.replicas.get_mut(&demand.model) else {
+                continue;
+            };
+            for agent in &replicas.agents {
+                let failed = demand.failed.contains(agent);
+                if failed == replicas.failed.contains(agent) {
+                    continue;
+                }
+                let Some(agent_slots) = self.agents.get_mut(agent) else {
+                    continue;
+                };
+                if failed {
+                    tracing::info!(model = %demand.model, %agent, "failed serving replica frees its slots and GPUs");
+                    replicas.failed.insert(agent.clone());
+                    agent_slots.busy = agent_slots.busy.saturating_sub(replicas.slots);
+                    agent_slots.busy_gpus = agent_slots.busy_gpus.saturating_sub(replicas.gpus);
+                } else {
+                    replicas.failed.remove(agent);
+                    agent_slots.busy += replicas.slots;
+                    agent_slots.busy_gpus += replicas.gpus;
+                }
+            }
+        }
+    }
+
+    /// Frees every replica on `agent` (lost or drained); they are placed again elsewhere.
+    fn release_replicas_on(&mut self, agent: &AgentId) {
+        let models: Vec<ModelRef> = self
+            .replicas
+            .iter()
+            .filter(|(_, replicas)| replicas.agents.contains(agent))
+            .map(|(model, _)| model.clone())
+            .collect();
+        for model in models {
+            self.release_replica(&model, agent);
+        }
+    }
+
+    /// Frees replicas of versions no longer demanded, and those on agents that may no longer
+    /// hold them (not serving any more; a retiring version keeps what it has).
+    fn release_unwanted_replicas(&mut self) {
+        let mut unwanted = Vec::new();
+        for (model, replicas) in &self.replicas {
+            let demand = self.replica_demands.iter().find(|d| &d.model == model);
+            for agent in &replicas.agents {
+                let keep = demand.is_some_and(|demand| {
+                    demand.retiring
+                        || demand.eligible.contains(agent)
+                        || demand.running.contains(agent)
+                });
+                if !keep {
+                    unwanted.push((model.clone(), agent.clone()));
+                }
+            }
+        }
+        for (model, agent) in unwanted {
+            self.release_replica(&model, &agent);
+        }
+        self.replicas
+            .retain(|_, replicas| !replicas.agents.is_empty());
+    }
+
+    /// Places the serving replicas that are missing where they fit (never on a draining or
+    /// cordoned agent, unless it already runs the replica).
+    fn place_replicas(&mut self) {
+        if self.replica_demands.is_empty() {
+            return;
+        }
+        let mut capacity: Vec<Capacity> = self
+            .agents
+            .iter()
+            .filter(|(_, slots)| !slots.draining)
+            .map(|(agent, slots)| Capacity {
+                agent: agent.clone(),
+                free_slots: slots.slots.saturating_sub(slots.busy),
+                free_gpus: slots.gpus.saturating_sub(slots.busy_gpus),
+            })
+            .collect();
+        let demands: Vec<ReplicaDemand> = self
+            .replica_demands
+            .iter()
+            .map(|demand| ReplicaDemand {
+                eligible: demand
+                    .eligible
+                    .iter()
+                    .filter(|agent| !self.cordoned.contains(*agent))
+                    .cloned()
+                    .collect(),
+                ..demand.clone()
+            })
+            .collect();
+        let mut held: BTreeMap<ModelRef, Vec<AgentId>> = self
+            .replicas
+            .iter()
+            .map(|(model, replicas)| (model.clone(), replicas.agents.clone()))
+            .collect();
+        let placed = placement::place_replicas(&demands, &mut held, &mut capacity);
+        for (model, agent) in placed {
+            let Some(demand) = demands.iter().find(|d| d.model == model) else {
+                continue;
+            };
+            if let Some(agent_slots) = self.agents.get_mut(&agent) {
+                agent_slots.busy += demand.slots;
+                agent_slots.busy_gpus += demand.gpus;
+            }
+            tracing::info!(%model, %agent, slots = demand.slots, gpus = demand.gpus, "serving replica placed");
+            self.replicas
+                .entry(model)
+                .or_insert_with(|| Replicas {
+                    slots: demand.slots,
+                    gpus: demand.gpus,
+                    agents: Vec::new(),
+                    failed: BTreeSet::new(),
+                })
+                .agents
+                .push(agent);
+        }
+    }
+
+    /// Places the missing serving replicas, then every queued trial that fits, and sends
+    /// the start commands.
     fn place(&mut self) {
+        self.place_replicas();
         if self.queues.is_empty() {
             return;
         }

@@ -1,13 +1,15 @@
-//! Stored records written by protocol 11 builds, read by this one.
+//! Stored records written by protocol 11 and 12 builds, read by this one.
 //!
 //! Protocol 12 added fields to records the state file and etcd hold: `SweepSpec::serving`,
 //! `ModelVersion::serving`, squared error in the rollout counters (`Arm`), and the gating
 //! metrics of a rollout policy (`Policy::metrics`, `Policy::squared_error_margin`,
-//! `Stage::metrics`). The codec is not self-describing, so a record written before has a
+//! `Stage::metrics`). Protocol 13 added `slots` and `gpus` to `ServingSpec` (inside sweep
+//! and model records). The codec is not self-describing, so a record written before has a
 //! layout of its own. Each is decoded as the current layout first and, only if that fails,
-//! as the version 11 layout mirrored here, then converted (new fields take their defaults:
-//! no serving program, no squared error yet, every metric gating). A record that is neither
-//! is corrupt, as before. The next write of a converted record stores the current layout.
+//! as the older layouts mirrored here (newest first), then converted (new fields take their
+//! defaults: no serving program, no squared error yet, every metric gating, a serving
+//! replica holding one slot and no GPU). A record that is none of them is corrupt, as
+//! before. The next write of a converted record stores the current layout.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use flotilla_protocol::models::{
 };
 use flotilla_protocol::spec::{
     AlgorithmSpec, Budget, Constraint, EarlyStopping, Objective, ParamSpec, PhaseSpec, Resources,
-    RetryPolicy, SweepSpec, TrialSpec,
+    RetryPolicy, ServingSpec, SweepSpec, TrialSpec,
 };
 use flotilla_protocol::{AgentId, Epoch, SweepId};
 use flotilla_rollout::{Arm, Metric, Pair, Policy, Stage};
@@ -29,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AgentRecord, StateWrite, SweepRecord};
 
-/// Decodes `bytes` as the current layout of `T`, or as its version 11 layout `L`.
+/// Decodes `bytes` as the current layout of `T`, or as its older layout `L`.
 pub fn decode<T, L>(bytes: &[u8]) -> Result<T, CodecError>
 where
     T: DeserializeOwned,
@@ -40,6 +42,163 @@ where
         Err(current) => codec::decode::<L>(bytes)
             .map(Into::into)
             .map_err(|_| current),
+    }
+}
+
+/// Decodes `bytes` as the current layout of `T`, its version 12 layout `L12`, or its
+/// version 11 layout `L11`. The error is the current layout's.
+pub fn decode_any<T, L12, L11>(bytes: &[u8]) -> Result<T, CodecError>
+where
+    T: DeserializeOwned,
+    L12: DeserializeOwned + Into<T>,
+    L11: DeserializeOwned + Into<T>,
+{
+    decode::<T, L12>(bytes).or_else(|current| {
+        codec::decode::<L11>(bytes)
+            .map(Into::into)
+            .map_err(|_| current)
+    })
+}
+
+/// `[serving]` as protocol 12 stored it: without `slots` and `gpus`.
+#[derive(Serialize, Deserialize)]
+pub struct ServingSpecV12 {
+    command: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    workdir: Option<String>,
+    health: String,
+    #[serde(with = "humantime_serde")]
+    ready_timeout: Duration,
+    replicas: u32,
+}
+
+impl From<ServingSpecV12> for ServingSpec {
+    fn from(old: ServingSpecV12) -> ServingSpec {
+        ServingSpec {
+            command: old.command,
+            args: old.args,
+            env: old.env,
+            workdir: old.workdir,
+            health: old.health,
+            ready_timeout: old.ready_timeout,
+            replicas: old.replicas,
+            slots: 1,
+            gpus: 0,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SweepSpecV12 {
+    name: String,
+    objective: Objective,
+    constraints: Vec<Constraint>,
+    space: BTreeMap<String, ParamSpec>,
+    algorithm: AlgorithmSpec,
+    budget: Budget,
+    trial: TrialSpec,
+    resources: Resources,
+    retries: RetryPolicy,
+    early_stopping: Option<EarlyStopping>,
+    phases: Vec<PhaseSpec>,
+    serving: Option<ServingSpecV12>,
+}
+
+impl From<SweepSpecV12> for SweepSpec {
+    fn from(old: SweepSpecV12) -> SweepSpec {
+        SweepSpec {
+            name: old.name,
+            objective: old.objective,
+            constraints: old.constraints,
+            space: old.space,
+            algorithm: old.algorithm,
+            budget: old.budget,
+            trial: old.trial,
+            resources: old.resources,
+            retries: old.retries,
+            early_stopping: old.early_stopping,
+            phases: old.phases,
+            serving: old.serving.map(Into::into),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SweepRecordV12 {
+    id: SweepId,
+    spec: SweepSpecV12,
+    seed: u64,
+    state: SweepState,
+    created_ms: u64,
+    finished_ms: Option<u64>,
+}
+
+impl From<SweepRecordV12> for SweepRecord {
+    fn from(old: SweepRecordV12) -> SweepRecord {
+        SweepRecord {
+            id: old.id,
+            spec: old.spec.into(),
+            seed: old.seed,
+            state: old.state,
+            created_ms: old.created_ms,
+            finished_ms: old.finished_ms,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ModelVersionV12 {
+    name: String,
+    version: SemVer,
+    stage: ModelStage,
+    lineage: Lineage,
+    artifact: Artifact,
+    description: String,
+    created_ms: u64,
+    stage_changed_ms: u64,
+    serving: Option<ServingSpecV12>,
+}
+
+impl From<ModelVersionV12> for ModelVersion {
+    fn from(old: ModelVersionV12) -> ModelVersion {
+        ModelVersion {
+            name: old.name,
+            version: old.version,
+            stage: old.stage,
+            lineage: old.lineage,
+            artifact: old.artifact,
+            description: old.description,
+            created_ms: old.created_ms,
+            stage_changed_ms: old.stage_changed_ms,
+            serving: old.serving.map(Into::into),
+        }
+    }
+}
+
+/// A state-file record of version 12 (rollout records did not change in 13).
+#[derive(Serialize, Deserialize)]
+pub enum StateWriteV12 {
+    Sweep(Box<SweepRecordV12>),
+    Trial(Box<TrialRecord>),
+    Epoch(Epoch),
+    Agent(Box<AgentRecord>),
+    Cordon { agent: AgentId, cordoned: bool },
+    Model(Box<ModelVersionV12>),
+    Rollout(Box<RolloutRecord>),
+}
+
+impl From<StateWriteV12> for StateWrite {
+    fn from(old: StateWriteV12) -> StateWrite {
+        match old {
+            StateWriteV12::Sweep(sweep) => StateWrite::Sweep(Box::new((*sweep).into())),
+            StateWriteV12::Trial(trial) => StateWrite::Trial(trial),
+            StateWriteV12::Epoch(epoch) => StateWrite::Epoch(epoch),
+            StateWriteV12::Agent(agent) => StateWrite::Agent(agent),
+            StateWriteV12::Cordon { agent, cordoned } => StateWrite::Cordon { agent, cordoned },
+            StateWriteV12::Model(model) => StateWrite::Model(Box::new((*model).into())),
+            StateWriteV12::Rollout(rollout) => StateWrite::Rollout(rollout),
+        }
     }
 }
 
@@ -432,5 +591,106 @@ mod tests {
             StateWrite::Model(model) => assert_eq!(*model, read),
             _ => panic!("not a model"),
         }
+    }
+
+    fn old_serving() -> ServingSpecV12 {
+        ServingSpecV12 {
+            command: "python3".into(),
+            args: vec!["serve.py".into()],
+            env: BTreeMap::new(),
+            workdir: None,
+            health: "/healthz".into(),
+            ready_timeout: Duration::from_secs(20),
+            replicas: 2,
+        }
+    }
+
+    #[test]
+    fn version_12_serving_programs_are_read_holding_one_slot_and_no_gpu() {
+        let spec = SweepSpec::example();
+        let old = SweepRecordV12 {
+            id: SweepId(9),
+            spec: SweepSpecV12 {
+                name: spec.name,
+                objective: spec.objective,
+                constraints: spec.constraints,
+                space: spec.space,
+                algorithm: spec.algorithm,
+                budget: spec.budget,
+                trial: spec.trial,
+                resources: spec.resources,
+                retries: spec.retries,
+                early_stopping: spec.early_stopping,
+                phases: spec.phases,
+                serving: Some(old_serving()),
+            },
+            seed: 3,
+            state: SweepState::Completed,
+            created_ms: 1_764_000_000_000,
+            finished_ms: Some(1_764_000_100_000),
+        };
+        let read_sweep = |bytes: &[u8]| {
+            decode_any::<SweepRecord, SweepRecordV12, SweepRecordV11>(bytes).expect("read")
+        };
+        let sweep = read_sweep(&codec::encode(&old).expect("encode"));
+        let serving = sweep.spec.serving.clone().expect("serving kept");
+        assert_eq!((serving.replicas, serving.slots, serving.gpus), (2, 1, 0));
+        assert_eq!(sweep.finished_ms, Some(1_764_000_100_000));
+        // Version 11 records still read through the same chain, and current ones as they are.
+        let eleven = read_sweep(&codec::encode(&old_sweep()).expect("encode"));
+        assert_eq!((eleven.id, eleven.spec.serving), (SweepId(4), None));
+        assert_eq!(read_sweep(&codec::encode(&sweep).expect("encode")), sweep);
+
+        let write = StateWriteV12::Sweep(Box::new(old));
+        let bytes = codec::encode(&write).expect("encode");
+        match decode_any::<StateWrite, StateWriteV12, StateWriteV11>(&bytes).expect("read") {
+            StateWrite::Sweep(read) => assert_eq!(*read, sweep),
+            _ => panic!("not a sweep"),
+        }
+        let bytes = codec::encode(&StateWriteV11::Sweep(Box::new(old_sweep()))).expect("encode");
+        assert!(matches!(
+            decode_any::<StateWrite, StateWriteV12, StateWriteV11>(&bytes).expect("read"),
+            StateWrite::Sweep(_)
+        ));
+        assert!(decode_any::<StateWrite, StateWriteV12, StateWriteV11>(b"garbage").is_err());
+    }
+
+    #[test]
+    fn version_12_model_versions_keep_their_serving_program() {
+        use flotilla_protocol::TrialId;
+        let old = ModelVersionV12 {
+            name: "demo".into(),
+            version: SemVer::new(1, 0, 0),
+            stage: ModelStage::Production,
+            lineage: Lineage {
+                sweep: SweepId(2),
+                sweep_name: "s".into(),
+                trial: TrialId {
+                    sweep: SweepId(2),
+                    number: 0,
+                },
+                trainer: "command".into(),
+                params: BTreeMap::new(),
+                metrics: BTreeMap::new(),
+                objective: Some(0.9),
+                checkpoint: "file:///c".into(),
+                epoch: 8,
+            },
+            artifact: Artifact {
+                uri: "file:///a".into(),
+                sha256: "ab".into(),
+                bytes: 10,
+            },
+            description: String::new(),
+            created_ms: 1,
+            stage_changed_ms: 2,
+            serving: Some(old_serving()),
+        };
+        let bytes = codec::encode(&old).expect("encode");
+        let read: ModelVersion =
+            decode_any::<ModelVersion, ModelVersionV12, ModelVersionV11>(&bytes).expect("read");
+        let serving = read.serving.expect("serving kept");
+        assert_eq!(serving.command, "python3");
+        assert_eq!((serving.slots, serving.gpus), (1, 0));
     }
 }

@@ -259,9 +259,11 @@ fn replay(path: &Path) -> Result<(StoredState, u64, usize), StoreError> {
             }
             break;
         }
-        let write: StateWrite = super::legacy::decode::<StateWrite, super::legacy::StateWriteV11>(
-            payload,
-        )
+        let write: StateWrite = super::legacy::decode_any::<
+            StateWrite,
+            super::legacy::StateWriteV12,
+            super::legacy::StateWriteV11,
+        >(payload)
         .map_err(|error| StoreError::Corrupt {
             path: path.display().to_string(),
             offset: offset as u64,
