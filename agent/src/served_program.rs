@@ -52,6 +52,33 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Lines of stderr kept for a failure's message.
 const TAIL_LINES: usize = 5;
 
+/// The supervisor's schedule: the constants above, shortened only by tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub start_attempts: u32,
+    pub health_interval: Duration,
+    pub health_failures: u32,
+    /// The first restart's backoff, doubled for each failed start in a row.
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_consecutive_failures: u32,
+    pub stop_grace: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            start_attempts: START_ATTEMPTS,
+            health_interval: HEALTH_INTERVAL,
+            health_failures: HEALTH_FAILURES,
+            first_backoff: Duration::from_millis(500),
+            max_backoff: MAX_BACKOFF,
+            max_consecutive_failures: MAX_CONSECUTIVE_FAILURES,
+            stop_grace: STOP_GRACE,
+        }
+    }
+}
+
 /// What the supervisor reports as the program's state changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
@@ -69,6 +96,7 @@ pub struct Program {
     /// The GPUs this replica holds, shown to the program as `CUDA_VISIBLE_DEVICES`;
     /// `None` on an agent without GPUs (nothing is set).
     pub gpus: Option<Vec<u32>>,
+    pub timing: Timing,
 }
 
 /// A started program: its process group and what it said last.
@@ -94,10 +122,10 @@ impl Running {
         }
     }
 
-    /// SIGTERM to the group, SIGKILL after the grace; reaps the program.
-    async fn stop(mut self) {
+    /// SIGTERM to the group, SIGKILL after `grace`; reaps the program.
+    async fn stop(mut self, grace: Duration) {
         let _ = killpg(self.group, Signal::SIGTERM);
-        if tokio::time::timeout(STOP_GRACE, self.child.wait())
+        if tokio::time::timeout(grace, self.child.wait())
             .await
             .is_err()
         {
@@ -297,13 +325,13 @@ impl Program {
                     running.drain(Duration::from_millis(300)).await;
                     return Some(format!("{} ({})", describe_exit(status), running.tail()));
                 }
-                () = tokio::time::sleep(HEALTH_INTERVAL) => {}
+                () = tokio::time::sleep(self.timing.health_interval) => {}
             }
             match self.healthy(http, running.port).await {
                 Ok(()) => failures = 0,
                 Err(problem) => {
                     failures += 1;
-                    if failures >= HEALTH_FAILURES {
+                    if failures >= self.timing.health_failures {
                         return Some(format!(
                             "failed {failures} health checks in a row (last: {problem})"
                         ));
@@ -338,7 +366,7 @@ impl Program {
             let mut became_ready = false;
             let reason = match self.wait_ready(&mut running, &http, &stop).await {
                 Start::Stopped => {
-                    running.stop().await;
+                    running.stop(self.timing.stop_grace).await;
                     return;
                 }
                 Start::TimedOut => {
@@ -348,7 +376,7 @@ impl Program {
                         humantime::format_duration(self.serving.ready_timeout),
                         running.tail()
                     );
-                    running.stop().await;
+                    running.stop(self.timing.stop_grace).await;
                     if !ever_ready {
                         update(Update::Failed(message));
                         return;
@@ -356,7 +384,7 @@ impl Program {
                     message
                 }
                 Start::Exited(reason) => {
-                    running.stop().await;
+                    running.stop(self.timing.stop_grace).await;
                     format!("the serving program {reason}")
                 }
                 Start::Ready => {
@@ -365,7 +393,7 @@ impl Program {
                     tracing::info!(model = %self.model, port = running.port, "serving program ready");
                     update(Update::Ready { port: running.port });
                     let ended = self.watch(&mut running, &http, &stop).await;
-                    running.stop().await;
+                    running.stop(self.timing.stop_grace).await;
                     match ended {
                         None => return,
                         Some(reason) => format!("the serving program {reason}"),
@@ -373,15 +401,18 @@ impl Program {
                 }
             };
             failed_starts = if became_ready { 0 } else { failed_starts + 1 };
-            if !ever_ready && failed_starts >= START_ATTEMPTS {
+            let timing = self.timing;
+            if !ever_ready && failed_starts >= timing.start_attempts {
                 update(Update::Failed(format!(
-                    "{reason}; it did so on each of {START_ATTEMPTS} starts and is not served"
+                    "{reason}; it did so on each of {} starts and is not served",
+                    timing.start_attempts
                 )));
                 return;
             }
-            if failed_starts > MAX_CONSECUTIVE_FAILURES {
+            if failed_starts >= timing.max_consecutive_failures {
                 update(Update::Failed(format!(
-                    "{reason}; {MAX_CONSECUTIVE_FAILURES} restarts in a row did not bring it back"
+                    "{reason}; {} restarts in a row did not bring it back",
+                    timing.max_consecutive_failures
                 )));
                 return;
             }
@@ -393,7 +424,7 @@ impl Program {
                     restarts,
                     reason: reason.clone(),
                 });
-                backoff(failed_starts + 1)
+                timing.backoff(failed_starts + 1)
             } else {
                 tracing::warn!(model = %self.model, attempt = failed_starts, %reason, "the serving program did not start; trying again");
                 Duration::from_millis(250 * u64::from(failed_starts))
@@ -406,10 +437,13 @@ impl Program {
     }
 }
 
-/// 0.5 s, 1 s, 2 s, … up to [`MAX_BACKOFF`], by starts in a row that failed.
-fn backoff(failed: u32) -> Duration {
-    let exponent = failed.saturating_sub(1).min(16);
-    (Duration::from_millis(500) * 2u32.pow(exponent)).min(MAX_BACKOFF)
+impl Timing {
+    /// 0.5 s, 1 s, 2 s, … up to [`MAX_BACKOFF`] (by default), by starts in a row that
+    /// failed.
+    fn backoff(&self, failed: u32) -> Duration {
+        let exponent = failed.saturating_sub(1).min(16);
+        (self.first_backoff * 2u32.pow(exponent)).min(self.max_backoff)
+    }
 }
 
 #[cfg(test)]
@@ -418,9 +452,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {
-        assert_eq!(backoff(1), Duration::from_millis(500));
-        assert_eq!(backoff(2), Duration::from_secs(1));
-        assert_eq!(backoff(4), Duration::from_secs(4));
-        assert_eq!(backoff(20), MAX_BACKOFF);
+        let timing = Timing::default();
+        assert_eq!(timing.backoff(1), Duration::from_millis(500));
+        assert_eq!(timing.backoff(2), Duration::from_secs(1));
+        assert_eq!(timing.backoff(4), Duration::from_secs(4));
+        assert_eq!(timing.backoff(20), MAX_BACKOFF);
     }
 }

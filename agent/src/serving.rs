@@ -409,6 +409,7 @@ async fn run_program(
         serving,
         model_dir: model_dir.clone(),
         gpus: (inner.gpus.total() > 0).then_some(gpus),
+        timing: crate::served_program::Timing::default(),
     };
     let labels = [served.model.name.clone(), served.model.version.to_string()];
     program
