@@ -103,7 +103,10 @@ fn processes_with(needle: &str) -> usize {
         .expect("/proc")
         .flatten()
         .filter(|entry| {
-            entry.file_name().to_str().is_some_and(|name| name.parse::<u32>().is_ok())
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.parse::<u32>().is_ok())
                 && std::fs::read(entry.path().join("cmdline"))
                     .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
         })

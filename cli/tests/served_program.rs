@@ -114,8 +114,19 @@ struct Load {
 }
 
 impl Load {
+    /// Traffic of the softmax example's validation rows, labelled with their classes.
     fn start(router: u16, model: &str, token: &str) -> Load {
-        let data = Arc::new(rows());
+        let rows = rows()
+            .into_iter()
+            .map(|(x, y)| (serde_json::json!(x), serde_json::json!(y)))
+            .collect();
+        Load::of(router, model, token, rows)
+    }
+
+    /// Traffic of `data` (an instance and its label each), four instances a request, each
+    /// answered request's labels sent back as feedback.
+    fn of(router: u16, model: &str, token: &str, data: Vec<(Value, Value)>) -> Load {
+        let data = Arc::new(data);
         let stop = Arc::new(AtomicBool::new(false));
         let versions = Arc::new(Mutex::new(BTreeMap::new()));
         let threads = (0..2)
@@ -127,13 +138,13 @@ impl Load {
                     let mut next = thread * 150;
                     let mut user: u64 = 0x9e37_79b9 + thread as u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let picked: Vec<&(Vec<f64>, u64)> =
+                        let picked: Vec<&(Value, Value)> =
                             (0..4).map(|k| &data[(next + k) % data.len()]).collect();
                         next += 4;
                         user = user
                             .wrapping_mul(6_364_136_223_846_793_005)
                             .wrapping_add(1_442_695_040_888_963_407);
-                        let instances: Vec<&Vec<f64>> = picked.iter().map(|(x, _)| x).collect();
+                        let instances: Vec<&Value> = picked.iter().map(|(x, _)| x).collect();
                         let body = serde_json::json!({
                             "model": model,
                             "key": format!("user-{}", (user >> 33) % 997),
@@ -153,7 +164,7 @@ impl Load {
                                 .or_default() += 1;
                         }
                         if let Some(id) = head.get("x-flotilla-request-id").cloned() {
-                            let labels: Vec<u64> = picked.iter().map(|(_, y)| *y).collect();
+                            let labels: Vec<&Value> = picked.iter().map(|(_, y)| y).collect();
                             let feedback =
                                 serde_json::json!({ "request_id": id, "labels": labels })
                                     .to_string();
@@ -647,4 +658,185 @@ fn serving_replicas_hold_their_slots_and_gpus_like_trials() {
     wait_until("the waiting trial to run", Duration::from_secs(90), || {
         sweep_state(&cluster, "s3")["state"] == "Completed"
     });
+}
+
+/// A regression trial: its model is one number, `bias`, added to the true relation
+/// y = x1 + 2·x2; its loss is bias².
+const REGRESSION_TRIAL: &str = r#"
+import json
+import flotilla_trial as trial
+
+bias = float(trial.param("bias", 0.0))
+trial.report(0, loss=bias * bias)
+(trial.checkpoint_dir() / "model.json").write_text(json.dumps({"bias": bias}))
+trial.commit(epoch=1)
+"#;
+
+/// Serves the regression model: a value per instance `[x1, x2]`, a plain JSON number.
+const REGRESSION_SERVE: &str = r#"
+import json
+import flotilla_serve
+
+bias = json.loads((flotilla_serve.model_dir() / "model.json").read_text())["bias"]
+
+def predict(instances):
+    values = []
+    for row in instances:
+        if not (isinstance(row, list) and len(row) == 2):
+            raise flotilla_serve.BadInput("each instance is [x1, x2]")
+        values.append(float(row[0]) + 2.0 * float(row[1]) + bias)
+    return values
+
+flotilla_serve.serve(predict)
+"#;
+
+/// Gated on error rate and squared error only (latency is shown, not gating), with a
+/// squared-error margin of half the baseline's MSE.
+const SQUARED_ERROR_POLICY: &str = r#"
+stages = [
+    { weight = 0.3, min_duration = "3s", min_requests = 60 },
+    { weight = 0.5, min_duration = "3s", min_requests = 60 },
+]
+false_rollback = 0.01
+false_promotion = 0.05
+error_margin = 0.05
+latency_margin = 1.5
+accuracy_margin = 0.08
+squared_error_margin = 0.5
+metrics = ["error_rate", "squared_error"]
+min_samples = 40
+max_stage_duration = "3m"
+"#;
+
+/// Rows [x1, x2] and noisy true values y = x1 + 2·x2 + N(0, 1) (a fixed sequence).
+fn regression_rows() -> Vec<(Value, Value)> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut uniform = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..600)
+        .map(|i| {
+            let x1 = f64::from(i % 17) / 4.0 + 0.5;
+            let x2 = f64::from(i % 11) / 8.0 + 0.25;
+            let noise =
+                (-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos();
+            let y = x1 + 2.0 * x2 + noise;
+            (serde_json::json!([x1, x2]), serde_json::json!(y))
+        })
+        .collect()
+}
+
+/// A served program that answers numbers is judged on squared error from feedback values:
+/// an equal canary (bias 0.05 against 0, noise of variance 1) is promoted, one off by 2
+/// (five times the baseline's mean squared error) is rolled back on squared error, with
+/// latency left out of the gates by the policy.
+#[test]
+fn a_served_regression_model_is_canaried_on_squared_error() {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator();
+    cluster.start_serving_agent("serve-0", 2);
+    cluster.start_serving_agent("serve-1", 2);
+    cluster.wait_for_agents(2);
+    let (_router, router) = cluster.start_router();
+    let trial = cluster.path("regression_trial.py");
+    std::fs::write(&trial, REGRESSION_TRIAL).expect("trial");
+    let serve = cluster.path("regression_serve.py");
+    std::fs::write(&serve, REGRESSION_SERVE).expect("program");
+    let python = repo_root().join("python");
+    for (name, bias) in [("exact", "0.0"), ("equal", "0.05"), ("off", "2.0")] {
+        let text = format!(
+            r#"
+name = "{name}"
+[objective]
+metric = "loss"
+direction = "minimize"
+[space.bias]
+type = "categorical"
+choices = [{bias}]
+[algorithm]
+name = "grid"
+[budget]
+max_trials = 1
+[trial]
+command = "python3"
+args = ["{trial}"]
+env = {{ PYTHONPATH = "{python}" }}
+metrics = ["loss"]
+timeout = "1m"
+[serving]
+command = "python3"
+args = ["{serve}"]
+env = {{ PYTHONPATH = "{python}" }}
+ready_timeout = "20s"
+"#,
+            trial = trial.display(),
+            serve = serve.display(),
+            python = python.display(),
+        );
+        submit(&cluster, &format!("{name}.toml"), &text);
+    }
+    register(&cluster, "s1/0", "reg", "production");
+    wait_ready(&cluster, "reg@1.0.0");
+    let body = r#"{"model": "reg", "instances": [[1.0, 2.0], [0.5, 0.25]]}"#;
+    let mut answered = (0, BTreeMap::new(), String::new());
+    wait_until("the router to route reg", Duration::from_secs(30), || {
+        answered = http(router, "POST", "/v1/predict", body, "");
+        answered.0 == 200
+    });
+    let answer: Value = serde_json::from_str(&answered.2).expect("JSON");
+    assert_eq!(
+        answer["predictions"],
+        serde_json::json!([5.0, 1.0]),
+        "{answer}"
+    );
+
+    let certs = cluster.path("certs");
+    let token = cluster
+        .flotilla_ok(&[
+            "certs",
+            "token",
+            "create",
+            "labeller",
+            "--scope",
+            "feedback",
+            "--certs",
+            certs.to_str().expect("utf-8"),
+        ])
+        .trim()
+        .to_string();
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    wait_until(
+        "the router to take the token",
+        Duration::from_secs(30),
+        || {
+            let probe = r#"{"request_id": "none", "labels": [1.5]}"#;
+            http(router, "POST", "/v1/feedback", probe, &bearer).0 == 404
+        },
+    );
+    let policy = cluster.path("policy.toml");
+    std::fs::write(&policy, SQUARED_ERROR_POLICY).expect("policy");
+    let policy = policy.to_str().expect("utf-8");
+    let load = Load::of(router, "reg", &token, regression_rows());
+
+    register(&cluster, "s2/0", "reg", "staging");
+    cluster.flotilla_ok(&["rollout", "start", "reg@1.1.0", "--policy", policy]);
+    let promoted = finished_rollout(&cluster, "reg");
+    assert_eq!(promoted["state"], "Promoted", "{promoted:#}");
+
+    register(&cluster, "s3/0", "reg", "staging");
+    cluster.flotilla_ok(&["rollout", "start", "reg@1.2.0", "--policy", policy]);
+    let rolled_back = finished_rollout(&cluster, "reg");
+    load.stop();
+    assert_eq!(rolled_back["state"], "RolledBack", "{rolled_back:#}");
+    let reason = rolled_back["decisions"]
+        .as_array()
+        .and_then(|decisions| decisions.last())
+        .map(|decision| decision.to_string())
+        .unwrap_or_default();
+    assert!(reason.contains("squared error"), "{rolled_back:#}");
+    let status = cluster.flotilla_ok(&["rollout", "status", "reg"]);
+    assert!(status.contains("mean squared error"), "{status}");
 }
