@@ -238,6 +238,10 @@ struct CoordinatorArgs {
     /// An agent silent for this long is lost and its trials run elsewhere.
     #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
     agent_timeout: Duration,
+    /// Cordon an agent automatically once it has lost the trials it ran this many times
+    /// within 10 minutes (it went down or came back without them); 0 turns it off.
+    #[arg(long, default_value_t = 3)]
+    cordon_after_losses: u32,
     /// Between checks of each canary rollout (each check may advance, promote or roll back).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     rollout_check_interval: Duration,
@@ -617,6 +621,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let identity = Identity::load_from_dir(&args.certs, &args.identity)?;
     let mut config = CoordinatorConfig::new(args.listen, identity, args.state);
     config.agent_timeout = args.agent_timeout;
+    config.cordon_after_losses = args.cordon_after_losses;
     config.rollout_check_interval = args.rollout_check_interval;
     config.advertise = args.advertise;
     config.metrics_listen = args.metrics_listen;

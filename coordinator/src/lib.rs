@@ -65,6 +65,9 @@ pub struct CoordinatorConfig {
     pub heartbeat_interval: Duration,
     /// An agent with no heartbeat for this long is lost; its trials run elsewhere.
     pub agent_timeout: Duration,
+    /// An agent that loses the trials it runs this many times within 10 minutes is cordoned
+    /// automatically (0: never).
+    pub cordon_after_losses: u32,
     pub name: String,
     /// Run highly available: elect a leader and keep state in etcd.
     pub etcd: Option<EtcdConfig>,
@@ -96,6 +99,7 @@ impl CoordinatorConfig {
             state_path,
             heartbeat_interval: Duration::from_secs(1),
             agent_timeout: Duration::from_secs(6),
+            cordon_after_losses: 3,
             name: format!("coordinator-{}", std::process::id()),
             etcd: None,
             advertise: None,
@@ -254,6 +258,7 @@ impl Base {
             store,
             epoch,
             agent_timeout: self.config.agent_timeout,
+            cordon_after_losses: self.config.cordon_after_losses,
             notifier: self.notifier.clone(),
             autoscaler: self.config.autoscaler.clone(),
             rollout_check_interval: self.config.rollout_check_interval,

@@ -58,6 +58,7 @@ pub struct CoordinatorMetrics {
     /// their certificate was revoked while they were open.
     pub revoked_certificates: IntGauge,
     pub revoked_connections_closed: IntCounter,
+    pub agents_auto_cordoned: IntCounter,
     /// Every family's name (see [`flotilla_telemetry::Families::names`]).
     pub names: Vec<&'static str>,
 }
@@ -175,6 +176,10 @@ impl CoordinatorMetrics {
             revoked_certificates: families.gauge(
                 "flotilla_revoked_certificates",
                 "Certificates revoked by the CRL this coordinator enforces (crl.pem).",
+            ),
+            agents_auto_cordoned: families.counter(
+                "flotilla_agents_auto_cordoned_total",
+                "Agents cordoned automatically for losing the trials they ran too often.",
             ),
             revoked_connections_closed: families.counter(
                 "flotilla_revoked_connections_closed_total",

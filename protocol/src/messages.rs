@@ -857,7 +857,16 @@ pub struct TrialRecord {
     /// ASHA's promotion form: the objective the trial had at each rung it paused at, from the
     /// first rung up. Its length is the rung the current attempt trains up to.
     pub rungs: Vec<f64>,
+    /// Times it was run again because its agent was lost while running it (protocol 13),
+    /// bounded by `[retries] max_reschedules`.
+    pub reschedules: u32,
+    /// The agents it was running on when they were lost, oldest first (at most
+    /// [`LOST_ON_KEPT`]).
+    pub lost_on: Vec<AgentId>,
 }
+
+/// Agents a trial record keeps in `lost_on`.
+pub const LOST_ON_KEPT: usize = 16;
 
 /// What a watcher hears about a sweep. More kinds may come: match with a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

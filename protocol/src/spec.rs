@@ -595,12 +595,19 @@ pub struct RetryPolicy {
     /// not count.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Times a trial may be run again because its agent was lost while running it (protocol
+    /// 13): such re-runs spend no retry, so without a bound a trial that kills or hangs every
+    /// agent it lands on would be placed forever. Past it the trial fails, naming the agents.
+    /// Preemptions and drains (the agent checkpoints and hands the trial back) do not count.
+    #[serde(default = "default_max_reschedules")]
+    pub max_reschedules: u32,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_retries: default_max_retries(),
+            max_reschedules: default_max_reschedules(),
         }
     }
 }
@@ -608,6 +615,13 @@ impl Default for RetryPolicy {
 fn default_max_retries() -> u32 {
     2
 }
+
+fn default_max_reschedules() -> u32 {
+    10
+}
+
+/// The most `[retries] max_reschedules` may say.
+pub const MAX_RESCHEDULES: u32 = 1000;
 
 /// One problem found in a sweep spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -939,6 +953,12 @@ metrics = ["loss"]
         }
         if self.resources.slots == 0 {
             problem("resources.slots", "must be at least 1".into());
+        }
+        if self.retries.max_reschedules > MAX_RESCHEDULES {
+            problem(
+                "retries.max_reschedules",
+                format!("must be at most {MAX_RESCHEDULES}"),
+            );
         }
         if let Some(serving) = &self.serving {
             if self.trial.command.is_none() {
@@ -1596,6 +1616,13 @@ promotion = true
         assert_eq!(spec.budget.max_duration, Some(Duration::from_secs(600)));
         assert_eq!(spec.resources, Resources::default());
         assert_eq!(spec.retries.max_retries, 2);
+        assert_eq!(spec.retries.max_reschedules, 10);
+        let unbounded = format!("{GOOD}\n[retries]\nmax_reschedules = 1001\n");
+        assert!(
+            problems_of(&unbounded)
+                .iter()
+                .any(|problem| problem.path == "retries.max_reschedules")
+        );
         assert_eq!(spec.algorithm.name, AlgorithmName::Bayesian);
         let again = SweepSpec::from_toml(&spec.to_toml(), "again").expect("round trip");
         assert_eq!(again, spec);
@@ -1757,7 +1784,7 @@ settings = { epochs = 3, time_warp_sigma = 0.15 }
         );
 
         let bad = format!(
-            "{GOOD}\n[serving]\ncommand = \" \"\nhealth = \"healthz\"\nready_timeout = \"0s\"\nreplicas = 0\nenv = {{ FLOTILLA_SERVE_PORT = \"1\" }}\n"
+            "{GOOD}\n[serving]\ncommand = \" \"\nhealth = \"healthz\"\nready_timeout = \"0s\"\nreplicas = 0\nslots = 5000\ngpus = 65\nenv = {{ FLOTILLA_SERVE_PORT = \"1\" }}\n"
         );
         let paths: Vec<String> = problems_of(&bad).into_iter().map(|p| p.path).collect();
         for path in [
@@ -1765,6 +1792,8 @@ settings = { epochs = 3, time_warp_sigma = 0.15 }
             "serving.health",
             "serving.ready_timeout",
             "serving.replicas",
+            "serving.slots",
+            "serving.gpus",
             "serving.env.FLOTILLA_SERVE_PORT",
         ] {
             assert!(paths.iter().any(|p| p == path), "{path} in {paths:?}");

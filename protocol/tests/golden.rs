@@ -115,6 +115,8 @@ fn record() -> TrialRecord {
         checkpoint: Some(checkpoint()),
         phase: 1,
         rungs: vec![0.25],
+        reschedules: 1,
+        lost_on: vec![AgentId("a0".into())],
     }
 }
 

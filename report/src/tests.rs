@@ -62,6 +62,8 @@ fn trial(number: u32, rate: f64, hidden: i64) -> TrialRecord {
         checkpoint: None,
         phase: 0,
         rungs: Vec::new(),
+        reschedules: 0,
+        lost_on: Vec::new(),
     }
 }
 

@@ -170,6 +170,13 @@ impl SweepBuilder {
         self
     }
 
+    /// `[retries] max_reschedules`: re-runs after the trial's agent was lost while running
+    /// it, before the trial is failed.
+    pub fn max_reschedules(mut self, reschedules: u32) -> Self {
+        self.spec.retries.max_reschedules = reschedules;
+        self
+    }
+
     /// Appends a phase. A phased sweep searches nothing at the top level and sets
     /// `max_trials` per phase, so the first phase clears the builder's default budget.
     pub fn phase(mut self, phase: PhaseSpec) -> Self {

@@ -53,6 +53,8 @@ pub struct LeaderArgs {
     pub store: Arc<dyn StateStore>,
     pub epoch: Epoch,
     pub agent_timeout: Duration,
+    /// See `CoordinatorConfig::cordon_after_losses`.
+    pub cordon_after_losses: u32,
     /// Told when a sweep ends.
     pub notifier: Option<crate::notify::Notifier>,
     /// Sizes the agent fleet while this coordinator leads.
@@ -90,6 +92,7 @@ impl Actor for Leader {
             adoption_grace: args.agent_timeout + Duration::from_secs(2),
             store: args.store.clone(),
             cordoned: stored.cordoned.clone(),
+            cordon_after_losses: args.cordon_after_losses,
         };
         let (scheduler, _) =
             Actor::spawn_linked(None, Scheduler, scheduler_args, myself.get_cell()).await?;

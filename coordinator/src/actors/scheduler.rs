@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use flotilla_protocol::models::ModelRef;
 
 use super::QueuedTrial;
-use super::sweep::SweepMsg;
+use super::sweep::{LossCause, SweepMsg};
 use crate::placement::{self, Capacity, ReplicaDemand};
 
 /// The send half of an agent session's command writer.
@@ -186,7 +186,13 @@ pub struct SchedulerArgs {
     pub store: std::sync::Arc<dyn crate::store::StateStore>,
     /// Agents cordoned when the store was loaded.
     pub cordoned: BTreeSet<AgentId>,
+    /// Losses of running trials within [`LOSS_WINDOW`] after which an agent is cordoned
+    /// automatically (0: never).
+    pub cordon_after_losses: u32,
 }
+
+/// How far back an agent's losses of running trials are counted.
+pub const LOSS_WINDOW: Duration = Duration::from_secs(600);
 
 struct AgentSlots {
     slots: u32,
@@ -203,6 +209,9 @@ struct Assignment {
     slots: u32,
     gpus: u32,
     decided_at: Instant,
+    /// The agent reported it started (or reported it running when it reconnected): losing
+    /// it now is losing a running trial.
+    started: bool,
 }
 
 /// What one served program's version holds on each agent that runs a replica of it.
@@ -239,6 +248,9 @@ pub struct SchedulerState {
     /// the store across restarts and leader changes.
     cordoned: BTreeSet<AgentId>,
     store: std::sync::Arc<dyn crate::store::StateStore>,
+    cordon_after_losses: u32,
+    /// When each agent lost the trials it ran, within [`LOSS_WINDOW`].
+    losses: HashMap<AgentId, VecDeque<Instant>>,
 }
 
 pub struct Scheduler;
@@ -267,6 +279,8 @@ impl Actor for Scheduler {
             expected: HashMap::new(),
             cordoned: args.cordoned,
             store: args.store,
+            cordon_after_losses: args.cordon_after_losses,
+            losses: HashMap::new(),
         })
     }
 
@@ -324,9 +338,12 @@ impl Actor for Scheduler {
                 state.place();
             }
             SchedulerMsg::TrialStarted { agent, attempt } => {
-                if let Some(assignment) =
-                    state.assignments.get(&attempt).filter(|a| a.agent == agent)
+                if let Some(assignment) = state
+                    .assignments
+                    .get_mut(&attempt)
+                    .filter(|a| a.agent == agent)
                 {
+                    assignment.started = true;
                     let latency = assignment.decided_at.elapsed();
                     state.to_sweep(
                         attempt,
@@ -384,9 +401,11 @@ impl Actor for Scheduler {
             } => {
                 tracing::warn!(%agent, attempt = ?attempt.map(|a| a.to_string()), %reason, "agent rejected a command");
                 if let Some(attempt) = attempt {
-                    // The agent will not run it: treat like an agent loss for that attempt.
+                    // The agent will not run it: placed again elsewhere, nothing spent.
                     if state.release(&agent, attempt) {
-                        state.to_sweep(attempt, SweepMsg::Lost { attempt });
+                        let cause =
+                            LossCause::NotStarted(format!("agent {agent} refused it: {reason}"));
+                        state.to_sweep(attempt, SweepMsg::Lost { attempt, cause });
                     }
                     state.place();
                 }
@@ -549,6 +568,7 @@ impl Actor for Scheduler {
                 } else {
                     tracing::info!(%agent, "agent uncordoned");
                     state.cordoned.remove(&agent);
+                    state.losses.remove(&agent);
                     state.place();
                 }
                 // Answered once stored: an acknowledged cordon survives a leader change.
@@ -581,7 +601,8 @@ impl Actor for Scheduler {
                 for attempt in expired {
                     state.expected.remove(&attempt);
                     tracing::info!(%attempt, "restored attempt was not reported by its agent; re-placing it");
-                    state.to_sweep(attempt, SweepMsg::Lost { attempt });
+                    let cause = LossCause::AgentLost;
+                    state.to_sweep(attempt, SweepMsg::Lost { attempt, cause });
                 }
             }
         }
@@ -700,8 +721,12 @@ impl SchedulerState {
                         slots: restored.slots,
                         gpus: restored.gpus,
                         decided_at: now,
+                        started: true,
                     },
                 );
+            }
+            if known && let Some(assignment) = self.assignments.get_mut(attempt) {
+                assignment.started = true;
             }
             if known || expected {
                 adopted.push(*attempt);
@@ -758,10 +783,31 @@ impl SchedulerState {
             })
             .map(|(attempt, _)| *attempt)
             .collect();
-        for attempt in vanished.into_iter().chain(never_started) {
+        // A vanished attempt that had started went down with the agent's previous process;
+        // one that had not was a start that never reached it.
+        let mut lost_running = 0;
+        for attempt in vanished {
+            let started = self.assignments.get(&attempt).is_some_and(|a| a.started);
             if self.release(&agent, attempt) {
-                self.to_sweep(attempt, SweepMsg::Lost { attempt });
+                let cause = if started {
+                    lost_running += 1;
+                    LossCause::AgentLost
+                } else {
+                    LossCause::NotStarted(format!("the start did not reach agent {agent}"))
+                };
+                self.to_sweep(attempt, SweepMsg::Lost { attempt, cause });
             }
+        }
+        for attempt in never_started {
+            if self.release(&agent, attempt) {
+                let cause = LossCause::NotStarted(format!(
+                    "a previous leader placed it on agent {agent} but its start never got there"
+                ));
+                self.to_sweep(attempt, SweepMsg::Lost { attempt, cause });
+            }
+        }
+        if lost_running > 0 {
+            self.count_loss(&agent);
         }
         for (attempt, outcome) in finished {
             self.finish(&agent, attempt, outcome);
@@ -786,12 +832,68 @@ impl SchedulerState {
             )
             .collect();
         tracing::warn!(%agent, lost = lost.len(), "agent lost; its attempts go back to their sweeps");
+        let mut lost_running = 0;
         for attempt in lost {
-            self.assignments.remove(&attempt);
-            self.expected.remove(&attempt);
-            self.to_sweep(attempt, SweepMsg::Lost { attempt });
+            // Restored attempts (expected) were running by the store's account.
+            let started = self.expected.remove(&attempt).is_some()
+                || self
+                    .assignments
+                    .remove(&attempt)
+                    .is_some_and(|assignment| assignment.started);
+            let cause = if started {
+                lost_running += 1;
+                LossCause::AgentLost
+            } else {
+                LossCause::NotStarted(format!("agent {agent} was lost before it started"))
+            };
+            self.to_sweep(attempt, SweepMsg::Lost { attempt, cause });
+        }
+        if lost_running > 0 {
+            self.count_loss(agent);
         }
         self.place();
+    }
+
+    /// One more time `agent` went down (or came back) without the trials it ran. An agent
+    /// that does so [`SchedulerState::cordon_after_losses`] times within
+    /// [`LOSS_WINDOW`] is cordoned: something on that host kills what runs there.
+    fn count_loss(&mut self, agent: &AgentId) {
+        if self.cordon_after_losses == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let losses = self.losses.entry(agent.clone()).or_default();
+        losses.push_back(now);
+        while losses
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > LOSS_WINDOW)
+        {
+            losses.pop_front();
+        }
+        let count = losses.len() as u32;
+        if count < self.cordon_after_losses || self.cordoned.contains(agent) {
+            return;
+        }
+        tracing::error!(
+            %agent,
+            losses = count,
+            window = ?LOSS_WINDOW,
+            "agent lost the trials it ran {count} times; cordoned automatically (uncordon with `flotilla agent uncordon {agent}` once the host is fixed)"
+        );
+        crate::metrics::METRICS.agents_auto_cordoned.inc();
+        self.cordoned.insert(agent.clone());
+        self.losses.remove(agent);
+        let write = crate::store::StateWrite::Cordon {
+            agent: agent.clone(),
+            cordoned: true,
+        };
+        let store = self.store.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.write(vec![write]).durable().await {
+                tracing::warn!(%agent, %error, "the automatic cordon is in effect but not stored; it ends with this leader");
+            }
+        });
     }
 
     /// Frees what a replica of `model` holds on `agent`, if it holds anything there.
@@ -971,6 +1073,7 @@ impl SchedulerState {
                     slots: trial.slots,
                     gpus: trial.gpus,
                     decided_at: now,
+                    started: false,
                 },
             );
             let start = StartTrial {

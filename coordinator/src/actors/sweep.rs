@@ -29,9 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_protocol::messages::{
-    CheckpointRef, Command, LearningCurve, MetricPoint, Metrics, Params, PhaseSummary, StartTrial,
-    StopReason, SweepDetail, SweepEvent, SweepState, SweepSummary, TrialCounts, TrialOutcome,
-    TrialRecord, TrialState,
+    CheckpointRef, Command, LOST_ON_KEPT, LearningCurve, MetricPoint, Metrics, Params,
+    PhaseSummary, StartTrial, StopReason, SweepDetail, SweepEvent, SweepState, SweepSummary,
+    TrialCounts, TrialOutcome, TrialRecord, TrialState,
 };
 use flotilla_protocol::spec::{Direction, StoppingRule, SweepSpec, TrialSpec};
 use flotilla_protocol::trainers::BUDGET_HYPERPARAMETER;
@@ -48,6 +48,17 @@ use crate::clock::now_ms;
 use crate::metrics::METRICS;
 use crate::selection::best_trial;
 use crate::store::{StateStore, StateWrite, SweepRecord};
+
+/// Why an attempt is handed back to its sweep without a result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LossCause {
+    /// Its agent was lost (gone, or back without it) after it started there: counted
+    /// against `[retries] max_reschedules`.
+    AgentLost,
+    /// It never started: the agent refused the start, or the start did not reach it (the
+    /// agent reconnected, a previous leader died first). Not counted.
+    NotStarted(String),
+}
 
 pub enum SweepMsg {
     /// The Scheduler placed the attempt; `start` goes to the agent once the placement is
@@ -77,6 +88,7 @@ pub enum SweepMsg {
     /// The attempt's agent was lost (or never picked it up): run it again elsewhere.
     Lost {
         attempt: AttemptId,
+        cause: LossCause,
     },
     Cancel(RpcReplyPort<SweepSummary>),
     Summary(RpcReplyPort<SweepSummary>),
@@ -285,10 +297,18 @@ impl Actor for SweepActor {
                 state.fill();
                 state.finish_if_done().await;
             }
-            SweepMsg::Lost { attempt } => {
+            SweepMsg::Lost { attempt, cause } => {
                 if state.current(attempt).is_some() {
-                    tracing::info!(%attempt, "attempt lost with its agent");
-                    state.retry(attempt.trial.number, false, "agent lost".into());
+                    match cause {
+                        LossCause::AgentLost => {
+                            tracing::info!(%attempt, "attempt lost with its agent");
+                            state.lost(attempt.trial.number);
+                        }
+                        LossCause::NotStarted(why) => {
+                            tracing::info!(%attempt, %why, "attempt did not start; placing it again");
+                            state.retry(attempt.trial.number, false, why);
+                        }
+                    }
                     state.fill();
                     state.finish_if_done().await;
                 }
@@ -697,6 +717,8 @@ impl SweepActorState {
                 checkpoint: None,
                 phase: self.phase as u32,
                 rungs: Vec::new(),
+                reschedules: 0,
+                lost_on: Vec::new(),
             };
             // An earlier phase already ran this exact configuration (typically its winner,
             // which a later phase's grid contains again): take its result, run nothing.
@@ -1061,6 +1083,33 @@ impl SweepActorState {
     fn stop_trial(&mut self, number: u32, why: String) {
         self.trials[number as usize].message = Some(why);
         self.conclude(number, TrialState::Stopped);
+    }
+
+    /// The trial's agent was lost while running it: run it again, spending no retry, unless
+    /// it has been lost more than `[retries] max_reschedules` times (a trial that takes down
+    /// every agent it runs on).
+    fn lost(&mut self, number: u32) {
+        let max_reschedules = self.record.spec.retries.max_reschedules;
+        let trial = &mut self.trials[number as usize];
+        trial.reschedules += 1;
+        if let Some(agent) = trial.agent.clone() {
+            trial.lost_on.push(agent);
+            let excess = trial.lost_on.len().saturating_sub(LOST_ON_KEPT);
+            trial.lost_on.drain(..excess);
+        }
+        if trial.reschedules <= max_reschedules || self.record.state != SweepState::Running {
+            self.retry(number, false, "its agent was lost".into());
+            return;
+        }
+        let agents: Vec<&str> = trial.lost_on.iter().map(|agent| agent.0.as_str()).collect();
+        trial.message = Some(format!(
+            "its agent was lost {} times, more than [retries] max_reschedules = {max_reschedules}; agents lost while running it: {}",
+            trial.reschedules,
+            agents.join(", ")
+        ));
+        tracing::warn!(trial = %trial.id, reschedules = trial.reschedules, "a trial lost with its agent too often is failed");
+        self.live.remove(&number);
+        self.conclude(number, TrialState::Failed);
     }
 
     /// Runs the trial again under a new attempt number; `spend` counts it against the retry

@@ -188,8 +188,8 @@ pub async fn list(client: &mut Client, root: &str) -> Result<StoredState, StoreE
                 .map_err(|error| corrupt(error.to_string()))?;
                 state.apply(StateWrite::Sweep(Box::new(sweep)));
             } else if suffix.starts_with("trials/") {
-                let trial: TrialRecord =
-                    codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
+                let trial: TrialRecord = legacy::decode::<_, legacy::TrialRecordV12>(record)
+                    .map_err(|error| corrupt(error.to_string()))?;
                 state.apply(StateWrite::Trial(Box::new(trial)));
             } else if suffix.starts_with("agents/") {
                 let agent: super::AgentRecord =

@@ -4,18 +4,21 @@
 //! `ModelVersion::serving`, squared error in the rollout counters (`Arm`), and the gating
 //! metrics of a rollout policy (`Policy::metrics`, `Policy::squared_error_margin`,
 //! `Stage::metrics`). Protocol 13 added `slots` and `gpus` to `ServingSpec` (inside sweep
-//! and model records). The codec is not self-describing, so a record written before has a
+//! and model records), `max_reschedules` to `RetryPolicy` (inside sweep records), and
+//! `reschedules` and `lost_on` to trial records. The codec is not self-describing, so a record written before has a
 //! layout of its own. Each is decoded as the current layout first and, only if that fails,
 //! as the older layouts mirrored here (newest first), then converted (new fields take their
 //! defaults: no serving program, no squared error yet, every metric gating, a serving
-//! replica holding one slot and no GPU). A record that is none of them is corrupt, as
+//! replica holding one slot and no GPU, the default reschedule bound, no agent losses yet). A record that is none of them is corrupt, as
 //! before. The next write of a converted record stores the current layout.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flotilla_protocol::codec::{self, CodecError};
-use flotilla_protocol::messages::{SweepState, TrialRecord};
+use flotilla_protocol::messages::{
+    CheckpointRef, Metrics, Params, SweepState, TrialRecord, TrialState,
+};
 use flotilla_protocol::models::{
     Artifact, DecisionRecord, Lineage, ModelStage, ModelVersion, RolloutRecord, RolloutState,
     SemVer,
@@ -24,7 +27,7 @@ use flotilla_protocol::spec::{
     AlgorithmSpec, Budget, Constraint, EarlyStopping, Objective, ParamSpec, PhaseSpec, Resources,
     RetryPolicy, ServingSpec, SweepSpec, TrialSpec,
 };
-use flotilla_protocol::{AgentId, Epoch, SweepId};
+use flotilla_protocol::{AgentId, Epoch, SweepId, TrialId};
 use flotilla_rollout::{Arm, Metric, Pair, Policy, Stage};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -58,6 +61,69 @@ where
             .map(Into::into)
             .map_err(|_| current)
     })
+}
+
+/// `[retries]` as protocols 11 and 12 stored it: without `max_reschedules`.
+#[derive(Serialize, Deserialize)]
+pub struct RetryPolicyV12 {
+    max_retries: u32,
+}
+
+impl From<RetryPolicyV12> for RetryPolicy {
+    fn from(old: RetryPolicyV12) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: old.max_retries,
+            ..RetryPolicy::default()
+        }
+    }
+}
+
+/// A trial record as protocols 11 and 12 stored it: without `reschedules` and `lost_on`.
+#[derive(Serialize, Deserialize)]
+pub struct TrialRecordV12 {
+    id: TrialId,
+    attempt: u32,
+    params: Params,
+    state: TrialState,
+    metrics: Metrics,
+    objective: Option<f64>,
+    feasible: bool,
+    agent: Option<AgentId>,
+    failures: u32,
+    started_ms: Option<u64>,
+    finished_ms: Option<u64>,
+    duration_ms: Option<u64>,
+    message: Option<String>,
+    dispatch_latency_us: Option<u64>,
+    checkpoint: Option<CheckpointRef>,
+    phase: u32,
+    rungs: Vec<f64>,
+}
+
+impl From<TrialRecordV12> for TrialRecord {
+    fn from(old: TrialRecordV12) -> TrialRecord {
+        TrialRecord {
+            id: old.id,
+            attempt: old.attempt,
+            params: old.params,
+            state: old.state,
+            metrics: old.metrics,
+            objective: old.objective,
+            feasible: old.feasible,
+            agent: old.agent,
+            failures: old.failures,
+            started_ms: old.started_ms,
+            finished_ms: old.finished_ms,
+            duration_ms: old.duration_ms,
+            message: old.message,
+            dispatch_latency_us: old.dispatch_latency_us,
+            checkpoint: old.checkpoint,
+            phase: old.phase,
+            rungs: old.rungs,
+            reschedules: 0,
+            lost_on: Vec::new(),
+        }
+    }
 }
 
 /// `[serving]` as protocol 12 stored it: without `slots` and `gpus`.
@@ -99,7 +165,7 @@ pub struct SweepSpecV12 {
     budget: Budget,
     trial: TrialSpec,
     resources: Resources,
-    retries: RetryPolicy,
+    retries: RetryPolicyV12,
     early_stopping: Option<EarlyStopping>,
     phases: Vec<PhaseSpec>,
     serving: Option<ServingSpecV12>,
@@ -116,7 +182,7 @@ impl From<SweepSpecV12> for SweepSpec {
             budget: old.budget,
             trial: old.trial,
             resources: old.resources,
-            retries: old.retries,
+            retries: old.retries.into(),
             early_stopping: old.early_stopping,
             phases: old.phases,
             serving: old.serving.map(Into::into),
@@ -180,7 +246,7 @@ impl From<ModelVersionV12> for ModelVersion {
 #[derive(Serialize, Deserialize)]
 pub enum StateWriteV12 {
     Sweep(Box<SweepRecordV12>),
-    Trial(Box<TrialRecord>),
+    Trial(Box<TrialRecordV12>),
     Epoch(Epoch),
     Agent(Box<AgentRecord>),
     Cordon { agent: AgentId, cordoned: bool },
@@ -192,7 +258,7 @@ impl From<StateWriteV12> for StateWrite {
     fn from(old: StateWriteV12) -> StateWrite {
         match old {
             StateWriteV12::Sweep(sweep) => StateWrite::Sweep(Box::new((*sweep).into())),
-            StateWriteV12::Trial(trial) => StateWrite::Trial(trial),
+            StateWriteV12::Trial(trial) => StateWrite::Trial(Box::new((*trial).into())),
             StateWriteV12::Epoch(epoch) => StateWrite::Epoch(epoch),
             StateWriteV12::Agent(agent) => StateWrite::Agent(agent),
             StateWriteV12::Cordon { agent, cordoned } => StateWrite::Cordon { agent, cordoned },
@@ -212,7 +278,7 @@ pub struct SweepSpecV11 {
     budget: Budget,
     trial: TrialSpec,
     resources: Resources,
-    retries: RetryPolicy,
+    retries: RetryPolicyV12,
     early_stopping: Option<EarlyStopping>,
     phases: Vec<PhaseSpec>,
 }
@@ -228,7 +294,7 @@ impl From<SweepSpecV11> for SweepSpec {
             budget: old.budget,
             trial: old.trial,
             resources: old.resources,
-            retries: old.retries,
+            retries: old.retries.into(),
             early_stopping: old.early_stopping,
             phases: old.phases,
             serving: None,
@@ -421,7 +487,7 @@ impl From<RolloutRecordV11> for RolloutRecord {
 #[derive(Serialize, Deserialize)]
 pub enum StateWriteV11 {
     Sweep(Box<SweepRecordV11>),
-    Trial(Box<TrialRecord>),
+    Trial(Box<TrialRecordV12>),
     Epoch(Epoch),
     Agent(Box<AgentRecord>),
     Cordon { agent: AgentId, cordoned: bool },
@@ -433,7 +499,7 @@ impl From<StateWriteV11> for StateWrite {
     fn from(old: StateWriteV11) -> StateWrite {
         match old {
             StateWriteV11::Sweep(sweep) => StateWrite::Sweep(Box::new((*sweep).into())),
-            StateWriteV11::Trial(trial) => StateWrite::Trial(trial),
+            StateWriteV11::Trial(trial) => StateWrite::Trial(Box::new((*trial).into())),
             StateWriteV11::Epoch(epoch) => StateWrite::Epoch(epoch),
             StateWriteV11::Agent(agent) => StateWrite::Agent(agent),
             StateWriteV11::Cordon { agent, cordoned } => StateWrite::Cordon { agent, cordoned },
@@ -460,7 +526,9 @@ mod tests {
                 budget: spec.budget,
                 trial: spec.trial,
                 resources: spec.resources,
-                retries: spec.retries,
+                retries: RetryPolicyV12 {
+                    max_retries: spec.retries.max_retries,
+                },
                 early_stopping: spec.early_stopping,
                 phases: spec.phases,
             },
@@ -554,7 +622,6 @@ mod tests {
 
     #[test]
     fn version_11_model_versions_are_read_as_built_in_models() {
-        use flotilla_protocol::TrialId;
         let old = ModelVersionV11 {
             name: "churn".into(),
             version: SemVer::new(1, 2, 0),
@@ -619,7 +686,9 @@ mod tests {
                 budget: spec.budget,
                 trial: spec.trial,
                 resources: spec.resources,
-                retries: spec.retries,
+                retries: RetryPolicyV12 {
+                    max_retries: spec.retries.max_retries,
+                },
                 early_stopping: spec.early_stopping,
                 phases: spec.phases,
                 serving: Some(old_serving()),
@@ -657,7 +726,6 @@ mod tests {
 
     #[test]
     fn version_12_model_versions_keep_their_serving_program() {
-        use flotilla_protocol::TrialId;
         let old = ModelVersionV12 {
             name: "demo".into(),
             version: SemVer::new(1, 0, 0),
@@ -692,5 +760,48 @@ mod tests {
         let serving = read.serving.expect("serving kept");
         assert_eq!(serving.command, "python3");
         assert_eq!((serving.slots, serving.gpus), (1, 0));
+    }
+
+    #[test]
+    fn version_12_trial_records_are_read_with_no_reschedules() {
+        let old = TrialRecordV12 {
+            id: TrialId {
+                sweep: SweepId(3),
+                number: 7,
+            },
+            attempt: 2,
+            params: BTreeMap::new(),
+            state: TrialState::Running,
+            metrics: BTreeMap::new(),
+            objective: None,
+            feasible: false,
+            agent: Some(AgentId("a1".into())),
+            failures: 1,
+            started_ms: Some(5),
+            finished_ms: None,
+            duration_ms: None,
+            message: None,
+            dispatch_latency_us: None,
+            checkpoint: None,
+            phase: 0,
+            rungs: vec![0.5],
+        };
+        let bytes = codec::encode(&old).expect("encode");
+        let trial: TrialRecord = decode::<TrialRecord, TrialRecordV12>(&bytes).expect("read");
+        assert_eq!(
+            (trial.attempt, trial.failures, trial.reschedules),
+            (2, 1, 0)
+        );
+        assert!(trial.lost_on.is_empty());
+        let write = codec::encode(&StateWriteV12::Trial(Box::new(old))).expect("encode");
+        match decode_any::<StateWrite, StateWriteV12, StateWriteV11>(&write).expect("read") {
+            StateWrite::Trial(read) => assert_eq!(*read, trial),
+            _ => panic!("not a trial"),
+        }
+        assert_eq!(
+            decode::<TrialRecord, TrialRecordV12>(&codec::encode(&trial).expect("encode"))
+                .expect("current"),
+            trial
+        );
     }
 }

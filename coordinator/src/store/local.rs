@@ -339,6 +339,8 @@ mod tests {
             checkpoint: None,
             phase: 0,
             rungs: Vec::new(),
+            reschedules: 0,
+            lost_on: Vec::new(),
         }))
     }
 

@@ -1,0 +1,207 @@
+//! Trials that fail, hang or take their agent down, with real processes (a coordinator,
+//! agents, `sh` commands):
+//!
+//! - a command that crashes every time with `max_retries = 2` fails after exactly three
+//!   attempts;
+//! - a command past its `timeout` is stopped with its whole process group and recorded as
+//!   timed out;
+//! - a command that SIGKILLs its agent on every start (the agents are restarted, as systemd
+//!   would) fails after `max_reschedules` re-runs, naming the agents it took down, and an
+//!   agent that lost its trials twice is cordoned automatically.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use support::cluster::*;
+
+/// A one-trial sweep running `script` under `sh -c`, with `extra` TOML appended.
+fn one_trial_sweep(cluster: &Cluster, name: &str, script: &str, extra: &str) -> String {
+    let path = cluster.path(&format!("{name}.toml"));
+    let text = format!(
+        r#"
+name = "{name}"
+[objective]
+metric = "loss"
+direction = "minimize"
+[space.x]
+type = "categorical"
+choices = [1]
+[algorithm]
+name = "grid"
+[budget]
+max_trials = 1
+[trial]
+command = "sh"
+args = ["-c", {script:?}]
+metrics = ["loss"]
+{extra}
+"#
+    );
+    std::fs::write(&path, text).expect("write sweep");
+    path.to_str().expect("utf-8").to_string()
+}
+
+fn only_trial(cluster: &Cluster, sweep: &str) -> Value {
+    let results = cluster.results(sweep);
+    assert_eq!(results["sweep"]["state"], "Completed", "{results:#}");
+    let trials = trials(&results);
+    assert_eq!(trials.len(), 1, "{results:#}");
+    trials[0].clone()
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.parse::<u32>().is_ok())
+                && std::fs::read(entry.path().join("cmdline"))
+                    .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+        })
+        .count()
+}
+
+#[test]
+fn a_crashing_trial_fails_after_exactly_its_retries_and_a_hung_one_at_its_timeout() {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator();
+    cluster.start_agent("agent-0", 2);
+    cluster.wait_for_agents(1);
+
+    // Crashes on every attempt: 1 + max_retries attempts, then failed.
+    let attempts = cluster.path("attempts.txt");
+    let script = format!(
+        "echo $FLOTILLA_ATTEMPT >> {}; echo 'no data' >&2; exit 3",
+        attempts.display()
+    );
+    let crash = one_trial_sweep(&cluster, "crash", &script, "[retries]\nmax_retries = 2\n");
+    // Sleeps past its timeout in two processes of its group.
+    let hang = one_trial_sweep(
+        &cluster,
+        "hang",
+        "sleep 617 & sleep 618; echo '@flotilla step=0 loss=1'",
+        "timeout = \"2s\"\n[retries]\nmax_retries = 0\n",
+    );
+    cluster.flotilla_ok(&["sweep", "submit", &crash, "--watch"]);
+    cluster.flotilla_ok(&["sweep", "submit", &hang, "--watch"]);
+
+    let crashed = only_trial(&cluster, "s1");
+    assert_eq!(crashed["state"], "failed", "{crashed:#}");
+    assert_eq!(crashed["failures"], 3, "{crashed:#}");
+    let tried = std::fs::read_to_string(&attempts).expect("attempts");
+    assert_eq!(
+        tried.lines().collect::<Vec<_>>(),
+        vec!["0", "1", "2"],
+        "exactly three attempts"
+    );
+    let message = crashed["message"].as_str().unwrap_or_default();
+    assert!(message.contains("exited with code 3"), "{crashed:#}");
+
+    let hung = only_trial(&cluster, "s2");
+    assert_eq!(hung["state"], "failed", "{hung:#}");
+    assert!(
+        hung["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("exceeded the trial timeout")),
+        "recorded as timed out: {hung:#}"
+    );
+    wait_until(
+        "the timed-out trial's process group to be gone",
+        Duration::from_secs(10),
+        || processes_with("sleep\u{0}617") == 0 && processes_with("sleep\u{0}618") == 0,
+    );
+}
+
+#[test]
+fn a_trial_that_kills_its_agent_fails_after_max_reschedules_and_the_agent_is_cordoned() {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator_with(&["--cordon-after-losses", "2"]);
+    let names = ["agent-0", "agent-1", "agent-2"];
+    for name in names {
+        cluster.start_agent(name, 1);
+    }
+    cluster.wait_for_agents(3);
+    // The trial's parent is its agent: SIGKILL it, every time.
+    let poison = one_trial_sweep(
+        &cluster,
+        "poison",
+        "kill -9 $PPID; sleep 30",
+        "[retries]\nmax_retries = 5\nmax_reschedules = 2\n",
+    );
+    cluster.flotilla_ok(&["sweep", "submit", &poison]);
+    // Killed agents come back, as a supervisor (systemd) would bring them.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let state = sweep_state(&cluster, "s1");
+        if state["state"] == "Completed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sweep did not end: {state:#}"
+        );
+        for index in 0..cluster.agents.len() {
+            let exited = matches!(cluster.agents[index].1.child.try_wait(), Ok(Some(_)));
+            if exited {
+                let name = cluster.agents[index].0.clone();
+                cluster.agents.remove(index);
+                cluster.start_agent(&name, 1);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let trial = only_trial(&cluster, "s1");
+    assert_eq!(trial["state"], "failed", "{trial:#}");
+    assert_eq!(trial["failures"], 0, "losses spend no retry: {trial:#}");
+    let message = trial["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("lost 3 times") && message.contains("max_reschedules = 2"),
+        "{message}"
+    );
+    let lost_on: Vec<String> = names
+        .iter()
+        .filter(|name| message.contains(*name))
+        .map(|name| name.to_string())
+        .collect();
+    assert!(
+        !lost_on.is_empty(),
+        "the message names the agents: {message}"
+    );
+
+    // Every agent that lost it twice was cordoned (the agents list shows it draining).
+    let twice: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|name| message.matches(name).count() >= 2)
+        .collect();
+    wait_until("the agents to be back", Duration::from_secs(30), || {
+        let listed = cluster.flotilla_ok(&["cluster", "agents"]);
+        names.iter().all(|name| {
+            listed
+                .lines()
+                .any(|line| line.contains(name) && !line.contains("disconnected"))
+        })
+    });
+    let listed = cluster.flotilla_ok(&["cluster", "agents"]);
+    eprintln!("{message}\n{listed}");
+    for name in &twice {
+        let line = listed
+            .lines()
+            .find(|line| line.contains(name))
+            .unwrap_or_default();
+        assert!(line.contains("draining"), "{name} is cordoned: {listed}");
+    }
+    if !twice.is_empty() {
+        let log = std::fs::read_to_string(cluster.path("coordinator.log")).expect("log");
+        assert!(log.contains("cordoned automatically"), "{log}");
+    }
+}
