@@ -20,7 +20,8 @@ use std::time::Duration;
 use flotilla_protocol::framing;
 use flotilla_protocol::handshake;
 use flotilla_protocol::messages::{
-    AgentMessage, CoordinatorCommand, HelloReply, RefusalReason, Registration, Role,
+    ALIVE_TIMEOUT, AgentMessage, Command, CoordinatorCommand, HelloReply, RefusalReason,
+    Registration, Role,
 };
 use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME};
 use flotilla_protocol::{AgentId, AttemptId};
@@ -36,6 +37,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const SUSPECT_FOR: Duration = Duration::from_secs(30);
 /// How long the replica whose session just ended is tried only after the others.
 const LEADER_LOST_FOR: Duration = Duration::from_secs(10);
+/// After losing its leader, how long the agent asks the replicas for the new one without
+/// backing off beyond [`ELECTION_RETRY`]: an election ends within one lease TTL.
+const ELECTION_WINDOW: Duration = Duration::from_secs(30);
+/// Between tries while an election is expected to end any moment.
+const ELECTION_RETRY: Duration = Duration::from_millis(100);
+/// A follower that still names the lost leader: that leader is tried again at most this
+/// often, with [`PROBE_TIMEOUT`] (it may be alive: the agent's link alone may have failed).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The leader whose session just ended, while its successor is looked for.
+struct LostLeader {
+    address: SocketAddr,
+    until: std::time::Instant,
+    probed_at: Option<std::time::Instant>,
+}
 /// Most messages taken from the outbox for one write.
 const MAX_MESSAGES_PER_WRITE: usize = 4096;
 /// Most points merged into one `TrialMetrics` message: with a few hundred metrics per point
@@ -88,11 +105,15 @@ pub async fn run(
     let count = config.coordinators.len();
     let mut suspects: std::collections::HashMap<SocketAddr, std::time::Instant> =
         std::collections::HashMap::new();
+    // Set when a session with a leader ends: until then, retries stay short.
+    let mut lost: Option<LostLeader> = None;
+    let mut connect_timeout = CONNECT_TIMEOUT;
     loop {
         let attempt = tokio::select! {
             () = shutdown.cancelled() => break,
-            result = session(&endpoint, target, &config, &root, &mut outbox, &shutdown) => result,
+            result = session(&endpoint, target, connect_timeout, &config, &root, &mut outbox, &shutdown) => result,
         };
+        connect_timeout = CONNECT_TIMEOUT;
         let _ = root.cast(AgentMsg::LinkDown);
         match attempt {
             Ok(Session::Shutdown) => break,
@@ -102,12 +123,41 @@ pub async fn run(
                 // The leader it served may be dead: try the other replicas first (they
                 // redirect if it is alive); a dead one costs a connect timeout.
                 if count > 1 {
-                    suspects.insert(target, std::time::Instant::now() + LEADER_LOST_FOR);
+                    let now = std::time::Instant::now();
+                    suspects.insert(target, now + LEADER_LOST_FOR);
+                    lost = Some(LostLeader {
+                        address: target,
+                        until: now + ELECTION_WINDOW,
+                        probed_at: Some(now),
+                    });
                 }
             }
             Err(SessionFailure::Fatal(message)) => {
                 endpoint.close(0u32.into(), b"refused");
                 return Err(LinkError::Refused(message));
+            }
+            // A follower naming the leader this agent just lost has not seen the election
+            // end yet (that leader's lease has not run out), or that leader is alive and only
+            // the link failed: try it now and then with a short timeout, and otherwise ask
+            // the replicas again shortly instead of waiting on a dead address.
+            Err(SessionFailure::Redirect(leader))
+                if lost.as_ref().is_some_and(|lost| {
+                    lost.address == leader && lost.until > std::time::Instant::now()
+                }) =>
+            {
+                let now = std::time::Instant::now();
+                if let Some(lost) = lost.as_mut()
+                    && lost
+                        .probed_at
+                        .is_none_or(|at| now.duration_since(at) >= PROBE_EVERY)
+                {
+                    lost.probed_at = Some(now);
+                    tracing::debug!(follower = %target, %leader, "the follower names the lost leader; trying it");
+                    target = leader;
+                    connect_timeout = PROBE_TIMEOUT;
+                    continue;
+                }
+                tracing::debug!(follower = %target, %leader, "the follower still names the lost leader; asking again");
             }
             // Followers may briefly name a leader that has just stepped down: follow a few
             // redirects at once, then fall back to the backoff.
@@ -140,16 +190,39 @@ pub async fn run(
         }
         let now = std::time::Instant::now();
         suspects.retain(|_, until| *until > now);
-        next = (1..=count)
-            .map(|step| (next + step) % count)
+        // The leader just lost is tried only through a probe (above), not in the rotation.
+        let lost_leader = lost
+            .as_ref()
+            .filter(|lost| lost.until > now)
+            .map(|lost| lost.address);
+        let candidates = || {
+            (1..=count)
+                .map(|step| (next + step) % count)
+                .filter(|index| Some(config.coordinators[*index]) != lost_leader)
+        };
+        next = candidates()
             .find(|index| !suspects.contains_key(&config.coordinators[*index]))
+            .or_else(|| candidates().next())
             .unwrap_or((next + 1) % count);
         target = config.coordinators[next];
+        if Some(target) == lost_leader {
+            connect_timeout = PROBE_TIMEOUT;
+        }
         if shutdown.is_cancelled() {
             break;
         }
+        let electing = lost
+            .as_ref()
+            .is_some_and(|lost| lost.until > std::time::Instant::now());
+        if electing {
+            backoff = backoff.min(ELECTION_RETRY);
+        }
         pause(&shutdown, backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(if electing {
+            ELECTION_RETRY
+        } else {
+            Duration::from_secs(5)
+        });
     }
     endpoint.close(0u32.into(), b"agent shutting down");
     endpoint.wait_idle().await;
@@ -187,6 +260,7 @@ fn retry(error: impl std::fmt::Display) -> SessionFailure {
 async fn session(
     endpoint: &quinn::Endpoint,
     target: SocketAddr,
+    connect_timeout: Duration,
     config: &LinkConfig,
     root: &ActorRef<AgentMsg>,
     outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
@@ -197,9 +271,9 @@ async fn session(
     let connecting = endpoint
         .connect(target, COORDINATOR_SERVER_NAME)
         .map_err(retry)?;
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+    let connection = tokio::time::timeout(connect_timeout, connecting)
         .await
-        .map_err(|_| SessionFailure::Unreachable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|_| SessionFailure::Unreachable(format!("no answer within {connect_timeout:?}")))?
         .map_err(retry)?;
     let peer = tls::peer_role(&connection).map_err(retry)?;
     if peer != Role::Coordinator {
@@ -273,7 +347,24 @@ async fn session(
     let commands_root = root.clone();
     let mut reader = tokio::spawn(async move {
         loop {
-            match framing::read_frame::<_, CoordinatorCommand>(&mut recv).await {
+            // The leader sends at least `Alive` every ALIVE_INTERVAL: silence means it is gone
+            // or may no longer act, and waiting for the transport's idle timeout would hold up
+            // the failover.
+            let frame = tokio::time::timeout(
+                ALIVE_TIMEOUT,
+                framing::read_frame::<_, CoordinatorCommand>(&mut recv),
+            )
+            .await;
+            let Ok(frame) = frame else {
+                return format!(
+                    "the coordinator sent nothing for {ALIVE_TIMEOUT:?} (it is gone, or its lease ran out)"
+                );
+            };
+            match frame {
+                Ok(Some(CoordinatorCommand {
+                    command: Command::Alive,
+                    ..
+                })) => {}
                 Ok(Some(command)) => {
                     if commands_root.cast(AgentMsg::Command(command)).is_err() {
                         return "the agent is stopping".to_string();

@@ -453,7 +453,8 @@ impl RootState {
                 Command::Registered { .. }
                 | Command::Drain
                 | Command::Serve(_)
-                | Command::SealModel(_) => None,
+                | Command::SealModel(_)
+                | Command::Alive => None,
             };
             self.reject(
                 attempt,
@@ -496,6 +497,8 @@ impl RootState {
             }
             Command::Serve(models) => self.serving.assign(models),
             Command::SealModel(request) => self.serving.seal(request),
+            // The link keeps these to itself; nothing to do.
+            Command::Alive => {}
         }
     }
 }

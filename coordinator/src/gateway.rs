@@ -24,9 +24,9 @@ use flotilla_protocol::handshake::{
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, negotiate, role_permits,
 };
 use flotilla_protocol::messages::{
-    AgentAction, AgentGpus, AgentMessage, ApiError, ApiErrorKind, AutoscaleStatus, ClientRequest,
-    ClientResponse, ClusterStatus, Command, CoordinatorCommand, Hello, HelloReply, Refusal,
-    RefusalReason, ReplicaInfo, Role, SweepEvent, TrialState, Welcome,
+    ALIVE_INTERVAL, AgentAction, AgentGpus, AgentMessage, ApiError, ApiErrorKind, AutoscaleStatus,
+    ClientRequest, ClientResponse, ClusterStatus, Command, CoordinatorCommand, Hello, HelloReply,
+    Refusal, RefusalReason, ReplicaInfo, Role, SweepEvent, TrialState, Welcome,
 };
 use flotilla_protocol::models::{Lineage, ModelVersion, RegisterModel};
 use flotilla_protocol::revocation::RevocationList;
@@ -501,7 +501,17 @@ async fn write_commands(
     context: Arc<SessionContext>,
 ) {
     let mut buffer = Vec::with_capacity(16 * 1024);
-    while let Some(first) = commands.recv().await {
+    loop {
+        // A quiet stream carries `Alive`, so the agent notices a dead or deposed leader
+        // within ALIVE_TIMEOUT; a leader whose lease ran out sends nothing at all.
+        let first = match tokio::time::timeout(ALIVE_INTERVAL, commands.recv()).await {
+            Ok(Some(command)) => command,
+            Ok(None) => break,
+            Err(_) => CoordinatorCommand {
+                epoch: context.epoch,
+                command: Command::Alive,
+            },
+        };
         if !context.may_act() {
             tracing::warn!(epoch = %context.epoch, "not sending commands: this leader's lease ran out");
             return;

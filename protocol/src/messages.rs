@@ -296,7 +296,17 @@ pub enum Command {
     /// `StartTrial` with the GPUs the attempt needs (protocol 10): the agent assigns that
     /// many of its free GPUs to the attempt alone. Agents older than 10 get `StartTrial`.
     StartAttempt(Box<StartAttempt>),
+    /// The leader is alive and may act (protocol 13): sent on a command stream that has been
+    /// quiet for [`ALIVE_INTERVAL`]. An agent that hears nothing for [`ALIVE_TIMEOUT`] leaves
+    /// that coordinator and looks for the leader, so a dead (or deposed) leader is noticed in
+    /// about a second, not at a transport timeout.
+    Alive,
 }
+
+/// Longest quiet on a leader's command stream before it sends `Command::Alive`.
+pub const ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long an agent waits for anything from its leader before it looks for another.
+pub const ALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// A trial attempt to start and what it needs of the agent beyond slots (protocol 10).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -778,6 +778,14 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 },
             ])),
         ),
+        // Protocol 13.
+        (
+            "CoordinatorCommand::Alive",
+            encode(&CoordinatorCommand {
+                epoch: Epoch(7),
+                command: Command::Alive,
+            }),
+        ),
         (
             "SweepSpec with [serving] (protocol 12)",
             encode(&SweepSpec {

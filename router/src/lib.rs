@@ -419,6 +419,9 @@ impl Router {
     }
 }
 
+/// How long a router waits for the leader's answer to its report.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn sync_once(config: &RouterConfig, shared: &Shared, client: &mut Option<Client>) -> bool {
     if client.is_none() {
         match Client::connect_any(&config.coordinators, &config.identity).await {
@@ -446,7 +449,16 @@ async fn sync_once(config: &RouterConfig, shared: &Shared, client: &mut Option<C
     let Some(connected) = client.as_ref() else {
         return false;
     };
-    match connected.router_sync(report).await {
+    // A leader that died or lost its lease answers nothing: give up on it after
+    // SYNC_TIMEOUT and find the leader again, rather than at the transport's idle timeout.
+    let answer = tokio::time::timeout(SYNC_TIMEOUT, connected.router_sync(report))
+        .await
+        .unwrap_or_else(|_| {
+            Err(flotilla_sdk::SdkError::Protocol(format!(
+                "the coordinator did not answer within {SYNC_TIMEOUT:?}"
+            )))
+        });
+    match answer {
         Ok(routes) => {
             let active: Vec<u64> = routes.iter().filter_map(|route| route.rollout).collect();
             for route in &routes {

@@ -326,6 +326,9 @@ pub struct Etcd {
     initial_cluster: String,
     /// The etcd certificates (`CERTS/etcd`).
     pub pki: PathBuf,
+    /// etcd's `--election-timeout` when not its default (1 s). etcd grants no lease shorter
+    /// than 1.5 election timeouts, rounded up to whole seconds: 2 s with the default.
+    pub election_timeout: Option<Duration>,
 }
 
 impl Etcd {
@@ -337,6 +340,17 @@ impl Etcd {
     /// its client port. The certificates are `dir/certs/etcd` (made when missing, naming
     /// `extra_ips`).
     pub fn start_listening(dir: &Path, size: usize, extra_ips: &[String]) -> Etcd {
+        Etcd::start_with(dir, size, extra_ips, None)
+    }
+
+    /// Like [`Etcd::start_listening`], with `--election-timeout` (and a heartbeat a tenth
+    /// of it) when given.
+    pub fn start_with(
+        dir: &Path,
+        size: usize,
+        extra_ips: &[String],
+        election_timeout: Option<Duration>,
+    ) -> Etcd {
         let pki = dir.join("certs").join(flotilla_protocol::etcd_pki::DIR);
         if !pki.join("ca.pem").exists() {
             flotilla_protocol::etcd_pki::write_etcd_material(&pki, extra_ips)
@@ -367,6 +381,7 @@ impl Etcd {
             members,
             initial_cluster,
             pki,
+            election_timeout,
         };
         for index in 0..size {
             etcd.start_member(index);
@@ -440,6 +455,13 @@ impl Etcd {
             .arg(&key)
             .arg("--logger")
             .arg("zap");
+        if let Some(election) = self.election_timeout {
+            command
+                .arg("--election-timeout")
+                .arg(election.as_millis().to_string())
+                .arg("--heartbeat-interval")
+                .arg((election.as_millis() / 10).max(10).to_string());
+        }
         member.process = Some(Process::spawn(&mut command, &member.log));
     }
 
@@ -553,7 +575,9 @@ impl Cluster {
             "certs init: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let etcd = Etcd::start_listening(dir.path(), etcd_members, &host_ips);
+        // A lease under 2 s needs etcd's election timeout shortened (see `Etcd`).
+        let election = (lease_ttl < Duration::from_secs(2)).then(|| Duration::from_millis(500));
+        let etcd = Etcd::start_with(dir.path(), etcd_members, &host_ips, election);
         let mut namespaces = namespaces.into_iter();
         let coordinators = (0..coordinators)
             .map(|index| {
@@ -835,10 +859,10 @@ metrics = ["loss"]
 }
 
 impl Drop for Cluster {
-    /// When a test fails, keeps the logs (every process's, and the trials' run logs) in a
-    /// folder that is named on stderr, for the post-mortem.
+    /// When a test fails (or `FLOTILLA_KEEP_LOGS` is set), keeps the logs (every process's,
+    /// and the trials' run logs) in a folder that is named on stderr, for the post-mortem.
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && std::env::var_os("FLOTILLA_KEEP_LOGS").is_none() {
             return;
         }
         let keep = std::env::temp_dir().join(format!(
