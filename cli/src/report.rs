@@ -97,6 +97,9 @@ pub async fn watch_with_progress(
         summary.counts.failed,
         summary.counts.stopped
     );
+    if let Some(message) = &summary.message {
+        println!("sweep {}: {message}", summary.id);
+    }
     Ok(summary)
 }
 
@@ -233,6 +236,11 @@ pub fn print_summaries(summaries: &[SweepSummary]) {
         ]);
     }
     println!("{table}");
+    for summary in summaries {
+        if let Some(message) = &summary.message {
+            println!("sweep {} {:?}: {message}", summary.id, summary.state);
+        }
+    }
 }
 
 /// The agents' table; `gpus` (protocol 10) shows each agent's GPUs as used/total.
@@ -363,6 +371,7 @@ fn results_json(summary: &SweepSummary, spec: Option<&SweepSpec>, trials: &[Tria
             "id": summary.id.to_string(),
             "name": summary.name,
             "state": format!("{:?}", summary.state),
+            "message": summary.message,
             "objective": { "metric": summary.objective_metric, "direction": summary.direction },
             "constraints": spec.map(|spec| spec.constraints.iter().map(ToString::to_string).collect::<Vec<_>>()),
             "counts": {

@@ -205,3 +205,71 @@ fn a_trial_that_kills_its_agent_fails_after_max_reschedules_and_the_agent_is_cor
         assert!(log.contains("cordoned automatically"), "{log}");
     }
 }
+
+/// One sweep's actor fails (a fault injected in test builds): that sweep alone is stopped and
+/// marked failed with the reason, the other sweep completes, and after the coordinator is
+/// restarted on its state the failed sweep stays failed instead of failing again.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_sweep_whose_actor_fails_fails_alone_and_stays_failed() {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator_env(&[], &[("FLOTILLA_FAULT_FAIL_SWEEP", "doomed")]);
+    cluster.start_agent("agent-0", 2);
+    cluster.start_agent("agent-1", 2);
+    cluster.wait_for_agents(2);
+    let doomed = cluster.write_sweep("doomed", 12, 2, "0.3");
+    let healthy = cluster.write_sweep("healthy", 12, 2, "0.3");
+    cluster.flotilla_ok(&["sweep", "submit", doomed.to_str().expect("utf-8")]);
+    cluster.flotilla_ok(&["sweep", "submit", healthy.to_str().expect("utf-8")]);
+
+    wait_until("the doomed sweep to fail", Duration::from_secs(60), || {
+        sweep_state(&cluster, "s1")["state"] == "Failed"
+    });
+    let status = cluster.flotilla_ok(&["sweep", "status", "s1"]);
+    assert!(
+        status.contains("its actor failed") && status.contains("injected fault"),
+        "{status}"
+    );
+    // The other sweep goes on under the same leader, to the end.
+    let results = wait_completed_cli(&cluster, "s2");
+    assert_all_succeeded_once(&results, 12);
+    let failed = sweep_state(&cluster, "s1");
+    assert_eq!(failed["counts"]["running"], 0, "{failed:#}");
+    let log = std::fs::read_to_string(cluster.path("coordinator.log")).expect("log");
+    assert!(
+        !log.contains("stopping so a restart resumes"),
+        "the leader must not stop for one sweep: {log}"
+    );
+
+    // A restart reads the failed sweep back as failed; it does not fail again.
+    cluster
+        .coordinator
+        .as_mut()
+        .expect("coordinator")
+        .terminate();
+    cluster.start_coordinator_env(&[], &[("FLOTILLA_FAULT_FAIL_SWEEP", "doomed")]);
+    cluster.wait_for_agents(2);
+    let again = sweep_state(&cluster, "s1");
+    assert_eq!(again["state"], "Failed", "{again:#}");
+    assert!(
+        again["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("injected fault")),
+        "{again:#}"
+    );
+    assert_eq!(sweep_state(&cluster, "s2")["state"], "Completed");
+}
+
+#[cfg(feature = "fault-injection")]
+fn wait_completed_cli(cluster: &Cluster, sweep: &str) -> Value {
+    let mut last = Value::Null;
+    wait_until(
+        &format!("{sweep} to complete"),
+        Duration::from_secs(120),
+        || {
+            last = cluster.results(sweep);
+            last["sweep"]["state"] == "Completed"
+        },
+    );
+    last
+}

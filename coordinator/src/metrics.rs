@@ -59,6 +59,7 @@ pub struct CoordinatorMetrics {
     pub revoked_certificates: IntGauge,
     pub revoked_connections_closed: IntCounter,
     pub agents_auto_cordoned: IntCounter,
+    pub sweep_failures: IntCounter,
     /// Every family's name (see [`flotilla_telemetry::Families::names`]).
     pub names: Vec<&'static str>,
 }
@@ -176,6 +177,10 @@ impl CoordinatorMetrics {
             revoked_certificates: families.gauge(
                 "flotilla_revoked_certificates",
                 "Certificates revoked by the CRL this coordinator enforces (crl.pem).",
+            ),
+            sweep_failures: families.counter(
+                "flotilla_sweep_failures_total",
+                "Sweeps stopped because their own actor failed (the rest of the cluster went on).",
             ),
             agents_auto_cordoned: families.counter(
                 "flotilla_agents_auto_cordoned_total",

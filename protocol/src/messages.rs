@@ -784,6 +784,9 @@ pub struct SweepSummary {
     pub finished_ms: Option<u64>,
     /// Each phase in order (one for a single-phase sweep): how far it got and its winner.
     pub phases: Vec<PhaseSummary>,
+    /// Why the sweep was stopped when its own actor failed (protocol 13): the rest of the
+    /// cluster went on.
+    pub message: Option<String>,
 }
 
 /// Where one phase of a sweep stands.

@@ -150,6 +150,7 @@ fn summary() -> SweepSummary {
         created_ms: 1,
         finished_ms: Some(2),
         phases: vec![phase_summary()],
+        message: Some("m".into()),
     }
 }
 

@@ -110,6 +110,7 @@ fn fixture() -> (SweepDetail, Vec<TrialRecord>) {
             done: true,
             winner: Some(11),
         }],
+        message: None,
     };
     (
         SweepDetail {

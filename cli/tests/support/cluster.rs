@@ -99,6 +99,11 @@ impl Cluster {
     }
 
     pub fn start_coordinator_with(&mut self, extra: &[&str]) {
+        self.start_coordinator_env(extra, &[]);
+    }
+
+    /// A coordinator with `extra` arguments and `env` in its environment.
+    pub fn start_coordinator_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         let child = Command::new(BIN)
             .args([
                 "coordinator",
@@ -112,6 +117,7 @@ impl Cluster {
             .arg("--certs")
             .arg(self.path("certs"))
             .args(extra)
+            .envs(env.iter().copied())
             .env("FLOTILLA_LOG", "info")
             .stdout(self.log("coordinator"))
             .stderr(self.log("coordinator"))

@@ -23,6 +23,7 @@ use super::registry::{Registry, RegistryArgs, RegistryMsg};
 use super::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
 use super::sweep::{SweepActor, SweepArgs, SweepMsg};
 use crate::clock::now_ms;
+use crate::metrics::METRICS;
 use crate::store::{StateStore, StateWrite, SweepRecord};
 
 pub enum LeaderMsg {
@@ -143,7 +144,17 @@ impl Actor for Leader {
         let mut trials = stored.trials;
         for (id, record) in stored.sweeps {
             let sweep_trials = trials.remove(&id).unwrap_or_default();
-            state.spawn_sweep(&myself, record, sweep_trials).await?;
+            // A sweep that cannot be restored fails alone instead of keeping every leader
+            // from starting.
+            if let Err(error) = state
+                .spawn_sweep(&myself, record.clone(), sweep_trials.clone())
+                .await
+            {
+                let reason = format!("its actor failed to start: {error}");
+                state
+                    .fail_sweep(&myself, record, sweep_trials, reason)
+                    .await;
+            }
         }
         tracing::info!(epoch = %args.epoch, sweeps = state.sweeps.len(), "leading");
         Ok(state)
@@ -188,12 +199,24 @@ impl Actor for Leader {
         &self,
         myself: ActorRef<LeaderMsg>,
         event: SupervisionEvent,
-        _state: &mut LeaderState,
+        state: &mut LeaderState,
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(child, error) => {
-                tracing::error!(child = %child.get_id(), %error, "a coordinator actor failed; stopping so a restart resumes from the store");
-                myself.stop(Some(format!("child failed: {error}")));
+                let failed_sweep = state
+                    .sweeps
+                    .iter()
+                    .find(|(_, sweep)| sweep.get_id() == child.get_id())
+                    .map(|(id, _)| *id);
+                match failed_sweep {
+                    // One sweep's failure is that sweep's: it is stopped and marked failed,
+                    // and everything else goes on.
+                    Some(id) => state.isolate(&myself, id, error.to_string()).await,
+                    None => {
+                        tracing::error!(child = %child.get_id(), %error, "a coordinator actor failed; stopping so a restart resumes from the store");
+                        myself.stop(Some(format!("child failed: {error}")));
+                    }
+                }
             }
             SupervisionEvent::ActorTerminated(child, _, reason) => {
                 tracing::debug!(child = %child.get_id(), ?reason, "child stopped");
@@ -205,6 +228,61 @@ impl Actor for Leader {
 }
 
 impl LeaderState {
+    /// A running sweep's actor failed: its trials are stopped, the sweep is stored as failed
+    /// with the reason (so no later leader runs it, or fails on it, again), and it is served
+    /// read-only from the store.
+    async fn isolate(&mut self, myself: &ActorRef<LeaderMsg>, id: SweepId, error: String) {
+        tracing::error!(sweep = %id, %error, "a sweep's actor failed; failing that sweep alone");
+        self.sweeps.remove(&id);
+        let _ = self.scheduler.cast(SchedulerMsg::ForgetSweep { sweep: id });
+        let stored = match self.store.load().await {
+            Ok(stored) => stored,
+            Err(load) => {
+                tracing::error!(sweep = %id, %load, "cannot read the failed sweep back; stopping so a restart resumes from the store");
+                myself.stop(Some(format!(
+                    "sweep {id} failed and could not be read back"
+                )));
+                return;
+            }
+        };
+        let Some(record) = stored.sweeps.get(&id).cloned() else {
+            return;
+        };
+        let trials = stored.trials.get(&id).cloned().unwrap_or_default();
+        self.fail_sweep(myself, record, trials, format!("its actor failed: {error}"))
+            .await;
+    }
+
+    /// Stores `record` as failed with `reason` and serves it read-only (a final sweep's actor
+    /// stops its unfinished trials and runs nothing).
+    async fn fail_sweep(
+        &mut self,
+        myself: &ActorRef<LeaderMsg>,
+        mut record: SweepRecord,
+        trials: BTreeMap<u32, flotilla_protocol::messages::TrialRecord>,
+        reason: String,
+    ) {
+        let id = record.id;
+        METRICS.sweep_failures.inc();
+        if record.state == SweepState::Running {
+            record.state = SweepState::Failed;
+            record.finished_ms = Some(now_ms());
+        }
+        record.message = Some(reason.clone());
+        tracing::error!(sweep = %id, %reason, "sweep failed; the rest of the cluster goes on");
+        if let Err(error) = self
+            .store
+            .write(vec![StateWrite::Sweep(Box::new(record.clone()))])
+            .durable()
+            .await
+        {
+            tracing::warn!(sweep = %id, %error, "the failed sweep's state is not stored; a later leader will try it again");
+        }
+        if let Err(error) = self.spawn_sweep(myself, record, trials).await {
+            tracing::error!(sweep = %id, %error, "the failed sweep cannot be shown either");
+        }
+    }
+
     async fn spawn_sweep(
         &mut self,
         myself: &ActorRef<LeaderMsg>,
@@ -246,6 +324,7 @@ impl LeaderState {
             state: SweepState::Running,
             created_ms: now_ms(),
             finished_ms: None,
+            message: None,
         };
         let internal = |message: String| ApiError {
             kind: ApiErrorKind::Internal,

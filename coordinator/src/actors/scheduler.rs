@@ -146,6 +146,11 @@ pub enum SchedulerMsg {
         attempts: Vec<AttemptId>,
         reason: StopReason,
     },
+    /// A sweep whose actor failed: drop its queued attempts, stop its running ones and
+    /// forget it (their results go nowhere; their slots free as they end).
+    ForgetSweep {
+        sweep: SweepId,
+    },
     /// Removes a sweep's queued attempts and returns them.
     Withdraw {
         sweep: SweepId,
@@ -449,6 +454,27 @@ impl Actor for Scheduler {
                         let command = Command::StopTrial { attempt, reason };
                         state.send(&assignment.agent.clone(), command);
                     }
+                }
+            }
+            SchedulerMsg::ForgetSweep { sweep } => {
+                state.queues.remove(&sweep);
+                state.sweeps.remove(&sweep);
+                state
+                    .expected
+                    .retain(|attempt, _| attempt.trial.sweep != sweep);
+                let running: Vec<(AttemptId, AgentId)> = state
+                    .assignments
+                    .iter()
+                    .filter(|(attempt, _)| attempt.trial.sweep == sweep)
+                    .map(|(attempt, assignment)| (*attempt, assignment.agent.clone()))
+                    .collect();
+                tracing::warn!(%sweep, running = running.len(), "forgetting a failed sweep; stopping its trials");
+                for (attempt, agent) in running {
+                    let command = Command::StopTrial {
+                        attempt,
+                        reason: StopReason::Cancelled,
+                    };
+                    state.send(&agent, command);
                 }
             }
             SchedulerMsg::Withdraw { sweep, reply } => {

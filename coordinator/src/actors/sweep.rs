@@ -293,6 +293,8 @@ impl Actor for SweepActor {
                 checkpoint,
             } => state.checkpoint(attempt, checkpoint),
             SweepMsg::Finished { attempt, outcome } => {
+                #[cfg(feature = "fault-injection")]
+                state.injected_fault()?;
                 state.finished(attempt, outcome);
                 state.fill();
                 state.finish_if_done().await;
@@ -1085,6 +1087,23 @@ impl SweepActorState {
         self.conclude(number, TrialState::Stopped);
     }
 
+    /// Test builds only: fails this actor when `FLOTILLA_FAULT_FAIL_SWEEP` names the sweep
+    /// and two of its trials have finished.
+    #[cfg(feature = "fault-injection")]
+    fn injected_fault(&self) -> Result<(), ActorProcessingErr> {
+        let named = std::env::var("FLOTILLA_FAULT_FAIL_SWEEP")
+            .is_ok_and(|name| name == self.record.spec.name);
+        let finished = self
+            .trials
+            .iter()
+            .filter(|trial| trial.state.is_final())
+            .count();
+        if named && self.record.state == SweepState::Running && finished >= 2 {
+            return Err("injected fault (FLOTILLA_FAULT_FAIL_SWEEP)".into());
+        }
+        Ok(())
+    }
+
     /// The trial's agent was lost while running it: run it again, spending no retry, unless
     /// it has been lost more than `[retries] max_reschedules` times (a trial that takes down
     /// every agent it runs on).
@@ -1264,6 +1283,7 @@ impl SweepActorState {
             phases: (0..self.plans.len())
                 .map(|index| self.phase_summary(index))
                 .collect(),
+            message: self.record.message.clone(),
         }
     }
 }

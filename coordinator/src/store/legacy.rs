@@ -209,6 +209,7 @@ impl From<SweepRecordV12> for SweepRecord {
             state: old.state,
             created_ms: old.created_ms,
             finished_ms: old.finished_ms,
+            message: None,
         }
     }
 }
@@ -321,6 +322,7 @@ impl From<SweepRecordV11> for SweepRecord {
             state: old.state,
             created_ms: old.created_ms,
             finished_ms: old.finished_ms,
+            message: None,
         }
     }
 }

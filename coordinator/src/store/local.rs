@@ -110,8 +110,15 @@ impl Drop for LocalStore {
 
 #[async_trait::async_trait]
 impl StateStore for LocalStore {
+    /// What was loaded at open, with everything written since (the file read again): a
+    /// leader reading back one sweep after its actor failed sees its newest records.
     async fn load(&self) -> Result<StoredState, StoreError> {
-        Ok(self.loaded.clone())
+        let path = self.path.clone();
+        match tokio::task::spawn_blocking(move || replay(&path)).await {
+            Ok(Ok((state, _, _))) => Ok(state),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Ok(self.loaded.clone()),
+        }
     }
 
     async fn next_epoch(&self) -> Result<Epoch, StoreError> {

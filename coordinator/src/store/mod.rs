@@ -33,6 +33,8 @@ pub struct SweepRecord {
     pub state: SweepState,
     pub created_ms: u64,
     pub finished_ms: Option<u64>,
+    /// Why a sweep whose actor failed was stopped (protocol 13); `None` otherwise.
+    pub message: Option<String>,
 }
 
 /// An agent as it last registered.
