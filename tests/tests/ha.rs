@@ -56,7 +56,7 @@ fn log_of(cluster: &Cluster, name: &str) -> String {
     plain
 }
 
-/// Acceptance: the leader SIGKILLed five times during a 360-trial sweep with 3 coordinators
+/// Acceptance: the leader SIGKILLed five times during a 600-trial sweep with 3 coordinators
 /// and 3 agents. Every trial completes exactly once, the trial ids and parameters equal a
 /// fault-free run's, and no trial ran twice at the same time.
 #[test]
@@ -72,18 +72,18 @@ fn killing_the_leader_five_times_loses_no_trial_and_runs_none_twice() {
     cluster.wait_for_agents(3, Duration::from_secs(30));
 
     // The fault-free reference, on the same cluster.
-    let reference = cluster.write_logged_sweep("reference", 360, 6, "0.25");
+    let reference = cluster.write_logged_sweep("reference", 600, 6, "0.25");
     let reference = cluster.submit(&reference);
     let reference = succeeded_params(&wait_completed(
         &cluster,
         &reference,
         Duration::from_secs(120),
     ));
-    assert_eq!(reference.len(), 360);
+    assert_eq!(reference.len(), 600);
 
-    // Long enough (15 s of trials) to outlast five kills even on a busy machine, now that a
+    // Long enough (25 s of trials) to outlast five kills even on a busy machine, now that a
     // failover takes about one lease TTL.
-    let chaos = cluster.write_logged_sweep("chaos", 360, 6, "0.25");
+    let chaos = cluster.write_logged_sweep("chaos", 600, 6, "0.25");
     let sweep = cluster.submit(&chaos);
     let mut failovers = Vec::new();
     for kill in 0..5 {
