@@ -151,6 +151,23 @@ impl Connection {
         let identity = Identity::load_from_dir(&self.certs, name)?;
         Ok(Client::connect_any(&self.coordinator, &identity).await?)
     }
+
+    /// A watch of `sweep` after event `from` that follows the leader among the replicas.
+    fn resuming_watch(
+        &self,
+        default_identity: &str,
+        sweep: SweepId,
+        from: u64,
+    ) -> anyhow::Result<flotilla_sdk::ResumingWatch> {
+        let name = self.identity.as_deref().unwrap_or(default_identity);
+        let identity = Identity::load_from_dir(&self.certs, name)?;
+        Ok(flotilla_sdk::ResumingWatch::new(
+            self.coordinator.clone(),
+            identity,
+            sweep,
+            from,
+        ))
+    }
 }
 
 /// `--http-tokens`: the token file, which must parse (a missing file holds no tokens, so
@@ -443,6 +460,16 @@ enum SweepCommand {
         /// With --watch: also write every trial to this JSON file.
         #[arg(long)]
         results: Option<PathBuf>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Print a sweep's events, one line each with its sequence number, until it ends,
+    /// following the leader through failovers. `--from N` resumes after event N (each
+    /// trial's newest state since then first).
+    Watch {
+        id: SweepId,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
         #[command(flatten)]
         connection: Connection,
     },
@@ -891,7 +918,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             submitted.id, submitted.name, submitted.max_trials, spec.budget.max_parallel
         );
         let summary = tokio::select! {
-            summary = report::watch_with_progress(&client, &submitted) => summary?,
+            summary = report::watch_with_progress(&client, &submitted, None) => summary?,
             () = shutdown_signal() => {
                 eprintln!("interrupted: cancelling sweep {}", submitted.id);
                 client.cancel(submitted.id).await?;
@@ -1087,15 +1114,42 @@ async fn sweep(command: SweepCommand) -> anyhow::Result<()> {
             let submitted = client.submit(spec.clone()).await?;
             println!("submitted sweep {} '{}'", submitted.id, submitted.name);
             if watch {
-                let summary = report::watch_with_progress(&client, &submitted).await?;
+                // Follows the leader through failovers; the first connection may be gone.
+                let resuming = connection.resuming_watch("client", submitted.id, 0)?;
+                let summary =
+                    report::watch_with_progress(&client, &submitted, Some(resuming)).await?;
+                drop(client);
+                let client = connection.connect("client").await?;
                 let trials = client.trials(summary.id).await?;
                 report::print_leaderboard(&summary, &trials, 10);
                 if let Some(path) = results {
                     report::write_results(&path, &summary, &spec, &trials)?;
                     println!("results: {}", path.display());
                 }
+                client.close().await;
+            } else {
+                client.close().await;
             }
-            client.close().await;
+        }
+        SweepCommand::Watch {
+            id,
+            from,
+            connection,
+        } => {
+            let mut watch = connection.resuming_watch("client", id, from)?;
+            let mut state = None;
+            while let Some(event) = watch.next().await {
+                let event = event?;
+                if let Some(line) = report::event_line(watch.last_seq(), &event) {
+                    println!("{line}");
+                }
+                if let flotilla_sdk::SweepEvent::SweepFinished(summary) = event {
+                    state = Some(summary.state);
+                }
+            }
+            if state.is_none() {
+                anyhow::bail!("the watch of sweep {id} ended before the sweep did");
+            }
         }
         SweepCommand::Status { id, connection } => {
             let client = connection.connect("client").await?;

@@ -5,16 +5,33 @@ use std::time::Duration;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use flotilla_sdk::{
-    AgentGpus, AgentInfo, Client, PhaseSummary, SweepEvent, SweepSpec, SweepSummary, TrialRecord,
-    TrialState,
+    AgentGpus, AgentInfo, Client, EventStream, PhaseSummary, ResumingWatch, SdkError, SweepEvent,
+    SweepSpec, SweepSummary, TrialRecord, TrialState,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-/// Follows a sweep's events with a progress bar until it ends.
+/// A sweep's events from one connection, or from whichever leader answers.
+enum Events {
+    Plain(EventStream),
+    Resuming(Box<ResumingWatch>),
+}
+
+impl Events {
+    async fn next(&mut self) -> Option<Result<SweepEvent, SdkError>> {
+        match self {
+            Events::Plain(stream) => stream.next().await,
+            Events::Resuming(watch) => watch.next().await,
+        }
+    }
+}
+
+/// Follows a sweep's events with a progress bar until it ends; with `resuming`, through any
+/// number of leader changes.
 pub async fn watch_with_progress(
     client: &Client,
     submitted: &SweepSummary,
+    resuming: Option<ResumingWatch>,
 ) -> anyhow::Result<SweepSummary> {
     let bar = ProgressBar::new(u64::from(submitted.max_trials));
     bar.set_style(
@@ -22,7 +39,11 @@ pub async fn watch_with_progress(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let mut events = client.watch(submitted.id).await?;
+    let resumes = resuming.is_some();
+    let mut events = match resuming {
+        Some(watch) => Events::Resuming(Box::new(watch)),
+        None => Events::Plain(client.watch(submitted.id).await?),
+    };
     // Counts come from the coordinator first, then from events, so a watch that starts
     // late still shows the truth.
     let status = client.status(submitted.id).await?;
@@ -87,6 +108,10 @@ pub async fn watch_with_progress(
     bar.finish_and_clear();
     let summary = match finished {
         Some(summary) => summary,
+        None if resumes => anyhow::bail!(
+            "the watch of sweep {} ended before the sweep did",
+            submitted.id
+        ),
         None => client.status(submitted.id).await?,
     };
     println!(
@@ -565,4 +590,36 @@ pub async fn wait_for_empty_fleet(
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
+}
+
+/// One line per event, with its sequence number, for `flotilla sweep watch`.
+pub fn event_line(seq: u64, event: &SweepEvent) -> Option<String> {
+    let line = match event {
+        SweepEvent::TrialStarted { attempt, agent, .. } => format!(
+            "trial {} attempt {} started on {agent}",
+            attempt.trial, attempt.attempt
+        ),
+        SweepEvent::TrialFinished(trial) => format!(
+            "trial {} {} {}",
+            trial.id,
+            trial.state.name(),
+            trial
+                .message
+                .as_deref()
+                .map_or_else(|| format_objective(trial.objective), str::to_string)
+        ),
+        SweepEvent::TrialPaused(trial) => format!("trial {} paused", trial.id),
+        SweepEvent::PhaseFinished { phase, .. } => format!("phase {} finished", phase.name),
+        SweepEvent::SweepFinished(summary) => format!(
+            "sweep {} {:?}: {} succeeded, {} failed, {} stopped",
+            summary.id,
+            summary.state,
+            summary.counts.succeeded,
+            summary.counts.failed,
+            summary.counts.stopped
+        ),
+        // Metric points, and kinds this build does not know.
+        _ => return None,
+    };
+    Some(format!("[{seq}] {line}"))
 }

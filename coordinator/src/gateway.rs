@@ -589,7 +589,10 @@ async fn serve_request(
         return Ok(());
     }
     if let ClientRequest::WatchSweep(sweep) = request {
-        return watch(send, sweep, context).await;
+        return watch(send, sweep, None, context).await;
+    }
+    if let ClientRequest::WatchSweepFrom { sweep, from } = request {
+        return watch(send, sweep, Some(from), context).await;
     }
     let response = answer(request, context).await;
     framing::write_frame(&mut send, &response).await?;
@@ -783,7 +786,7 @@ async fn answer(request: ClientRequest, context: &SessionContext) -> ClientRespo
         })
         .await
         .map_or_else(unavailable, ClientResponse::Routes),
-        ClientRequest::WatchSweep(_) => {
+        ClientRequest::WatchSweep(_) | ClientRequest::WatchSweepFrom { .. } => {
             error_response(ApiErrorKind::Internal, "watch is served as a stream")
         }
     }
@@ -978,9 +981,12 @@ async fn cluster_status(context: &SessionContext) -> ClientResponse {
     })
 }
 
+/// Streams a sweep's events: `Event`s from now on, or (`from`, protocol 13) what the watcher
+/// missed after that sequence number and then live ones, as `SequencedEvent`s.
 async fn watch(
     mut send: SendStream,
     sweep: flotilla_protocol::SweepId,
+    from: Option<u64>,
     context: &SessionContext,
 ) -> Result<(), SessionError> {
     let actor = match lookup(context, sweep).await {
@@ -992,17 +998,28 @@ async fn watch(
         }
     };
     let (events, mut receiver) = mpsc::unbounded_channel();
+    let message = match from {
+        Some(from) => SweepMsg::WatchFrom {
+            from,
+            watcher: events,
+        },
+        None => SweepMsg::Watch(events),
+    };
     actor
-        .cast(SweepMsg::Watch(events))
+        .cast(message)
         .map_err(|error| SessionError::Internal(error.to_string()))?;
     let mut buffer = Vec::with_capacity(16 * 1024);
     while let Some(first) = receiver.recv().await {
         buffer.clear();
         let mut next = Some(first);
         let mut done = false;
-        while let Some(event) = next {
+        while let Some((seq, event)) = next {
             done |= matches!(event, SweepEvent::SweepFinished(_));
-            framing::append_frame(&mut buffer, &ClientResponse::Event(event))?;
+            let frame = match from {
+                Some(_) => ClientResponse::SequencedEvent { seq, event },
+                None => ClientResponse::Event(event),
+            };
+            framing::append_frame(&mut buffer, &frame)?;
             next = if done { None } else { receiver.try_recv().ok() };
         }
         send.write_all(&buffer)

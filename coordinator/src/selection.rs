@@ -64,6 +64,7 @@ mod tests {
             rungs: Vec::new(),
             reschedules: 0,
             lost_on: Vec::new(),
+            seq: 0,
         }
     }
 

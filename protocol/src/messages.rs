@@ -394,6 +394,14 @@ pub enum ClientRequest {
     ModelPlacements {
         name: Option<String>,
     },
+    /// Streams the sweep's events after sequence number `from` (protocol 13): first what the
+    /// watcher missed (each trial's newest stored state, if newer than `from`), then live
+    /// events, each as `SequencedEvent`; the stream ends after `SweepFinished`. A watcher
+    /// that loses its leader asks the next one from the last number it saw.
+    WatchSweepFrom {
+        sweep: SweepId,
+        from: u64,
+    },
 }
 
 /// Which certificates a client request is answered for: the one table of request
@@ -439,6 +447,7 @@ impl ClientRequest {
             ClientRequest::BestTrial(_) => "BestTrial",
             ClientRequest::ListTrials(_) => "ListTrials",
             ClientRequest::WatchSweep(_) => "WatchSweep",
+            ClientRequest::WatchSweepFrom { .. } => "WatchSweepFrom",
             ClientRequest::ListAgents => "ListAgents",
             ClientRequest::ClusterStatus => "ClusterStatus",
             ClientRequest::SweepDetail(_) => "SweepDetail",
@@ -468,6 +477,7 @@ impl ClientRequest {
             | ClientRequest::BestTrial(_)
             | ClientRequest::ListTrials(_)
             | ClientRequest::WatchSweep(_)
+            | ClientRequest::WatchSweepFrom { .. }
             | ClientRequest::SweepDetail(_)
             | ClientRequest::ListModels { .. }
             | ClientRequest::ModelPlacements { .. }
@@ -519,6 +529,7 @@ impl ClientRequest {
             ClientRequest::BestTrial(sweep),
             ClientRequest::ListTrials(sweep),
             ClientRequest::WatchSweep(sweep),
+            ClientRequest::WatchSweepFrom { sweep, from: 0 },
             ClientRequest::ListAgents,
             ClientRequest::ClusterStatus,
             ClientRequest::SweepDetail(sweep),
@@ -642,6 +653,13 @@ pub enum ClientResponse {
     AgentGpus(Vec<AgentGpus>),
     /// Answer to `ModelPlacements` (protocol 12).
     Placements(Vec<crate::models::Placement>),
+    /// One event of a `WatchSweepFrom` stream (protocol 13). `seq` grows through the sweep's
+    /// life across leaders (a leader's numbers start above every earlier leader's); 0 marks a
+    /// live-only event (metric points) that is never replayed.
+    SequencedEvent {
+        seq: u64,
+        event: SweepEvent,
+    },
 }
 
 /// Everything a report needs beyond the trial list.
@@ -876,6 +894,9 @@ pub struct TrialRecord {
     /// The agents it was running on when they were lost, oldest first (at most
     /// [`LOST_ON_KEPT`]).
     pub lost_on: Vec<AgentId>,
+    /// The sweep's event sequence number at the trial's last change (protocol 13): a watcher
+    /// resuming after number N is sent the trials whose `seq` is above N.
+    pub seq: u64,
 }
 
 /// Agents a trial record keeps in `lost_on`.
@@ -952,9 +973,10 @@ mod tests {
             ClientRequest::RouterSync(_) => 19,
             ClientRequest::AgentGpus => 20,
             ClientRequest::ModelPlacements { .. } => 21,
+            ClientRequest::WatchSweepFrom { .. } => 22,
         }
     }
-    const KINDS: usize = 22;
+    const KINDS: usize = 23;
 
     #[test]
     fn the_examples_hold_every_kind_of_request() {

@@ -117,6 +117,7 @@ fn record() -> TrialRecord {
         rungs: vec![0.25],
         reschedules: 1,
         lost_on: vec![AgentId("a0".into())],
+        seq: 9,
     }
 }
 
@@ -780,6 +781,20 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             ])),
         ),
         // Protocol 13.
+        (
+            "ClientRequest::WatchSweepFrom",
+            encode(&ClientRequest::WatchSweepFrom {
+                sweep: SweepId(3),
+                from: (7 << 32) + 5,
+            }),
+        ),
+        (
+            "ClientResponse::SequencedEvent",
+            encode(&ClientResponse::SequencedEvent {
+                seq: (7 << 32) + 6,
+                event: SweepEvent::TrialFinished(record()),
+            }),
+        ),
         (
             "CoordinatorCommand::Alive",
             encode(&CoordinatorCommand {

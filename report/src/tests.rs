@@ -64,6 +64,7 @@ fn trial(number: u32, rate: f64, hidden: i64) -> TrialRecord {
         rungs: Vec::new(),
         reschedules: 0,
         lost_on: Vec::new(),
+        seq: 0,
     }
 }
 

@@ -459,6 +459,28 @@ impl Client {
         Ok(EventStream { recv, done: false })
     }
 
+    /// Streams the sweep's events after sequence number `from` (0: from the start): first
+    /// what was missed (each trial's newest state since, in order), then live events, each
+    /// with its number; the stream ends after `SweepFinished`. See [`ResumingWatch`] for a
+    /// watch that follows the leader through failovers.
+    pub async fn watch_from(
+        &self,
+        sweep: SweepId,
+        from: u64,
+    ) -> Result<SequencedEventStream, SdkError> {
+        let (mut send, recv) =
+            self.connection
+                .open_bi()
+                .await
+                .map_err(|error| SdkError::Connect {
+                    address: self.address,
+                    message: error.to_string(),
+                })?;
+        framing::write_frame(&mut send, &ClientRequest::WatchSweepFrom { sweep, from }).await?;
+        let _ = send.finish();
+        Ok(SequencedEventStream { recv, done: false })
+    }
+
     /// Waits until the sweep ends and returns its final summary.
     pub async fn wait(&self, sweep: SweepId) -> Result<SweepSummary, SdkError> {
         let mut events = self.watch(sweep).await?;
@@ -507,5 +529,156 @@ impl EventStream {
             self.done = true;
         }
         Some(result)
+    }
+}
+
+/// A sweep's events with their sequence numbers (`Client::watch_from`).
+pub struct SequencedEventStream {
+    recv: quinn::RecvStream,
+    done: bool,
+}
+
+impl SequencedEventStream {
+    pub async fn next(&mut self) -> Option<Result<(u64, SweepEvent), SdkError>> {
+        if self.done {
+            return None;
+        }
+        let result = match framing::read_frame::<_, ClientResponse>(&mut self.recv).await {
+            Ok(Some(ClientResponse::SequencedEvent { seq, event })) => {
+                self.done = matches!(event, SweepEvent::SweepFinished(_));
+                Ok((seq, event))
+            }
+            Ok(Some(ClientResponse::Error(error))) => Err(SdkError::Api(error)),
+            Ok(Some(other)) => Err(Client::unexpected(other)),
+            Ok(None) => {
+                self.done = true;
+                return None;
+            }
+            Err(error) => Err(error.into()),
+        };
+        if result.is_err() {
+            self.done = true;
+        }
+        Some(result)
+    }
+}
+
+/// A watch that survives leader changes: when its stream breaks it finds the leader among
+/// `addresses` again and resumes after the last event it delivered, so each event is
+/// delivered once (a trial's end by trial and attempt, even when a leader died before storing
+/// it and the next announces it again) and `SweepFinished` always arrives (unless no leader answers for
+/// `patience`). Metric points are live only: those sent while no leader answered are gone.
+pub struct ResumingWatch {
+    addresses: Vec<SocketAddr>,
+    identity: Identity,
+    sweep: SweepId,
+    last: u64,
+    patience: std::time::Duration,
+    client: Option<Client>,
+    stream: Option<SequencedEventStream>,
+    done: bool,
+    /// Trial ends delivered, by trial and attempt: a leader that died before storing an end
+    /// it announced leaves the next leader to announce the same end again.
+    ended: std::collections::HashSet<(flotilla_protocol::TrialId, u32)>,
+}
+
+impl ResumingWatch {
+    /// Watches `sweep` after event `from` (0: from the start).
+    pub fn new(
+        addresses: Vec<SocketAddr>,
+        identity: Identity,
+        sweep: SweepId,
+        from: u64,
+    ) -> ResumingWatch {
+        ResumingWatch {
+            addresses,
+            identity,
+            sweep,
+            last: from,
+            patience: std::time::Duration::from_secs(300),
+            client: None,
+            stream: None,
+            done: false,
+            ended: std::collections::HashSet::new(),
+        }
+    }
+
+    /// How long to keep looking for a leader before giving up (default 5 minutes).
+    pub fn patience(mut self, patience: std::time::Duration) -> ResumingWatch {
+        self.patience = patience;
+        self
+    }
+
+    /// The sequence number of the last event delivered (resume after it).
+    pub fn last_seq(&self) -> u64 {
+        self.last
+    }
+
+    async fn open(&mut self) -> Result<(), SdkError> {
+        let client = Client::connect_any(&self.addresses, &self.identity).await?;
+        let stream = client.watch_from(self.sweep, self.last).await?;
+        self.client = Some(client);
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    /// The next event, each once, in order; `None` after `SweepFinished`.
+    pub async fn next(&mut self) -> Option<Result<SweepEvent, SdkError>> {
+        if self.done {
+            return None;
+        }
+        let mut lost_since: Option<std::time::Instant> = None;
+        loop {
+            if self.stream.is_none()
+                && let Err(error) = self.open().await
+            {
+                let since = *lost_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= self.patience {
+                    self.done = true;
+                    return Some(Err(error));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
+            match stream.next().await {
+                Some(Ok((seq, event))) => {
+                    if matches!(event, SweepEvent::SweepFinished(_)) {
+                        self.done = true;
+                        self.last = self.last.max(seq);
+                        return Some(Ok(event));
+                    }
+                    if seq != 0 {
+                        if seq <= self.last {
+                            continue;
+                        }
+                        self.last = seq;
+                    }
+                    if let SweepEvent::TrialFinished(trial) = &event
+                        && !self.ended.insert((trial.id, trial.attempt))
+                    {
+                        continue;
+                    }
+                    return Some(Ok(event));
+                }
+                // The sweep is not there, or the request is refused: no leader will differ.
+                Some(Err(SdkError::Api(error)))
+                    if error.kind != flotilla_protocol::messages::ApiErrorKind::Unavailable =>
+                {
+                    self.done = true;
+                    return Some(Err(SdkError::Api(error)));
+                }
+                // The leader went away mid-stream: find the next one and resume.
+                Some(Err(_)) | None => {
+                    self.stream = None;
+                    if let Some(client) = self.client.take() {
+                        drop(client);
+                    }
+                    lost_since.get_or_insert_with(std::time::Instant::now);
+                }
+            }
+        }
     }
 }

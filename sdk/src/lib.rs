@@ -39,7 +39,7 @@ mod local;
 mod study;
 
 pub use builder::SweepBuilder;
-pub use client::{Client, EventStream, SdkError};
+pub use client::{Client, EventStream, ResumingWatch, SdkError, SequencedEventStream};
 pub use flotilla_protocol::messages::{
     AgentAction, AgentGpus, AgentInfo, ApiError, ApiErrorKind, AutoscaleStatus, ClusterStatus,
     EtcdMemberStatus, LearningCurve, MetricPoint, Metrics, Params, PhaseSummary, ReplicaInfo, Role,

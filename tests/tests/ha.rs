@@ -85,6 +85,24 @@ fn killing_the_leader_five_times_loses_no_trial_and_runs_none_twice() {
     // failover takes about one lease TTL.
     let chaos = cluster.write_logged_sweep("chaos", 600, 6, "0.25");
     let sweep = cluster.submit(&chaos);
+    // A client watches the whole sweep through every failover (`sweep watch` resumes after
+    // the last event it printed).
+    let watch_out = cluster.path("watch.out");
+    let mut watcher = std::process::Command::new(flotilla_cluster_tests::flotilla_bin())
+        .args([
+            "sweep",
+            "watch",
+            &sweep,
+            "--coordinator",
+            &cluster.addresses(),
+        ])
+        .arg("--certs")
+        .arg(cluster.path("certs"))
+        .args(["--identity", "admin"])
+        .stdout(std::fs::File::create(&watch_out).expect("watch output"))
+        .stderr(std::fs::File::create(cluster.path("watch.err")).expect("watch errors"))
+        .spawn()
+        .expect("start the watcher");
     let mut failovers = Vec::new();
     for kill in 0..5 {
         // Let the sweep make progress under this leader first.
@@ -121,6 +139,45 @@ fn killing_the_leader_five_times_loses_no_trial_and_runs_none_twice() {
         cluster.start_coordinator(leader);
     }
     let results = wait_completed(&cluster, &sweep, Duration::from_secs(180));
+    // The watcher saw each trial's end exactly once and the sweep's end, and exited 0.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = watcher.try_wait().expect("watcher") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watcher did not end with the sweep"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let printed = std::fs::read_to_string(&watch_out).expect("watch output");
+    let errors = std::fs::read_to_string(cluster.path("watch.err")).unwrap_or_default();
+    assert!(status.success(), "the watcher failed: {errors}\n{printed}");
+    let mut ends: BTreeMap<String, usize> = BTreeMap::new();
+    for line in printed.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.get(1) == Some(&"trial")
+            && matches!(words.get(3), Some(&"succeeded" | &"failed" | &"stopped"))
+        {
+            *ends.entry(words[2].to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(ends.len(), 600, "every trial's end was seen:\n{printed}");
+    assert!(
+        ends.values().all(|count| *count == 1),
+        "a trial's end was shown twice: {:?}",
+        ends.iter()
+            .filter(|(_, count)| **count > 1)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        printed
+            .lines()
+            .last()
+            .is_some_and(|line| line.contains("Completed")),
+        "{printed}"
+    );
     let chaos_params = succeeded_params(&results);
     assert_eq!(
         chaos_params, reference,

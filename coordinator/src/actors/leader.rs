@@ -73,6 +73,7 @@ pub struct LeaderState {
     notifier: Option<crate::notify::Notifier>,
     sweeps: BTreeMap<SweepId, ActorRef<SweepMsg>>,
     next_sweep: u64,
+    epoch: Epoch,
 }
 
 pub struct Leader;
@@ -134,6 +135,7 @@ impl Actor for Leader {
             autoscaler,
             models,
             notifier: args.notifier,
+            epoch: args.epoch,
             sweeps: BTreeMap::new(),
             next_sweep: stored
                 .sweeps
@@ -296,6 +298,7 @@ impl LeaderState {
             scheduler: self.scheduler.clone(),
             store: self.store.clone(),
             notifier: self.notifier.clone(),
+            epoch: self.epoch,
         };
         let (sweep, _) = Actor::spawn_linked(None, SweepActor, args, myself.get_cell()).await?;
         self.sweeps.insert(id, sweep);

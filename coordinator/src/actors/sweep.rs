@@ -96,7 +96,13 @@ pub enum SweepMsg {
     Trials(RpcReplyPort<Vec<TrialRecord>>),
     /// Summary, spec and learning curves, for reports and the web view.
     Detail(RpcReplyPort<SweepDetail>),
-    Watch(mpsc::UnboundedSender<SweepEvent>),
+    Watch(mpsc::UnboundedSender<(u64, SweepEvent)>),
+    /// A watcher resuming after event `from`: it is sent each trial whose stored state is
+    /// newer (its current state as one event, in sequence order), then live events.
+    WatchFrom {
+        from: u64,
+        watcher: mpsc::UnboundedSender<(u64, SweepEvent)>,
+    },
     CheckDeadline,
 }
 
@@ -108,6 +114,8 @@ pub struct SweepArgs {
     pub store: Arc<dyn StateStore>,
     /// Told when the sweep ends.
     pub notifier: Option<crate::notify::Notifier>,
+    /// The leader's epoch: this term numbers the sweep's events above every earlier term's.
+    pub epoch: flotilla_protocol::Epoch,
 }
 
 /// What the actor tracks about a trial's current attempt while it runs.
@@ -180,7 +188,10 @@ pub struct SweepActorState {
     scheduler: ActorRef<SchedulerMsg>,
     store: Arc<dyn StateStore>,
     notifier: Option<crate::notify::Notifier>,
-    watchers: Vec<mpsc::UnboundedSender<SweepEvent>>,
+    watchers: Vec<mpsc::UnboundedSender<(u64, SweepEvent)>>,
+    /// The last event sequence number handed out: `epoch << 32` plus a count, so a later
+    /// leader's numbers are above this one's whatever was stored.
+    seq: u64,
     /// Start commands waiting for their placement to be durable; aborted with the actor.
     starts: tokio::task::JoinSet<()>,
 }
@@ -249,6 +260,7 @@ impl Actor for SweepActor {
             notifier: args.notifier,
             store: args.store,
             watchers: Vec::new(),
+            seq: args.epoch.0 << 32,
             starts: tokio::task::JoinSet::new(),
             record: args.record,
         };
@@ -355,7 +367,17 @@ impl Actor for SweepActor {
             }
             SweepMsg::Watch(watcher) => {
                 if state.record.state.is_final() {
-                    let _ = watcher.send(SweepEvent::SweepFinished(state.summary()));
+                    let _ = watcher.send((state.seq, SweepEvent::SweepFinished(state.summary())));
+                } else {
+                    state.watchers.push(watcher);
+                }
+            }
+            SweepMsg::WatchFrom { from, watcher } => {
+                for event in state.missed_since(from) {
+                    let _ = watcher.send(event);
+                }
+                if state.record.state.is_final() {
+                    let _ = watcher.send((state.seq, SweepEvent::SweepFinished(state.summary())));
                 } else {
                     state.watchers.push(watcher);
                 }
@@ -582,15 +604,64 @@ impl SweepActorState {
         }
     }
 
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// What a watcher that saw events up to `from` missed: each trial stored since, as one
+    /// event for its current state, in sequence order (pending trials have nothing to say).
+    fn missed_since(&self, from: u64) -> Vec<(u64, SweepEvent)> {
+        let mut missed: Vec<&TrialRecord> = self
+            .trials
+            .iter()
+            .filter(|trial| trial.seq > from && trial.state != TrialState::Pending)
+            .collect();
+        missed.sort_by_key(|trial| trial.seq);
+        missed
+            .into_iter()
+            .map(|trial| {
+                let event = match trial.state {
+                    TrialState::Running => SweepEvent::TrialStarted {
+                        attempt: AttemptId {
+                            trial: trial.id,
+                            attempt: trial.attempt,
+                        },
+                        agent: trial.agent.clone().unwrap_or(AgentId(String::new())),
+                        params: trial.params.clone(),
+                    },
+                    TrialState::Paused => SweepEvent::TrialPaused(trial.clone()),
+                    _ => SweepEvent::TrialFinished(trial.clone()),
+                };
+                (trial.seq, event)
+            })
+            .collect()
+    }
+
     fn persist(&self, number: u32) {
         let record = self.trials[number as usize].clone();
         // Durability is awaited where it matters (sweep end); results reach watchers at once.
         drop(self.store.write(vec![StateWrite::Trial(Box::new(record))]));
     }
 
+    /// Sends `event` to every watcher with its sequence number: a trial's stored change
+    /// carries the number it was stored with, a start and a phase or sweep end a new one,
+    /// a metric point 0 (live only, never replayed).
     fn broadcast(&mut self, event: SweepEvent) {
+        let seq = match &event {
+            SweepEvent::Metric { .. } => 0,
+            SweepEvent::TrialFinished(record) | SweepEvent::TrialPaused(record) => record.seq,
+            SweepEvent::TrialStarted { attempt, .. } => {
+                let seq = self.next_seq();
+                if let Some(trial) = self.trials.get_mut(attempt.trial.number as usize) {
+                    trial.seq = seq;
+                }
+                seq
+            }
+            _ => self.next_seq(),
+        };
         self.watchers
-            .retain(|watcher| watcher.send(event.clone()).is_ok());
+            .retain(|watcher| watcher.send((seq, event.clone())).is_ok());
     }
 
     /// The trial's current attempt, as the Scheduler queues it. In ASHA's promotion form the
@@ -721,6 +792,7 @@ impl SweepActorState {
                 rungs: Vec::new(),
                 reschedules: 0,
                 lost_on: Vec::new(),
+                seq: 0,
             };
             // An earlier phase already ran this exact configuration (typically its winner,
             // which a later phase's grid contains again): take its result, run nothing.
@@ -751,6 +823,11 @@ impl SweepActorState {
         }
         if created.is_empty() && reused.is_empty() {
             return;
+        }
+        // A reused result is announced (TrialFinished): it is numbered like one.
+        for number in &reused {
+            let seq = self.next_seq();
+            self.trials[*number as usize].seq = seq;
         }
         let writes = created
             .iter()
@@ -1077,6 +1154,8 @@ impl SweepActorState {
             "paused at ASHA rung {} ({epochs} epochs)",
             rung + 1
         ));
+        let seq = self.next_seq();
+        self.trials[number as usize].seq = seq;
         self.persist(number);
         let record = self.trials[number as usize].clone();
         self.broadcast(SweepEvent::TrialPaused(record));
@@ -1157,7 +1236,10 @@ impl SweepActorState {
     }
 
     fn conclude(&mut self, number: u32, state: TrialState) {
+        // Numbered as the TrialFinished it announces, and stored with that number.
+        let seq = self.next_seq();
         let trial = &mut self.trials[number as usize];
+        trial.seq = seq;
         trial.state = state;
         trial.finished_ms = Some(now_ms());
         METRICS

@@ -122,6 +122,7 @@ impl From<TrialRecordV12> for TrialRecord {
             rungs: old.rungs,
             reschedules: 0,
             lost_on: Vec::new(),
+            seq: 0,
         }
     }
 }
