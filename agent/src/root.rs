@@ -243,15 +243,19 @@ impl Actor for AgentRoot {
 }
 
 impl RootState {
-    /// Sets the agent-state gauges from what this actor holds (after every message).
-    fn publish(&self) {
-        let metrics = &self.metrics;
-        let busy: u32 = self
-            .running
+    /// Slots held by running trials and by the serving programs assigned here.
+    fn busy_slots(&self) -> u32 {
+        self.running
             .values()
             .map(|running| running.slots)
             .sum::<u32>()
-            + self.serving.held_slots();
+            + self.serving.held_slots()
+    }
+
+    /// Sets the agent-state gauges from what this actor holds (after every message).
+    fn publish(&self) {
+        let metrics = &self.metrics;
+        let busy = self.busy_slots();
         metrics
             .slots
             .with_label_values(&["total"])
@@ -397,12 +401,7 @@ impl RootState {
             self.reject(Some(attempt), "the agent is draining".into());
             return;
         }
-        let busy: u32 = self
-            .running
-            .values()
-            .map(|running| running.slots)
-            .sum::<u32>()
-            + self.serving.held_slots();
+        let busy = self.busy_slots();
         if busy + start.slots > self.slots {
             self.reject(
                 Some(attempt),

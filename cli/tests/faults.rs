@@ -52,22 +52,6 @@ fn only_trial(cluster: &Cluster, sweep: &str) -> Value {
     trials[0].clone()
 }
 
-/// Processes whose command line mentions `needle`.
-fn processes_with(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter(|entry| {
-            entry
-                .file_name()
-                .to_str()
-                .is_some_and(|name| name.parse::<u32>().is_ok())
-                && std::fs::read(entry.path().join("cmdline"))
-                    .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
-        })
-        .count()
-}
-
 #[test]
 fn a_crashing_trial_fails_after_exactly_its_retries_and_a_hung_one_at_its_timeout() {
     let mut cluster = Cluster::new();
@@ -115,7 +99,7 @@ fn a_crashing_trial_fails_after_exactly_its_retries_and_a_hung_one_at_its_timeou
     wait_until(
         "the timed-out trial's process group to be gone",
         Duration::from_secs(10),
-        || processes_with("sleep\u{0}617") == 0 && processes_with("sleep\u{0}618") == 0,
+        || processes_with("sleep\u{0}617").is_empty() && processes_with("sleep\u{0}618").is_empty(),
     );
 }
 

@@ -260,20 +260,30 @@ fn finished_rollout(cluster: &Cluster, model: &str) -> Value {
     last
 }
 
-/// Processes whose command line mentions `needle`.
-fn processes_with(needle: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
-            && String::from_utf8_lossy(&cmdline).contains(needle)
-        {
-            found.push(pid);
-        }
-    }
-    found
+/// A feedback token, once the router takes it (it reads the token file every second).
+fn feedback_token(cluster: &Cluster, router: u16) -> String {
+    let certs = cluster.path("certs");
+    let token = cluster
+        .flotilla_ok(&[
+            "certs",
+            "token",
+            "create",
+            "labeller",
+            "--scope",
+            "feedback",
+            "--certs",
+            certs.to_str().expect("utf-8"),
+        ])
+        .trim()
+        .to_string();
+    let probe = r#"{"request_id": "none", "labels": [1]}"#;
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    wait_until(
+        "the router to take the token",
+        Duration::from_secs(30),
+        || http(router, "POST", "/v1/feedback", probe, &bearer).0 == 404,
+    );
+    token
 }
 
 fn register(cluster: &Cluster, from: &str, name: &str, stage: &str) -> String {
@@ -379,27 +389,7 @@ fn a_sweeps_own_serving_program_is_served_canaried_restarted_refused_and_replace
     assert_eq!(status, 422, "{answer}");
 
     // 2. Canaries, judged on accuracy from feedback.
-    let certs = cluster.path("certs");
-    let token = cluster
-        .flotilla_ok(&[
-            "certs",
-            "token",
-            "create",
-            "labeller",
-            "--scope",
-            "feedback",
-            "--certs",
-            certs.to_str().expect("utf-8"),
-        ])
-        .trim()
-        .to_string();
-    let probe = r#"{"request_id": "none", "labels": [1]}"#;
-    let bearer = format!("Authorization: Bearer {token}\r\n");
-    wait_until(
-        "the router to take the token",
-        Duration::from_secs(30),
-        || http(router, "POST", "/v1/feedback", probe, &bearer).0 == 404,
-    );
+    let token = feedback_token(&cluster, router);
     let policy = cluster.path("policy.toml");
     std::fs::write(&policy, POLICY).expect("policy");
     let policy = policy.to_str().expect("utf-8");
@@ -793,29 +783,7 @@ ready_timeout = "20s"
         "{answer}"
     );
 
-    let certs = cluster.path("certs");
-    let token = cluster
-        .flotilla_ok(&[
-            "certs",
-            "token",
-            "create",
-            "labeller",
-            "--scope",
-            "feedback",
-            "--certs",
-            certs.to_str().expect("utf-8"),
-        ])
-        .trim()
-        .to_string();
-    let bearer = format!("Authorization: Bearer {token}\r\n");
-    wait_until(
-        "the router to take the token",
-        Duration::from_secs(30),
-        || {
-            let probe = r#"{"request_id": "none", "labels": [1.5]}"#;
-            http(router, "POST", "/v1/feedback", probe, &bearer).0 == 404
-        },
-    );
+    let token = feedback_token(&cluster, router);
     let policy = cluster.path("policy.toml");
     std::fs::write(&policy, SQUARED_ERROR_POLICY).expect("policy");
     let policy = policy.to_str().expect("utf-8");

@@ -509,27 +509,45 @@ pub struct EventStream {
 
 impl EventStream {
     pub async fn next(&mut self) -> Option<Result<SweepEvent, SdkError>> {
-        if self.done {
+        next_event(&mut self.recv, &mut self.done, |response| match response {
+            ClientResponse::Event(event) => Ok((0, event)),
+            other => Err(Box::new(other)),
+        })
+        .await
+        .map(|result| result.map(|(_, event)| event))
+    }
+}
+
+/// The next event of a watch stream, `None` once it has ended (after `SweepFinished`, an
+/// error, or the end of the stream); `event` takes an event out of a response, or hands the
+/// response back as unexpected.
+async fn next_event(
+    recv: &mut quinn::RecvStream,
+    done: &mut bool,
+    event: impl Fn(ClientResponse) -> Result<(u64, SweepEvent), Box<ClientResponse>>,
+) -> Option<Result<(u64, SweepEvent), SdkError>> {
+    if *done {
+        return None;
+    }
+    let result = match framing::read_frame::<_, ClientResponse>(recv).await {
+        Ok(Some(ClientResponse::Error(error))) => Err(SdkError::Api(error)),
+        Ok(Some(response)) => match event(response) {
+            Ok((seq, event)) => {
+                *done = matches!(event, SweepEvent::SweepFinished(_));
+                Ok((seq, event))
+            }
+            Err(other) => Err(Client::unexpected(*other)),
+        },
+        Ok(None) => {
+            *done = true;
             return None;
         }
-        let result = match framing::read_frame::<_, ClientResponse>(&mut self.recv).await {
-            Ok(Some(ClientResponse::Event(event))) => {
-                self.done = matches!(event, SweepEvent::SweepFinished(_));
-                Ok(event)
-            }
-            Ok(Some(ClientResponse::Error(error))) => Err(SdkError::Api(error)),
-            Ok(Some(other)) => Err(Client::unexpected(other)),
-            Ok(None) => {
-                self.done = true;
-                return None;
-            }
-            Err(error) => Err(error.into()),
-        };
-        if result.is_err() {
-            self.done = true;
-        }
-        Some(result)
+        Err(error) => Err(error.into()),
+    };
+    if result.is_err() {
+        *done = true;
     }
+    Some(result)
 }
 
 /// A sweep's events with their sequence numbers (`Client::watch_from`).
@@ -540,26 +558,11 @@ pub struct SequencedEventStream {
 
 impl SequencedEventStream {
     pub async fn next(&mut self) -> Option<Result<(u64, SweepEvent), SdkError>> {
-        if self.done {
-            return None;
-        }
-        let result = match framing::read_frame::<_, ClientResponse>(&mut self.recv).await {
-            Ok(Some(ClientResponse::SequencedEvent { seq, event })) => {
-                self.done = matches!(event, SweepEvent::SweepFinished(_));
-                Ok((seq, event))
-            }
-            Ok(Some(ClientResponse::Error(error))) => Err(SdkError::Api(error)),
-            Ok(Some(other)) => Err(Client::unexpected(other)),
-            Ok(None) => {
-                self.done = true;
-                return None;
-            }
-            Err(error) => Err(error.into()),
-        };
-        if result.is_err() {
-            self.done = true;
-        }
-        Some(result)
+        next_event(&mut self.recv, &mut self.done, |response| match response {
+            ClientResponse::SequencedEvent { seq, event } => Ok((seq, event)),
+            other => Err(Box::new(other)),
+        })
+        .await
     }
 }
 

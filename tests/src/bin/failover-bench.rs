@@ -48,6 +48,47 @@ fn summary(name: &str, mut seconds: Vec<f64>) {
     );
 }
 
+/// Once the sweep has made progress, stops the leader with `stop`, measures the seconds from
+/// then to the first trial start the new leader dispatched, and restarts the old leader as a
+/// follower.
+fn leader_change(
+    cluster: &mut Cluster,
+    sweep: &str,
+    epoch: &mut u64,
+    stop: impl FnOnce(&mut Cluster, usize),
+) -> f64 {
+    // Starts within this long after the stop were placed by the old leader.
+    let guard = 200_000_000u128;
+    let runs = cluster.path("bench.runs");
+    let before = cluster.progress(sweep).map_or(0, |(_, done)| done);
+    wait_until("progress", Duration::from_secs(120), || {
+        cluster
+            .progress(sweep)
+            .is_some_and(|(_, done)| done >= before + 12)
+    });
+    let (leader, current) = cluster.wait_for_leader(*epoch - 1, Duration::from_secs(60));
+    let stopped_at = now_ns();
+    stop(cluster, leader);
+    let mut first = None;
+    wait_until(
+        "the new leader's first dispatch",
+        Duration::from_secs(120),
+        || {
+            first = run_events(&runs)
+                .iter()
+                .filter(|event| event.start)
+                .filter_map(|event| event.at_ns)
+                .filter(|at| *at > stopped_at + guard)
+                .min();
+            first.is_some()
+        },
+    );
+    let (_, next) = cluster.wait_for_leader(current, Duration::from_secs(60));
+    *epoch = next;
+    cluster.start_coordinator(leader);
+    first.map_or(f64::NAN, |at| (at - stopped_at) as f64 / 1e9)
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let kills: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
@@ -65,72 +106,30 @@ fn main() {
     let file = cluster.write_logged_sweep("bench", trials, 6, "0.2");
     let sweep = cluster.submit(&file);
     let runs = cluster.path("bench.runs");
-    let guard = 200_000_000u128;
 
     let mut failovers = Vec::new();
     for _ in 0..kills {
-        let before = cluster.progress(&sweep).map_or(0, |(_, done)| done);
-        wait_until("progress", Duration::from_secs(120), || {
-            cluster
-                .progress(&sweep)
-                .is_some_and(|(_, done)| done >= before + 12)
-        });
-        let (leader, current) = cluster.wait_for_leader(epoch - 1, Duration::from_secs(60));
-        let killed_at = now_ns();
-        cluster.kill_coordinator(leader);
-        let mut first = None;
-        wait_until(
-            "the new leader's first dispatch",
-            Duration::from_secs(120),
-            || {
-                first = run_events(&runs)
-                    .iter()
-                    .filter(|event| event.start)
-                    .filter_map(|event| event.at_ns)
-                    .filter(|at| *at > killed_at + guard)
-                    .min();
-                first.is_some()
-            },
-        );
-        let (_, next) = cluster.wait_for_leader(current, Duration::from_secs(60));
-        epoch = next;
-        failovers.push(first.map_or(f64::NAN, |at| (at - killed_at) as f64 / 1e9));
-        cluster.start_coordinator(leader);
+        failovers.push(leader_change(
+            &mut cluster,
+            &sweep,
+            &mut epoch,
+            |cluster, leader| cluster.kill_coordinator(leader),
+        ));
     }
-
     // A graceful stop (SIGTERM): the leader gives its lease back and closes its connections,
     // so a follower takes over without waiting for the lease to expire.
     let mut handovers = Vec::new();
     for _ in 0..3 {
-        let before = cluster.progress(&sweep).map_or(0, |(_, done)| done);
-        wait_until("progress", Duration::from_secs(120), || {
-            cluster
-                .progress(&sweep)
-                .is_some_and(|(_, done)| done >= before + 12)
-        });
-        let (leader, current) = cluster.wait_for_leader(epoch - 1, Duration::from_secs(60));
-        let stopped_at = now_ns();
-        if let Some(mut process) = cluster.coordinators[leader].process.take() {
-            process.terminate();
-        }
-        let mut first = None;
-        wait_until(
-            "the new leader's first dispatch",
-            Duration::from_secs(120),
-            || {
-                first = run_events(&runs)
-                    .iter()
-                    .filter(|event| event.start)
-                    .filter_map(|event| event.at_ns)
-                    .filter(|at| *at > stopped_at + guard)
-                    .min();
-                first.is_some()
+        handovers.push(leader_change(
+            &mut cluster,
+            &sweep,
+            &mut epoch,
+            |cluster, leader| {
+                if let Some(mut process) = cluster.coordinators[leader].process.take() {
+                    process.terminate();
+                }
             },
-        );
-        let (_, next) = cluster.wait_for_leader(current, Duration::from_secs(60));
-        epoch = next;
-        handovers.push(first.map_or(f64::NAN, |at| (at - stopped_at) as f64 / 1e9));
-        cluster.start_coordinator(leader);
+        ));
     }
 
     let mut replacements = Vec::new();
