@@ -520,6 +520,8 @@ pub struct Cluster {
     pub agent_timeout: Duration,
     /// Extra arguments every coordinator starts with.
     pub coordinator_args: Vec<String>,
+    /// Environment variables every coordinator starts with.
+    pub coordinator_env: Vec<(String, String)>,
     pub coordinators: Vec<Coordinator>,
     pub agents: Vec<Agent>,
     /// The artifact store agents start with (`--artifacts`): a folder of the harness unless
@@ -599,6 +601,7 @@ impl Cluster {
             lease_ttl,
             agent_timeout: Duration::from_secs(3),
             coordinator_args: Vec::new(),
+            coordinator_env: Vec::new(),
             coordinators,
             agents: Vec::new(),
             artifacts: dir.path().join("artifacts").display().to_string(),
@@ -647,6 +650,7 @@ impl Cluster {
             .args(["--name", &coordinator.name])
             .args(["--metrics-listen", &coordinator.metrics])
             .args(&self.coordinator_args)
+            .envs(self.coordinator_env.iter().map(|(k, v)| (k, v)))
             .arg("--certs")
             .arg(certs)
             .env("FLOTILLA_LOG", "info,flotilla_coordinator::gateway=warn");

@@ -848,3 +848,67 @@ fn model_versions_and_a_rollout_survive_a_leader_failover() {
         .collect();
     assert_eq!(stages, ["Production", "Staging"]);
 }
+
+/// Acceptance (failure isolation): one sweep's actor fails (the coordinator's test-only fault
+/// hook), and only that sweep is stopped and stored failed with the reason; the other sweep
+/// runs on under the same leader, then through a leader kill, to completion with every trial
+/// once, while the failed sweep stays failed under the new leader instead of failing again.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_failing_sweep_fails_alone_and_stays_failed_across_a_failover() {
+    let mut cluster = Cluster::new(1, 3, TTL);
+    cluster.coordinator_env = vec![("FLOTILLA_FAULT_FAIL_SWEEP".into(), "doomed".into())];
+    for index in 0..3 {
+        cluster.start_coordinator(index);
+    }
+    let (_, epoch) = cluster.wait_for_leader(0, Duration::from_secs(30));
+    for name in ["a0", "a1"] {
+        cluster.start_agent(name, 2);
+    }
+    cluster.wait_for_agents(2, Duration::from_secs(30));
+    let doomed = cluster.write_logged_sweep("doomed", 40, 2, "0.25");
+    let doomed = cluster.submit(&doomed);
+    let healthy = cluster.write_logged_sweep("healthy", 80, 2, "0.25");
+    let healthy = cluster.submit(&healthy);
+    wait_until("the doomed sweep to fail", Duration::from_secs(60), || {
+        cluster
+            .progress(&doomed)
+            .is_some_and(|(state, _)| state == "Failed")
+    });
+    // The leader did not stop for it: same epoch, and the other sweep makes progress.
+    let (leader, still) = cluster.wait_for_leader(0, Duration::from_secs(30));
+    assert_eq!(still, epoch, "the leader kept leading");
+    let before = cluster.progress(&healthy).map_or(0, |(_, done)| done);
+    wait_until(
+        "progress of the healthy sweep",
+        Duration::from_secs(60),
+        || {
+            cluster
+                .progress(&healthy)
+                .is_some_and(|(_, done)| done >= before + 4)
+        },
+    );
+
+    cluster.kill_coordinator(leader);
+    cluster.wait_for_leader(epoch, Duration::from_secs(30));
+    let results = wait_completed(&cluster, &healthy, Duration::from_secs(180));
+    assert_eq!(succeeded_params(&results).len(), 80);
+    assert_no_trial_ran_twice_at_once(&run_events(&cluster.path("healthy.runs")));
+    let failed = cluster
+        .results(&doomed)
+        .expect("the failed sweep's results");
+    assert_eq!(failed["sweep"]["state"], "Failed", "{failed:#}");
+    assert!(
+        failed["sweep"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("injected fault")),
+        "{failed:#}"
+    );
+    let unfinished = failed["trials"]
+        .as_array()
+        .expect("trials")
+        .iter()
+        .filter(|trial| trial["state"] == "running" || trial["state"] == "pending")
+        .count();
+    assert_eq!(unfinished, 0, "the failed sweep runs nothing: {failed:#}");
+}
