@@ -114,14 +114,7 @@ pub async fn watch_with_progress(
         ),
         None => client.status(submitted.id).await?,
     };
-    println!(
-        "sweep {} {:?}: {} succeeded, {} failed, {} stopped",
-        summary.id,
-        summary.state,
-        summary.counts.succeeded,
-        summary.counts.failed,
-        summary.counts.stopped
-    );
+    println!("{}", outcome_line(&summary));
     if let Some(message) = &summary.message {
         println!("sweep {}: {message}", summary.id);
     }
@@ -592,6 +585,18 @@ pub async fn wait_for_empty_fleet(
     }
 }
 
+/// `sweep s1 Completed: 10 succeeded, 0 failed, 0 stopped`.
+fn outcome_line(summary: &SweepSummary) -> String {
+    format!(
+        "sweep {} {:?}: {} succeeded, {} failed, {} stopped",
+        summary.id,
+        summary.state,
+        summary.counts.succeeded,
+        summary.counts.failed,
+        summary.counts.stopped
+    )
+}
+
 /// One line per event, with its sequence number, for `flotilla sweep watch`.
 pub fn event_line(seq: u64, event: &SweepEvent) -> Option<String> {
     let line = match event {
@@ -610,14 +615,7 @@ pub fn event_line(seq: u64, event: &SweepEvent) -> Option<String> {
         ),
         SweepEvent::TrialPaused(trial) => format!("trial {} paused", trial.id),
         SweepEvent::PhaseFinished { phase, .. } => format!("phase {} finished", phase.name),
-        SweepEvent::SweepFinished(summary) => format!(
-            "sweep {} {:?}: {} succeeded, {} failed, {} stopped",
-            summary.id,
-            summary.state,
-            summary.counts.succeeded,
-            summary.counts.failed,
-            summary.counts.stopped
-        ),
+        SweepEvent::SweepFinished(summary) => outcome_line(summary),
         // Metric points, and kinds this build does not know.
         _ => return None,
     };

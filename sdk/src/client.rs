@@ -198,8 +198,9 @@ impl Client {
         }
     }
 
-    async fn request(&self, request: &ClientRequest) -> Result<ClientResponse, SdkError> {
-        let (mut send, mut recv) =
+    /// Sends `request` on a stream of its own and returns where its answer comes.
+    async fn open_request(&self, request: &ClientRequest) -> Result<quinn::RecvStream, SdkError> {
+        let (mut send, recv) =
             self.connection
                 .open_bi()
                 .await
@@ -209,6 +210,11 @@ impl Client {
                 })?;
         framing::write_frame(&mut send, request).await?;
         let _ = send.finish();
+        Ok(recv)
+    }
+
+    async fn request(&self, request: &ClientRequest) -> Result<ClientResponse, SdkError> {
+        let mut recv = self.open_request(request).await?;
         match framing::read_frame::<_, ClientResponse>(&mut recv).await? {
             Some(ClientResponse::Error(error)) => Err(SdkError::Api(error)),
             Some(response) => Ok(response),
@@ -446,16 +452,7 @@ impl Client {
 
     /// Streams the sweep's events from now on; the stream ends after `SweepFinished`.
     pub async fn watch(&self, sweep: SweepId) -> Result<EventStream, SdkError> {
-        let (mut send, recv) =
-            self.connection
-                .open_bi()
-                .await
-                .map_err(|error| SdkError::Connect {
-                    address: self.address,
-                    message: error.to_string(),
-                })?;
-        framing::write_frame(&mut send, &ClientRequest::WatchSweep(sweep)).await?;
-        let _ = send.finish();
+        let recv = self.open_request(&ClientRequest::WatchSweep(sweep)).await?;
         Ok(EventStream { recv, done: false })
     }
 
@@ -468,16 +465,9 @@ impl Client {
         sweep: SweepId,
         from: u64,
     ) -> Result<SequencedEventStream, SdkError> {
-        let (mut send, recv) =
-            self.connection
-                .open_bi()
-                .await
-                .map_err(|error| SdkError::Connect {
-                    address: self.address,
-                    message: error.to_string(),
-                })?;
-        framing::write_frame(&mut send, &ClientRequest::WatchSweepFrom { sweep, from }).await?;
-        let _ = send.finish();
+        let recv = self
+            .open_request(&ClientRequest::WatchSweepFrom { sweep, from })
+            .await?;
         Ok(SequencedEventStream { recv, done: false })
     }
 

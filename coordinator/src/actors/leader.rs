@@ -237,7 +237,7 @@ impl LeaderState {
         tracing::error!(sweep = %id, %error, "a sweep's actor failed; failing that sweep alone");
         self.sweeps.remove(&id);
         let _ = self.scheduler.cast(SchedulerMsg::ForgetSweep { sweep: id });
-        let stored = match self.store.load().await {
+        let stored = match self.store.reload().await {
             Ok(stored) => stored,
             Err(load) => {
                 tracing::error!(sweep = %id, %load, "cannot read the failed sweep back; stopping so a restart resumes from the store");

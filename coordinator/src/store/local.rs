@@ -110,9 +110,12 @@ impl Drop for LocalStore {
 
 #[async_trait::async_trait]
 impl StateStore for LocalStore {
-    /// What was loaded at open, with everything written since (the file read again): a
-    /// leader reading back one sweep after its actor failed sees its newest records.
     async fn load(&self) -> Result<StoredState, StoreError> {
+        Ok(self.loaded.clone())
+    }
+
+    /// The file read again, so writes since it was opened are included.
+    async fn reload(&self) -> Result<StoredState, StoreError> {
         let path = self.path.clone();
         match tokio::task::spawn_blocking(move || replay(&path)).await {
             Ok(Ok((state, _, _))) => Ok(state),

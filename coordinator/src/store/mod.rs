@@ -210,8 +210,15 @@ pub async fn first_failure(
 
 #[async_trait::async_trait]
 pub trait StateStore: Send + Sync + 'static {
-    /// Everything stored so far.
+    /// Everything stored when this term's store was opened (what a leader starts from).
     async fn load(&self) -> Result<StoredState, StoreError>;
+
+    /// Everything stored now, writes since the store was opened included: for reading back
+    /// one sweep after its actor failed. Stores whose `load` already reads the present keep
+    /// this default.
+    async fn reload(&self) -> Result<StoredState, StoreError> {
+        self.load().await
+    }
 
     /// Hands out the next leader epoch (greater than every earlier one) and stores it.
     async fn next_epoch(&self) -> Result<Epoch, StoreError>;
