@@ -986,8 +986,9 @@ impl SchedulerState {
         }
     }
 
-    /// Frees replicas of versions no longer demanded, and those on agents that may no longer
-    /// hold them (not serving any more; a retiring version keeps what it has).
+    /// Frees replicas of versions no longer demanded, those on agents that may no longer
+    /// hold them (not serving any more; a retiring version keeps what it has), and those
+    /// beyond the number a version asks for.
     fn release_unwanted_replicas(&mut self) {
         let mut unwanted = Vec::new();
         for (model, replicas) in &self.replicas {
@@ -1000,6 +1001,15 @@ impl SchedulerState {
                 });
                 if !keep {
                     unwanted.push((model.clone(), agent.clone()));
+                }
+            }
+        }
+        // More replicas than asked for: the newest go.
+        for demand in self.replica_demands.iter().filter(|d| !d.retiring) {
+            if let Some(replicas) = self.replicas.get(&demand.model) {
+                let keep = demand.replicas as usize;
+                for agent in replicas.agents.iter().skip(keep) {
+                    unwanted.push((demand.model.clone(), agent.clone()));
                 }
             }
         }
@@ -1119,5 +1129,135 @@ impl SchedulerState {
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Scheduler with two agents of one slot and one GPU each, on a local store.
+    async fn scheduler(
+        dir: &std::path::Path,
+    ) -> (
+        ActorRef<SchedulerMsg>,
+        Vec<mpsc::UnboundedReceiver<CoordinatorCommand>>,
+    ) {
+        let store = crate::store::local::LocalStore::open(&dir.join("state.log")).expect("store");
+        let args = SchedulerArgs {
+            epoch: Epoch(1),
+            adoption_grace: Duration::from_secs(5),
+            store: std::sync::Arc::new(store),
+            cordoned: BTreeSet::new(),
+            cordon_after_losses: 3,
+        };
+        let (scheduler, _) = Actor::spawn(None, Scheduler, args)
+            .await
+            .expect("scheduler");
+        let mut receivers = Vec::new();
+        for (index, name) in ["a", "b"].into_iter().enumerate() {
+            let (commands, receiver) = mpsc::unbounded_channel();
+            receivers.push(receiver);
+            let link = AgentLink {
+                connection: index as u64,
+                commands,
+                close: CancellationToken::new(),
+                version: flotilla_protocol::handshake::PROTOCOL_VERSION,
+            };
+            super::super::ask(&scheduler, |reply| SchedulerMsg::AgentUp {
+                agent: AgentId(name.into()),
+                slots: 1,
+                gpus: 1,
+                link,
+                running: Vec::new(),
+                finished: Vec::new(),
+                reply,
+            })
+            .await
+            .expect("agent up");
+        }
+        (scheduler, receivers)
+    }
+
+    fn demand(replicas: u32) -> ReplicaDemand {
+        ReplicaDemand {
+            model: "m@1.0.0".parse().expect("model"),
+            replicas,
+            slots: 1,
+            gpus: 1,
+            eligible: vec![AgentId("a".into()), AgentId("b".into())],
+            running: Vec::new(),
+            failed: Vec::new(),
+            retiring: false,
+        }
+    }
+
+    async fn place(scheduler: &ActorRef<SchedulerMsg>, replicas: u32) -> Vec<AgentId> {
+        let placed = super::super::ask(scheduler, |reply| SchedulerMsg::Replicas {
+            demands: vec![demand(replicas)],
+            reply,
+        })
+        .await
+        .expect("replicas");
+        placed.values().next().cloned().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn replicas_count_as_work_stay_on_a_cordoned_agent_and_leave_a_drained_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (scheduler, _receivers) = scheduler(dir.path()).await;
+        let holder = place(&scheduler, 1).await;
+        assert_eq!(holder.len(), 1);
+        let holder = holder[0].clone();
+        let other = AgentId(if holder.0 == "a" { "b" } else { "a" }.into());
+
+        // The replica holds its agent's slot and GPU; the autoscaler sees the agent busy.
+        let usage = super::super::ask(&scheduler, SchedulerMsg::Usage)
+            .await
+            .expect("usage");
+        assert_eq!(usage[&holder].busy_slots, 1);
+        assert_eq!(usage[&holder].busy_gpus, 1);
+        assert_eq!(usage[&holder].replicas.len(), 1);
+        let demand_now = super::super::ask(&scheduler, SchedulerMsg::Demand)
+            .await
+            .expect("demand");
+        assert_eq!(demand_now.running_slots, 1);
+        assert!(demand_now.busy.contains(&holder.0));
+        assert_eq!(demand_now.pending_slots, 0);
+
+        // Three wanted, two agents: one replica each, the third counted as pending work.
+        let placed = place(&scheduler, 3).await;
+        assert_eq!(placed.len(), 2, "{placed:?}");
+        let demand_now = super::super::ask(&scheduler, SchedulerMsg::Demand)
+            .await
+            .expect("demand");
+        assert_eq!(demand_now.pending_slots, 1);
+
+        // A cordon keeps what runs there; a drain moves it (here: nowhere to go but wait).
+        super::super::ask(&scheduler, |reply| SchedulerMsg::Cordon {
+            agent: holder.clone(),
+            cordoned: true,
+            reply,
+        })
+        .await
+        .expect("cordon");
+        let placed = place(&scheduler, 1).await;
+        assert_eq!(
+            placed,
+            vec![holder.clone()],
+            "a cordoned agent keeps its replica"
+        );
+        super::super::ask(&scheduler, |reply| SchedulerMsg::Drain {
+            agent: other.clone(),
+            reply: Some(reply),
+        })
+        .await
+        .expect("drain");
+        let placed = place(&scheduler, 2).await;
+        assert_eq!(
+            placed,
+            vec![holder],
+            "the drained agent's replica is released and nothing else may take it"
+        );
     }
 }
