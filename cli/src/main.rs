@@ -145,11 +145,46 @@ struct Connection {
     identity: Option<String>,
 }
 
+/// With several replicas, how long a command waits out an election (no replica leads yet, or
+/// the leader named does not answer) before giving up.
+const ELECTION_PATIENCE: Duration = Duration::from_secs(20);
+
 impl Connection {
     async fn connect(&self, default_identity: &str) -> anyhow::Result<Client> {
         let name = self.identity.as_deref().unwrap_or(default_identity);
         let identity = Identity::load_from_dir(&self.certs, name)?;
-        Ok(Client::connect_any(&self.coordinator, &identity).await?)
+        let patience = if self.coordinator.len() > 1 {
+            ELECTION_PATIENCE
+        } else {
+            Duration::ZERO
+        };
+        Ok(Client::connect_leader(&self.coordinator, &identity, patience).await?)
+    }
+
+    /// A read that changes nothing, made on a new connection to the leader and made again
+    /// (up to three times) when the leader went away before answering.
+    async fn read<T>(
+        &self,
+        default_identity: &str,
+        request: impl AsyncFn(&Client) -> Result<T, flotilla_sdk::SdkError>,
+    ) -> anyhow::Result<T> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let client = self.connect(default_identity).await?;
+            let answer = request(&client).await;
+            client.close().await;
+            match answer {
+                Err(error)
+                    if tries < 3
+                        && (error.is_transient()
+                            || matches!(error, flotilla_sdk::SdkError::Protocol(_))) =>
+                {
+                    tracing::debug!(%error, "the leader went away during a read; asking again");
+                }
+                answer => return Ok(answer?),
+            }
+        }
     }
 
     /// A watch of `sweep` after event `from` that follows the leader among the replicas.
@@ -1119,14 +1154,14 @@ async fn sweep(command: SweepCommand) -> anyhow::Result<()> {
                 let summary =
                     report::watch_with_progress(&client, &submitted, Some(resuming)).await?;
                 drop(client);
-                let client = connection.connect("client").await?;
-                let trials = client.trials(summary.id).await?;
+                let trials = connection
+                    .read("client", async |client| client.trials(summary.id).await)
+                    .await?;
                 report::print_leaderboard(&summary, &trials, 10);
                 if let Some(path) = results {
                     report::write_results(&path, &summary, &spec, &trials)?;
                     println!("results: {}", path.display());
                 }
-                client.close().await;
             } else {
                 client.close().await;
             }

@@ -44,15 +44,20 @@ pub async fn watch_with_progress(
         Some(watch) => Events::Resuming(Box::new(watch)),
         None => Events::Plain(client.watch(submitted.id).await?),
     };
-    // Counts come from the coordinator first, then from events, so a watch that starts
-    // late still shows the truth.
-    let status = client.status(submitted.id).await?;
-    let (mut done, mut failed) = (
-        status.counts.succeeded + status.counts.stopped,
-        status.counts.failed,
-    );
-    let mut running: i64 = i64::from(status.counts.running);
-    let mut best: Option<f64> = status.best.as_ref().and_then(|trial| trial.objective);
+    // A resuming watch replays the sweep from its first event, so counts start from zero. A
+    // plain watch sees only what happens from now: counts come from the coordinator first,
+    // then from events, so a watch that starts late still shows the truth.
+    let (mut done, mut failed, mut running, mut best) = if resumes {
+        (0, 0, 0i64, None)
+    } else {
+        let status = client.status(submitted.id).await?;
+        (
+            status.counts.succeeded + status.counts.stopped,
+            status.counts.failed,
+            i64::from(status.counts.running),
+            status.best.as_ref().and_then(|trial| trial.objective),
+        )
+    };
     let direction = submitted.direction;
     let render = |done: u32, running: i64, failed: u32, best: Option<f64>| {
         let best = best.map_or("-".to_string(), |value| format!("{value:.5}"));

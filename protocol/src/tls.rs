@@ -544,17 +544,22 @@ pub(crate) fn roots(identity: &Identity) -> Result<Arc<rustls::RootCertStore>, T
 }
 
 /// Connection liveness: keep-alives well inside the idle timeout, so an idle but healthy
-/// connection stays up while a vanished peer is noticed within `IDLE_TIMEOUT`.
+/// connection stays up while a vanished peer is noticed within the idle timeout.
 const KEEP_ALIVE: Duration = Duration::from_secs(1);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections to a coordinator (agents, routers, clients) probe it more often and give up
+/// sooner: a leader that died or froze is noticed within `CLIENT_IDLE_TIMEOUT` by every
+/// peer, a request or watch included, and they look for the next leader. (QUIC uses the
+/// smaller of the two sides' idle timeouts, so this one governs these connections.)
+const CLIENT_KEEP_ALIVE: Duration = Duration::from_millis(400);
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn transport() -> Arc<quinn::TransportConfig> {
+fn transport(keep_alive: Duration, idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.keep_alive_interval(Some(keep_alive));
     transport.max_idle_timeout(Some(
-        IDLE_TIMEOUT
-            .try_into()
-            .expect("5 s is a valid QUIC idle timeout"),
+        idle.try_into()
+            .expect("a few seconds is a valid QUIC idle timeout"),
     ));
     transport.max_concurrent_bidi_streams(1024u32.into());
     Arc::new(transport)
@@ -571,7 +576,7 @@ pub fn server_config(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
         .map_err(|error| TlsError::Config(error.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(KEEP_ALIVE, IDLE_TIMEOUT));
     Ok(config)
 }
 
@@ -613,7 +618,7 @@ pub fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, TlsErro
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|error| TlsError::Config(error.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(CLIENT_KEEP_ALIVE, CLIENT_IDLE_TIMEOUT));
     Ok(config)
 }
 

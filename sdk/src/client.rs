@@ -28,6 +28,13 @@ pub enum SdkError {
         address: SocketAddr,
         message: String,
     },
+    /// Nothing answered at `address`, or the connection went away: what a leader change
+    /// looks like from a client (see [`SdkError::is_transient`]).
+    #[error("no coordinator answers at {address}: {message}")]
+    Unreachable {
+        address: SocketAddr,
+        message: String,
+    },
     #[error("the coordinator refused this client ({reason:?}): {message}")]
     Refused {
         reason: RefusalReason,
@@ -39,6 +46,22 @@ pub enum SdkError {
     Protocol(String),
     #[error("{0}")]
     Embedded(String),
+}
+
+impl SdkError {
+    /// Whether asking again shortly may succeed: nothing answered, or a replica does not lead
+    /// (an election may be under way). A refused certificate, a rejected request or a broken
+    /// protocol are not transient.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SdkError::Unreachable { .. }
+                | SdkError::Refused {
+                    reason: RefusalReason::NotLeader { .. },
+                    ..
+                }
+        )
+    }
 }
 
 fn render_api_error(error: &ApiError) -> String {
@@ -109,6 +132,25 @@ impl Client {
         Err(last.unwrap_or_else(|| SdkError::Protocol("no coordinator address given".into())))
     }
 
+    /// [`Client::connect_any`], asked again every 200 ms while the answer is transient (no
+    /// replica leads yet, or the leader named does not answer: an election is under way),
+    /// for up to `patience`.
+    pub async fn connect_leader(
+        addresses: &[SocketAddr],
+        identity: &Identity,
+        patience: std::time::Duration,
+    ) -> Result<Client, SdkError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match Client::connect_any(addresses, identity).await {
+                Err(error) if error.is_transient() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// Connects with mutual TLS and performs the `Hello`/`Welcome` handshake. The role
     /// requested is the certificate's (client or admin).
     pub async fn connect(address: SocketAddr, identity: &Identity) -> Result<Client, SdkError> {
@@ -127,10 +169,16 @@ impl Client {
         let connecting = endpoint
             .connect(address, COORDINATOR_SERVER_NAME)
             .map_err(|error| connect_error(error.to_string()))?;
+        let unreachable = |message: String| SdkError::Unreachable { address, message };
         let connection = tokio::time::timeout(std::time::Duration::from_secs(5), connecting)
             .await
-            .map_err(|_| connect_error("no answer within 5 s".into()))?
-            .map_err(|error| connect_error(format!("TLS handshake failed: {error}")))?;
+            .map_err(|_| unreachable("no answer within 5 s".into()))?
+            .map_err(|error| match error {
+                quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset => {
+                    unreachable(error.to_string())
+                }
+                error => connect_error(format!("TLS handshake failed: {error}")),
+            })?;
         let peer = tls::peer_role(&connection)?;
         if peer != Role::Coordinator {
             return Err(connect_error(format!(
@@ -139,7 +187,7 @@ impl Client {
             )));
         }
         let (mut send, mut recv) = connection.open_bi().await.map_err(|error| {
-            connect_error(format!("the coordinator closed the connection: {error}"))
+            unreachable(format!("the coordinator closed the connection: {error}"))
         })?;
         // Ask for what the certificate carries: an admin or a router acts as itself, and
         // anything else as a client (the coordinator refuses what the certificate does not
@@ -204,7 +252,7 @@ impl Client {
             self.connection
                 .open_bi()
                 .await
-                .map_err(|error| SdkError::Connect {
+                .map_err(|error| SdkError::Unreachable {
                     address: self.address,
                     message: error.to_string(),
                 })?;
