@@ -5,8 +5,11 @@
 //! commands down to AgentRoot and the outbox up. On any failure it reconnects with
 //! exponential backoff (100 ms doubling to 5 s, with jitter), trying the configured
 //! coordinators in turn. A follower's `NotLeader` refusal names the leader, which is tried
-//! next at once. A refusal for role or version is final: retrying cannot fix a wrong
-//! certificate.
+//! next at once. A follower that still names the leader this agent just lost keeps the
+//! refusal's stream open and names the new leader there when the election it observes in
+//! etcd ends (the leader-change notice): the agent waits on it, probing the lost leader
+//! meanwhile, and connects to the new leader at once. A refusal for role or version is final:
+//! retrying cannot fix a wrong certificate.
 //!
 //! Metric points are batched on the way out: whatever the outbox holds when the link is
 //! ready to write goes in one write, and queued `TrialMetrics` of the same attempt merge
@@ -108,10 +111,17 @@ pub async fn run(
     // Set when a session with a leader ends: until then, retries stay short.
     let mut lost: Option<LostLeader> = None;
     let mut connect_timeout = CONNECT_TIMEOUT;
+    // A lost leader that answered a probe: served next, without connecting again.
+    let mut welcomed: Option<Handshaken> = None;
     loop {
         let attempt = tokio::select! {
             () = shutdown.cancelled() => break,
-            result = session(&endpoint, target, connect_timeout, &config, &root, &mut outbox, &shutdown) => result,
+            result = async {
+                match welcomed.take() {
+                    Some(handshaken) => serve(handshaken, &config, &root, &mut outbox, &shutdown).await,
+                    None => session(&endpoint, target, connect_timeout, &config, &root, &mut outbox, &shutdown).await,
+                }
+            } => result,
         };
         connect_timeout = CONNECT_TIMEOUT;
         let _ = root.cast(AgentMsg::LinkDown);
@@ -138,36 +148,42 @@ pub async fn run(
             }
             // A follower naming the leader this agent just lost has not seen the election
             // end yet (that leader's lease has not run out), or that leader is alive and only
-            // the link failed: try it now and then with a short timeout, and otherwise ask
-            // the replicas again shortly instead of waiting on a dead address.
-            Err(SessionFailure::Redirect(leader))
+            // the link failed: wait for the follower to name the new leader, probing the lost
+            // one now and then with a short timeout.
+            Err(SessionFailure::Redirect(leader, notice))
                 if lost.as_ref().is_some_and(|lost| {
                     lost.address == leader && lost.until > std::time::Instant::now()
                 }) =>
             {
-                let now = std::time::Instant::now();
-                if let Some(lost) = lost.as_mut()
-                    && lost
-                        .probed_at
-                        .is_none_or(|at| now.duration_since(at) >= PROBE_EVERY)
-                {
-                    lost.probed_at = Some(now);
-                    tracing::debug!(follower = %target, %leader, "the follower names the lost leader; trying it");
-                    target = leader;
-                    connect_timeout = PROBE_TIMEOUT;
-                    continue;
+                let Some(lost) = lost.as_mut() else { continue };
+                tracing::debug!(follower = %target, %leader, "the follower names the lost leader; waiting for the election");
+                match await_election(&endpoint, notice, lost, &config.agent_id, &shutdown).await {
+                    Election::Leader(leader) => {
+                        tracing::info!(follower = %target, %leader, "the election ended; connecting to the new leader");
+                        target = leader;
+                        continue;
+                    }
+                    Election::Welcomed(handshaken) => {
+                        target = handshaken.target;
+                        welcomed = Some(handshaken);
+                        continue;
+                    }
+                    Election::Fatal(message) => {
+                        endpoint.close(0u32.into(), b"refused");
+                        return Err(LinkError::Refused(message));
+                    }
+                    Election::Undecided => {}
                 }
-                tracing::debug!(follower = %target, %leader, "the follower still names the lost leader; asking again");
             }
             // Followers may briefly name a leader that has just stepped down: follow a few
             // redirects at once, then fall back to the backoff.
-            Err(SessionFailure::Redirect(leader)) if redirects < 3 => {
+            Err(SessionFailure::Redirect(leader, _)) if redirects < 3 => {
                 tracing::info!(follower = %target, %leader, "redirected to the leader");
                 redirects += 1;
                 target = leader;
                 continue;
             }
-            Err(SessionFailure::Redirect(leader)) => {
+            Err(SessionFailure::Redirect(leader, _)) => {
                 tracing::warn!(follower = %target, %leader, retry_in_ms = backoff.as_millis() as u64, "redirected again; waiting for the election to settle");
                 redirects = 0;
                 target = leader;
@@ -229,6 +245,65 @@ pub async fn run(
     Ok(())
 }
 
+/// How waiting out an election ended.
+enum Election {
+    /// A follower named the new leader.
+    Leader(SocketAddr),
+    /// The lost leader answered a probe and welcomed this agent (only the link had failed).
+    Welcomed(Handshaken),
+    Fatal(String),
+    /// Neither: the follower closed its notice stream or the election window passed.
+    Undecided,
+}
+
+/// While a follower still names the leader this agent lost: waits for that follower's
+/// leader-change notice, and probes the lost leader at most every [`PROBE_EVERY`] with
+/// [`PROBE_TIMEOUT`] (it may be alive: the agent's own link alone may have failed).
+async fn await_election(
+    endpoint: &quinn::Endpoint,
+    notice: Notice,
+    lost: &mut LostLeader,
+    agent_id: &AgentId,
+    shutdown: &CancellationToken,
+) -> Election {
+    let notice = notice.next_leader();
+    tokio::pin!(notice);
+    let mut noticing = true;
+    // The probe in flight, if any; dropping the set stops it.
+    let mut probes = tokio::task::JoinSet::new();
+    loop {
+        let now = std::time::Instant::now();
+        if lost.until <= now {
+            return Election::Undecided;
+        }
+        let probe_due = lost.probed_at.map_or(now, |at| at + PROBE_EVERY);
+        if probes.is_empty() && probe_due <= now {
+            lost.probed_at = Some(now);
+            let (endpoint, address, agent_id) = (endpoint.clone(), lost.address, agent_id.clone());
+            probes.spawn(
+                async move { handshake(&endpoint, address, PROBE_TIMEOUT, &agent_id).await },
+            );
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Election::Undecided,
+            leader = &mut notice, if noticing => match leader {
+                Some(leader) => return Election::Leader(leader),
+                // No notice is coming: finish the probe in flight, if any, and stop.
+                None if probes.is_empty() => return Election::Undecided,
+                None => noticing = false,
+            },
+            Some(probed) = probes.join_next(), if !probes.is_empty() => match probed {
+                Ok(Ok(handshaken)) => return Election::Welcomed(handshaken),
+                Ok(Err(SessionFailure::Fatal(message))) => return Election::Fatal(message),
+                _ if !noticing => return Election::Undecided,
+                _ => {}
+            },
+            () = tokio::time::sleep_until(probe_due.into()), if probes.is_empty() => {}
+            () = tokio::time::sleep_until(lost.until.into()) => return Election::Undecided,
+        }
+    }
+}
+
 /// Sleeps about `backoff` (with jitter), or until shutdown.
 async fn pause(shutdown: &CancellationToken, backoff: Duration) {
     let jitter = rand::rng().random_range(0.8..1.2);
@@ -249,12 +324,44 @@ enum SessionFailure {
     Retry(String),
     /// Nothing answered at that address.
     Unreachable(String),
-    /// A follower named the leader.
-    Redirect(SocketAddr),
+    /// A follower named the leader; it may name the next one on the open refusal stream.
+    Redirect(SocketAddr, Notice),
 }
 
 fn retry(error: impl std::fmt::Display) -> SessionFailure {
     SessionFailure::Retry(error.to_string())
+}
+
+/// A connection whose `Hello` the leader welcomed.
+struct Handshaken {
+    target: SocketAddr,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    welcome: flotilla_protocol::messages::Welcome,
+}
+
+/// The open stream of a follower's `NotLeader` refusal, on which it names the next leader
+/// when the election ends.
+struct Notice {
+    _connection: quinn::Connection,
+    recv: quinn::RecvStream,
+}
+
+impl Notice {
+    /// The leader the follower names next; `None` when it closes the stream without naming
+    /// one (it gave up waiting, or predates leader-change notices).
+    async fn next_leader(mut self) -> Option<SocketAddr> {
+        match framing::read_frame::<_, HelloReply>(&mut self.recv).await {
+            Ok(Some(HelloReply::Refused(refusal))) => match refusal.reason {
+                RefusalReason::NotLeader {
+                    leader: Some(leader),
+                } => leader.parse().ok(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 async fn session(
@@ -266,6 +373,17 @@ async fn session(
     outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
     shutdown: &CancellationToken,
 ) -> Result<Session, SessionFailure> {
+    let handshaken = handshake(endpoint, target, connect_timeout, &config.agent_id).await?;
+    serve(handshaken, config, root, outbox, shutdown).await
+}
+
+/// Connects to `target` and says `Hello` as this agent.
+async fn handshake(
+    endpoint: &quinn::Endpoint,
+    target: SocketAddr,
+    connect_timeout: Duration,
+    agent_id: &AgentId,
+) -> Result<Handshaken, SessionFailure> {
     // A coordinator that is down does not answer at all: give up on it well before the
     // idle timeout, so the next one is tried.
     let connecting = endpoint
@@ -285,7 +403,7 @@ async fn session(
     let (mut send, mut recv) = connection.open_bi().await.map_err(retry)?;
     framing::write_frame(
         &mut send,
-        &handshake::hello(Role::Agent, config.agent_id.0.clone()),
+        &handshake::hello(Role::Agent, agent_id.0.clone()),
     )
     .await
     .map_err(retry)?;
@@ -303,7 +421,13 @@ async fn session(
                 RefusalReason::NotLeader {
                     leader: Some(leader),
                 } => match leader.parse::<SocketAddr>() {
-                    Ok(leader) if leader != target => SessionFailure::Redirect(leader),
+                    Ok(leader) if leader != target => SessionFailure::Redirect(
+                        leader,
+                        Notice {
+                            _connection: connection,
+                            recv,
+                        },
+                    ),
                     _ => SessionFailure::Retry(message),
                 },
                 _ => SessionFailure::Retry(message),
@@ -311,6 +435,31 @@ async fn session(
         }
         None => return Err(retry("the coordinator closed the handshake stream")),
     };
+    Ok(Handshaken {
+        target,
+        connection,
+        send,
+        recv,
+        welcome,
+    })
+}
+
+/// Registers with the leader that welcomed this agent, then carries commands down and the
+/// outbox up until the link fails or the agent shuts down.
+async fn serve(
+    handshaken: Handshaken,
+    config: &LinkConfig,
+    root: &ActorRef<AgentMsg>,
+    outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
+    shutdown: &CancellationToken,
+) -> Result<Session, SessionFailure> {
+    let Handshaken {
+        target,
+        connection,
+        mut send,
+        mut recv,
+        welcome,
+    } = handshaken;
     let snapshot = crate::ask(root, AgentMsg::Snapshot).await.map_err(retry)?;
     if welcome.epoch < snapshot.newest_epoch {
         // Obeying it could undo what a newer leader decided. A coordinator whose state file

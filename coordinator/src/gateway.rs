@@ -48,6 +48,9 @@ use crate::ha::Fence;
 use crate::metrics::METRICS;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a follower keeps a `NotLeader` refusal's stream open to name the next leader
+/// (a leader-change notice): longer than an election takes with any lease TTL in use.
+const LEADER_NOTICE_HOLD: Duration = Duration::from_secs(10);
 
 /// What sessions need to reach the coordinator's actors during one term as leader.
 pub struct SessionContext {
@@ -180,7 +183,7 @@ enum SessionError {
 
 async fn serve_connection(
     connection: quinn::Connection,
-    standing: tokio::sync::watch::Receiver<Standing>,
+    standings: tokio::sync::watch::Receiver<Standing>,
     trust: &Trust,
 ) -> Result<(), SessionError> {
     let (mut send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.accept_bi())
@@ -193,7 +196,7 @@ async fn serve_connection(
     let certified =
         tls::peer_role(&connection).map_err(|error| SessionError::Handshake(error.to_string()));
     let negotiated = negotiate(&hello);
-    let standing = standing.borrow().clone();
+    let standing = standings.borrow().clone();
     let identity_problem = identity_problem(&connection, &hello, trust);
     let refusal = match (&certified, negotiated) {
         (Err(error), _) => Some((RefusalReason::RoleNotPermitted, error.to_string())),
@@ -241,11 +244,14 @@ async fn serve_connection(
         framing::write_frame(
             &mut send,
             &HelloReply::Refused(Refusal {
-                reason,
+                reason: reason.clone(),
                 message: message.clone(),
             }),
         )
         .await?;
+        if let RefusalReason::NotLeader { leader: named } = &reason {
+            notify_leader_change(&connection, &mut send, standings, named).await;
+        }
         let _ = send.finish();
         // Give the refusal a moment to reach the peer before the connection closes.
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
@@ -281,6 +287,45 @@ async fn serve_connection(
             Err(SessionError::Internal("this coordinator's term as leader ended".into()))
         }
     }
+}
+
+/// The leader-change notice: after refusing a peer for not leading, keeps the refusal's stream
+/// open until the election this replica observes in etcd names another leader than `named`
+/// (or this replica itself wins), and then sends a second `NotLeader` refusal naming it. A
+/// peer that lost its leader learns of the new one the moment the election ends, instead of
+/// asking again and again; a peer that reads only the first refusal has closed the
+/// connection, which ends the wait. Gives up after [`LEADER_NOTICE_HOLD`].
+async fn notify_leader_change(
+    connection: &quinn::Connection,
+    send: &mut SendStream,
+    mut standings: tokio::sync::watch::Receiver<Standing>,
+    named: &Option<String>,
+) {
+    let changed = async {
+        let standing = standings
+            .wait_for(|standing| match standing {
+                Standing::Leading(context) => context.may_act(),
+                Standing::Following { leader } => leader.is_some() && leader != named,
+            })
+            .await
+            .ok()?;
+        match &*standing {
+            Standing::Leading(context) => Some(context.address.clone()),
+            Standing::Following { leader } => leader.clone(),
+        }
+    };
+    let leader = tokio::select! {
+        _ = connection.closed() => return,
+        leader = tokio::time::timeout(LEADER_NOTICE_HOLD, changed) => leader,
+    };
+    let Ok(Some(leader)) = leader else { return };
+    let notice = HelloReply::Refused(Refusal {
+        reason: RefusalReason::NotLeader {
+            leader: Some(leader.clone()),
+        },
+        message: format!("the leader changed; the leader is now at {leader}"),
+    });
+    let _ = framing::write_frame(send, &notice).await;
 }
 
 /// Why the certificate on `connection` may not be used as `hello` asks, beyond its role: a

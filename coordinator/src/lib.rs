@@ -515,6 +515,7 @@ async fn campaign(
         terms.spawn(follow(
             client.clone(),
             config.clone(),
+            advertise,
             standing.clone(),
             term_stop.clone(),
         ));
@@ -643,14 +644,21 @@ async fn revoke(etcd: &mut etcd_client::Client, lease: i64) {
 }
 
 /// While this process is not leading, keeps `Standing::Following` pointing at the leader
-/// by observing the election.
+/// by observing the election. An election that names this replica's own address is left
+/// out: it has just won (its campaign is starting the term, and `Standing::Leading` follows),
+/// or it names this address's previous process, which cannot be reached either way.
 async fn follow(
     mut client: etcd_client::Client,
     config: EtcdConfig,
+    advertise: SocketAddr,
     standing: watch::Sender<Standing>,
     stop: CancellationToken,
 ) {
+    let advertise = advertise.to_string();
     let set_leader = |leader: Option<String>| {
+        if leader.as_ref() == Some(&advertise) {
+            return;
+        }
         standing.send_if_modified(|current| match current {
             Standing::Following { leader: known } if *known != leader => {
                 *known = leader.clone();

@@ -84,8 +84,40 @@ fn killing_the_leader_five_times_loses_no_trial_and_runs_none_twice() {
     // Long enough (25 s of trials) to outlast five kills even on a busy machine, now that a
     // failover takes about one lease TTL.
     let chaos = cluster.write_logged_sweep("chaos", 600, 6, "0.25");
-    let sweep = cluster.submit(&chaos);
-    // A client watches the whole sweep through every failover (`sweep watch` resumes after
+    // The sweep is submitted with `sweep submit --watch`, which must follow it through every
+    // failover to its end and then write its results.
+    let submit_out = cluster.path("submit.out");
+    let submit_results = cluster.path("submit-results.json");
+    let mut submitter = std::process::Command::new(flotilla_cluster_tests::flotilla_bin())
+        .args(["sweep", "submit"])
+        .arg(&chaos)
+        .arg("--watch")
+        .arg("--results")
+        .arg(&submit_results)
+        .args(["--coordinator", &cluster.addresses()])
+        .arg("--certs")
+        .arg(cluster.path("certs"))
+        .args(["--identity", "admin"])
+        .stdout(std::fs::File::create(&submit_out).expect("submit output"))
+        .stderr(std::fs::File::create(cluster.path("submit.err")).expect("submit errors"))
+        .spawn()
+        .expect("start the submitting watcher");
+    let mut sweep = String::new();
+    wait_until("the sweep submitted", Duration::from_secs(30), || {
+        let printed = std::fs::read_to_string(&submit_out).unwrap_or_default();
+        match printed
+            .split_whitespace()
+            .skip_while(|word| *word != "sweep")
+            .nth(1)
+        {
+            Some(id) => {
+                sweep = id.to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    // A second client watches the whole sweep event by event (`sweep watch` resumes after
     // the last event it printed).
     let watch_out = cluster.path("watch.out");
     let mut watcher = std::process::Command::new(flotilla_cluster_tests::flotilla_bin())
@@ -177,6 +209,38 @@ fn killing_the_leader_five_times_loses_no_trial_and_runs_none_twice() {
             .last()
             .is_some_and(|line| line.contains("Completed")),
         "{printed}"
+    );
+    // `sweep submit --watch` ended with the sweep: exit 0, the final state, and every trial
+    // in its results file.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = submitter.try_wait().expect("submitter") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sweep submit --watch did not end with the sweep"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let printed = std::fs::read_to_string(&submit_out).expect("submit output");
+    let errors = std::fs::read_to_string(cluster.path("submit.err")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "sweep submit --watch failed: {errors}\n{printed}"
+    );
+    assert!(
+        printed.contains(&format!("sweep {sweep} Completed: 600 succeeded, 0 failed")),
+        "sweep submit --watch did not report the final state:\n{printed}"
+    );
+    let written: Value = serde_json::from_str(
+        &std::fs::read_to_string(&submit_results).expect("the results sweep submit wrote"),
+    )
+    .expect("results JSON");
+    assert_eq!(
+        written["trials"].as_array().map(Vec::len),
+        Some(600),
+        "sweep submit --watch wrote every trial"
     );
     let chaos_params = succeeded_params(&results);
     assert_eq!(
@@ -437,6 +501,99 @@ fn a_leader_shut_down_revokes_its_lease_and_a_follower_takes_over() {
         .filter(|trial| trial["agent"] == "a1")
         .count();
     assert_eq!(placed_on_a1, 0, "a cordoned agent ran trials");
+}
+
+/// Acceptance (leader-change notice): a follower that refuses a peer for not leading keeps the
+/// refusal's stream open and, once the leader it named is killed and the election ends, sends
+/// a second `NotLeader` naming the new leader, within about a lease of the kill: peers learn of
+/// the new leader from the follower's etcd observer, not by asking again and again.
+#[test]
+fn a_follower_names_the_new_leader_on_the_open_refusal_once_the_election_ends() {
+    use flotilla_protocol::framing;
+    use flotilla_protocol::messages::{HelloReply, RefusalReason, Role};
+    use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME, Identity};
+
+    let ttl = Duration::from_secs(2);
+    let mut cluster = Cluster::new(1, 3, ttl);
+    for index in 0..3 {
+        cluster.start_coordinator(index);
+    }
+    let (leader, epoch) = cluster.wait_for_leader(0, Duration::from_secs(30));
+    // Followers observe the election a moment after the leader answers.
+    std::thread::sleep(Duration::from_millis(500));
+    let follower = (leader + 1) % 3;
+    let identity = Identity::load_from_dir(&cluster.path("certs"), "admin").expect("identity");
+    let address: std::net::SocketAddr = cluster.coordinators[follower]
+        .address
+        .parse()
+        .expect("address");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (endpoint, connection, mut recv) = runtime.block_on(async {
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("bind")).expect("endpoint");
+        endpoint.set_default_client_config(tls::client_config(&identity).expect("TLS"));
+        let connection = endpoint
+            .connect(address, COORDINATOR_SERVER_NAME)
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut send, mut recv) = connection.open_bi().await.expect("stream");
+        framing::write_frame(
+            &mut send,
+            &flotilla_protocol::handshake::hello(Role::Client, "notice-test"),
+        )
+        .await
+        .expect("hello");
+        let first = framing::read_frame::<_, HelloReply>(&mut recv)
+            .await
+            .expect("a refusal")
+            .expect("a frame");
+        let named = match first {
+            HelloReply::Refused(refusal) => match refusal.reason {
+                RefusalReason::NotLeader { leader } => leader,
+                other => panic!("refused for {other:?}"),
+            },
+            HelloReply::Welcome(_) => panic!("a follower welcomed a client"),
+        };
+        assert_eq!(
+            named.as_deref(),
+            Some(cluster.coordinators[leader].address.as_str())
+        );
+        (endpoint, connection, recv)
+    });
+    let killed_at = Instant::now();
+    cluster.kill_coordinator(leader);
+    let notice = runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(8),
+            framing::read_frame::<_, HelloReply>(&mut recv),
+        )
+        .await
+    });
+    let noticed_after = killed_at.elapsed();
+    let named = match notice {
+        Ok(Ok(Some(HelloReply::Refused(refusal)))) => match refusal.reason {
+            RefusalReason::NotLeader {
+                leader: Some(leader),
+            } => leader,
+            other => panic!("the notice was {other:?}"),
+        },
+        other => panic!("no leader-change notice within 8 s of the kill: {other:?}"),
+    };
+    let (next, _) = cluster.wait_for_leader(epoch, Duration::from_secs(30));
+    assert_eq!(
+        named, cluster.coordinators[next].address,
+        "the notice named the new leader"
+    );
+    assert!(
+        noticed_after < ttl + Duration::from_millis(2500),
+        "the notice came {noticed_after:?} after the kill (lease {ttl:?})"
+    );
+    runtime.block_on(async {
+        connection.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+    });
+    eprintln!("leader killed; the follower named the new leader after {noticed_after:?}");
 }
 
 /// Acceptance (partition): the leader, in its own network namespace, is cut off from etcd and
