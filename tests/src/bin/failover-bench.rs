@@ -102,7 +102,9 @@ fn main() {
         cluster.start_agent(name, 2);
     }
     cluster.wait_for_agents(3, Duration::from_secs(60));
-    let trials = (kills as u32 + 4) * 40;
+    // More trials than the kills, stops and agent losses can use up, so the sweep never ends
+    // before the last measurement.
+    let trials = (kills as u32 + 10) * 60;
     let file = cluster.write_logged_sweep("bench", trials, 6, "0.2");
     let sweep = cluster.submit(&file);
     let runs = cluster.path("bench.runs");
