@@ -24,7 +24,14 @@
 //!    the log **probability of feasibility** under each constraint's GP. Before any
 //!    feasible result exists it is the log probability of feasibility alone: find the
 //!    feasible region first.
-//! 5. It is maximized from many random points and perturbations of the best trials, then
+//! 5. **Failed trials** (crashed, errored, timed out) are a constraint of their own: once
+//!    any trial has failed, a GP over +1 at every failed point and −1 at every completed one
+//!    (least-squares classification, with the objective model's length scales) gives a
+//!    probability of not failing, which joins the acquisition like a user's constraint. A region where trials crash (out of
+//!    memory at a large batch × width, say) is avoided after a few failures there, while
+//!    failures scattered at random flatten into a constant that steers nothing. Trials
+//!    stopped without a value say nothing about their point and are left out.
+//! 6. It is maximized from many random points and perturbations of the best trials, then
 //!    the best few are refined: L-BFGS over the continuous coordinates (analytic gradient),
 //!    and a value-by-value search over integer and categorical coordinates, alternating
 //!    until neither improves. Integers and choices are therefore optimized as what they are,
@@ -146,6 +153,48 @@ impl BayesianSampler {
     }
 }
 
+impl BayesianSampler {
+    /// The failure model and its threshold, once any trial has failed: a GP over +1 at
+    /// failed points and −1 at completed ones (`x`, in `completed`'s order), believing the
+    /// pending points. Its probability of staying below 0 is the probability that a trial
+    /// there does not fail.
+    ///
+    /// Its hyperparameters are not fitted to the labels: a step between "runs" and "crashes"
+    /// fitted by maximum likelihood collapses the length scales onto the step, and the model
+    /// then forgets the failures a short way off them. It borrows the objective model's
+    /// length scales (how far one result says something about another, in each coordinate)
+    /// with unit signal and a noise of 0.1 (labels are noisy: a crash can be a fluke).
+    fn failure_model(
+        &self,
+        history: &[Observation],
+        x: &[Vec<f64>],
+        pending: &[Vec<f64>],
+        objective: &Gp,
+    ) -> Option<(Gp, f64)> {
+        let failed: Vec<Vec<f64>> = history
+            .iter()
+            .filter(|observation| observation.outcome == Outcome::Failed)
+            .map(|observation| self.encoder.encode(&observation.point))
+            .collect();
+        if failed.is_empty() {
+            return None;
+        }
+        let labels: Vec<f64> = std::iter::repeat_n(-1.0, x.len())
+            .chain(std::iter::repeat_n(1.0, failed.len()))
+            .collect();
+        let points: Vec<Vec<f64>> = x.iter().cloned().chain(failed).collect();
+        let dims = self.encoder.dims();
+        let mut theta = objective.theta().clone();
+        theta.truncate(dims);
+        theta.push(0.0);
+        theta.push(0.1f64.ln());
+        let model =
+            Gp::with_theta(points, &labels, self.encoder.kinds(), theta)?.believing(pending)?;
+        let threshold = model.standardize(0.0);
+        Some((model, threshold))
+    }
+}
+
 /// A model's last hyperparameter estimate.
 #[derive(Debug, Clone)]
 struct Estimate {
@@ -193,6 +242,9 @@ impl Sampler for BayesianSampler {
             return Some(self.sobol_point(trial_number));
         };
         let mut constraints = Vec::new();
+        if let Some(model) = self.failure_model(history, &x, &pending, &objective) {
+            constraints.push(model);
+        }
         for index in 0..constraint_count {
             let (cx, cy): (Vec<Vec<f64>>, Vec<f64>) = completed
                 .iter()

@@ -20,8 +20,13 @@ pub enum Outcome {
     /// metric) and one value per constraint, each satisfied when `<= 0`. A non-finite
     /// constraint value means the constraint's metric is unknown: it counts as violated.
     Complete { value: f64, constraints: Vec<f64> },
-    /// Failed, or stopped without a usable value.
+    /// The trial failed at this point: it crashed, exited with an error or ran out of time.
+    /// Model-based samplers steer away from where trials fail (see [`crate::bayes`] and
+    /// [`crate::tpe`]).
     Failed,
+    /// Stopped before it reported a usable value (cancelled, or its sweep ended): says
+    /// nothing about its point.
+    Stopped,
 }
 
 impl Observation {

@@ -11,7 +11,9 @@
 //!
 //! Constraints follow c-TPE's ordering: feasible trials rank before infeasible ones, which
 //! rank by their total violation. Pending trials join the bad group (a "constant liar"), so
-//! parallel suggestions move away from points already being evaluated.
+//! parallel suggestions move away from points already being evaluated, and so do failed
+//! trials (crashed, errored, timed out: worse than any result), so the good density does not
+//! lead back to where trials fail. Trials stopped without a value are left out.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -214,7 +216,9 @@ impl Sampler for TpeSampler {
             .chain(
                 history
                     .iter()
-                    .filter(|observation| observation.outcome == Outcome::Pending)
+                    .filter(|observation| {
+                        matches!(observation.outcome, Outcome::Pending | Outcome::Failed)
+                    })
                     .map(|observation| self.encoder.encode(&observation.point)),
             )
             .collect();

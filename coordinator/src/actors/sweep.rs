@@ -877,7 +877,10 @@ impl SweepActorState {
                         &spec.constraints,
                         &trial.metrics,
                     ),
-                    _ => Outcome::Failed,
+                    // The trial failed here: the samplers steer away from such points.
+                    (TrialState::Failed, _) => Outcome::Failed,
+                    // Stopped (or paused) before any value: nothing is known of the point.
+                    _ => Outcome::Stopped,
                 };
                 tuning::observation(space, &trial.params, outcome)
             })
