@@ -206,6 +206,10 @@ struct Estimate {
 }
 
 impl Sampler for BayesianSampler {
+    fn models(&self, trial_number: u32, history: &[Observation]) -> bool {
+        crate::sampler::past_design(self.settings.initial_trials, trial_number, history)
+    }
+
     fn suggest(&mut self, trial_number: u32, history: &[Observation]) -> Option<Point> {
         let completed: Vec<&Observation> = history
             .iter()

@@ -62,6 +62,26 @@ pub trait Sampler: Send {
     fn capacity(&self) -> Option<u64> {
         None
     }
+
+    /// Whether suggesting `trial_number` with `history` fits a model, which takes from a
+    /// millisecond to seconds as the history grows: a caller that must stay responsive runs
+    /// such a suggestion on a thread of its own. Design points (random, Sobol, grid, and the
+    /// model-based samplers' initial design) are microseconds and say `false`.
+    fn models(&self, trial_number: u32, history: &[Observation]) -> bool {
+        let _ = (trial_number, history);
+        false
+    }
+}
+
+/// Whether a model-based sampler with `initial_trials` fits its model for `trial_number`:
+/// past its initial design, once two results are in.
+pub(crate) fn past_design(initial_trials: u32, trial_number: u32, history: &[Observation]) -> bool {
+    trial_number >= initial_trials
+        && history
+            .iter()
+            .filter(|observation| observation.completed().is_some())
+            .nth(1)
+            .is_some()
 }
 
 /// Independent uniform sampling (log-uniform on log dimensions).

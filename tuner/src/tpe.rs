@@ -179,6 +179,10 @@ fn truncated_log_pdf(x: f64, mu: f64, sigma: f64) -> f64 {
 }
 
 impl Sampler for TpeSampler {
+    fn models(&self, trial_number: u32, history: &[Observation]) -> bool {
+        crate::sampler::past_design(self.settings.initial_trials, trial_number, history)
+    }
+
     fn suggest(&mut self, trial_number: u32, history: &[Observation]) -> Option<Point> {
         let mut completed: Vec<(f64, f64, Vec<f64>)> = history
             .iter()

@@ -18,6 +18,13 @@
 //! stopped. A trial's `rungs` (its objective at each rung) rebuild the bookkeeping after a
 //! restart.
 //!
+//! Suggestions: a sampler that fits a model (past its initial design) runs on a blocking
+//! thread, with the sampler moved there and back (`SweepMsg::Suggested`), so status, cancel,
+//! metrics and reports keep flowing while a suggestion at thousands of trials takes its
+//! second. One suggestion runs at a time; design points (random, Sobol, grid, a model's
+//! first trials) are computed in place. The thread ends with its suggestion; an answer that
+//! comes back to a stopped actor is dropped.
+//!
 //! Accounting: a crash (non-zero exit, trial timeout) spends the retry budget; an agent loss
 //! or preemption re-places the trial with the next attempt number without spending it.
 //! Reports about any attempt but a trial's current one are ignored, so nothing counts twice.
@@ -104,6 +111,14 @@ pub enum SweepMsg {
         watcher: mpsc::UnboundedSender<(u64, SweepEvent)>,
     },
     CheckDeadline,
+    /// A suggestion computed off the actor: the phase's sampler comes back with its point for
+    /// trial `number` (`None`: it has no more points).
+    Suggested {
+        phase: usize,
+        number: u32,
+        sampler: Box<dyn Sampler>,
+        point: Option<Point>,
+    },
 }
 
 pub struct SweepArgs {
@@ -160,7 +175,8 @@ impl Stopper {
 struct PhasePlan {
     name: String,
     space: TunerSpace,
-    sampler: Box<dyn Sampler>,
+    /// `None` while a suggestion runs on a blocking thread with it.
+    sampler: Option<Box<dyn Sampler>>,
     /// Trials the phase may create (its budget, or a smaller grid).
     limit: u32,
     max_parallel: u32,
@@ -194,6 +210,9 @@ pub struct SweepActorState {
     seq: u64,
     /// Start commands waiting for their placement to be durable; aborted with the actor.
     starts: tokio::task::JoinSet<()>,
+    /// The suggestion running on a blocking thread, if any (it ends on its own).
+    suggestion: Option<tokio::task::JoinHandle<()>>,
+    myself: ActorRef<SweepMsg>,
 }
 
 pub struct SweepActor;
@@ -222,7 +241,7 @@ impl Actor for SweepActor {
             plans.push(PhasePlan {
                 name: phase.name.to_string(),
                 space,
-                sampler,
+                sampler: Some(sampler),
                 limit,
                 max_parallel: phase.max_parallel,
             });
@@ -262,6 +281,8 @@ impl Actor for SweepActor {
             watchers: Vec::new(),
             seq: args.epoch.0 << 32,
             starts: tokio::task::JoinSet::new(),
+            suggestion: None,
+            myself: myself.clone(),
             record: args.record,
         };
         if spec_has_deadline(&state.record.spec) && !state.record.state.is_final() {
@@ -381,6 +402,15 @@ impl Actor for SweepActor {
                 } else {
                     state.watchers.push(watcher);
                 }
+            }
+            SweepMsg::Suggested {
+                phase,
+                number,
+                sampler,
+                point,
+            } => {
+                state.suggested(phase, number, sampler, point);
+                state.finish_if_done().await;
             }
             SweepMsg::CheckDeadline => {
                 let deadline = state
@@ -748,79 +778,151 @@ impl SweepActorState {
         }
     }
 
-    /// Creates trials of the current phase while its budget and parallelism allow.
+    /// Creates trials of the current phase while its budget and parallelism allow. A
+    /// suggestion that fits a model goes to a blocking thread, and the trials after it wait
+    /// for its answer ([`SweepActorState::suggested`]).
     fn fill(&mut self) {
         if self.record.state != SweepState::Running {
             return;
         }
         // ASHA's promotion form resumes paused trials before it starts new ones.
         self.promote();
-        let (limit, max_parallel) = (self.plan().limit, self.plan().max_parallel);
         let mut created = Vec::new();
         let mut reused = Vec::new();
-        while !self.exhausted
-            && (self.phase_trials().len() as u32) < limit
-            && self.unfinished() < max_parallel
-        {
+        while self.room() {
             let number = self.trials.len() as u32;
-            let Some(point) = self.suggest(number - self.phase_start) else {
+            let index = number - self.phase_start;
+            let history = self.history();
+            // Without its sampler, the phase waits for the suggestion in flight.
+            let Some(sampler) = self.plans[self.phase].sampler.as_mut() else {
+                break;
+            };
+            if sampler.models(index, &history) {
+                self.suggest_off_actor(number, history);
+                break;
+            }
+            let Some(point) = sampler.suggest(index, &history) else {
                 self.exhausted = true;
                 break;
             };
-            let mut params = self.fixed.clone();
-            params.extend(self.plan().space.params_of(&point));
-            let mut trial = TrialRecord {
-                id: TrialId {
-                    sweep: self.id(),
-                    number,
-                },
-                attempt: 0,
-                params,
-                state: TrialState::Pending,
-                metrics: BTreeMap::new(),
-                objective: None,
-                feasible: false,
-                agent: None,
-                failures: 0,
-                started_ms: None,
-                finished_ms: None,
-                duration_ms: None,
-                message: None,
-                dispatch_latency_us: None,
-                checkpoint: None,
-                phase: self.phase as u32,
-                rungs: Vec::new(),
-                reschedules: 0,
-                lost_on: Vec::new(),
-                seq: 0,
-            };
-            // An earlier phase already ran this exact configuration (typically its winner,
-            // which a later phase's grid contains again): take its result, run nothing.
-            let earlier = &self.trials[..self.phase_start as usize];
-            let configuration = self.configuration(&trial.params);
-            match earlier.iter().find(|earlier| {
-                earlier.state == TrialState::Succeeded
-                    && self.configuration(&earlier.params) == configuration
-            }) {
-                Some(earlier) => {
-                    trial.state = TrialState::Succeeded;
-                    trial.metrics = earlier.metrics.clone();
-                    trial.objective = earlier.objective;
-                    trial.feasible = earlier.feasible;
-                    trial.duration_ms = earlier.duration_ms;
-                    trial.checkpoint = earlier.checkpoint.clone();
-                    trial.started_ms = Some(now_ms());
-                    trial.finished_ms = trial.started_ms;
-                    trial.message = Some(format!(
-                        "same configuration as trial {}; its result is reused",
-                        earlier.id
-                    ));
-                    reused.push(number);
-                }
-                None => created.push(number),
-            }
-            self.trials.push(trial);
+            self.create(number, point, &mut created, &mut reused);
         }
+        self.announce(created, reused);
+    }
+
+    /// Whether the current phase may create another trial now.
+    fn room(&self) -> bool {
+        !self.exhausted
+            && (self.phase_trials().len() as u32) < self.plan().limit
+            && self.unfinished() < self.plan().max_parallel
+    }
+
+    /// Runs the current phase's sampler for trial `number` on a blocking thread; the point
+    /// and the sampler come back as `SweepMsg::Suggested`.
+    fn suggest_off_actor(&mut self, number: u32, history: Vec<Observation>) {
+        let Some(mut sampler) = self.plans[self.phase].sampler.take() else {
+            return;
+        };
+        let (phase, index, myself) = (self.phase, number - self.phase_start, self.myself.clone());
+        self.suggestion = Some(tokio::task::spawn_blocking(move || {
+            let point = sampler.suggest(index, &history);
+            let _ = myself.cast(SweepMsg::Suggested {
+                phase,
+                number,
+                sampler,
+                point,
+            });
+        }));
+    }
+
+    /// A suggestion computed off the actor came back: the sampler returns to its phase, and
+    /// the trial is created if the phase still wants trial `number` (the sweep may have been
+    /// cancelled, or moved on, meanwhile); then the phase fills on.
+    fn suggested(
+        &mut self,
+        phase: usize,
+        number: u32,
+        sampler: Box<dyn Sampler>,
+        point: Option<Point>,
+    ) {
+        self.suggestion = None;
+        self.plans[phase].sampler = Some(sampler);
+        let wanted = phase == self.phase
+            && number == self.trials.len() as u32
+            && self.record.state == SweepState::Running
+            && self.room();
+        if wanted {
+            let mut created = Vec::new();
+            let mut reused = Vec::new();
+            match point {
+                Some(point) => self.create(number, point, &mut created, &mut reused),
+                None => self.exhausted = true,
+            }
+            self.announce(created, reused);
+        }
+        self.fill();
+    }
+
+    /// Adds trial `number` at `point`: to `created`, or to `reused` when an earlier phase
+    /// already ran the same configuration (its result is taken and nothing runs).
+    fn create(&mut self, number: u32, point: Point, created: &mut Vec<u32>, reused: &mut Vec<u32>) {
+        let mut params = self.fixed.clone();
+        params.extend(self.plan().space.params_of(&point));
+        let mut trial = TrialRecord {
+            id: TrialId {
+                sweep: self.id(),
+                number,
+            },
+            attempt: 0,
+            params,
+            state: TrialState::Pending,
+            metrics: BTreeMap::new(),
+            objective: None,
+            feasible: false,
+            agent: None,
+            failures: 0,
+            started_ms: None,
+            finished_ms: None,
+            duration_ms: None,
+            message: None,
+            dispatch_latency_us: None,
+            checkpoint: None,
+            phase: self.phase as u32,
+            rungs: Vec::new(),
+            reschedules: 0,
+            lost_on: Vec::new(),
+            seq: 0,
+        };
+        // An earlier phase already ran this exact configuration (typically its winner,
+        // which a later phase's grid contains again): take its result, run nothing.
+        let earlier = &self.trials[..self.phase_start as usize];
+        let configuration = self.configuration(&trial.params);
+        match earlier.iter().find(|earlier| {
+            earlier.state == TrialState::Succeeded
+                && self.configuration(&earlier.params) == configuration
+        }) {
+            Some(earlier) => {
+                trial.state = TrialState::Succeeded;
+                trial.metrics = earlier.metrics.clone();
+                trial.objective = earlier.objective;
+                trial.feasible = earlier.feasible;
+                trial.duration_ms = earlier.duration_ms;
+                trial.checkpoint = earlier.checkpoint.clone();
+                trial.started_ms = Some(now_ms());
+                trial.finished_ms = trial.started_ms;
+                trial.message = Some(format!(
+                    "same configuration as trial {}; its result is reused",
+                    earlier.id
+                ));
+                reused.push(number);
+            }
+            None => created.push(number),
+        }
+        self.trials.push(trial);
+    }
+
+    /// Stores new trials, announces reused results and queues the rest at the Scheduler.
+    fn announce(&mut self, created: Vec<u32>, reused: Vec<u32>) {
         if created.is_empty() && reused.is_empty() {
             return;
         }
@@ -885,23 +987,6 @@ impl SweepActorState {
                 tuning::observation(space, &trial.params, outcome)
             })
             .collect()
-    }
-
-    /// The sampler's point for the phase's trial `number` (counted from the phase's first).
-    /// Model fits take milliseconds to a fraction
-    /// of a second at a thousand trials, so on a multi-threaded runtime the worker thread
-    /// is handed over while the sampler computes (other actors keep running).
-    fn suggest(&mut self, number: u32) -> Option<Point> {
-        let history = self.history();
-        let sampler = &mut self.plans[self.phase].sampler;
-        let multi_threaded = tokio::runtime::Handle::try_current().is_ok_and(|handle| {
-            handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-        });
-        if multi_threaded {
-            tokio::task::block_in_place(|| sampler.suggest(number, &history))
-        } else {
-            sampler.suggest(number, &history)
-        }
     }
 
     fn dispatched(&mut self, attempt: AttemptId, agent: AgentId, start: Box<StartTrial>) {
@@ -1433,6 +1518,150 @@ impl Curve {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stands in for the Scheduler: reports every trial it is asked to queue.
+    struct Queue;
+
+    impl Actor for Queue {
+        type Msg = SchedulerMsg;
+        type State = mpsc::UnboundedSender<u32>;
+        type Arguments = mpsc::UnboundedSender<u32>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<SchedulerMsg>,
+            queued: mpsc::UnboundedSender<u32>,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(queued)
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<SchedulerMsg>,
+            message: SchedulerMsg,
+            queued: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if let SchedulerMsg::Enqueue(trials) = message {
+                for trial in trials {
+                    let _ = queued.send(trial.attempt.trial.number);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// A suggestion that fits the GP to 400 results runs off the actor: the actor answers a
+    /// status request while it is computed, and the trial is queued when it comes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_fit_runs_off_the_actor_which_answers_meanwhile() {
+        let spec = SweepSpec::from_toml(
+            r#"
+name = "off-actor"
+[objective]
+metric = "loss"
+direction = "minimize"
+[space.x]
+type = "float"
+low = 0.0
+high = 1.0
+[space.y]
+type = "float"
+low = 0.0
+high = 1.0
+[algorithm]
+name = "bayesian"
+seed = 7
+[budget]
+max_trials = 500
+max_parallel = 1
+[trial]
+command = "true"
+metrics = ["loss"]
+"#,
+            "test",
+        )
+        .expect("spec");
+        let id = SweepId(1);
+        let trials: BTreeMap<u32, TrialRecord> = (0..400u32)
+            .map(|number| {
+                let x = f64::from(number % 20) / 19.0;
+                let y = f64::from(number / 20) / 19.0;
+                let loss = (x - 0.3).powi(2) + (y - 0.6).powi(2);
+                let record = TrialRecord {
+                    id: TrialId { sweep: id, number },
+                    attempt: 0,
+                    params: [
+                        ("x".to_string(), flotilla_protocol::ParamValue::Float(x)),
+                        ("y".to_string(), flotilla_protocol::ParamValue::Float(y)),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    state: TrialState::Succeeded,
+                    metrics: [("loss".to_string(), loss)].into_iter().collect(),
+                    objective: Some(loss),
+                    feasible: true,
+                    agent: None,
+                    failures: 0,
+                    started_ms: Some(1),
+                    finished_ms: Some(2),
+                    duration_ms: Some(1),
+                    message: None,
+                    dispatch_latency_us: None,
+                    checkpoint: None,
+                    phase: 0,
+                    rungs: Vec::new(),
+                    reschedules: 0,
+                    lost_on: Vec::new(),
+                    seq: 0,
+                };
+                (number, record)
+            })
+            .collect();
+        let dir = tempfile::tempdir().expect("dir");
+        let store =
+            crate::store::local::LocalStore::open(&dir.path().join("state.log")).expect("store");
+        let (queued_tx, mut queued) = mpsc::unbounded_channel();
+        let (scheduler, _) = Actor::spawn(None, Queue, queued_tx).await.expect("queue");
+        let record = SweepRecord {
+            id,
+            spec,
+            seed: 7,
+            state: SweepState::Running,
+            created_ms: now_ms(),
+            finished_ms: None,
+            message: None,
+        };
+        let (sweep, _) = Actor::spawn(
+            None,
+            SweepActor,
+            SweepArgs {
+                record,
+                trials,
+                scheduler: scheduler.clone(),
+                store: Arc::new(store),
+                notifier: None,
+                epoch: flotilla_protocol::Epoch(1),
+            },
+        )
+        .await
+        .expect("sweep");
+        // The actor started without waiting for the fit, and answers at once.
+        let summary = ractor::call!(sweep, SweepMsg::Summary).expect("summary");
+        assert_eq!(summary.counts.succeeded, 400);
+        assert!(
+            queued.try_recv().is_err(),
+            "trial 400 was queued before the actor answered: the fit ran on the actor"
+        );
+        let number = tokio::time::timeout(Duration::from_secs(120), queued.recv())
+            .await
+            .expect("the suggestion came back")
+            .expect("a queued trial");
+        assert_eq!(number, 400);
+        let trials = ractor::call!(sweep, SweepMsg::Trials).expect("trials");
+        assert_eq!(trials.len(), 401);
+        sweep.stop(None);
+        scheduler.stop(None);
+    }
 
     #[test]
     fn curves_ignore_repeated_steps_and_thin_out_when_full() {
