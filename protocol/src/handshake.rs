@@ -23,7 +23,9 @@ use crate::messages::{Hello, Role};
 /// replicas resources (`ServingSpec::slots` and `gpus`) and `Placement` the GPUs a replica
 /// holds. Versions 12 and 13 changed existing structs, so older peers are refused; stored
 /// state of versions 11 and 12 is read and converted (the coordinator's `store::legacy`).
-pub const PROTOCOL_VERSION: u16 = 13;
+/// Version 14 appended `StoppingRule::Hyperband` (every other encoding is unchanged, so 13 is
+/// still spoken).
+pub const PROTOCOL_VERSION: u16 = 14;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot
 /// decode.

@@ -232,6 +232,9 @@ fn default_min_trials() -> u32 {
 pub enum StoppingRule {
     Asha,
     Median,
+    /// Asynchronous Hyperband: ASHA brackets of decreasing aggressiveness (appended: the
+    /// encodings of the other rules are unchanged).
+    Hyperband,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -816,11 +819,17 @@ metrics = ["loss"]
                 problem("early_stopping.min_resource", "must be a number > 0".into());
             }
             match stopping.rule {
-                StoppingRule::Asha => {
+                StoppingRule::Asha | StoppingRule::Hyperband => {
                     match stopping.max_resource {
                         None => problem(
                             "early_stopping.max_resource",
-                            "ASHA needs the resource of a complete trial".into(),
+                            format!(
+                                "{} needs the resource of a complete trial",
+                                match stopping.rule {
+                                    StoppingRule::Hyperband => "Hyperband",
+                                    _ => "ASHA",
+                                }
+                            ),
                         ),
                         Some(max) if !(max.is_finite() && max > stopping.min_resource) => problem(
                             "early_stopping.max_resource",
@@ -834,7 +843,13 @@ metrics = ["loss"]
                     if !(stopping.reduction_factor.is_finite() && stopping.reduction_factor > 1.0) {
                         problem("early_stopping.reduction_factor", "must be > 1".into());
                     }
-                    if stopping.promotion {
+                    if stopping.promotion && stopping.rule == StoppingRule::Hyperband {
+                        problem(
+                            "early_stopping.promotion",
+                            "applies to the asha rule only (Hyperband stops trials in flight)"
+                                .into(),
+                        );
+                    } else if stopping.promotion {
                         self.check_promotion(stopping, &mut problem);
                     }
                 }
@@ -1603,6 +1618,28 @@ promotion = true
         assert_eq!(
             (stopping.rule, stopping.min_trials),
             (StoppingRule::Median, 5)
+        );
+        let again = SweepSpec::from_toml(&spec.to_toml(), "again").expect("round trip");
+        assert_eq!(again, spec);
+
+        // Hyperband needs what ASHA needs, and stops trials in flight (no promotion form).
+        let hyperband = format!(
+            "{GOOD}\n[early_stopping]\nrule = \"hyperband\"\nresource = \"loss\"\nmin_resource = 1\npromotion = true\n"
+        );
+        let problems = problems_of(&hyperband);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(
+            paths.contains(&"early_stopping.max_resource"),
+            "{problems:?}"
+        );
+        assert!(paths.contains(&"early_stopping.promotion"), "{problems:?}");
+        let good = format!(
+            "{GOOD}\n[early_stopping]\nrule = \"hyperband\"\nresource = \"loss\"\nmin_resource = 1\nmax_resource = 27\n"
+        );
+        let spec = SweepSpec::from_toml(&good, "test.toml").expect("valid");
+        assert_eq!(
+            spec.early_stopping.as_ref().map(|stopping| stopping.rule),
+            Some(StoppingRule::Hyperband)
         );
         let again = SweepSpec::from_toml(&spec.to_toml(), "again").expect("round trip");
         assert_eq!(again, spec);

@@ -414,6 +414,73 @@ fn walk(dir: &Path) -> Vec<String> {
     found
 }
 
+/// Hyperband on command trials: trials are dealt to three brackets (resources 1 to 9, η = 3:
+/// 9, 5 and 3 of every 17 trials); bracket 0 judges trials from epoch 1, bracket 1 only
+/// from epoch 3, and bracket 2 runs every trial to the end. Every stop names its bracket and
+/// happens at one of that bracket's rungs.
+#[test]
+fn hyperband_stops_trials_only_at_their_own_brackets_rungs() {
+    let mut cluster = Cluster::new(1, 1, Duration::from_secs(2));
+    start(&mut cluster, &["a", "b"]);
+    let file = write_sweep(
+        &cluster,
+        "hyperband",
+        r#"[space.lr]
+type = "float"
+low = 0.0001
+high = 1.0
+log = true
+
+[algorithm]
+name = "random"
+seed = 11
+
+[early_stopping]
+rule = "hyperband"
+resource = "epoch"
+min_resource = 1
+max_resource = 9
+reduction_factor = 3
+
+[budget]
+max_trials = 17
+max_parallel = 2"#,
+        "timeout = \"2m\"",
+        "FLOTILLA_EPOCHS = \"9\"\nFLOTILLA_EXAMPLE_EPOCH_SECONDS = \"0.05\"",
+    );
+    let sweep = cluster.submit(&file);
+    wait_until("the sweep to finish", Duration::from_secs(240), || {
+        cluster
+            .progress(&sweep)
+            .is_some_and(|(state, _)| state == "Completed")
+    });
+    let results = cluster.results(&sweep).expect("results");
+    let trials = results["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 17);
+    let stopped: Vec<&Value> = trials
+        .iter()
+        .filter(|trial| trial["state"] == "stopped")
+        .collect();
+    assert!(!stopped.is_empty(), "Hyperband stopped nothing: {results}");
+    for trial in &stopped {
+        let message = trial["message"].as_str().unwrap_or_default();
+        let rung_ok = if message.contains("Hyperband bracket 0:") {
+            message.contains("(resource 1)") || message.contains("(resource 3)")
+        } else if message.contains("Hyperband bracket 1:") {
+            message.contains("(resource 3)")
+        } else {
+            false
+        };
+        assert!(rung_ok, "a stop outside its bracket's rungs: {trial}");
+    }
+    // Bracket 2's three trials (and the best of the others) ran all nine epochs.
+    let complete = trials
+        .iter()
+        .filter(|trial| trial["state"] == "succeeded")
+        .count();
+    assert!(complete >= 3, "{complete} trials ran to the end: {results}");
+}
+
 /// ASHA's promotion form on command trials: each trial trains to its rung, commits and
 /// pauses; a promoted trial resumes from that checkpoint (not from epoch 0) and trains on to
 /// the next rung.

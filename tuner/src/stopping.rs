@@ -13,6 +13,16 @@
 //! best `1/η` of its rung (highest rung first), which resumes from its checkpoint up to the
 //! next rung; only when nothing is promotable does a new trial start.
 //!
+//! **Hyperband** (Li et al., *Hyperband*, JMLR 2018), in its asynchronous form (the ASHA
+//! paper's §3.3): ASHA bets that early results predict final ones, and is wrong for
+//! configurations that learn slowly. Hyperband hedges over that bet with brackets of
+//! different aggressiveness: bracket `b` runs ASHA with its first rung at
+//! `min_resource · ηᵇ`, from bracket 0 (plain ASHA) to the last, which has no rung and runs
+//! every trial to `max_resource`. Trials are dealt to brackets in Hyperband's proportions,
+//! `nᵦ = ⌈(K+1)/(K+1−b) · η^(K−b)⌉` with `K` the number of ASHA rungs (each bracket
+//! spends about the same resource), in a fixed interleaved order by trial number, so the
+//! deal survives a restart.
+//!
 //! **Median stopping rule** (Golovin et al., *Google Vizier*, KDD 2017): after a grace
 //! resource, a trial stops if its best value so far is worse than the median of the other
 //! trials' running averages up to the same resource.
@@ -195,6 +205,76 @@ impl Asha {
     }
 }
 
+/// Asynchronous Hyperband: ASHA brackets of decreasing aggressiveness, trials dealt to them
+/// by number.
+#[derive(Debug, Clone)]
+pub struct Hyperband {
+    /// Bracket `b`'s ASHA; `None` for the last bracket, which stops nothing.
+    brackets: Vec<Option<Asha>>,
+    /// Bracket of each position in the deal; trial `t` goes to `deal[t % deal.len()]`.
+    deal: Vec<usize>,
+}
+
+impl Hyperband {
+    /// `None` when the settings do not make rungs (as for [`Asha::new`]).
+    pub fn new(settings: AshaSettings) -> Option<Hyperband> {
+        let rungs = Asha::new(settings.clone())?.rungs().len();
+        let eta = settings.reduction_factor;
+        let brackets: Vec<Option<Asha>> = (0..=rungs)
+            .map(|bracket| {
+                Asha::new(AshaSettings {
+                    min_resource: settings.min_resource * eta.powi(bracket as i32),
+                    ..settings.clone()
+                })
+            })
+            .collect();
+        let k = rungs as f64;
+        let sizes: Vec<usize> = (0..=rungs)
+            .map(|b| {
+                let b = b as f64;
+                ((k + 1.0) / (k + 1.0 - b) * eta.powf(k - b))
+                    .ceil()
+                    .max(1.0) as usize
+            })
+            .collect();
+        // Interleave: bracket b's i-th trial sits at (i + ½)/nᵦ of the way through the deal.
+        let mut slots: Vec<(f64, usize)> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(bracket, &n)| (0..n).map(move |i| ((i as f64 + 0.5) / n as f64, bracket)))
+            .collect();
+        slots.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        Some(Hyperband {
+            brackets,
+            deal: slots.into_iter().map(|(_, bracket)| bracket).collect(),
+        })
+    }
+
+    /// The bracket trial `trial` is in (0: the most aggressive).
+    pub fn bracket_of(&self, trial: u32) -> usize {
+        self.deal[trial as usize % self.deal.len()]
+    }
+
+    /// How many brackets there are.
+    pub fn brackets(&self) -> usize {
+        self.brackets.len()
+    }
+
+    /// `trial` reports `value` at `resource`: its bracket's ASHA decides.
+    pub fn report(&mut self, trial: u32, resource: f64, value: f64) -> Decision {
+        let bracket = self.bracket_of(trial);
+        match &mut self.brackets[bracket] {
+            Some(asha) => match asha.report(trial, resource, value) {
+                Decision::Stop(reason) => {
+                    Decision::Stop(format!("Hyperband bracket {bracket}: {reason}"))
+                }
+                Decision::Continue => Decision::Continue,
+            },
+            None => Decision::Continue,
+        }
+    }
+}
+
 /// The median stopping rule over every trial's reports.
 #[derive(Debug, Clone)]
 pub struct MedianRule {
@@ -310,6 +390,73 @@ mod tests {
             reduction_factor: 3.0,
         })
         .expect("valid")
+    }
+
+    fn hyperband() -> Hyperband {
+        Hyperband::new(AshaSettings {
+            min_resource: 1.0,
+            max_resource: 27.0,
+            reduction_factor: 3.0,
+        })
+        .expect("valid")
+    }
+
+    #[test]
+    fn hyperband_deals_trials_to_brackets_in_its_proportions() {
+        let hyperband = hyperband();
+        assert_eq!(hyperband.brackets(), 4);
+        // Li et al.'s brackets for R = 27, η = 3: 27, 12, 6 and 4 configurations.
+        let mut counts = [0; 4];
+        for trial in 0..49 {
+            counts[hyperband.bracket_of(trial)] += 1;
+        }
+        assert_eq!(counts, [27, 12, 6, 4]);
+        // Interleaved: every bracket appears early, not after all of bracket 0.
+        let first: std::collections::BTreeSet<usize> =
+            (0..12).map(|trial| hyperband.bracket_of(trial)).collect();
+        assert_eq!(first.len(), 4, "{first:?}");
+        // The deal repeats, so it is the same after a restart.
+        assert_eq!(hyperband.bracket_of(3), hyperband.bracket_of(3 + 49));
+    }
+
+    #[test]
+    fn each_hyperband_bracket_judges_only_from_its_own_first_rung() {
+        let mut hyperband = hyperband();
+        let in_bracket = |hyperband: &Hyperband, bracket: usize| -> Vec<u32> {
+            (0..49)
+                .filter(|trial| hyperband.bracket_of(*trial) == bracket)
+                .collect()
+        };
+        // Bracket 0 is ASHA from resource 1: a trial that is not in the best third of those
+        // that reached resource 1 stops there.
+        let zero = in_bracket(&hyperband, 0);
+        assert_eq!(hyperband.report(zero[0], 1.0, 0.1), Decision::Continue);
+        assert_eq!(hyperband.report(zero[1], 1.0, 0.05), Decision::Continue);
+        assert!(matches!(
+            hyperband.report(zero[2], 1.0, 0.9),
+            Decision::Stop(reason) if reason.starts_with("Hyperband bracket 0")
+        ));
+        // Bracket 2 first judges at resource 9: a poor start is not held against a trial.
+        let two = in_bracket(&hyperband, 2);
+        assert_eq!(hyperband.report(two[0], 1.0, 0.1), Decision::Continue);
+        assert_eq!(hyperband.report(two[1], 1.0, 0.9), Decision::Continue);
+        assert_eq!(hyperband.report(two[1], 3.0, 0.9), Decision::Continue);
+        assert_eq!(hyperband.report(two[0], 9.0, 0.1), Decision::Continue);
+        assert_eq!(hyperband.report(two[2], 9.0, 0.05), Decision::Continue);
+        assert!(matches!(
+            hyperband.report(two[1], 9.0, 0.9),
+            Decision::Stop(_)
+        ));
+        // The last bracket runs everything to the end.
+        let last = in_bracket(&hyperband, 3);
+        for (index, trial) in last.iter().enumerate() {
+            for resource in [1.0, 3.0, 9.0, 26.0] {
+                assert_eq!(
+                    hyperband.report(*trial, resource, 10.0 + index as f64),
+                    Decision::Continue
+                );
+            }
+        }
     }
 
     #[test]

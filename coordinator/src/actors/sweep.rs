@@ -44,7 +44,7 @@ use flotilla_protocol::spec::{Direction, StoppingRule, SweepSpec, TrialSpec};
 use flotilla_protocol::trainers::BUDGET_HYPERPARAMETER;
 use flotilla_protocol::tuning::{self, TunerSpace};
 use flotilla_protocol::{AgentId, AttemptId, SweepId, TrialId};
-use flotilla_tuner::stopping::{Asha, AshaSettings, Decision, MedianRule};
+use flotilla_tuner::stopping::{Asha, AshaSettings, Decision, Hyperband, MedianRule};
 use flotilla_tuner::{Observation, Outcome, Point, Sampler};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
@@ -143,6 +143,7 @@ struct LiveAttempt {
 /// The sweep's early-stopping rule, fed with every trial's objective along its resource.
 enum Stopper {
     Asha(Asha),
+    Hyperband(Hyperband),
     Median(MedianRule),
 }
 
@@ -156,6 +157,12 @@ impl Stopper {
                 reduction_factor: stopping.reduction_factor,
             })
             .map(Stopper::Asha),
+            StoppingRule::Hyperband => Hyperband::new(AshaSettings {
+                min_resource: stopping.min_resource,
+                max_resource: stopping.max_resource?,
+                reduction_factor: stopping.reduction_factor,
+            })
+            .map(Stopper::Hyperband),
             StoppingRule::Median => Some(Stopper::Median(MedianRule::new(
                 stopping.min_resource,
                 stopping.min_trials as usize,
@@ -166,6 +173,7 @@ impl Stopper {
     fn report(&mut self, trial: u32, resource: f64, value: f64) -> Decision {
         match self {
             Stopper::Asha(asha) => asha.report(trial, resource, value),
+            Stopper::Hyperband(hyperband) => hyperband.report(trial, resource, value),
             Stopper::Median(rule) => rule.report(trial, resource, value),
         }
     }
