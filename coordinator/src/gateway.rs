@@ -213,7 +213,8 @@ async fn serve_connection(
             Some((
                 RefusalReason::RoleNotPermitted,
                 format!(
-                    "a {} certificate may not act as {}",
+                    "{} {} certificate may not act as {}",
+                    article(role.name()),
                     role.name(),
                     hello.role.name()
                 ),
@@ -286,6 +287,15 @@ async fn serve_connection(
             connection.close(3u32.into(), b"leadership lost");
             Err(SessionError::Internal("this coordinator's term as leader ended".into()))
         }
+    }
+}
+
+/// "a" or "an", as English puts it before `word`.
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 
@@ -1077,4 +1087,18 @@ async fn watch(
     let _ = send.finish();
     let _ = send.stopped().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_as_english() {
+        let refusal = |role: Role| format!("{} {} certificate", article(role.name()), role.name());
+        assert_eq!(refusal(Role::Agent), "an agent certificate");
+        assert_eq!(refusal(Role::Admin), "an admin certificate");
+        assert_eq!(refusal(Role::Client), "a client certificate");
+        assert_eq!(refusal(Role::Router), "a router certificate");
+    }
 }
