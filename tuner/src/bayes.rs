@@ -20,6 +20,13 @@
 //!    carries a local penalty `ln(1 − exp(−d²/2r²))` with `d` the distance in length scales
 //!    and `r = 0.1` (local penalization, González et al., 2016, with a length-scale radius):
 //!    a parallel suggestion lands at least about a tenth of a length scale from the others.
+//!    **Trials stopped part way** (early stopping: `Outcome::Partial`, seen at a fraction of
+//!    a complete trial's resource) are lower-fidelity observations, not final ones: a GP
+//!    over (point, fidelity) is fitted to every result at the fidelity it was seen, and each
+//!    stopped trial enters the models with that GP's prediction at full fidelity. Where the
+//!    resource shifts results (a configuration that learns slowly looks worse early), the
+//!    shift learned from the data is taken out instead of holding the early value against
+//!    the configuration.
 //! 4. The acquisition is **log expected improvement** over the best feasible result, plus
 //!    the log **probability of feasibility** under each constraint's GP. Before any
 //!    feasible result exists it is the log probability of feasibility alone: find the
@@ -154,8 +161,63 @@ impl BayesianSampler {
 }
 
 impl BayesianSampler {
+    /// The values of trials stopped part way, corrected to a complete trial's resource: a GP
+    /// over (point, fidelity) is fitted to every result where it was seen (complete ones at
+    /// fidelity 1, `partial` ones at theirs) and read at fidelity 1. What the resource does to
+    /// the value is learned from the data: where it does little (a long length scale in
+    /// fidelity) a stopped trial keeps about its value, and where results improve with
+    /// resource its value moves toward what complete trials near it reached. With fewer than
+    /// two complete results nothing can be learned and the values are kept.
+    fn at_full_fidelity(
+        &self,
+        full: &[Vec<f64>],
+        full_values: &[f64],
+        partial: &[(Vec<f64>, f64, &[f64], f64)],
+    ) -> Vec<f64> {
+        let observed: Vec<f64> = partial.iter().map(|(_, value, _, _)| *value).collect();
+        if full.len() < 2 {
+            return observed;
+        }
+        let with = |coords: &[f64], fidelity: f64| {
+            let mut extended = coords.to_vec();
+            extended.push(fidelity);
+            extended
+        };
+        let inputs: Vec<Vec<f64>> = full
+            .iter()
+            .map(|coords| with(coords, 1.0))
+            .chain(
+                partial
+                    .iter()
+                    .map(|(coords, _, _, fidelity)| with(coords, *fidelity)),
+            )
+            .collect();
+        let outputs: Vec<f64> = full_values.iter().chain(&observed).copied().collect();
+        let mut kinds = self.encoder.kinds();
+        kinds.push(gp::Coordinate::Numeric);
+        let settings = FitSettings {
+            starts: vec![gp::default_theta(self.encoder.dims() + 1)],
+            max_iterations: 50,
+        };
+        let Some(model) = Gp::fit(inputs, &outputs, kinds, &settings) else {
+            return observed;
+        };
+        partial
+            .iter()
+            .zip(&observed)
+            .map(|((coords, _, _, _), value)| {
+                let corrected = model.unstandardize(model.predict(&with(coords, 1.0)).0);
+                if corrected.is_finite() {
+                    corrected
+                } else {
+                    *value
+                }
+            })
+            .collect()
+    }
+
     /// The failure model and its threshold, once any trial has failed: a GP over +1 at
-    /// failed points and −1 at completed ones (`x`, in `completed`'s order), believing the
+    /// failed points and −1 at the points of every result (`x`), believing the
     /// pending points. Its probability of staying below 0 is the probability that a trial
     /// there does not fail.
     ///
@@ -215,7 +277,11 @@ impl Sampler for BayesianSampler {
             .iter()
             .filter(|observation| observation.completed().is_some())
             .collect();
-        if trial_number < self.settings.initial_trials || completed.len() < 2 {
+        let results = history
+            .iter()
+            .filter(|observation| observation.result().is_some())
+            .count();
+        if trial_number < self.settings.initial_trials || results < 2 {
             return Some(self.sobol_point(trial_number));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
@@ -225,19 +291,45 @@ impl Sampler for BayesianSampler {
             .filter(|observation| observation.outcome == Outcome::Pending)
             .map(|observation| self.encoder.encode(&observation.point))
             .collect();
-        let x: Vec<Vec<f64>> = completed
+        // Every result the models learn from: complete trials as they ended, then trials
+        // stopped part way with their values corrected to a complete trial's resource.
+        let mut x: Vec<Vec<f64>> = completed
             .iter()
             .map(|observation| self.encoder.encode(&observation.point))
             .collect();
-        let values: Vec<f64> = completed
+        let mut values: Vec<f64> = completed
             .iter()
             .filter_map(|observation| observation.completed().map(|(value, _)| value))
             .collect();
-        let constraint_count = completed
+        let mut constraint_rows: Vec<&[f64]> = completed
             .iter()
-            .filter_map(|observation| observation.completed().map(|(_, c)| c.len()))
-            .max()
-            .unwrap_or(0);
+            .filter_map(|observation| observation.completed().map(|(_, c)| c))
+            .collect();
+        let partial: Vec<(Vec<f64>, f64, &[f64], f64)> = history
+            .iter()
+            .filter_map(|observation| match &observation.outcome {
+                Outcome::Partial {
+                    value,
+                    constraints,
+                    fidelity,
+                } if value.is_finite() => Some((
+                    self.encoder.encode(&observation.point),
+                    *value,
+                    constraints.as_slice(),
+                    fidelity.clamp(0.0, 1.0),
+                )),
+                _ => None,
+            })
+            .collect();
+        if !partial.is_empty() {
+            let corrected = self.at_full_fidelity(&x, &values, &partial);
+            for ((coords, _, constraints, _), value) in partial.into_iter().zip(corrected) {
+                x.push(coords);
+                values.push(value);
+                constraint_rows.push(constraints);
+            }
+        }
+        let constraint_count = constraint_rows.iter().map(|c| c.len()).max().unwrap_or(0);
 
         let Some(objective) = self
             .fit(0, x.clone(), &values, &mut rng)
@@ -250,11 +342,10 @@ impl Sampler for BayesianSampler {
             constraints.push(model);
         }
         for index in 0..constraint_count {
-            let (cx, cy): (Vec<Vec<f64>>, Vec<f64>) = completed
+            let (cx, cy): (Vec<Vec<f64>>, Vec<f64>) = constraint_rows
                 .iter()
                 .zip(&x)
-                .filter_map(|(observation, coords)| {
-                    let (_, values) = observation.completed()?;
+                .filter_map(|(values, coords)| {
                     let value = *values.get(index)?;
                     value.is_finite().then(|| (coords.clone(), value))
                 })

@@ -262,6 +262,11 @@ impl Gp {
         (value - self.y_mean) / self.y_scale
     }
 
+    /// Maps a value in standardized units back to the data's units.
+    pub fn unstandardize(&self, value: f64) -> f64 {
+        value * self.y_scale + self.y_mean
+    }
+
     /// Posterior mean and variance of the latent function at `x`, in standardized units.
     pub fn predict(&self, x: &[f64]) -> (f64, f64) {
         let n = self.x.len();

@@ -27,6 +27,16 @@ pub enum Outcome {
     /// Stopped before it reported a usable value (cancelled, or its sweep ended): says
     /// nothing about its point.
     Stopped,
+    /// Stopped part way (early stopping, or paused at an ASHA rung) with `value` and
+    /// `constraints` as for `Complete`, observed at `fidelity` ∈ (0, 1): the resource it had
+    /// spent over a complete trial's. A value seen early is not the value the trial would
+    /// have ended with (see [`crate::bayes`] for how the GP corrects it, [`crate::tpe`] for
+    /// how TPE ranks it).
+    Partial {
+        value: f64,
+        constraints: Vec<f64>,
+        fidelity: f64,
+    },
 }
 
 impl Observation {
@@ -35,6 +45,18 @@ impl Observation {
         match &self.outcome {
             Outcome::Complete { value, constraints } if value.is_finite() => {
                 Some((*value, constraints.as_slice()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The objective value of a complete trial or of one stopped part way, if usable.
+    pub fn result(&self) -> Option<f64> {
+        match &self.outcome {
+            Outcome::Complete { value, .. } | Outcome::Partial { value, .. }
+                if value.is_finite() =>
+            {
+                Some(*value)
             }
             _ => None,
         }
@@ -79,7 +101,7 @@ pub(crate) fn past_design(initial_trials: u32, trial_number: u32, history: &[Obs
     trial_number >= initial_trials
         && history
             .iter()
-            .filter(|observation| observation.completed().is_some())
+            .filter(|observation| observation.result().is_some())
             .nth(1)
             .is_some()
 }

@@ -10,7 +10,9 @@
 //! estimators lose.
 //!
 //! Constraints follow c-TPE's ordering: feasible trials rank before infeasible ones, which
-//! rank by their total violation. Pending trials join the bad group (a "constant liar"), so
+//! rank by their total violation. Trials stopped part way (early stopping) rank after the
+//! complete ones of their class, by their value where they stopped, as Optuna's TPE ranks
+//! pruned trials: a value seen early is not a final one. Pending trials join the bad group (a "constant liar"), so
 //! parallel suggestions move away from points already being evaluated, and so do failed
 //! trials (crashed, errored, timed out: worse than any result), so the good density does not
 //! lead back to where trials fail. Trials stopped without a value are left out.
@@ -184,15 +186,30 @@ impl Sampler for TpeSampler {
     }
 
     fn suggest(&mut self, trial_number: u32, history: &[Observation]) -> Option<Point> {
-        let mut completed: Vec<(f64, f64, Vec<f64>)> = history
+        // (violation, 1 when stopped part way, value, point): ranked in that order.
+        let mut completed: Vec<(f64, f64, f64, Vec<f64>)> = history
             .iter()
             .filter_map(|observation| {
-                let (value, constraints) = observation.completed()?;
+                let (value, constraints, partial) = match &observation.outcome {
+                    Outcome::Complete { value, constraints } => (*value, constraints, 0.0),
+                    Outcome::Partial {
+                        value, constraints, ..
+                    } => (*value, constraints, 1.0),
+                    _ => return None,
+                };
+                if !value.is_finite() {
+                    return None;
+                }
                 let violation: f64 = constraints
                     .iter()
                     .map(|c| if c.is_finite() { c.max(0.0) } else { f64::MAX })
                     .sum();
-                Some((violation, value, self.encoder.encode(&observation.point)))
+                Some((
+                    violation,
+                    partial,
+                    value,
+                    self.encoder.encode(&observation.point),
+                ))
             })
             .collect();
         let sobol = |encoder: &Encoder| {
@@ -205,18 +222,18 @@ impl Sampler for TpeSampler {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(u64::from(trial_number) + 1);
         completed.sort_by(|a, b| {
-            (a.0, a.1)
-                .partial_cmp(&(b.0, b.1))
+            (a.0, a.1, a.2)
+                .partial_cmp(&(b.0, b.1, b.2))
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
         let good_count = completed.len().div_ceil(10).clamp(1, 25);
         let good: Vec<Vec<f64>> = completed[..good_count]
             .iter()
-            .map(|t| t.2.clone())
+            .map(|t| t.3.clone())
             .collect();
         let bad: Vec<Vec<f64>> = completed[good_count..]
             .iter()
-            .map(|t| t.2.clone())
+            .map(|t| t.3.clone())
             .chain(
                 history
                     .iter()

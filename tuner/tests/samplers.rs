@@ -363,3 +363,70 @@ fn model_based_samplers_steer_away_from_where_trials_fail() {
         }
     }
 }
+
+/// Trials stopped part way are lower-fidelity observations: when results seen early are
+/// systematically worse (here by 0.5 at a tenth of the resource), the GP corrects them to full
+/// fidelity, so a region explored only by stopped trials is not held against its early
+/// values. Given the same values as final results, the GP avoids the region instead.
+#[test]
+fn the_gp_corrects_early_stopped_results_to_full_fidelity() {
+    let space = SearchSpace::new(vec![Dimension::float("x", 0.0, 1.0, false)]).expect("space");
+    let truth = |x: f64| (x - 0.8).powi(2);
+    let mut partial_history = Vec::new();
+    let mut final_history = Vec::new();
+    // Complete trials away from the optimum, and each seen early too (by other trials that
+    // were stopped there), so the data tell what the resource does.
+    for x in [0.05, 0.15, 0.25, 0.35, 0.45] {
+        for history in [&mut partial_history, &mut final_history] {
+            history.push(Observation {
+                point: vec![Value::Float(x)],
+                outcome: complete(truth(x)),
+            });
+        }
+        let early = truth(x) + 0.5;
+        partial_history.push(Observation {
+            point: vec![Value::Float(x + 0.02)],
+            outcome: Outcome::Partial {
+                value: early,
+                constraints: vec![],
+                fidelity: 0.1,
+            },
+        });
+        final_history.push(Observation {
+            point: vec![Value::Float(x + 0.02)],
+            outcome: complete(early),
+        });
+    }
+    // Near the optimum only early-stopped trials.
+    for x in [0.7, 0.78, 0.86, 0.95] {
+        let early = truth(x) + 0.5;
+        partial_history.push(Observation {
+            point: vec![Value::Float(x)],
+            outcome: Outcome::Partial {
+                value: early,
+                constraints: vec![],
+                fidelity: 0.1,
+            },
+        });
+        final_history.push(Observation {
+            point: vec![Value::Float(x)],
+            outcome: complete(early),
+        });
+    }
+    let next = |history: &[Observation]| {
+        let mut sampler = BayesianSampler::new(space.clone(), 3, BayesianSettings::default());
+        number(&sampler.suggest(30, history).expect("a point")[0])
+    };
+    let (corrected, uncorrected) = (next(&partial_history), next(&final_history));
+    eprintln!(
+        "next point: {corrected:.3} with early results corrected, {uncorrected:.3} taken as final"
+    );
+    assert!(
+        (corrected - 0.8).abs() < 0.15,
+        "with the early results corrected the GP goes to the optimum at 0.8, not {corrected}"
+    );
+    assert!(
+        (uncorrected - 0.8).abs() > (corrected - 0.8).abs(),
+        "taken as final, the early results should hold the GP back: {uncorrected} vs {corrected}"
+    );
+}

@@ -971,22 +971,37 @@ impl SweepActorState {
     fn history(&self) -> Vec<Observation> {
         let spec = &self.record.spec;
         let space = &self.plan().space;
+        let full = self.full_resource();
         self.phase_trials()
             .iter()
             .filter_map(|trial| {
                 let outcome = match (trial.state, trial.objective) {
                     (TrialState::Pending | TrialState::Running, _) => Outcome::Pending,
-                    // Succeeded, or stopped early with its objective so far: both tell the
-                    // model about the region.
+                    // Succeeded, or stopped (paused) with its objective so far: both tell the
+                    // model about the region; one stopped part way is a lower-fidelity result.
                     (
                         TrialState::Succeeded | TrialState::Stopped | TrialState::Paused,
                         Some(objective),
-                    ) => tuning::completed(
-                        objective,
-                        spec.objective.direction,
-                        &spec.constraints,
-                        &trial.metrics,
-                    ),
+                    ) => {
+                        let outcome = tuning::completed(
+                            objective,
+                            spec.objective.direction,
+                            &spec.constraints,
+                            &trial.metrics,
+                        );
+                        match (trial.state, self.fidelity(trial, full), outcome) {
+                            (
+                                TrialState::Stopped | TrialState::Paused,
+                                Some(fidelity),
+                                Outcome::Complete { value, constraints },
+                            ) => Outcome::Partial {
+                                value,
+                                constraints,
+                                fidelity,
+                            },
+                            (_, _, outcome) => outcome,
+                        }
+                    }
                     // The trial failed here: the samplers steer away from such points.
                     (TrialState::Failed, _) => Outcome::Failed,
                     // Stopped (or paused) before any value: nothing is known of the point.
@@ -995,6 +1010,28 @@ impl SweepActorState {
                 tuning::observation(space, &trial.params, outcome)
             })
             .collect()
+    }
+
+    /// A complete trial's resource, where the sweep stops early: `max_resource`, or (the
+    /// median rule has none) the most any of the phase's succeeded trials spent.
+    fn full_resource(&self) -> Option<f64> {
+        let stopping = self.record.spec.early_stopping.as_ref()?;
+        stopping.max_resource.or_else(|| {
+            self.phase_trials()
+                .iter()
+                .filter(|trial| trial.state == TrialState::Succeeded)
+                .filter_map(|trial| trial.metrics.get(&stopping.resource).copied())
+                .filter(|spent| spent.is_finite())
+                .reduce(f64::max)
+        })
+    }
+
+    /// The share of a complete trial's resource `trial` had spent, when it is below one.
+    fn fidelity(&self, trial: &TrialRecord, full: Option<f64>) -> Option<f64> {
+        let stopping = self.record.spec.early_stopping.as_ref()?;
+        let full = full.filter(|full| *full > 0.0)?;
+        let spent = *trial.metrics.get(&stopping.resource)?;
+        (spent.is_finite() && spent >= 0.0 && spent < full).then(|| (spent / full).max(1e-3))
     }
 
     fn dispatched(&mut self, attempt: AttemptId, agent: AgentId, start: Box<StartTrial>) {
