@@ -24,6 +24,10 @@ pub enum StudyCommand {
         /// Seed for reproducible suggestions (random when absent; recorded in the file).
         #[arg(long)]
         seed: Option<u64>,
+        /// Seed the study with another study's told trials (repeatable): those whose
+        /// parameters lie in this space count as results already in.
+        #[arg(long = "warm-start", value_name = "DB")]
+        warm_start: Vec<PathBuf>,
     },
     /// Suggest the next trial: prints {"trial": N, "params": {...}}.
     Ask {
@@ -36,13 +40,20 @@ pub enum StudyCommand {
         db: PathBuf,
         #[arg(long)]
         trial: u32,
-        /// The objective's value (required unless --state failed).
+        /// The objective's value (required unless --state failed; with --state pruned, its
+        /// value where the trial stopped).
         #[arg(long, allow_hyphen_values = true)]
         value: Option<f64>,
+        /// With --state pruned: the share of a complete trial's resource it had spent, in
+        /// (0, 1] (e.g. 3 of 30 epochs: 0.1).
+        #[arg(long)]
+        fidelity: Option<f64>,
         /// NAME=VALUE for each constraint; a constraint holds when its value is <= 0.
         #[arg(long = "constraint", allow_hyphen_values = true)]
         constraints: Vec<String>,
-        #[arg(long, default_value = "complete", value_parser = ["complete", "failed"])]
+        /// complete, failed (crashed: the samplers avoid its region) or pruned (stopped part
+        /// way: a lower-fidelity result).
+        #[arg(long, default_value = "complete", value_parser = ["complete", "failed", "pruned"])]
         state: String,
     },
     /// The best feasible trial: prints {"trial": N, "value": V, "params": {...}}.
@@ -106,9 +117,10 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
             direction,
             sampler,
             seed,
+            warm_start,
         } => {
             let space = read_space(&space)?;
-            Study::create(&db, &space, direction, sampler, seed)?;
+            Study::create_warm(&db, &space, direction, sampler, seed, &warm_start)?;
             eprintln!(
                 "created {} ({} parameters, {})",
                 db.display(),
@@ -124,6 +136,7 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
             db,
             trial,
             value,
+            fidelity,
             constraints,
             state,
         } => {
@@ -133,12 +146,22 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
                 let Some(value) = value else {
                     bail!("--value is required unless --state failed");
                 };
-                TellOutcome::Complete {
-                    value,
-                    constraints: constraints
-                        .iter()
-                        .map(|text| parse_constraint(text))
-                        .collect::<anyhow::Result<_>>()?,
+                let constraints = constraints
+                    .iter()
+                    .map(|text| parse_constraint(text))
+                    .collect::<anyhow::Result<_>>()?;
+                match (state.as_str(), fidelity) {
+                    ("pruned", Some(fidelity)) => TellOutcome::Pruned {
+                        value,
+                        constraints,
+                        fidelity,
+                    },
+                    ("pruned", None) => bail!(
+                        "--fidelity is required with --state pruned (the share of a complete \
+                         trial's resource the trial had spent, in (0, 1])"
+                    ),
+                    (_, Some(_)) => bail!("--fidelity applies to --state pruned only"),
+                    _ => TellOutcome::Complete { value, constraints },
                 }
             };
             Study::open(&db)?.tell(trial, outcome)?;

@@ -203,3 +203,104 @@ fn bad_input_is_named() {
     ]);
     assert!(message.contains("missing"), "{message}");
 }
+
+/// The contract for trials stopped part way and for warm starts, from the shell: `tell
+/// --state pruned --fidelity F` records a lower-fidelity result (never the best), bad
+/// fidelities are named, and `create --warm-start DB` makes the new study's first trial come
+/// from a model of the earlier study's results.
+#[test]
+fn pruned_trials_and_warm_starts_from_the_shell() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let space = write_space(dir.path());
+    let db = dir.path().join("earlier.study").display().to_string();
+    ok(&create(&db, &space, "minimize", &["--seed", "4"]));
+    let mut told = 0;
+    for index in 0..24 {
+        let asked: Value = serde_json::from_str(&ok(&["study", "ask", "--db", &db])).expect("json");
+        let trial = asked["trial"].as_u64().expect("trial number").to_string();
+        let params = &asked["params"];
+        let (x, y) = (
+            params["x"].as_f64().expect("x"),
+            params["y"].as_f64().expect("y"),
+        );
+        let value = branin(x, y) + if params["kind"] == "b" { 5.0 } else { 0.0 };
+        if index % 4 == 3 {
+            // Stopped a fifth of the way, looking worse than it would have ended.
+            let early = (value + 20.0).to_string();
+            let message = error(&[
+                "study", "tell", "--db", &db, "--trial", &trial, "--value", &early, "--state",
+                "pruned",
+            ]);
+            assert!(message.contains("--fidelity"), "{message}");
+            let message = error(&[
+                "study",
+                "tell",
+                "--db",
+                &db,
+                "--trial",
+                &trial,
+                "--value",
+                &early,
+                "--state",
+                "pruned",
+                "--fidelity",
+                "1.5",
+            ]);
+            assert!(message.contains("fidelity 1.5"), "{message}");
+            ok(&[
+                "study",
+                "tell",
+                "--db",
+                &db,
+                "--trial",
+                &trial,
+                "--value",
+                &early,
+                "--state",
+                "pruned",
+                "--fidelity",
+                "0.2",
+            ]);
+        } else {
+            ok(&[
+                "study",
+                "tell",
+                "--db",
+                &db,
+                "--trial",
+                &trial,
+                "--value",
+                &value.to_string(),
+            ]);
+            told += 1;
+        }
+    }
+    assert_eq!(told, 18);
+    let best: Value = serde_json::from_str(&ok(&["study", "best", "--db", &db])).expect("json");
+    let best_trial = best["trial"].as_u64().expect("trial");
+    assert_ne!(best_trial % 4, 3, "a pruned trial was named best: {best}");
+
+    // Warm and cold studies of the same problem: the warm one's first trial is modelled.
+    let first = |name: &str, extra: &[&str]| {
+        let path = dir.path().join(name).display().to_string();
+        ok(&create(&path, &space, "minimize", extra));
+        let asked: Value =
+            serde_json::from_str(&ok(&["study", "ask", "--db", &path])).expect("json");
+        let params = &asked["params"];
+        branin(
+            params["x"].as_f64().expect("x"),
+            params["y"].as_f64().expect("y"),
+        ) + if params["kind"] == "b" { 5.0 } else { 0.0 }
+    };
+    let cold = first("cold.study", &["--seed", "8"]);
+    let warm = first("warm.study", &["--seed", "8", "--warm-start", &db]);
+    assert!(warm < cold, "warm first trial {warm}, cold {cold}");
+    assert!(warm < 10.0, "warm first trial {warm}");
+    let message = error(&create(
+        &dir.path().join("maximizing.study").display().to_string(),
+        &space,
+        "maximize",
+        &["--warm-start", &db],
+    ));
+    assert!(message.contains("other direction"), "{message}");
+}

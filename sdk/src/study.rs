@@ -66,6 +66,8 @@ pub enum StudyError {
     Trial { trial: u32, problem: String },
     #[error("the study has no more points to suggest")]
     Exhausted,
+    #[error("warm start from {path}: {problem}")]
+    WarmStart { path: PathBuf, problem: String },
 }
 
 /// What `tell` reports about a trial.
@@ -77,6 +79,14 @@ pub enum TellOutcome {
         constraints: BTreeMap<String, f64>,
     },
     Failed,
+    /// Stopped part way (Optuna's "pruned"): the objective's `value` where it stopped, seen
+    /// at `fidelity` ∈ (0, 1], the share of a complete trial's resource it had spent. The
+    /// samplers treat it as a lower-fidelity result, and `best` never names it.
+    Pruned {
+        value: f64,
+        constraints: BTreeMap<String, f64>,
+        fidelity: f64,
+    },
 }
 
 impl TellOutcome {
@@ -121,6 +131,9 @@ enum Entry {
         direction: Direction,
         sampler: AlgorithmName,
         seed: u64,
+        /// Studies whose told trials seed this one (absolute paths).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warm_start: Vec<PathBuf>,
     },
     Ask {
         trial: u32,
@@ -133,6 +146,8 @@ enum Entry {
         value: Option<f64>,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         constraints: BTreeMap<String, f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fidelity: Option<f64>,
     },
 }
 
@@ -141,6 +156,7 @@ enum Entry {
 enum TellState {
     Complete,
     Failed,
+    Pruned,
 }
 
 /// The study as loaded from its journal.
@@ -149,6 +165,7 @@ struct Loaded {
     direction: Direction,
     sampler: AlgorithmName,
     seed: u64,
+    warm_start: Vec<PathBuf>,
     trials: Vec<StudyTrial>,
     /// Constraint names in first-told order: the samplers' constraint order.
     constraint_names: Vec<String>,
@@ -170,7 +187,42 @@ impl Study {
         sampler: AlgorithmName,
         seed: Option<u64>,
     ) -> Result<Study, StudyError> {
+        Study::create_warm(path, space, direction, sampler, seed, &[])
+    }
+
+    /// [`Study::create`], seeded with the told trials of the studies at `warm_start` (a
+    /// warm start): at every `ask` their trials whose parameters lie in this space (by name;
+    /// others are left out) join the history as results already in, and count towards a
+    /// model-based sampler's initial design. They must optimize in the same direction;
+    /// constraints are matched by name.
+    pub fn create_warm(
+        path: impl AsRef<Path>,
+        space: &BTreeMap<String, ParamSpec>,
+        direction: Direction,
+        sampler: AlgorithmName,
+        seed: Option<u64>,
+        warm_start: &[PathBuf],
+    ) -> Result<Study, StudyError> {
         let path = path.as_ref().to_path_buf();
+        let mut sources = Vec::new();
+        for source in warm_start {
+            let warm = Study::open(source)?;
+            let theirs = warm.locked(|_, loaded| Ok(loaded.direction))?;
+            if theirs != direction {
+                return Err(StudyError::WarmStart {
+                    path: source.clone(),
+                    problem: format!(
+                        "it optimizes in the other direction ({theirs:?}, this study {direction:?})"
+                    ),
+                });
+            }
+            sources.push(
+                std::fs::canonicalize(source).map_err(|source_error| StudyError::Io {
+                    path: source.clone(),
+                    source: source_error,
+                })?,
+            );
+        }
         if !STUDY_SAMPLERS.contains(&sampler) {
             return Err(StudyError::UnsupportedSampler(sampler.as_str().into()));
         }
@@ -202,6 +254,7 @@ impl Study {
             direction,
             sampler,
             seed,
+            warm_start: sources,
         };
         append(&mut file, &path, &entry)?;
         Ok(Study { path })
@@ -231,15 +284,18 @@ impl Study {
                     problems: vec![format!("  {error}")],
                 })?;
             let trial = loaded.trials.len() as u32;
-            let history = history(&space, loaded);
+            let mut history = warm_history(&space, loaded)?;
+            let warm = history.len() as u32;
+            history.extend(self::history(&space, loaded));
             let algorithm = AlgorithmSpec {
                 name: loaded.sampler,
                 ..AlgorithmSpec::default()
             };
             let mut sampler =
                 flotilla_protocol::tuning::sampler(&algorithm, &space, loaded.seed, u64::MAX);
+            // Results brought in by a warm start count as trials already run.
             let point = sampler
-                .suggest(trial, &history)
+                .suggest(trial + warm, &history)
                 .ok_or(StudyError::Exhausted)?;
             let params = space.params_of(&point);
             append(
@@ -287,6 +343,7 @@ impl Study {
                         state: TellState::Complete,
                         value: Some(value),
                         constraints,
+                        fidelity: None,
                     }
                 }
                 TellOutcome::Failed => Entry::Tell {
@@ -294,7 +351,37 @@ impl Study {
                     state: TellState::Failed,
                     value: None,
                     constraints: BTreeMap::new(),
+                    fidelity: None,
                 },
+                TellOutcome::Pruned {
+                    value,
+                    constraints,
+                    fidelity,
+                } => {
+                    if !value.is_finite() {
+                        return Err(problem(&format!(
+                            "value {value} is not a finite number (tell it as failed instead)"
+                        )));
+                    }
+                    if !(fidelity > 0.0 && fidelity <= 1.0) {
+                        return Err(problem(&format!(
+                            "fidelity {fidelity} is not in (0, 1] (the share of a complete \
+                             trial's resource it had spent)"
+                        )));
+                    }
+                    if let Some((name, bad)) = constraints.iter().find(|(_, v)| !v.is_finite()) {
+                        return Err(problem(&format!(
+                            "constraint {name}={bad} is not a finite number"
+                        )));
+                    }
+                    Entry::Tell {
+                        trial,
+                        state: TellState::Pruned,
+                        value: Some(value),
+                        constraints,
+                        fidelity: Some(fidelity),
+                    }
+                }
             };
             append(file, &self.path, &entry)
         })
@@ -370,6 +457,13 @@ impl Study {
 
 /// The samplers' view of the study.
 fn history(space: &TunerSpace, loaded: &Loaded) -> Vec<Observation> {
+    let ordered = |constraints: &BTreeMap<String, f64>| -> Vec<f64> {
+        loaded
+            .constraint_names
+            .iter()
+            .map(|name| constraints.get(name).copied().unwrap_or(f64::NAN))
+            .collect()
+    };
     loaded
         .trials
         .iter()
@@ -379,16 +473,60 @@ fn history(space: &TunerSpace, loaded: &Loaded) -> Vec<Observation> {
                 Some(TellOutcome::Failed) => Outcome::Failed,
                 Some(TellOutcome::Complete { value, constraints }) => Outcome::Complete {
                     value: loaded.direction.loss(*value),
-                    constraints: loaded
-                        .constraint_names
-                        .iter()
-                        .map(|name| constraints.get(name).copied().unwrap_or(f64::NAN))
-                        .collect(),
+                    constraints: ordered(constraints),
+                },
+                Some(TellOutcome::Pruned {
+                    value,
+                    constraints,
+                    fidelity,
+                }) => Outcome::Partial {
+                    value: loaded.direction.loss(*value),
+                    constraints: ordered(constraints),
+                    fidelity: *fidelity,
                 },
             };
             observation(space, &trial.params, outcome)
         })
         .collect::<Vec<Observation>>()
+}
+
+/// The told trials of the studies `loaded` warm-starts from that lie in `space`, as results
+/// (their pending trials are left out; constraints are matched by this study's names).
+fn warm_history(space: &TunerSpace, loaded: &Loaded) -> Result<Vec<Observation>, StudyError> {
+    let mut warm = Vec::new();
+    for source in &loaded.warm_start {
+        let theirs = Study::open(source)
+            .and_then(|study| study.locked(|_, theirs| Ok(history_of(space, theirs, loaded))))
+            .map_err(|error| StudyError::WarmStart {
+                path: source.clone(),
+                problem: error.to_string(),
+            })?;
+        warm.extend(
+            theirs
+                .into_iter()
+                .filter(|observation| observation.outcome != Outcome::Pending),
+        );
+    }
+    Ok(warm)
+}
+
+/// `theirs`' trials in `space`, with constraints in `ours`' order.
+fn history_of(space: &TunerSpace, theirs: &Loaded, ours: &Loaded) -> Vec<Observation> {
+    let mut view = Loaded {
+        space: theirs.space.clone(),
+        direction: theirs.direction,
+        sampler: theirs.sampler,
+        seed: theirs.seed,
+        warm_start: Vec::new(),
+        trials: theirs.trials.clone(),
+        constraint_names: ours.constraint_names.clone(),
+    };
+    for name in &theirs.constraint_names {
+        if !view.constraint_names.contains(name) {
+            view.constraint_names.push(name.clone());
+        }
+    }
+    history(space, &view)
 }
 
 fn append(file: &mut File, path: &Path, entry: &Entry) -> Result<(), StudyError> {
@@ -439,6 +577,7 @@ fn load(file: &mut File, path: &Path) -> Result<Loaded, StudyError> {
         direction,
         sampler,
         seed,
+        warm_start,
     } = serde_json::from_str(first).map_err(|error| corrupt(1, error.to_string()))?
     else {
         return Err(corrupt(
@@ -451,6 +590,7 @@ fn load(file: &mut File, path: &Path) -> Result<Loaded, StudyError> {
         direction,
         sampler,
         seed,
+        warm_start,
         trials: Vec::new(),
         constraint_names: Vec::new(),
     };
@@ -479,6 +619,7 @@ fn load(file: &mut File, path: &Path) -> Result<Loaded, StudyError> {
                 state,
                 value,
                 constraints,
+                fidelity,
             } => {
                 for name in constraints.keys() {
                     if !loaded.constraint_names.contains(name) {
@@ -499,6 +640,14 @@ fn load(file: &mut File, path: &Path) -> Result<Loaded, StudyError> {
                         ));
                     }
                     (TellState::Failed, _) => TellOutcome::Failed,
+                    (TellState::Pruned, Some(value)) => TellOutcome::Pruned {
+                        value,
+                        constraints,
+                        fidelity: fidelity.unwrap_or(1.0),
+                    },
+                    (TellState::Pruned, None) => {
+                        return Err(corrupt(index + 1, "a pruned trial without a value".into()));
+                    }
                 });
             }
         }
@@ -547,6 +696,104 @@ mod tests {
         let again = Study::open(&path).expect("open");
         assert_eq!(again.best().expect("best"), Some(best));
         assert_eq!(again.trials().expect("trials").len(), 30);
+    }
+
+    #[test]
+    fn pruned_trials_are_recorded_checked_and_never_best() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.study");
+        let study = Study::create(
+            &path,
+            &space(),
+            Direction::Minimize,
+            AlgorithmName::Bayesian,
+            Some(2),
+        )
+        .expect("created");
+        let first = study.ask().expect("ask");
+        let pruned = |value: f64, fidelity: f64| TellOutcome::Pruned {
+            value,
+            constraints: BTreeMap::new(),
+            fidelity,
+        };
+        assert!(study.tell(first.trial, pruned(1.0, 0.0)).is_err());
+        assert!(study.tell(first.trial, pruned(1.0, 1.5)).is_err());
+        assert!(study.tell(first.trial, pruned(f64::NAN, 0.5)).is_err());
+        study
+            .tell(first.trial, pruned(-100.0, 0.2))
+            .expect("tell pruned");
+        let second = study.ask().expect("ask");
+        study
+            .tell(second.trial, TellOutcome::complete(3.0))
+            .expect("tell complete");
+        // The pruned trial's value is better, but it is not a result: the complete one wins.
+        assert_eq!(study.best().expect("best").map(|best| best.trial), Some(1));
+        let trials = Study::open(&path).expect("open").trials().expect("trials");
+        assert_eq!(trials[0].outcome, Some(pruned(-100.0, 0.2)));
+        // The samplers see it as a lower-fidelity result.
+        let loaded = study.locked(|_, loaded| {
+            let space = TunerSpace::new(&loaded.space).expect("space");
+            Ok(history(&space, loaded))
+        });
+        assert!(matches!(
+            loaded.expect("history")[0].outcome,
+            Outcome::Partial { fidelity, .. } if fidelity == 0.2
+        ));
+    }
+
+    #[test]
+    fn a_warm_started_study_uses_the_earlier_studys_results_from_its_first_ask() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let objective = |params: &Params| {
+            let x = params["x"].as_f64().expect("x");
+            let n = params["n"].as_f64().expect("n");
+            (x - 1.0).powi(2) + (n - 3.0).abs()
+        };
+        let earlier = dir.path().join("earlier.study");
+        let study = Study::create(
+            &earlier,
+            &space(),
+            Direction::Minimize,
+            AlgorithmName::Bayesian,
+            Some(3),
+        )
+        .expect("created");
+        for _ in 0..20 {
+            let trial = study.ask().expect("ask");
+            study
+                .tell(trial.trial, TellOutcome::complete(objective(&trial.params)))
+                .expect("tell");
+        }
+        // The same problem again, cold and warm: the cold study's first trial is its first
+        // Sobol point; the warm one's comes from a model of the 20 results it was given.
+        let first = |warm: &[PathBuf], name: &str| {
+            let study = Study::create_warm(
+                dir.path().join(name),
+                &space(),
+                Direction::Minimize,
+                AlgorithmName::Bayesian,
+                Some(9),
+                warm,
+            )
+            .expect("created");
+            objective(&study.ask().expect("ask").params)
+        };
+        let cold = first(&[], "cold.study");
+        let warm = first(std::slice::from_ref(&earlier), "warm.study");
+        assert!(warm < 0.5, "the warm study's first trial scored {warm}");
+        assert!(warm < cold, "warm {warm} against cold {cold}");
+        // A study that maximizes cannot learn from one that minimizes.
+        assert!(matches!(
+            Study::create_warm(
+                dir.path().join("other.study"),
+                &space(),
+                Direction::Maximize,
+                AlgorithmName::Bayesian,
+                None,
+                &[earlier],
+            ),
+            Err(StudyError::WarmStart { .. })
+        ));
     }
 
     #[test]
