@@ -1,28 +1,82 @@
 //! What the CLI shows: live progress, leaderboards, tables and the results file.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use flotilla_sdk::{
-    AgentGpus, AgentInfo, Client, EventStream, PhaseSummary, ResumingWatch, SdkError, SweepEvent,
-    SweepSpec, SweepSummary, TrialRecord, TrialState,
+    AgentGpus, AgentInfo, Client, Direction, PhaseSummary, ResumingWatch, SdkError,
+    SequencedEventStream, SweepEvent, SweepSpec, SweepSummary, TrialId, TrialRecord, TrialState,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 /// A sweep's events from one connection, or from whichever leader answers.
 enum Events {
-    Plain(EventStream),
+    /// From the sweep's first event, on one connection.
+    Replayed(SequencedEventStream),
     Resuming(Box<ResumingWatch>),
 }
 
 impl Events {
     async fn next(&mut self) -> Option<Result<SweepEvent, SdkError>> {
         match self {
-            Events::Plain(stream) => stream.next().await,
+            Events::Replayed(stream) => stream
+                .next()
+                .await
+                .map(|event| event.map(|(_, event)| event)),
             Events::Resuming(watch) => watch.next().await,
         }
+    }
+}
+
+/// The live counts of a watch, from its events: each trial ended once (by trial, however
+/// often a replay shows its end), the trials started and not yet ended or paused (a set, so a
+/// replay that shows a trial only by its end, or its start twice, cannot make it drift), and
+/// the best feasible result of the current phase.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Ended trials: whether each failed.
+    ended: HashMap<TrialId, bool>,
+    running: HashSet<TrialId>,
+    best: Option<f64>,
+}
+
+impl Tally {
+    fn apply(&mut self, event: &SweepEvent, direction: Direction) {
+        match event {
+            SweepEvent::TrialStarted { attempt, .. } => {
+                self.running.insert(attempt.trial);
+            }
+            SweepEvent::TrialFinished(trial) => {
+                self.running.remove(&trial.id);
+                self.ended
+                    .insert(trial.id, trial.state == TrialState::Failed);
+                if trial.feasible
+                    && let Some(value) = trial.objective
+                    && self
+                        .best
+                        .is_none_or(|incumbent| direction.is_better(value, incumbent))
+                {
+                    self.best = Some(value);
+                }
+            }
+            SweepEvent::TrialPaused(trial) => {
+                self.running.remove(&trial.id);
+            }
+            // The next phase starts from scratch: its best is its own.
+            SweepEvent::PhaseFinished { .. } => self.best = None,
+            _ => {}
+        }
+    }
+
+    fn done(&self) -> usize {
+        self.ended.values().filter(|failed| !**failed).count()
+    }
+
+    fn failed(&self) -> usize {
+        self.ended.values().filter(|failed| **failed).count()
     }
 }
 
@@ -40,75 +94,52 @@ pub async fn watch_with_progress(
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let resumes = resuming.is_some();
+    // Both watches replay the sweep from its first event (each trial's current state, then
+    // live events), so the counts start from zero and follow the coordinator's. Each trial
+    // ends once (a resuming watch drops an end a new leader announces again); `running` is
+    // the set of trials started and not yet ended or paused, so a replay that shows a trial
+    // only by its end, or shows a start twice, cannot make it drift.
     let mut events = match resuming {
         Some(watch) => Events::Resuming(Box::new(watch)),
-        None => Events::Plain(client.watch(submitted.id).await?),
+        None => Events::Replayed(client.watch_from(submitted.id, 0).await?),
     };
-    // A resuming watch replays the sweep from its first event, so counts start from zero. A
-    // plain watch sees only what happens from now: counts come from the coordinator first,
-    // then from events, so a watch that starts late still shows the truth.
-    let (mut done, mut failed, mut running, mut best) = if resumes {
-        (0, 0, 0i64, None)
-    } else {
-        let status = client.status(submitted.id).await?;
-        (
-            status.counts.succeeded + status.counts.stopped,
-            status.counts.failed,
-            i64::from(status.counts.running),
-            status.best.as_ref().and_then(|trial| trial.objective),
-        )
-    };
+    let mut tally = Tally::default();
     let direction = submitted.direction;
-    let render = |done: u32, running: i64, failed: u32, best: Option<f64>| {
-        let best = best.map_or("-".to_string(), |value| format!("{value:.5}"));
+    let render = |tally: &Tally| {
+        let best = tally
+            .best
+            .map_or("-".to_string(), |value| format!("{value:.5}"));
         format!(
-            "done {done} · running {} · failed {failed} · best {} {best}",
-            running.max(0),
+            "done {} · running {} · failed {} · best {} {best}",
+            tally.done(),
+            tally.running.len(),
+            tally.failed(),
             submitted.objective_metric
         )
     };
-    bar.set_position(u64::from(done + failed));
-    bar.set_message(render(done, running, failed, best));
+    bar.set_position(tally.ended.len() as u64);
+    bar.set_message(render(&tally));
     let mut finished = None;
     while let Some(event) = events.next().await {
-        match event? {
-            SweepEvent::TrialStarted { .. } => running += 1,
+        let event = event?;
+        match &event {
             SweepEvent::Metric { .. } => continue,
-            SweepEvent::TrialFinished(trial) => {
-                // Trials that never reached an agent (withdrawn, or a result reused from an
-                // earlier phase) were never counted as running.
-                if trial.agent.is_some() {
-                    running -= 1;
-                }
-                match trial.state {
-                    TrialState::Failed => failed += 1,
-                    _ => done += 1,
-                }
-                if trial.feasible
-                    && let Some(value) = trial.objective
-                    && best.is_none_or(|incumbent| direction.is_better(value, incumbent))
-                {
-                    best = Some(value);
-                }
-            }
             SweepEvent::SweepFinished(summary) => {
-                finished = Some(summary);
+                finished = Some(summary.clone());
                 break;
             }
-            SweepEvent::TrialPaused(_) => running -= 1,
             SweepEvent::PhaseFinished { phase, winner } => {
                 bar.println(phase_line(
-                    &phase,
+                    phase,
                     winner.as_ref(),
                     &submitted.objective_metric,
                 ));
-                // The next phase starts from scratch: its best is its own.
-                best = None;
             }
-            _ => continue,
+            _ => {}
         }
-        bar.set_position(u64::from(done + failed));
-        bar.set_message(render(done, running, failed, best));
+        tally.apply(&event, direction);
+        bar.set_position(tally.ended.len() as u64);
+        bar.set_message(render(&tally));
     }
     bar.finish_and_clear();
     let summary = match finished {
@@ -625,4 +656,80 @@ pub fn event_line(seq: u64, event: &SweepEvent) -> Option<String> {
         _ => return None,
     };
     Some(format!("[{seq}] {line}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_sdk::{AgentId, AttemptId, SweepId};
+
+    fn ended(number: u32, state: TrialState, objective: f64) -> SweepEvent {
+        SweepEvent::TrialFinished(TrialRecord {
+            id: TrialId {
+                sweep: SweepId(1),
+                number,
+            },
+            attempt: 0,
+            params: Default::default(),
+            state,
+            metrics: Default::default(),
+            objective: Some(objective),
+            feasible: state == TrialState::Succeeded,
+            agent: Some(AgentId("a".into())),
+            failures: 0,
+            started_ms: None,
+            finished_ms: None,
+            duration_ms: None,
+            message: None,
+            dispatch_latency_us: None,
+            checkpoint: None,
+            phase: 0,
+            rungs: Vec::new(),
+            reschedules: 0,
+            lost_on: Vec::new(),
+            seq: 0,
+        })
+    }
+
+    fn started(number: u32) -> SweepEvent {
+        SweepEvent::TrialStarted {
+            attempt: AttemptId {
+                trial: TrialId {
+                    sweep: SweepId(1),
+                    number,
+                },
+                attempt: 0,
+            },
+            agent: AgentId("a".into()),
+            params: Default::default(),
+        }
+    }
+
+    /// The counts never drift from the coordinator's: a replay that shows trials only by
+    /// their ends, a start shown twice, a stopped trial and an end announced again leave
+    /// running at what is really running and each trial counted once.
+    #[test]
+    fn the_tally_follows_replays_without_drifting() {
+        let mut tally = Tally::default();
+        let events = [
+            // A reconnect's replay: trial 0 ended in the gap, 1 still runs.
+            ended(0, TrialState::Succeeded, 0.5),
+            started(1),
+            started(1),
+            started(2),
+            started(3),
+            // Early stopping ends trial 2; trial 3 fails; trial 1 succeeds, announced twice.
+            ended(2, TrialState::Stopped, 0.4),
+            ended(3, TrialState::Failed, 0.0),
+            ended(1, TrialState::Succeeded, 0.8),
+            ended(1, TrialState::Succeeded, 0.8),
+            started(4),
+        ];
+        for event in &events {
+            tally.apply(event, Direction::Maximize);
+        }
+        assert_eq!(tally.running.len(), 1, "{tally:?}");
+        assert_eq!((tally.done(), tally.failed()), (3, 1));
+        assert_eq!(tally.best, Some(0.8));
+    }
 }
