@@ -7,7 +7,9 @@
 //! 2. A GP ([`crate::gp`]) is fitted to the completed trials' objective values, and one GP
 //!    to each constraint's values, with maximum-a-posteriori hyperparameters (multi-start;
 //!    the previous estimate is one of the starts; past 64 results they are re-estimated
-//!    each time the data has grown by 5 %).
+//!    each time the data has grown by 5 %). Past [`MAX_MODEL_POINTS`] (512) results the
+//!    models learn from a subset — the best quarter and an even spread of the rest — so a
+//!    suggestion at 5,000 trials costs what one at 512 does.
 //! 3. Pending trials enter every model as a **kriging believer**: each is added at its
 //!    posterior mean with the hyperparameters held. The mean does not move, the variance
 //!    collapses around the pending points, and a believed value better than the incumbent
@@ -111,11 +113,15 @@ impl BayesianSampler {
     /// whenever the data has grown by 5 % since the last estimate, and the model is only
     /// re-conditioned in between (one factorization). A full multi-start estimate runs
     /// while the data set is small and on every fourth estimate after that.
+    ///
+    /// `seen` is how many results there are in all (more than `x` holds once the data is
+    /// thinned to [`MAX_MODEL_POINTS`]): growth is counted in results seen.
     fn fit(
         &mut self,
         slot: usize,
         x: Vec<Vec<f64>>,
         y: &[f64],
+        seen: usize,
         rng: &mut ChaCha8Rng,
     ) -> Option<Gp> {
         let dims = self.encoder.dims();
@@ -123,8 +129,8 @@ impl BayesianSampler {
             self.previous.resize(slot + 1, None);
         }
         if let Some(previous) = &self.previous[slot]
-            && x.len() >= 64
-            && (x.len() as f64) < previous.data as f64 * 1.05
+            && seen >= 64
+            && (seen as f64) < previous.data as f64 * 1.05
             && let Some(model) =
                 Gp::with_theta(x.clone(), y, self.encoder.kinds(), previous.theta.clone())
         {
@@ -149,7 +155,7 @@ impl BayesianSampler {
             starts,
             max_iterations: 50,
         };
-        let data = x.len();
+        let data = seen;
         let model = Gp::fit(x, y, self.encoder.kinds(), &settings)?;
         self.previous[slot] = Some(Estimate {
             theta: model.theta().clone(),
@@ -233,11 +239,16 @@ impl BayesianSampler {
         pending: &[Vec<f64>],
         objective: &Gp,
     ) -> Option<(Gp, f64)> {
-        let failed: Vec<Vec<f64>> = history
+        let mut failed: Vec<Vec<f64>> = history
             .iter()
             .filter(|observation| observation.outcome == Outcome::Failed)
             .map(|observation| self.encoder.encode(&observation.point))
             .collect();
+        // The latest failures only, past a quarter of the model's capacity.
+        let cap = MAX_MODEL_POINTS / 4;
+        if failed.len() > cap {
+            failed.drain(..failed.len() - cap);
+        }
         if failed.is_empty() {
             return None;
         }
@@ -255,6 +266,36 @@ impl BayesianSampler {
         let threshold = model.standardize(0.0);
         Some((model, threshold))
     }
+}
+
+/// The most results a model is fitted to. A GP costs O(n³) per factorization: at 512
+/// results a suggestion re-conditions in tens of milliseconds and re-estimates in under a
+/// second, where at 5,000 it would take minutes. Beyond it the data is thinned ([`thin`]).
+pub const MAX_MODEL_POINTS: usize = 512;
+
+/// Which of `values` (to minimize) a model keeps when there are more than `cap`: the best
+/// quarter of `cap`, then the others spread evenly in their order (the order trials ran
+/// in), so the model stays sharp where the optimum is and keeps its view of the whole
+/// space. Indices in ascending order.
+fn thin(values: &[f64], cap: usize) -> Vec<usize> {
+    if values.len() <= cap {
+        return (0..values.len()).collect();
+    }
+    let mut ranked: Vec<usize> = (0..values.len()).collect();
+    ranked.sort_by(|a, b| values[*a].total_cmp(&values[*b]).then(a.cmp(b)));
+    let best = cap / 4;
+    let mut keep: Vec<bool> = vec![false; values.len()];
+    for &index in &ranked[..best] {
+        keep[index] = true;
+    }
+    let rest: Vec<usize> = (0..values.len()).filter(|index| !keep[*index]).collect();
+    let spread = cap - best;
+    for step in 0..spread {
+        // Evenly spaced positions over the rest, first and last included.
+        let position = step * (rest.len() - 1) / (spread - 1).max(1);
+        keep[rest[position]] = true;
+    }
+    (0..values.len()).filter(|index| keep[*index]).collect()
 }
 
 /// A model's last hyperparameter estimate.
@@ -330,9 +371,18 @@ impl Sampler for BayesianSampler {
             }
         }
         let constraint_count = constraint_rows.iter().map(|c| c.len()).max().unwrap_or(0);
+        // Past MAX_MODEL_POINTS results the models learn from a subset: the best quarter and
+        // an even spread of the rest.
+        let seen = x.len();
+        if seen > MAX_MODEL_POINTS {
+            let keep = thin(&values, MAX_MODEL_POINTS);
+            x = keep.iter().map(|&index| x[index].clone()).collect();
+            values = keep.iter().map(|&index| values[index]).collect();
+            constraint_rows = keep.iter().map(|&index| constraint_rows[index]).collect();
+        }
 
         let Some(objective) = self
-            .fit(0, x.clone(), &values, &mut rng)
+            .fit(0, x.clone(), &values, seen, &mut rng)
             .and_then(|model| model.believing(&pending))
         else {
             return Some(self.sobol_point(trial_number));
@@ -355,7 +405,7 @@ impl Sampler for BayesianSampler {
                 continue;
             }
             if let Some(model) = self
-                .fit(index + 1, cx, &cy, &mut rng)
+                .fit(index + 1, cx, &cy, seen, &mut rng)
                 .and_then(|model| model.believing(&pending))
             {
                 let threshold = model.standardize(0.0);
@@ -692,6 +742,25 @@ pub(crate) fn normal(rng: &mut impl Rng) -> f64 {
 mod tests {
     use super::*;
     use crate::gp::Coordinate;
+
+    #[test]
+    fn thinning_keeps_the_best_quarter_and_an_even_spread() {
+        let values: Vec<f64> = (0..2000).map(|i| ((i * 7919) % 2000) as f64).collect();
+        let keep = thin(&values, 512);
+        assert_eq!(keep.len(), 512);
+        assert!(
+            keep.windows(2).all(|pair| pair[0] < pair[1]),
+            "ascending, distinct"
+        );
+        // The 128 best values (0..128) are all kept.
+        let kept: std::collections::BTreeSet<u64> =
+            keep.iter().map(|&index| values[index] as u64).collect();
+        assert!((0..128).all(|value| kept.contains(&value)));
+        // The rest spans the whole history, first and last included.
+        assert!(keep.contains(&0) || values[0] < 128.0);
+        assert_eq!(keep.last(), Some(&1999));
+        assert_eq!(thin(&values[..100], 512), (0..100).collect::<Vec<_>>());
+    }
 
     #[test]
     fn acquisition_gradient_matches_finite_differences() {
