@@ -268,6 +268,75 @@ impl BayesianSampler {
     }
 }
 
+/// A monotone Yeo-Johnson transform of standardized values, its λ chosen by maximum
+/// likelihood of normality (as HEBO warps outputs): λ < 1 compresses a long upper tail, λ > 1
+/// a long lower one, λ = 1 is the identity. Monotone, so the order of results — and so which
+/// is the incumbent — is kept.
+struct Warp {
+    mean: f64,
+    scale: f64,
+    lambda: f64,
+}
+
+impl Warp {
+    fn fit(values: &[f64]) -> Warp {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n.max(1.0);
+        let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n.max(1.0);
+        let scale = variance.sqrt();
+        let identity = Warp {
+            mean,
+            scale: if scale > 0.0 && scale.is_finite() {
+                scale
+            } else {
+                1.0
+            },
+            lambda: 1.0,
+        };
+        if values.len() < 3 || !(scale > 0.0 && scale.is_finite()) {
+            return identity;
+        }
+        let z: Vec<f64> = values.iter().map(|v| (v - mean) / scale).collect();
+        let log_likelihood = |lambda: f64| {
+            let t: Vec<f64> = z.iter().map(|v| yeo_johnson(*v, lambda)).collect();
+            let m = t.iter().sum::<f64>() / n;
+            let var = t.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n;
+            let jacobian: f64 = z.iter().map(|v| v.signum() * v.abs().ln_1p()).sum();
+            -0.5 * n * var.max(1e-300).ln() + (lambda - 1.0) * jacobian
+        };
+        let mut best = (log_likelihood(1.0), 1.0);
+        for step in 0..=60 {
+            let lambda = -2.0 + 0.05 * f64::from(step);
+            let value = log_likelihood(lambda);
+            if value.is_finite() && value > best.0 + 1e-9 {
+                best = (value, lambda);
+            }
+        }
+        Warp {
+            lambda: best.1,
+            ..identity
+        }
+    }
+
+    fn apply(&self, value: f64) -> f64 {
+        yeo_johnson((value - self.mean) / self.scale, self.lambda)
+    }
+}
+
+fn yeo_johnson(value: f64, lambda: f64) -> f64 {
+    if value >= 0.0 {
+        if lambda.abs() < 1e-9 {
+            value.ln_1p()
+        } else {
+            ((value + 1.0).powf(lambda) - 1.0) / lambda
+        }
+    } else if (lambda - 2.0).abs() < 1e-9 {
+        -(-value).ln_1p()
+    } else {
+        -((1.0 - value).powf(2.0 - lambda) - 1.0) / (2.0 - lambda)
+    }
+}
+
 /// The most results a model is fitted to. A GP costs O(n³) per factorization: at 512
 /// results a suggestion re-conditions in tens of milliseconds and re-estimates in under a
 /// second, where at 5,000 it would take minutes. Beyond it the data is thinned ([`thin`]).
@@ -381,8 +450,12 @@ impl Sampler for BayesianSampler {
             constraint_rows = keep.iter().map(|&index| constraint_rows[index]).collect();
         }
 
+        // The objective is modelled through a Yeo-Johnson warp fitted to its values, so a
+        // heavy tail (a few huge losses) does not flatten the model where the optimum is.
+        let warp = Warp::fit(&values);
+        let warped: Vec<f64> = values.iter().map(|value| warp.apply(*value)).collect();
         let Some(objective) = self
-            .fit(0, x.clone(), &values, seen, &mut rng)
+            .fit(0, x.clone(), &warped, seen, &mut rng)
             .and_then(|model| model.believing(&pending))
         else {
             return Some(self.sobol_point(trial_number));
@@ -419,7 +492,7 @@ impl Sampler for BayesianSampler {
             .iter()
             .filter(|observation| observation.feasible())
             .filter_map(|observation| observation.completed().map(|(value, _)| value))
-            .map(|value| objective.standardize(value))
+            .map(|value| objective.standardize(warp.apply(value)))
             .reduce(f64::min);
         if best.is_some() {
             let believed = &objective.standardized_outputs()[x.len()..];
