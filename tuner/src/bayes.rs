@@ -4,7 +4,9 @@
 //!
 //! 1. The first `initial_trials` trials (and any trial while fewer than two results are in)
 //!    take scrambled Sobol points.
-//! 2. A GP ([`crate::gp`]) is fitted to the completed trials' objective values, and one GP
+//! 2. A GP ([`crate::gp`]) is fitted to the completed trials' objective values (through a
+//!    Yeo-Johnson warp whose λ ≤ 1 is chosen by maximum likelihood, so a long tail of poor
+//!    results does not flatten the model near the optimum: [`Warp`]), and one GP
 //!    to each constraint's values, with maximum-a-posteriori hyperparameters (multi-start;
 //!    the previous estimate is one of the starts; past 64 results they are re-estimated
 //!    each time the data has grown by 5 %). Past [`MAX_MODEL_POINTS`] (512) results the
