@@ -150,8 +150,14 @@ fn a_finished_sweep_is_announced_by_webhook_with_a_retry_and_no_secret_in_the_lo
         assert_eq!(payload["blocks"][0]["type"], "section");
         assert_eq!(payload["blocks"][0]["text"]["text"], text);
     }
+    // The coordinator logs a delivery once the receiver's answer is back, which may be a
+    // moment after the receiver has counted the request.
     let log_path = cluster.path(&format!("{}.log", cluster.coordinators[0].name));
-    let log = std::fs::read_to_string(log_path).expect("the coordinator's log");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until("the delivery to be logged", Duration::from_secs(10), || {
+        read_log().contains("notification delivered")
+    });
+    let log = read_log();
     assert!(log.contains("notification failed"), "{log}");
     assert!(log.contains("notification delivered"), "{log}");
     assert!(log.contains("webhook #1 (127.0.0.1)"), "{log}");
