@@ -54,12 +54,29 @@ def levy(x):
     return total + (w[-1] - 1) ** 2 * (1 + math.sin(2 * math.pi * w[-1]) ** 2)
 
 
+def ellipsoid_rotated(x):
+    n = len(x)
+    z = [v - 1.5 * (1 if i % 2 == 0 else -1) * (i + 1) / n for i, v in enumerate(x)]
+    for i in range(n - 1):
+        angle = 0.4 + 0.25 * i
+        s, c = math.sin(angle), math.cos(angle)
+        a, b = z[i], z[i + 1]
+        z[i], z[i + 1] = c * a - s * b, s * a + c * b
+    return sum(10 ** (6 * i / (n - 1)) * v * v for i, v in enumerate(z))
+
+
+def styblinski_tang(x):
+    return 0.5 * sum(v ** 4 - 16 * v * v + 5 * v for v in x)
+
+
 FUNCTIONS = [
     ("branin", [(-5.0, 10.0), (0.0, 15.0)], 0.397887357729738, 0.0, branin),
     ("hartmann6", [(0.0, 1.0)] * 6, -3.322368011415515, 0.0, hartmann6),
     ("rosenbrock5", [(-5.0, 10.0)] * 5, 0.0, 0.0, rosenbrock),
     ("ackley5", [(-32.768, 32.768)] * 5, 0.0, 0.0, ackley),
     ("levy10", [(-10.0, 10.0)] * 10, 0.0, 0.0, levy),
+    ("ellipsoid_rot6", [(-5.0, 5.0)] * 6, 0.0, 0.0, ellipsoid_rotated),
+    ("styblinski_tang4", [(-5.0, 5.0)] * 4, -156.66466281508568, 0.0, styblinski_tang),
     ("hartmann6_noisy", [(0.0, 1.0)] * 6, -3.322368011415515, 0.1, hartmann6),
 ]
 

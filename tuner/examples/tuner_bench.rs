@@ -77,6 +77,40 @@ fn levy(x: &[f64]) -> f64 {
     total + (w[n - 1] - 1.0).powi(2) * (1.0 + (2.0 * pi * w[n - 1]).sin().powi(2))
 }
 
+/// A rotated, ill-conditioned ellipsoid (condition number 10⁶) with its minimum 0 off the
+/// centre: the coordinates, shifted, go through Givens rotations in planes (i, i+1) at angles
+/// 0.4 + 0.25 i, then axis i weighs 10^(6 i / (n − 1)). `bench/tuner_optuna.py` has the same.
+fn ellipsoid_rotated(x: &[f64]) -> f64 {
+    let n = x.len();
+    let mut z: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+            v - 1.5 * sign * (i + 1) as f64 / n as f64
+        })
+        .collect();
+    for i in 0..n - 1 {
+        let angle = 0.4 + 0.25 * i as f64;
+        let (s, c) = angle.sin_cos();
+        let (a, b) = (z[i], z[i + 1]);
+        z[i] = c * a - s * b;
+        z[i + 1] = s * a + c * b;
+    }
+    z.iter()
+        .enumerate()
+        .map(|(i, v)| 10f64.powf(6.0 * i as f64 / (n - 1) as f64) * v * v)
+        .sum()
+}
+
+/// Styblinski-Tang: multimodal, 2ⁿ local minima, the global one at x_i = −2.903534.
+fn styblinski_tang(x: &[f64]) -> f64 {
+    0.5 * x
+        .iter()
+        .map(|v| v.powi(4) - 16.0 * v * v + 5.0 * v)
+        .sum::<f64>()
+}
+
 fn functions() -> Vec<Function> {
     vec![
         Function {
@@ -113,6 +147,20 @@ fn functions() -> Vec<Function> {
             optimum: 0.0,
             noise: 0.0,
             f: levy,
+        },
+        Function {
+            name: "ellipsoid_rot6",
+            bounds: vec![(-5.0, 5.0); 6],
+            optimum: 0.0,
+            noise: 0.0,
+            f: ellipsoid_rotated,
+        },
+        Function {
+            name: "styblinski_tang4",
+            bounds: vec![(-5.0, 5.0); 4],
+            optimum: -156.664_662_815_085_68,
+            noise: 0.0,
+            f: styblinski_tang,
         },
         Function {
             name: "hartmann6_noisy",
