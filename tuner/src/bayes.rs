@@ -38,10 +38,10 @@
 //! 5. **Failed trials** (crashed, errored, timed out) are a constraint of their own: once
 //!    any trial has failed, a GP over +1 at every failed point and −1 at every completed one
 //!    (least-squares classification, with the objective model's length scales) gives a
-//!    probability of not failing, which joins the acquisition like a user's constraint. A region where trials crash (out of
-//!    memory at a large batch × width, say) is avoided after a few failures there, while
-//!    failures scattered at random flatten into a constant that steers nothing. Trials
-//!    stopped without a value say nothing about their point and are left out.
+//!    probability of not failing, which joins the acquisition like a user's constraint. A
+//!    region where trials crash (out of memory at a large batch × width, say) is avoided
+//!    after a few failures there, while failures scattered at random flatten into a
+//!    constant that steers nothing. Trials stopped without a value are left out.
 //! 6. It is maximized from many random points and perturbations of the best trials, then
 //!    the best few are refined: L-BFGS over the continuous coordinates (analytic gradient),
 //!    and a value-by-value search over integer and categorical coordinates, alternating
@@ -191,7 +191,7 @@ impl BayesianSampler {
             extended.push(fidelity);
             extended
         };
-        let inputs: Vec<Vec<f64>> = full
+        let mut inputs: Vec<Vec<f64>> = full
             .iter()
             .map(|coords| with(coords, 1.0))
             .chain(
@@ -200,7 +200,13 @@ impl BayesianSampler {
                     .map(|(coords, _, _, fidelity)| with(coords, *fidelity)),
             )
             .collect();
-        let outputs: Vec<f64> = full_values.iter().chain(&observed).copied().collect();
+        let mut outputs: Vec<f64> = full_values.iter().chain(&observed).copied().collect();
+        // Fitted to at most MAX_MODEL_POINTS of them, as the other models are.
+        if inputs.len() > MAX_MODEL_POINTS {
+            let keep = thin(&outputs, MAX_MODEL_POINTS);
+            inputs = keep.iter().map(|&index| inputs[index].clone()).collect();
+            outputs = keep.iter().map(|&index| outputs[index]).collect();
+        }
         let mut kinds = self.encoder.kinds();
         kinds.push(gp::Coordinate::Numeric);
         let settings = FitSettings {
@@ -389,11 +395,7 @@ impl Sampler for BayesianSampler {
             .iter()
             .filter(|observation| observation.completed().is_some())
             .collect();
-        let results = history
-            .iter()
-            .filter(|observation| observation.result().is_some())
-            .count();
-        if trial_number < self.settings.initial_trials || results < 2 {
+        if !self.models(trial_number, history) {
             return Some(self.sobol_point(trial_number));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
