@@ -664,30 +664,16 @@ mod tests {
     use flotilla_sdk::{AgentId, AttemptId, SweepId};
 
     fn ended(number: u32, state: TrialState, objective: f64) -> SweepEvent {
+        let id = TrialId {
+            sweep: SweepId(1),
+            number,
+        };
         SweepEvent::TrialFinished(TrialRecord {
-            id: TrialId {
-                sweep: SweepId(1),
-                number,
-            },
-            attempt: 0,
-            params: Default::default(),
             state,
-            metrics: Default::default(),
             objective: Some(objective),
             feasible: state == TrialState::Succeeded,
             agent: Some(AgentId("a".into())),
-            failures: 0,
-            started_ms: None,
-            finished_ms: None,
-            duration_ms: None,
-            message: None,
-            dispatch_latency_us: None,
-            checkpoint: None,
-            phase: 0,
-            rungs: Vec::new(),
-            reschedules: 0,
-            lost_on: Vec::new(),
-            seq: 0,
+            ..TrialRecord::pending(id, Default::default(), 0)
         })
     }
 

@@ -42,29 +42,17 @@ mod tests {
         feasible: bool,
     ) -> TrialRecord {
         TrialRecord {
-            id: TrialId {
-                sweep: SweepId(1),
-                number,
-            },
-            attempt: 0,
-            params: BTreeMap::new(),
             state,
-            metrics: BTreeMap::new(),
             objective,
             feasible,
-            agent: None,
-            failures: 0,
-            started_ms: None,
-            finished_ms: None,
-            duration_ms: None,
-            message: None,
-            dispatch_latency_us: None,
-            checkpoint: None,
-            phase: 0,
-            rungs: Vec::new(),
-            reschedules: 0,
-            lost_on: Vec::new(),
-            seq: 0,
+            ..TrialRecord::pending(
+                TrialId {
+                    sweep: SweepId(1),
+                    number,
+                },
+                BTreeMap::new(),
+                0,
+            )
         }
     }
 

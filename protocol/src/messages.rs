@@ -899,6 +899,34 @@ pub struct TrialRecord {
     pub seq: u64,
 }
 
+impl TrialRecord {
+    /// A new trial of `phase` at `params`: pending, attempt 0, nothing run or measured yet.
+    pub fn pending(id: TrialId, params: Params, phase: u32) -> TrialRecord {
+        TrialRecord {
+            id,
+            attempt: 0,
+            params,
+            state: TrialState::Pending,
+            metrics: Metrics::new(),
+            objective: None,
+            feasible: false,
+            agent: None,
+            failures: 0,
+            started_ms: None,
+            finished_ms: None,
+            duration_ms: None,
+            message: None,
+            dispatch_latency_us: None,
+            checkpoint: None,
+            phase,
+            rungs: Vec::new(),
+            reschedules: 0,
+            lost_on: Vec::new(),
+            seq: 0,
+        }
+    }
+}
+
 /// Agents a trial record keeps in `lost_on`.
 pub const LOST_ON_KEPT: usize = 16;
 

@@ -218,8 +218,6 @@ pub struct SweepActorState {
     seq: u64,
     /// Start commands waiting for their placement to be durable; aborted with the actor.
     starts: tokio::task::JoinSet<()>,
-    /// The suggestion running on a blocking thread, if any (it ends on its own).
-    suggestion: Option<tokio::task::JoinHandle<()>>,
     myself: ActorRef<SweepMsg>,
 }
 
@@ -289,7 +287,6 @@ impl Actor for SweepActor {
             watchers: Vec::new(),
             seq: args.epoch.0 << 32,
             starts: tokio::task::JoinSet::new(),
-            suggestion: None,
             myself: myself.clone(),
             record: args.record,
         };
@@ -798,10 +795,13 @@ impl SweepActorState {
         let mut created = Vec::new();
         let mut reused = Vec::new();
         while self.room() {
+            // Without its sampler, the phase waits for the suggestion in flight.
+            if self.plans[self.phase].sampler.is_none() {
+                break;
+            }
             let number = self.trials.len() as u32;
             let index = number - self.phase_start;
             let history = self.history();
-            // Without its sampler, the phase waits for the suggestion in flight.
             let Some(sampler) = self.plans[self.phase].sampler.as_mut() else {
                 break;
             };
@@ -832,7 +832,9 @@ impl SweepActorState {
             return;
         };
         let (phase, index, myself) = (self.phase, number - self.phase_start, self.myself.clone());
-        self.suggestion = Some(tokio::task::spawn_blocking(move || {
+        // The thread ends with its suggestion (it cannot be cut short); the sampler being
+        // away is what says a suggestion is in flight.
+        drop(tokio::task::spawn_blocking(move || {
             let point = sampler.suggest(index, &history);
             let _ = myself.cast(SweepMsg::Suggested {
                 phase,
@@ -853,7 +855,6 @@ impl SweepActorState {
         sampler: Box<dyn Sampler>,
         point: Option<Point>,
     ) {
-        self.suggestion = None;
         self.plans[phase].sampler = Some(sampler);
         let wanted = phase == self.phase
             && number == self.trials.len() as u32
@@ -876,31 +877,11 @@ impl SweepActorState {
     fn create(&mut self, number: u32, point: Point, created: &mut Vec<u32>, reused: &mut Vec<u32>) {
         let mut params = self.fixed.clone();
         params.extend(self.plan().space.params_of(&point));
-        let mut trial = TrialRecord {
-            id: TrialId {
-                sweep: self.id(),
-                number,
-            },
-            attempt: 0,
-            params,
-            state: TrialState::Pending,
-            metrics: BTreeMap::new(),
-            objective: None,
-            feasible: false,
-            agent: None,
-            failures: 0,
-            started_ms: None,
-            finished_ms: None,
-            duration_ms: None,
-            message: None,
-            dispatch_latency_us: None,
-            checkpoint: None,
-            phase: self.phase as u32,
-            rungs: Vec::new(),
-            reschedules: 0,
-            lost_on: Vec::new(),
-            seq: 0,
+        let id = TrialId {
+            sweep: self.id(),
+            number,
         };
+        let mut trial = TrialRecord::pending(id, params, self.phase as u32);
         // An earlier phase already ran this exact configuration (typically its winner,
         // which a later phase's grid contains again): take its result, run nothing.
         let earlier = &self.trials[..self.phase_start as usize];
@@ -1632,32 +1613,18 @@ metrics = ["loss"]
                 let x = f64::from(number % 20) / 19.0;
                 let y = f64::from(number / 20) / 19.0;
                 let loss = (x - 0.3).powi(2) + (y - 0.6).powi(2);
+                let params = [
+                    ("x".to_string(), flotilla_protocol::ParamValue::Float(x)),
+                    ("y".to_string(), flotilla_protocol::ParamValue::Float(y)),
+                ]
+                .into_iter()
+                .collect();
                 let record = TrialRecord {
-                    id: TrialId { sweep: id, number },
-                    attempt: 0,
-                    params: [
-                        ("x".to_string(), flotilla_protocol::ParamValue::Float(x)),
-                        ("y".to_string(), flotilla_protocol::ParamValue::Float(y)),
-                    ]
-                    .into_iter()
-                    .collect(),
                     state: TrialState::Succeeded,
                     metrics: [("loss".to_string(), loss)].into_iter().collect(),
                     objective: Some(loss),
                     feasible: true,
-                    agent: None,
-                    failures: 0,
-                    started_ms: Some(1),
-                    finished_ms: Some(2),
-                    duration_ms: Some(1),
-                    message: None,
-                    dispatch_latency_us: None,
-                    checkpoint: None,
-                    phase: 0,
-                    rungs: Vec::new(),
-                    reschedules: 0,
-                    lost_on: Vec::new(),
-                    seq: 0,
+                    ..TrialRecord::pending(TrialId { sweep: id, number }, params, 0)
                 };
                 (number, record)
             })
