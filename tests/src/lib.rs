@@ -776,6 +776,18 @@ impl Cluster {
             .to_string()
     }
 
+    /// Waits until the sweep is `Completed`; its results JSON.
+    pub fn wait_completed(&self, sweep: &str, limit: Duration) -> Value {
+        let mut results = None;
+        wait_until(&format!("sweep {sweep} to complete"), limit, || {
+            results = self
+                .results(sweep)
+                .filter(|results| results["sweep"]["state"] == "Completed");
+            results.is_some()
+        });
+        results.expect("results")
+    }
+
     /// The sweep's results JSON (every trial), when a leader answers.
     pub fn results(&self, sweep: &str) -> Option<Value> {
         let out = self.path(&format!("{sweep}-results.json"));

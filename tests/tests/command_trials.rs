@@ -449,12 +449,7 @@ max_parallel = 2"#,
         "FLOTILLA_EPOCHS = \"9\"\nFLOTILLA_EXAMPLE_EPOCH_SECONDS = \"0.05\"",
     );
     let sweep = cluster.submit(&file);
-    wait_until("the sweep to finish", Duration::from_secs(240), || {
-        cluster
-            .progress(&sweep)
-            .is_some_and(|(state, _)| state == "Completed")
-    });
-    let results = cluster.results(&sweep).expect("results");
+    let results = cluster.wait_completed(&sweep, Duration::from_secs(240));
     let trials = results["trials"].as_array().expect("trials");
     assert_eq!(trials.len(), 17);
     let stopped: Vec<&Value> = trials

@@ -27,14 +27,7 @@ fn succeeded_params(results: &Value) -> BTreeMap<u64, Value> {
 }
 
 fn wait_completed(cluster: &Cluster, sweep: &str, limit: Duration) -> Value {
-    let mut results = None;
-    wait_until(&format!("sweep {sweep} to complete"), limit, || {
-        results = cluster
-            .results(sweep)
-            .filter(|results| results["sweep"]["state"] == "Completed");
-        results.is_some()
-    });
-    results.expect("results")
+    cluster.wait_completed(sweep, limit)
 }
 
 /// A process's log, without the terminal colour codes.
@@ -563,6 +556,17 @@ fn a_follower_names_the_new_leader_on_the_open_refusal_once_the_election_ends() 
     });
     let killed_at = Instant::now();
     cluster.kill_coordinator(leader);
+    // A command typed during the election waits for the new leader instead of failing on the
+    // dead one the followers still name (`Client::connect_leader`).
+    let during = std::process::Command::new(flotilla_cluster_tests::flotilla_bin())
+        .args(["cluster", "status", "--coordinator", &cluster.addresses()])
+        .arg("--certs")
+        .arg(cluster.path("certs"))
+        .args(["--identity", "admin"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run flotilla");
     let notice = runtime.block_on(async {
         tokio::time::timeout(
             Duration::from_secs(8),
@@ -584,6 +588,12 @@ fn a_follower_names_the_new_leader_on_the_open_refusal_once_the_election_ends() 
     assert_eq!(
         named, cluster.coordinators[next].address,
         "the notice named the new leader"
+    );
+    let during = during.wait_with_output().expect("flotilla ends");
+    assert!(
+        during.status.success(),
+        "cluster status during the election failed: {}",
+        String::from_utf8_lossy(&during.stderr)
     );
     assert!(
         noticed_after < ttl + Duration::from_millis(2500),
