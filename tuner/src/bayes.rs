@@ -696,6 +696,7 @@ fn optimize(
                     _ => {}
                 }
             }
+            encoder.impute(&mut point);
             candidates.push(point);
         }
     }
@@ -733,17 +734,20 @@ fn refine(
     start: Vec<f64>,
     start_value: f64,
 ) -> (Vec<f64>, f64) {
-    let continuous: Vec<usize> = encoder
-        .axes()
-        .iter()
-        .enumerate()
-        .filter(|(_, axis)| **axis == Axis::Continuous)
-        .map(|(d, _)| d)
-        .collect();
     let mut point = start;
     let mut value = start_value;
     for _ in 0..3 {
         let before = value;
+        // Only the coordinates active where the point stands move (a conditional space's
+        // other coordinates are imputed and do not change the acquisition).
+        let active = encoder.active(&point);
+        let continuous: Vec<usize> = encoder
+            .axes()
+            .iter()
+            .enumerate()
+            .filter(|(d, axis)| **axis == Axis::Continuous && active[*d])
+            .map(|(d, _)| d)
+            .collect();
         if !continuous.is_empty() {
             let initial: Vec<f64> = continuous.iter().map(|&d| point[d]).collect();
             let mut full = point.clone();
@@ -777,6 +781,9 @@ fn refine(
             }
         }
         for (d, axis) in encoder.axes().iter().enumerate() {
+            if !encoder.active(&point)[d] {
+                continue;
+            }
             let options: Vec<f64> = match axis {
                 Axis::Continuous => continue,
                 Axis::Discrete(values) if values.len() <= 16 => values.clone(),
@@ -794,6 +801,7 @@ fn refine(
                 }
                 let mut trial = point.clone();
                 trial[d] = option;
+                encoder.impute(&mut trial);
                 let score = acquisition.value(&trial);
                 if score > value {
                     value = score;

@@ -5,6 +5,11 @@
 //! take; small integer ranges are searched value by value, large ones as a continuum and then
 //! snapped. Categorical dimensions keep the choice index, which the models compare by
 //! equality, never by magnitude.
+//!
+//! In a conditional space an inactive dimension is *imputed*: it holds the encoding of its
+//! canonical value whatever the point says, so the models see points that differ only in
+//! parameters that did not apply as the same point, and the acquisition optimizer moves only
+//! the coordinates that are active where it stands.
 
 use rand::Rng;
 
@@ -29,6 +34,8 @@ pub enum Axis {
 pub struct Encoder {
     space: SearchSpace,
     axes: Vec<Axis>,
+    /// Each dimension's coordinate while inactive (its canonical value, encoded).
+    imputed: Vec<f64>,
 }
 
 impl Encoder {
@@ -49,7 +56,33 @@ impl Encoder {
                 Domain::Categorical { choices } => Axis::Categorical(choices),
             })
             .collect();
-        Encoder { space, axes }
+        let mut encoder = Encoder {
+            space,
+            axes,
+            imputed: Vec::new(),
+        };
+        let canonical: Point = (0..encoder.dims())
+            .map(|index| encoder.space.canonical_value(index))
+            .collect();
+        encoder.imputed = encoder.encode_raw(&canonical);
+        encoder
+    }
+
+    /// Which coordinates of `coords` are active.
+    pub fn active(&self, coords: &[f64]) -> Vec<bool> {
+        self.space
+            .active_by(|parent| coords[parent].round().max(0.0) as usize)
+    }
+
+    /// Sets every inactive coordinate of `coords` to its imputed value.
+    pub fn impute(&self, coords: &mut [f64]) {
+        if self.space.is_conditional() {
+            for (index, active) in self.active(coords).into_iter().enumerate() {
+                if !active {
+                    coords[index] = self.imputed[index];
+                }
+            }
+        }
     }
 
     pub fn space(&self) -> &SearchSpace {
@@ -75,7 +108,14 @@ impl Encoder {
             .collect()
     }
 
+    /// The coordinates of `point`, inactive dimensions imputed.
     pub fn encode(&self, point: &[Value]) -> Vec<f64> {
+        let mut coords = self.encode_raw(point);
+        self.impute(&mut coords);
+        coords
+    }
+
+    fn encode_raw(&self, point: &[Value]) -> Vec<f64> {
         self.space
             .dimensions()
             .iter()
@@ -97,9 +137,10 @@ impl Encoder {
             .collect()
     }
 
-    /// The point at `coords` (integers rounded to the value whose share holds the coordinate).
+    /// The point at `coords` (integers rounded to the value whose share holds the
+    /// coordinate), canonical.
     pub fn decode(&self, coords: &[f64]) -> Point {
-        coords
+        let point = coords
             .iter()
             .enumerate()
             .map(|(index, coord)| match self.axes[index] {
@@ -108,7 +149,8 @@ impl Encoder {
                 }
                 _ => self.space.value_from_unit(index, *coord),
             })
-            .collect()
+            .collect();
+        self.space.canonical(point)
     }
 
     /// Moves integer and categorical coordinates onto values they can take.
@@ -120,6 +162,7 @@ impl Encoder {
                 _ => snapped[index],
             };
         }
+        self.impute(coords);
     }
 
     /// The index of the value in `values` nearest to `at` (a discrete axis's values).
@@ -155,6 +198,7 @@ impl Encoder {
                 coords[index] = units[index];
             }
         }
+        self.impute(&mut coords);
         coords
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`space`]: the search space (float, int, categorical; linear or log) and points in it.
+//! - [`space`]: the search space (float, int, categorical; linear or log; conditional
+//!   dimensions) and points in it.
 //! - [`sampler`]: the [`Sampler`] trait, what samplers know about earlier trials
 //!   ([`Observation`]), and the model-free samplers — [`RandomSampler`], [`GridSampler`] and
 //!   [`SobolSampler`].
@@ -28,5 +29,5 @@ pub mod tpe;
 
 pub use bayes::{BayesianSampler, BayesianSettings};
 pub use sampler::{GridSampler, Observation, Outcome, RandomSampler, Sampler, SobolSampler};
-pub use space::{Dimension, Domain, Point, SearchSpace, SpaceError, Value};
+pub use space::{Condition, Dimension, Domain, Point, SearchSpace, SpaceError, Value};
 pub use tpe::{TpeSampler, TpeSettings};

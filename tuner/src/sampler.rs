@@ -125,15 +125,59 @@ impl Sampler for RandomSampler {
         let point = (0..self.space.dimensions().len())
             .map(|index| self.space.value_from_unit(index, rng.random::<f64>()))
             .collect();
-        Some(point)
+        Some(self.space.canonical(point))
     }
 }
 
 /// Exhaustive grid: every combination of each dimension's grid values, in an order
-/// shuffled by the seed so that a budget smaller than the grid still spreads over it.
+/// shuffled by the seed so that a budget smaller than the grid still spreads over it. In a
+/// conditional space the combinations are the distinct canonical points (an inactive
+/// dimension contributes one value, not its whole axis), enumerated up to
+/// [`MAX_CONDITIONAL_GRID`].
 pub struct GridSampler {
     axes: Vec<Vec<Value>>,
+    /// A conditional space's grid points, enumerated; empty for a plain space, whose points
+    /// are decoded from their index.
+    points: Vec<Point>,
     order: Vec<u64>,
+}
+
+/// The most grid points enumerated for a conditional space.
+pub const MAX_CONDITIONAL_GRID: usize = 1 << 20;
+
+/// The canonical grid points of a conditional space, parents before children.
+fn conditional_grid(space: &SearchSpace, axes: &[Vec<Value>]) -> Vec<Point> {
+    let mut points = Vec::new();
+    let mut point: Point = (0..axes.len()).map(|d| space.canonical_value(d)).collect();
+    fn visit(
+        space: &SearchSpace,
+        axes: &[Vec<Value>],
+        depth: usize,
+        point: &mut Point,
+        points: &mut Vec<Point>,
+    ) {
+        if points.len() >= MAX_CONDITIONAL_GRID {
+            return;
+        }
+        let Some(&index) = space.order().get(depth) else {
+            points.push(point.clone());
+            return;
+        };
+        // Every parent was placed earlier in the order, so the point says whether this one
+        // is active.
+        let active = space.condition(index).is_none() || space.active(point)[index];
+        if active {
+            for value in &axes[index] {
+                point[index] = *value;
+                visit(space, axes, depth + 1, point, points);
+            }
+        } else {
+            point[index] = space.canonical_value(index);
+            visit(space, axes, depth + 1, point, points);
+        }
+    }
+    visit(space, axes, 0, &mut point, &mut points);
+    points
 }
 
 impl GridSampler {
@@ -173,9 +217,18 @@ impl GridSampler {
                 }
             })
             .collect();
-        let total = axes.iter().fold(1u64, |product, axis| {
-            product.saturating_mul(axis.len() as u64)
-        });
+        let points = if space.is_conditional() {
+            conditional_grid(space, &axes)
+        } else {
+            Vec::new()
+        };
+        let total = if space.is_conditional() {
+            points.len() as u64
+        } else {
+            axes.iter().fold(1u64, |product, axis| {
+                product.saturating_mul(axis.len() as u64)
+            })
+        };
         let wanted = total.min(max_points.max(1)).min(1 << 24);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut order: Vec<u64> = if wanted == total {
@@ -196,7 +249,11 @@ impl GridSampler {
             let other = rng.random_range(0..=index);
             order.swap(index, other);
         }
-        GridSampler { axes, order }
+        GridSampler {
+            axes,
+            points,
+            order,
+        }
     }
 }
 
@@ -225,6 +282,9 @@ fn grid_value(space: &SearchSpace, index: usize, unit: f64) -> Value {
 impl Sampler for GridSampler {
     fn suggest(&mut self, trial_number: u32, _history: &[Observation]) -> Option<Point> {
         let mut flat = *self.order.get(trial_number as usize)?;
+        if !self.points.is_empty() {
+            return Some(self.points[flat as usize].clone());
+        }
         let mut point = Vec::with_capacity(self.axes.len());
         for axis in &self.axes {
             let len = axis.len() as u64;
@@ -276,13 +336,12 @@ pub fn sobol_units(index: u32, dims: usize, seed: u64) -> Vec<f64> {
 impl Sampler for SobolSampler {
     fn suggest(&mut self, trial_number: u32, _history: &[Observation]) -> Option<Point> {
         let units = sobol_units(trial_number, self.space.dimensions().len(), self.seed);
-        Some(
-            units
-                .iter()
-                .enumerate()
-                .map(|(index, unit)| self.space.value_from_unit(index, *unit))
-                .collect(),
-        )
+        let point = units
+            .iter()
+            .enumerate()
+            .map(|(index, unit)| self.space.value_from_unit(index, *unit))
+            .collect();
+        Some(self.space.canonical(point))
     }
 }
 

@@ -1,4 +1,13 @@
 //! Search spaces and points.
+//!
+//! A space may be conditional: a dimension with a [`Condition`] is active only when its
+//! parent (a categorical dimension) takes one of the listed choices, and its parent is itself
+//! active (`momentum` only when `optimizer = "sgd"`). A point still holds a value for every
+//! dimension; an inactive one holds the dimension's *canonical* value (the value at the
+//! middle of its unit interval, the first choice of a categorical), so that points differing
+//! only where it does not matter are one point. Samplers return canonical points
+//! ([`SearchSpace::canonical`]); callers leave inactive values out of the parameters they
+//! hand a trial.
 
 /// One parameter's domain.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,17 +61,33 @@ pub enum Value {
 /// A point of the space: one value per dimension, in the space's order.
 pub type Point = Vec<Value>;
 
+/// When a dimension is active: its `parent` (a categorical dimension, by index) is active and
+/// takes one of `choices`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub parent: usize,
+    pub choices: Vec<usize>,
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpaceError {
     #[error("dimension '{name}': {message}")]
     InvalidDimension { name: String, message: String },
     #[error("the search space has no dimensions")]
     Empty,
+    #[error("dimension '{name}': {message}")]
+    InvalidCondition { name: String, message: String },
+    #[error("conditions form a cycle: {}", cycle.join(" -> "))]
+    ConditionCycle { cycle: Vec<String> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchSpace {
     dimensions: Vec<Dimension>,
+    /// Each dimension's condition; `None` for one that is always active.
+    conditions: Vec<Option<Condition>>,
+    /// Dimension indices with every parent before its children.
+    order: Vec<usize>,
 }
 
 impl SearchSpace {
@@ -100,11 +125,154 @@ impl SearchSpace {
                 }
             }
         }
-        Ok(SearchSpace { dimensions })
+        let count = dimensions.len();
+        Ok(SearchSpace {
+            dimensions,
+            conditions: vec![None; count],
+            order: (0..count).collect(),
+        })
+    }
+
+    /// This space with `conditions` (dimension index, condition) added: each parent must be
+    /// a categorical dimension other than the child, each choice one of its choices, and the
+    /// conditions may not form a cycle.
+    pub fn with_conditions(
+        mut self,
+        conditions: Vec<(usize, Condition)>,
+    ) -> Result<SearchSpace, SpaceError> {
+        for (child, condition) in conditions {
+            let name = |index: usize| self.dimensions[index].name.clone();
+            let invalid = |message: String| SpaceError::InvalidCondition {
+                name: name(child),
+                message,
+            };
+            if child >= self.dimensions.len() || condition.parent >= self.dimensions.len() {
+                return Err(SpaceError::InvalidCondition {
+                    name: format!("#{child}"),
+                    message: "refers to a dimension the space does not have".into(),
+                });
+            }
+            if condition.parent == child {
+                return Err(invalid("depends on itself".into()));
+            }
+            let Domain::Categorical { choices } = self.dimensions[condition.parent].domain else {
+                return Err(invalid(format!(
+                    "depends on '{}', which is not categorical",
+                    name(condition.parent)
+                )));
+            };
+            if condition.choices.is_empty() {
+                return Err(invalid("its condition lists no choices".into()));
+            }
+            if let Some(bad) = condition.choices.iter().find(|c| **c >= choices) {
+                return Err(invalid(format!(
+                    "choice #{bad} of '{}' does not exist",
+                    name(condition.parent)
+                )));
+            }
+            self.conditions[child] = Some(condition);
+        }
+        self.order = self.topological_order()?;
+        Ok(self)
+    }
+
+    /// Parents before children, or the first cycle found.
+    fn topological_order(&self) -> Result<Vec<usize>, SpaceError> {
+        // 0: not visited, 1: on the current path, 2: placed.
+        let mut mark = vec![0u8; self.dimensions.len()];
+        let mut order = Vec::with_capacity(self.dimensions.len());
+        for start in 0..self.dimensions.len() {
+            let mut path = Vec::new();
+            let mut at = Some(start);
+            while let Some(index) = at {
+                match mark[index] {
+                    2 => break,
+                    1 => {
+                        let from = path.iter().position(|p| *p == index).unwrap_or(0);
+                        let mut cycle: Vec<String> = path[from..]
+                            .iter()
+                            .map(|p: &usize| self.dimensions[*p].name.clone())
+                            .collect();
+                        cycle.push(cycle[0].clone());
+                        return Err(SpaceError::ConditionCycle { cycle });
+                    }
+                    _ => {
+                        mark[index] = 1;
+                        path.push(index);
+                        at = self.conditions[index].as_ref().map(|c| c.parent);
+                    }
+                }
+            }
+            for index in path.into_iter().rev() {
+                mark[index] = 2;
+                order.push(index);
+            }
+        }
+        Ok(order)
     }
 
     pub fn dimensions(&self) -> &[Dimension] {
         &self.dimensions
+    }
+
+    /// Dimension `index`'s condition, if it has one.
+    pub fn condition(&self, index: usize) -> Option<&Condition> {
+        self.conditions[index].as_ref()
+    }
+
+    /// Whether any dimension is conditional.
+    pub fn is_conditional(&self) -> bool {
+        self.conditions.iter().any(Option::is_some)
+    }
+
+    /// Dimension indices with every parent before its children.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// Which dimensions are active, given each categorical dimension's choice (`choice_of`
+    /// is asked only for parents).
+    pub fn active_by(&self, choice_of: impl Fn(usize) -> usize) -> Vec<bool> {
+        let mut active = vec![true; self.dimensions.len()];
+        if !self.is_conditional() {
+            return active;
+        }
+        for &index in &self.order {
+            if let Some(condition) = &self.conditions[index] {
+                active[index] = active[condition.parent]
+                    && condition.choices.contains(&choice_of(condition.parent));
+            }
+        }
+        active
+    }
+
+    /// Which dimensions of `point` are active.
+    pub fn active(&self, point: &[Value]) -> Vec<bool> {
+        self.active_by(|parent| match point.get(parent) {
+            Some(Value::Choice(choice)) => *choice,
+            _ => usize::MAX,
+        })
+    }
+
+    /// The value an inactive dimension holds: the middle of a numeric range, the first choice.
+    pub fn canonical_value(&self, index: usize) -> Value {
+        match self.dimensions[index].domain {
+            Domain::Categorical { .. } => Value::Choice(0),
+            _ => self.value_from_unit(index, 0.5),
+        }
+    }
+
+    /// `point` with every inactive dimension at its canonical value.
+    pub fn canonical(&self, mut point: Point) -> Point {
+        if self.is_conditional() {
+            let active = self.active(&point);
+            for (index, value) in point.iter_mut().enumerate() {
+                if !active[index] {
+                    *value = self.canonical_value(index);
+                }
+            }
+        }
+        point
     }
 
     /// Maps a coordinate in `[0, 1)` of dimension `index` to a value, honouring log scales
@@ -149,5 +317,170 @@ impl SearchSpace {
                     _ => false,
                 }
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// optimizer ∈ {sgd, adam, rmsprop}; use_momentum only for sgd, momentum and nesterov
+    /// only when it says yes (a chain), beta2 only for adam and rmsprop.
+    fn conditional() -> SearchSpace {
+        SearchSpace::new(vec![
+            Dimension::float("beta2", 0.9, 0.9999, false),
+            Dimension::float("lr", 1e-4, 1e-1, true),
+            Dimension::float("momentum", 0.0, 0.99, false),
+            Dimension::categorical("nesterov", 2),
+            Dimension::categorical("optimizer", 3),
+            Dimension::categorical("use_momentum", 2),
+        ])
+        .expect("space")
+        .with_conditions(vec![
+            (
+                0,
+                Condition {
+                    parent: 4,
+                    choices: vec![1, 2],
+                },
+            ),
+            (
+                5,
+                Condition {
+                    parent: 4,
+                    choices: vec![0],
+                },
+            ),
+            (
+                2,
+                Condition {
+                    parent: 5,
+                    choices: vec![1],
+                },
+            ),
+            (
+                3,
+                Condition {
+                    parent: 5,
+                    choices: vec![1],
+                },
+            ),
+        ])
+        .expect("conditions")
+    }
+
+    #[test]
+    fn conditions_decide_which_dimensions_are_active() {
+        let space = conditional();
+        let order = space.order();
+        let position = |d: usize| order.iter().position(|o| *o == d).expect("ordered");
+        assert!(position(4) < position(5) && position(5) < position(2));
+        let sgd_momentum = vec![
+            Value::Float(0.95),
+            Value::Float(0.01),
+            Value::Float(0.9),
+            Value::Choice(1),
+            Value::Choice(0),
+            Value::Choice(1),
+        ];
+        assert_eq!(
+            space.active(&sgd_momentum),
+            vec![false, true, true, true, true, true]
+        );
+        let mut adam = sgd_momentum.clone();
+        adam[4] = Value::Choice(1);
+        // use_momentum is inactive for adam, and so are its children whatever it says.
+        assert_eq!(
+            space.active(&adam),
+            vec![true, true, false, false, true, false]
+        );
+        let canonical = space.canonical(adam.clone());
+        assert_eq!(canonical[0], Value::Float(0.95), "active values stay");
+        assert_eq!(canonical[5], Value::Choice(0));
+        assert_eq!(canonical[3], Value::Choice(0));
+        assert_eq!(canonical[2], space.value_from_unit(2, 0.5));
+        assert!(space.contains(&canonical));
+        assert_eq!(space.canonical(canonical.clone()), canonical);
+    }
+
+    #[test]
+    fn bad_conditions_are_refused_with_the_dimension_named() {
+        let space = || {
+            SearchSpace::new(vec![
+                Dimension::categorical("a", 2),
+                Dimension::categorical("b", 2),
+                Dimension::categorical("c", 2),
+            ])
+            .expect("space")
+        };
+        let cycle = space()
+            .with_conditions(vec![
+                (
+                    0,
+                    Condition {
+                        parent: 1,
+                        choices: vec![0],
+                    },
+                ),
+                (
+                    1,
+                    Condition {
+                        parent: 2,
+                        choices: vec![0],
+                    },
+                ),
+                (
+                    2,
+                    Condition {
+                        parent: 0,
+                        choices: vec![1],
+                    },
+                ),
+            ])
+            .expect_err("a cycle");
+        assert_eq!(
+            cycle.to_string(),
+            "conditions form a cycle: a -> b -> c -> a"
+        );
+        let itself = space()
+            .with_conditions(vec![(
+                1,
+                Condition {
+                    parent: 1,
+                    choices: vec![0],
+                },
+            )])
+            .expect_err("itself");
+        assert_eq!(itself.to_string(), "dimension 'b': depends on itself");
+        let choice = space()
+            .with_conditions(vec![(
+                1,
+                Condition {
+                    parent: 0,
+                    choices: vec![2],
+                },
+            )])
+            .expect_err("no such choice");
+        assert_eq!(
+            choice.to_string(),
+            "dimension 'b': choice #2 of 'a' does not exist"
+        );
+        let numeric = SearchSpace::new(vec![
+            Dimension::float("x", 0.0, 1.0, false),
+            Dimension::float("y", 0.0, 1.0, false),
+        ])
+        .expect("space")
+        .with_conditions(vec![(
+            1,
+            Condition {
+                parent: 0,
+                choices: vec![0],
+            },
+        )])
+        .expect_err("numeric parent");
+        assert_eq!(
+            numeric.to_string(),
+            "dimension 'y': depends on 'x', which is not categorical"
+        );
     }
 }

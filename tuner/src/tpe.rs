@@ -64,15 +64,20 @@ impl TpeSampler {
 
 /// A mixture of product kernels over the encoded space.
 struct Parzen<'a> {
+    encoder: &'a Encoder,
     axes: &'a [Axis],
     centres: Vec<Vec<f64>>,
+    /// Which coordinates of each centre are active: a trial without a parameter says nothing
+    /// about it, so its kernel uses the prior there.
+    active: Vec<Vec<bool>>,
     /// Bandwidth of the numeric kernels (unit-cube units).
     sigma: f64,
     log_weights: Vec<f64>,
 }
 
 impl<'a> Parzen<'a> {
-    fn new(axes: &'a [Axis], points: &[Vec<f64>], prior_weight: f64) -> Parzen<'a> {
+    fn new(encoder: &'a Encoder, points: &[Vec<f64>], prior_weight: f64) -> Parzen<'a> {
+        let axes = encoder.axes();
         let m = points.len();
         let dims = axes.len();
         let sigma = (0.2 * (m.max(1) as f64).powf(-1.0 / (dims as f64 + 4.0))).clamp(0.01, 1.0);
@@ -80,18 +85,24 @@ impl<'a> Parzen<'a> {
         let mut log_weights = vec![(1.0 / total).ln(); m];
         log_weights.push((prior_weight / total).ln());
         Parzen {
+            encoder,
             axes,
+            active: points.iter().map(|point| encoder.active(point)).collect(),
             centres: points.to_vec(),
             sigma,
             log_weights,
         }
     }
 
-    /// Component `j`'s log density at `x`; the last component is the prior.
-    fn log_component(&self, j: usize, x: &[f64]) -> f64 {
-        let prior = j == self.centres.len();
+    /// Component `j`'s log density at `x` (whose active coordinates are `x_active`); the last
+    /// component is the prior.
+    fn log_component(&self, j: usize, x: &[f64], x_active: &[bool]) -> f64 {
         let mut total = 0.0;
         for (d, axis) in self.axes.iter().enumerate() {
+            if !x_active[d] {
+                continue;
+            }
+            let prior = j == self.centres.len() || !self.active[j][d];
             total += match axis {
                 Axis::Categorical(choices) => {
                     let k = *choices as f64;
@@ -117,8 +128,9 @@ impl<'a> Parzen<'a> {
     }
 
     fn log_density(&self, x: &[f64]) -> f64 {
+        let x_active = self.encoder.active(x);
         let terms: Vec<f64> = (0..self.log_weights.len())
-            .map(|j| self.log_weights[j] + self.log_component(j, x))
+            .map(|j| self.log_weights[j] + self.log_component(j, x, &x_active))
             .collect();
         let top = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         top + terms.iter().map(|t| (t - top).exp()).sum::<f64>().ln()
@@ -135,11 +147,15 @@ impl<'a> Parzen<'a> {
             }
             pick -= weight;
         }
-        let prior = j == self.centres.len();
-        self.axes
+        let mut point: Vec<f64> = self
+            .axes
             .iter()
             .enumerate()
-            .map(|(d, axis)| match axis {
+            .map(|(d, axis)| {
+                let prior = j == self.centres.len() || !self.active[j][d];
+                (prior, d, axis)
+            })
+            .map(|(prior, d, axis)| match axis {
                 Axis::Categorical(choices) => {
                     let k = *choices;
                     if prior || rng.random::<f64>() >= 0.5 {
@@ -170,7 +186,9 @@ impl<'a> Parzen<'a> {
                     }
                 }
             })
-            .collect()
+            .collect();
+        self.encoder.impute(&mut point);
+        point
     }
 }
 
@@ -243,9 +261,8 @@ impl Sampler for TpeSampler {
                     .map(|observation| self.encoder.encode(&observation.point)),
             )
             .collect();
-        let axes = self.encoder.axes();
-        let good_density = Parzen::new(axes, &good, self.settings.prior_weight);
-        let bad_density = Parzen::new(axes, &bad, self.settings.prior_weight);
+        let good_density = Parzen::new(&self.encoder, &good, self.settings.prior_weight);
+        let bad_density = Parzen::new(&self.encoder, &bad, self.settings.prior_weight);
         let mut best: Option<(f64, Vec<f64>)> = None;
         for _ in 0..self.settings.candidates.max(1) {
             let candidate = good_density.sample(&mut rng);
