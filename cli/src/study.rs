@@ -10,7 +10,7 @@ use flotilla_sdk::{AlgorithmName, Direction, ParamSpec, Study, TellOutcome};
 #[derive(Subcommand)]
 pub enum StudyCommand {
     /// Create a study file from a search space (SPACE.json: name → {"type": "float"|"int"|
-    /// "categorical", "low", "high", "log", "choices"}, the sweep file's schema).
+    /// "categorical", "low", "high", "log", "choices", "when"}, the sweep file's schema).
     Create {
         #[arg(long)]
         db: PathBuf,

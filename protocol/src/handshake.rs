@@ -23,13 +23,14 @@ use crate::messages::{Hello, Role};
 /// replicas resources (`ServingSpec::slots` and `gpus`) and `Placement` the GPUs a replica
 /// holds. Versions 12 and 13 changed existing structs, so older peers are refused; stored
 /// state of versions 11 and 12 is read and converted (the coordinator's `store::legacy`).
-/// Version 14 appended `StoppingRule::Hyperband` (every other encoding is unchanged, so 13 is
-/// still spoken).
-pub const PROTOCOL_VERSION: u16 = 14;
+/// Version 14 appended `StoppingRule::Hyperband`. Version 15 added conditional parameters
+/// (`ParamSpec::when`) and warm starts (`SweepSpec::warm_start`): sweep specs changed, so
+/// older peers are refused; stored state of versions 11 to 14 is read and converted.
+pub const PROTOCOL_VERSION: u16 = 15;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot
 /// decode.
-pub const MIN_PROTOCOL_VERSION: u16 = 13;
+pub const MIN_PROTOCOL_VERSION: u16 = 15;
 /// ALPN identifier; a peer without it fails the TLS handshake.
 pub const ALPN: &[u8] = b"flotilla";
 

@@ -48,6 +48,13 @@ pub struct SweepSpec {
     /// trainer's models are served by the agents themselves; a command trial's cannot be.
     #[serde(default)]
     pub serving: Option<ServingSpec>,
+    /// Earlier sweeps whose results seed this one's sampler (`warm_start = ["s3", "mnist-lr"]`,
+    /// protocol 15): by id, or by name (the newest sweep of that name). Their trials whose
+    /// parameters lie in this sweep's (first phase's) space count as results already in, so
+    /// the model starts from them instead of an empty design. The coordinator resolves names
+    /// to ids when the sweep is submitted.
+    #[serde(default)]
+    pub warm_start: Vec<String>,
 }
 
 /// `[serving]`: the program that serves a registered version of this sweep's models.
@@ -419,6 +426,131 @@ pub struct ParamSpec {
     pub log: bool,
     #[serde(default)]
     pub choices: Vec<ParamValue>,
+    /// `when = { optimizer = "sgd" }`: the parameter applies only where another (categorical)
+    /// parameter of the same space applies and takes one of the listed values (protocol 15).
+    /// A trial where it does not apply is not given it.
+    #[serde(default)]
+    pub when: Option<When>,
+}
+
+/// A parameter's condition: categorical parameter `param` takes one of `values`.
+///
+/// Sweep files write it `when = { optimizer = "sgd" }` or `when = { optimizer = ["sgd",
+/// "rmsprop"] }`; conditions chain (a parameter's `param` may have a `when` of its own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct When {
+    pub param: String,
+    pub values: Vec<ParamValue>,
+}
+
+impl When {
+    pub fn new(param: &str, values: impl IntoIterator<Item = ParamValue>) -> When {
+        When {
+            param: param.to_string(),
+            values: values.into_iter().collect(),
+        }
+    }
+}
+
+/// [`When`] on the wire (the binary codec cannot read the sweep file's map form).
+#[derive(Serialize, Deserialize)]
+struct WhenWire {
+    param: String,
+    values: Vec<ParamValue>,
+}
+
+impl Serialize for When {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !serializer.is_human_readable() {
+            return WhenWire {
+                param: self.param.clone(),
+                values: self.values.clone(),
+            }
+            .serialize(serializer);
+        }
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        match self.values.as_slice() {
+            [one] => map.serialize_entry(&self.param, one)?,
+            many => map.serialize_entry(&self.param, many)?,
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for When {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, SeqAccess, Visitor};
+        if !deserializer.is_human_readable() {
+            let wire = WhenWire::deserialize(deserializer)?;
+            return Ok(When {
+                param: wire.param,
+                values: wire.values,
+            });
+        }
+        /// One value or a list of them.
+        struct Values(Vec<ParamValue>);
+        impl<'de> Deserialize<'de> for Values {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct ValuesVisitor;
+                impl<'de> Visitor<'de> for ValuesVisitor {
+                    type Value = Values;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a value or a list of values")
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Values, A::Error> {
+                        let mut values = Vec::new();
+                        while let Some(value) = seq.next_element::<ParamValue>()? {
+                            values.push(value);
+                        }
+                        Ok(Values(values))
+                    }
+                    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Values, E> {
+                        Ok(Values(vec![ParamValue::Bool(value)]))
+                    }
+                    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Values, E> {
+                        Ok(Values(vec![ParamValue::Int(value)]))
+                    }
+                    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Values, E> {
+                        i64::try_from(value)
+                            .map(|value| Values(vec![ParamValue::Int(value)]))
+                            .map_err(|_| E::custom(format!("integer {value} is too large")))
+                    }
+                    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Values, E> {
+                        Ok(Values(vec![ParamValue::Float(value)]))
+                    }
+                    fn visit_str<E: de::Error>(self, value: &str) -> Result<Values, E> {
+                        Ok(Values(vec![ParamValue::Str(value.to_string())]))
+                    }
+                }
+                deserializer.deserialize_any(ValuesVisitor)
+            }
+        }
+        struct WhenVisitor;
+        impl<'de> Visitor<'de> for WhenVisitor {
+            type Value = When;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a table naming one parameter and its value(s), e.g. { optimizer = \"sgd\" }",
+                )
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<When, A::Error> {
+                let Some((param, Values(values))) = map.next_entry::<String, Values>()? else {
+                    return Err(de::Error::custom(
+                        "`when` names no parameter; write e.g. when = { optimizer = \"sgd\" }",
+                    ));
+                };
+                if let Some((other, _)) = map.next_entry::<String, Values>()? {
+                    return Err(de::Error::custom(format!(
+                        "`when` may name one parameter, found '{param}' and '{other}'; \
+                         chain conditions instead (give '{param}' a `when` of its own)"
+                    )));
+                }
+                Ok(When { param, values })
+            }
+        }
+        deserializer.deserialize_map(WhenVisitor)
+    }
 }
 
 impl ParamSpec {
@@ -429,6 +561,7 @@ impl ParamSpec {
             high: Some(high),
             log: false,
             choices: vec![],
+            when: None,
         }
     }
     pub fn log_float(low: f64, high: f64) -> Self {
@@ -444,6 +577,7 @@ impl ParamSpec {
             high: Some(high as f64),
             log: false,
             choices: vec![],
+            when: None,
         }
     }
     pub fn categorical(choices: impl IntoIterator<Item = ParamValue>) -> Self {
@@ -453,6 +587,15 @@ impl ParamSpec {
             high: None,
             log: false,
             choices: choices.into_iter().collect(),
+            when: None,
+        }
+    }
+
+    /// This parameter, applying only where `when` holds.
+    pub fn when(self, when: When) -> Self {
+        ParamSpec {
+            when: Some(when),
+            ..self
         }
     }
 }
@@ -803,6 +946,23 @@ metrics = ["loss"]
                 problem(&found.path, found.message);
             }
         }
+        for (index, source) in self.warm_start.iter().enumerate() {
+            if source.trim().is_empty() {
+                problem(
+                    &format!("warm_start[{index}]"),
+                    "names no sweep (give an id such as s3, or a sweep's name)".into(),
+                );
+            }
+        }
+        let first_algorithm = self.phases().first().map(|phase| phase.algorithm.name);
+        if !self.warm_start.is_empty() && first_algorithm == Some(AlgorithmName::Grid) {
+            problem(
+                "warm_start",
+                "a grid enumerates its points whatever came before; warm starts need a sampler \
+                 that learns (bayesian or tpe; random and sobol ignore them)"
+                    .into(),
+            );
+        }
 
         let reported = self.reported_metrics();
         if let Some(stopping) = &self.early_stopping {
@@ -929,6 +1089,15 @@ metrics = ["loss"]
                                 &format!("trial.args[{index}]"),
                                 format!(
                                     "placeholder {{{placeholder}}} names no parameter of the space"
+                                ),
+                            );
+                        } else if self.is_conditional(placeholder) {
+                            problem(
+                                &format!("trial.args[{index}]"),
+                                format!(
+                                    "placeholder {{{placeholder}}} names a conditional parameter, \
+                                     which trials where it does not apply are not given; read it \
+                                     from FLOTILLA_PARAMS instead (docs/trials.md)"
                                 ),
                             );
                         }
@@ -1221,6 +1390,13 @@ metrics = ["loss"]
             .any(|(_, space)| space.contains_key(name))
     }
 
+    /// Whether some phase's parameter `name` has a condition.
+    pub fn is_conditional(&self, name: &str) -> bool {
+        self.spaces()
+            .iter()
+            .any(|(_, space)| space.get(name).is_some_and(|param| param.when.is_some()))
+    }
+
     /// Whether a trial's final metrics meet every constraint.
     pub fn is_feasible(&self, metrics: &BTreeMap<String, f64>) -> bool {
         self.constraints
@@ -1278,8 +1454,104 @@ pub fn validate_space(space: &BTreeMap<String, ParamSpec>, prefix: &str) -> Vec<
             );
         }
         check_param(&path, param, &mut problem);
+        if let Some(when) = &param.when {
+            check_when(&format!("{path}.when"), name, when, space, &mut problem);
+        }
+    }
+    if let Some(cycle) = condition_cycle(space) {
+        problem(
+            prefix.trim_end_matches('.'),
+            format!("conditions (`when`) form a cycle: {}", cycle.join(" -> ")),
+        );
     }
     problems
+}
+
+/// Problems with parameter `name`'s condition, reported under `path`.
+fn check_when(
+    path: &str,
+    name: &str,
+    when: &When,
+    space: &BTreeMap<String, ParamSpec>,
+    problem: &mut impl FnMut(&str, String),
+) {
+    if when.param == name {
+        problem(path, format!("'{name}' cannot depend on itself"));
+        return;
+    }
+    let Some(parent) = space.get(&when.param) else {
+        let known: Vec<&str> = space.keys().map(String::as_str).collect();
+        problem(
+            path,
+            format!(
+                "unknown parameter '{}' (this space has: {})",
+                when.param,
+                known.join(", ")
+            ),
+        );
+        return;
+    };
+    if parent.kind != ParamKind::Categorical {
+        problem(
+            path,
+            format!(
+                "'{}' is not categorical; a condition names a categorical parameter and some of \
+                 its choices",
+                when.param
+            ),
+        );
+        return;
+    }
+    if when.values.is_empty() {
+        problem(path, format!("lists no value of '{}'", when.param));
+    }
+    for value in &when.values {
+        if !parent.choices.contains(value) {
+            let choices: Vec<String> = parent
+                .choices
+                .iter()
+                .map(ParamValue::to_json_fragment)
+                .collect();
+            problem(
+                path,
+                format!(
+                    "{} is not a choice of '{}' ({})",
+                    value.to_json_fragment(),
+                    when.param,
+                    choices.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// The first cycle of conditions in `space` (`a -> b -> a`: a depends on b, b on a).
+fn condition_cycle(space: &BTreeMap<String, ParamSpec>) -> Option<Vec<String>> {
+    let parent = |name: &str| {
+        space
+            .get(name)
+            .and_then(|param| param.when.as_ref())
+            .map(|when| when.param.as_str())
+            .filter(|parent| space.contains_key(*parent) && *parent != name)
+    };
+    for start in space.keys() {
+        let mut path: Vec<&str> = vec![start];
+        let mut at = start.as_str();
+        while let Some(next) = parent(at) {
+            if let Some(from) = path.iter().position(|p| *p == next) {
+                // Reported once, from its smallest name.
+                if path[from..].iter().min() != Some(&start.as_str()) || from != 0 {
+                    break;
+                }
+                let mut cycle: Vec<String> = path[from..].iter().map(|p| p.to_string()).collect();
+                cycle.push(next.to_string());
+                return Some(cycle);
+            }
+            path.push(next);
+            at = next;
+        }
+    }
+    None
 }
 
 fn check_param(path: &str, param: &ParamSpec, problem: &mut impl FnMut(&str, String)) {
@@ -1470,6 +1742,152 @@ low = 1e-4
 high = 1e-1
 log = true
 "#;
+
+    const CONDITIONAL: &str = r#"
+name = "conditional"
+warm_start = ["s3", "last-weeks-sweep"]
+
+[objective]
+metric = "loss"
+direction = "minimize"
+
+[space.optimizer]
+type = "categorical"
+choices = ["sgd", "adam", "rmsprop"]
+
+[space.momentum]
+type = "float"
+low = 0.0
+high = 0.99
+when = { optimizer = "sgd" }
+
+[space.beta2]
+type = "float"
+low = 0.9
+high = 0.9999
+when = { optimizer = ["adam", "rmsprop"] }
+
+[budget]
+max_trials = 10
+max_parallel = 2
+
+[trial]
+command = "python3"
+args = ["train.py"]
+metrics = ["loss"]
+"#;
+
+    #[test]
+    fn conditions_and_warm_starts_parse_and_round_trip() {
+        let spec = SweepSpec::from_toml(CONDITIONAL, "conditional.toml").expect("valid");
+        assert_eq!(
+            spec.space["momentum"].when,
+            Some(When::new("optimizer", [ParamValue::Str("sgd".into())]))
+        );
+        assert_eq!(
+            spec.space["beta2"].when,
+            Some(When::new(
+                "optimizer",
+                [
+                    ParamValue::Str("adam".into()),
+                    ParamValue::Str("rmsprop".into())
+                ]
+            ))
+        );
+        assert_eq!(spec.warm_start, ["s3", "last-weeks-sweep"]);
+        assert!(spec.is_conditional("momentum") && !spec.is_conditional("optimizer"));
+        let again = SweepSpec::from_toml(&spec.to_toml(), "again").expect("round trip");
+        assert_eq!(again, spec);
+        let wire = crate::codec::encode(&spec).expect("encode");
+        assert_eq!(
+            crate::codec::decode::<SweepSpec>(&wire).expect("decode"),
+            spec
+        );
+    }
+
+    #[test]
+    fn bad_conditions_are_named_with_their_parameter() {
+        let problems = problems_of(
+            &CONDITIONAL
+                .replace(
+                    "when = { optimizer = \"sgd\" }",
+                    "when = { optimiser = \"sgd\" }",
+                )
+                .replace(
+                    "when = { optimizer = [\"adam\", \"rmsprop\"] }",
+                    "when = { optimizer = [\"adam\", \"adamw\"] }",
+                )
+                .replace(
+                    "args = [\"train.py\"]",
+                    "args = [\"train.py\", \"--beta2={beta2}\"]",
+                ),
+        );
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|p| p.starts_with("space.momentum.when: unknown parameter 'optimiser' (this space has: beta2, momentum, optimizer)")),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(
+                &"space.beta2.when: \"adamw\" is not a choice of 'optimizer' (\"sgd\", \"adam\", \"rmsprop\")"
+                    .to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|p| p
+                .starts_with("trial.args[1]: placeholder {beta2} names a conditional parameter")),
+            "{text:?}"
+        );
+
+        let cycle = CONDITIONAL.replace(
+            "[space.optimizer]\ntype = \"categorical\"\n",
+            "[space.optimizer]\ntype = \"categorical\"\nwhen = { flavour = \"x\" }\n",
+        ) + "\n[space.flavour]\ntype = \"categorical\"\nchoices = [\"x\", \"y\"]\nwhen = { optimizer = \"sgd\" }\n";
+        let text: Vec<String> = problems_of(&cycle)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            text.contains(
+                &"space: conditions (`when`) form a cycle: flavour -> optimizer -> flavour"
+                    .to_string()
+            ),
+            "{text:?}"
+        );
+
+        let numeric =
+            CONDITIONAL.replace("when = { optimizer = \"sgd\" }", "when = { beta2 = 0.95 }");
+        let text: Vec<String> = problems_of(&numeric)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            text.iter()
+                .any(|p| p.starts_with("space.momentum.when: 'beta2' is not categorical")),
+            "{text:?}"
+        );
+
+        let two = CONDITIONAL.replace(
+            "when = { optimizer = \"sgd\" }",
+            "when = { optimizer = \"sgd\", beta2 = 0.95 }",
+        );
+        let Err(SpecError::Syntax { message, .. }) = SweepSpec::from_toml(&two, "two.toml") else {
+            panic!("two parameters in one condition must be refused");
+        };
+        assert!(
+            message.contains("`when` may name one parameter"),
+            "{message}"
+        );
+
+        let grid = CONDITIONAL.replace("[budget]", "[algorithm]\nname = \"grid\"\n\n[budget]");
+        let text: Vec<String> = problems_of(&grid).iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|p| p.starts_with("warm_start: a grid enumerates its points")),
+            "{text:?}"
+        );
+    }
 
     #[test]
     fn phases_parse_inherit_the_sweep_and_round_trip() {

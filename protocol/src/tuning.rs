@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 
 use flotilla_tuner::{
-    BayesianSampler, BayesianSettings, Dimension, Domain, GridSampler, Observation, Outcome, Point,
-    RandomSampler, Sampler, SearchSpace, SobolSampler, SpaceError, TpeSampler, TpeSettings, Value,
+    BayesianSampler, BayesianSettings, Condition, Dimension, Domain, GridSampler, Observation,
+    Outcome, Point, RandomSampler, Sampler, SearchSpace, SobolSampler, SpaceError, TpeSampler,
+    TpeSettings, Value,
 };
 
 use crate::ParamValue;
@@ -53,18 +54,50 @@ impl TunerSpace {
                 }
             })
             .collect();
+        let names: Vec<&String> = params.keys().collect();
+        let mut conditions = Vec::new();
+        for (child, param) in params.values().enumerate() {
+            let Some(when) = &param.when else { continue };
+            let unknown = || SpaceError::InvalidCondition {
+                name: names[child].clone(),
+                message: format!("depends on unknown parameter '{}'", when.param),
+            };
+            let parent = names
+                .iter()
+                .position(|name| **name == when.param)
+                .ok_or_else(unknown)?;
+            let choices = when
+                .values
+                .iter()
+                .map(|value| {
+                    params[&when.param]
+                        .choices
+                        .iter()
+                        .position(|choice| choice == value)
+                        .ok_or_else(|| SpaceError::InvalidCondition {
+                            name: names[child].clone(),
+                            message: format!("{value} is not a choice of '{}'", when.param),
+                        })
+                })
+                .collect::<Result<Vec<usize>, SpaceError>>()?;
+            conditions.push((child, Condition { parent, choices }));
+        }
         Ok(TunerSpace {
-            space: SearchSpace::new(dimensions)?,
+            space: SearchSpace::new(dimensions)?.with_conditions(conditions)?,
             params: params.clone(),
         })
     }
 
-    /// The parameters a point stands for.
+    /// The parameters a point stands for: those that apply at it (a conditional parameter
+    /// whose condition does not hold is left out).
     pub fn params_of(&self, point: &[Value]) -> Params {
+        let active = self.space.active(point);
         self.params
             .iter()
             .zip(point)
-            .map(|((name, param), value)| {
+            .zip(active)
+            .filter(|(_, active)| *active)
+            .map(|(((name, param), value), _)| {
                 let value = match *value {
                     Value::Float(x) => ParamValue::Float(x),
                     Value::Int(x) => ParamValue::Int(x),
@@ -75,14 +108,23 @@ impl TunerSpace {
             .collect()
     }
 
-    /// The point parameters stand for; `None` if one is missing or outside the space (a
-    /// trial from an older version of the spec).
+    /// The (canonical) point parameters stand for; `None` if one that applies is missing or
+    /// one is outside the space (a trial from an older version of the spec, or from another
+    /// sweep's). Parameters the space does not have are ignored, and so are conditional ones
+    /// that do not apply.
     pub fn point_of(&self, params: &Params) -> Option<Point> {
         let point: Point = self
             .params
             .iter()
-            .map(|(name, param)| {
-                let value = params.get(name)?;
+            .enumerate()
+            .map(|(index, (name, param))| {
+                let Some(value) = params.get(name) else {
+                    // Checked below: only a parameter that does not apply may be missing.
+                    return param
+                        .when
+                        .is_some()
+                        .then(|| self.space.canonical_value(index));
+                };
                 match param.kind {
                     ParamKind::Float => value.as_f64().map(Value::Float),
                     ParamKind::Int => match value {
@@ -100,7 +142,13 @@ impl TunerSpace {
                 }
             })
             .collect::<Option<_>>()?;
-        self.space.contains(&point).then_some(point)
+        let active = self.space.active(&point);
+        let complete = self
+            .params
+            .keys()
+            .zip(active)
+            .all(|(name, active)| !active || params.contains_key(name));
+        (complete && self.space.contains(&point)).then(|| self.space.canonical(point))
     }
 }
 
@@ -209,6 +257,36 @@ mod tests {
         outside.insert("layers".into(), ParamValue::Int(2));
         outside.insert("opt".into(), ParamValue::Str("rmsprop".into()));
         assert_eq!(space.point_of(&outside), None);
+    }
+
+    #[test]
+    fn conditional_parameters_are_left_out_where_they_do_not_apply() {
+        let sgd = || ParamValue::Str("sgd".into());
+        let mut space = params();
+        space.insert(
+            "momentum".into(),
+            ParamSpec::float(0.0, 0.99).when(crate::spec::When::new("opt", [sgd()])),
+        );
+        let space = TunerSpace::new(&space).expect("space");
+        let adam = Params::from([
+            ("lr".to_string(), ParamValue::Float(3e-3)),
+            ("layers".to_string(), ParamValue::Int(2)),
+            ("opt".to_string(), ParamValue::Str("adam".into())),
+        ]);
+        // Missing where it does not apply: the point holds its canonical value.
+        let point = space.point_of(&adam).expect("in the space");
+        assert_eq!(space.params_of(&point), adam);
+        // Given where it does not apply (an older spec's trial): ignored.
+        let mut extra = adam.clone();
+        extra.insert("momentum".into(), ParamValue::Float(0.5));
+        assert_eq!(space.point_of(&extra), Some(point));
+        // Missing where it applies: not a point of this space.
+        let mut with_sgd = adam.clone();
+        with_sgd.insert("opt".into(), sgd());
+        assert_eq!(space.point_of(&with_sgd), None);
+        with_sgd.insert("momentum".into(), ParamValue::Float(0.9));
+        let point = space.point_of(&with_sgd).expect("in the space");
+        assert_eq!(space.params_of(&point), with_sgd);
     }
 
     #[test]

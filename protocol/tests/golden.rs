@@ -14,7 +14,7 @@ use flotilla_protocol::messages::*;
 use flotilla_protocol::models::*;
 use flotilla_protocol::spec::{
     AlgorithmSpec, Budget, Constraint, ConstraintOp, Direction, FieldProblem, Objective, ParamSpec,
-    PhaseSpec, Resources, RetryPolicy, ServingSpec, SweepSpec, TrialSpec,
+    PhaseSpec, Resources, RetryPolicy, ServingSpec, SweepSpec, TrialSpec, When,
 };
 use flotilla_protocol::{AgentId, AttemptId, Epoch, ParamValue, SweepId, TrialId};
 use flotilla_rollout::{Arm, Decision, Evidence, Metric, Pair, Policy, Verdict};
@@ -79,6 +79,7 @@ fn spec() -> SweepSpec {
             max_parallel: Some(1),
         }],
         serving: None,
+        warm_start: Vec::new(),
     }
 }
 
@@ -806,6 +807,27 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             "SweepSpec with [serving] (protocol 12)",
             encode(&SweepSpec {
                 serving: Some(serving()),
+                ..spec()
+            }),
+        ),
+        (
+            "SweepSpec with conditions and a warm start (protocol 15)",
+            encode(&SweepSpec {
+                space: BTreeMap::from([
+                    (
+                        "momentum".to_string(),
+                        ParamSpec::float(0.0, 0.99)
+                            .when(When::new("opt", [ParamValue::Str("sgd".into())])),
+                    ),
+                    (
+                        "opt".to_string(),
+                        ParamSpec::categorical([
+                            ParamValue::Str("adam".into()),
+                            ParamValue::Str("sgd".into()),
+                        ]),
+                    ),
+                ]),
+                warm_start: vec!["s3".into()],
                 ..spec()
             }),
         ),

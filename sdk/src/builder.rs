@@ -37,6 +37,7 @@ impl SweepBuilder {
                 early_stopping: None,
                 phases: Vec::new(),
                 serving: None,
+                warm_start: Vec::new(),
             },
             constraint_errors: Vec::new(),
         }

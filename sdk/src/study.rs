@@ -658,6 +658,7 @@ fn load(file: &mut File, path: &Path) -> Result<Loaded, StudyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_protocol::ParamValue;
 
     fn space() -> BTreeMap<String, ParamSpec> {
         BTreeMap::from([
@@ -739,6 +740,67 @@ mod tests {
             loaded.expect("history")[0].outcome,
             Outcome::Partial { fidelity, .. } if fidelity == 0.2
         ));
+    }
+
+    #[test]
+    fn a_conditional_space_asks_only_for_parameters_that_apply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let space: BTreeMap<String, ParamSpec> = serde_json::from_str(
+            r#"{
+                "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+                "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": true},
+                "momentum": {"type": "float", "low": 0.0, "high": 0.99,
+                             "when": {"optimizer": "sgd"}}
+            }"#,
+        )
+        .expect("space");
+        let study = Study::create(
+            dir.path().join("conditional.study"),
+            &space,
+            Direction::Minimize,
+            AlgorithmName::Bayesian,
+            Some(5),
+        )
+        .expect("created");
+        let mut best = f64::INFINITY;
+        for _ in 0..30 {
+            let trial = study.ask().expect("ask");
+            let lr = trial.params["lr"].as_f64().expect("lr").log10();
+            let value = match trial.params["optimizer"] {
+                ParamValue::Str(ref name) if name == "sgd" => {
+                    let momentum = trial.params["momentum"].as_f64().expect("sgd has momentum");
+                    (lr + 1.3).powi(2) + 4.0 * (momentum - 0.9).powi(2)
+                }
+                _ => {
+                    assert!(!trial.params.contains_key("momentum"), "{:?}", trial.params);
+                    0.2 + (lr + 3.0).powi(2)
+                }
+            };
+            best = best.min(value);
+            study
+                .tell(trial.trial, TellOutcome::complete(value))
+                .expect("tell");
+        }
+        assert!(best < 0.1, "best after 30 trials {best}");
+        // A condition on an unknown parameter is refused with its path.
+        let mut broken = space.clone();
+        broken.get_mut("momentum").expect("momentum").when = Some(
+            flotilla_protocol::spec::When::new("optimiser", [ParamValue::Str("sgd".into())]),
+        );
+        let error = Study::create(
+            dir.path().join("broken.study"),
+            &broken,
+            Direction::Minimize,
+            AlgorithmName::Bayesian,
+            None,
+        )
+        .expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .contains("momentum.when: unknown parameter 'optimiser'"),
+            "{error}"
+        );
     }
 
     #[test]

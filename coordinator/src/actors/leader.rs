@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_protocol::messages::{ApiError, ApiErrorKind, SweepState, SweepSummary};
-use flotilla_protocol::spec::SweepSpec;
+use flotilla_protocol::spec::{FieldProblem, SweepSpec};
 use flotilla_protocol::{Epoch, SweepId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
@@ -21,7 +21,7 @@ use super::autoscaler::{Autoscaler, AutoscalerArgs, AutoscalerConfig, Autoscaler
 use super::models::{Models, ModelsArgs, ModelsMsg};
 use super::registry::{Registry, RegistryArgs, RegistryMsg};
 use super::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
-use super::sweep::{SweepActor, SweepArgs, SweepMsg};
+use super::sweep::{SweepActor, SweepArgs, SweepMsg, WarmSource};
 use crate::clock::now_ms;
 use crate::metrics::METRICS;
 use crate::store::{StateStore, StateWrite, SweepRecord};
@@ -144,12 +144,20 @@ impl Actor for Leader {
                 .map_or(1, |last| last.0 + 1),
         };
         let mut trials = stored.trials;
+        // Warm sources are read before their trials move into their own sweeps' actors.
+        let mut warm: BTreeMap<SweepId, Vec<WarmSource>> = stored
+            .sweeps
+            .values()
+            .filter(|record| record.state == SweepState::Running)
+            .map(|record| (record.id, warm_sources(record, &stored.sweeps, &trials)))
+            .collect();
         for (id, record) in stored.sweeps {
             let sweep_trials = trials.remove(&id).unwrap_or_default();
+            let sweep_warm = warm.remove(&id).unwrap_or_default();
             // A sweep that cannot be restored fails alone instead of keeping every leader
             // from starting.
             if let Err(error) = state
-                .spawn_sweep(&myself, record.clone(), sweep_trials.clone())
+                .spawn_sweep(&myself, record.clone(), sweep_trials.clone(), sweep_warm)
                 .await
             {
                 let reason = format!("its actor failed to start: {error}");
@@ -280,7 +288,7 @@ impl LeaderState {
         {
             tracing::warn!(sweep = %id, %error, "the failed sweep's state is not stored; a later leader will try it again");
         }
-        if let Err(error) = self.spawn_sweep(myself, record, trials).await {
+        if let Err(error) = self.spawn_sweep(myself, record, trials, Vec::new()).await {
             tracing::error!(sweep = %id, %error, "the failed sweep cannot be shown either");
         }
     }
@@ -290,11 +298,13 @@ impl LeaderState {
         myself: &ActorRef<LeaderMsg>,
         record: SweepRecord,
         trials: BTreeMap<u32, flotilla_protocol::messages::TrialRecord>,
+        warm: Vec<WarmSource>,
     ) -> Result<(), ActorProcessingErr> {
         let id = record.id;
         let args = SweepArgs {
             record,
             trials,
+            warm,
             scheduler: self.scheduler.clone(),
             store: self.store.clone(),
             notifier: self.notifier.clone(),
@@ -308,14 +318,35 @@ impl LeaderState {
     async fn submit(
         &mut self,
         myself: &ActorRef<LeaderMsg>,
-        spec: SweepSpec,
+        mut spec: SweepSpec,
     ) -> Result<SweepSummary, ApiError> {
+        let invalid = |spec: &SweepSpec, problems: Vec<FieldProblem>| ApiError {
+            kind: ApiErrorKind::InvalidSweep,
+            message: format!("sweep '{}' has {} problem(s)", spec.name, problems.len()),
+            problems,
+        };
         if let Err(problems) = spec.validate() {
-            return Err(ApiError {
-                kind: ApiErrorKind::InvalidSweep,
-                message: format!("sweep '{}' has {} problem(s)", spec.name, problems.len()),
-                problems,
-            });
+            return Err(invalid(&spec, problems));
+        }
+        let mut warm = Vec::new();
+        if !spec.warm_start.is_empty() {
+            let stored = self.store.reload().await.map_err(|error| ApiError {
+                kind: ApiErrorKind::Internal,
+                message: format!("could not read the sweeps to warm-start from: {error}"),
+                problems: vec![],
+            })?;
+            resolve_warm_start(&mut spec, &stored.sweeps)
+                .map_err(|problems| invalid(&spec, problems))?;
+            let record = SweepRecord {
+                id: SweepId(self.next_sweep),
+                spec: spec.clone(),
+                seed: 0,
+                state: SweepState::Running,
+                created_ms: 0,
+                finished_ms: None,
+                message: None,
+            };
+            warm = warm_sources(&record, &stored.sweeps, &stored.trials);
         }
         let id = SweepId(self.next_sweep);
         self.next_sweep += 1;
@@ -340,7 +371,7 @@ impl LeaderState {
             .durable()
             .await
             .map_err(|error| internal(format!("could not store the sweep: {error}")))?;
-        self.spawn_sweep(myself, record, BTreeMap::new())
+        self.spawn_sweep(myself, record, BTreeMap::new(), warm)
             .await
             .map_err(|error| internal(error.to_string()))?;
         tracing::info!(sweep = %id, "sweep submitted");
@@ -351,5 +382,104 @@ impl LeaderState {
         super::ask(sweep, SweepMsg::Summary)
             .await
             .map_err(|error| internal(error.to_string()))
+    }
+}
+
+/// Replaces each of `spec.warm_start`'s references by the id of the sweep it names: an id
+/// (`s3`, `3`) of a stored sweep, or a name (the newest sweep of that name).
+fn resolve_warm_start(
+    spec: &mut SweepSpec,
+    sweeps: &BTreeMap<SweepId, SweepRecord>,
+) -> Result<(), Vec<FieldProblem>> {
+    let mut problems = Vec::new();
+    for (index, reference) in spec.warm_start.iter_mut().enumerate() {
+        let by_id = reference
+            .parse::<SweepId>()
+            .ok()
+            .filter(|id| sweeps.contains_key(id));
+        let by_name = || {
+            sweeps
+                .values()
+                .rev()
+                .find(|record| record.spec.name == *reference)
+                .map(|record| record.id)
+        };
+        match by_id.or_else(by_name) {
+            Some(id) => *reference = id.to_string(),
+            None => problems.push(FieldProblem {
+                path: format!("warm_start[{index}]"),
+                message: format!("no sweep has the id or name '{reference}'"),
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// The sweeps `record` warm-starts from (ids, as resolved at submission), with their trials;
+/// one no longer stored is left out.
+fn warm_sources(
+    record: &SweepRecord,
+    sweeps: &BTreeMap<SweepId, SweepRecord>,
+    trials: &BTreeMap<SweepId, BTreeMap<u32, flotilla_protocol::messages::TrialRecord>>,
+) -> Vec<WarmSource> {
+    record
+        .spec
+        .warm_start
+        .iter()
+        .filter_map(|reference| reference.parse::<SweepId>().ok())
+        .filter(|id| *id != record.id)
+        .filter_map(|id| {
+            let source = sweeps.get(&id)?;
+            Some(WarmSource {
+                spec: source.spec.clone(),
+                trials: trials
+                    .get(&id)
+                    .map(|trials| trials.values().cloned().collect())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warm_start_references_resolve_to_ids_and_unknown_ones_are_named() {
+        let record = |id: u64, name: &str| {
+            let mut spec = SweepSpec::example();
+            spec.name = name.into();
+            let record = SweepRecord {
+                id: SweepId(id),
+                spec,
+                seed: 0,
+                state: SweepState::Completed,
+                created_ms: 0,
+                finished_ms: None,
+                message: None,
+            };
+            (SweepId(id), record)
+        };
+        let sweeps = BTreeMap::from([record(1, "lr"), record(2, "depth"), record(3, "lr")]);
+        let mut spec = SweepSpec::example();
+        spec.warm_start = vec!["lr".into(), "2".into(), "s1".into()];
+        resolve_warm_start(&mut spec, &sweeps).expect("resolves");
+        // A name means the newest sweep of that name.
+        assert_eq!(spec.warm_start, ["s3", "s2", "s1"]);
+        spec.warm_start = vec!["s9".into(), "lr".into(), "width".into()];
+        let problems = resolve_warm_start(&mut spec, &sweeps).expect_err("unknown");
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "warm_start[0]: no sweep has the id or name 's9'",
+                "warm_start[2]: no sweep has the id or name 'width'"
+            ]
+        );
     }
 }

@@ -125,12 +125,20 @@ pub struct SweepArgs {
     pub record: SweepRecord,
     /// Trials restored from the store (empty for a new sweep).
     pub trials: BTreeMap<u32, TrialRecord>,
+    /// The sweeps `warm_start` names, with their trials (empty without a warm start).
+    pub warm: Vec<WarmSource>,
     pub scheduler: ActorRef<SchedulerMsg>,
     pub store: Arc<dyn StateStore>,
     /// Told when the sweep ends.
     pub notifier: Option<crate::notify::Notifier>,
     /// The leader's epoch: this term numbers the sweep's events above every earlier term's.
     pub epoch: flotilla_protocol::Epoch,
+}
+
+/// An earlier sweep whose results seed this one's sampler (`warm_start`).
+pub struct WarmSource {
+    pub spec: SweepSpec,
+    pub trials: Vec<TrialRecord>,
 }
 
 /// What the actor tracks about a trial's current attempt while it runs.
@@ -203,6 +211,9 @@ pub struct SweepActorState {
     phase_start: u32,
     /// Parameters the winners of earlier phases fixed; every new trial starts from them.
     fixed: Params,
+    /// Results of the sweeps this one warm-starts from, in the first phase's space: the first
+    /// phase's sampler sees them before the sweep's own trials.
+    warm: Vec<Observation>,
     trials: Vec<TrialRecord>,
     live: HashMap<u32, LiveAttempt>,
     /// Each trial's objective by step, in memory only (a new leader starts them afresh).
@@ -270,8 +281,16 @@ impl Actor for SweepActor {
             .unwrap_or_default(),
             None => Params::new(),
         };
+        let warm = match plans.first() {
+            Some(first) => warm_observations(spec, &first.space, &args.warm),
+            None => Vec::new(),
+        };
+        if !args.warm.is_empty() {
+            tracing::info!(sweep = %args.record.id, sources = args.warm.len(), results = warm.len(), "warm start");
+        }
         let mut state = SweepActorState {
             stopper: Stopper::of(spec),
+            warm,
             trial_spec: Arc::new(spec.trial.clone()),
             plans,
             phase,
@@ -462,6 +481,14 @@ impl SweepActorState {
     /// The current phase's trials.
     fn phase_trials(&self) -> &[TrialRecord] {
         &self.trials[self.phase_start as usize..]
+    }
+
+    /// The number the current phase's sampler knows trial `number` by: its position in the
+    /// phase, after the results a first phase is warm-started with (which count as trials
+    /// already run, so a warm sampler models from its first suggestion).
+    fn sampler_index(&self, number: u32) -> u32 {
+        let warm = if self.phase == 0 { self.warm.len() } else { 0 };
+        number - self.phase_start + warm as u32
     }
 
     /// Trials of every phase may not exceed this.
@@ -800,7 +827,7 @@ impl SweepActorState {
                 break;
             }
             let number = self.trials.len() as u32;
-            let index = number - self.phase_start;
+            let index = self.sampler_index(number);
             let history = self.history();
             let Some(sampler) = self.plans[self.phase].sampler.as_mut() else {
                 break;
@@ -831,7 +858,7 @@ impl SweepActorState {
         let Some(mut sampler) = self.plans[self.phase].sampler.take() else {
             return;
         };
-        let (phase, index, myself) = (self.phase, number - self.phase_start, self.myself.clone());
+        let (phase, index, myself) = (self.phase, self.sampler_index(number), self.myself.clone());
         // The thread ends with its suggestion (it cannot be cut short); the sampler being
         // away is what says a suggestion is in flight.
         drop(tokio::task::spawn_blocking(move || {
@@ -948,71 +975,19 @@ impl SweepActorState {
         configuration
     }
 
-    /// What the sampler should know: every trial of the phase so far, pending ones included.
+    /// What the sampler should know: every trial of the phase so far, pending ones included,
+    /// after the results a first phase is warm-started with.
     fn history(&self) -> Vec<Observation> {
         let spec = &self.record.spec;
         let space = &self.plan().space;
-        let full = self.full_resource();
-        self.phase_trials()
-            .iter()
-            .filter_map(|trial| {
-                let outcome = match (trial.state, trial.objective) {
-                    (TrialState::Pending | TrialState::Running, _) => Outcome::Pending,
-                    // Succeeded, or stopped (paused) with its objective so far: both tell the
-                    // model about the region; one stopped part way is a lower-fidelity result.
-                    (
-                        TrialState::Succeeded | TrialState::Stopped | TrialState::Paused,
-                        Some(objective),
-                    ) => {
-                        let outcome = tuning::completed(
-                            objective,
-                            spec.objective.direction,
-                            &spec.constraints,
-                            &trial.metrics,
-                        );
-                        match (trial.state, self.fidelity(trial, full), outcome) {
-                            (
-                                TrialState::Stopped | TrialState::Paused,
-                                Some(fidelity),
-                                Outcome::Complete { value, constraints },
-                            ) => Outcome::Partial {
-                                value,
-                                constraints,
-                                fidelity,
-                            },
-                            (_, _, outcome) => outcome,
-                        }
-                    }
-                    // The trial failed here: the samplers steer away from such points.
-                    (TrialState::Failed, _) => Outcome::Failed,
-                    // Stopped (or paused) before any value: nothing is known of the point.
-                    _ => Outcome::Stopped,
-                };
-                tuning::observation(space, &trial.params, outcome)
-            })
+        let full = full_resource(spec, self.phase_trials());
+        let warm = if self.phase == 0 { &self.warm[..] } else { &[] };
+        warm.iter()
+            .cloned()
+            .chain(self.phase_trials().iter().filter_map(|trial| {
+                tuning::observation(space, &trial.params, outcome(spec, spec, trial, full))
+            }))
             .collect()
-    }
-
-    /// A complete trial's resource, where the sweep stops early: `max_resource`, or (the
-    /// median rule has none) the most any of the phase's succeeded trials spent.
-    fn full_resource(&self) -> Option<f64> {
-        let stopping = self.record.spec.early_stopping.as_ref()?;
-        stopping.max_resource.or_else(|| {
-            self.phase_trials()
-                .iter()
-                .filter(|trial| trial.state == TrialState::Succeeded)
-                .filter_map(|trial| trial.metrics.get(&stopping.resource).copied())
-                .filter(|spent| spent.is_finite())
-                .reduce(f64::max)
-        })
-    }
-
-    /// The share of a complete trial's resource `trial` had spent, when it is below one.
-    fn fidelity(&self, trial: &TrialRecord, full: Option<f64>) -> Option<f64> {
-        let stopping = self.record.spec.early_stopping.as_ref()?;
-        let full = full.filter(|full| *full > 0.0)?;
-        let spent = *trial.metrics.get(&stopping.resource)?;
-        (spent.is_finite() && spent >= 0.0 && spent < full).then(|| (spent / full).max(1e-3))
     }
 
     fn dispatched(&mut self, attempt: AttemptId, agent: AgentId, start: Box<StartTrial>) {
@@ -1541,6 +1516,98 @@ impl Curve {
     }
 }
 
+/// What a sampler of the sweep with `spec` learns from `trial`, a trial of that sweep or of
+/// one it warm-starts from (`source` is the trial's own sweep's spec; `full` that sweep's
+/// complete resource, see [`full_resource`]).
+fn outcome(
+    spec: &SweepSpec,
+    source: &SweepSpec,
+    trial: &TrialRecord,
+    full: Option<f64>,
+) -> Outcome {
+    // Another sweep's trial is judged by this sweep's objective, from its metrics.
+    let objective = if source.objective.metric == spec.objective.metric {
+        trial.objective
+    } else {
+        trial.metrics.get(&spec.objective.metric).copied()
+    };
+    match (trial.state, objective) {
+        (TrialState::Pending | TrialState::Running, _) => Outcome::Pending,
+        // Succeeded, or stopped (paused) with its objective so far: both tell the model about
+        // the region; one stopped part way is a lower-fidelity result.
+        (TrialState::Succeeded | TrialState::Stopped | TrialState::Paused, Some(objective)) => {
+            let outcome = tuning::completed(
+                objective,
+                spec.objective.direction,
+                &spec.constraints,
+                &trial.metrics,
+            );
+            match (trial.state, fidelity(source, trial, full), outcome) {
+                (
+                    TrialState::Stopped | TrialState::Paused,
+                    Some(fidelity),
+                    Outcome::Complete { value, constraints },
+                ) => Outcome::Partial {
+                    value,
+                    constraints,
+                    fidelity,
+                },
+                (_, _, outcome) => outcome,
+            }
+        }
+        // The trial failed here: the samplers steer away from such points.
+        (TrialState::Failed, _) => Outcome::Failed,
+        // Stopped (or paused) before any value: nothing is known of the point.
+        _ => Outcome::Stopped,
+    }
+}
+
+/// A complete trial's resource in a sweep with `spec` that stops early: `max_resource`, or
+/// (the median rule has none) the most any of `trials` that succeeded spent.
+fn full_resource(spec: &SweepSpec, trials: &[TrialRecord]) -> Option<f64> {
+    let stopping = spec.early_stopping.as_ref()?;
+    stopping.max_resource.or_else(|| {
+        trials
+            .iter()
+            .filter(|trial| trial.state == TrialState::Succeeded)
+            .filter_map(|trial| trial.metrics.get(&stopping.resource).copied())
+            .filter(|spent| spent.is_finite())
+            .reduce(f64::max)
+    })
+}
+
+/// The share of a complete trial's resource `trial` (of the sweep with `spec`) had spent, when
+/// it is below one.
+fn fidelity(spec: &SweepSpec, trial: &TrialRecord, full: Option<f64>) -> Option<f64> {
+    let stopping = spec.early_stopping.as_ref()?;
+    let full = full.filter(|full| *full > 0.0)?;
+    let spent = *trial.metrics.get(&stopping.resource)?;
+    (spent.is_finite() && spent >= 0.0 && spent < full).then(|| (spent / full).max(1e-3))
+}
+
+/// The results of the sweeps `spec` warm-starts from, as observations in `space` (its first
+/// phase's): finished trials whose parameters lie in the space; pending, running and
+/// value-less ones say nothing yet.
+fn warm_observations(
+    spec: &SweepSpec,
+    space: &TunerSpace,
+    sources: &[WarmSource],
+) -> Vec<Observation> {
+    sources
+        .iter()
+        .flat_map(|source| {
+            let full = full_resource(&source.spec, &source.trials);
+            source.trials.iter().filter_map(move |trial| {
+                let outcome = outcome(spec, &source.spec, trial, full);
+                if matches!(outcome, Outcome::Pending | Outcome::Stopped) {
+                    return None;
+                }
+                tuning::observation(space, &trial.params, outcome)
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1576,13 +1643,12 @@ mod tests {
         }
     }
 
-    /// A suggestion that fits the GP to 400 results runs off the actor: the actor answers a
-    /// status request while it is computed, and the trial is queued when it comes back.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_model_fit_runs_off_the_actor_which_answers_meanwhile() {
-        let spec = SweepSpec::from_toml(
-            r#"
-name = "off-actor"
+    /// A bayesian sweep over x, y ∈ [0, 1] minimizing `loss`.
+    fn quadratic_spec(max_trials: u32) -> SweepSpec {
+        SweepSpec::from_toml(
+            &format!(
+                r#"
+name = "quadratic"
 [objective]
 metric = "loss"
 direction = "minimize"
@@ -1598,20 +1664,25 @@ high = 1.0
 name = "bayesian"
 seed = 7
 [budget]
-max_trials = 500
+max_trials = {max_trials}
 max_parallel = 1
 [trial]
 command = "true"
 metrics = ["loss"]
-"#,
+"#
+            ),
             "test",
         )
-        .expect("spec");
-        let id = SweepId(1);
-        let trials: BTreeMap<u32, TrialRecord> = (0..400u32)
+        .expect("spec")
+    }
+
+    /// `count` succeeded trials of sweep `id` on a 20-wide grid, with the loss
+    /// (x − 0.3)² + (y − 0.6)².
+    fn quadratic_trials(id: SweepId, count: u32, width: u32) -> BTreeMap<u32, TrialRecord> {
+        (0..count)
             .map(|number| {
-                let x = f64::from(number % 20) / 19.0;
-                let y = f64::from(number / 20) / 19.0;
+                let x = f64::from(number % width) / f64::from(width - 1);
+                let y = f64::from(number / width) / f64::from(count.div_ceil(width).max(2) - 1);
                 let loss = (x - 0.3).powi(2) + (y - 0.6).powi(2);
                 let params = [
                     ("x".to_string(), flotilla_protocol::ParamValue::Float(x)),
@@ -1628,14 +1699,28 @@ metrics = ["loss"]
                 };
                 (number, record)
             })
-            .collect();
+            .collect()
+    }
+
+    struct Running {
+        sweep: ActorRef<SweepMsg>,
+        scheduler: ActorRef<SchedulerMsg>,
+        queued: mpsc::UnboundedReceiver<u32>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn start(
+        spec: SweepSpec,
+        trials: BTreeMap<u32, TrialRecord>,
+        warm: Vec<WarmSource>,
+    ) -> Running {
         let dir = tempfile::tempdir().expect("dir");
         let store =
             crate::store::local::LocalStore::open(&dir.path().join("state.log")).expect("store");
-        let (queued_tx, mut queued) = mpsc::unbounded_channel();
+        let (queued_tx, queued) = mpsc::unbounded_channel();
         let (scheduler, _) = Actor::spawn(None, Queue, queued_tx).await.expect("queue");
         let record = SweepRecord {
-            id,
+            id: SweepId(1),
             spec,
             seed: 7,
             state: SweepState::Running,
@@ -1649,6 +1734,7 @@ metrics = ["loss"]
             SweepArgs {
                 record,
                 trials,
+                warm,
                 scheduler: scheduler.clone(),
                 store: Arc::new(store),
                 notifier: None,
@@ -1657,22 +1743,90 @@ metrics = ["loss"]
         )
         .await
         .expect("sweep");
+        Running {
+            sweep,
+            scheduler,
+            queued,
+            _dir: dir,
+        }
+    }
+
+    /// A suggestion that fits the GP to 400 results runs off the actor: the actor answers a
+    /// status request while it is computed, and the trial is queued when it comes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_fit_runs_off_the_actor_which_answers_meanwhile() {
+        let trials = quadratic_trials(SweepId(1), 400, 20);
+        let mut running = start(quadratic_spec(500), trials, Vec::new()).await;
         // The actor started without waiting for the fit, and answers at once.
-        let summary = ractor::call!(sweep, SweepMsg::Summary).expect("summary");
+        let summary = ractor::call!(running.sweep, SweepMsg::Summary).expect("summary");
         assert_eq!(summary.counts.succeeded, 400);
         assert!(
-            queued.try_recv().is_err(),
+            running.queued.try_recv().is_err(),
             "trial 400 was queued before the actor answered: the fit ran on the actor"
         );
-        let number = tokio::time::timeout(Duration::from_secs(120), queued.recv())
+        let number = tokio::time::timeout(Duration::from_secs(120), running.queued.recv())
             .await
             .expect("the suggestion came back")
             .expect("a queued trial");
         assert_eq!(number, 400);
-        let trials = ractor::call!(sweep, SweepMsg::Trials).expect("trials");
+        let trials = ractor::call!(running.sweep, SweepMsg::Trials).expect("trials");
         assert_eq!(trials.len(), 401);
-        sweep.stop(None);
-        scheduler.stop(None);
+        running.sweep.stop(None);
+        running.scheduler.stop(None);
+    }
+
+    /// A warm-started sweep's first trial comes from a model of the earlier sweep's results
+    /// (a cold one's is the first point of its initial design); trials of the earlier sweep
+    /// outside this space are left out, and a source with another objective is read by this
+    /// sweep's metric.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_warm_started_sweep_models_from_its_first_trial() {
+        let mut source_trials: Vec<TrialRecord> =
+            quadratic_trials(SweepId(3), 30, 6).into_values().collect();
+        let mut outside = source_trials[0].clone();
+        outside
+            .params
+            .insert("x".into(), flotilla_protocol::ParamValue::Float(4.0));
+        outside.metrics.insert("loss".into(), -100.0);
+        outside.objective = Some(-100.0);
+        source_trials.push(outside);
+        let mut source_spec = quadratic_spec(30);
+        source_spec.objective.metric = "accuracy".into();
+        source_spec.trial.metrics.push("accuracy".into());
+        let warm = vec![WarmSource {
+            spec: source_spec,
+            trials: source_trials,
+        }];
+        let first_point = |running: &Running| {
+            let sweep = running.sweep.clone();
+            async move {
+                let trials = ractor::call!(sweep, SweepMsg::Trials).expect("trials");
+                let value = |name: &str| trials[0].params[name].as_f64().expect("a number");
+                (value("x"), value("y"))
+            }
+        };
+        let mut cold = start(quadratic_spec(3), BTreeMap::new(), Vec::new()).await;
+        cold.queued.recv().await.expect("queued");
+        let (cold_x, cold_y) = first_point(&cold).await;
+        let mut warm_started = start(quadratic_spec(3), BTreeMap::new(), warm).await;
+        tokio::time::timeout(Duration::from_secs(60), warm_started.queued.recv())
+            .await
+            .expect("the suggestion came back")
+            .expect("queued");
+        let (x, y) = first_point(&warm_started).await;
+        let distance = |x: f64, y: f64| ((x - 0.3).powi(2) + (y - 0.6).powi(2)).sqrt();
+        assert!(
+            distance(x, y) < 0.1,
+            "the warm sweep's first point ({x:.3}, {y:.3}) is not near the optimum"
+        );
+        assert!(
+            distance(cold_x, cold_y) > distance(x, y),
+            "cold ({cold_x:.3}, {cold_y:.3}) vs warm ({x:.3}, {y:.3})"
+        );
+        for running in [cold, warm_started] {
+            running.sweep.stop(None);
+            running.scheduler.stop(None);
+        }
     }
 
     #[test]

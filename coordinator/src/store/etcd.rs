@@ -180,16 +180,12 @@ pub async fn list(client: &mut Client, root: &str) -> Result<StoredState, StoreE
                 .ok_or_else(|| corrupt("shorter than its header".into()))?;
             let suffix = &key[prefix.len()..];
             if suffix.starts_with("sweeps/") {
-                let sweep: SweepRecord = legacy::decode_any::<
-                    SweepRecord,
-                    legacy::SweepRecordV12,
-                    legacy::SweepRecordV11,
-                >(record)
-                .map_err(|error| corrupt(error.to_string()))?;
+                let sweep: SweepRecord =
+                    legacy::read(record).map_err(|error| corrupt(error.to_string()))?;
                 state.apply(StateWrite::Sweep(Box::new(sweep)));
             } else if suffix.starts_with("trials/") {
-                let trial: TrialRecord = legacy::decode::<_, legacy::TrialRecordV12>(record)
-                    .map_err(|error| corrupt(error.to_string()))?;
+                let trial: TrialRecord =
+                    legacy::read(record).map_err(|error| corrupt(error.to_string()))?;
                 state.apply(StateWrite::Trial(Box::new(trial)));
             } else if suffix.starts_with("agents/") {
                 let agent: super::AgentRecord =
@@ -204,15 +200,11 @@ pub async fn list(client: &mut Client, root: &str) -> Result<StoredState, StoreE
                 });
             } else if suffix.starts_with("models/") {
                 let model: flotilla_protocol::models::ModelVersion =
-                    legacy::decode_any::<_, legacy::ModelVersionV12, legacy::ModelVersionV11>(
-                        record,
-                    )
-                    .map_err(|error| corrupt(error.to_string()))?;
+                    legacy::read(record).map_err(|error| corrupt(error.to_string()))?;
                 state.apply(StateWrite::Model(Box::new(model)));
             } else if suffix.starts_with("rollouts/") {
                 let rollout: flotilla_protocol::models::RolloutRecord =
-                    legacy::decode::<_, legacy::RolloutRecordV11>(record)
-                        .map_err(|error| corrupt(error.to_string()))?;
+                    legacy::read(record).map_err(|error| corrupt(error.to_string()))?;
                 state.apply(StateWrite::Rollout(Box::new(rollout)));
             } else {
                 tracing::warn!(%key, "ignoring an unknown key under the state prefix");

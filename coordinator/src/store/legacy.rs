@@ -1,4 +1,4 @@
-//! Stored records written by protocol 11 and 12 builds, read by this one.
+//! Stored records written by protocol 11 to 14 builds, read by this one.
 //!
 //! Protocol 12 added fields to records the state file and etcd hold: `SweepSpec::serving`,
 //! `ModelVersion::serving`, squared error in the rollout counters (`Arm`), and the gating
@@ -9,8 +9,12 @@
 //! layout of its own. Each is decoded as the current layout first and, only if that fails,
 //! as the older layouts mirrored here (newest first), then converted (new fields take their
 //! defaults: no serving program, no squared error yet, every metric gating, a serving
-//! replica holding one slot and no GPU, the default reschedule bound, no agent losses yet). A record that is none of them is corrupt, as
-//! before. The next write of a converted record stores the current layout.
+//! replica holding one slot and no GPU, the default reschedule bound, no agent losses yet).
+//! Protocol 15 added conditions to parameters (`ParamSpec::when`, inside sweep records'
+//! spaces and phases) and `SweepSpec::warm_start`: older sweeps have no conditions and no
+//! warm start. A record that is none of them is corrupt, as before. The next write of a
+//! converted record stores the current layout. [`read`] tries a record type's layouts in
+//! order ([`Stored`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,43 +28,203 @@ use flotilla_protocol::models::{
     SemVer,
 };
 use flotilla_protocol::spec::{
-    AlgorithmSpec, Budget, Constraint, EarlyStopping, Objective, ParamSpec, PhaseSpec, Resources,
-    RetryPolicy, ServingSpec, SweepSpec, TrialSpec,
+    AlgorithmSpec, Budget, Constraint, EarlyStopping, Objective, ParamKind, ParamSpec, PhaseSpec,
+    Resources, RetryPolicy, ServingSpec, SweepSpec, TrialSpec,
 };
-use flotilla_protocol::{AgentId, Epoch, SweepId, TrialId};
+use flotilla_protocol::{AgentId, Epoch, ParamValue, SweepId, TrialId};
 use flotilla_rollout::{Arm, Metric, Pair, Policy, Stage};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{AgentRecord, StateWrite, SweepRecord};
 
-/// Decodes `bytes` as the current layout of `T`, or as its older layout `L`.
-pub fn decode<T, L>(bytes: &[u8]) -> Result<T, CodecError>
-where
-    T: DeserializeOwned,
-    L: DeserializeOwned + Into<T>,
-{
-    match codec::decode::<T>(bytes) {
-        Ok(record) => Ok(record),
-        Err(current) => codec::decode::<L>(bytes)
-            .map(Into::into)
-            .map_err(|_| current),
+/// A stored record type and the older layouts it is read from.
+pub trait Stored: DeserializeOwned {
+    /// `bytes` read as one of the older layouts (newest first) and converted.
+    fn older(bytes: &[u8]) -> Option<Self>;
+}
+
+/// Reads `bytes` as the current layout of `T` or one of its older ones. The error is the
+/// current layout's.
+pub fn read<T: Stored>(bytes: &[u8]) -> Result<T, CodecError> {
+    codec::decode::<T>(bytes).or_else(|current| T::older(bytes).ok_or(current))
+}
+
+fn older<L: DeserializeOwned + Into<T>, T>(bytes: &[u8]) -> Option<T> {
+    codec::decode::<L>(bytes).ok().map(Into::into)
+}
+
+impl Stored for SweepRecord {
+    fn older(bytes: &[u8]) -> Option<Self> {
+        older::<SweepRecordV14, _>(bytes)
+            .or_else(|| older::<SweepRecordV12, _>(bytes))
+            .or_else(|| older::<SweepRecordV11, _>(bytes))
     }
 }
 
-/// Decodes `bytes` as the current layout of `T`, its version 12 layout `L12`, or its
-/// version 11 layout `L11`. The error is the current layout's.
-pub fn decode_any<T, L12, L11>(bytes: &[u8]) -> Result<T, CodecError>
-where
-    T: DeserializeOwned,
-    L12: DeserializeOwned + Into<T>,
-    L11: DeserializeOwned + Into<T>,
-{
-    decode::<T, L12>(bytes).or_else(|current| {
-        codec::decode::<L11>(bytes)
-            .map(Into::into)
-            .map_err(|_| current)
-    })
+impl Stored for StateWrite {
+    fn older(bytes: &[u8]) -> Option<Self> {
+        older::<StateWriteV14, _>(bytes)
+            .or_else(|| older::<StateWriteV12, _>(bytes))
+            .or_else(|| older::<StateWriteV11, _>(bytes))
+    }
+}
+
+impl Stored for TrialRecord {
+    fn older(bytes: &[u8]) -> Option<Self> {
+        older::<TrialRecordV12, _>(bytes)
+    }
+}
+
+impl Stored for ModelVersion {
+    fn older(bytes: &[u8]) -> Option<Self> {
+        older::<ModelVersionV12, _>(bytes).or_else(|| older::<ModelVersionV11, _>(bytes))
+    }
+}
+
+impl Stored for RolloutRecord {
+    fn older(bytes: &[u8]) -> Option<Self> {
+        older::<RolloutRecordV11, _>(bytes)
+    }
+}
+
+/// A parameter as protocols 11 to 14 stored it: without `when`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ParamSpecV14 {
+    kind: ParamKind,
+    low: Option<f64>,
+    high: Option<f64>,
+    log: bool,
+    choices: Vec<ParamValue>,
+}
+
+impl From<ParamSpecV14> for ParamSpec {
+    fn from(old: ParamSpecV14) -> ParamSpec {
+        ParamSpec {
+            kind: old.kind,
+            low: old.low,
+            high: old.high,
+            log: old.log,
+            choices: old.choices,
+            when: None,
+        }
+    }
+}
+
+fn space(old: BTreeMap<String, ParamSpecV14>) -> BTreeMap<String, ParamSpec> {
+    old.into_iter()
+        .map(|(name, param)| (name, param.into()))
+        .collect()
+}
+
+/// A phase as protocols 11 to 14 stored it: its parameters without `when`.
+#[derive(Serialize, Deserialize)]
+pub struct PhaseSpecV14 {
+    name: String,
+    space: BTreeMap<String, ParamSpecV14>,
+    algorithm: Option<AlgorithmSpec>,
+    max_trials: u32,
+    max_parallel: Option<u32>,
+}
+
+fn phases(old: Vec<PhaseSpecV14>) -> Vec<PhaseSpec> {
+    old.into_iter()
+        .map(|phase| PhaseSpec {
+            name: phase.name,
+            space: space(phase.space),
+            algorithm: phase.algorithm,
+            max_trials: phase.max_trials,
+            max_parallel: phase.max_parallel,
+        })
+        .collect()
+}
+
+/// A sweep spec as protocols 13 and 14 stored it: no conditions, no warm start.
+#[derive(Serialize, Deserialize)]
+pub struct SweepSpecV14 {
+    name: String,
+    objective: Objective,
+    constraints: Vec<Constraint>,
+    space: BTreeMap<String, ParamSpecV14>,
+    algorithm: AlgorithmSpec,
+    budget: Budget,
+    trial: TrialSpec,
+    resources: Resources,
+    retries: RetryPolicy,
+    early_stopping: Option<EarlyStopping>,
+    phases: Vec<PhaseSpecV14>,
+    serving: Option<ServingSpec>,
+}
+
+impl From<SweepSpecV14> for SweepSpec {
+    fn from(old: SweepSpecV14) -> SweepSpec {
+        SweepSpec {
+            name: old.name,
+            objective: old.objective,
+            constraints: old.constraints,
+            space: space(old.space),
+            algorithm: old.algorithm,
+            budget: old.budget,
+            trial: old.trial,
+            resources: old.resources,
+            retries: old.retries,
+            early_stopping: old.early_stopping,
+            phases: phases(old.phases),
+            serving: old.serving,
+            warm_start: Vec::new(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SweepRecordV14 {
+    id: SweepId,
+    spec: SweepSpecV14,
+    seed: u64,
+    state: SweepState,
+    created_ms: u64,
+    finished_ms: Option<u64>,
+    message: Option<String>,
+}
+
+impl From<SweepRecordV14> for SweepRecord {
+    fn from(old: SweepRecordV14) -> SweepRecord {
+        SweepRecord {
+            id: old.id,
+            spec: old.spec.into(),
+            seed: old.seed,
+            state: old.state,
+            created_ms: old.created_ms,
+            finished_ms: old.finished_ms,
+            message: old.message,
+        }
+    }
+}
+
+/// A state-file record of versions 13 and 14 (only sweep records differ).
+#[derive(Serialize, Deserialize)]
+pub enum StateWriteV14 {
+    Sweep(Box<SweepRecordV14>),
+    Trial(Box<TrialRecord>),
+    Epoch(Epoch),
+    Agent(Box<AgentRecord>),
+    Cordon { agent: AgentId, cordoned: bool },
+    Model(Box<ModelVersion>),
+    Rollout(Box<RolloutRecord>),
+}
+
+impl From<StateWriteV14> for StateWrite {
+    fn from(old: StateWriteV14) -> StateWrite {
+        match old {
+            StateWriteV14::Sweep(sweep) => StateWrite::Sweep(Box::new((*sweep).into())),
+            StateWriteV14::Trial(trial) => StateWrite::Trial(trial),
+            StateWriteV14::Epoch(epoch) => StateWrite::Epoch(epoch),
+            StateWriteV14::Agent(agent) => StateWrite::Agent(agent),
+            StateWriteV14::Cordon { agent, cordoned } => StateWrite::Cordon { agent, cordoned },
+            StateWriteV14::Model(model) => StateWrite::Model(model),
+            StateWriteV14::Rollout(rollout) => StateWrite::Rollout(rollout),
+        }
+    }
 }
 
 /// `[retries]` as protocols 11 and 12 stored it: without `max_reschedules`.
@@ -161,14 +325,14 @@ pub struct SweepSpecV12 {
     name: String,
     objective: Objective,
     constraints: Vec<Constraint>,
-    space: BTreeMap<String, ParamSpec>,
+    space: BTreeMap<String, ParamSpecV14>,
     algorithm: AlgorithmSpec,
     budget: Budget,
     trial: TrialSpec,
     resources: Resources,
     retries: RetryPolicyV12,
     early_stopping: Option<EarlyStopping>,
-    phases: Vec<PhaseSpec>,
+    phases: Vec<PhaseSpecV14>,
     serving: Option<ServingSpecV12>,
 }
 
@@ -178,15 +342,16 @@ impl From<SweepSpecV12> for SweepSpec {
             name: old.name,
             objective: old.objective,
             constraints: old.constraints,
-            space: old.space,
+            space: space(old.space),
             algorithm: old.algorithm,
             budget: old.budget,
             trial: old.trial,
             resources: old.resources,
             retries: old.retries.into(),
             early_stopping: old.early_stopping,
-            phases: old.phases,
+            phases: phases(old.phases),
             serving: old.serving.map(Into::into),
+            warm_start: Vec::new(),
         }
     }
 }
@@ -275,14 +440,14 @@ pub struct SweepSpecV11 {
     name: String,
     objective: Objective,
     constraints: Vec<Constraint>,
-    space: BTreeMap<String, ParamSpec>,
+    space: BTreeMap<String, ParamSpecV14>,
     algorithm: AlgorithmSpec,
     budget: Budget,
     trial: TrialSpec,
     resources: Resources,
     retries: RetryPolicyV12,
     early_stopping: Option<EarlyStopping>,
-    phases: Vec<PhaseSpec>,
+    phases: Vec<PhaseSpecV14>,
 }
 
 impl From<SweepSpecV11> for SweepSpec {
@@ -291,15 +456,16 @@ impl From<SweepSpecV11> for SweepSpec {
             name: old.name,
             objective: old.objective,
             constraints: old.constraints,
-            space: old.space,
+            space: space(old.space),
             algorithm: old.algorithm,
             budget: old.budget,
             trial: old.trial,
             resources: old.resources,
             retries: old.retries.into(),
             early_stopping: old.early_stopping,
-            phases: old.phases,
+            phases: phases(old.phases),
             serving: None,
+            warm_start: Vec::new(),
         }
     }
 }
@@ -516,6 +682,23 @@ impl From<StateWriteV11> for StateWrite {
 mod tests {
     use super::*;
 
+    /// `space` as a version 14 (or older) build stored it.
+    fn old_space(space: &BTreeMap<String, ParamSpec>) -> BTreeMap<String, ParamSpecV14> {
+        space
+            .iter()
+            .map(|(name, param)| {
+                let old = ParamSpecV14 {
+                    kind: param.kind,
+                    low: param.low,
+                    high: param.high,
+                    log: param.log,
+                    choices: param.choices.clone(),
+                };
+                (name.clone(), old)
+            })
+            .collect()
+    }
+
     fn old_sweep() -> SweepRecordV11 {
         let spec = SweepSpec::example();
         SweepRecordV11 {
@@ -524,7 +707,7 @@ mod tests {
                 name: spec.name,
                 objective: spec.objective,
                 constraints: spec.constraints,
-                space: spec.space,
+                space: old_space(&spec.space),
                 algorithm: spec.algorithm,
                 budget: spec.budget,
                 trial: spec.trial,
@@ -533,7 +716,7 @@ mod tests {
                     max_retries: spec.retries.max_retries,
                 },
                 early_stopping: spec.early_stopping,
-                phases: spec.phases,
+                phases: Vec::new(),
             },
             seed: 0,
             state: SweepState::Running,
@@ -545,22 +728,19 @@ mod tests {
     #[test]
     fn version_11_sweeps_and_state_file_records_are_read_and_converted() {
         let bytes = codec::encode(&old_sweep()).expect("encode");
-        let sweep: SweepRecord = decode::<SweepRecord, SweepRecordV11>(&bytes).expect("read");
+        let sweep: SweepRecord = read::<SweepRecord>(&bytes).expect("read");
         assert_eq!(sweep.id, SweepId(4));
         assert_eq!(sweep.spec.serving, None);
         assert_eq!(sweep.spec.name, SweepSpec::example().name);
         let current = codec::encode(&sweep).expect("encode");
-        assert_eq!(
-            decode::<SweepRecord, SweepRecordV11>(&current).expect("current"),
-            sweep
-        );
+        assert_eq!(read::<SweepRecord>(&current).expect("current"), sweep);
 
         let write = codec::encode(&StateWriteV11::Sweep(Box::new(old_sweep()))).expect("encode");
-        match decode::<StateWrite, StateWriteV11>(&write).expect("read") {
+        match read::<StateWrite>(&write).expect("read") {
             StateWrite::Sweep(read) => assert_eq!(*read, sweep),
             _ => panic!("not a sweep"),
         }
-        assert!(decode::<SweepRecord, SweepRecordV11>(b"garbage").is_err());
+        assert!(read::<SweepRecord>(b"garbage").is_err());
     }
 
     #[test]
@@ -617,7 +797,7 @@ mod tests {
             finished_ms: None,
         };
         let bytes = codec::encode(&rollout).expect("encode");
-        let read: RolloutRecord = decode::<RolloutRecord, RolloutRecordV11>(&bytes).expect("read");
+        let read: RolloutRecord = read::<RolloutRecord>(&bytes).expect("read");
         assert_eq!(read.policy, policy);
         assert_eq!(read.traffic.canary.correct, 4);
         assert_eq!(read.traffic.canary.scored, 0);
@@ -653,14 +833,63 @@ mod tests {
             stage_changed_ms: 2,
         };
         let bytes = codec::encode(&old).expect("encode");
-        let read: ModelVersion = decode::<ModelVersion, ModelVersionV11>(&bytes).expect("read");
-        assert_eq!(read.serving, None);
-        assert_eq!(read.reference().to_string(), "churn@1.2.0");
+        let model: ModelVersion = read::<ModelVersion>(&bytes).expect("read");
+        assert_eq!(model.serving, None);
+        assert_eq!(model.reference().to_string(), "churn@1.2.0");
         let write = codec::encode(&StateWriteV11::Model(Box::new(old))).expect("encode");
-        match decode::<StateWrite, StateWriteV11>(&write).expect("read") {
-            StateWrite::Model(model) => assert_eq!(*model, read),
+        match read::<StateWrite>(&write).expect("read") {
+            StateWrite::Model(read) => assert_eq!(*read, model),
             _ => panic!("not a model"),
         }
+    }
+
+    #[test]
+    fn version_14_sweeps_are_read_without_conditions_or_warm_start() {
+        let spec = SweepSpec::example();
+        let old = SweepRecordV14 {
+            id: SweepId(9),
+            spec: SweepSpecV14 {
+                name: spec.name.clone(),
+                objective: spec.objective.clone(),
+                constraints: spec.constraints.clone(),
+                space: old_space(&spec.space),
+                algorithm: spec.algorithm.clone(),
+                budget: spec.budget.clone(),
+                trial: spec.trial.clone(),
+                resources: spec.resources,
+                retries: spec.retries,
+                early_stopping: None,
+                phases: vec![PhaseSpecV14 {
+                    name: "coarse".into(),
+                    space: old_space(&spec.space),
+                    algorithm: None,
+                    max_trials: 3,
+                    max_parallel: None,
+                }],
+                serving: None,
+            },
+            seed: 5,
+            state: SweepState::Running,
+            created_ms: 1_765_000_000_000,
+            finished_ms: None,
+            message: Some("kept".into()),
+        };
+        let bytes = codec::encode(&old).expect("encode");
+        let sweep = read::<SweepRecord>(&bytes).expect("read");
+        assert_eq!((sweep.id, sweep.seed), (SweepId(9), 5));
+        assert_eq!(sweep.message.as_deref(), Some("kept"));
+        assert_eq!(sweep.spec.space, spec.space);
+        assert_eq!(sweep.spec.phases[0].space, spec.space);
+        assert!(sweep.spec.warm_start.is_empty());
+        assert!(sweep.spec.space.values().all(|param| param.when.is_none()));
+        let write = codec::encode(&StateWriteV14::Sweep(Box::new(old))).expect("encode");
+        match read::<StateWrite>(&write).expect("read") {
+            StateWrite::Sweep(read) => assert_eq!(*read, sweep),
+            _ => panic!("not a sweep"),
+        }
+        // The current layout reads as itself.
+        let current = codec::encode(&sweep).expect("encode");
+        assert_eq!(read::<SweepRecord>(&current).expect("current"), sweep);
     }
 
     fn old_serving() -> ServingSpecV12 {
@@ -684,7 +913,7 @@ mod tests {
                 name: spec.name,
                 objective: spec.objective,
                 constraints: spec.constraints,
-                space: spec.space,
+                space: old_space(&spec.space),
                 algorithm: spec.algorithm,
                 budget: spec.budget,
                 trial: spec.trial,
@@ -693,7 +922,7 @@ mod tests {
                     max_retries: spec.retries.max_retries,
                 },
                 early_stopping: spec.early_stopping,
-                phases: spec.phases,
+                phases: Vec::new(),
                 serving: Some(old_serving()),
             },
             seed: 3,
@@ -701,9 +930,7 @@ mod tests {
             created_ms: 1_764_000_000_000,
             finished_ms: Some(1_764_000_100_000),
         };
-        let read_sweep = |bytes: &[u8]| {
-            decode_any::<SweepRecord, SweepRecordV12, SweepRecordV11>(bytes).expect("read")
-        };
+        let read_sweep = |bytes: &[u8]| read::<SweepRecord>(bytes).expect("read");
         let sweep = read_sweep(&codec::encode(&old).expect("encode"));
         let serving = sweep.spec.serving.clone().expect("serving kept");
         assert_eq!((serving.replicas, serving.slots, serving.gpus), (2, 1, 0));
@@ -715,16 +942,16 @@ mod tests {
 
         let write = StateWriteV12::Sweep(Box::new(old));
         let bytes = codec::encode(&write).expect("encode");
-        match decode_any::<StateWrite, StateWriteV12, StateWriteV11>(&bytes).expect("read") {
+        match read::<StateWrite>(&bytes).expect("read") {
             StateWrite::Sweep(read) => assert_eq!(*read, sweep),
             _ => panic!("not a sweep"),
         }
         let bytes = codec::encode(&StateWriteV11::Sweep(Box::new(old_sweep()))).expect("encode");
         assert!(matches!(
-            decode_any::<StateWrite, StateWriteV12, StateWriteV11>(&bytes).expect("read"),
+            read::<StateWrite>(&bytes).expect("read"),
             StateWrite::Sweep(_)
         ));
-        assert!(decode_any::<StateWrite, StateWriteV12, StateWriteV11>(b"garbage").is_err());
+        assert!(read::<StateWrite>(b"garbage").is_err());
     }
 
     #[test]
@@ -758,8 +985,7 @@ mod tests {
             serving: Some(old_serving()),
         };
         let bytes = codec::encode(&old).expect("encode");
-        let read: ModelVersion =
-            decode_any::<ModelVersion, ModelVersionV12, ModelVersionV11>(&bytes).expect("read");
+        let read: ModelVersion = read::<ModelVersion>(&bytes).expect("read");
         let serving = read.serving.expect("serving kept");
         assert_eq!(serving.command, "python3");
         assert_eq!((serving.slots, serving.gpus), (1, 0));
@@ -790,20 +1016,19 @@ mod tests {
             rungs: vec![0.5],
         };
         let bytes = codec::encode(&old).expect("encode");
-        let trial: TrialRecord = decode::<TrialRecord, TrialRecordV12>(&bytes).expect("read");
+        let trial: TrialRecord = read::<TrialRecord>(&bytes).expect("read");
         assert_eq!(
             (trial.attempt, trial.failures, trial.reschedules),
             (2, 1, 0)
         );
         assert!(trial.lost_on.is_empty());
         let write = codec::encode(&StateWriteV12::Trial(Box::new(old))).expect("encode");
-        match decode_any::<StateWrite, StateWriteV12, StateWriteV11>(&write).expect("read") {
+        match read::<StateWrite>(&write).expect("read") {
             StateWrite::Trial(read) => assert_eq!(*read, trial),
             _ => panic!("not a trial"),
         }
         assert_eq!(
-            decode::<TrialRecord, TrialRecordV12>(&codec::encode(&trial).expect("encode"))
-                .expect("current"),
+            read::<TrialRecord>(&codec::encode(&trial).expect("encode")).expect("current"),
             trial
         );
     }

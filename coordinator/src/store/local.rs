@@ -269,16 +269,12 @@ fn replay(path: &Path) -> Result<(StoredState, u64, usize), StoreError> {
             }
             break;
         }
-        let write: StateWrite = super::legacy::decode_any::<
-            StateWrite,
-            super::legacy::StateWriteV12,
-            super::legacy::StateWriteV11,
-        >(payload)
-        .map_err(|error| StoreError::Corrupt {
-            path: path.display().to_string(),
-            offset: offset as u64,
-            message: error.to_string(),
-        })?;
+        let write: StateWrite =
+            super::legacy::read(payload).map_err(|error| StoreError::Corrupt {
+                path: path.display().to_string(),
+                offset: offset as u64,
+                message: error.to_string(),
+            })?;
         state.apply(write);
         offset += 8 + length;
         records += 1;
