@@ -428,6 +428,7 @@ fn results_json(summary: &SweepSummary, spec: Option<&SweepSpec>, trials: &[Tria
             "message": summary.message,
             "objective": { "metric": summary.objective_metric, "direction": summary.direction },
             "constraints": spec.map(|spec| spec.constraints.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            "warm_start": spec.map(|spec| spec.warm_start.clone()),
             "counts": {
                 "succeeded": summary.counts.succeeded,
                 "failed": summary.counts.failed,

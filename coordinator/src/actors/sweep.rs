@@ -286,7 +286,8 @@ impl Actor for SweepActor {
             None => Vec::new(),
         };
         if !args.warm.is_empty() {
-            tracing::info!(sweep = %args.record.id, sources = args.warm.len(), results = warm.len(), "warm start");
+            let sources = spec.warm_start.join(",");
+            tracing::info!(sweep = %args.record.id, %sources, results = warm.len(), "warm start");
         }
         let mut state = SweepActorState {
             stopper: Stopper::of(spec),

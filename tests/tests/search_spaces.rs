@@ -1,0 +1,153 @@
+//! Conditional parameters and warm starts through the whole system: sweep files submitted
+//! with the CLI to a real coordinator (on a real etcd) whose agents run real command trials.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flotilla_cluster_tests::{Cluster, wait_until};
+
+/// The trial: fails (exit 3) if `momentum` is given where it does not apply or missing where
+/// it does, else reports a loss that only sgd with momentum near 0.9 gets low.
+const PROGRAM: &str = r#"
+import json, os
+params = json.loads(os.environ["FLOTILLA_PARAMS"])
+sgd = params["opt"] == "sgd"
+if sgd != ("momentum" in params) or sgd != ("FLOTILLA_PARAM_MOMENTUM" in os.environ):
+    raise SystemExit(3)
+lr = params["lr"]
+loss = (lr - 0.3) ** 2 + (params["momentum"] - 0.9) ** 2 if sgd else 0.5 + (lr - 0.3) ** 2
+print("@flotilla step=0 loss=%r" % loss, flush=True)
+"#;
+
+fn write_sweep(
+    cluster: &Cluster,
+    name: &str,
+    extra: &str,
+    algorithm: &str,
+    trials: u32,
+) -> PathBuf {
+    let path = cluster.path(&format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "{name}"
+{extra}
+
+[objective]
+metric = "loss"
+direction = "minimize"
+
+[space.opt]
+type = "categorical"
+choices = ["sgd", "adam"]
+
+[space.lr]
+type = "float"
+low = 0.0
+high = 1.0
+
+[space.momentum]
+type = "float"
+low = 0.0
+high = 0.99
+when = {{ opt = "sgd" }}
+
+[algorithm]
+name = "{algorithm}"
+seed = 3
+
+[budget]
+max_trials = {trials}
+max_parallel = 2
+
+[trial]
+command = "python3"
+args = ["-c", '''{PROGRAM}''']
+metrics = ["loss"]
+timeout = "1m"
+"#
+        ),
+    )
+    .expect("write the sweep file");
+    path
+}
+
+#[test]
+fn conditional_parameters_reach_trials_only_where_they_apply_and_warm_starts_resolve_by_name() {
+    let mut cluster = Cluster::new(1, 1, Duration::from_secs(2));
+    cluster.start_coordinator(0);
+    cluster.wait_for_leader(0, Duration::from_secs(30));
+    cluster.start_agent("a", 2);
+    cluster.wait_for_agents(1, Duration::from_secs(30));
+
+    // The earlier sweep: Sobol points over both branches.
+    let earlier = cluster.submit(&write_sweep(&cluster, "cond-earlier", "", "sobol", 12));
+    let results = cluster.wait_completed(&earlier, Duration::from_secs(180));
+    let trials = results["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 12);
+    let mut branches = [0, 0];
+    for trial in trials {
+        assert_eq!(trial["state"], "succeeded", "{trial}");
+        let sgd = trial["params"]["opt"] == "sgd";
+        assert_eq!(trial["params"].get("momentum").is_some(), sgd, "{trial}");
+        branches[usize::from(sgd)] += 1;
+    }
+    assert!(
+        branches[0] > 0 && branches[1] > 0,
+        "one branch only: {branches:?}"
+    );
+
+    // A later sweep names it by name; the coordinator resolves the name to its id and the
+    // sweep starts from its 12 results.
+    let later = cluster.submit(&write_sweep(
+        &cluster,
+        "cond-later",
+        "warm_start = [\"cond-earlier\"]",
+        "bayesian",
+        2,
+    ));
+    let results = cluster.wait_completed(&later, Duration::from_secs(180));
+    let log_path = cluster.path(&format!("{}.log", cluster.coordinators[0].name));
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until(
+        "the warm start to be logged",
+        Duration::from_secs(10),
+        || read_log().contains("warm start"),
+    );
+    let log = read_log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("warm start"))
+        .expect("the warm-start line");
+    assert!(line.contains(&format!("sources={earlier}")), "{line}");
+    assert!(line.contains("results=12"), "{line}");
+    assert!(
+        results["trials"]
+            .as_array()
+            .expect("trials")
+            .iter()
+            .all(|trial| trial["state"] == "succeeded"),
+        "{results}"
+    );
+
+    // An unknown reference is refused, naming the field.
+    let output = cluster.flotilla(&[
+        "sweep",
+        "submit",
+        write_sweep(
+            &cluster,
+            "cond-bad",
+            "warm_start = [\"no-such-sweep\"]",
+            "bayesian",
+            2,
+        )
+        .to_str()
+        .expect("UTF-8"),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warm_start[0]: no sweep has the id or name 'no-such-sweep'"),
+        "{stderr}"
+    );
+}
