@@ -9,9 +9,15 @@
 //!
 //! `conditional` runs a two-branch problem in its conditional space and the same space
 //! flattened (every parameter always present), to show what conditions buy the samplers.
+//!
+//! `curves WORKERS TIME SEEDS` is the multi-fidelity benchmark: simulated asynchronous
+//! workers train configurations of a learning-curve surrogate (see [`curve_loss`]) epoch by
+//! epoch under ASHA or Hyperband, with random or GP suggestions, and report the best final
+//! loss reached by each point of simulated wall time and the time to a target.
 
 use std::time::Instant;
 
+use flotilla_tuner::stopping::{Asha, AshaSettings, Decision, Hyperband};
 use flotilla_tuner::{
     BayesianSampler, BayesianSettings, Condition, Dimension, Domain, Observation, Outcome, Point,
     RandomSampler, Sampler, SearchSpace, TpeSampler, TpeSettings, Value,
@@ -396,6 +402,205 @@ fn conditional(evals: u32, seeds: u64) {
     }
 }
 
+/// Hartmann-3 on the unit cube: minimum −3.86278 at (0.114614, 0.555649, 0.852547).
+fn hartmann3(x: &[f64]) -> f64 {
+    const A: [[f64; 3]; 4] = [
+        [3.0, 10.0, 30.0],
+        [0.1, 10.0, 35.0],
+        [3.0, 10.0, 30.0],
+        [0.1, 10.0, 35.0],
+    ];
+    const P: [[f64; 3]; 4] = [
+        [0.3689, 0.1170, 0.2673],
+        [0.4699, 0.4387, 0.7470],
+        [0.1091, 0.8732, 0.5547],
+        [0.0381, 0.5743, 0.8828],
+    ];
+    const ALPHA: [f64; 4] = [1.0, 1.2, 3.0, 3.2];
+    -(0..4)
+        .map(|i| {
+            let exponent: f64 = (0..3).map(|j| A[i][j] * (x[j] - P[i][j]).powi(2)).sum();
+            ALPHA[i] * (-exponent).exp()
+        })
+        .sum::<f64>()
+}
+
+/// Epochs of a complete trial in the learning-curve benchmark.
+const CURVE_EPOCHS: u32 = 27;
+
+/// The learning-curve surrogate: configuration `x` ∈ [0, 1]⁴ after `epoch` of 27 epochs.
+///
+/// The final loss is Hartmann-3 of the first three coordinates, shifted so the best is 0.
+/// The curve approaches it as `final + g·(t^−r − 27^−r)`: the learning rate `r` grows with
+/// `x₀`, so the best region (x₀ ≈ 0.11) learns slowly and looks poor early on, and the
+/// amplitude `g` grows with `x₃`, a nuisance that changes early values and never the final
+/// one. Both are what makes early stopping misjudge configurations; the benchmark asks how
+/// much each method loses to them.
+fn curve_loss(x: &[f64], epoch: u32) -> f64 {
+    let final_loss = hartmann3(x) + 3.86278;
+    let rate = 0.3 + 1.2 * x[0];
+    let amplitude = 1.0 + 2.0 * x[3];
+    let t = f64::from(epoch);
+    final_loss + amplitude * (t.powf(-rate) - f64::from(CURVE_EPOCHS).powf(-rate))
+}
+
+/// One method of the learning-curve benchmark.
+struct CurveMethod {
+    name: &'static str,
+    sampler: &'static str,
+    stopping: &'static str,
+    /// Whether stopped trials reach the sampler as partial (lower-fidelity) results; `false`
+    /// hands them over as if their value where they stopped were final.
+    partial: bool,
+}
+
+/// Simulated wall time (in epochs of one worker) until the best final loss reaches `target`,
+/// and the best final loss at `time`, for one method and seed.
+fn curve_run(
+    method: &CurveMethod,
+    workers: usize,
+    time: u32,
+    seed: u64,
+    target: f64,
+) -> (Option<u32>, f64) {
+    let space = SearchSpace::new(
+        (0..4)
+            .map(|d| Dimension::float(["x0", "x1", "x2", "x3"][d], 0.0, 1.0, false))
+            .collect(),
+    )
+    .expect("space");
+    let mut sampler = sampler(method.sampler, space, seed);
+    let settings = AshaSettings {
+        min_resource: 1.0,
+        max_resource: f64::from(CURVE_EPOCHS),
+        reduction_factor: 3.0,
+    };
+    let mut asha = Asha::new(settings.clone()).expect("rungs");
+    let mut hyperband = Hyperband::new(settings).expect("brackets");
+    let mut noise_rng = ChaCha8Rng::seed_from_u64(7_000 + seed);
+    let mut history: Vec<Observation> = Vec::new();
+    // Per worker: (index into history, point, epochs done).
+    let mut running: Vec<Option<(usize, Vec<f64>, u32)>> = vec![None; workers];
+    let mut best_final = f64::INFINITY;
+    let mut reached = None;
+    for now in 0..time {
+        for slot in running.iter_mut() {
+            if slot.is_none() {
+                let number = history.len() as u32;
+                let point = sampler.suggest(number, &history).expect("a point");
+                let x = coords(&point);
+                history.push(Observation {
+                    point,
+                    outcome: Outcome::Pending,
+                });
+                *slot = Some((number as usize, x, 0));
+            }
+            let Some((index, x, done)) = slot.as_mut() else {
+                continue;
+            };
+            *done += 1;
+            let u: f64 = noise_rng.random::<f64>().max(1e-300);
+            let v: f64 = noise_rng.random();
+            let noise = 0.01 * (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+            let observed = curve_loss(x, *done) + noise;
+            let finished = *done == CURVE_EPOCHS;
+            let decision = match (finished, method.stopping) {
+                (true, _) | (_, "none") => Decision::Continue,
+                (false, "hyperband") => hyperband.report(*index as u32, f64::from(*done), observed),
+                (false, _) => asha.report(*index as u32, f64::from(*done), observed),
+            };
+            let outcome = if finished {
+                best_final = best_final.min(curve_loss(x, CURVE_EPOCHS));
+                Some(Outcome::Complete {
+                    value: observed,
+                    constraints: vec![],
+                })
+            } else if matches!(decision, Decision::Stop(_)) {
+                Some(if method.partial {
+                    Outcome::Partial {
+                        value: observed,
+                        constraints: vec![],
+                        fidelity: f64::from(*done) / f64::from(CURVE_EPOCHS),
+                    }
+                } else {
+                    Outcome::Complete {
+                        value: observed,
+                        constraints: vec![],
+                    }
+                })
+            } else {
+                None
+            };
+            if let Some(outcome) = outcome {
+                history[*index].outcome = outcome;
+                *slot = None;
+            }
+        }
+        if reached.is_none() && best_final <= target {
+            reached = Some(now + 1);
+        }
+    }
+    (reached, best_final)
+}
+
+fn curves(workers: usize, time: u32, seeds: u64) {
+    let target = 0.05;
+    let methods = [
+        CurveMethod {
+            name: "asha+random",
+            sampler: "random",
+            stopping: "asha",
+            partial: true,
+        },
+        CurveMethod {
+            name: "asha+gp (stopped values as final)",
+            sampler: "bayesian",
+            stopping: "asha",
+            partial: false,
+        },
+        CurveMethod {
+            name: "asha+gp (fidelity-corrected)",
+            sampler: "bayesian",
+            stopping: "asha",
+            partial: true,
+        },
+        CurveMethod {
+            name: "hyperband+gp (fidelity-corrected)",
+            sampler: "bayesian",
+            stopping: "hyperband",
+            partial: true,
+        },
+        CurveMethod {
+            name: "gp, no early stopping",
+            sampler: "bayesian",
+            stopping: "none",
+            partial: true,
+        },
+    ];
+    for method in &methods {
+        let mut times = Vec::new();
+        let mut finals = Vec::new();
+        for seed in 0..seeds {
+            let (reached, best) = curve_run(method, workers, time, seed, target);
+            times.push(reached.map_or(f64::INFINITY, f64::from));
+            finals.push(best);
+        }
+        let median = |values: &mut Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let reached = times.iter().filter(|t| t.is_finite()).count();
+        println!(
+            "{{\"side\":\"flotilla\",\"part\":\"curves\",\"method\":\"{}\",\"workers\":{workers},\"time\":{time},\"seeds\":{seeds},\"target\":{target},\"reached\":{reached},\"median_time_to_target\":{},\"median_best_final\":{}}}",
+            method.name,
+            Some(median(&mut times))
+                .filter(|t| t.is_finite())
+                .map_or("null".to_string(), |t| t.to_string()),
+            median(&mut finals)
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -417,8 +622,15 @@ fn main() {
             let seeds = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(20);
             conditional(evals, seeds);
         }
+        Some("curves") => {
+            let workers = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(4);
+            let time = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(400);
+            let seeds = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(10);
+            curves(workers, time, seeds);
+        }
         _ => eprintln!(
-            "usage: tuner_bench regret EVALS SEEDS | latency SIZES REPEATS | conditional EVALS SEEDS"
+            "usage: tuner_bench regret EVALS SEEDS | latency SIZES REPEATS | conditional EVALS \
+             SEEDS | curves WORKERS TIME SEEDS"
         ),
     }
 }
