@@ -174,8 +174,12 @@ impl BayesianSampler {
     /// fidelity 1, `partial` ones at theirs) and read at fidelity 1. What the resource does to
     /// the value is learned from the data: where it does little (a long length scale in
     /// fidelity) a stopped trial keeps about its value, and where results improve with
-    /// resource its value moves toward what complete trials near it reached. With fewer than
-    /// two complete results nothing can be learned and the values are kept.
+    /// resource its value moves toward what complete trials near it reached. It moves only as
+    /// far as the model is sure: by the share of the prior variance explained at (point, full
+    /// fidelity). A point correction regressed stopped trials toward the mean where complete
+    /// trials are few (under ASHA, most of the time), and the search returned to regions ASHA
+    /// had already stopped (`tuner_bench curves`, docs/benchmarks.md). With fewer than two
+    /// complete results nothing can be learned and the values are kept.
     fn at_full_fidelity(
         &self,
         full: &[Vec<f64>],
@@ -216,11 +220,17 @@ impl BayesianSampler {
         let Some(model) = Gp::fit(inputs, &outputs, kinds, &settings) else {
             return observed;
         };
+        let theta = model.theta();
+        let signal = theta[theta.len() - 2].exp();
         partial
             .iter()
             .zip(&observed)
             .map(|((coords, _, _, _), value)| {
-                let corrected = model.unstandardize(model.predict(&with(coords, 1.0)).0);
+                let (mean, variance) = model.predict(&with(coords, 1.0));
+                // Moved toward the prediction only as far as the data supports it: by the
+                // share of the prior variance the model explains at (point, full fidelity).
+                let confidence = (1.0 - variance / signal).clamp(0.0, 1.0);
+                let corrected = value + confidence * (model.unstandardize(mean) - value);
                 if corrected.is_finite() {
                     corrected
                 } else {
