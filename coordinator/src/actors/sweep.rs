@@ -1830,6 +1830,92 @@ metrics = ["loss"]
         }
     }
 
+    /// What the sampler learns from each kind of trial: an early-stopped trial is a partial
+    /// result at its share of `max_resource`, a failed one a failure, a running one pending,
+    /// one stopped before any value nothing; another sweep's trial is read by this sweep's
+    /// objective metric.
+    #[test]
+    fn trials_become_outcomes_by_state_and_resource() {
+        let mut spec = quadratic_spec(10);
+        spec.trial.metrics.push("epoch".into());
+        spec.early_stopping = Some(flotilla_protocol::spec::EarlyStopping {
+            rule: StoppingRule::Asha,
+            resource: "epoch".into(),
+            min_resource: 1.0,
+            max_resource: Some(8.0),
+            reduction_factor: 2.0,
+            min_trials: 5,
+            promotion: false,
+        });
+        let trial = |state: TrialState, objective: Option<f64>, epoch: f64| TrialRecord {
+            state,
+            objective,
+            metrics: [("loss".to_string(), 0.7), ("epoch".to_string(), epoch)]
+                .into_iter()
+                .collect(),
+            ..TrialRecord::pending(
+                TrialId {
+                    sweep: SweepId(1),
+                    number: 0,
+                },
+                Params::new(),
+                0,
+            )
+        };
+        let full = full_resource(&spec, &[]);
+        assert_eq!(full, Some(8.0));
+        let stopped = outcome(
+            &spec,
+            &spec,
+            &trial(TrialState::Stopped, Some(0.7), 2.0),
+            full,
+        );
+        assert_eq!(
+            stopped,
+            Outcome::Partial {
+                value: 0.7,
+                constraints: vec![],
+                fidelity: 0.25
+            }
+        );
+        let complete = outcome(
+            &spec,
+            &spec,
+            &trial(TrialState::Succeeded, Some(0.5), 8.0),
+            full,
+        );
+        assert_eq!(
+            complete,
+            Outcome::Complete {
+                value: 0.5,
+                constraints: vec![]
+            }
+        );
+        let failed = outcome(&spec, &spec, &trial(TrialState::Failed, None, 3.0), full);
+        assert_eq!(failed, Outcome::Failed);
+        let running = outcome(&spec, &spec, &trial(TrialState::Running, None, 3.0), full);
+        assert_eq!(running, Outcome::Pending);
+        let empty = outcome(&spec, &spec, &trial(TrialState::Stopped, None, 0.0), full);
+        assert_eq!(empty, Outcome::Stopped);
+        // A source sweep that maximized accuracy: its trial is judged by this sweep's loss.
+        let mut source = spec.clone();
+        source.objective.metric = "accuracy".into();
+        source.objective.direction = Direction::Maximize;
+        let theirs = outcome(
+            &spec,
+            &source,
+            &trial(TrialState::Succeeded, Some(0.9), 8.0),
+            full,
+        );
+        assert_eq!(
+            theirs,
+            Outcome::Complete {
+                value: 0.7,
+                constraints: vec![]
+            }
+        );
+    }
+
     #[test]
     fn curves_ignore_repeated_steps_and_thin_out_when_full() {
         let mut curve = Curve::default();
