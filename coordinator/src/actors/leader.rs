@@ -149,7 +149,10 @@ impl Actor for Leader {
             .sweeps
             .values()
             .filter(|record| record.state == SweepState::Running)
-            .map(|record| (record.id, warm_sources(record, &stored.sweeps, &trials)))
+            .map(|record| {
+                let sources = warm_sources(record.id, &record.spec, &stored.sweeps, &trials);
+                (record.id, sources)
+            })
             .collect();
         for (id, record) in stored.sweeps {
             let sweep_trials = trials.remove(&id).unwrap_or_default();
@@ -337,16 +340,12 @@ impl LeaderState {
             })?;
             resolve_warm_start(&mut spec, &stored.sweeps)
                 .map_err(|problems| invalid(&spec, problems))?;
-            let record = SweepRecord {
-                id: SweepId(self.next_sweep),
-                spec: spec.clone(),
-                seed: 0,
-                state: SweepState::Running,
-                created_ms: 0,
-                finished_ms: None,
-                message: None,
-            };
-            warm = warm_sources(&record, &stored.sweeps, &stored.trials);
+            warm = warm_sources(
+                SweepId(self.next_sweep),
+                &spec,
+                &stored.sweeps,
+                &stored.trials,
+            );
         }
         let id = SweepId(self.next_sweep);
         self.next_sweep += 1;
@@ -419,25 +418,24 @@ fn resolve_warm_start(
     }
 }
 
-/// The sweeps `record` warm-starts from (ids, as resolved at submission), with their trials;
-/// one no longer stored is left out.
+/// The sweeps that sweep `id` (with `spec`) warm-starts from (ids, as resolved at
+/// submission), with their trials; one no longer stored is left out.
 fn warm_sources(
-    record: &SweepRecord,
+    id: SweepId,
+    spec: &SweepSpec,
     sweeps: &BTreeMap<SweepId, SweepRecord>,
     trials: &BTreeMap<SweepId, BTreeMap<u32, flotilla_protocol::messages::TrialRecord>>,
 ) -> Vec<WarmSource> {
-    record
-        .spec
-        .warm_start
+    spec.warm_start
         .iter()
         .filter_map(|reference| reference.parse::<SweepId>().ok())
-        .filter(|id| *id != record.id)
-        .filter_map(|id| {
-            let source = sweeps.get(&id)?;
+        .filter(|source| *source != id)
+        .filter_map(|source_id| {
+            let source = sweeps.get(&source_id)?;
             Some(WarmSource {
                 spec: source.spec.clone(),
                 trials: trials
-                    .get(&id)
+                    .get(&source_id)
                     .map(|trials| trials.values().cloned().collect())
                     .unwrap_or_default(),
             })
@@ -480,6 +478,43 @@ mod tests {
                 "warm_start[0]: no sweep has the id or name 's9'",
                 "warm_start[2]: no sweep has the id or name 'width'"
             ]
+        );
+    }
+
+    /// What a sweep is warm-started with, at submission and at takeover alike: each resolved
+    /// source that is stored, with its trials; a reference to itself or to a sweep no longer
+    /// stored is left out.
+    #[test]
+    fn warm_sources_are_the_stored_sweeps_named_with_their_trials() {
+        let record = |id: u64| SweepRecord {
+            id: SweepId(id),
+            spec: SweepSpec::example(),
+            seed: 0,
+            state: SweepState::Completed,
+            created_ms: 0,
+            finished_ms: None,
+            message: None,
+        };
+        let sweeps = BTreeMap::from([(SweepId(1), record(1)), (SweepId(2), record(2))]);
+        let trial = |number: u32| {
+            let id = flotilla_protocol::TrialId {
+                sweep: SweepId(1),
+                number,
+            };
+            (
+                number,
+                flotilla_protocol::messages::TrialRecord::pending(id, Default::default(), 0),
+            )
+        };
+        let trials = BTreeMap::from([(SweepId(1), BTreeMap::from([trial(0), trial(1)]))]);
+        let mut spec = SweepSpec::example();
+        spec.warm_start = vec!["s1".into(), "s2".into(), "s5".into(), "s3".into()];
+        let sources = warm_sources(SweepId(3), &spec, &sweeps, &trials);
+        let counts: Vec<usize> = sources.iter().map(|source| source.trials.len()).collect();
+        assert_eq!(
+            counts,
+            [2, 0],
+            "s1 with its two trials, s2 with none; s5 and s3 left out"
         );
     }
 }
