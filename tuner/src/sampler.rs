@@ -165,8 +165,7 @@ fn conditional_grid(space: &SearchSpace, axes: &[Vec<Value>]) -> Vec<Point> {
         };
         // Every parent was placed earlier in the order, so the point says whether this one
         // is active.
-        let active = space.condition(index).is_none() || space.active(point)[index];
-        if active {
+        if space.active(point)[index] {
             for value in &axes[index] {
                 point[index] = *value;
                 visit(space, axes, depth + 1, point, points);
