@@ -5,6 +5,7 @@
 #   bench/tuner.sh                         # 100 evaluations, 5 seeds, latency at 50/200/1000
 #   EVALS=50 SEEDS=3 bench/tuner.sh        # quicker
 #   PARTS=latency SIZES=1000 OPTUNA_SIZES=1000 REPEATS=5 bench/tuner.sh   # latency only
+#   PARTS=pareto bench/tuner.sh            # multi-objective: hypervolume on two- and three-objective problems
 #
 # Optuna (with the torch, scipy and greenlet its GPSampler uses) comes from PyPI into a virtual
 # environment outside the clone ($FLOTILLA_BENCH_VENV, default ~/.cache/flotilla-bench-venv).
@@ -18,7 +19,7 @@ SEEDS="${SEEDS:-5}"
 SIZES="${SIZES:-50,200,1000}"
 OPTUNA_SIZES="${OPTUNA_SIZES:-50,200}"
 REPEATS="${REPEATS:-20}"
-PARTS="${PARTS:-regret,latency}"
+PARTS="${PARTS:-regret,pareto,latency}"
 OUT="${OUT:-/tmp/flotilla-tuner-bench.jsonl}"
 source bench/common.sh
 
@@ -32,6 +33,10 @@ BIN="$CARGO_TARGET_DIR/release/examples/tuner_bench"
   if [[ ",$PARTS," == *,regret,* ]]; then
     "$BIN" regret "$EVALS" "$SEEDS"
     "$VENV/bin/python" bench/tuner_optuna.py regret "$EVALS" "$SEEDS"
+  fi
+  if [[ ",$PARTS," == *,pareto,* ]]; then
+    "$BIN" pareto "$EVALS" "$SEEDS"
+    "$VENV/bin/python" bench/tuner_optuna.py pareto "$EVALS" "$SEEDS"
   fi
   if [[ ",$PARTS," == *,latency,* ]]; then
     "$BIN" latency "$SIZES" "$REPEATS"

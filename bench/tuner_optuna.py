@@ -112,6 +112,96 @@ def regret(evals, seeds, samplers):
                                   "seconds": seconds}), flush=True)
 
 
+def branin_currin(x):
+    currin = ((1 - math.exp(-1 / (2 * x[1])) if x[1] > 0 else 1.0)
+              * (2300 * x[0] ** 3 + 1900 * x[0] ** 2 + 2092 * x[0] + 60)
+              / (100 * x[0] ** 3 + 500 * x[0] ** 2 + 4 * x[0] + 20))
+    return [branin([15 * x[0] - 5, 15 * x[1]]), currin]
+
+
+def zdt1(x):
+    g = 1 + 9 / (len(x) - 1) * sum(x[1:])
+    return [x[0], g * (1 - math.sqrt(x[0] / g))]
+
+
+def dtlz2(x, m):
+    g = sum((v - 0.5) ** 2 for v in x[m - 1:])
+    out = []
+    for i in range(m):
+        value = 1 + g
+        for v in x[:m - 1 - i]:
+            value *= math.cos(v * math.pi / 2)
+        if i > 0:
+            value *= math.sin(x[m - 1 - i] * math.pi / 2)
+        out.append(value)
+    return out
+
+
+# name, dimensions, reference point, hypervolume of the true front, function: as in
+# tuner/examples/tuner_bench.rs.
+PROBLEMS = [
+    ("branin_currin", 2, [18.0, 6.0], 59.36011874867746, branin_currin),
+    ("zdt1_4", 4, [11.0, 11.0], 120 + 2 / 3, zdt1),
+    ("dtlz2_6_2obj", 6, [1.1, 1.1], 1.21 - math.pi / 4, lambda x: dtlz2(x, 2)),
+    ("dtlz2_6_3obj", 6, [1.1, 1.1, 1.1], 1.331 - math.pi / 6, lambda x: dtlz2(x, 3)),
+]
+
+
+def hypervolume(points, reference):
+    """Exact hypervolume of loss vectors up to `reference` (a sweep in two dimensions,
+    slices along the last objective above), the same method as the tuner's."""
+    points = [p for p in points if all(v < r for v, r in zip(p, reference))]
+    if not points:
+        return 0.0
+    if len(reference) == 1:
+        return reference[0] - min(p[0] for p in points)
+    points.sort(key=lambda p: p[-1])
+    if len(reference) == 2:
+        area, frontier = 0.0, reference[0]
+        for p in points:
+            if p[0] < frontier:
+                area += (frontier - p[0]) * (reference[1] - p[1])
+                frontier = p[0]
+        return area
+    total = 0.0
+    for i, p in enumerate(points):
+        top = points[i + 1][-1] if i + 1 < len(points) else reference[-1]
+        if top > p[-1]:
+            total += (top - p[-1]) * hypervolume([q[:-1] for q in points[:i + 1]], reference[:-1])
+    return total
+
+
+def make_mo_sampler(name, seed):
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(multivariate=True, seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def pareto(evals, seeds, samplers):
+    for pname, dims, reference, max_hv, f in PROBLEMS:
+        for name in samplers:
+            for seed in range(seeds):
+                study = optuna.create_study(sampler=make_mo_sampler(name, seed),
+                                            directions=["minimize"] * len(reference))
+                results, gaps, seconds = [], [], 0.0
+                for _ in range(evals):
+                    started = time.perf_counter()
+                    trial = study.ask()
+                    x = [trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(dims)]
+                    seconds += time.perf_counter() - started
+                    values = f(x)
+                    study.tell(trial, values)
+                    results.append(values)
+                    gaps.append(max_hv - hypervolume(list(results), reference))
+                print(json.dumps({"side": "optuna", "sampler": name, "problem": pname, "seed": seed,
+                                  "gap_50": gaps[min(49, len(gaps) - 1)], "gap_end": gaps[-1],
+                                  "evals": evals, "seconds": seconds}), flush=True)
+
+
 def latency(sizes, repeats):
     fname, bounds, _, _, f = FUNCTIONS[1]
     distributions = {f"x{i}": optuna.distributions.FloatDistribution(lo, hi) for i, (lo, hi) in enumerate(bounds)}
@@ -155,6 +245,9 @@ def summarize(path):
             cells = [f"{med[k]:.3g}" if med[k] is not None else "-" for k in samplers]
             ratio = lambda a, b: f"{a / b:.2f}" if a is not None and b not in (None, 0) else "-"
             print(f"| {fn} | " + " | ".join(cells) + f" | {ratio(med[samplers[0]], med[samplers[3]])} | {ratio(med[samplers[0]], med[samplers[4]])} |")
+    fronts = [r for r in rows if "problem" in r]
+    if fronts:
+        summarize_pareto(fronts)
     lat = [r for r in rows if "p50_ms" in r]
     if lat:
         print("\nSuggestion latency on Hartmann-6 (ms)\n")
@@ -168,11 +261,37 @@ def summarize(path):
             print(f"| {size} | {cell(ours, 'p50_ms')} | {cell(ours, 'p99_ms')} | {cell(theirs, 'p50_ms')} | {cell(theirs, 'p99_ms')} | {ratio} |")
 
 
+def summarize_pareto(runs):
+    samplers = [("flotilla", "bayesian"), ("flotilla", "tpe"), ("flotilla", "random"),
+                ("optuna", "gp"), ("optuna", "tpe"), ("optuna", "nsga2"), ("optuna", "random")]
+    problems = list(dict.fromkeys(r["problem"] for r in runs))
+    evals = max(r["evals"] for r in runs)
+    for budget, label in (("gap_50", "50"), ("gap_end", str(evals))):
+        print(f"\nMedian hypervolume gap (true front's hypervolume less the results') after {label} "
+              f"evaluations ({len({r['seed'] for r in runs})} seeds); lower is better\n")
+        print("| problem | " + " | ".join(f"{s} {n}" for s, n in samplers)
+              + " | bayesian / optuna gp | bayesian / best optuna |")
+        print("|" + "---|" * (len(samplers) + 3))
+        for problem in problems:
+            med = {}
+            for s, n in samplers:
+                values = [r[budget] for r in runs if r["side"] == s and r["sampler"] == n and r["problem"] == problem]
+                med[(s, n)] = statistics.median(values) if values else None
+            cells = [f"{med[k]:.3g}" if med[k] is not None else "-" for k in samplers]
+            ratio = lambda a, b: f"{a / b:.2f}" if a is not None and b not in (None, 0) else "-"
+            optuna_best = min((v for (s, _), v in med.items() if s == "optuna" and v is not None), default=None)
+            print(f"| {problem} | " + " | ".join(cells)
+                  + f" | {ratio(med[samplers[0]], med[samplers[3]])} | {ratio(med[samplers[0]], optuna_best)} |")
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "regret":
         samplers = sys.argv[4].split(",") if len(sys.argv) > 4 else ["gp", "tpe", "random"]
         regret(int(sys.argv[2]), int(sys.argv[3]), samplers)
+    elif mode == "pareto":
+        samplers = sys.argv[4].split(",") if len(sys.argv) > 4 else ["gp", "tpe", "nsga2", "random"]
+        pareto(int(sys.argv[2]), int(sys.argv[3]), samplers)
     elif mode == "latency":
         latency([int(s) for s in sys.argv[2].split(",")], int(sys.argv[3]))
     else:

@@ -5,10 +5,15 @@
 //! cargo run --release -p flotilla-tuner --example tuner_bench -- regret 100 5
 //! cargo run --release -p flotilla-tuner --example tuner_bench -- latency 50,200,1000 20
 //! cargo run --release -p flotilla-tuner --example tuner_bench -- conditional 40 20
+//! cargo run --release -p flotilla-tuner --example tuner_bench -- pareto 100 5
 //! ```
 //!
 //! `conditional` runs a two-branch problem in its conditional space and the same space
 //! flattened (every parameter always present), to show what conditions buy the samplers.
+//!
+//! `pareto EVALS SEEDS` is the multi-objective benchmark: standard problems with two or three
+//! objectives (see [`problems`]), each sampler wrapped in ParEGO, the hypervolume of the
+//! results after 50 evaluations and at the end against the problem's reference point.
 //!
 //! `curves WORKERS TIME SEEDS` is the multi-fidelity benchmark: simulated asynchronous
 //! workers train configurations of a learning-curve surrogate (see [`curve_loss`]) epoch by
@@ -17,6 +22,7 @@
 
 use std::time::Instant;
 
+use flotilla_tuner::pareto::{ParEgo, hypervolume};
 use flotilla_tuner::stopping::{Asha, AshaSettings, Decision, Hyperband};
 use flotilla_tuner::{
     BayesianSampler, BayesianSettings, Condition, Dimension, Domain, Observation, Outcome, Point,
@@ -601,6 +607,126 @@ fn curves(workers: usize, time: u32, seeds: u64) {
     }
 }
 
+/// A multi-objective test problem: losses to minimize on a box, the reference point its
+/// hypervolume is measured against, and the hypervolume of its true front there (the
+/// reference points and fronts are those of BoTorch's test problems).
+struct Problem {
+    name: &'static str,
+    bounds: Vec<(f64, f64)>,
+    reference: Vec<f64>,
+    max_hypervolume: f64,
+    f: fn(&[f64]) -> Vec<f64>,
+}
+
+/// Branin (on [0, 1]², rescaled) and Currin's exponential function.
+fn branin_currin(x: &[f64]) -> Vec<f64> {
+    let currin = (1.0 - (-1.0 / (2.0 * x[1])).exp())
+        * (2300.0 * x[0].powi(3) + 1900.0 * x[0].powi(2) + 2092.0 * x[0] + 60.0)
+        / (100.0 * x[0].powi(3) + 500.0 * x[0].powi(2) + 4.0 * x[0] + 20.0);
+    vec![branin(&[15.0 * x[0] - 5.0, 15.0 * x[1]]), currin]
+}
+
+/// ZDT1: a convex front `f2 = 1 − √f1` behind a distance function of the other coordinates.
+fn zdt1(x: &[f64]) -> Vec<f64> {
+    let g = 1.0 + 9.0 / (x.len() - 1) as f64 * x[1..].iter().sum::<f64>();
+    vec![x[0], g * (1.0 - (x[0] / g).sqrt())]
+}
+
+/// DTLZ2 with `m` objectives: a spherical (concave) front.
+fn dtlz2(x: &[f64], m: usize) -> Vec<f64> {
+    let g: f64 = x[m - 1..].iter().map(|x| (x - 0.5).powi(2)).sum();
+    let half_pi = std::f64::consts::FRAC_PI_2;
+    (0..m)
+        .map(|i| {
+            let cosines: f64 = x[..m - 1 - i].iter().map(|x| (x * half_pi).cos()).product();
+            let sine = if i == 0 {
+                1.0
+            } else {
+                (x[m - 1 - i] * half_pi).sin()
+            };
+            (1.0 + g) * cosines * sine
+        })
+        .collect()
+}
+
+fn problems() -> Vec<Problem> {
+    vec![
+        Problem {
+            name: "branin_currin",
+            bounds: vec![(0.0, 1.0); 2],
+            reference: vec![18.0, 6.0],
+            max_hypervolume: 59.36011874867746,
+            f: branin_currin,
+        },
+        Problem {
+            name: "zdt1_4",
+            bounds: vec![(0.0, 1.0); 4],
+            reference: vec![11.0, 11.0],
+            max_hypervolume: 120.0 + 2.0 / 3.0,
+            f: zdt1,
+        },
+        Problem {
+            name: "dtlz2_6_2obj",
+            bounds: vec![(0.0, 1.0); 6],
+            reference: vec![1.1, 1.1],
+            max_hypervolume: 1.21 - std::f64::consts::FRAC_PI_4,
+            f: |x| dtlz2(x, 2),
+        },
+        Problem {
+            name: "dtlz2_6_3obj",
+            bounds: vec![(0.0, 1.0); 6],
+            reference: vec![1.1, 1.1, 1.1],
+            max_hypervolume: 1.331 - std::f64::consts::PI / 6.0,
+            f: |x| dtlz2(x, 3),
+        },
+    ]
+}
+
+/// The hypervolume gap (the true front's hypervolume less the results') after 50 evaluations
+/// and after `evals`, per problem, sampler and seed, as JSON lines.
+fn pareto(evals: u32, seeds: u64) {
+    for problem in problems() {
+        let function = Function {
+            name: problem.name,
+            bounds: problem.bounds.clone(),
+            optimum: 0.0,
+            noise: 0.0,
+            f: |_| 0.0,
+        };
+        for name in ["bayesian", "tpe", "random"] {
+            for seed in 0..seeds {
+                let mut sampler = ParEgo::new(sampler(name, space(&function), seed), seed);
+                let mut history: Vec<Observation> = Vec::new();
+                let mut results: Vec<Vec<f64>> = Vec::new();
+                let mut gaps = Vec::new();
+                let mut seconds = 0.0;
+                for trial in 0..evals {
+                    let started = Instant::now();
+                    let point = sampler.suggest(trial, &history).expect("a point");
+                    seconds += started.elapsed().as_secs_f64();
+                    let values = (problem.f)(&coords(&point));
+                    results.push(values.clone());
+                    gaps.push(problem.max_hypervolume - hypervolume(&results, &problem.reference));
+                    history.push(Observation {
+                        point,
+                        outcome: Outcome::Objectives {
+                            values,
+                            constraints: vec![],
+                            fidelity: 1.0,
+                        },
+                    });
+                }
+                println!(
+                    "{{\"side\":\"flotilla\",\"sampler\":\"{name}\",\"problem\":\"{}\",\"seed\":{seed},\"gap_50\":{},\"gap_end\":{},\"evals\":{evals},\"seconds\":{seconds}}}",
+                    problem.name,
+                    gaps[(49).min(gaps.len() - 1)],
+                    gaps[gaps.len() - 1],
+                );
+            }
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -622,6 +748,11 @@ fn main() {
             let seeds = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(20);
             conditional(evals, seeds);
         }
+        Some("pareto") => {
+            let evals = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(100);
+            let seeds = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(5);
+            pareto(evals, seeds);
+        }
         Some("curves") => {
             let workers = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(4);
             let time = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(400);
@@ -630,7 +761,7 @@ fn main() {
         }
         _ => eprintln!(
             "usage: tuner_bench regret EVALS SEEDS | latency SIZES REPEATS | conditional EVALS \
-             SEEDS | curves WORKERS TIME SEEDS"
+             SEEDS | pareto EVALS SEEDS | curves WORKERS TIME SEEDS"
         ),
     }
 }

@@ -11,6 +11,8 @@
 //!   [`gp`] (Matérn-5/2 ARD regression), [`stats`] (log expected improvement) and
 //!   [`lbfgs`] (bounded quasi-Newton minimization).
 //! - [`tpe`]: the multivariate Tree-structured Parzen Estimator ([`TpeSampler`]).
+//! - [`pareto`]: several objectives — dominance, the front, hypervolume, and [`ParEgo`], which
+//!   searches the front with any of the samplers above.
 //! - [`encode`]: how the model-based samplers see a point.
 //! - [`stopping`]: early stopping — ASHA (stopping and promotion forms) and the median rule.
 //!
@@ -21,6 +23,7 @@ pub mod bayes;
 pub mod encode;
 pub mod gp;
 pub mod lbfgs;
+pub mod pareto;
 pub mod sampler;
 pub mod space;
 pub mod stats;
@@ -28,6 +31,7 @@ pub mod stopping;
 pub mod tpe;
 
 pub use bayes::{BayesianSampler, BayesianSettings};
+pub use pareto::ParEgo;
 pub use sampler::{GridSampler, Observation, Outcome, RandomSampler, Sampler, SobolSampler};
 pub use space::{Condition, Dimension, Domain, Point, SearchSpace, SpaceError, Value};
 pub use tpe::{TpeSampler, TpeSettings};

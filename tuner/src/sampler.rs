@@ -37,6 +37,15 @@ pub enum Outcome {
         constraints: Vec<f64>,
         fidelity: f64,
     },
+    /// A result of a multi-objective sweep or study: one value per objective, each to
+    /// **minimize**, and constraints as for `Complete`, observed at `fidelity` ∈ (0, 1] (1 for
+    /// a complete trial). Single-objective samplers do not read it; [`crate::pareto::ParEgo`]
+    /// turns it into a `Complete` or `Partial` value for the sampler it wraps.
+    Objectives {
+        values: Vec<f64>,
+        constraints: Vec<f64>,
+        fidelity: f64,
+    },
 }
 
 impl Observation {
