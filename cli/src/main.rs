@@ -525,7 +525,8 @@ enum SweepCommand {
         #[command(flatten)]
         connection: Connection,
     },
-    /// The best feasible trial.
+    /// The best feasible trial; for a multi-objective sweep, its Pareto front (the feasible
+    /// trials no other beats in every objective).
     Best {
         id: SweepId,
         /// Print JSON instead of text.
@@ -1211,6 +1212,23 @@ async fn sweep(command: SweepCommand) -> anyhow::Result<()> {
             connection,
         } => {
             let client = connection.connect("client").await?;
+            let detail = client.detail(id).await?;
+            if detail.spec.objective.is_multi() {
+                // Several objectives: no single trial is best; the front is the answer.
+                let trials = client.trials(id).await?;
+                client.close().await;
+                let front = detail.spec.objective.front(&trials);
+                if front.is_empty() {
+                    bail!("sweep {id} has no succeeded feasible trial yet");
+                }
+                if json {
+                    let front: Vec<_> = front.iter().map(|t| report::trial_json(t)).collect();
+                    println!("{}", serde_json::to_string_pretty(&front)?);
+                } else {
+                    report::print_front(&detail.spec.objective, &front);
+                }
+                return Ok(());
+            }
             let best = client.best(id).await?;
             client.close().await;
             match (best, json) {

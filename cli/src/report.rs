@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use flotilla_sdk::{
-    AgentGpus, AgentInfo, Client, Direction, PhaseSummary, ResumingWatch, SdkError,
+    AgentGpus, AgentInfo, Client, Direction, Objective, PhaseSummary, ResumingWatch, SdkError,
     SequencedEventStream, SweepEvent, SweepSpec, SweepSummary, TrialId, TrialRecord, TrialState,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -269,6 +269,38 @@ pub fn print_trial(trial: &TrialRecord) {
     );
 }
 
+/// A multi-objective sweep's Pareto front as a table: each trial, its value of every
+/// objective, and its parameters.
+pub fn print_front(objective: &Objective, front: &[&TrialRecord]) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    let mut header = vec!["trial".to_string()];
+    header.extend(
+        objective
+            .goals()
+            .map(|(metric, direction)| format!("{metric} ({})", direction_word(direction))),
+    );
+    header.push("params".into());
+    table.set_header(header);
+    for trial in front {
+        let mut row = vec![trial.id.to_string()];
+        let values = objective
+            .values(trial.objective, &trial.metrics)
+            .unwrap_or_default();
+        row.extend(values.iter().map(|value| format!("{value:.6}")));
+        row.push(format_params(trial));
+        table.add_row(row);
+    }
+    println!("{table}");
+}
+
+fn direction_word(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Minimize => "min",
+        Direction::Maximize => "max",
+    }
+}
+
 pub fn print_summaries(summaries: &[SweepSummary]) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
@@ -440,6 +472,10 @@ fn results_json(summary: &SweepSummary, spec: Option<&SweepSpec>, trials: &[Tria
             "created_ms": summary.created_ms,
             "finished_ms": summary.finished_ms,
             "best_trial": summary.best.as_ref().map(|best| best.id.to_string()),
+            "also": spec.map(|spec| spec.objective.also.clone()),
+            "front": spec.filter(|spec| spec.objective.is_multi()).map(|spec| {
+                spec.objective.front(trials).iter().map(|trial| trial.id.to_string()).collect::<Vec<_>>()
+            }),
         },
         "phases": flotilla_report::phase_winners(summary, trials).map(|(phase, winner)| json!({
             "name": phase.name,

@@ -16,8 +16,10 @@ pub enum StudyCommand {
         db: PathBuf,
         #[arg(long)]
         space: PathBuf,
-        #[arg(long, value_parser = parse_direction)]
-        direction: Direction,
+        /// minimize or maximize; repeated for a multi-objective study (one per objective, in
+        /// the order `tell --value` gives their values).
+        #[arg(long = "direction", required = true, value_parser = parse_direction)]
+        directions: Vec<Direction>,
         /// bayesian, tpe, random or sobol.
         #[arg(long, default_value = "bayesian", value_parser = parse_sampler)]
         sampler: AlgorithmName,
@@ -41,9 +43,10 @@ pub enum StudyCommand {
         #[arg(long)]
         trial: u32,
         /// The objective's value (required unless --state failed; with --state pruned, its
-        /// value where the trial stopped).
-        #[arg(long, allow_hyphen_values = true)]
-        value: Option<f64>,
+        /// value where the trial stopped); repeated in a multi-objective study, one per
+        /// objective in the order of its directions.
+        #[arg(long = "value", allow_hyphen_values = true)]
+        values: Vec<f64>,
         /// With --state pruned: the share of a complete trial's resource it had spent, in
         /// (0, 1] (e.g. 3 of 30 epochs: 0.1).
         #[arg(long)]
@@ -56,7 +59,9 @@ pub enum StudyCommand {
         #[arg(long, default_value = "complete", value_parser = ["complete", "failed", "pruned"])]
         state: String,
     },
-    /// The best feasible trial: prints {"trial": N, "value": V, "params": {...}}.
+    /// The best feasible trial: prints {"trial": N, "value": V, "params": {...}}; for a
+    /// multi-objective study the Pareto front, one line per trial:
+    /// {"trial": N, "values": [...], "params": {...}}.
     Best {
         #[arg(long)]
         db: PathBuf,
@@ -114,17 +119,19 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
         StudyCommand::Create {
             db,
             space,
-            direction,
+            directions,
             sampler,
             seed,
             warm_start,
         } => {
             let space = read_space(&space)?;
-            Study::create_warm(&db, &space, direction, sampler, seed, &warm_start)?;
+            Study::create_multi(&db, &space, &directions, sampler, seed, &warm_start)?;
             eprintln!(
-                "created {} ({} parameters, {})",
+                "created {} ({} parameters, {} objective{}, {})",
                 db.display(),
                 space.len(),
+                directions.len(),
+                if directions.len() == 1 { "" } else { "s" },
                 sampler.as_str()
             );
         }
@@ -135,7 +142,7 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
         StudyCommand::Tell {
             db,
             trial,
-            value,
+            values,
             fidelity,
             constraints,
             state,
@@ -143,13 +150,24 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
             let outcome = if state == "failed" {
                 TellOutcome::Failed
             } else {
-                let Some(value) = value else {
-                    bail!("--value is required unless --state failed");
-                };
                 let constraints = constraints
                     .iter()
                     .map(|text| parse_constraint(text))
                     .collect::<anyhow::Result<_>>()?;
+                let value = match values[..] {
+                    [] => bail!("--value is required unless --state failed"),
+                    [value] => value,
+                    _ if state == "complete" && fidelity.is_none() => {
+                        return Ok(Study::open(&db)?.tell(
+                            trial,
+                            TellOutcome::Objectives {
+                                values,
+                                constraints,
+                            },
+                        )?);
+                    }
+                    _ => bail!("several --value apply to --state complete only"),
+                };
                 match (state.as_str(), fidelity) {
                     ("pruned", Some(fidelity)) => TellOutcome::Pruned {
                         value,
@@ -166,13 +184,29 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
             };
             Study::open(&db)?.tell(trial, outcome)?;
         }
-        StudyCommand::Best { db } => match Study::open(&db)?.best()? {
-            Some(best) => println!("{}", serde_json::to_string(&best)?),
-            None => bail!(
-                "{}: no completed trial meets its constraints yet",
-                db.display()
-            ),
-        },
+        StudyCommand::Best { db } => {
+            let study = Study::open(&db)?;
+            if study.directions()?.len() > 1 {
+                let front = study.front()?;
+                if front.is_empty() {
+                    bail!(
+                        "{}: no completed trial meets its constraints yet",
+                        db.display()
+                    );
+                }
+                for trial in front {
+                    println!("{}", serde_json::to_string(&trial)?);
+                }
+                return Ok(());
+            }
+            match study.best()? {
+                Some(best) => println!("{}", serde_json::to_string(&best)?),
+                None => bail!(
+                    "{}: no completed trial meets its constraints yet",
+                    db.display()
+                ),
+            }
+        }
     }
     Ok(())
 }

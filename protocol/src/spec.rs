@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ParamValue;
+use crate::messages::{Metrics, TrialRecord, TrialState};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,12 +245,99 @@ pub enum StoppingRule {
     Hyperband,
 }
 
+/// `[objective]`: the metric the sweep optimises, and for a multi-objective sweep the others
+/// it trades it against (`[[objective.also]]`, protocol 16).
+///
+/// The first metric is the sweep's **primary** objective: early stopping judges trials by
+/// it, a phase's winner (whose parameters the next phase fixes) is the best by it, and so is
+/// the sweep's `best` in summaries. With `also`, the sampler searches the Pareto front of all
+/// of them (ParEGO, see `flotilla_tuner::pareto`), and `sweep best` answers with the front
+/// ([`Objective::front`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Objective {
     /// The metric the trial reports that the sweep optimises.
     pub metric: String,
     pub direction: Direction,
+    /// Further objectives, each a metric the trial reports and its direction. Empty for a
+    /// single-objective sweep. (Never skipped when empty: the wire codec is not
+    /// self-describing.)
+    #[serde(default)]
+    pub also: Vec<Goal>,
+}
+
+/// One further objective of a multi-objective sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Goal {
+    pub metric: String,
+    pub direction: Direction,
+}
+
+impl Objective {
+    /// A single objective.
+    pub fn new(metric: impl Into<String>, direction: Direction) -> Objective {
+        Objective {
+            metric: metric.into(),
+            direction,
+            also: Vec::new(),
+        }
+    }
+
+    /// Whether the sweep trades several objectives against each other.
+    pub fn is_multi(&self) -> bool {
+        !self.also.is_empty()
+    }
+
+    /// Every objective, the primary first: its metric and direction.
+    pub fn goals(&self) -> impl Iterator<Item = (&str, Direction)> {
+        std::iter::once((self.metric.as_str(), self.direction)).chain(
+            self.also
+                .iter()
+                .map(|goal| (goal.metric.as_str(), goal.direction)),
+        )
+    }
+
+    /// A trial's value of each objective, the primary first (`primary` is the trial's
+    /// recorded objective; the others come from its `metrics`); `None` if one is missing or
+    /// not finite.
+    pub fn values(&self, primary: Option<f64>, metrics: &Metrics) -> Option<Vec<f64>> {
+        std::iter::once(primary)
+            .chain(
+                self.also
+                    .iter()
+                    .map(|goal| metrics.get(&goal.metric).copied()),
+            )
+            .map(|value| value.filter(|value| value.is_finite()))
+            .collect()
+    }
+
+    /// The Pareto front of `trials`: the succeeded, feasible trials with every objective whose
+    /// values no other such trial dominates (at least as good in every objective and better
+    /// in one), in the order given. For a single objective, every trial tied for the best.
+    pub fn front<'a>(&self, trials: &'a [TrialRecord]) -> Vec<&'a TrialRecord> {
+        let candidates: Vec<(&TrialRecord, Vec<f64>)> = trials
+            .iter()
+            .filter(|trial| trial.state == TrialState::Succeeded && trial.feasible)
+            .filter_map(|trial| {
+                let values = self.values(trial.objective, &trial.metrics)?;
+                let losses = values
+                    .iter()
+                    .zip(self.goals())
+                    .map(|(value, (_, direction))| direction.loss(*value))
+                    .collect();
+                Some((trial, losses))
+            })
+            .collect();
+        let dominates = |a: &[f64], b: &[f64]| {
+            a.iter().zip(b).all(|(a, b)| a <= b) && a.iter().zip(b).any(|(a, b)| a < b)
+        };
+        candidates
+            .iter()
+            .filter(|(_, losses)| !candidates.iter().any(|(_, other)| dominates(other, losses)))
+            .map(|(trial, _)| *trial)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1040,6 +1128,29 @@ metrics = ["loss"]
                 ),
             );
         }
+        for (index, goal) in self.objective.also.iter().enumerate() {
+            let path = format!("objective.also[{index}].metric");
+            if !is_metric_name(&goal.metric) {
+                problem(&path, format!("'{}' is not a metric name", goal.metric));
+            } else if !reported.is_empty() && !reported.contains(&goal.metric) {
+                problem(
+                    &path,
+                    format!(
+                        "'{}' is not among the trial's metrics {:?}",
+                        goal.metric, reported
+                    ),
+                );
+            }
+            let repeated = std::iter::once(&self.objective.metric)
+                .chain(self.objective.also[..index].iter().map(|goal| &goal.metric))
+                .any(|metric| *metric == goal.metric);
+            if repeated {
+                problem(
+                    &path,
+                    format!("'{}' is already an objective of this sweep", goal.metric),
+                );
+            }
+        }
         for (index, constraint) in self.constraints.iter().enumerate() {
             if !reported.contains(&constraint.metric) {
                 problem(
@@ -1705,6 +1816,89 @@ metrics = ["loss", "accuracy"]
             Err(SpecError::Invalid { problems, .. }) => problems,
             other => panic!("expected validation problems, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn several_objectives_are_read_checked_and_give_a_front() {
+        let text = GOOD.replace(
+            "direction = \"minimize\"\n",
+            "direction = \"minimize\"\n[[objective.also]]\nmetric = \"accuracy\"\ndirection = \"maximize\"\n",
+        );
+        let spec = SweepSpec::from_toml(&text, "test.toml").expect("valid");
+        assert!(spec.objective.is_multi());
+        assert_eq!(
+            spec.objective.goals().collect::<Vec<_>>(),
+            vec![
+                ("loss", Direction::Minimize),
+                ("accuracy", Direction::Maximize)
+            ]
+        );
+        // Unknown, malformed and repeated metrics are named by their place.
+        let bad = GOOD.replace(
+            "direction = \"minimize\"\n",
+            "direction = \"minimize\"\nalso = [{ metric = \"latency\", direction = \"minimize\" }, { metric = \"loss\", direction = \"maximize\" }, { metric = \"no good\", direction = \"minimize\" }]\n",
+        );
+        let problems = problems_of(&bad);
+        let of = |path: &str| {
+            problems
+                .iter()
+                .find(|problem| problem.path == path)
+                .map(|problem| problem.message.clone())
+                .unwrap_or_else(|| panic!("no problem at {path}: {problems:?}"))
+        };
+        assert!(
+            of("objective.also[0].metric").contains("'latency' is not among the trial's metrics")
+        );
+        assert!(of("objective.also[1].metric").contains("already an objective"));
+        assert!(of("objective.also[2].metric").contains("not a metric name"));
+        let typo = GOOD.replace(
+            "direction = \"minimize\"\n",
+            "direction = \"minimize\"\nalso = [{ metric = \"accuracy\", direction = \"up\" }]\n",
+        );
+        let error = SweepSpec::from_toml(&typo, "test.toml").expect_err("a bad direction");
+        assert!(error.to_string().contains("up"), "{error}");
+
+        // The front: trials 0 (best loss) and 2 (best accuracy) trade off; 1 is dominated by
+        // 0, 3 failed, 4 is infeasible, 5 never reported accuracy, 6 ties 0 exactly.
+        let trial = |number: u32, state: TrialState, loss: f64, accuracy: Option<f64>, feasible| {
+            TrialRecord {
+                state,
+                objective: Some(loss),
+                feasible,
+                metrics: accuracy
+                    .map(|accuracy| ("accuracy".to_string(), accuracy))
+                    .into_iter()
+                    .collect(),
+                ..TrialRecord::pending(
+                    crate::TrialId {
+                        sweep: crate::SweepId(1),
+                        number,
+                    },
+                    BTreeMap::new(),
+                    0,
+                )
+            }
+        };
+        let trials = vec![
+            trial(0, TrialState::Succeeded, 0.1, Some(0.8), true),
+            trial(1, TrialState::Succeeded, 0.2, Some(0.7), true),
+            trial(2, TrialState::Succeeded, 0.3, Some(0.9), true),
+            trial(3, TrialState::Failed, 0.0, Some(1.0), true),
+            trial(4, TrialState::Succeeded, 0.0, Some(1.0), false),
+            trial(5, TrialState::Succeeded, 0.0, None, true),
+            trial(6, TrialState::Succeeded, 0.1, Some(0.8), true),
+        ];
+        let front: Vec<u32> = spec
+            .objective
+            .front(&trials)
+            .iter()
+            .map(|trial| trial.id.number)
+            .collect();
+        assert_eq!(front, vec![0, 2, 6]);
+        // One objective: the trials tied for the best.
+        let single = Objective::new("loss", Direction::Minimize);
+        let best: Vec<u32> = single.front(&trials).iter().map(|t| t.id.number).collect();
+        assert_eq!(best, vec![5]);
     }
 
     const PHASED: &str = r#"

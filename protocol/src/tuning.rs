@@ -9,14 +9,15 @@ use std::collections::BTreeMap;
 
 use flotilla_tuner::{
     BayesianSampler, BayesianSettings, Condition, Dimension, Domain, GridSampler, Observation,
-    Outcome, Point, RandomSampler, Sampler, SearchSpace, SobolSampler, SpaceError, TpeSampler,
-    TpeSettings, Value,
+    Outcome, ParEgo, Point, RandomSampler, Sampler, SearchSpace, SobolSampler, SpaceError,
+    TpeSampler, TpeSettings, Value,
 };
 
 use crate::ParamValue;
 use crate::messages::{Metrics, Params};
 use crate::spec::{
-    AlgorithmName, AlgorithmSpec, Constraint, ConstraintOp, Direction, ParamKind, ParamSpec,
+    AlgorithmName, AlgorithmSpec, Constraint, ConstraintOp, Direction, Objective, ParamKind,
+    ParamSpec,
 };
 
 /// A spec's search space in the tuner's terms: dimensions in name order.
@@ -181,6 +182,29 @@ pub fn completed(
     }
 }
 
+/// The outcome of a finished trial of a multi-objective sweep: each objective's value as a
+/// loss, seen at `fidelity` (1 when complete).
+pub fn completed_objectives(
+    values: &[f64],
+    objective: &Objective,
+    constraints: &[Constraint],
+    metrics: &Metrics,
+    fidelity: f64,
+) -> Outcome {
+    Outcome::Objectives {
+        values: values
+            .iter()
+            .zip(objective.goals())
+            .map(|(value, (_, direction))| direction.loss(*value))
+            .collect(),
+        constraints: constraints
+            .iter()
+            .map(|constraint| constraint_value(constraint, metrics))
+            .collect(),
+        fidelity,
+    }
+}
+
 /// An observation for a sampler, if `params` lie in the space.
 pub fn observation(space: &TunerSpace, params: &Params, outcome: Outcome) -> Option<Observation> {
     Some(Observation {
@@ -189,8 +213,25 @@ pub fn observation(space: &TunerSpace, params: &Params, outcome: Outcome) -> Opt
     })
 }
 
-/// The sampler an algorithm spec names, seeded; `max_points` caps a grid.
+/// The sampler an algorithm spec names, seeded; `max_points` caps a grid. With more than one
+/// objective it searches their Pareto front: ParEGO around the named sampler, which then
+/// reads [`Outcome::Objectives`] results.
 pub fn sampler(
+    algorithm: &AlgorithmSpec,
+    space: &TunerSpace,
+    seed: u64,
+    max_points: u64,
+    objectives: usize,
+) -> Box<dyn Sampler> {
+    let sampler = single_objective(algorithm, space, seed, max_points);
+    if objectives > 1 {
+        Box::new(ParEgo::new(sampler, seed))
+    } else {
+        sampler
+    }
+}
+
+fn single_objective(
     algorithm: &AlgorithmSpec,
     space: &TunerSpace,
     seed: u64,

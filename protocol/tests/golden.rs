@@ -13,8 +13,8 @@ use flotilla_protocol::framing::{self, FrameError};
 use flotilla_protocol::messages::*;
 use flotilla_protocol::models::*;
 use flotilla_protocol::spec::{
-    AlgorithmSpec, Budget, Constraint, ConstraintOp, Direction, FieldProblem, Objective, ParamSpec,
-    PhaseSpec, Resources, RetryPolicy, ServingSpec, SweepSpec, TrialSpec, When,
+    AlgorithmSpec, Budget, Constraint, ConstraintOp, Direction, FieldProblem, Goal, Objective,
+    ParamSpec, PhaseSpec, Resources, RetryPolicy, ServingSpec, SweepSpec, TrialSpec, When,
 };
 use flotilla_protocol::{AgentId, AttemptId, Epoch, ParamValue, SweepId, TrialId};
 use flotilla_rollout::{Arm, Decision, Evidence, Metric, Pair, Policy, Verdict};
@@ -47,6 +47,10 @@ fn spec() -> SweepSpec {
         objective: Objective {
             metric: "loss".into(),
             direction: Direction::Minimize,
+            also: vec![Goal {
+                metric: "latency_ms".into(),
+                direction: Direction::Minimize,
+            }],
         },
         constraints: vec![Constraint {
             metric: "loss".into(),

@@ -264,7 +264,7 @@ fn format_params(params: &BTreeMap<String, ParamValue>) -> String {
 }
 
 /// The plots' ids, in report order.
-pub const PLOTS: [&str; 4] = ["history", "parallel", "importance", "curves"];
+pub const PLOTS: [&str; 5] = ["history", "parallel", "importance", "curves", "front"];
 
 /// A sweep's report.
 pub struct Report<'a> {
@@ -340,7 +340,7 @@ impl Report<'_> {
             })
     }
 
-    /// The four plots, in report order.
+    /// The plots, in report order (the Pareto front only for a multi-objective sweep).
     pub fn plots(&self) -> Vec<Plot> {
         PLOTS.iter().filter_map(|id| self.plot(id)).collect()
     }
@@ -360,6 +360,7 @@ impl Report<'_> {
                 &self.detail.curves,
                 self.best().map(|trial| trial.id.number),
             ),
+            "front" => plots::pareto_front(self.spec(), self.trials)?,
             _ => return None,
         })
     }
@@ -411,6 +412,43 @@ impl Report<'_> {
             lines: overview,
             table: None,
         });
+
+        if spec.objective.is_multi() {
+            let header: Vec<String> = std::iter::once("trial".to_string())
+                .chain(spec.objective.goals().map(|(metric, direction)| {
+                    let word = match direction {
+                        Direction::Minimize => "min",
+                        Direction::Maximize => "max",
+                    };
+                    format!("{metric} ({word})")
+                }))
+                .chain(std::iter::once("params".to_string()))
+                .collect();
+            let rows = spec
+                .objective
+                .front(self.trials)
+                .into_iter()
+                .map(|trial| {
+                    let values = spec
+                        .objective
+                        .values(trial.objective, &trial.metrics)
+                        .unwrap_or_default();
+                    std::iter::once(trial.id.to_string())
+                        .chain(values.into_iter().map(|value| format_value(Some(value))))
+                        .chain(std::iter::once(format_params(&trial.params)))
+                        .collect()
+                })
+                .collect();
+            sections.push(Section {
+                title: "Pareto front".into(),
+                lines: vec![format!(
+                    "The sweep trades {} objectives: these feasible trials are each beaten by no other in every objective. The winner above is the best by the first, {}.",
+                    spec.objective.goals().count(),
+                    spec.objective.metric
+                )],
+                table: Some(("front", Table { header, rows })),
+            });
+        }
 
         if summary.phases.len() > 1 {
             let rows = phase_winners(summary, self.trials)

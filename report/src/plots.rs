@@ -1,5 +1,5 @@
 //! The report's plots as standalone SVG: optimization history, parallel coordinates,
-//! parameter importance and learning curves.
+//! parameter importance, learning curves and (for a multi-objective sweep) the Pareto front.
 //!
 //! Every mark that stands for a trial carries `data-trial="N"` (bars carry `data-param`), so
 //! tools and tests can read a plot's structure without rendering it.
@@ -18,7 +18,7 @@ const RIGHT: f64 = 24.0;
 const TOP: f64 = 36.0;
 const BOTTOM: f64 = 48.0;
 
-/// A plot: its id (`history`, `parallel`, `importance`, `curves`), title and SVG text.
+/// A plot: its id (`history`, `parallel`, `importance`, `curves`, `front`), title and SVG text.
 #[derive(Debug, Clone)]
 pub struct Plot {
     pub id: &'static str,
@@ -210,6 +210,98 @@ pub fn optimization_history(metric: &str, direction: Direction, trials: &[TrialR
         id: "history",
         title,
         svg,
+    }
+}
+
+/// A multi-objective sweep's trade-off: every succeeded trial by its first two objectives,
+/// the Pareto front (over all objectives) filled and joined by its staircase in the first two,
+/// the rest hollow (grey where infeasible). `None` for a single-objective sweep.
+pub fn pareto_front(spec: &SweepSpec, trials: &[TrialRecord]) -> Option<Plot> {
+    let objective = &spec.objective;
+    let mut goals = objective.goals();
+    let ((x_metric, x_direction), (y_metric, y_direction)) = (goals.next()?, goals.next()?);
+    let title = format!(
+        "Pareto front: {x_metric} ({}) against {y_metric} ({})",
+        direction_word(x_direction),
+        direction_word(y_direction)
+    );
+    let points: Vec<(&TrialRecord, f64, f64)> = trials
+        .iter()
+        .filter(|trial| trial.state == TrialState::Succeeded)
+        .filter_map(|trial| {
+            let values = objective.values(trial.objective, &trial.metrics)?;
+            Some((trial, values[0], values[1]))
+        })
+        .collect();
+    let (Some(x_range), Some(y_range)) = (
+        range(points.iter().map(|(_, x, _)| *x)),
+        range(points.iter().map(|(_, _, y)| *y)),
+    ) else {
+        return Some(empty(
+            "front",
+            title,
+            "no trial has reported every objective yet",
+        ));
+    };
+    let front: Vec<u32> = objective
+        .front(trials)
+        .iter()
+        .map(|trial| trial.id.number)
+        .collect();
+    let x = Scale::new(x_range, LEFT + 8.0, WIDTH - RIGHT - 8.0);
+    let y = Scale::new(y_range, HEIGHT - BOTTOM - 8.0, TOP + 8.0);
+    let mut svg = open("front", &title);
+    axes(&mut svg, x, y, x_metric, y_metric);
+    // The staircase through the front's points in the first two objectives: sorted from
+    // best to worst in the first, each step holding the second's value until the next.
+    let mut stairs: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(trial, _, _)| front.contains(&trial.id.number))
+        .map(|(_, px, py)| (*px, *py))
+        .collect();
+    stairs.sort_by(|a, b| x_direction.loss(a.0).total_cmp(&x_direction.loss(b.0)));
+    let mut path = Vec::new();
+    for (index, (px, py)) in stairs.iter().enumerate() {
+        if index > 0 {
+            path.push(format!("{:.1},{:.1}", x.at(*px), y.at(stairs[index - 1].1)));
+        }
+        path.push(format!("{:.1},{:.1}", x.at(*px), y.at(*py)));
+    }
+    if path.len() > 1 {
+        svg.push_str(&format!(
+            "<polyline class=\"front\" fill=\"none\" stroke=\"#e8710a\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        ));
+    }
+    for (trial, px, py) in &points {
+        let on_front = front.contains(&trial.id.number);
+        let (fill, stroke, radius) = match (on_front, trial.feasible) {
+            (true, _) => ("#e8710a", "#e8710a", 4.5),
+            (false, true) => ("none", "#1a73e8", 3.5),
+            (false, false) => ("none", "#999", 3.5),
+        };
+        svg.push_str(&format!(
+            "<circle data-trial=\"{}\" data-front=\"{on_front}\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"{radius}\" fill=\"{fill}\" stroke=\"{stroke}\"><title>{} {x_metric}={} {y_metric}={}</title></circle>",
+            trial.id.number,
+            x.at(*px),
+            y.at(*py),
+            trial.id,
+            tick_label(*px),
+            tick_label(*py)
+        ));
+    }
+    svg.push_str("</svg>");
+    Some(Plot {
+        id: "front",
+        title,
+        svg,
+    })
+}
+
+fn direction_word(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Minimize => "lower is better",
+        Direction::Maximize => "higher is better",
     }
 }
 

@@ -242,3 +242,53 @@ fn per_class_metrics_are_grouped_by_label() {
     assert_eq!(classes.len(), 2);
     assert_eq!(classes["1"]["recall"], 0.4);
 }
+
+/// A sweep that trades accuracy against latency: the report names the front in a table and
+/// draws it, front trials marked, over every succeeded trial; a single-objective sweep has no
+/// front plot.
+#[test]
+fn a_multi_objective_report_draws_and_lists_the_pareto_front() {
+    let (mut detail, mut trials) = fixture();
+    assert!(
+        Report {
+            detail: &detail,
+            trials: &trials,
+        }
+        .plot("front")
+        .is_none()
+    );
+    detail.spec.trial.metrics.push("latency_ms".into());
+    detail
+        .spec
+        .objective
+        .also
+        .push(flotilla_protocol::spec::Goal {
+            metric: "latency_ms".into(),
+            direction: Direction::Minimize,
+        });
+    // Latency grows with the hidden size: 16 is fast, 64 accurate. Among feasible trials
+    // (sizes 32 and 64) the newest of each size is on the front, since accuracy rises with
+    // the trial number and latency does not.
+    for trial in &mut trials {
+        let hidden = trial.params["hidden_size"].as_f64().expect("size");
+        trial.metrics.insert("latency_ms".into(), hidden);
+    }
+    let report = Report {
+        detail: &detail,
+        trials: &trials,
+    };
+    let plot = report.plot("front").expect("a front plot").svg;
+    assert_eq!(count(&plot, "<circle data-trial="), 11);
+    assert_eq!(count(&plot, "data-front=\"true\""), 2);
+    assert!(plot.contains("<circle data-trial=\"8\" data-front=\"true\""));
+    assert!(plot.contains("<circle data-trial=\"10\" data-front=\"true\""));
+    let html = report.html();
+    assert!(html.contains("data-plot=\"front\""));
+    assert!(html.contains("Pareto front"));
+    let table = &html[html
+        .find("<table class=\"front\">")
+        .expect("the front table")..];
+    let table = &table[..table.find("</table>").expect("the table ends")];
+    assert_eq!(count(table, "<tr>"), 1 + 2);
+    assert!(table.contains("latency_ms (min)"));
+}

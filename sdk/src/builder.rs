@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use flotilla_protocol::ParamValue;
 use flotilla_protocol::spec::{
-    AlgorithmName, AlgorithmSpec, Budget, Constraint, Direction, Objective, ParamSpec, PhaseSpec,
-    Resources, RetryPolicy, SpecError, SweepSpec, TrialSpec,
+    AlgorithmName, AlgorithmSpec, Budget, Constraint, Direction, Goal, Objective, ParamSpec,
+    PhaseSpec, Resources, RetryPolicy, SpecError, SweepSpec, TrialSpec,
 };
 
 /// Builds a [`SweepSpec`]; [`SweepBuilder::build`] validates it like a sweep file.
@@ -19,10 +19,7 @@ impl SweepBuilder {
         SweepBuilder {
             spec: SweepSpec {
                 name: name.into(),
-                objective: Objective {
-                    metric: String::new(),
-                    direction: Direction::Minimize,
-                },
+                objective: Objective::new(String::new(), Direction::Minimize),
                 constraints: Vec::new(),
                 space: Default::default(),
                 algorithm: AlgorithmSpec::default(),
@@ -43,19 +40,28 @@ impl SweepBuilder {
         }
     }
 
+    /// The primary objective: `metric`, minimized (replaces an earlier primary objective and
+    /// keeps further ones).
     pub fn minimize(mut self, metric: impl Into<String>) -> Self {
-        self.spec.objective = Objective {
-            metric: metric.into(),
-            direction: Direction::Minimize,
-        };
+        self.spec.objective.metric = metric.into();
+        self.spec.objective.direction = Direction::Minimize;
         self
     }
 
+    /// The primary objective: `metric`, maximized.
     pub fn maximize(mut self, metric: impl Into<String>) -> Self {
-        self.spec.objective = Objective {
+        self.spec.objective.metric = metric.into();
+        self.spec.objective.direction = Direction::Maximize;
+        self
+    }
+
+    /// A further objective of a multi-objective sweep: the sampler searches the Pareto front
+    /// of the primary objective and every one added here.
+    pub fn also(mut self, metric: impl Into<String>, direction: Direction) -> Self {
+        self.spec.objective.also.push(Goal {
             metric: metric.into(),
-            direction: Direction::Maximize,
-        };
+            direction,
+        });
         self
     }
 

@@ -51,7 +51,8 @@ pub use flotilla_protocol::models::{
     RolloutRecord, RolloutState, Route, RouterReport, SemVer, StartRollout,
 };
 pub use flotilla_protocol::spec::{
-    self, AlgorithmName, AlgorithmSpec, Direction, ParamSpec, PhaseSpec, SpecError, SweepSpec,
+    self, AlgorithmName, AlgorithmSpec, Direction, Goal, Objective, ParamSpec, PhaseSpec,
+    SpecError, SweepSpec,
 };
 pub use flotilla_protocol::tls::{ClusterCa, Identity};
 pub use flotilla_protocol::{AgentId, AttemptId, ParamValue, SweepId, TrialId};
@@ -59,5 +60,5 @@ pub use flotilla_rollout::{Policy as RolloutPolicy, Stage as RolloutStage};
 #[cfg(feature = "embedded")]
 pub use local::{LocalAutoscale, LocalCluster, LocalClusterOptions};
 pub use study::{
-    AskedTrial, BestTrial, STUDY_SAMPLERS, Study, StudyError, StudyTrial, TellOutcome,
+    AskedTrial, BestTrial, FrontTrial, STUDY_SAMPLERS, Study, StudyError, StudyTrial, TellOutcome,
 };

@@ -68,6 +68,8 @@ pub enum StudyError {
     Exhausted,
     #[error("warm start from {path}: {problem}")]
     WarmStart { path: PathBuf, problem: String },
+    #[error("the study has {0} objectives: no single trial is best (its Pareto front is)")]
+    MultiObjective(usize),
 }
 
 /// What `tell` reports about a trial.
@@ -81,11 +83,18 @@ pub enum TellOutcome {
     Failed,
     /// Stopped part way (Optuna's "pruned"): the objective's `value` where it stopped, seen
     /// at `fidelity` ∈ (0, 1], the share of a complete trial's resource it had spent. The
-    /// samplers treat it as a lower-fidelity result, and `best` never names it.
+    /// samplers treat it as a lower-fidelity result, and `best` never names it. Single-objective
+    /// studies only.
     Pruned {
         value: f64,
         constraints: BTreeMap<String, f64>,
         fidelity: f64,
+    },
+    /// A multi-objective study's result: each objective's value, in the order of the study's
+    /// directions, and each constraint's value.
+    Objectives {
+        values: Vec<f64>,
+        constraints: BTreeMap<String, f64>,
     },
 }
 
@@ -113,6 +122,14 @@ pub struct BestTrial {
     pub params: Params,
 }
 
+/// A trial on a multi-objective study's Pareto front.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrontTrial {
+    pub trial: u32,
+    pub values: Vec<f64>,
+    pub params: Params,
+}
+
 /// One trial of a study as the journal records it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StudyTrial {
@@ -128,7 +145,11 @@ pub struct StudyTrial {
 enum Entry {
     Create {
         space: BTreeMap<String, ParamSpec>,
+        /// The (first) objective's direction.
         direction: Direction,
+        /// A multi-objective study's further objectives' directions.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also: Vec<Direction>,
         sampler: AlgorithmName,
         seed: u64,
         /// Studies whose told trials seed this one (absolute paths).
@@ -144,6 +165,9 @@ enum Entry {
         state: TellState,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         value: Option<f64>,
+        /// A multi-objective study's values, in the order of its directions.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        values: Vec<f64>,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         constraints: BTreeMap<String, f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,7 +186,8 @@ enum TellState {
 /// The study as loaded from its journal.
 struct Loaded {
     space: BTreeMap<String, ParamSpec>,
-    direction: Direction,
+    /// One per objective.
+    directions: Vec<Direction>,
     sampler: AlgorithmName,
     seed: u64,
     warm_start: Vec<PathBuf>,
@@ -190,6 +215,34 @@ impl Study {
         Study::create_warm(path, space, direction, sampler, seed, &[])
     }
 
+    /// A multi-objective study (Optuna's `directions`): one direction per objective; `tell`
+    /// takes [`TellOutcome::Objectives`], the sampler searches the Pareto front of the
+    /// objectives (ParEGO around it, see `flotilla_tuner::pareto`), and [`Study::front`]
+    /// answers with the front. One direction makes a single-objective study.
+    pub fn create_multi(
+        path: impl AsRef<Path>,
+        space: &BTreeMap<String, ParamSpec>,
+        directions: &[Direction],
+        sampler: AlgorithmName,
+        seed: Option<u64>,
+        warm_start: &[PathBuf],
+    ) -> Result<Study, StudyError> {
+        let Some((&direction, also)) = directions.split_first() else {
+            return Err(StudyError::InvalidSpace {
+                problems: vec!["  a study needs at least one objective direction".into()],
+            });
+        };
+        Study::create_with(
+            path,
+            space,
+            direction,
+            also.to_vec(),
+            sampler,
+            seed,
+            warm_start,
+        )
+    }
+
     /// [`Study::create`], seeded with the told trials of the studies at `warm_start` (a
     /// warm start): at every `ask` their trials whose parameters lie in this space (by name;
     /// others are left out) join the history as results already in, and count towards a
@@ -203,16 +256,37 @@ impl Study {
         seed: Option<u64>,
         warm_start: &[PathBuf],
     ) -> Result<Study, StudyError> {
+        Study::create_with(
+            path,
+            space,
+            direction,
+            Vec::new(),
+            sampler,
+            seed,
+            warm_start,
+        )
+    }
+
+    fn create_with(
+        path: impl AsRef<Path>,
+        space: &BTreeMap<String, ParamSpec>,
+        direction: Direction,
+        also: Vec<Direction>,
+        sampler: AlgorithmName,
+        seed: Option<u64>,
+        warm_start: &[PathBuf],
+    ) -> Result<Study, StudyError> {
         let path = path.as_ref().to_path_buf();
+        let directions: Vec<Direction> = std::iter::once(direction).chain(also.clone()).collect();
         let mut sources = Vec::new();
         for source in warm_start {
             let warm = Study::open(source)?;
-            let theirs = warm.locked(|_, loaded| Ok(loaded.direction))?;
-            if theirs != direction {
+            let theirs = warm.locked(|_, loaded| Ok(loaded.directions.clone()))?;
+            if theirs != directions {
                 return Err(StudyError::WarmStart {
                     path: source.clone(),
                     problem: format!(
-                        "it optimizes in the other direction ({theirs:?}, this study {direction:?})"
+                        "it optimizes in other directions ({theirs:?}, this study {directions:?})"
                     ),
                 });
             }
@@ -252,6 +326,7 @@ impl Study {
         let entry = Entry::Create {
             space: space.clone(),
             direction,
+            also,
             sampler,
             seed,
             warm_start: sources,
@@ -291,8 +366,13 @@ impl Study {
                 name: loaded.sampler,
                 ..AlgorithmSpec::default()
             };
-            let mut sampler =
-                flotilla_protocol::tuning::sampler(&algorithm, &space, loaded.seed, u64::MAX);
+            let mut sampler = flotilla_protocol::tuning::sampler(
+                &algorithm,
+                &space,
+                loaded.seed,
+                u64::MAX,
+                loaded.directions.len(),
+            );
             // Results brought in by a warm start count as trials already run.
             let point = sampler
                 .suggest(trial + warm, &history)
@@ -326,6 +406,23 @@ impl Study {
             if known.outcome.is_some() {
                 return Err(problem("was already told"));
             }
+            let objectives = loaded.directions.len();
+            match &outcome {
+                TellOutcome::Complete { .. } | TellOutcome::Pruned { .. } if objectives > 1 => {
+                    return Err(problem(&format!(
+                        "needs {objectives} values, one per objective (this study has \
+                         {objectives}); a multi-objective trial is told complete or failed"
+                    )));
+                }
+                TellOutcome::Objectives { values, .. } if values.len() != objectives => {
+                    return Err(problem(&format!(
+                        "was told {} values; the study has {objectives} objective{}",
+                        values.len(),
+                        if objectives == 1 { "" } else { "s" }
+                    )));
+                }
+                _ => {}
+            }
             let entry = match outcome {
                 TellOutcome::Complete { value, constraints } => {
                     if !value.is_finite() {
@@ -342,6 +439,30 @@ impl Study {
                         trial,
                         state: TellState::Complete,
                         value: Some(value),
+                        values: Vec::new(),
+                        constraints,
+                        fidelity: None,
+                    }
+                }
+                TellOutcome::Objectives {
+                    values,
+                    constraints,
+                } => {
+                    if let Some(bad) = values.iter().find(|value| !value.is_finite()) {
+                        return Err(problem(&format!(
+                            "value {bad} is not a finite number (tell it as failed instead)"
+                        )));
+                    }
+                    if let Some((name, bad)) = constraints.iter().find(|(_, v)| !v.is_finite()) {
+                        return Err(problem(&format!(
+                            "constraint {name}={bad} is not a finite number"
+                        )));
+                    }
+                    Entry::Tell {
+                        trial,
+                        state: TellState::Complete,
+                        value: None,
+                        values,
                         constraints,
                         fidelity: None,
                     }
@@ -350,6 +471,7 @@ impl Study {
                     trial,
                     state: TellState::Failed,
                     value: None,
+                    values: Vec::new(),
                     constraints: BTreeMap::new(),
                     fidelity: None,
                 },
@@ -378,6 +500,7 @@ impl Study {
                         trial,
                         state: TellState::Pruned,
                         value: Some(value),
+                        values: Vec::new(),
                         constraints,
                         fidelity: Some(fidelity),
                     }
@@ -387,9 +510,13 @@ impl Study {
         })
     }
 
-    /// The best completed trial that meets every constraint it was told with.
+    /// The best completed trial that meets every constraint it was told with (of a
+    /// single-objective study; a multi-objective study has a [`Study::front`] instead).
     pub fn best(&self) -> Result<Option<BestTrial>, StudyError> {
         self.locked(|_, loaded| {
+            let [direction] = loaded.directions[..] else {
+                return Err(StudyError::MultiObjective(loaded.directions.len()));
+            };
             let mut best: Option<BestTrial> = None;
             for trial in &loaded.trials {
                 let Some(TellOutcome::Complete { value, constraints }) = &trial.outcome else {
@@ -400,7 +527,7 @@ impl Study {
                 }
                 if best
                     .as_ref()
-                    .is_none_or(|incumbent| loaded.direction.is_better(*value, incumbent.value))
+                    .is_none_or(|incumbent| direction.is_better(*value, incumbent.value))
                 {
                     best = Some(BestTrial {
                         trial: trial.trial,
@@ -411,6 +538,48 @@ impl Study {
             }
             Ok(best)
         })
+    }
+
+    /// The Pareto front: the completed trials that meet every constraint they were told with
+    /// and that no other such trial dominates (at least as good in every objective, better in
+    /// one), in trial order. For a single-objective study, the trials tied for the best.
+    pub fn front(&self) -> Result<Vec<FrontTrial>, StudyError> {
+        self.locked(|_, loaded| {
+            let results: Vec<FrontTrial> = loaded
+                .trials
+                .iter()
+                .filter_map(|trial| {
+                    let (values, constraints) = match &trial.outcome {
+                        Some(TellOutcome::Complete { value, constraints }) => {
+                            (vec![*value], constraints)
+                        }
+                        Some(TellOutcome::Objectives {
+                            values,
+                            constraints,
+                        }) => (values.clone(), constraints),
+                        _ => return None,
+                    };
+                    constraints.values().all(|c| *c <= 0.0).then(|| FrontTrial {
+                        trial: trial.trial,
+                        values,
+                        params: trial.params.clone(),
+                    })
+                })
+                .collect();
+            let losses: Vec<Vec<f64>> = results
+                .iter()
+                .map(|result| losses(&loaded.directions, &result.values))
+                .collect();
+            Ok(flotilla_tuner::pareto::nondominated(&losses)
+                .into_iter()
+                .map(|index| results[index].clone())
+                .collect())
+        })
+    }
+
+    /// The directions of the study's objectives, one per objective.
+    pub fn directions(&self) -> Result<Vec<Direction>, StudyError> {
+        self.locked(|_, loaded| Ok(loaded.directions.clone()))
     }
 
     /// Every trial so far.
@@ -455,6 +624,15 @@ impl Study {
     }
 }
 
+/// `values` as losses (a maximized objective negated).
+fn losses(directions: &[Direction], values: &[f64]) -> Vec<f64> {
+    values
+        .iter()
+        .zip(directions)
+        .map(|(value, direction)| direction.loss(*value))
+        .collect()
+}
+
 /// The samplers' view of the study.
 fn history(space: &TunerSpace, loaded: &Loaded) -> Vec<Observation> {
     let ordered = |constraints: &BTreeMap<String, f64>| -> Vec<f64> {
@@ -472,15 +650,23 @@ fn history(space: &TunerSpace, loaded: &Loaded) -> Vec<Observation> {
                 None => Outcome::Pending,
                 Some(TellOutcome::Failed) => Outcome::Failed,
                 Some(TellOutcome::Complete { value, constraints }) => Outcome::Complete {
-                    value: loaded.direction.loss(*value),
+                    value: loaded.directions[0].loss(*value),
                     constraints: ordered(constraints),
+                },
+                Some(TellOutcome::Objectives {
+                    values,
+                    constraints,
+                }) => Outcome::Objectives {
+                    values: losses(&loaded.directions, values),
+                    constraints: ordered(constraints),
+                    fidelity: 1.0,
                 },
                 Some(TellOutcome::Pruned {
                     value,
                     constraints,
                     fidelity,
                 }) => Outcome::Partial {
-                    value: loaded.direction.loss(*value),
+                    value: loaded.directions[0].loss(*value),
                     constraints: ordered(constraints),
                     fidelity: *fidelity,
                 },
@@ -514,7 +700,7 @@ fn warm_history(space: &TunerSpace, loaded: &Loaded) -> Result<Vec<Observation>,
 fn history_of(space: &TunerSpace, theirs: &Loaded, ours: &Loaded) -> Vec<Observation> {
     let mut view = Loaded {
         space: theirs.space.clone(),
-        direction: theirs.direction,
+        directions: theirs.directions.clone(),
         sampler: theirs.sampler,
         seed: theirs.seed,
         warm_start: Vec::new(),
@@ -575,6 +761,7 @@ fn load(file: &mut File, path: &Path) -> Result<Loaded, StudyError> {
     let Entry::Create {
         space,
         direction,
+        also,
         sampler,
         seed,
         warm_start,
@@ -587,7 +774,7 @@ fn load(file: &mut File, path: &Path) -> Result<Loaded, StudyError> {
     };
     let mut loaded = Loaded {
         space,
-        direction,
+        directions: std::iter::once(direction).chain(also).collect(),
         sampler,
         seed,
         warm_start,
@@ -618,6 +805,7 @@ fn load(file: &mut File, path: &Path) -> Result<Loaded, StudyError> {
                 trial,
                 state,
                 value,
+                values,
                 constraints,
                 fidelity,
             } => {
@@ -633,6 +821,10 @@ fn load(file: &mut File, path: &Path) -> Result<Loaded, StudyError> {
                     (TellState::Complete, Some(value)) => {
                         TellOutcome::Complete { value, constraints }
                     }
+                    (TellState::Complete, None) if !values.is_empty() => TellOutcome::Objectives {
+                        values,
+                        constraints,
+                    },
                     (TellState::Complete, None) => {
                         return Err(corrupt(
                             index + 1,
@@ -856,6 +1048,93 @@ mod tests {
             ),
             Err(StudyError::WarmStart { .. })
         ));
+    }
+
+    /// Two objectives that conflict (Schaffer's problem: x² and (x − 2)², whose front is
+    /// x ∈ [0, 2]): the study's suggestions concentrate on the front, `front` answers with
+    /// the non-dominated trials, `best` refuses, and tells of the wrong shape are refused.
+    #[test]
+    fn a_multi_objective_study_searches_and_reports_the_front() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mo.study");
+        let space = BTreeMap::from([("x".to_string(), ParamSpec::float(-10.0, 10.0))]);
+        let directions = [Direction::Minimize, Direction::Maximize];
+        let study = Study::create_multi(
+            &path,
+            &space,
+            &directions,
+            AlgorithmName::Bayesian,
+            Some(4),
+            &[],
+        )
+        .expect("created");
+        assert_eq!(study.directions().expect("directions"), directions);
+        let mut on_front = 0;
+        for number in 0..30 {
+            let trial = study.ask().expect("ask");
+            let x = trial.params["x"].as_f64().expect("x");
+            if number >= 10 && (0.0..=2.0).contains(&x) {
+                on_front += 1;
+            }
+            // The second objective is maximized: its negation is (x − 2)².
+            let values = vec![x * x, -(x - 2.0).powi(2)];
+            study
+                .tell(
+                    trial.trial,
+                    TellOutcome::Objectives {
+                        values,
+                        constraints: BTreeMap::new(),
+                    },
+                )
+                .expect("tell");
+        }
+        // Random points would land in [0, 2] one time in ten.
+        assert!(
+            on_front >= 12,
+            "{on_front} of 20 modelled suggestions on the front"
+        );
+        let front = study.front().expect("front");
+        assert!(front.len() >= 5, "{front:?}");
+        // Near the true front: a point just outside [0, 2] is non-dominated among the results
+        // until one closer to its end of the front comes.
+        for trial in &front {
+            let x = trial.params["x"].as_f64().expect("x");
+            assert!((-0.2..=2.2).contains(&x), "{trial:?}");
+        }
+        assert!(matches!(study.best(), Err(StudyError::MultiObjective(2))));
+
+        let trial = study.ask().expect("ask");
+        let one = study.tell(trial.trial, TellOutcome::complete(1.0));
+        assert!(
+            one.expect_err("one value")
+                .to_string()
+                .contains("needs 2 values")
+        );
+        let three = study.tell(
+            trial.trial,
+            TellOutcome::Objectives {
+                values: vec![1.0, 2.0, 3.0],
+                constraints: BTreeMap::new(),
+            },
+        );
+        assert!(
+            three
+                .expect_err("three")
+                .to_string()
+                .contains("was told 3 values")
+        );
+        let pruned = study.tell(
+            trial.trial,
+            TellOutcome::Pruned {
+                value: 1.0,
+                constraints: BTreeMap::new(),
+                fidelity: 0.5,
+            },
+        );
+        assert!(pruned.is_err());
+        // The journal reads back as it was written.
+        let again = Study::open(&path).expect("open");
+        assert_eq!(again.front().expect("front"), front);
     }
 
     #[test]

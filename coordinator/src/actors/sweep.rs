@@ -250,8 +250,13 @@ impl Actor for SweepActor {
             let space = TunerSpace::new(phase.space)?;
             // Each phase draws from its own stream of the sweep's seed.
             let seed = args.record.seed.wrapping_add(index as u64);
-            let sampler =
-                tuning::sampler(phase.algorithm, &space, seed, u64::from(phase.max_trials));
+            let sampler = tuning::sampler(
+                phase.algorithm,
+                &space,
+                seed,
+                u64::from(phase.max_trials),
+                spec.objective.goals().count(),
+            );
             let limit = sampler.capacity().map_or(phase.max_trials, |capacity| {
                 capacity.min(u64::from(phase.max_trials)) as u32
             });
@@ -1536,6 +1541,34 @@ fn outcome(
         (TrialState::Pending | TrialState::Running, _) => Outcome::Pending,
         // Succeeded, or stopped (paused) with its objective so far: both tell the model about
         // the region; one stopped part way is a lower-fidelity result.
+        (TrialState::Succeeded | TrialState::Stopped | TrialState::Paused, Some(objective))
+            if spec.objective.is_multi() =>
+        {
+            // The others from the trial's metrics, unless one is its own sweep's objective.
+            let values =
+                std::iter::once(Some(objective)).chain(spec.objective.also.iter().map(|goal| {
+                    if goal.metric == source.objective.metric {
+                        trial.objective
+                    } else {
+                        trial.metrics.get(&goal.metric).copied()
+                    }
+                }));
+            let fidelity = match trial.state {
+                TrialState::Succeeded => None,
+                _ => fidelity(source, trial, full),
+            };
+            match values.collect::<Option<Vec<f64>>>() {
+                Some(values) => tuning::completed_objectives(
+                    &values,
+                    &spec.objective,
+                    &spec.constraints,
+                    &trial.metrics,
+                    fidelity.unwrap_or(1.0),
+                ),
+                // An objective it never reported: nothing is known of the point.
+                None => Outcome::Stopped,
+            }
+        }
         (TrialState::Succeeded | TrialState::Stopped | TrialState::Paused, Some(objective)) => {
             let outcome = tuning::completed(
                 objective,
@@ -1914,6 +1947,69 @@ metrics = ["loss"]
                 constraints: vec![]
             }
         );
+    }
+
+    /// A multi-objective sweep's sampler learns every objective as a loss (a maximized one
+    /// negated), at the trial's fidelity; a trial missing one of them tells it nothing.
+    #[test]
+    fn multi_objective_trials_become_loss_vectors() {
+        let mut spec = quadratic_spec(10);
+        spec.trial
+            .metrics
+            .extend(["epoch".into(), "throughput".into()]);
+        spec.objective.also.push(flotilla_protocol::spec::Goal {
+            metric: "throughput".into(),
+            direction: Direction::Maximize,
+        });
+        spec.early_stopping = Some(flotilla_protocol::spec::EarlyStopping {
+            rule: StoppingRule::Asha,
+            resource: "epoch".into(),
+            min_resource: 1.0,
+            max_resource: Some(8.0),
+            reduction_factor: 2.0,
+            min_trials: 5,
+            promotion: false,
+        });
+        let trial = |state: TrialState, metrics: &[(&str, f64)]| TrialRecord {
+            state,
+            objective: Some(0.4),
+            metrics: metrics
+                .iter()
+                .map(|(name, value)| (name.to_string(), *value))
+                .collect(),
+            ..TrialRecord::pending(
+                TrialId {
+                    sweep: SweepId(1),
+                    number: 0,
+                },
+                Params::new(),
+                0,
+            )
+        };
+        let full = Some(8.0);
+        let complete = trial(
+            TrialState::Succeeded,
+            &[("throughput", 120.0), ("epoch", 8.0)],
+        );
+        assert_eq!(
+            outcome(&spec, &spec, &complete, full),
+            Outcome::Objectives {
+                values: vec![0.4, -120.0],
+                constraints: vec![],
+                fidelity: 1.0
+            }
+        );
+        let stopped = trial(TrialState::Stopped, &[("throughput", 90.0), ("epoch", 2.0)]);
+        assert_eq!(
+            outcome(&spec, &spec, &stopped, full),
+            Outcome::Objectives {
+                values: vec![0.4, -90.0],
+                constraints: vec![],
+                fidelity: 0.25
+            }
+        );
+        let missing = trial(TrialState::Succeeded, &[("epoch", 8.0)]);
+        assert_eq!(outcome(&spec, &spec, &missing, full), Outcome::Stopped);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Stored records written by protocol 11 to 14 builds, read by this one.
+//! Stored records written by protocol 11 to 15 builds, read by this one.
 //!
 //! Protocol 12 added fields to records the state file and etcd hold: `SweepSpec::serving`,
 //! `ModelVersion::serving`, squared error in the rollout counters (`Arm`), and the gating
@@ -12,7 +12,8 @@
 //! replica holding one slot and no GPU, the default reschedule bound, no agent losses yet).
 //! Protocol 15 added conditions to parameters (`ParamSpec::when`, inside sweep records'
 //! spaces and phases) and `SweepSpec::warm_start`: older sweeps have no conditions and no
-//! warm start. A record that is none of them is corrupt, as before. The next write of a
+//! warm start. Protocol 16 added further objectives (`Objective::also`, inside sweep
+//! records): older sweeps have one objective. A record that is none of them is corrupt, as before. The next write of a
 //! converted record stores the current layout. [`read`] tries a record type's layouts in
 //! order ([`Stored`]).
 
@@ -28,8 +29,8 @@ use flotilla_protocol::models::{
     SemVer,
 };
 use flotilla_protocol::spec::{
-    AlgorithmSpec, Budget, Constraint, EarlyStopping, Objective, ParamKind, ParamSpec, PhaseSpec,
-    Resources, RetryPolicy, ServingSpec, SweepSpec, TrialSpec,
+    AlgorithmSpec, Budget, Constraint, Direction, EarlyStopping, Objective, ParamKind, ParamSpec,
+    PhaseSpec, Resources, RetryPolicy, ServingSpec, SweepSpec, TrialSpec,
 };
 use flotilla_protocol::{AgentId, Epoch, ParamValue, SweepId, TrialId};
 use flotilla_rollout::{Arm, Metric, Pair, Policy, Stage};
@@ -56,7 +57,8 @@ fn older<L: DeserializeOwned + Into<T>, T>(bytes: &[u8]) -> Option<T> {
 
 impl Stored for SweepRecord {
     fn older(bytes: &[u8]) -> Option<Self> {
-        older::<SweepRecordV14, _>(bytes)
+        older::<SweepRecordV15, _>(bytes)
+            .or_else(|| older::<SweepRecordV14, _>(bytes))
             .or_else(|| older::<SweepRecordV12, _>(bytes))
             .or_else(|| older::<SweepRecordV11, _>(bytes))
     }
@@ -64,7 +66,8 @@ impl Stored for SweepRecord {
 
 impl Stored for StateWrite {
     fn older(bytes: &[u8]) -> Option<Self> {
-        older::<StateWriteV14, _>(bytes)
+        older::<StateWriteV15, _>(bytes)
+            .or_else(|| older::<StateWriteV14, _>(bytes))
             .or_else(|| older::<StateWriteV12, _>(bytes))
             .or_else(|| older::<StateWriteV11, _>(bytes))
     }
@@ -85,6 +88,108 @@ impl Stored for ModelVersion {
 impl Stored for RolloutRecord {
     fn older(bytes: &[u8]) -> Option<Self> {
         older::<RolloutRecordV11, _>(bytes)
+    }
+}
+
+/// The objective as protocols 11 to 15 stored it: one metric, no `also`.
+#[derive(Serialize, Deserialize)]
+pub struct ObjectiveV15 {
+    metric: String,
+    direction: Direction,
+}
+
+impl From<ObjectiveV15> for Objective {
+    fn from(old: ObjectiveV15) -> Objective {
+        Objective::new(old.metric, old.direction)
+    }
+}
+
+/// A sweep spec as protocol 15 stored it: a single objective.
+#[derive(Serialize, Deserialize)]
+pub struct SweepSpecV15 {
+    name: String,
+    objective: ObjectiveV15,
+    constraints: Vec<Constraint>,
+    space: BTreeMap<String, ParamSpec>,
+    algorithm: AlgorithmSpec,
+    budget: Budget,
+    trial: TrialSpec,
+    resources: Resources,
+    retries: RetryPolicy,
+    early_stopping: Option<EarlyStopping>,
+    phases: Vec<PhaseSpec>,
+    serving: Option<ServingSpec>,
+    warm_start: Vec<String>,
+}
+
+impl From<SweepSpecV15> for SweepSpec {
+    fn from(old: SweepSpecV15) -> SweepSpec {
+        SweepSpec {
+            name: old.name,
+            objective: old.objective.into(),
+            constraints: old.constraints,
+            space: old.space,
+            algorithm: old.algorithm,
+            budget: old.budget,
+            trial: old.trial,
+            resources: old.resources,
+            retries: old.retries,
+            early_stopping: old.early_stopping,
+            phases: old.phases,
+            serving: old.serving,
+            warm_start: old.warm_start,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SweepRecordV15 {
+    id: SweepId,
+    spec: SweepSpecV15,
+    seed: u64,
+    state: SweepState,
+    created_ms: u64,
+    finished_ms: Option<u64>,
+    message: Option<String>,
+}
+
+impl From<SweepRecordV15> for SweepRecord {
+    fn from(old: SweepRecordV15) -> SweepRecord {
+        SweepRecord {
+            id: old.id,
+            spec: old.spec.into(),
+            seed: old.seed,
+            state: old.state,
+            created_ms: old.created_ms,
+            finished_ms: old.finished_ms,
+            message: old.message,
+        }
+    }
+}
+
+/// A state-file record of version 15 (only sweep records differ).
+#[derive(Serialize, Deserialize)]
+pub enum StateWriteV15 {
+    Sweep(Box<SweepRecordV15>),
+    Trial(Box<TrialRecord>),
+    Epoch(Epoch),
+    Agent(Box<AgentRecord>),
+    Cordon { agent: AgentId, cordoned: bool },
+    Model(Box<ModelVersion>),
+    Rollout(Box<RolloutRecord>),
+}
+
+impl From<StateWriteV15> for StateWrite {
+    fn from(old: StateWriteV15) -> StateWrite {
+        match old {
+            StateWriteV15::Sweep(sweep) => StateWrite::Sweep(Box::new((*sweep).into())),
+            StateWriteV15::Trial(trial) => StateWrite::Trial(trial),
+            StateWriteV15::Epoch(epoch) => StateWrite::Epoch(epoch),
+            StateWriteV15::Agent(agent) => StateWrite::Agent(agent),
+            StateWriteV15::Cordon { agent, cordoned } => StateWrite::Cordon { agent, cordoned },
+            StateWriteV15::Model(model) => StateWrite::Model(model),
+            StateWriteV15::Rollout(rollout) => StateWrite::Rollout(rollout),
+        }
     }
 }
 
@@ -143,7 +248,7 @@ fn phases(old: Vec<PhaseSpecV14>) -> Vec<PhaseSpec> {
 #[derive(Serialize, Deserialize)]
 pub struct SweepSpecV14 {
     name: String,
-    objective: Objective,
+    objective: ObjectiveV15,
     constraints: Vec<Constraint>,
     space: BTreeMap<String, ParamSpecV14>,
     algorithm: AlgorithmSpec,
@@ -160,7 +265,7 @@ impl From<SweepSpecV14> for SweepSpec {
     fn from(old: SweepSpecV14) -> SweepSpec {
         SweepSpec {
             name: old.name,
-            objective: old.objective,
+            objective: old.objective.into(),
             constraints: old.constraints,
             space: space(old.space),
             algorithm: old.algorithm,
@@ -323,7 +428,7 @@ impl From<ServingSpecV12> for ServingSpec {
 #[derive(Serialize, Deserialize)]
 pub struct SweepSpecV12 {
     name: String,
-    objective: Objective,
+    objective: ObjectiveV15,
     constraints: Vec<Constraint>,
     space: BTreeMap<String, ParamSpecV14>,
     algorithm: AlgorithmSpec,
@@ -340,7 +445,7 @@ impl From<SweepSpecV12> for SweepSpec {
     fn from(old: SweepSpecV12) -> SweepSpec {
         SweepSpec {
             name: old.name,
-            objective: old.objective,
+            objective: old.objective.into(),
             constraints: old.constraints,
             space: space(old.space),
             algorithm: old.algorithm,
@@ -438,7 +543,7 @@ impl From<StateWriteV12> for StateWrite {
 #[derive(Serialize, Deserialize)]
 pub struct SweepSpecV11 {
     name: String,
-    objective: Objective,
+    objective: ObjectiveV15,
     constraints: Vec<Constraint>,
     space: BTreeMap<String, ParamSpecV14>,
     algorithm: AlgorithmSpec,
@@ -454,7 +559,7 @@ impl From<SweepSpecV11> for SweepSpec {
     fn from(old: SweepSpecV11) -> SweepSpec {
         SweepSpec {
             name: old.name,
-            objective: old.objective,
+            objective: old.objective.into(),
             constraints: old.constraints,
             space: space(old.space),
             algorithm: old.algorithm,
@@ -699,13 +804,20 @@ mod tests {
             .collect()
     }
 
+    fn old_objective(objective: &Objective) -> ObjectiveV15 {
+        ObjectiveV15 {
+            metric: objective.metric.clone(),
+            direction: objective.direction,
+        }
+    }
+
     fn old_sweep() -> SweepRecordV11 {
         let spec = SweepSpec::example();
         SweepRecordV11 {
             id: SweepId(4),
             spec: SweepSpecV11 {
                 name: spec.name,
-                objective: spec.objective,
+                objective: old_objective(&spec.objective),
                 constraints: spec.constraints,
                 space: old_space(&spec.space),
                 algorithm: spec.algorithm,
@@ -850,7 +962,7 @@ mod tests {
             id: SweepId(9),
             spec: SweepSpecV14 {
                 name: spec.name.clone(),
-                objective: spec.objective.clone(),
+                objective: old_objective(&spec.objective),
                 constraints: spec.constraints.clone(),
                 space: old_space(&spec.space),
                 algorithm: spec.algorithm.clone(),
@@ -892,6 +1004,56 @@ mod tests {
         assert_eq!(read::<SweepRecord>(&current).expect("current"), sweep);
     }
 
+    #[test]
+    fn version_15_sweeps_are_read_with_a_single_objective() {
+        let mut spec = SweepSpec::example();
+        spec.warm_start = vec!["s1".into()];
+        let old = SweepRecordV15 {
+            id: SweepId(12),
+            spec: SweepSpecV15 {
+                name: spec.name.clone(),
+                objective: old_objective(&spec.objective),
+                constraints: spec.constraints.clone(),
+                space: spec.space.clone(),
+                algorithm: spec.algorithm.clone(),
+                budget: spec.budget.clone(),
+                trial: spec.trial.clone(),
+                resources: spec.resources,
+                retries: spec.retries,
+                early_stopping: spec.early_stopping.clone(),
+                phases: Vec::new(),
+                serving: None,
+                warm_start: spec.warm_start.clone(),
+            },
+            seed: 2,
+            state: SweepState::Completed,
+            created_ms: 1_765_000_000_000,
+            finished_ms: Some(1_765_000_100_000),
+            message: None,
+        };
+        let bytes = codec::encode(&old).expect("encode");
+        let sweep = read::<SweepRecord>(&bytes).expect("read");
+        assert_eq!(sweep.spec, spec);
+        assert!(!sweep.spec.objective.is_multi());
+        let write = codec::encode(&StateWriteV15::Sweep(Box::new(old))).expect("encode");
+        match read::<StateWrite>(&write).expect("read") {
+            StateWrite::Sweep(read) => assert_eq!(*read, sweep),
+            _ => panic!("not a sweep"),
+        }
+        // A multi-objective sweep reads as itself.
+        let mut multi = sweep.clone();
+        multi
+            .spec
+            .objective
+            .also
+            .push(flotilla_protocol::spec::Goal {
+                metric: "latency_ms".into(),
+                direction: Direction::Minimize,
+            });
+        let current = codec::encode(&multi).expect("encode");
+        assert_eq!(read::<SweepRecord>(&current).expect("current"), multi);
+    }
+
     fn old_serving() -> ServingSpecV12 {
         ServingSpecV12 {
             command: "python3".into(),
@@ -911,7 +1073,7 @@ mod tests {
             id: SweepId(9),
             spec: SweepSpecV12 {
                 name: spec.name,
-                objective: spec.objective,
+                objective: old_objective(&spec.objective),
                 constraints: spec.constraints,
                 space: old_space(&spec.space),
                 algorithm: spec.algorithm,
