@@ -304,3 +304,87 @@ fn pruned_trials_and_warm_starts_from_the_shell() {
     ));
     assert!(message.contains("other direction"), "{message}");
 }
+
+/// Asks once and returns the trial number (as text, for `tell`) and its parameters.
+fn ask(db: &str) -> (String, Value) {
+    let asked: Value = serde_json::from_str(&ok(&["study", "ask", "--db", db])).expect("json");
+    let trial = asked["trial"].as_u64().expect("trial number").to_string();
+    (trial, asked["params"].clone())
+}
+
+/// `study tell` with one `--value` per entry of `values`.
+fn tell_values(db: &str, trial: &str, values: &[f64]) -> Vec<String> {
+    let mut args: Vec<String> = ["study", "tell", "--db", db, "--trial", trial]
+        .map(String::from)
+        .to_vec();
+    for value in values {
+        args.extend(["--value".to_string(), value.to_string()]);
+    }
+    args
+}
+
+/// Two objectives from the shell: `--direction` per objective, `--value` per objective, and
+/// `best` prints the Pareto front, one JSON line per trial; a tell with the wrong number of
+/// values is refused and names the count.
+#[test]
+fn a_multi_objective_study_from_the_shell() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let space = write_space(dir.path());
+    let db = dir.path().join("two.study").display().to_string();
+    ok(&create(
+        &db,
+        &space,
+        "minimize",
+        &["--direction", "maximize", "--seed", "3"],
+    ));
+    let objectives = |params: &Value| {
+        let (x, y) = (
+            params["x"].as_f64().expect("x"),
+            params["y"].as_f64().expect("y"),
+        );
+        // Branin against closeness to (10, 15): the corner Branin does not favour.
+        (branin(x, y), -((x - 10.0).powi(2) + (y - 15.0).powi(2)))
+    };
+    let mut told = Vec::new();
+    for _ in 0..20 {
+        let (trial, params) = ask(&db);
+        let (first, second) = objectives(&params);
+        let args = tell_values(&db, &trial, &[first, second]);
+        ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        told.push((first, second));
+    }
+    let (trial, _) = ask(&db);
+    let args = tell_values(&db, &trial, &[1.0]);
+    let refused = error(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(refused.contains("needs 2 values"), "{refused}");
+
+    let front: Vec<Value> = ok(&["study", "best", "--db", &db])
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert!(!front.is_empty());
+    for trial in &front {
+        let values = trial["values"].as_array().expect("values");
+        let (first, second) = (
+            values[0].as_f64().expect("first"),
+            values[1].as_f64().expect("second"),
+        );
+        // Nothing told beats a front trial in both objectives (the second is maximized).
+        assert!(
+            !told
+                .iter()
+                .any(|(a, b)| (*a <= first && *b >= second) && (*a < first || *b > second)),
+            "{trial} is dominated: {told:?}"
+        );
+    }
+    // The front holds every non-dominated result told.
+    let nondominated = told
+        .iter()
+        .filter(|(first, second)| {
+            !told
+                .iter()
+                .any(|(a, b)| (a <= first && b >= second) && (a < first || b > second))
+        })
+        .count();
+    assert_eq!(front.len(), nondominated);
+}
