@@ -1262,15 +1262,15 @@ async fn sweep(command: SweepCommand) -> anyhow::Result<()> {
             connection,
         } => {
             let client = connection.connect("client").await?;
-            let summary = client.status(id).await?;
+            let detail = client.detail(id).await?;
             let trials = client.trials(id).await?;
             client.close().await;
             match out {
                 Some(path) => {
-                    report::write_results_without_spec(&path, &summary, &trials)?;
+                    report::write_results(&path, &detail.summary, &detail.spec, &trials)?;
                     println!("results: {}", path.display());
                 }
-                None => report::print_leaderboard(&summary, &trials, usize::MAX),
+                None => report::print_leaderboard(&detail.summary, &trials, usize::MAX),
             }
         }
     }

@@ -451,7 +451,7 @@ pub fn trial_json(trial: &TrialRecord) -> Value {
     })
 }
 
-fn results_json(summary: &SweepSummary, spec: Option<&SweepSpec>, trials: &[TrialRecord]) -> Value {
+fn results_json(summary: &SweepSummary, spec: &SweepSpec, trials: &[TrialRecord]) -> Value {
     json!({
         "sweep": {
             "id": summary.id.to_string(),
@@ -459,8 +459,8 @@ fn results_json(summary: &SweepSummary, spec: Option<&SweepSpec>, trials: &[Tria
             "state": format!("{:?}", summary.state),
             "message": summary.message,
             "objective": { "metric": summary.objective_metric, "direction": summary.direction },
-            "constraints": spec.map(|spec| spec.constraints.iter().map(ToString::to_string).collect::<Vec<_>>()),
-            "warm_start": spec.map(|spec| spec.warm_start.clone()),
+            "constraints": spec.constraints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "warm_start": spec.warm_start,
             "counts": {
                 "succeeded": summary.counts.succeeded,
                 "failed": summary.counts.failed,
@@ -472,8 +472,8 @@ fn results_json(summary: &SweepSummary, spec: Option<&SweepSpec>, trials: &[Tria
             "created_ms": summary.created_ms,
             "finished_ms": summary.finished_ms,
             "best_trial": summary.best.as_ref().map(|best| best.id.to_string()),
-            "also": spec.map(|spec| spec.objective.also.clone()),
-            "front": spec.filter(|spec| spec.objective.is_multi()).map(|spec| {
+            "also": spec.objective.also,
+            "front": spec.objective.is_multi().then(|| {
                 spec.objective.front(trials).iter().map(|trial| trial.id.to_string()).collect::<Vec<_>>()
             }),
         },
@@ -498,15 +498,7 @@ pub fn write_results(
     spec: &SweepSpec,
     trials: &[TrialRecord],
 ) -> anyhow::Result<()> {
-    write_json(path, &results_json(summary, Some(spec), trials))
-}
-
-pub fn write_results_without_spec(
-    path: &Path,
-    summary: &SweepSummary,
-    trials: &[TrialRecord],
-) -> anyhow::Result<()> {
-    write_json(path, &results_json(summary, None, trials))
+    write_json(path, &results_json(summary, spec, trials))
 }
 
 fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {

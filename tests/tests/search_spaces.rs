@@ -151,3 +151,114 @@ fn conditional_parameters_reach_trials_only_where_they_apply_and_warm_starts_res
         "{stderr}"
     );
 }
+
+/// Two objectives that pull apart: the loss wants `x` near 0.7, the latency wants it small.
+const TRADE_OFF: &str = r#"
+import json, os
+x = json.loads(os.environ["FLOTILLA_PARAMS"])["x"]
+print("@flotilla step=0 loss=%r latency_ms=%r" % ((x - 0.7) ** 2, 1 + 10 * x), flush=True)
+"#;
+
+/// A multi-objective sweep through the whole system: its trials report both metrics, `sweep
+/// best` answers with the Pareto front (every member non-dominated among the results, all in
+/// the trade-off region x ≤ 0.7), and the report lists and draws the front.
+#[test]
+fn a_multi_objective_sweep_answers_best_with_its_pareto_front() {
+    let mut cluster = Cluster::new(1, 1, Duration::from_secs(2));
+    cluster.start_coordinator(0);
+    cluster.wait_for_leader(0, Duration::from_secs(30));
+    cluster.start_agent("a", 2);
+    cluster.wait_for_agents(1, Duration::from_secs(30));
+    let path = cluster.path("trade-off.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "trade-off"
+
+[objective]
+metric = "loss"
+direction = "minimize"
+
+[[objective.also]]
+metric = "latency_ms"
+direction = "minimize"
+
+[space.x]
+type = "float"
+low = 0.0
+high = 1.0
+
+[algorithm]
+name = "bayesian"
+seed = 5
+initial_trials = 4
+
+[budget]
+max_trials = 12
+max_parallel = 2
+
+[trial]
+command = "python3"
+args = ["-c", '''{TRADE_OFF}''']
+metrics = ["loss", "latency_ms"]
+timeout = "1m"
+"#
+        ),
+    )
+    .expect("write the sweep file");
+    let sweep = cluster.submit(&path);
+    let results = cluster.wait_completed(&sweep, Duration::from_secs(180));
+    let points: Vec<(f64, f64)> = results["trials"]
+        .as_array()
+        .expect("trials")
+        .iter()
+        .map(|trial| {
+            assert_eq!(trial["state"], "succeeded", "{trial}");
+            (
+                trial["metrics"]["loss"].as_f64().expect("loss"),
+                trial["metrics"]["latency_ms"].as_f64().expect("latency"),
+            )
+        })
+        .collect();
+    let dominated = |(loss, latency): (f64, f64)| {
+        points
+            .iter()
+            .any(|(l, t)| *l <= loss && *t <= latency && (*l < loss || *t < latency))
+    };
+
+    let best: serde_json::Value =
+        serde_json::from_str(&cluster.flotilla_ok(&["sweep", "best", &sweep, "--json"]))
+            .expect("JSON");
+    let front = best.as_array().expect("the front, an array");
+    let expected = points.iter().filter(|point| !dominated(**point)).count();
+    assert_eq!(front.len(), expected, "{best}");
+    for trial in front {
+        let x = trial["params"]["x"].as_f64().expect("x");
+        assert!(x <= 0.7 + 1e-9, "{trial}");
+    }
+    let ids: Vec<&str> = front
+        .iter()
+        .map(|trial| trial["id"].as_str().expect("id"))
+        .collect();
+    let listed: Vec<&str> = results["sweep"]["front"]
+        .as_array()
+        .expect("the results name the front")
+        .iter()
+        .map(|id| id.as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, listed);
+
+    let text = cluster.flotilla_ok(&["sweep", "best", &sweep]);
+    assert!(text.contains("latency_ms (min)"), "{text}");
+    let report = cluster.path("trade-off.html");
+    cluster.flotilla_ok(&[
+        "sweep",
+        "report",
+        &sweep,
+        "--out",
+        report.to_str().expect("UTF-8"),
+    ]);
+    let html = std::fs::read_to_string(&report).expect("the report");
+    assert!(html.contains("data-plot=\"front\""));
+    assert_eq!(html.matches("data-front=\"true\"").count(), expected);
+}
