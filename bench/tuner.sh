@@ -6,6 +6,8 @@
 #   EVALS=50 SEEDS=3 bench/tuner.sh        # quicker
 #   PARTS=latency SIZES=1000 OPTUNA_SIZES=1000 REPEATS=5 bench/tuner.sh   # latency only
 #   PARTS=pareto bench/tuner.sh            # multi-objective: hypervolume on two- and three-objective problems
+#   PARTS=curves bench/tuner.sh            # multi-fidelity: ASHA/Hyperband against Optuna's pruners
+#                                          # (WORKERS=4 HORIZON=400 CURVE_SEEDS=10 GP_SEEDS=3)
 #
 # Optuna (with the torch, scipy and greenlet its GPSampler uses) comes from PyPI into a virtual
 # environment outside the clone ($FLOTILLA_BENCH_VENV, default ~/.cache/flotilla-bench-venv).
@@ -37,6 +39,10 @@ BIN="$CARGO_TARGET_DIR/release/examples/tuner_bench"
   if [[ ",$PARTS," == *,pareto,* ]]; then
     "$BIN" pareto "$EVALS" "$SEEDS"
     "$VENV/bin/python" bench/tuner_optuna.py pareto "$EVALS" "$SEEDS"
+  fi
+  if [[ ",$PARTS," == *,curves,* ]]; then
+    "$BIN" curves "${WORKERS:-4}" "${HORIZON:-400}" "${CURVE_SEEDS:-10}"
+    "$VENV/bin/python" bench/tuner_optuna.py curves "${WORKERS:-4}" "${HORIZON:-400}" "${CURVE_SEEDS:-10}" "${GP_SEEDS:-3}"
   fi
   if [[ ",$PARTS," == *,latency,* ]]; then
     "$BIN" latency "$SIZES" "$REPEATS"

@@ -2,6 +2,8 @@
 
     python bench/tuner_optuna.py regret EVALS SEEDS      # JSON lines, one per (sampler, function, seed)
     python bench/tuner_optuna.py latency SIZES REPEATS   # JSON lines, GPSampler suggestion latency
+    python bench/tuner_optuna.py pareto EVALS SEEDS      # multi-objective: hypervolume gap per run
+    python bench/tuner_optuna.py curves WORKERS TIME SEEDS [GP_SEEDS]   # pruners on the learning-curve surrogate
     python bench/tuner_optuna.py summarize FILE          # the tables in docs/benchmarks.md
 
 The test functions are the same as tuner/examples/tuner_bench.rs, defined twice on purpose
@@ -202,6 +204,89 @@ def pareto(evals, seeds, samplers):
                                   "evals": evals, "seconds": seconds}), flush=True)
 
 
+H3_A = [[3.0, 10.0, 30.0], [0.1, 10.0, 35.0], [3.0, 10.0, 30.0], [0.1, 10.0, 35.0]]
+H3_P = [[0.3689, 0.1170, 0.2673], [0.4699, 0.4387, 0.7470], [0.1091, 0.8732, 0.5547], [0.0381, 0.5743, 0.8828]]
+CURVE_EPOCHS = 27
+
+
+def hartmann3(x):
+    return -sum(ALPHA[i] * math.exp(-sum(H3_A[i][j] * (x[j] - H3_P[i][j]) ** 2 for j in range(3))) for i in range(4))
+
+
+def curve_loss(x, epoch):
+    """The learning-curve surrogate of tuner_bench.rs (curve_loss): Hartmann-3's final loss,
+    reached along a power law whose rate grows with x0 (the best region learns slowly) and
+    whose amplitude grows with the nuisance x3."""
+    final = hartmann3(x) + 3.86278
+    rate = 0.3 + 1.2 * x[0]
+    amplitude = 1.0 + 2.0 * x[3]
+    return final + amplitude * (epoch ** -rate - CURVE_EPOCHS ** -rate)
+
+
+def curve_run(sampler, pruner, workers, horizon, seed, target):
+    """Simulated asynchronous workers as in tuner_bench.rs (curve_run): each time unit every
+    worker trains its trial one epoch, reports the noisy loss, and Optuna's pruner decides;
+    a free worker asks for a new trial. Returns (time to a best final loss <= target or None,
+    best final loss at the horizon)."""
+    study = optuna.create_study(sampler=sampler, pruner=pruner, direction="minimize")
+    rng = np.random.default_rng(7000 + seed)
+    running = [None] * workers
+    best_final, reached = math.inf, None
+    for now in range(horizon):
+        for w in range(workers):
+            if running[w] is None:
+                trial = study.ask()
+                x = [trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(4)]
+                running[w] = [trial, x, 0]
+            trial, x, done = running[w]
+            done += 1
+            running[w][2] = done
+            observed = curve_loss(x, done) + 0.01 * rng.standard_normal()
+            if done == CURVE_EPOCHS:
+                best_final = min(best_final, curve_loss(x, CURVE_EPOCHS))
+                study.tell(trial, observed)
+                running[w] = None
+                continue
+            trial.report(observed, done)
+            if pruner is not None and trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                running[w] = None
+        if reached is None and best_final <= target:
+            reached = now + 1
+    return reached, best_final
+
+
+def curves(workers, horizon, seeds, gp_seeds):
+    target = 0.05
+    methods = [
+        ("asha+random", lambda s: optuna.samplers.RandomSampler(seed=s),
+         lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3), seeds),
+        ("asha+tpe", lambda s: optuna.samplers.TPESampler(multivariate=True, seed=s),
+         lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3), seeds),
+        ("hyperband+tpe", lambda s: optuna.samplers.TPESampler(multivariate=True, seed=s),
+         lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=CURVE_EPOCHS, reduction_factor=3), seeds),
+        ("tpe, no pruning", lambda s: optuna.samplers.TPESampler(multivariate=True, seed=s), lambda: None, seeds),
+        ("asha+gp", lambda s: optuna.samplers.GPSampler(seed=s),
+         lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3), gp_seeds),
+    ]
+    for name, sampler, pruner, count in methods:
+        if count == 0:
+            continue
+        times, finals = [], []
+        started = time.perf_counter()
+        for seed in range(count):
+            reached, best = curve_run(sampler(seed), pruner(), workers, horizon, seed, target)
+            times.append(math.inf if reached is None else reached)
+            finals.append(best)
+        times.sort()
+        finals.sort()
+        print(json.dumps({"side": "optuna", "part": "curves", "method": name, "workers": workers, "time": horizon,
+                          "seeds": count, "target": target, "reached": sum(t != math.inf for t in times),
+                          "median_time_to_target": None if times[count // 2] == math.inf else times[count // 2],
+                          "median_best_final": finals[count // 2],
+                          "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+
+
 def latency(sizes, repeats):
     fname, bounds, _, _, f = FUNCTIONS[1]
     distributions = {f"x{i}": optuna.distributions.FloatDistribution(lo, hi) for i, (lo, hi) in enumerate(bounds)}
@@ -245,6 +330,15 @@ def summarize(path):
             cells = [f"{med[k]:.3g}" if med[k] is not None else "-" for k in samplers]
             ratio = lambda a, b: f"{a / b:.2f}" if a is not None and b not in (None, 0) else "-"
             print(f"| {fn} | " + " | ".join(cells) + f" | {ratio(med[samplers[0]], med[samplers[3]])} | {ratio(med[samplers[0]], med[samplers[4]])} |")
+    curve_rows = [r for r in rows if r.get("part") == "curves"]
+    if curve_rows:
+        print("\nLearning-curve surrogate: time to a best final loss <= target, best final loss at the horizon\n")
+        print("| side | method | workers | seeds | reached | median time to target | median best final |")
+        print("|---|---|---|---|---|---|---|")
+        for r in curve_rows:
+            t = r["median_time_to_target"]
+            print(f"| {r['side']} | {r['method']} | {r['workers']} | {r['seeds']} | {r['reached']} / {r['seeds']} "
+                  f"| {'-' if t is None else t} | {r['median_best_final']:.2g} |")
     fronts = [r for r in rows if "problem" in r]
     if fronts:
         summarize_pareto(fronts)
@@ -294,5 +388,8 @@ if __name__ == "__main__":
         pareto(int(sys.argv[2]), int(sys.argv[3]), samplers)
     elif mode == "latency":
         latency([int(s) for s in sys.argv[2].split(",")], int(sys.argv[3]))
+    elif mode == "curves":
+        seeds = int(sys.argv[4])
+        curves(int(sys.argv[2]), int(sys.argv[3]), seeds, int(sys.argv[5]) if len(sys.argv) > 5 else seeds)
     else:
         summarize(sys.argv[2])

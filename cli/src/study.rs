@@ -154,32 +154,33 @@ pub fn run(command: StudyCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|text| parse_constraint(text))
                     .collect::<anyhow::Result<_>>()?;
-                let value = match values[..] {
-                    [] => bail!("--value is required unless --state failed"),
-                    [value] => value,
-                    _ if state == "complete" && fidelity.is_none() => {
-                        return Ok(Study::open(&db)?.tell(
-                            trial,
-                            TellOutcome::Objectives {
-                                values,
-                                constraints,
-                            },
-                        )?);
+                match (state.as_str(), &values[..], fidelity) {
+                    (_, [], _) => bail!("--value is required unless --state failed"),
+                    (_, _, Some(_)) if state != "pruned" => {
+                        bail!("--fidelity applies to --state pruned only")
                     }
-                    _ => bail!("several --value apply to --state complete only"),
-                };
-                match (state.as_str(), fidelity) {
-                    ("pruned", Some(fidelity)) => TellOutcome::Pruned {
-                        value,
+                    ("pruned", [value], Some(fidelity)) => TellOutcome::Pruned {
+                        value: *value,
                         constraints,
                         fidelity,
                     },
-                    ("pruned", None) => bail!(
+                    ("pruned", [_], None) => bail!(
                         "--fidelity is required with --state pruned (the share of a complete \
                          trial's resource the trial had spent, in (0, 1])"
                     ),
-                    (_, Some(_)) => bail!("--fidelity applies to --state pruned only"),
-                    _ => TellOutcome::Complete { value, constraints },
+                    ("pruned", _, _) => bail!(
+                        "--state pruned takes one --value (pruning applies to single-objective \
+                         studies)"
+                    ),
+                    (_, [value], _) => TellOutcome::Complete {
+                        value: *value,
+                        constraints,
+                    },
+                    // One value per objective of a multi-objective study.
+                    _ => TellOutcome::Objectives {
+                        values,
+                        constraints,
+                    },
                 }
             };
             Study::open(&db)?.tell(trial, outcome)?;

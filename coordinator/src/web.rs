@@ -4,9 +4,11 @@
 //! outside at run time). The page polls a small JSON API that reads the leader's actors:
 //!
 //! - `GET /api/sweeps`: every sweep's summary.
-//! - `GET /api/sweeps/{id}`: the summary and every trial (parameters as text and as numbers).
-//! - `GET /api/sweeps/{id}/plots/{history|parallel|importance|curves}.svg`: the report's
-//!   plots, drawn by `flotilla-report` exactly as in `flotilla sweep report`.
+//! - `GET /api/sweeps/{id}`: the summary, every trial (parameters as text and as numbers) and
+//!   the ids of the sweep's plots.
+//! - `GET /api/sweeps/{id}/plots/{history|parallel|importance|curves|front}.svg`: the
+//!   report's plots, drawn by `flotilla-report` exactly as in `flotilla sweep report` (`front`
+//!   for a multi-objective sweep only).
 //! - `GET /api/agents`: the agents and their slots.
 //!
 //! A follower answers the API with 503 and the leader's QUIC address. Nothing here changes
@@ -182,10 +184,19 @@ async fn sweep(
     let context = leading(&standing)?;
     let actor = sweep_actor(&context, parse_id(&id)?).await?;
     let summary = ask(&actor, SweepMsg::Summary).await.map_err(unavailable)?;
+    let objective = ask(&actor, SweepMsg::Objective)
+        .await
+        .map_err(unavailable)?;
     let trials = ask(&actor, SweepMsg::Trials).await.map_err(unavailable)?;
+    // The front is drawn for a multi-objective sweep only.
+    let plots: Vec<&str> = flotilla_report::PLOTS
+        .into_iter()
+        .filter(|plot| *plot != "front" || objective.is_multi())
+        .collect();
     Ok(Json(json!({
         "summary": summary_json(&summary),
         "trials": trials.iter().map(trial_json).collect::<Vec<_>>(),
+        "plots": plots,
     })))
 }
 

@@ -47,10 +47,7 @@ fn spec() -> SweepSpec {
         objective: Objective {
             metric: "loss".into(),
             direction: Direction::Minimize,
-            also: vec![Goal {
-                metric: "latency_ms".into(),
-                direction: Direction::Minimize,
-            }],
+            also: Vec::new(),
         },
         constraints: vec![Constraint {
             metric: "loss".into(),
@@ -811,6 +808,20 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             "SweepSpec with [serving] (protocol 12)",
             encode(&SweepSpec {
                 serving: Some(serving()),
+                ..spec()
+            }),
+        ),
+        (
+            "SweepSpec with two objectives (protocol 16)",
+            encode(&SweepSpec {
+                objective: Objective {
+                    metric: "loss".into(),
+                    direction: Direction::Minimize,
+                    also: vec![Goal {
+                        metric: "latency_ms".into(),
+                        direction: Direction::Maximize,
+                    }],
+                },
                 ..spec()
             }),
         ),

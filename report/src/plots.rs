@@ -214,8 +214,8 @@ pub fn optimization_history(metric: &str, direction: Direction, trials: &[TrialR
 }
 
 /// A multi-objective sweep's trade-off: every succeeded trial by its first two objectives,
-/// the Pareto front (over all objectives) filled and joined by its staircase in the first two,
-/// the rest hollow (grey where infeasible). `None` for a single-objective sweep.
+/// the Pareto front (over all objectives) filled (and, with two objectives, joined by its
+/// staircase), the rest hollow (grey where infeasible). `None` for a single-objective sweep.
 pub fn pareto_front(spec: &SweepSpec, trials: &[TrialRecord]) -> Option<Plot> {
     let objective = &spec.objective;
     let mut goals = objective.goals();
@@ -267,7 +267,8 @@ pub fn pareto_front(spec: &SweepSpec, trials: &[TrialRecord]) -> Option<Plot> {
         }
         path.push(format!("{:.1},{:.1}", x.at(*px), y.at(*py)));
     }
-    if path.len() > 1 {
+    // With more objectives the front, projected on two of them, is no staircase.
+    if path.len() > 1 && objective.also.len() == 1 {
         svg.push_str(&format!(
             "<polyline class=\"front\" fill=\"none\" stroke=\"#e8710a\" stroke-width=\"2\" points=\"{}\"/>",
             path.join(" ")

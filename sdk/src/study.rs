@@ -246,8 +246,8 @@ impl Study {
     /// [`Study::create`], seeded with the told trials of the studies at `warm_start` (a
     /// warm start): at every `ask` their trials whose parameters lie in this space (by name;
     /// others are left out) join the history as results already in, and count towards a
-    /// model-based sampler's initial design. They must optimize in the same direction;
-    /// constraints are matched by name.
+    /// model-based sampler's initial design. They must optimize in the same direction (a
+    /// multi-objective study: the same directions, in order); constraints are matched by name.
     pub fn create_warm(
         path: impl AsRef<Path>,
         space: &BTreeMap<String, ParamSpec>,
@@ -407,6 +407,17 @@ impl Study {
                 return Err(problem("was already told"));
             }
             let objectives = loaded.directions.len();
+            // One value for a single-objective study is a plain complete result.
+            let outcome = match outcome {
+                TellOutcome::Objectives {
+                    values,
+                    constraints,
+                } if objectives == 1 && values.len() == 1 => TellOutcome::Complete {
+                    value: values[0],
+                    constraints,
+                },
+                other => other,
+            };
             match &outcome {
                 TellOutcome::Complete { .. } | TellOutcome::Pruned { .. } if objectives > 1 => {
                     return Err(problem(&format!(
@@ -1131,7 +1142,12 @@ mod tests {
                 fidelity: 0.5,
             },
         );
-        assert!(pruned.is_err());
+        assert!(
+            pruned
+                .expect_err("pruned")
+                .to_string()
+                .contains("needs 2 values")
+        );
         // The journal reads back as it was written.
         let again = Study::open(&path).expect("open");
         assert_eq!(again.front().expect("front"), front);

@@ -11,7 +11,9 @@
 //! suggestions, which measured a little better than independent draws on every problem of
 //! the benchmark), normalize each objective
 //! so that the current front spans [0, 1] in it (from its best value to its worst there, the
-//! front's ideal and nadir points; results beyond the nadir lie above 1), and hand the
+//! front's ideal and nadir points; results beyond the nadir lie above 1; the front is that of
+//! the feasible complete results while there are any, and an objective in which the front
+//! has no extent is scaled by every result's), and hand the
 //! wrapped sampler the augmented Chebyshev scalarization
 //!
 //! ```text
@@ -163,31 +165,52 @@ impl ParEgo {
     /// multi-objective result replaced by its scalarization under this suggestion's weights
     /// (complete at fidelity 1, partial below); everything else as it was.
     pub fn scalarized(&self, trial_number: u32, history: &[Observation]) -> Vec<Observation> {
-        let results: Vec<&[f64]> = history
+        // (values, feasible and complete) of each usable result.
+        let results: Vec<(&[f64], bool)> = history
             .iter()
             .filter_map(|observation| match &observation.outcome {
-                Outcome::Objectives { values, .. }
-                    if values.iter().all(|value| value.is_finite()) =>
-                {
-                    Some(values.as_slice())
-                }
+                Outcome::Objectives {
+                    values,
+                    constraints,
+                    fidelity,
+                } if values.iter().all(|value| value.is_finite()) => Some((
+                    values.as_slice(),
+                    *fidelity >= 1.0 && constraints.iter().all(|c| *c <= 0.0),
+                )),
                 _ => None,
             })
             .collect();
-        let objectives = results.first().map_or(0, |values| values.len());
-        let owned: Vec<Vec<f64>> = results.iter().map(|values| values.to_vec()).collect();
-        let front: Vec<&[f64]> = nondominated(&owned)
-            .into_iter()
-            .map(|index| results[index])
+        let objectives = results.first().map_or(0, |(values, _)| values.len());
+        // The front of the feasible complete results (of every result while there are none):
+        // what a result's place is measured against.
+        let feasible: Vec<Vec<f64>> = results
+            .iter()
+            .filter(|(_, feasible)| *feasible)
+            .map(|(values, _)| values.to_vec())
             .collect();
+        let all: Vec<Vec<f64>> = results.iter().map(|(values, _)| values.to_vec()).collect();
+        let pool = if feasible.is_empty() { &all } else { &feasible };
+        let front: Vec<&Vec<f64>> = nondominated(pool).into_iter().map(|i| &pool[i]).collect();
+        let span = |values: &mut dyn Iterator<Item = f64>| {
+            values.fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), value| {
+                (low.min(value), high.max(value))
+            })
+        };
+        // Each objective's scale: the front's extent in it, or (a front of one point, or of
+        // points equal in it) the extent of every result, or 1.
         let (low, high): (Vec<f64>, Vec<f64>) = (0..objectives)
             .map(|i| {
-                front
-                    .iter()
-                    .filter_map(|values| values.get(i))
-                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), value| {
-                        (low.min(*value), high.max(*value))
-                    })
+                let (low, high) =
+                    span(&mut front.iter().filter_map(|values| values.get(i).copied()));
+                if high > low {
+                    return (low, high);
+                }
+                let (_, wide) = span(&mut all.iter().filter_map(|values| values.get(i).copied()));
+                if wide > low {
+                    (low, wide)
+                } else {
+                    (low, low + 1.0)
+                }
             })
             .unzip();
         let weights = self.weights(trial_number, objectives);
@@ -199,15 +222,7 @@ impl ParEgo {
                 .iter()
                 .zip(&weights)
                 .zip(low.iter().zip(&high))
-                .map(|((value, weight), (low, high))| {
-                    let range = high - low;
-                    let unit = if range > 0.0 {
-                        (value - low) / range
-                    } else {
-                        0.0
-                    };
-                    weight * unit
-                })
+                .map(|((value, weight), (low, high))| weight * (value - low) / (high - low))
                 .collect();
             terms.iter().copied().fold(f64::NEG_INFINITY, f64::max)
                 + RHO * terms.iter().sum::<f64>()
@@ -361,6 +376,36 @@ mod tests {
         assert!(a.iter().all(|w| *w >= 0.0));
         assert_eq!(a, parego.weights(4, 3));
         assert_ne!(a, parego.weights(5, 3));
+    }
+
+    /// A front of one feasible point (the infeasible result that beats it does not count)
+    /// still leaves the results it dominates worse than it, not tied at zero.
+    #[test]
+    fn a_front_of_one_point_is_scaled_by_every_result() {
+        let parego = ParEgo::new(Box::new(RandomSampler::new(space(), 1)), 2);
+        let infeasible = Observation {
+            point: vec![Value::Float(0.9)],
+            outcome: Outcome::Objectives {
+                values: vec![0.0, 0.0],
+                constraints: vec![1.0],
+                fidelity: 1.0,
+            },
+        };
+        let history = vec![
+            result(0.1, vec![1.0, 1.0], 1.0),
+            result(0.2, vec![2.0, 3.0], 1.0),
+            result(0.3, vec![3.0, 2.0], 1.0),
+            infeasible,
+        ];
+        for trial in 0..8 {
+            let scalar = parego.scalarized(trial, &history);
+            let value = |i: usize| match &scalar[i].outcome {
+                Outcome::Complete { value, .. } => *value,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(value(0), 0.0);
+            assert!(value(1) > 0.0 && value(2) > 0.0, "trial {trial}");
+        }
     }
 
     #[test]

@@ -40,7 +40,7 @@ use flotilla_protocol::messages::{
     PhaseSummary, StartTrial, StopReason, SweepDetail, SweepEvent, SweepState, SweepSummary,
     TrialCounts, TrialOutcome, TrialRecord, TrialState,
 };
-use flotilla_protocol::spec::{Direction, StoppingRule, SweepSpec, TrialSpec};
+use flotilla_protocol::spec::{Direction, Objective, StoppingRule, SweepSpec, TrialSpec};
 use flotilla_protocol::trainers::BUDGET_HYPERPARAMETER;
 use flotilla_protocol::tuning::{self, TunerSpace};
 use flotilla_protocol::{AgentId, AttemptId, SweepId, TrialId};
@@ -103,6 +103,8 @@ pub enum SweepMsg {
     Trials(RpcReplyPort<Vec<TrialRecord>>),
     /// Summary, spec and learning curves, for reports and the web view.
     Detail(RpcReplyPort<SweepDetail>),
+    /// The sweep's objectives (the web view draws a front for several).
+    Objective(RpcReplyPort<Objective>),
     Watch(mpsc::UnboundedSender<(u64, SweepEvent)>),
     /// A watcher resuming after event `from`: it is sent each trial whose stored state is
     /// newer (its current state as one event, in sequence order), then live events.
@@ -395,6 +397,9 @@ impl Actor for SweepActor {
             }
             SweepMsg::Trials(reply) => {
                 let _ = reply.send(state.trials.clone());
+            }
+            SweepMsg::Objective(reply) => {
+                let _ = reply.send(state.record.spec.objective.clone());
             }
             SweepMsg::Detail(reply) => {
                 let metric = &state.record.spec.objective.metric;
@@ -1162,10 +1167,14 @@ impl SweepActorState {
                 trial.feasible = spec.is_feasible(&final_metrics);
                 trial.metrics = final_metrics;
                 trial.duration_ms = Some(duration_ms);
-                trial.message = trial
+                // The first objective it never reported (a multi-objective sweep's sampler and
+                // front leave such a trial out).
+                trial.message = spec
                     .objective
-                    .is_none()
-                    .then(|| format!("the trial never reported '{}'", spec.objective.metric));
+                    .goals()
+                    .map(|(metric, _)| metric)
+                    .find(|metric| !trial.metrics.contains_key(*metric))
+                    .map(|metric| format!("the trial never reported '{metric}'"));
                 let (objective, reached) = (trial.objective, trial.rungs.len());
                 let direction = spec.objective.direction;
                 let rung_count = self.promotion().map(|asha| asha.rungs().len());

@@ -233,7 +233,7 @@ async function renderSweep(id) {
       (best ? `Best ${summary.objective}: ${number(best.objective)} (${best.id}).` : "No feasible result yet.")),
     summary.phases.length > 1 ? el("p", {}, "Phases: " + summary.phases.map((phase) =>
       `${phase.name} ${phase.trials}/${phase.max_trials}${phase.winner !== null ? ` (winner t${phase.winner})` : ""}`).join(" · ")) : null,
-    el("div", { class: "plots" }, ["history", "parallel", "importance", "curves"].map((plot) => {
+    el("div", { class: "plots" }, detail.plots.map((plot) => {
       const img = el("img", { class: "plot", "data-plot": plot, alt: plot });
       loadPlot(img, `/api/sweeps/${summary.id}/plots/${plot}.svg?t=${stamp}`);
       return img;
