@@ -434,50 +434,52 @@ impl Study {
                 }
                 _ => {}
             }
-            let entry = match outcome {
-                TellOutcome::Complete { value, constraints } => {
-                    if !value.is_finite() {
-                        return Err(problem(&format!(
-                            "value {value} is not a finite number (tell it as failed instead)"
-                        )));
-                    }
-                    if let Some((name, bad)) = constraints.iter().find(|(_, v)| !v.is_finite()) {
-                        return Err(problem(&format!(
-                            "constraint {name}={bad} is not a finite number"
-                        )));
-                    }
-                    Entry::Tell {
-                        trial,
-                        state: TellState::Complete,
-                        value: Some(value),
-                        values: Vec::new(),
-                        constraints,
-                        fidelity: None,
-                    }
-                }
+            // Every value told must be a number (a crash is told as failed, not as NaN).
+            let (told, constraints) = match &outcome {
+                TellOutcome::Complete { value, constraints }
+                | TellOutcome::Pruned {
+                    value, constraints, ..
+                } => (std::slice::from_ref(value), Some(constraints)),
                 TellOutcome::Objectives {
                     values,
                     constraints,
-                } => {
-                    if let Some(bad) = values.iter().find(|value| !value.is_finite()) {
-                        return Err(problem(&format!(
-                            "value {bad} is not a finite number (tell it as failed instead)"
-                        )));
-                    }
-                    if let Some((name, bad)) = constraints.iter().find(|(_, v)| !v.is_finite()) {
-                        return Err(problem(&format!(
-                            "constraint {name}={bad} is not a finite number"
-                        )));
-                    }
-                    Entry::Tell {
-                        trial,
-                        state: TellState::Complete,
-                        value: None,
-                        values,
-                        constraints,
-                        fidelity: None,
-                    }
-                }
+                } => (values.as_slice(), Some(constraints)),
+                TellOutcome::Failed => (&[][..], None),
+            };
+            if let Some(bad) = told.iter().find(|value| !value.is_finite()) {
+                return Err(problem(&format!(
+                    "value {bad} is not a finite number (tell it as failed instead)"
+                )));
+            }
+            if let Some((name, bad)) = constraints
+                .into_iter()
+                .flatten()
+                .find(|(_, value)| !value.is_finite())
+            {
+                return Err(problem(&format!(
+                    "constraint {name}={bad} is not a finite number"
+                )));
+            }
+            let entry = match outcome {
+                TellOutcome::Complete { value, constraints } => Entry::Tell {
+                    trial,
+                    state: TellState::Complete,
+                    value: Some(value),
+                    values: Vec::new(),
+                    constraints,
+                    fidelity: None,
+                },
+                TellOutcome::Objectives {
+                    values,
+                    constraints,
+                } => Entry::Tell {
+                    trial,
+                    state: TellState::Complete,
+                    value: None,
+                    values,
+                    constraints,
+                    fidelity: None,
+                },
                 TellOutcome::Failed => Entry::Tell {
                     trial,
                     state: TellState::Failed,
@@ -491,20 +493,10 @@ impl Study {
                     constraints,
                     fidelity,
                 } => {
-                    if !value.is_finite() {
-                        return Err(problem(&format!(
-                            "value {value} is not a finite number (tell it as failed instead)"
-                        )));
-                    }
                     if !(fidelity > 0.0 && fidelity <= 1.0) {
                         return Err(problem(&format!(
                             "fidelity {fidelity} is not in (0, 1] (the share of a complete \
                              trial's resource it had spent)"
-                        )));
-                    }
-                    if let Some((name, bad)) = constraints.iter().find(|(_, v)| !v.is_finite()) {
-                        return Err(problem(&format!(
-                            "constraint {name}={bad} is not a finite number"
                         )));
                     }
                     Entry::Tell {
