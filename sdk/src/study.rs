@@ -638,9 +638,13 @@ fn losses(directions: &[Direction], values: &[f64]) -> Vec<f64> {
 
 /// The samplers' view of the study.
 fn history(space: &TunerSpace, loaded: &Loaded) -> Vec<Observation> {
+    observations(space, loaded, &loaded.constraint_names)
+}
+
+/// `loaded`'s trials as observations in `space`, constraints in the order of `names`.
+fn observations(space: &TunerSpace, loaded: &Loaded, names: &[String]) -> Vec<Observation> {
     let ordered = |constraints: &BTreeMap<String, f64>| -> Vec<f64> {
-        loaded
-            .constraint_names
+        names
             .iter()
             .map(|name| constraints.get(name).copied().unwrap_or(f64::NAN))
             .collect()
@@ -701,21 +705,13 @@ fn warm_history(space: &TunerSpace, loaded: &Loaded) -> Result<Vec<Observation>,
 
 /// `theirs`' trials in `space`, with constraints in `ours`' order.
 fn history_of(space: &TunerSpace, theirs: &Loaded, ours: &Loaded) -> Vec<Observation> {
-    let mut view = Loaded {
-        space: theirs.space.clone(),
-        directions: theirs.directions.clone(),
-        sampler: theirs.sampler,
-        seed: theirs.seed,
-        warm_start: Vec::new(),
-        trials: theirs.trials.clone(),
-        constraint_names: ours.constraint_names.clone(),
-    };
+    let mut names = ours.constraint_names.clone();
     for name in &theirs.constraint_names {
-        if !view.constraint_names.contains(name) {
-            view.constraint_names.push(name.clone());
+        if !names.contains(name) {
+            names.push(name.clone());
         }
     }
-    history(space, &view)
+    observations(space, theirs, &names)
 }
 
 fn append(file: &mut File, path: &Path, entry: &Entry) -> Result<(), StudyError> {
