@@ -1,5 +1,6 @@
-//! Conditional parameters and warm starts through the whole system: sweep files submitted
-//! with the CLI to a real coordinator (on a real etcd) whose agents run real command trials.
+//! Conditional parameters, warm starts and several objectives through the whole system: sweep
+//! files submitted with the CLI to real coordinators (on a real etcd) whose agents run real
+//! command trials.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,9 +8,11 @@ use std::time::Duration;
 use flotilla_cluster_tests::{Cluster, wait_until};
 
 /// The trial: fails (exit 3) if `momentum` is given where it does not apply or missing where
-/// it does, else reports a loss that only sgd with momentum near 0.9 gets low.
+/// it does, else reports (after `PAUSE` seconds) a loss that only sgd with momentum near 0.9
+/// gets low.
 const PROGRAM: &str = r#"
-import json, os
+import json, os, time
+time.sleep(float(os.environ["PAUSE"]))
 params = json.loads(os.environ["FLOTILLA_PARAMS"])
 sgd = params["opt"] == "sgd"
 if sgd != ("momentum" in params) or sgd != ("FLOTILLA_PARAM_MOMENTUM" in os.environ):
@@ -25,6 +28,7 @@ fn write_sweep(
     extra: &str,
     algorithm: &str,
     trials: u32,
+    pause: &str,
 ) -> PathBuf {
     let path = cluster.path(&format!("{name}.toml"));
     std::fs::write(
@@ -65,6 +69,7 @@ command = "python3"
 args = ["-c", '''{PROGRAM}''']
 metrics = ["loss"]
 timeout = "1m"
+env = {{ PAUSE = "{pause}" }}
 "#
         ),
     )
@@ -72,16 +77,30 @@ timeout = "1m"
     path
 }
 
+/// The line coordinator `index` logged when it started a warm-started sweep.
+fn warm_line(cluster: &Cluster, index: usize) -> Option<String> {
+    let log = cluster.path(&format!("{}.log", cluster.coordinators[index].name));
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.contains("warm start"))
+        .map(str::to_string)
+}
+
+/// Conditional parameters reach command trials only where they apply; a warm start named by
+/// name resolves to the earlier sweep's id, and a new leader that takes the warm-started
+/// sweep over (the first one killed mid-sweep) starts it from the same earlier results.
 #[test]
 fn conditional_parameters_reach_trials_only_where_they_apply_and_warm_starts_resolve_by_name() {
-    let mut cluster = Cluster::new(1, 1, Duration::from_secs(2));
+    let mut cluster = Cluster::new(1, 2, Duration::from_secs(2));
     cluster.start_coordinator(0);
-    cluster.wait_for_leader(0, Duration::from_secs(30));
+    let (first, epoch) = cluster.wait_for_leader(0, Duration::from_secs(30));
+    cluster.start_coordinator(1);
     cluster.start_agent("a", 2);
     cluster.wait_for_agents(1, Duration::from_secs(30));
 
     // The earlier sweep: Sobol points over both branches.
-    let earlier = cluster.submit(&write_sweep(&cluster, "cond-earlier", "", "sobol", 12));
+    let earlier = cluster.submit(&write_sweep(&cluster, "cond-earlier", "", "sobol", 12, "0"));
     let results = cluster.wait_completed(&earlier, Duration::from_secs(180));
     let trials = results["trials"].as_array().expect("trials");
     assert_eq!(trials.len(), 12);
@@ -98,29 +117,32 @@ fn conditional_parameters_reach_trials_only_where_they_apply_and_warm_starts_res
     );
 
     // A later sweep names it by name; the coordinator resolves the name to its id and the
-    // sweep starts from its 12 results.
+    // sweep starts from its 12 results. Its leader is killed after its first trials finish.
     let later = cluster.submit(&write_sweep(
         &cluster,
         "cond-later",
         "warm_start = [\"cond-earlier\"]",
         "bayesian",
-        2,
+        8,
+        "0.5",
     ));
-    let results = cluster.wait_completed(&later, Duration::from_secs(180));
-    let log_path = cluster.path(&format!("{}.log", cluster.coordinators[0].name));
-    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     wait_until(
-        "the warm start to be logged",
-        Duration::from_secs(10),
-        || read_log().contains("warm start"),
+        "two trials of the warm-started sweep to finish",
+        Duration::from_secs(60),
+        || cluster.progress(&later).is_some_and(|(_, done)| done >= 2),
     );
-    let log = read_log();
-    let line = log
-        .lines()
-        .find(|line| line.contains("warm start"))
-        .expect("the warm-start line");
+    let line = warm_line(&cluster, first).expect("the first leader logged the warm start");
     assert!(line.contains(&format!("sources={earlier}")), "{line}");
     assert!(line.contains("results=12"), "{line}");
+    cluster.kill_coordinator(first);
+    let (second, _) = cluster.wait_for_leader(epoch, Duration::from_secs(30));
+    assert_ne!(second, first);
+    let results = cluster.wait_completed(&later, Duration::from_secs(180));
+    // The new leader handed the taken-over sweep the same earlier results.
+    let line = warm_line(&cluster, second).expect("the new leader logged the warm start");
+    assert!(line.contains(&format!("sources={earlier}")), "{line}");
+    assert!(line.contains("results=12"), "{line}");
+    assert_eq!(results["trials"].as_array().expect("trials").len(), 8);
     assert!(
         results["trials"]
             .as_array()
@@ -140,6 +162,7 @@ fn conditional_parameters_reach_trials_only_where_they_apply_and_warm_starts_res
             "warm_start = [\"no-such-sweep\"]",
             "bayesian",
             2,
+            "0",
         )
         .to_str()
         .expect("UTF-8"),
