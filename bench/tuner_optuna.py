@@ -228,7 +228,10 @@ def curve_run(sampler, pruner, workers, horizon, seed, target):
     worker trains its trial one epoch, reports the noisy loss, and Optuna's pruner decides;
     a free worker asks for a new trial. Returns (time to a best final loss <= target or None,
     best final loss at the horizon)."""
-    study = optuna.create_study(sampler=sampler, pruner=pruner, direction="minimize")
+    # A fixed study name: Optuna's HyperbandPruner deals trials to brackets by a hash of the
+    # study's name, which is random by default (the runs would not repeat).
+    study = optuna.create_study(study_name=f"curves-{seed}", sampler=sampler, pruner=pruner,
+                                direction="minimize")
     rng = np.random.default_rng(7000 + seed)
     running = [None] * workers
     best_final, reached = math.inf, None
