@@ -963,6 +963,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         };
         let trials = client.trials(summary.id).await?;
         report::print_leaderboard(&summary, &trials, 10);
+        report::print_front_of(&spec, &trials);
         let path = args.dir.join("results").join(format!(
             "{}-{}.json",
             summary.id,
@@ -1159,6 +1160,7 @@ async fn sweep(command: SweepCommand) -> anyhow::Result<()> {
                     .read("client", async |client| client.trials(summary.id).await)
                     .await?;
                 report::print_leaderboard(&summary, &trials, 10);
+                report::print_front_of(&spec, &trials);
                 if let Some(path) = results {
                     report::write_results(&path, &summary, &spec, &trials)?;
                     println!("results: {}", path.display());

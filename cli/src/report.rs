@@ -269,6 +269,21 @@ pub fn print_trial(trial: &TrialRecord) {
     );
 }
 
+/// After a multi-objective sweep's leaderboard (ranked by its primary objective): its Pareto
+/// front. Nothing for a single objective.
+pub fn print_front_of(spec: &SweepSpec, trials: &[TrialRecord]) {
+    if !spec.objective.is_multi() {
+        return;
+    }
+    let front = spec.objective.front(trials);
+    println!(
+        "Pareto front: {} trial{} no other beats in every objective",
+        front.len(),
+        if front.len() == 1 { "" } else { "s" }
+    );
+    print_front(&spec.objective, &front);
+}
+
 /// A multi-objective sweep's Pareto front as a table: each trial, its value of every
 /// objective, and its parameters.
 pub fn print_front(objective: &Objective, front: &[&TrialRecord]) {
