@@ -1872,6 +1872,19 @@ metrics = ["loss"]
         }
     }
 
+    /// ASHA's stopping form on `epoch`, 1 to 8 epochs, η = 2.
+    fn asha_on_epochs() -> flotilla_protocol::spec::EarlyStopping {
+        flotilla_protocol::spec::EarlyStopping {
+            rule: StoppingRule::Asha,
+            resource: "epoch".into(),
+            min_resource: 1.0,
+            max_resource: Some(8.0),
+            reduction_factor: 2.0,
+            min_trials: 5,
+            promotion: false,
+        }
+    }
+
     /// What the sampler learns from each kind of trial: an early-stopped trial is a partial
     /// result at its share of `max_resource`, a failed one a failure, a running one pending,
     /// one stopped before any value nothing; another sweep's trial is read by this sweep's
@@ -1880,15 +1893,7 @@ metrics = ["loss"]
     fn trials_become_outcomes_by_state_and_resource() {
         let mut spec = quadratic_spec(10);
         spec.trial.metrics.push("epoch".into());
-        spec.early_stopping = Some(flotilla_protocol::spec::EarlyStopping {
-            rule: StoppingRule::Asha,
-            resource: "epoch".into(),
-            min_resource: 1.0,
-            max_resource: Some(8.0),
-            reduction_factor: 2.0,
-            min_trials: 5,
-            promotion: false,
-        });
+        spec.early_stopping = Some(asha_on_epochs());
         let trial = |state: TrialState, objective: Option<f64>, epoch: f64| TrialRecord {
             state,
             objective,
@@ -1970,15 +1975,7 @@ metrics = ["loss"]
             metric: "throughput".into(),
             direction: Direction::Maximize,
         });
-        spec.early_stopping = Some(flotilla_protocol::spec::EarlyStopping {
-            rule: StoppingRule::Asha,
-            resource: "epoch".into(),
-            min_resource: 1.0,
-            max_resource: Some(8.0),
-            reduction_factor: 2.0,
-            min_trials: 5,
-            promotion: false,
-        });
+        spec.early_stopping = Some(asha_on_epochs());
         let trial = |state: TrialState, metrics: &[(&str, f64)]| TrialRecord {
             state,
             objective: Some(0.4),
