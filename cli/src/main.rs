@@ -2,6 +2,7 @@
 //! make certificates (`certs`), and talk to a cluster (`sweep`, `cluster`).
 
 mod certs;
+mod examples;
 mod models;
 mod report;
 mod study;
@@ -32,8 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Start a coordinator and local agents in this process and run a sweep file
-    /// (examples/quickstart.toml by default), with live progress and a leaderboard.
+    /// Start a coordinator and local agents in this process and run a sweep file (the
+    /// built-in quickstart by default, or a shipped example), with live progress and a
+    /// leaderboard.
     Up(UpArgs),
     /// Certificates for a cluster.
     #[command(subcommand)]
@@ -87,9 +89,16 @@ struct RouterArgs {
 
 #[derive(Args)]
 struct UpArgs {
-    /// The sweep file to run.
-    #[arg(default_value = "examples/quickstart.toml")]
-    sweep: PathBuf,
+    /// The sweep file to run (default: the quickstart, built into the binary).
+    #[arg(conflicts_with = "example")]
+    sweep: Option<PathBuf>,
+    /// Run a shipped example instead of a file (`--list-examples` names them); the
+    /// programs it runs are written under --dir.
+    #[arg(long, value_name = "NAME")]
+    example: Option<String>,
+    /// List the shipped examples and exit.
+    #[arg(long, conflicts_with_all = ["sweep", "example"])]
+    list_examples: bool,
     /// Local agents to start.
     #[arg(long, default_value_t = 2)]
     agents: u32,
@@ -877,13 +886,22 @@ async fn router(args: RouterArgs) -> anyhow::Result<()> {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    if !args.sweep.exists() {
-        bail!(
-            "{} does not exist: run `flotilla up` from the repository root, or pass a sweep file",
-            args.sweep.display()
-        );
+    if args.list_examples {
+        for example in examples::EXAMPLES {
+            println!("{}\n    {}\n", example.name, example.description());
+        }
+        println!("Run one with `flotilla up --example NAME`.");
+        return Ok(());
     }
-    let spec = SweepSpec::from_file(&args.sweep)?;
+    let spec = match &args.sweep {
+        Some(path) => SweepSpec::from_file(path)?,
+        None => {
+            let example = examples::find(args.example.as_deref().unwrap_or("quickstart"))?;
+            std::fs::create_dir_all(&args.dir)
+                .with_context(|| format!("creating {}", args.dir.display()))?;
+            example.prepare(&args.dir)?
+        }
+    };
     if args.autoscale && args.serve.is_some() {
         bail!(
             "--serve needs agents that stay after the sweep; --autoscale takes them down to zero (use one or the other)"

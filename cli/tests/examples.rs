@@ -27,3 +27,37 @@ fn every_example_sweep_file_validates() {
     }
     assert!(checked >= 7, "only {checked} example sweep files found");
 }
+
+#[test]
+fn up_lists_the_built_in_examples_from_any_directory_and_names_them_on_a_typo() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .current_dir(dir.path())
+        .args(["up", "--list-examples"])
+        .output()
+        .expect("flotilla runs");
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{listed}");
+    for name in ["quickstart", "lstm-pipeline", "logreg", "served-command"] {
+        assert!(
+            listed.lines().any(|line| line == name),
+            "{name} not listed:\n{listed}"
+        );
+    }
+    assert!(listed.contains("The quickstart sweep"), "{listed}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .current_dir(dir.path())
+        .args(["up", "--example", "quickstrat", "--dir"])
+        .arg(dir.path().join("run"))
+        .output()
+        .expect("flotilla runs");
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        error.contains("no example called 'quickstrat'") && error.contains("quickstart"),
+        "{error}"
+    );
+    // Nothing was started or written for a name that does not exist.
+    assert!(!dir.path().join("run").exists());
+}

@@ -15,14 +15,16 @@ fn repo_root() -> PathBuf {
     crate_dir.join("..")
 }
 
-/// Runs `flotilla up [SWEEP] --dir DIR` from the repository root, asserts it succeeded, and
-/// returns its stdout and the results file it names.
+/// Runs `flotilla up [SWEEP] --dir DIR`, asserts it succeeded, and returns its stdout and the
+/// results file it names. With a sweep file it runs from the repository root; without one
+/// from DIR itself, an empty directory: the quickstart is built into the binary.
 fn run_up(sweep: Option<&std::path::Path>, dir: &std::path::Path) -> (String, serde_json::Value) {
     let mut command = Command::new(BIN);
-    command.current_dir(repo_root()).arg("up");
-    if let Some(sweep) = sweep {
-        command.arg(sweep);
-    }
+    command.arg("up");
+    match sweep {
+        Some(sweep) => command.current_dir(repo_root()).arg(sweep),
+        None => command.current_dir(dir),
+    };
     let output = command
         .arg("--dir")
         .arg(dir)
@@ -673,9 +675,10 @@ fn up_serve_runs_a_command_sweeps_own_serving_program_behind_the_router() {
         .port();
     let router = format!("127.0.0.1:{port}");
     let run = dir.path().join("run");
+    // From an empty directory: the example's programs come out of the binary.
     let mut child = Command::new(BIN)
-        .current_dir(repo_root())
-        .args(["up", "examples/served-command.toml", "--serve", "demo"])
+        .current_dir(dir.path())
+        .args(["up", "--example", "served-command", "--serve", "demo"])
         .args(["--router-listen", &router])
         .arg("--dir")
         .arg(&run)
