@@ -2,7 +2,7 @@
 //! suggestion latency, printed as JSON lines (the Optuna side prints the same shape).
 //!
 //! ```text
-//! cargo run --release -p flotilla-tuner --example tuner_bench -- regret 100 5
+//! cargo run --release -p flotilla-tuner --example tuner_bench -- regret 100 20 [bayesian,tpe,random]
 //! cargo run --release -p flotilla-tuner --example tuner_bench -- latency 50,200,1000 20
 //! cargo run --release -p flotilla-tuner --example tuner_bench -- conditional 40 20
 //! cargo run --release -p flotilla-tuner --example tuner_bench -- pareto 100 5
@@ -271,8 +271,9 @@ fn regret(evals: u32, seeds: u64, samplers: &[&str]) {
                     });
                 }
                 println!(
-                    "{{\"side\":\"flotilla\",\"sampler\":\"{name}\",\"function\":\"{}\",\"seed\":{seed},\"regret_50\":{},\"regret_100\":{},\"seconds\":{}}}",
+                    "{{\"side\":\"flotilla\",\"sampler\":\"{name}\",\"function\":\"{}\",\"seed\":{seed},\"regret_20\":{},\"regret_50\":{},\"regret_100\":{},\"seconds\":{}}}",
                     function.name,
+                    curve[(19).min(curve.len() - 1)],
                     curve[(49).min(curve.len() - 1)],
                     curve[curve.len() - 1],
                     times.iter().sum::<f64>()
@@ -733,7 +734,11 @@ fn main() {
         Some("regret") => {
             let evals = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(100);
             let seeds = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(5);
-            regret(evals, seeds, &["bayesian", "tpe", "random"]);
+            // Optional: which samplers, comma-separated (default all three).
+            let samplers: Vec<&str> = args.get(4).map_or(vec!["bayesian", "tpe", "random"], |v| {
+                v.split(',').collect()
+            });
+            regret(evals, seeds, &samplers);
         }
         Some("latency") => {
             let sizes: Vec<u32> = args
