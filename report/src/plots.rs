@@ -88,23 +88,60 @@ fn open(id: &str, title: &str) -> String {
     )
 }
 
-/// Axes with five ticks each and their labels.
-fn axes(out: &mut String, x: Scale, y: Scale, x_label: &str, y_label: &str) {
+/// Tick positions over `[low, high]` at a round step (1, 2 or 5 times a power of ten) giving
+/// about five ticks; with `integer` (trial numbers, steps) the step is a whole number, so no
+/// tick falls between two trials.
+pub fn ticks(low: f64, high: f64, integer: bool) -> Vec<f64> {
+    if !(low.is_finite() && high.is_finite()) {
+        return Vec::new();
+    }
+    if high - low <= f64::EPSILON * high.abs().max(1.0) {
+        return vec![low];
+    }
+    let raw = (high - low) / 5.0;
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let mut step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|factor| factor * magnitude)
+        .find(|step| *step >= raw)
+        .unwrap_or(10.0 * magnitude);
+    if integer {
+        step = step.max(1.0).round();
+    }
+    // Tick k is k·step, computed as k / (1/step) for a step below 1 so that 0.82 is 0.82
+    // and not 41 × 0.02 = 0.8200000000000001.
+    let inverse = (1.0 / step).round();
+    let at = |k: f64| if step < 1.0 { k / inverse } else { k * step };
+    let mut values = Vec::new();
+    let mut k = (low / step - 1e-9).ceil();
+    while at(k) <= high + step * 1e-9 && values.len() < 12 {
+        values.push(at(k));
+        k += 1.0;
+    }
+    values
+}
+
+/// Axes with round ticks and their labels; `x_integer` for an axis of trial numbers or steps.
+fn axes(out: &mut String, x: Scale, y: Scale, x_label: &str, y_label: &str, x_integer: bool) {
     let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
     out.push_str(&format!(
         "<g stroke=\"#444\"><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\"/><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{y1}\"/></g>"
     ));
-    for index in 0..=4 {
-        let fraction = f64::from(index) / 4.0;
-        let xv = x.low + fraction * (x.high - x.low);
-        let yv = y.low + fraction * (y.high - y.low);
-        let (px, py) = (x.at(xv), y.at(yv));
+    for xv in ticks(x.low, x.high, x_integer) {
+        let px = x.at(xv);
         out.push_str(&format!(
-            "<text x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
-<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
-<line x1=\"{x0}\" y1=\"{py:.1}\" x2=\"{x1}\" y2=\"{py:.1}\" stroke=\"#eee\"/>",
+            "<text class=\"tick x\" x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
+<line x1=\"{px:.1}\" y1=\"{y0}\" x2=\"{px:.1}\" y2=\"{:.1}\" stroke=\"#444\"/>",
             y0 + 16.0,
             escape(&tick_label(xv)),
+            y0 + 4.0,
+        ));
+    }
+    for yv in ticks(y.low, y.high, false) {
+        let py = y.at(yv);
+        out.push_str(&format!(
+            "<text class=\"tick y\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
+<line x1=\"{x0}\" y1=\"{py:.1}\" x2=\"{x1}\" y2=\"{py:.1}\" stroke=\"#eee\"/>",
             x0 - 6.0,
             py + 4.0,
             escape(&tick_label(yv)),
@@ -166,7 +203,7 @@ pub fn optimization_history(metric: &str, direction: Direction, trials: &[TrialR
     let x = Scale::new(x_range, LEFT + 8.0, WIDTH - RIGHT - 8.0);
     let y = Scale::new(y_range, HEIGHT - BOTTOM - 8.0, TOP + 8.0);
     let mut svg = open("history", &title);
-    axes(&mut svg, x, y, "trial", metric);
+    axes(&mut svg, x, y, "trial", metric, true);
     let mut best: Option<f64> = None;
     let mut path = Vec::new();
     for (trial, value) in &points {
@@ -251,7 +288,7 @@ pub fn pareto_front(spec: &SweepSpec, trials: &[TrialRecord]) -> Option<Plot> {
     let x = Scale::new(x_range, LEFT + 8.0, WIDTH - RIGHT - 8.0);
     let y = Scale::new(y_range, HEIGHT - BOTTOM - 8.0, TOP + 8.0);
     let mut svg = open("front", &title);
-    axes(&mut svg, x, y, x_metric, y_metric);
+    axes(&mut svg, x, y, x_metric, y_metric, false);
     // The staircase through the front's points in the first two objectives: sorted from
     // best to worst in the first, each step holding the second's value until the next.
     let mut stairs: Vec<(f64, f64)> = points
@@ -341,6 +378,47 @@ pub fn parallel_coordinates(spec: &SweepSpec, trials: &[TrialRecord]) -> Plot {
         ));
     }
     let objective = range(points.iter().map(|(_, value)| *value)).unwrap_or((0.0, 1.0));
+    // Values along each axis: a parameter's values where it has few (every choice), its
+    // lowest, middle and highest where it has many; round ticks on the objective's axis.
+    let value_label = |px: f64, py: f64, text: &str| {
+        format!(
+            "<text class=\"axis-value\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" paint-order=\"stroke\" stroke=\"#fff\" stroke-width=\"3\">{}</text>",
+            px + 4.0,
+            py + 3.5,
+            escape(text)
+        )
+    };
+    for (index, mapper) in mappers.iter().enumerate() {
+        let mut marks: Vec<(&String, f64)> = mapper.iter().map(|(key, at)| (key, *at)).collect();
+        marks.sort_by(|a, b| a.1.total_cmp(&b.1));
+        if marks.len() > 6 {
+            let middle = marks
+                .iter()
+                .min_by(|a, b| (a.1 - 0.5).abs().total_cmp(&(b.1 - 0.5).abs()))
+                .copied();
+            let (first, last) = (marks[0], marks[marks.len() - 1]);
+            marks = [Some(first), middle, Some(last)]
+                .into_iter()
+                .flatten()
+                .collect();
+        }
+        for (key, at) in marks {
+            let text = key.parse::<f64>().map_or(key.clone(), tick_label);
+            svg.push_str(&value_label(
+                axis_x(index),
+                bottom - at * (bottom - top),
+                &text,
+            ));
+        }
+    }
+    let objective_scale = Scale::new(objective, bottom, top);
+    for value in ticks(objective.0, objective.1, false) {
+        svg.push_str(&value_label(
+            axis_x(names.len()),
+            objective_scale.at(value),
+            &tick_label(value),
+        ));
+    }
     let mut order: Vec<f64> = points
         .iter()
         .map(|(_, value)| spec.objective.direction.loss(*value))
@@ -442,7 +520,7 @@ pub fn learning_curves(curves: &[LearningCurve], best: Option<u32>) -> Plot {
     let x = Scale::new(x_range, LEFT + 8.0, WIDTH - RIGHT - 8.0);
     let y = Scale::new(y_range, HEIGHT - BOTTOM - 8.0, TOP + 8.0);
     let mut svg = open("curves", &title);
-    axes(&mut svg, x, y, "step", metric);
+    axes(&mut svg, x, y, "step", metric, true);
     // One entry per trial, its stretches in order (several when it paused at ASHA rungs).
     let mut trials: Vec<(u32, Vec<&LearningCurve>)> = Vec::new();
     for curve in curves {
@@ -522,6 +600,30 @@ pub fn learning_curves(curves: &[LearningCurve], best: Option<u32>) -> Plot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_are_round_and_whole_on_integer_axes() {
+        assert_eq!(ticks(0.0, 23.0, true), vec![0.0, 5.0, 10.0, 15.0, 20.0]);
+        // Four trials: whole steps, not 0.75, 1.5, 2.25.
+        assert_eq!(ticks(0.0, 3.0, true), vec![0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(ticks(1.0, 2.0, true), vec![1.0, 2.0]);
+        assert_eq!(ticks(0.81, 0.885, false), vec![0.82, 0.84, 0.86, 0.88]);
+        assert_eq!(ticks(-3.0, 0.0, false), vec![-3.0, -2.0, -1.0, 0.0]);
+        assert_eq!(ticks(0.5, 0.5, true), vec![0.5]);
+        assert!(ticks(f64::NAN, 1.0, false).is_empty());
+        for (low, high) in [(1e-6, 3e-5), (12.0, 9876.0), (-0.2, 0.1)] {
+            let values = ticks(low, high, false);
+            assert!(
+                (2..=12).contains(&values.len()),
+                "{low}..{high}: {values:?}"
+            );
+            assert!(
+                values
+                    .iter()
+                    .all(|v| *v >= low - 1e-12 && *v <= high + 1e-12)
+            );
+        }
+    }
 
     #[test]
     fn ticks_read_well() {

@@ -168,6 +168,29 @@ fn the_html_report_has_every_trial_and_every_plot() {
     assert_eq!(count(&plot("parallel"), "<polyline data-trial="), 11);
     assert_eq!(count(&plot("curves"), "<polyline data-trial="), 11);
     assert!(plot("importance").contains("data-param=\"hidden_size\""));
+    // Trial numbers (0..10) and steps (1..4) are ticked at whole numbers only.
+    let tick_labels = |svg: &str, class: &str| -> Vec<String> {
+        svg.split(&format!("class=\"{class}\""))
+            .skip(1)
+            .filter_map(|rest| rest.split('>').nth(1)?.split('<').next())
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        tick_labels(&plot("history"), "tick x"),
+        ["0", "2", "4", "6", "8", "10"]
+    );
+    assert_eq!(tick_labels(&plot("curves"), "tick x"), ["1", "2", "3", "4"]);
+    // Parallel coordinates carry values: each hidden size, the learning rate's lowest,
+    // middle and highest values, round values of the objective.
+    let values = tick_labels(&plot("parallel"), "axis-value");
+    // (log scale: its middle is about 0.003).
+    for expected in ["16", "32", "64", "0.001", "0.003", "0.012", "0.6"] {
+        assert!(
+            values.iter().any(|v| v == expected),
+            "{expected} not in {values:?}"
+        );
+    }
     // Feasibility and per-class metrics.
     assert!(
         html.contains("class_1_accuracy &gt;= 0.3"),

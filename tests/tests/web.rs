@@ -152,6 +152,29 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
         assert!(svg.starts_with("<svg"), "{svg}");
     }
 
+    // As Chromium drew them: trial numbers ticked at whole numbers only, and values on the
+    // axes of the parallel coordinates.
+    let drawn = |id: &str| {
+        let start = page.find(&format!("data-plot=\"{id}\"")).expect("the plot");
+        let end = start + page[start..].find("</svg>").expect("the plot ends");
+        page[start..end].to_string()
+    };
+    let history = drawn("history");
+    let trial_ticks: Vec<&str> = history
+        .split("class=\"tick x\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('>').nth(1)?.split('<').next())
+        .collect();
+    assert!(
+        trial_ticks.len() >= 2 && trial_ticks.iter().all(|tick| tick.parse::<u32>().is_ok()),
+        "{trial_ticks:?}"
+    );
+    assert!(
+        drawn("parallel").matches("class=\"axis-value\"").count() >= 4,
+        "{}",
+        drawn("parallel")
+    );
+
     let (status, body) =
         http_get(&format!("/api/sweeps/{sweep}/plots/nope.svg")).expect("an unknown plot");
     assert_eq!(status, 404, "{body}");
