@@ -152,12 +152,13 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
         assert!(svg.starts_with("<svg"), "{svg}");
     }
 
-    // As Chromium drew them: trial numbers ticked at whole numbers only, and values on the
-    // axes of the parallel coordinates.
+    // The plots the page shows (as images of these SVGs, in the screenshot below): trial
+    // numbers ticked at whole numbers only, and values on the parallel coordinates' axes.
     let drawn = |id: &str| {
-        let start = page.find(&format!("data-plot=\"{id}\"")).expect("the plot");
-        let end = start + page[start..].find("</svg>").expect("the plot ends");
-        page[start..end].to_string()
+        let (status, svg) =
+            http_get(&format!("/api/sweeps/{sweep}/plots/{id}.svg")).expect("a plot");
+        assert_eq!(status, 200);
+        svg
     };
     let history = drawn("history");
     let trial_ticks: Vec<&str> = history
@@ -169,10 +170,10 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
         trial_ticks.len() >= 2 && trial_ticks.iter().all(|tick| tick.parse::<u32>().is_ok()),
         "{trial_ticks:?}"
     );
+    let parallel = drawn("parallel");
     assert!(
-        drawn("parallel").matches("class=\"axis-value\"").count() >= 4,
-        "{}",
-        drawn("parallel")
+        parallel.matches("class=\"axis-value\"").count() >= 4,
+        "{parallel}"
     );
 
     let (status, body) =
