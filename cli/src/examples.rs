@@ -30,47 +30,35 @@ macro_rules! repo_file {
 const TRIAL_HELPER: (&str, &str) = repo_file!("python/flotilla_trial/__init__.py");
 const SERVE_HELPER: (&str, &str) = repo_file!("python/flotilla_serve/__init__.py");
 
+/// `examples/NAME.toml` under its name, with the files its programs need.
+macro_rules! example {
+    ($name:literal $(, $file:expr)* $(,)?) => {
+        Example {
+            name: $name,
+            sweep: include_str!(concat!("../../examples/", $name, ".toml")),
+            files: &[$($file),*],
+        }
+    };
+}
+
 pub const EXAMPLES: &[Example] = &[
-    Example {
-        name: "quickstart",
-        sweep: include_str!("../../examples/quickstart.toml"),
-        files: &[],
-    },
-    Example {
-        name: "lstm-pipeline",
-        sweep: include_str!("../../examples/lstm-pipeline.toml"),
-        files: &[],
-    },
-    Example {
-        name: "logreg",
-        sweep: include_str!("../../examples/logreg.toml"),
-        files: &[repo_file!("examples/trials/logreg.py")],
-    },
-    Example {
-        name: "trade-off",
-        sweep: include_str!("../../examples/trade-off.toml"),
-        files: &[repo_file!("examples/trials/logreg.py")],
-    },
-    Example {
-        name: "resumable",
-        sweep: include_str!("../../examples/resumable.toml"),
-        files: &[repo_file!("examples/trials/resumable.py"), TRIAL_HELPER],
-    },
-    Example {
-        name: "burst",
-        sweep: include_str!("../../examples/burst.toml"),
-        files: &[repo_file!("examples/trials/quadratic.py")],
-    },
-    Example {
-        name: "served-command",
-        sweep: include_str!("../../examples/served-command.toml"),
-        files: &[
-            repo_file!("examples/trials/softmax.py"),
-            repo_file!("examples/serving/softmax_serve.py"),
-            TRIAL_HELPER,
-            SERVE_HELPER,
-        ],
-    },
+    example!("quickstart"),
+    example!("lstm-pipeline"),
+    example!("logreg", repo_file!("examples/trials/logreg.py")),
+    example!("trade-off", repo_file!("examples/trials/logreg.py")),
+    example!(
+        "resumable",
+        repo_file!("examples/trials/resumable.py"),
+        TRIAL_HELPER
+    ),
+    example!("burst", repo_file!("examples/trials/quadratic.py")),
+    example!(
+        "served-command",
+        repo_file!("examples/trials/softmax.py"),
+        repo_file!("examples/serving/softmax_serve.py"),
+        TRIAL_HELPER,
+        SERVE_HELPER,
+    ),
 ];
 
 /// The example called `name`, or an error that lists the names there are.

@@ -896,10 +896,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let spec = match &args.sweep {
         Some(path) => SweepSpec::from_file(path)?,
         None => {
-            let example = examples::find(args.example.as_deref().unwrap_or("quickstart"))?;
-            std::fs::create_dir_all(&args.dir)
-                .with_context(|| format!("creating {}", args.dir.display()))?;
-            example.prepare(&args.dir)?
+            examples::find(args.example.as_deref().unwrap_or("quickstart"))?.prepare(&args.dir)?
         }
     };
     if args.autoscale && args.serve.is_some() {

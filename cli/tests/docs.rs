@@ -54,9 +54,10 @@ fn invocations(command: &str) -> Vec<Vec<String>> {
     for segment in command.split(['|', ';', '&']) {
         let words: Vec<&str> = segment.split_whitespace().collect();
         // Environment assignments and wrappers may come first (`FOO=1 flotilla …`).
-        let Some(start) = words.iter().position(|word| {
-            *word == "flotilla" || word.ends_with("/flotilla") || word.ends_with("release/flotilla")
-        }) else {
+        let Some(start) = words
+            .iter()
+            .position(|word| *word == "flotilla" || word.ends_with("/flotilla"))
+        else {
             continue;
         };
         if words[..start]
