@@ -440,8 +440,11 @@ pub fn parallel_coordinates(spec: &SweepSpec, trials: &[TrialRecord]) -> Plot {
                 bottom - position * (bottom - top)
             ));
         }
-        let y = Scale::new(objective, bottom, top);
-        coordinates.push(format!("{:.1},{:.1}", axis_x(names.len()), y.at(*value)));
+        coordinates.push(format!(
+            "{:.1},{:.1}",
+            axis_x(names.len()),
+            objective_scale.at(*value)
+        ));
         let loss = spec.objective.direction.loss(*value);
         let rank =
             order.partition_point(|other| *other < loss) as f64 / (order.len().max(2) - 1) as f64;

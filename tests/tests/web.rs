@@ -141,6 +141,7 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
         rows,
         expected.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
     );
+    let mut drawn = std::collections::BTreeMap::new();
     for plot in ["history", "parallel", "importance", "curves"] {
         assert!(
             page.contains(&format!("data-plot=\"{plot}\"")),
@@ -150,17 +151,12 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
             http_get(&format!("/api/sweeps/{sweep}/plots/{plot}.svg")).expect("a plot");
         assert_eq!(status, 200);
         assert!(svg.starts_with("<svg"), "{svg}");
+        drawn.insert(plot, svg);
     }
 
     // The plots the page shows (as images of these SVGs, in the screenshot below): trial
     // numbers ticked at whole numbers only, and values on the parallel coordinates' axes.
-    let drawn = |id: &str| {
-        let (status, svg) =
-            http_get(&format!("/api/sweeps/{sweep}/plots/{id}.svg")).expect("a plot");
-        assert_eq!(status, 200);
-        svg
-    };
-    let history = drawn("history");
+    let history = &drawn["history"];
     let trial_ticks: Vec<&str> = history
         .split("class=\"tick x\"")
         .skip(1)
@@ -170,7 +166,7 @@ fn the_web_view_shows_the_sweeps_trials_plots_and_agents_in_chromium() {
         trial_ticks.len() >= 2 && trial_ticks.iter().all(|tick| tick.parse::<u32>().is_ok()),
         "{trial_ticks:?}"
     );
-    let parallel = drawn("parallel");
+    let parallel = &drawn["parallel"];
     assert!(
         parallel.matches("class=\"axis-value\"").count() >= 4,
         "{parallel}"
