@@ -733,7 +733,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("regret") => {
             let evals = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(100);
-            let seeds = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(5);
+            let seeds = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(20);
             // Optional: which samplers, comma-separated (default all three).
             let samplers: Vec<&str> = args.get(4).map_or(vec!["bayesian", "tpe", "random"], |v| {
                 v.split(',').collect()
