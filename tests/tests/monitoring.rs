@@ -121,12 +121,39 @@ fn alert_rules_use_only_exported_metrics_and_every_alert_has_a_unit_test() {
     ] {
         assert!(alerts.iter().any(|name| name == alert), "no {alert} rule");
     }
+    let cases = alert_cases(&tests);
     for alert in &alerts {
+        let expected: Vec<bool> = cases
+            .iter()
+            .filter(|(name, _)| name == alert)
+            .map(|(_, fires)| *fires)
+            .collect();
         assert!(
-            tests.contains(&format!("alertname: {alert}\n")),
-            "alert {alert} has no promtool test case"
+            expected.contains(&true),
+            "alert {alert} has no promtool test case in which it fires"
+        );
+        assert!(
+            expected.contains(&false),
+            "alert {alert} has no promtool test case in which it stays silent"
         );
     }
+}
+
+/// Each promtool `alert_rule_test` case as (alert name, whether it expects alerts): a case
+/// names its alert, then `exp_alerts: []` when the alert must not fire.
+fn alert_cases(tests: &str) -> Vec<(String, bool)> {
+    let mut cases = Vec::new();
+    let mut lines = tests.lines().map(str::trim).filter(|line| !line.is_empty());
+    while let Some(line) = lines.next() {
+        let Some(name) = line.strip_prefix("alertname:") else {
+            continue;
+        };
+        let expectation = lines.next().unwrap_or_default();
+        if let Some(alerts) = expectation.strip_prefix("exp_alerts:") {
+            cases.push((name.trim().to_string(), alerts.trim() != "[]"));
+        }
+    }
+    cases
 }
 
 /// Every string under a key named `expr` or `query`, with where it was found.
