@@ -133,13 +133,16 @@ fn up_trains_the_quickstart_lstm_sweep_to_a_ranked_leaderboard_and_a_complete_re
     );
     // The training was real: the best model beats always answering the majority class.
     let metrics = &maximum["metrics"];
-    let cell = |name: &str| {
-        metrics[format!("confusion_{name}")]
-            .as_f64()
-            .unwrap_or_else(|| panic!("confusion_{name} in {metrics}"))
-    };
-    let majority =
-        (cell("0_0") + cell("0_1")) / ["0_0", "0_1", "1_0", "1_1"].map(cell).iter().sum::<f64>();
+    // confusion_{true}_{predicted}: a class's support is the sum of its row.
+    let mut support = std::collections::BTreeMap::<String, f64>::new();
+    for (name, count) in metrics.as_object().expect("metrics") {
+        if let Some(cell) = name.strip_prefix("confusion_") {
+            let (truth, _) = cell.split_once('_').expect("confusion_{true}_{predicted}");
+            *support.entry(truth.to_string()).or_default() += count.as_f64().expect("count");
+        }
+    }
+    assert_eq!(support.len(), 4, "four classes in {metrics}");
+    let majority = support.values().copied().fold(0.0, f64::max) / support.values().sum::<f64>();
     assert!(objective(maximum) > majority + 0.05, "{maximum}");
 
     // The leaderboard's rows run 1, 2, … with the objective never increasing.
