@@ -1,10 +1,25 @@
 //! Where queued trials and serving replicas run: pure functions over demands and free
 //! capacity.
 //!
-//! Fairness: sweeps take turns (round robin, starting after the sweep served last), one
-//! trial per turn, so a 10,000-trial sweep cannot starve one submitted after it. Spread:
-//! a trial goes to the eligible agent with the most free slots (ties: the lowest agent id),
-//! which keeps load even and process start-up parallel across hosts.
+//! Fairness ([`FairShare::assign`]): weighted dominant-resource fairness. A sweep's use of
+//! the cluster is its *dominant share*: the larger of the fraction of all slots and the
+//! fraction of all GPUs its placed and running trials hold. Divided by the sweep's weight
+//! (1 unless given), it orders the sweeps: the next trial placed is the head of the sweep
+//! with the lowest weighted share whose head fits somewhere; ties go round robin, starting
+//! after the sweep served last. So a 10,000-trial sweep cannot starve one submitted after
+//! it, a sweep of 4-slot trials gets as many slots as a sweep of 1-slot trials (not as many
+//! trials), and a sweep of weight 2 holds twice the slots of a sweep of weight 1 while both
+//! have work queued. The ordering is work-conserving: what one sweep cannot use goes to the
+//! others.
+//!
+//! Large demands are not starved by small ones: when the most deprived sweep's head (say a
+//! 4-slot or one-GPU trial) fits nowhere because 1-slot trials keep taking each freed slot,
+//! it gets a *reservation* on the agent closest to holding it. Other sweeps place nothing on
+//! that agent until the head fits there (or anywhere else) and is placed. One reservation is
+//! held at a time, as in a backfilling batch scheduler without run-time estimates.
+//!
+//! Spread: a trial goes to the eligible agent with the most free slots (ties: the lowest
+//! agent id), which keeps load even and process start-up parallel across hosts.
 //!
 //! Serving replicas ([`place_replicas`]) are placed before queued trials, hold their slots
 //! and GPUs like a trial, and spread the same way: a replica goes first to an agent that
@@ -22,77 +37,250 @@ pub trait Demand {
     fn gpus(&self) -> u32;
 }
 
-/// An agent's free capacity as the scheduler sees it.
+/// An agent's capacity as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capacity {
     pub agent: AgentId,
     pub free_slots: u32,
     /// GPUs not reserved by trials already placed there.
     pub free_gpus: u32,
+    /// All its slots, free or not.
+    pub slots: u32,
+    /// All its GPUs, free or not.
+    pub gpus: u32,
 }
 
-/// Pops every trial that fits somewhere and says where it goes. `last_served` is updated
-/// so the next call continues the round robin.
-pub fn assign<T: Demand>(
-    queues: &mut BTreeMap<SweepId, VecDeque<T>>,
-    last_served: &mut Option<SweepId>,
-    agents: &mut [Capacity],
-) -> Vec<(T, AgentId)> {
-    let mut placed = Vec::new();
-    loop {
-        let order = turn_order(queues, *last_served);
-        let mut progressed = false;
-        for sweep in order {
-            let Some(queue) = queues.get_mut(&sweep) else {
-                continue;
-            };
-            let Some(head) = queue.front() else { continue };
-            let Some(index) = choose_agent(agents, head.slots(), head.gpus()) else {
-                continue;
-            };
-            let Some(trial) = queue.pop_front() else {
-                continue;
-            };
-            agents[index].free_slots -= trial.slots();
-            agents[index].free_gpus -= trial.gpus();
-            placed.push((trial, agents[index].agent.clone()));
-            *last_served = Some(sweep);
-            progressed = true;
-        }
-        queues.retain(|_, queue| !queue.is_empty());
-        if !progressed || queues.is_empty() {
-            return placed;
-        }
+/// Slots and GPUs held (by a sweep's trials) or asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub slots: u32,
+    pub gpus: u32,
+}
+
+impl Usage {
+    pub fn add(&mut self, slots: u32, gpus: u32) {
+        self.slots += slots;
+        self.gpus += gpus;
+    }
+
+    pub fn remove(&mut self, slots: u32, gpus: u32) {
+        self.slots = self.slots.saturating_sub(slots);
+        self.gpus = self.gpus.saturating_sub(gpus);
+    }
+
+    /// The larger of the fractions of `total` held: slots or GPUs.
+    pub fn dominant_share(&self, total: Usage) -> f64 {
+        let fraction = |held: u32, all: u32| {
+            if all == 0 {
+                0.0
+            } else {
+                f64::from(held) / f64::from(all)
+            }
+        };
+        fraction(self.slots, total.slots).max(fraction(self.gpus, total.gpus))
     }
 }
 
-/// Sweeps with queued trials, starting after `last_served`.
-fn turn_order<T>(
-    queues: &BTreeMap<SweepId, VecDeque<T>>,
+/// An agent held back for one sweep's head until it fits there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub sweep: SweepId,
+    pub agent: AgentId,
+}
+
+/// The placement state kept between calls: whose turn is next among equals, and the
+/// reservation held for a large demand.
+#[derive(Debug, Clone, Default)]
+pub struct FairShare {
     last_served: Option<SweepId>,
-) -> Vec<SweepId> {
-    let mut order: Vec<SweepId> = queues
-        .iter()
-        .filter(|(_, queue)| !queue.is_empty())
-        .map(|(sweep, _)| *sweep)
-        .collect();
-    if let Some(last) = last_served {
-        let split = order.partition_point(|sweep| *sweep <= last);
-        order.rotate_left(split);
-    }
-    order
+    reservation: Option<Reservation>,
 }
 
-/// The eligible agent with the most free slots; ties go to the lowest agent id.
-pub fn choose_agent(agents: &[Capacity], slots: u32, gpus: u32) -> Option<usize> {
+impl FairShare {
+    /// The reservation held now, if any.
+    pub fn reservation(&self) -> Option<&Reservation> {
+        self.reservation.as_ref()
+    }
+
+    /// Pops every trial that fits somewhere and says where it goes. `held` is what each
+    /// sweep's placed and running trials hold (a sweep missing holds nothing), `weights`
+    /// each sweep's weight (missing: 1; zero or less counts as a very small weight).
+    /// `agents` are the agents that may take trials; their free capacity is reduced by what
+    /// is placed.
+    pub fn assign<T: Demand>(
+        &mut self,
+        queues: &mut BTreeMap<SweepId, VecDeque<T>>,
+        held: &BTreeMap<SweepId, Usage>,
+        weights: &BTreeMap<SweepId, f64>,
+        agents: &mut [Capacity],
+    ) -> Vec<(T, AgentId)> {
+        queues.retain(|_, queue| !queue.is_empty());
+        let total = agents.iter().fold(Usage::default(), |mut total, agent| {
+            total.add(agent.slots, agent.gpus);
+            total
+        });
+        let mut holding: BTreeMap<SweepId, Usage> = queues
+            .keys()
+            .map(|sweep| (*sweep, held.get(sweep).copied().unwrap_or_default()))
+            .collect();
+        self.drop_stale_reservation(queues, agents);
+        let mut placed = Vec::new();
+        loop {
+            // With the cluster full (the common case when a result frees nothing useful),
+            // no head is tried against every agent.
+            let most_free = agents.iter().fold(Usage::default(), |most, agent| Usage {
+                slots: most.slots.max(agent.free_slots),
+                gpus: most.gpus.max(agent.free_gpus),
+            });
+            let order = self.turn_order(queues, &holding, weights, total);
+            let most_served = order.last().map_or(0.0, |(_, share)| *share);
+            let mut progressed = false;
+            for (sweep, share) in order {
+                let Some(head) = queues.get(&sweep).and_then(VecDeque::front) else {
+                    continue;
+                };
+                let (slots, gpus) = (head.slots(), head.gpus());
+                let could_fit = slots <= most_free.slots && gpus <= most_free.gpus;
+                let withheld = self
+                    .reservation
+                    .as_ref()
+                    .filter(|reservation| reservation.sweep != sweep)
+                    .map(|reservation| &reservation.agent);
+                let chosen = could_fit
+                    .then(|| choose_agent_except(agents, slots, gpus, withheld))
+                    .flatten();
+                if let Some(index) = chosen {
+                    let Some(trial) = queues.get_mut(&sweep).and_then(VecDeque::pop_front) else {
+                        continue;
+                    };
+                    agents[index].free_slots -= slots;
+                    agents[index].free_gpus -= gpus;
+                    holding.entry(sweep).or_default().add(slots, gpus);
+                    placed.push((trial, agents[index].agent.clone()));
+                    self.last_served = Some(sweep);
+                    if self
+                        .reservation
+                        .as_ref()
+                        .is_some_and(|reservation| reservation.sweep == sweep)
+                    {
+                        self.reservation = None;
+                    }
+                    progressed = true;
+                    break;
+                }
+                // The most deprived sweep whose head fits nowhere holds an agent back, if it
+                // is below another sweep's share, and unless any one freed slot would do
+                // (it is ahead of the others for that anyway).
+                if self.reservation.is_none()
+                    && (slots > 1 || gpus > 0)
+                    && share < most_served
+                    && let Some(index) = closest_agent(agents, slots, gpus)
+                {
+                    self.reservation = Some(Reservation {
+                        sweep,
+                        agent: agents[index].agent.clone(),
+                    });
+                }
+            }
+            queues.retain(|_, queue| !queue.is_empty());
+            if !progressed || queues.is_empty() {
+                self.drop_stale_reservation(queues, agents);
+                return placed;
+            }
+        }
+    }
+
+    /// A reservation ends when its sweep has nothing queued or its agent is gone (left,
+    /// draining, cordoned) or could never hold the head.
+    fn drop_stale_reservation<T: Demand>(
+        &mut self,
+        queues: &BTreeMap<SweepId, VecDeque<T>>,
+        agents: &[Capacity],
+    ) {
+        let Some(reservation) = &self.reservation else {
+            return;
+        };
+        let head = queues.get(&reservation.sweep).and_then(VecDeque::front);
+        let still = head.is_some_and(|head| {
+            agents.iter().any(|agent| {
+                agent.agent == reservation.agent
+                    && agent.slots >= head.slots()
+                    && agent.gpus >= head.gpus()
+            })
+        });
+        if !still {
+            self.reservation = None;
+        }
+    }
+
+    /// Sweeps with queued trials and their weighted dominant shares, the lowest first;
+    /// equal shares in round-robin order, starting after the sweep served last.
+    fn turn_order<T>(
+        &self,
+        queues: &BTreeMap<SweepId, VecDeque<T>>,
+        holding: &BTreeMap<SweepId, Usage>,
+        weights: &BTreeMap<SweepId, f64>,
+        total: Usage,
+    ) -> Vec<(SweepId, f64)> {
+        let weighted = |sweep: &SweepId| {
+            let weight = weights.get(sweep).copied().unwrap_or(1.0).max(1e-6);
+            holding
+                .get(sweep)
+                .copied()
+                .unwrap_or_default()
+                .dominant_share(total)
+                / weight
+        };
+        let mut order: Vec<(SweepId, f64)> = queues
+            .iter()
+            .filter(|(_, queue)| !queue.is_empty())
+            .map(|(sweep, _)| (*sweep, weighted(sweep)))
+            .collect();
+        if let Some(last) = self.last_served {
+            let split = order.partition_point(|(sweep, _)| *sweep <= last);
+            order.rotate_left(split);
+        }
+        // A stable sort keeps the round-robin order among equals.
+        order.sort_by(|left, right| left.1.total_cmp(&right.1));
+        order
+    }
+}
+
+/// The eligible agent with the most free slots, leaving out `withheld`; ties go to the
+/// lowest agent id.
+fn choose_agent_except(
+    agents: &[Capacity],
+    slots: u32,
+    gpus: u32,
+    withheld: Option<&AgentId>,
+) -> Option<usize> {
     agents
         .iter()
         .enumerate()
+        .filter(|(_, agent)| Some(&agent.agent) != withheld)
         .filter(|(_, agent)| agent.free_slots >= slots && agent.free_gpus >= gpus)
         .max_by(|(_, left), (_, right)| {
             left.free_slots
                 .cmp(&right.free_slots)
                 .then_with(|| right.agent.cmp(&left.agent))
+        })
+        .map(|(index, _)| index)
+}
+
+/// The agent that could hold `slots` and `gpus` once enough of what runs there finishes,
+/// and is closest to it now: the fewest GPUs missing, then the fewest slots, then the
+/// lowest id.
+fn closest_agent(agents: &[Capacity], slots: u32, gpus: u32) -> Option<usize> {
+    agents
+        .iter()
+        .enumerate()
+        .filter(|(_, agent)| agent.slots >= slots && agent.gpus >= gpus)
+        .min_by_key(|(_, agent)| {
+            (
+                gpus.saturating_sub(agent.free_gpus),
+                slots.saturating_sub(agent.free_slots),
+                agent.agent.clone(),
+            )
         })
         .map(|(index, _)| index)
 }
@@ -196,7 +384,18 @@ mod tests {
             agent: AgentId(name.into()),
             free_slots: free,
             free_gpus: gpus,
+            slots: free,
+            gpus,
         }
+    }
+
+    /// Places with nothing held before and every weight 1.
+    fn assign(
+        fair: &mut FairShare,
+        queues: &mut BTreeMap<SweepId, VecDeque<Ask>>,
+        agents: &mut [Capacity],
+    ) -> Vec<(Ask, AgentId)> {
+        fair.assign(queues, &BTreeMap::new(), &BTreeMap::new(), agents)
     }
 
     fn queue(sweep: u64, count: u32, slots: u32, gpus: u32) -> VecDeque<Ask> {
@@ -217,13 +416,13 @@ mod tests {
             (SweepId(2), queue(2, 10, 1, 0)),
         ]);
         let mut agents = vec![agent("a", 4, 0)];
-        let mut last = None;
-        let placed = assign(&mut queues, &mut last, &mut agents);
+        let mut fair = FairShare::default();
+        let placed = assign(&mut fair, &mut queues, &mut agents);
         let sweeps: Vec<u64> = placed.iter().map(|(ask, _)| ask.sweep).collect();
         assert_eq!(sweeps, vec![1, 2, 1, 2]);
-        assert_eq!(last, Some(SweepId(2)));
+        assert_eq!(fair.last_served, Some(SweepId(2)));
         agents[0].free_slots = 1;
-        let next = assign(&mut queues, &mut last, &mut agents);
+        let next = assign(&mut fair, &mut queues, &mut agents);
         assert_eq!(
             next[0].0.sweep, 1,
             "the round robin continues after the sweep served last"
@@ -234,7 +433,7 @@ mod tests {
     fn trials_spread_over_agents_and_never_overcommit() {
         let mut queues = BTreeMap::from([(SweepId(1), queue(1, 20, 1, 0))]);
         let mut agents = vec![agent("a", 2, 0), agent("b", 3, 0), agent("c", 2, 0)];
-        let placed = assign(&mut queues, &mut None, &mut agents);
+        let placed = assign(&mut FairShare::default(), &mut queues, &mut agents);
         assert_eq!(placed.len(), 7);
         assert!(agents.iter().all(|agent| agent.free_slots == 0));
         assert_eq!(placed[0].1, AgentId("b".into()), "most free slots first");
@@ -245,7 +444,7 @@ mod tests {
     fn gpu_and_multi_slot_demands_only_go_where_they_fit() {
         let mut queues = BTreeMap::from([(SweepId(1), queue(1, 3, 2, 1))]);
         let mut agents = vec![agent("cpu", 8, 0), agent("gpu", 6, 1)];
-        let placed = assign(&mut queues, &mut None, &mut agents);
+        let placed = assign(&mut FairShare::default(), &mut queues, &mut agents);
         assert_eq!(
             placed.len(),
             1,
@@ -262,12 +461,310 @@ mod tests {
             (SweepId(2), queue(2, 2, 1, 0)),
         ]);
         let mut agents = vec![agent("a", 2, 0)];
-        let placed = assign(&mut queues, &mut None, &mut agents);
+        let placed = assign(&mut FairShare::default(), &mut queues, &mut agents);
         assert_eq!(
             placed.iter().map(|(ask, _)| ask.sweep).collect::<Vec<_>>(),
             vec![2, 2]
         );
         assert_eq!(queues[&SweepId(1)].len(), 2);
+    }
+
+    fn held(entries: &[(u64, u32, u32)]) -> BTreeMap<SweepId, Usage> {
+        entries
+            .iter()
+            .map(|(sweep, slots, gpus)| {
+                (
+                    SweepId(*sweep),
+                    Usage {
+                        slots: *slots,
+                        gpus: *gpus,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn count(placed: &[(Ask, AgentId)], sweep: u64) -> usize {
+        placed.iter().filter(|(ask, _)| ask.sweep == sweep).count()
+    }
+
+    #[test]
+    fn weights_divide_the_slots() {
+        let mut queues = BTreeMap::from([
+            (SweepId(1), queue(1, 50, 1, 0)),
+            (SweepId(2), queue(2, 50, 1, 0)),
+        ]);
+        let weights = BTreeMap::from([(SweepId(1), 2.0)]);
+        let mut agents = vec![agent("a", 6, 0), agent("b", 6, 0)];
+        let placed =
+            FairShare::default().assign(&mut queues, &BTreeMap::new(), &weights, &mut agents);
+        assert_eq!((count(&placed, 1), count(&placed, 2)), (8, 4));
+    }
+
+    #[test]
+    fn multi_slot_trials_get_as_many_slots_not_as_many_trials() {
+        let mut queues = BTreeMap::from([
+            (SweepId(1), queue(1, 50, 4, 0)),
+            (SweepId(2), queue(2, 50, 1, 0)),
+        ]);
+        let mut agents = vec![agent("a", 8, 0), agent("b", 8, 0)];
+        let placed = assign(&mut FairShare::default(), &mut queues, &mut agents);
+        assert_eq!((count(&placed, 1), count(&placed, 2)), (2, 8));
+    }
+
+    #[test]
+    fn what_a_sweep_already_holds_counts() {
+        let mut queues = BTreeMap::from([
+            (SweepId(1), queue(1, 50, 1, 0)),
+            (SweepId(2), queue(2, 50, 1, 0)),
+        ]);
+        // Sweep 1 came first and holds 6 of 8 slots; the 2 free go to sweep 2.
+        let mut agents = vec![Capacity {
+            free_slots: 2,
+            ..agent("a", 8, 0)
+        }];
+        let placed = FairShare::default().assign(
+            &mut queues,
+            &held(&[(1, 6, 0)]),
+            &BTreeMap::new(),
+            &mut agents,
+        );
+        assert_eq!((count(&placed, 1), count(&placed, 2)), (0, 2));
+        // GPUs are a resource of their own: a sweep holding the only GPU has the largest
+        // share though it holds one slot.
+        let mut queues = BTreeMap::from([
+            (SweepId(1), queue(1, 5, 1, 0)),
+            (SweepId(2), queue(2, 5, 1, 0)),
+        ]);
+        let mut agents = vec![Capacity {
+            free_slots: 1,
+            free_gpus: 0,
+            ..agent("g", 8, 1)
+        }];
+        let placed = FairShare::default().assign(
+            &mut queues,
+            &held(&[(1, 1, 1), (2, 6, 0)]),
+            &BTreeMap::new(),
+            &mut agents,
+        );
+        assert_eq!(
+            count(&placed, 2),
+            1,
+            "6/8 of the slots is less than 1/1 of the GPUs"
+        );
+    }
+
+    /// Trials of a busy 1-slot sweep finish one at a time on a full cluster; each call
+    /// places what fits, as the Scheduler does after every result.
+    fn free_one_at_a_time(
+        fair: &mut FairShare,
+        queues: &mut BTreeMap<SweepId, VecDeque<Ask>>,
+        agents: &mut [Capacity],
+        held: &mut BTreeMap<SweepId, Usage>,
+        rounds: usize,
+    ) -> Vec<(Ask, AgentId)> {
+        let mut placed = Vec::new();
+        for round in 0..rounds {
+            // A trial of sweep 1 finishes on agent `round % agents`.
+            let index = round % agents.len();
+            agents[index].free_slots += 1;
+            held.get_mut(&SweepId(1))
+                .expect("sweep 1 holds slots")
+                .remove(1, 0);
+            let now = fair.assign(queues, held, &BTreeMap::new(), agents);
+            for (ask, _) in &now {
+                held.entry(SweepId(ask.sweep))
+                    .or_default()
+                    .add(ask.slots, ask.gpus);
+            }
+            placed.extend(now);
+        }
+        placed
+    }
+
+    #[test]
+    fn a_large_trial_is_not_starved_by_small_ones() {
+        // Sweep 1's 1-slot trials fill both agents; sweep 2 then asks for 4-slot trials.
+        let mut agents = vec![
+            Capacity {
+                free_slots: 0,
+                ..agent("a", 4, 0)
+            },
+            Capacity {
+                free_slots: 0,
+                ..agent("b", 4, 0)
+            },
+        ];
+        let mut queues = BTreeMap::from([
+            (SweepId(1), queue(1, 100, 1, 0)),
+            (SweepId(2), queue(2, 3, 4, 0)),
+        ]);
+        let mut holding = held(&[(1, 8, 0)]);
+        let mut fair = FairShare::default();
+        assert!(
+            fair.assign(&mut queues, &holding, &BTreeMap::new(), &mut agents)
+                .is_empty()
+        );
+        assert_eq!(
+            fair.reservation(),
+            Some(&Reservation {
+                sweep: SweepId(2),
+                agent: AgentId("a".into())
+            }),
+            "the deprived sweep's head holds the agent closest to fitting it"
+        );
+        // Slots free on both agents in turn: those on `b` go to sweep 1, those on `a` wait.
+        let placed = free_one_at_a_time(&mut fair, &mut queues, &mut agents, &mut holding, 8);
+        let large: Vec<&AgentId> = placed
+            .iter()
+            .filter(|(ask, _)| ask.sweep == 2)
+            .map(|(_, agent)| agent)
+            .collect();
+        assert_eq!(large, vec![&AgentId("a".into())], "placed once `a` drained");
+        assert!(
+            placed
+                .iter()
+                .filter(|(ask, _)| ask.sweep == 1)
+                .all(|(_, agent)| agent.0 == "b"),
+            "nothing else went to the reserved agent"
+        );
+        // Sweep 2 now holds half the slots, as much as sweep 1: no new reservation while it
+        // has its fair share.
+        assert_eq!(holding[&SweepId(2)].slots, 4);
+        assert_eq!(fair.reservation(), None);
+    }
+
+    #[test]
+    fn a_gpu_trial_is_not_starved_by_cpu_trials_on_the_gpu_agent() {
+        // The only GPU agent is full of sweep 1's CPU trials; sweep 2 needs its GPU.
+        let mut agents = vec![Capacity {
+            free_slots: 0,
+            ..agent("g", 4, 1)
+        }];
+        let mut queues = BTreeMap::from([
+            (SweepId(1), queue(1, 100, 1, 0)),
+            (SweepId(2), queue(2, 2, 1, 1)),
+        ]);
+        let mut holding = held(&[(1, 4, 0)]);
+        let mut fair = FairShare::default();
+        let placed = free_one_at_a_time(&mut fair, &mut queues, &mut agents, &mut holding, 1);
+        assert_eq!(placed.len(), 1);
+        assert_eq!(
+            placed[0].0.sweep, 2,
+            "the freed slot with the free GPU goes to the GPU trial"
+        );
+    }
+
+    #[test]
+    fn a_reservation_ends_with_its_queue_or_its_agent() {
+        let mut agents = vec![Capacity {
+            free_slots: 1,
+            ..agent("a", 4, 0)
+        }];
+        let mut queues = BTreeMap::from([
+            (SweepId(1), queue(1, 5, 1, 0)),
+            (SweepId(2), queue(2, 1, 4, 0)),
+        ]);
+        let holding = held(&[(1, 3, 0)]);
+        let none = BTreeMap::new();
+        let mut fair = FairShare::default();
+        assert!(
+            fair.assign(&mut queues, &holding, &none, &mut agents)
+                .is_empty()
+        );
+        assert!(fair.reservation().is_some());
+        // The agent leaves (or drains, or is cordoned): the reservation goes with it.
+        let mut others = vec![agent("b", 1, 0)];
+        let placed = fair.assign(&mut queues, &holding, &none, &mut others);
+        assert_eq!(placed.len(), 1, "sweep 1 uses what sweep 2 cannot");
+        assert!(fair.reservation().is_none());
+        fair.assign(&mut queues, &holding, &none, &mut agents);
+        assert!(fair.reservation().is_some());
+        // Sweep 2's queue is withdrawn (cancelled): the reservation ends and sweep 1 may
+        // use `a`.
+        queues.remove(&SweepId(2));
+        let placed = fair.assign(&mut queues, &holding, &none, &mut agents);
+        assert_eq!(placed.len(), 1);
+        assert!(fair.reservation().is_none());
+    }
+
+    /// A cluster over time: trials of random length finish and free their slots, and
+    /// each sweep's slot-seconds over a window where all have work queued are compared
+    /// with its weighted fair share.
+    #[test]
+    fn long_run_shares_follow_the_weights_with_mixed_trial_sizes() {
+        // (sweep, weight, slots per trial, gpus per trial)
+        let sweeps = [
+            (1, 1.0, 1, 0),
+            (2, 1.0, 4, 0),
+            (3, 2.0, 1, 0),
+            (4, 1.0, 2, 1),
+        ];
+        let weights: BTreeMap<SweepId, f64> = sweeps
+            .iter()
+            .map(|(sweep, weight, _, _)| (SweepId(*sweep), *weight))
+            .collect();
+        let mut queues: BTreeMap<SweepId, VecDeque<Ask>> = sweeps
+            .iter()
+            .map(|(sweep, _, slots, gpus)| (SweepId(*sweep), queue(*sweep, 100_000, *slots, *gpus)))
+            .collect();
+        let mut agents: Vec<Capacity> = (0..16)
+            .map(|n| agent(&format!("agent-{n:02}"), 8, u32::from(n % 4 == 0) * 2))
+            .collect();
+        let mut holding: BTreeMap<SweepId, Usage> = BTreeMap::new();
+        let mut fair = FairShare::default();
+        // (end time, sweep, agent index, slots, gpus)
+        let mut running: Vec<(u64, u64, usize, u32, u32)> = Vec::new();
+        let mut slot_time: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut now = 0u64;
+        while now < 200_000 {
+            for (ask, agent) in fair.assign(&mut queues, &holding, &weights, &mut agents) {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let length = 500 + rng % 1500;
+                let index = agents.iter().position(|a| a.agent == agent).expect("agent");
+                holding
+                    .entry(SweepId(ask.sweep))
+                    .or_default()
+                    .add(ask.slots, ask.gpus);
+                running.push((now + length, ask.sweep, index, ask.slots, ask.gpus));
+            }
+            running.sort_by_key(|trial| std::cmp::Reverse(trial.0));
+            let (end, sweep, index, slots, gpus) = running.pop().expect("something runs");
+            if end > 20_000 {
+                // Slot-time held since the last event, measured after a warm-up.
+                for (_, sweep, _, slots, _) in
+                    running.iter().chain([&(end, sweep, index, slots, gpus)])
+                {
+                    *slot_time.entry(*sweep).or_default() +=
+                        u64::from(*slots) * (end - now.max(20_000));
+                }
+            }
+            now = end;
+            agents[index].free_slots += slots;
+            agents[index].free_gpus += gpus;
+            holding
+                .entry(SweepId(sweep))
+                .or_default()
+                .remove(slots, gpus);
+        }
+        let total: u64 = slot_time.values().sum();
+        // Sweep 4's trials take a GPU each; its share is measured in GPUs (4 agents have 2
+        // each), where it is the only user, and it holds few slots. The other three divide
+        // the rest of the slots 1 : 1 : 2.
+        let rest = total - slot_time[&4];
+        let share = |sweep: u64| slot_time[&sweep] as f64 / rest as f64;
+        for (sweep, expected) in [(1, 0.25), (2, 0.25), (3, 0.5)] {
+            let ratio = share(sweep) / expected;
+            assert!(
+                (0.9..=1.1).contains(&ratio),
+                "sweep {sweep}: {:.3} of the slots against a fair {expected} ({ratio:.2})",
+                share(sweep)
+            );
+        }
+        assert!(slot_time[&4] > 0, "the GPU sweep ran");
     }
 
     fn demand(

@@ -4,7 +4,7 @@
 //! Place in the tree: child of the Leader. Inputs: trials queued by Sweep actors, the
 //! serving replicas the Models actor wants, agents coming and going (from the Registry),
 //! and trial reports from agent sessions, which it forwards to the owning Sweep after
-//! updating slot accounting. Placement itself is the pure [`crate::placement::assign`] and
+//! updating slot accounting. Placement itself is the pure [`crate::placement::FairShare::assign`] and
 //! [`crate::placement::place_replicas`]; replicas are placed first, so a production model
 //! is not kept waiting behind a long queue of trials.
 //!
@@ -30,7 +30,7 @@ use flotilla_protocol::models::ModelRef;
 
 use super::QueuedTrial;
 use super::sweep::{LossCause, SweepMsg};
-use crate::placement::{self, Capacity, ReplicaDemand};
+use crate::placement::{self, Capacity, FairShare, ReplicaDemand, Usage};
 
 /// The send half of an agent session's command writer.
 #[derive(Debug, Clone)]
@@ -242,7 +242,12 @@ pub struct SchedulerState {
     adoption_grace: Duration,
     agents: BTreeMap<AgentId, AgentSlots>,
     queues: BTreeMap<SweepId, VecDeque<QueuedTrial>>,
-    last_served: Option<SweepId>,
+    /// Whose turn is next, and the reservation held for a large trial.
+    fair: FairShare,
+    /// What each sweep's assigned attempts hold (kept with `assignments`).
+    held: BTreeMap<SweepId, Usage>,
+    /// Each sweep's weight in the fair share (missing: 1).
+    weights: BTreeMap<SweepId, f64>,
     sweeps: HashMap<SweepId, ActorRef<SweepMsg>>,
     assignments: HashMap<AttemptId, Assignment>,
     /// The replicas Models last asked for, and where they are placed.
@@ -276,7 +281,9 @@ impl Actor for Scheduler {
             adoption_grace: args.adoption_grace,
             agents: BTreeMap::new(),
             queues: BTreeMap::new(),
-            last_served: None,
+            fair: FairShare::default(),
+            held: BTreeMap::new(),
+            weights: BTreeMap::new(),
             sweeps: HashMap::new(),
             assignments: HashMap::new(),
             replica_demands: Vec::new(),
@@ -685,6 +692,33 @@ impl SchedulerState {
         }
     }
 
+    /// Records an assignment and what it holds for its sweep's fair share.
+    fn assign(&mut self, attempt: AttemptId, assignment: Assignment) {
+        self.held
+            .entry(attempt.trial.sweep)
+            .or_default()
+            .add(assignment.slots, assignment.gpus);
+        if let Some(replaced) = self.assignments.insert(attempt, assignment) {
+            self.forget_held(attempt.trial.sweep, &replaced);
+        }
+    }
+
+    /// Removes an assignment and what it held for its sweep.
+    fn unassign(&mut self, attempt: AttemptId) -> Option<Assignment> {
+        let assignment = self.assignments.remove(&attempt)?;
+        self.forget_held(attempt.trial.sweep, &assignment);
+        Some(assignment)
+    }
+
+    fn forget_held(&mut self, sweep: SweepId, assignment: &Assignment) {
+        if let Some(held) = self.held.get_mut(&sweep) {
+            held.remove(assignment.slots, assignment.gpus);
+            if *held == Usage::default() {
+                self.held.remove(&sweep);
+            }
+        }
+    }
+
     /// Frees the attempt's slot if it is assigned to `agent`; whether it was.
     fn release(&mut self, agent: &AgentId, attempt: AttemptId) -> bool {
         if self
@@ -702,7 +736,7 @@ impl SchedulerState {
             return false;
         }
         let (slots, gpus) = (assignment.slots, assignment.gpus);
-        self.assignments.remove(&attempt);
+        self.unassign(attempt);
         if let Some(agent_slots) = self.agents.get_mut(agent) {
             agent_slots.busy = agent_slots.busy.saturating_sub(slots);
             agent_slots.busy_gpus = agent_slots.busy_gpus.saturating_sub(gpus);
@@ -740,7 +774,7 @@ impl SchedulerState {
                 .get(attempt)
                 .is_some_and(|(e, _)| e.agent == agent);
             if expected && let Some((restored, _)) = self.expected.remove(attempt) {
-                self.assignments.insert(
+                self.assign(
                     *attempt,
                     Assignment {
                         agent: agent.clone(),
@@ -863,8 +897,7 @@ impl SchedulerState {
             // Restored attempts (expected) were running by the store's account.
             let started = self.expected.remove(&attempt).is_some()
                 || self
-                    .assignments
-                    .remove(&attempt)
+                    .unassign(attempt)
                     .is_some_and(|assignment| assignment.started);
             let cause = if started {
                 lost_running += 1;
@@ -1034,6 +1067,8 @@ impl SchedulerState {
                 agent: agent.clone(),
                 free_slots: slots.slots.saturating_sub(slots.busy),
                 free_gpus: slots.gpus.saturating_sub(slots.busy_gpus),
+                slots: slots.slots,
+                gpus: slots.gpus,
             })
             .collect();
         let demands: Vec<ReplicaDemand> = self
@@ -1092,9 +1127,13 @@ impl SchedulerState {
                 agent: agent.clone(),
                 free_slots: slots.slots.saturating_sub(slots.busy),
                 free_gpus: slots.gpus.saturating_sub(slots.busy_gpus),
+                slots: slots.slots,
+                gpus: slots.gpus,
             })
             .collect();
-        let placed = placement::assign(&mut self.queues, &mut self.last_served, &mut capacity);
+        let placed = self
+            .fair
+            .assign(&mut self.queues, &self.held, &self.weights, &mut capacity);
         let now = Instant::now();
         for (trial, agent) in placed {
             let attempt = trial.attempt;
@@ -1102,7 +1141,7 @@ impl SchedulerState {
                 agent_slots.busy += trial.slots;
                 agent_slots.busy_gpus += trial.gpus;
             }
-            self.assignments.insert(
+            self.assign(
                 attempt,
                 Assignment {
                     agent: agent.clone(),
