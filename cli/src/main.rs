@@ -303,6 +303,10 @@ struct CoordinatorArgs {
     /// within 10 minutes (it went down or came back without them); 0 turns it off.
     #[arg(long, default_value_t = 3)]
     cordon_after_losses: u32,
+    /// A team's weight when sweeps share the cluster, as NAME=WEIGHT (repeat for each
+    /// team); sweeps name their team in `[scheduling] team`. A team not named weighs 1.
+    #[arg(long = "team-share", value_name = "NAME=WEIGHT", value_parser = parse_team_share)]
+    team_shares: Vec<(String, f64)>,
     /// Between checks of each canary rollout (each check may advance, promote or roll back).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     rollout_check_interval: Duration,
@@ -689,11 +693,34 @@ async fn shutdown_signal() {
     }
 }
 
+/// `--team-share NAME=WEIGHT`.
+fn parse_team_share(text: &str) -> Result<(String, f64), String> {
+    let (name, weight) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected NAME=WEIGHT, e.g. vision=2"))?;
+    if !flotilla_protocol::spec::valid_team_name(name) {
+        return Err(format!(
+            "{name:?} is not a team name: 1 to 63 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    let weight: f64 = weight
+        .parse()
+        .map_err(|_| format!("{weight:?} (team {name}) is not a number"))?;
+    let most = flotilla_protocol::spec::MAX_SHARE;
+    if !weight.is_finite() || weight <= 0.0 || weight > most {
+        return Err(format!(
+            "team {name}: the weight must be above 0 and at most {most}, not {weight}"
+        ));
+    }
+    Ok((name.to_string(), weight))
+}
+
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let identity = Identity::load_from_dir(&args.certs, &args.identity)?;
     let mut config = CoordinatorConfig::new(args.listen, identity, args.state);
     config.agent_timeout = args.agent_timeout;
     config.cordon_after_losses = args.cordon_after_losses;
+    config.team_shares = args.team_shares.into_iter().collect();
     config.rollout_check_interval = args.rollout_check_interval;
     config.advertise = args.advertise;
     config.metrics_listen = args.metrics_listen;
@@ -1374,4 +1401,30 @@ async fn agent_admin(command: AgentAdminCommand) -> anyhow::Result<()> {
     agents?;
     println!("agent {id} {done}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_team_share;
+
+    #[test]
+    fn team_shares_are_parsed_and_bad_ones_named() {
+        assert_eq!(parse_team_share("vision=2"), Ok(("vision".into(), 2.0)));
+        assert_eq!(
+            parse_team_share("ml-ops.eu=0.5"),
+            Ok(("ml-ops.eu".into(), 0.5))
+        );
+        for (bad, says) in [
+            ("vision", "NAME=WEIGHT"),
+            ("=2", "not a team name"),
+            ("a team=2", "not a team name"),
+            ("vision=two", "not a number"),
+            ("vision=0", "above 0"),
+            ("vision=inf", "above 0"),
+            ("vision=5000", "at most 1000"),
+        ] {
+            let error = parse_team_share(bad).expect_err(bad);
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
 }

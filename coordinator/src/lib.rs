@@ -32,6 +32,7 @@ pub mod selection;
 pub mod store;
 pub mod web;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,6 +69,9 @@ pub struct CoordinatorConfig {
     /// An agent that loses the trials it runs this many times within 10 minutes is cordoned
     /// automatically (0: never).
     pub cordon_after_losses: u32,
+    /// Each team's weight when sweeps share the cluster (`--team-share NAME=WEIGHT`); a
+    /// team not named weighs 1. See `flotilla_protocol::spec::Scheduling`.
+    pub team_shares: BTreeMap<String, f64>,
     pub name: String,
     /// Run highly available: elect a leader and keep state in etcd.
     pub etcd: Option<EtcdConfig>,
@@ -100,6 +104,7 @@ impl CoordinatorConfig {
             heartbeat_interval: Duration::from_secs(1),
             agent_timeout: Duration::from_secs(6),
             cordon_after_losses: 3,
+            team_shares: BTreeMap::new(),
             name: format!("coordinator-{}", std::process::id()),
             etcd: None,
             advertise: None,
@@ -259,6 +264,7 @@ impl Base {
             epoch,
             agent_timeout: self.config.agent_timeout,
             cordon_after_losses: self.config.cordon_after_losses,
+            team_shares: self.config.team_shares.clone(),
             notifier: self.notifier.clone(),
             autoscaler: self.config.autoscaler.clone(),
             rollout_check_interval: self.config.rollout_check_interval,

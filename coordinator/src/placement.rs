@@ -26,9 +26,10 @@
 //! already runs it (a new leader keeps replicas where they are), then to the agent with the
 //! fewest replicas, then the most free GPUs (GPU replicas) or slots.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use flotilla_protocol::models::ModelRef;
+use flotilla_protocol::spec::Scheduling;
 use flotilla_protocol::{AgentId, SweepId};
 
 /// What a queued trial needs.
@@ -244,6 +245,47 @@ impl FairShare {
         order.sort_by(|left, right| left.1.total_cmp(&right.1));
         order
     }
+}
+
+/// The weight in the fair share of each `active` sweep (trials queued or held; only they
+/// compete, so the work grows with them, not with every sweep ever registered). A sweep
+/// without a team weighs its `share`. The active sweeps of a team together weigh the team's
+/// share from `teams` (1 for a team not named there) and divide it in proportion to their
+/// own `share`s; so a team's weight does not grow with the number of sweeps it submits. A
+/// sweep missing from `sweeps` has the default share and no team.
+pub fn weights(
+    sweeps: &BTreeMap<SweepId, Scheduling>,
+    teams: &BTreeMap<String, f64>,
+    active: &BTreeSet<SweepId>,
+) -> BTreeMap<SweepId, f64> {
+    let default = Scheduling::default();
+    let scheduling = |sweep: &SweepId| sweeps.get(sweep).unwrap_or(&default);
+    let mut team_total: BTreeMap<&str, f64> = BTreeMap::new();
+    for sweep in active {
+        let scheduling = scheduling(sweep);
+        if let Some(team) = &scheduling.team {
+            *team_total.entry(team.as_str()).or_default() += scheduling.share;
+        }
+    }
+    active
+        .iter()
+        .map(|sweep| {
+            let scheduling = scheduling(sweep);
+            let weight = match &scheduling.team {
+                None => scheduling.share,
+                Some(team) => {
+                    let team_share = teams.get(team).copied().unwrap_or(1.0);
+                    let total = team_total.get(team.as_str()).copied().unwrap_or(0.0);
+                    if total > 0.0 {
+                        team_share * scheduling.share / total
+                    } else {
+                        team_share
+                    }
+                }
+            };
+            (*sweep, weight)
+        })
+        .collect()
 }
 
 /// The eligible agent with the most free slots, leaving out `withheld`; ties go to the
@@ -686,6 +728,47 @@ mod tests {
         let placed = fair.assign(&mut queues, &holding, &none, &mut agents);
         assert_eq!(placed.len(), 1);
         assert!(fair.reservation().is_none());
+    }
+
+    #[test]
+    fn a_team_weighs_its_share_however_many_sweeps_it_runs() {
+        let scheduling = |share: f64, team: Option<&str>| Scheduling {
+            share,
+            team: team.map(str::to_string),
+        };
+        let sweeps = BTreeMap::from([
+            (SweepId(1), scheduling(1.0, None)),
+            (SweepId(2), scheduling(1.0, Some("vision"))),
+            (SweepId(3), scheduling(3.0, Some("vision"))),
+            (SweepId(4), scheduling(1.0, Some("vision"))),
+            (SweepId(5), scheduling(2.0, Some("nlp"))),
+            (SweepId(6), scheduling(2.0, None)),
+        ]);
+        let teams = BTreeMap::from([("nlp".to_string(), 3.0)]);
+        // Sweep 4 has nothing queued or running: it takes no part of its team's share.
+        let active: BTreeSet<SweepId> = [1, 2, 3, 5, 6].into_iter().map(SweepId).collect();
+        let weights = weights(&sweeps, &teams, &active);
+        assert!(
+            !weights.contains_key(&SweepId(4)),
+            "only active sweeps are weighed"
+        );
+        assert_eq!(weights[&SweepId(1)], 1.0);
+        assert_eq!(weights[&SweepId(6)], 2.0);
+        // vision (team share 1, not named) splits 1 : 3 between its two active sweeps.
+        assert_eq!(weights[&SweepId(2)], 0.25);
+        assert_eq!(weights[&SweepId(3)], 0.75);
+        // nlp weighs 3 with one sweep.
+        assert_eq!(weights[&SweepId(5)], 3.0);
+        // Placed by these weights, vision's two sweeps together hold what sweep 1 holds.
+        let mut queues: BTreeMap<SweepId, VecDeque<Ask>> = [1, 2, 3]
+            .into_iter()
+            .map(|sweep| (SweepId(sweep), queue(sweep, 100, 1, 0)))
+            .collect();
+        let mut agents = vec![agent("a", 16, 0)];
+        let placed =
+            FairShare::default().assign(&mut queues, &BTreeMap::new(), &weights, &mut agents);
+        assert_eq!(count(&placed, 1), 8);
+        assert_eq!((count(&placed, 2), count(&placed, 3)), (2, 6));
     }
 
     /// A cluster over time: trials of random length finish and free their slots, and

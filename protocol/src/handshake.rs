@@ -28,11 +28,13 @@ use crate::messages::{Hello, Role};
 /// older peers are refused; stored state of versions 11 to 14 is read and converted.
 /// Version 16 added multi-objective sweeps (`Objective::also`): sweep specs changed again, so
 /// older peers are refused; stored state of versions 11 to 15 is read and converted.
-pub const PROTOCOL_VERSION: u16 = 16;
+/// Version 17 added the sweep's share and team (`SweepSpec::scheduling`): sweep specs changed,
+/// so older peers are refused; stored state of versions 11 to 16 is read and converted.
+pub const PROTOCOL_VERSION: u16 = 17;
 /// Oldest protocol version this build still speaks. Older peers are refused at the
 /// handshake with `UnsupportedVersion` rather than failing later on a message they cannot
 /// decode.
-pub const MIN_PROTOCOL_VERSION: u16 = 16;
+pub const MIN_PROTOCOL_VERSION: u16 = 17;
 /// ALPN identifier; a peer without it fails the TLS handshake.
 pub const ALPN: &[u8] = b"flotilla";
 

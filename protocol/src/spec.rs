@@ -56,6 +56,55 @@ pub struct SweepSpec {
     /// to ids when the sweep is submitted.
     #[serde(default)]
     pub warm_start: Vec<String>,
+    /// How the sweep shares the cluster with other sweeps (`[scheduling]`, protocol 17):
+    /// its weight and its team.
+    #[serde(default)]
+    pub scheduling: Scheduling,
+}
+
+/// `[scheduling]`: the sweep's part of the cluster when sweeps compete for slots.
+///
+/// Sweeps share slots and GPUs by weighted dominant-resource fairness: while several have
+/// trials queued, each holds slots (or GPUs, for GPU trials) in proportion to its weight.
+/// A sweep without a team weighs its `share`. A team's sweeps together weigh the team's
+/// share (`flotilla coordinator --team-share NAME=WEIGHT`, 1 when not given) and divide it
+/// by their own `share`s, so a team that submits ten sweeps does not get ten times the
+/// cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scheduling {
+    /// The sweep's weight: 2 holds twice the slots of 1 while both have trials queued.
+    #[serde(default = "default_share")]
+    pub share: f64,
+    /// The team the sweep counts for (letters, digits, `-`, `_` and `.`; at most 63).
+    #[serde(default)]
+    pub team: Option<String>,
+}
+
+impl Default for Scheduling {
+    fn default() -> Self {
+        Scheduling {
+            share: default_share(),
+            team: None,
+        }
+    }
+}
+
+fn default_share() -> f64 {
+    1.0
+}
+
+/// The largest `scheduling.share` (and team share): weights further apart than this are
+/// more likely a typo than a policy.
+pub const MAX_SHARE: f64 = 1000.0;
+
+/// Whether `name` may name a team: 1 to 63 letters, digits, `-`, `_` or `.`.
+pub fn valid_team_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// `[serving]`: the program that serves a registered version of this sweep's models.
@@ -1249,6 +1298,21 @@ metrics = ["loss"]
         if self.resources.slots == 0 {
             problem("resources.slots", "must be at least 1".into());
         }
+        let share = self.scheduling.share;
+        if !share.is_finite() || share <= 0.0 || share > MAX_SHARE {
+            problem(
+                "scheduling.share",
+                format!("must be a number above 0 and at most {MAX_SHARE}, not {share}"),
+            );
+        }
+        if let Some(team) = &self.scheduling.team
+            && !valid_team_name(team)
+        {
+            problem(
+                "scheduling.team",
+                format!("{team:?} is not a team name: 1 to 63 letters, digits, '-', '_' or '.'"),
+            );
+        }
         if self.retries.max_reschedules > MAX_RESCHEDULES {
             problem(
                 "retries.max_reschedules",
@@ -1816,6 +1880,36 @@ metrics = ["loss", "accuracy"]
             Err(SpecError::Invalid { problems, .. }) => problems,
             other => panic!("expected validation problems, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn scheduling_share_and_team_are_read_and_checked() {
+        let spec = SweepSpec::from_toml(GOOD, "test.toml").expect("valid");
+        assert_eq!(spec.scheduling, Scheduling::default());
+        assert_eq!(spec.scheduling.share, 1.0);
+        let text = format!("{GOOD}\n[scheduling]\nshare = 2.5\nteam = \"vision\"\n");
+        let spec = SweepSpec::from_toml(&text, "test.toml").expect("valid");
+        assert_eq!(spec.scheduling.share, 2.5);
+        assert_eq!(spec.scheduling.team.as_deref(), Some("vision"));
+        let back = SweepSpec::from_toml(&spec.to_toml(), "round trip").expect("valid");
+        assert_eq!(back, spec);
+        for (section, path) in [
+            ("share = 0", "scheduling.share"),
+            ("share = -1.0", "scheduling.share"),
+            ("share = 1e9", "scheduling.share"),
+            ("share = nan", "scheduling.share"),
+            ("team = \"\"", "scheduling.team"),
+            ("team = \"a team\"", "scheduling.team"),
+        ] {
+            let problems = problems_of(&format!("{GOOD}\n[scheduling]\n{section}\n"));
+            assert!(
+                problems.iter().any(|p| p.path == path),
+                "{section}: {problems:?}"
+            );
+        }
+        let error = SweepSpec::from_toml(&format!("{GOOD}\n[scheduling]\npriority = 3\n"), "t")
+            .expect_err("unknown field");
+        assert!(error.to_string().contains("priority"), "{error}");
     }
 
     #[test]

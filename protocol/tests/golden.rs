@@ -14,7 +14,8 @@ use flotilla_protocol::messages::*;
 use flotilla_protocol::models::*;
 use flotilla_protocol::spec::{
     AlgorithmSpec, Budget, Constraint, ConstraintOp, Direction, FieldProblem, Goal, Objective,
-    ParamSpec, PhaseSpec, Resources, RetryPolicy, ServingSpec, SweepSpec, TrialSpec, When,
+    ParamSpec, PhaseSpec, Resources, RetryPolicy, Scheduling, ServingSpec, SweepSpec, TrialSpec,
+    When,
 };
 use flotilla_protocol::{AgentId, AttemptId, Epoch, ParamValue, SweepId, TrialId};
 use flotilla_rollout::{Arm, Decision, Evidence, Metric, Pair, Policy, Verdict};
@@ -81,6 +82,7 @@ fn spec() -> SweepSpec {
         }],
         serving: None,
         warm_start: Vec::new(),
+        scheduling: Scheduling::default(),
     }
 }
 
@@ -843,6 +845,16 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                     ),
                 ]),
                 warm_start: vec!["s3".into()],
+                ..spec()
+            }),
+        ),
+        (
+            "SweepSpec with [scheduling] (protocol 17)",
+            encode(&SweepSpec {
+                scheduling: Scheduling {
+                    share: 2.0,
+                    team: Some("vision".into()),
+                },
                 ..spec()
             }),
         ),

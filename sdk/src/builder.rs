@@ -5,7 +5,7 @@ use std::time::Duration;
 use flotilla_protocol::ParamValue;
 use flotilla_protocol::spec::{
     AlgorithmName, AlgorithmSpec, Budget, Constraint, Direction, Goal, Objective, ParamSpec,
-    PhaseSpec, Resources, RetryPolicy, SpecError, SweepSpec, TrialSpec,
+    PhaseSpec, Resources, RetryPolicy, Scheduling, SpecError, SweepSpec, TrialSpec,
 };
 
 /// Builds a [`SweepSpec`]; [`SweepBuilder::build`] validates it like a sweep file.
@@ -35,6 +35,7 @@ impl SweepBuilder {
                 phases: Vec::new(),
                 serving: None,
                 warm_start: Vec::new(),
+                scheduling: Scheduling::default(),
             },
             constraint_errors: Vec::new(),
         }
@@ -169,6 +170,19 @@ impl SweepBuilder {
 
     pub fn slots(mut self, slots: u32) -> Self {
         self.spec.resources.slots = slots;
+        self
+    }
+
+    /// The sweep's weight when sweeps share the cluster (`[scheduling] share`, default 1).
+    pub fn share(mut self, share: f64) -> Self {
+        self.spec.scheduling.share = share;
+        self
+    }
+
+    /// The team the sweep counts for (`[scheduling] team`): a team's sweeps divide the
+    /// team's share between them.
+    pub fn team(mut self, team: impl Into<String>) -> Self {
+        self.spec.scheduling.team = Some(team.into());
         self
     }
 

@@ -56,6 +56,8 @@ pub struct LeaderArgs {
     pub agent_timeout: Duration,
     /// See `CoordinatorConfig::cordon_after_losses`.
     pub cordon_after_losses: u32,
+    /// See `CoordinatorConfig::team_shares`.
+    pub team_shares: BTreeMap<String, f64>,
     /// Told when a sweep ends.
     pub notifier: Option<crate::notify::Notifier>,
     /// Sizes the agent fleet while this coordinator leads.
@@ -95,6 +97,7 @@ impl Actor for Leader {
             store: args.store.clone(),
             cordoned: stored.cordoned.clone(),
             cordon_after_losses: args.cordon_after_losses,
+            team_shares: args.team_shares,
         };
         let (scheduler, _) =
             Actor::spawn_linked(None, Scheduler, scheduler_args, myself.get_cell()).await?;

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use flotilla_protocol::models::ModelRef;
+use flotilla_protocol::spec::Scheduling;
 
 use super::QueuedTrial;
 use super::sweep::{LossCause, SweepMsg};
@@ -83,6 +84,8 @@ pub enum SchedulerMsg {
     RegisterSweep {
         sweep: SweepId,
         actor: ActorRef<SweepMsg>,
+        /// Its share and team (`[scheduling]`).
+        scheduling: Scheduling,
     },
     Enqueue(Vec<QueuedTrial>),
     Expect(Vec<ExpectedAttempt>),
@@ -194,6 +197,8 @@ pub struct SchedulerArgs {
     /// Losses of running trials within [`LOSS_WINDOW`] after which an agent is cordoned
     /// automatically (0: never).
     pub cordon_after_losses: u32,
+    /// Each team's weight in the fair share (`--team-share`; a team not named weighs 1).
+    pub team_shares: BTreeMap<String, f64>,
 }
 
 /// How far back an agent's losses of running trials are counted.
@@ -246,8 +251,10 @@ pub struct SchedulerState {
     fair: FairShare,
     /// What each sweep's assigned attempts hold (kept with `assignments`).
     held: BTreeMap<SweepId, Usage>,
-    /// Each sweep's weight in the fair share (missing: 1).
-    weights: BTreeMap<SweepId, f64>,
+    /// Each registered sweep's share and team.
+    scheduling: BTreeMap<SweepId, Scheduling>,
+    /// Each team's weight (`--team-share`).
+    team_shares: BTreeMap<String, f64>,
     sweeps: HashMap<SweepId, ActorRef<SweepMsg>>,
     assignments: HashMap<AttemptId, Assignment>,
     /// The replicas Models last asked for, and where they are placed.
@@ -283,7 +290,8 @@ impl Actor for Scheduler {
             queues: BTreeMap::new(),
             fair: FairShare::default(),
             held: BTreeMap::new(),
-            weights: BTreeMap::new(),
+            scheduling: BTreeMap::new(),
+            team_shares: args.team_shares,
             sweeps: HashMap::new(),
             assignments: HashMap::new(),
             replica_demands: Vec::new(),
@@ -303,8 +311,13 @@ impl Actor for Scheduler {
         state: &mut SchedulerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SchedulerMsg::RegisterSweep { sweep, actor } => {
+            SchedulerMsg::RegisterSweep {
+                sweep,
+                actor,
+                scheduling,
+            } => {
                 state.sweeps.insert(sweep, actor);
+                state.scheduling.insert(sweep, scheduling);
             }
             SchedulerMsg::Enqueue(trials) => {
                 for trial in trials {
@@ -466,6 +479,7 @@ impl Actor for Scheduler {
             SchedulerMsg::ForgetSweep { sweep } => {
                 state.queues.remove(&sweep);
                 state.sweeps.remove(&sweep);
+                state.scheduling.remove(&sweep);
                 state
                     .expected
                     .retain(|attempt, _| attempt.trial.sweep != sweep);
@@ -1131,9 +1145,16 @@ impl SchedulerState {
                 gpus: slots.gpus,
             })
             .collect();
+        let active = self
+            .queues
+            .keys()
+            .chain(self.held.keys())
+            .copied()
+            .collect();
+        let weights = placement::weights(&self.scheduling, &self.team_shares, &active);
         let placed = self
             .fair
-            .assign(&mut self.queues, &self.held, &self.weights, &mut capacity);
+            .assign(&mut self.queues, &self.held, &weights, &mut capacity);
         let now = Instant::now();
         for (trial, agent) in placed {
             let attempt = trial.attempt;
@@ -1189,6 +1210,7 @@ mod tests {
             store: std::sync::Arc::new(store),
             cordoned: BTreeSet::new(),
             cordon_after_losses: 3,
+            team_shares: BTreeMap::new(),
         };
         let (scheduler, _) = Actor::spawn(None, Scheduler, args)
             .await

@@ -323,6 +323,7 @@ impl Actor for SweepActor {
         state.scheduler.cast(SchedulerMsg::RegisterSweep {
             sweep: state.record.id,
             actor: myself.clone(),
+            scheduling: state.record.spec.scheduling.clone(),
         })?;
         state.resume();
         state.rebuild_rungs();

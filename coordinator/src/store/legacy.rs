@@ -1,4 +1,4 @@
-//! Stored records written by protocol 11 to 15 builds, read by this one.
+//! Stored records written by protocol 11 to 16 builds, read by this one.
 //!
 //! Protocol 12 added fields to records the state file and etcd hold: `SweepSpec::serving`,
 //! `ModelVersion::serving`, squared error in the rollout counters (`Arm`), and the gating
@@ -13,7 +13,8 @@
 //! Protocol 15 added conditions to parameters (`ParamSpec::when`, inside sweep records'
 //! spaces and phases) and `SweepSpec::warm_start`: older sweeps have no conditions and no
 //! warm start. Protocol 16 added further objectives (`Objective::also`, inside sweep
-//! records): older sweeps have one objective. A record that is none of them is corrupt, as before. The next write of a
+//! records): older sweeps have one objective. Protocol 17 added `SweepSpec::scheduling` (the
+//! sweep's share and team): older sweeps weigh 1 and have no team. A record that is none of them is corrupt, as before. The next write of a
 //! converted record stores the current layout. [`read`] tries a record type's layouts in
 //! order ([`Stored`]).
 
@@ -30,7 +31,7 @@ use flotilla_protocol::models::{
 };
 use flotilla_protocol::spec::{
     AlgorithmSpec, Budget, Constraint, Direction, EarlyStopping, Objective, ParamKind, ParamSpec,
-    PhaseSpec, Resources, RetryPolicy, ServingSpec, SweepSpec, TrialSpec,
+    PhaseSpec, Resources, RetryPolicy, Scheduling, ServingSpec, SweepSpec, TrialSpec,
 };
 use flotilla_protocol::{AgentId, Epoch, ParamValue, SweepId, TrialId};
 use flotilla_rollout::{Arm, Metric, Pair, Policy, Stage};
@@ -57,7 +58,8 @@ fn older<L: DeserializeOwned + Into<T>, T>(bytes: &[u8]) -> Option<T> {
 
 impl Stored for SweepRecord {
     fn older(bytes: &[u8]) -> Option<Self> {
-        older::<SweepRecordV15, _>(bytes)
+        older::<SweepRecordV16, _>(bytes)
+            .or_else(|| older::<SweepRecordV15, _>(bytes))
             .or_else(|| older::<SweepRecordV14, _>(bytes))
             .or_else(|| older::<SweepRecordV12, _>(bytes))
             .or_else(|| older::<SweepRecordV11, _>(bytes))
@@ -66,7 +68,8 @@ impl Stored for SweepRecord {
 
 impl Stored for StateWrite {
     fn older(bytes: &[u8]) -> Option<Self> {
-        older::<StateWriteV15, _>(bytes)
+        older::<StateWriteV16, _>(bytes)
+            .or_else(|| older::<StateWriteV15, _>(bytes))
             .or_else(|| older::<StateWriteV14, _>(bytes))
             .or_else(|| older::<StateWriteV12, _>(bytes))
             .or_else(|| older::<StateWriteV11, _>(bytes))
@@ -88,6 +91,96 @@ impl Stored for ModelVersion {
 impl Stored for RolloutRecord {
     fn older(bytes: &[u8]) -> Option<Self> {
         older::<RolloutRecordV11, _>(bytes)
+    }
+}
+
+/// A sweep spec as protocol 16 stored it: no `[scheduling]` (every sweep weighed 1).
+#[derive(Serialize, Deserialize)]
+pub struct SweepSpecV16 {
+    name: String,
+    objective: Objective,
+    constraints: Vec<Constraint>,
+    space: BTreeMap<String, ParamSpec>,
+    algorithm: AlgorithmSpec,
+    budget: Budget,
+    trial: TrialSpec,
+    resources: Resources,
+    retries: RetryPolicy,
+    early_stopping: Option<EarlyStopping>,
+    phases: Vec<PhaseSpec>,
+    serving: Option<ServingSpec>,
+    warm_start: Vec<String>,
+}
+
+impl From<SweepSpecV16> for SweepSpec {
+    fn from(old: SweepSpecV16) -> SweepSpec {
+        SweepSpec {
+            name: old.name,
+            objective: old.objective,
+            constraints: old.constraints,
+            space: old.space,
+            algorithm: old.algorithm,
+            budget: old.budget,
+            trial: old.trial,
+            resources: old.resources,
+            retries: old.retries,
+            early_stopping: old.early_stopping,
+            phases: old.phases,
+            serving: old.serving,
+            warm_start: old.warm_start,
+            scheduling: Scheduling::default(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SweepRecordV16 {
+    id: SweepId,
+    spec: SweepSpecV16,
+    seed: u64,
+    state: SweepState,
+    created_ms: u64,
+    finished_ms: Option<u64>,
+    message: Option<String>,
+}
+
+impl From<SweepRecordV16> for SweepRecord {
+    fn from(old: SweepRecordV16) -> SweepRecord {
+        SweepRecord {
+            id: old.id,
+            spec: old.spec.into(),
+            seed: old.seed,
+            state: old.state,
+            created_ms: old.created_ms,
+            finished_ms: old.finished_ms,
+            message: old.message,
+        }
+    }
+}
+
+/// A state-file record of version 16 (only sweep records differ).
+#[derive(Serialize, Deserialize)]
+pub enum StateWriteV16 {
+    Sweep(Box<SweepRecordV16>),
+    Trial(Box<TrialRecord>),
+    Epoch(Epoch),
+    Agent(Box<AgentRecord>),
+    Cordon { agent: AgentId, cordoned: bool },
+    Model(Box<ModelVersion>),
+    Rollout(Box<RolloutRecord>),
+}
+
+impl From<StateWriteV16> for StateWrite {
+    fn from(old: StateWriteV16) -> StateWrite {
+        match old {
+            StateWriteV16::Sweep(sweep) => StateWrite::Sweep(Box::new((*sweep).into())),
+            StateWriteV16::Trial(trial) => StateWrite::Trial(trial),
+            StateWriteV16::Epoch(epoch) => StateWrite::Epoch(epoch),
+            StateWriteV16::Agent(agent) => StateWrite::Agent(agent),
+            StateWriteV16::Cordon { agent, cordoned } => StateWrite::Cordon { agent, cordoned },
+            StateWriteV16::Model(model) => StateWrite::Model(model),
+            StateWriteV16::Rollout(rollout) => StateWrite::Rollout(rollout),
+        }
     }
 }
 
@@ -138,6 +231,7 @@ impl From<SweepSpecV15> for SweepSpec {
             phases: old.phases,
             serving: old.serving,
             warm_start: old.warm_start,
+            scheduling: Scheduling::default(),
         }
     }
 }
@@ -277,6 +371,7 @@ impl From<SweepSpecV14> for SweepSpec {
             phases: phases(old.phases),
             serving: old.serving,
             warm_start: Vec::new(),
+            scheduling: Scheduling::default(),
         }
     }
 }
@@ -457,6 +552,7 @@ impl From<SweepSpecV12> for SweepSpec {
             phases: phases(old.phases),
             serving: old.serving.map(Into::into),
             warm_start: Vec::new(),
+            scheduling: Scheduling::default(),
         }
     }
 }
@@ -571,6 +667,7 @@ impl From<SweepSpecV11> for SweepSpec {
             phases: phases(old.phases),
             serving: None,
             warm_start: Vec::new(),
+            scheduling: Scheduling::default(),
         }
     }
 }
@@ -1052,6 +1149,55 @@ mod tests {
             });
         let current = codec::encode(&multi).expect("encode");
         assert_eq!(read::<SweepRecord>(&current).expect("current"), multi);
+    }
+
+    #[test]
+    fn version_16_sweeps_are_read_with_the_default_share() {
+        let mut spec = SweepSpec::example();
+        spec.objective.also.push(flotilla_protocol::spec::Goal {
+            metric: "latency_ms".into(),
+            direction: Direction::Minimize,
+        });
+        let old = SweepRecordV16 {
+            id: SweepId(13),
+            spec: SweepSpecV16 {
+                name: spec.name.clone(),
+                objective: spec.objective.clone(),
+                constraints: spec.constraints.clone(),
+                space: spec.space.clone(),
+                algorithm: spec.algorithm.clone(),
+                budget: spec.budget.clone(),
+                trial: spec.trial.clone(),
+                resources: spec.resources,
+                retries: spec.retries,
+                early_stopping: spec.early_stopping.clone(),
+                phases: Vec::new(),
+                serving: None,
+                warm_start: Vec::new(),
+            },
+            seed: 3,
+            state: SweepState::Running,
+            created_ms: 1_765_000_000_000,
+            finished_ms: None,
+            message: None,
+        };
+        let bytes = codec::encode(&old).expect("encode");
+        let sweep = read::<SweepRecord>(&bytes).expect("read");
+        assert_eq!(sweep.spec, spec);
+        assert_eq!(sweep.spec.scheduling, Scheduling::default());
+        let write = codec::encode(&StateWriteV16::Sweep(Box::new(old))).expect("encode");
+        match read::<StateWrite>(&write).expect("read") {
+            StateWrite::Sweep(read) => assert_eq!(*read, sweep),
+            _ => panic!("not a sweep"),
+        }
+        // A sweep with a share and a team reads as itself.
+        let mut shared = sweep.clone();
+        shared.spec.scheduling = Scheduling {
+            share: 2.0,
+            team: Some("vision".into()),
+        };
+        let current = codec::encode(&shared).expect("encode");
+        assert_eq!(read::<SweepRecord>(&current).expect("current"), shared);
     }
 
     fn old_serving() -> ServingSpecV12 {
