@@ -1,0 +1,589 @@
+//! Scale: a coordinator with many agents and many sweeps at once. Placement latency, the
+//! coordinator's CPU and memory, and how each sweep's share of the slots compares with its
+//! fair share.
+//!
+//! The coordinator and the client run in this process; `--agents` load agents run in a
+//! child process (this program again, `--role agents`), each its own QUIC connection over
+//! loopback with mutual TLS. A load agent says `Hello`, registers `--slots` slots, answers
+//! every start at once with `TrialStarted`, holds the slot for the trial's length (`--trial-ms`
+//! × (0.5 + x), x the trial's parameter in [0, 1]) and reports it `Succeeded`; it heartbeats
+//! every second and answers stops. No trial process runs: this measures the control plane
+//! (QUIC sessions, the Scheduler and placement, the Sweep actors, the write-ahead store).
+//!
+//! `--sweeps` sweeps are submitted at once, each with more trials queued than its fair share
+//! of slots can run: every fifth sweep has share 2, every tenth (from the second) asks for
+//! 4-slot trials, the rest 1 slot and share 1. After `--seconds` they are cancelled and
+//! every trial record is read back. Placement latency is the trial's `dispatch_latency_us`
+//! (placement decision → the agent's `TrialStarted`, the durable write of the placement
+//! included). Fair share: over the window from `--warmup` seconds after the submits to the
+//! cancel, each sweep's slot-seconds against its weight's part of all slot-seconds used
+//! (weighted dominant-resource fairness with slots the only resource; a 4-slot sweep is
+//! owed slots, not trials).
+//!
+//! ```text
+//! cargo bench -p flotilla-sdk --features embedded --bench scale -- \
+//!     [--agents 1000] [--slots 8] [--sweeps 50] [--trial-ms 4000] [--seconds 60] [--warmup 15]
+//! ```
+//!
+//! Prints Markdown table rows for `docs/benchmarks.md`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use flotilla_coordinator::{Coordinator, CoordinatorConfig};
+use flotilla_protocol::messages::{
+    AgentMessage, Command, CoordinatorCommand, Heartbeat, HelloReply, Metrics, Registration, Role,
+    StopReason, TrialOutcome, TrialRecord,
+};
+use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME, ClusterCa, Identity};
+use flotilla_protocol::{AgentId, AttemptId, ParamValue, framing, handshake};
+use flotilla_sdk::{AlgorithmName, Client, SweepBuilder, SweepId};
+use tokio::sync::mpsc;
+
+#[derive(Clone, Debug)]
+struct Options {
+    agents: u32,
+    slots: u32,
+    sweeps: u32,
+    trial_ms: u64,
+    seconds: f64,
+    warmup: f64,
+    /// `agents`: run the load agents (the child process).
+    role: Option<String>,
+    coordinator: Option<SocketAddr>,
+    certs: Option<PathBuf>,
+}
+
+fn parse_options() -> anyhow::Result<Options> {
+    let mut options = Options {
+        agents: 1000,
+        slots: 8,
+        sweeps: 50,
+        trial_ms: 4000,
+        seconds: 60.0,
+        warmup: 15.0,
+        role: None,
+        coordinator: None,
+        certs: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--bench" {
+            continue;
+        }
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--agents" => options.agents = value.parse()?,
+            "--slots" => options.slots = value.parse()?,
+            "--sweeps" => options.sweeps = value.parse()?,
+            "--trial-ms" => options.trial_ms = value.parse()?,
+            "--seconds" => options.seconds = value.parse()?,
+            "--warmup" => options.warmup = value.parse()?,
+            "--role" => options.role = Some(value),
+            "--coordinator" => options.coordinator = Some(value.parse()?),
+            "--certs" => options.certs = Some(value.into()),
+            other => bail!(
+                "unknown option {other} (use --agents, --slots, --sweeps, --trial-ms, --seconds, --warmup)"
+            ),
+        }
+    }
+    anyhow::ensure!(
+        options.seconds > options.warmup,
+        "--seconds must exceed --warmup"
+    );
+    anyhow::ensure!(
+        options.sweeps > 0 && options.agents > 0 && options.slots > 0,
+        "--agents, --slots and --sweeps must be at least 1"
+    );
+    Ok(options)
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = parse_options()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match options.role.as_deref() {
+        Some("agents") => runtime.block_on(load_agents(options)),
+        Some(other) => bail!("--role is agents, not {other}"),
+        None => runtime.block_on(run(options)),
+    }
+}
+
+// ---- the load agents (child process) ----
+
+async fn load_agents(options: Options) -> anyhow::Result<()> {
+    let coordinator = options.coordinator.context("--coordinator")?;
+    let certs = options.certs.clone().context("--certs")?;
+    let identity = Identity::load_from_dir(&certs, "agent")?;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(tls::client_config(&identity)?);
+    let mut agents = tokio::task::JoinSet::new();
+    for index in 0..options.agents {
+        let endpoint = endpoint.clone();
+        let name = format!("load-{index:04}");
+        let slots = options.slots;
+        let trial_ms = options.trial_ms;
+        agents.spawn(async move {
+            // A handshake can time out while a thousand are under way on two cores; a real
+            // agent reconnects with a backoff too.
+            for attempt in 1..=10 {
+                match load_agent(&endpoint, coordinator, &name, slots, trial_ms).await {
+                    Ok(()) => return,
+                    Err(error) if attempt == 10 => eprintln!("{name}: {error:#}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500 * attempt)).await,
+                }
+            }
+        });
+        // Connect in a steady stream rather than a thousand handshakes at once.
+        if index % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Runs until the parent kills this process.
+    while agents.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// One load agent: registers, then holds each trial it is given for its length.
+async fn load_agent(
+    endpoint: &quinn::Endpoint,
+    coordinator: SocketAddr,
+    name: &str,
+    slots: u32,
+    trial_ms: u64,
+) -> anyhow::Result<()> {
+    let connection = endpoint
+        .connect(coordinator, COORDINATOR_SERVER_NAME)?
+        .await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    framing::write_frame(&mut send, &handshake::hello(Role::Agent, name)).await?;
+    match framing::read_frame::<_, HelloReply>(&mut recv).await? {
+        Some(HelloReply::Welcome(_)) => {}
+        other => bail!("not welcomed: {other:?}"),
+    }
+    let registration = Registration {
+        agent_id: AgentId(name.to_string()),
+        hostname: name.to_string(),
+        slots,
+        gpus: 0,
+        running: Vec::new(),
+        finished: Vec::new(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    framing::write_frame(&mut send, &AgentMessage::Register(registration)).await?;
+    // One writer owns the send stream; trial timers and the heartbeat queue messages to it.
+    let (outbox, mut queued) = mpsc::unbounded_channel::<AgentMessage>();
+    let writer = tokio::spawn(async move {
+        let mut buffer = Vec::new();
+        while let Some(message) = queued.recv().await {
+            buffer.clear();
+            framing::append_frame(&mut buffer, &message)?;
+            while let Ok(more) = queued.try_recv() {
+                framing::append_frame(&mut buffer, &more)?;
+            }
+            send.write_all(&buffer).await?;
+        }
+        anyhow::Ok(())
+    });
+    let running: Arc<std::sync::Mutex<HashMap<AttemptId, tokio::task::AbortHandle>>> =
+        Arc::default();
+    let heartbeat = {
+        let outbox = outbox.clone();
+        let running = running.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let attempts = running
+                    .lock()
+                    .map(|running| running.keys().copied().collect())
+                    .unwrap_or_default();
+                if outbox
+                    .send(AgentMessage::Heartbeat(Heartbeat { running: attempts }))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    while let Some(command) = framing::read_frame::<_, CoordinatorCommand>(&mut recv).await? {
+        let start = match command.command {
+            Command::StartTrial(start) => *start,
+            Command::StartAttempt(attempt) => attempt.start,
+            Command::StopTrial { attempt, reason } => {
+                let timer = running.lock().ok().and_then(|mut r| r.remove(&attempt));
+                if let Some(timer) = timer {
+                    timer.abort();
+                    let outcome = TrialOutcome::Stopped {
+                        reason,
+                        duration_ms: 0,
+                    };
+                    let _ = outbox.send(AgentMessage::TrialFinished { attempt, outcome });
+                }
+                continue;
+            }
+            Command::Drain => {
+                let stopped: Vec<_> = running
+                    .lock()
+                    .map(|mut r| r.drain().collect())
+                    .unwrap_or_default();
+                for (attempt, timer) in stopped {
+                    timer.abort();
+                    let outcome = TrialOutcome::Stopped {
+                        reason: StopReason::AgentShutdown,
+                        duration_ms: 0,
+                    };
+                    let _ = outbox.send(AgentMessage::TrialFinished { attempt, outcome });
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        let attempt = start.attempt;
+        let x = match start.params.get("x") {
+            Some(ParamValue::Float(x)) => *x,
+            _ => 0.5,
+        };
+        let length = Duration::from_millis((trial_ms as f64 * (0.5 + x)) as u64);
+        let _ = outbox.send(AgentMessage::TrialStarted { attempt });
+        let timer = {
+            let outbox = outbox.clone();
+            let running = running.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(length).await;
+                if running
+                    .lock()
+                    .ok()
+                    .and_then(|mut r| r.remove(&attempt))
+                    .is_some()
+                {
+                    let outcome = TrialOutcome::Succeeded {
+                        metrics: Metrics::from([("loss".to_string(), x)]),
+                        duration_ms: length.as_millis() as u64,
+                    };
+                    let _ = outbox.send(AgentMessage::TrialFinished { attempt, outcome });
+                }
+            })
+        };
+        if let Ok(mut running) = running.lock() {
+            running.insert(attempt, timer.abort_handle());
+        }
+    }
+    heartbeat.abort();
+    writer.abort();
+    Ok(())
+}
+
+// ---- the coordinator side (this process) ----
+
+/// CPU seconds this process has used (user + system).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 (1-based), 11 and 12 after the name and state.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// This process's resident and peak resident memory, MiB.
+fn memory_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map_or(f64::NAN, |kib| kib / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct SweepPlan {
+    name: String,
+    share: f64,
+    slots: u32,
+}
+
+fn plan(options: &Options) -> Vec<SweepPlan> {
+    (0..options.sweeps)
+        .map(|index| SweepPlan {
+            name: format!("scale-{index:02}"),
+            share: if index % 5 == 0 { 2.0 } else { 1.0 },
+            slots: if index % 10 == 1 { 4 } else { 1 },
+        })
+        .collect()
+}
+
+async fn run(options: Options) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    let ca = ClusterCa::generate("flotilla-scale-bench")?;
+    ca.write_cluster_material(&certs, &[])?;
+    let config = CoordinatorConfig::new(
+        "127.0.0.1:0".parse()?,
+        ca.issue(Role::Coordinator, "coordinator")?,
+        dir.path().join("state.log"),
+    );
+    let idle_memory = memory_mib().0;
+    let coordinator = Coordinator::start(config).await?;
+    let address = coordinator.local_addr();
+    let admin = ca.issue(Role::Admin, "bench")?;
+    let mut child = spawn_agents(&options, address, &certs)?;
+    let client = Client::connect(address, &admin).await?;
+    let connecting = Instant::now();
+    let deadline = connecting + Duration::from_secs(120);
+    while client.cluster_status().await?.agents < options.agents {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the load agents did not all register"
+        );
+        if let Some(status) = child.0.try_wait()? {
+            bail!("the load agents' process ended: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let registered_s = connecting.elapsed().as_secs_f64();
+    let (connected_memory, _) = memory_mib();
+
+    // Each sweep may have three times its fair share of slots unfinished (so every sweep
+    // has trials queued beyond its share, and they compete), and has trials enough not to
+    // run out in `--seconds` at twice its share.
+    let total_slots = options.agents * options.slots;
+    let plans = plan(&options);
+    let weights: f64 = plans.iter().map(|plan| plan.share).sum();
+    let per_trial_s = options.trial_ms as f64 / 1000.0;
+    let mut sweeps = Vec::new();
+    let submitted = Instant::now();
+    let submitted_ms = now_ms();
+    let cpu_start = cpu_seconds();
+    for plan in &plans {
+        let fair_trials = f64::from(total_slots) * plan.share / weights / f64::from(plan.slots);
+        let max_parallel = (3.0 * fair_trials).ceil() as u32;
+        let max_trials =
+            (2.0 * fair_trials * options.seconds / per_trial_s).ceil() as u32 + max_parallel;
+        let spec = SweepBuilder::new(&plan.name)
+            .minimize("loss")
+            .float("x", 0.0, 1.0)
+            .algorithm(AlgorithmName::Random)
+            .seed(1)
+            .command("true", Vec::<String>::new())
+            .metrics(["loss"])
+            .max_trials(max_trials)
+            .max_parallel(max_parallel.max(1))
+            .slots(plan.slots)
+            .share(plan.share)
+            .max_retries(0)
+            .build()?;
+        sweeps.push(client.submit(spec).await?.id);
+    }
+    let mut peak_memory = connected_memory;
+    while submitted.elapsed().as_secs_f64() < options.seconds {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak_memory = peak_memory.max(memory_mib().0);
+    }
+    let cpu_used = cpu_seconds() - cpu_start;
+    let wall = submitted.elapsed().as_secs_f64();
+    let cancelled_ms = now_ms();
+    for sweep in &sweeps {
+        client.cancel(*sweep).await?;
+    }
+    let mut records: Vec<(SweepId, Vec<TrialRecord>)> = Vec::new();
+    for sweep in &sweeps {
+        records.push((*sweep, client.trials(*sweep).await?));
+    }
+    client.close().await;
+    drop(child);
+    coordinator.shutdown().await;
+
+    report(
+        &options,
+        &plans,
+        &records,
+        Measured {
+            registered_s,
+            idle_memory,
+            connected_memory,
+            peak_memory,
+            cpu_used,
+            wall,
+            window_ms: (
+                submitted_ms + (options.warmup * 1000.0) as u64,
+                cancelled_ms,
+            ),
+        },
+    );
+    Ok(())
+}
+
+/// The load agents' process, killed when dropped (also when the run fails early).
+struct AgentsProcess(std::process::Child);
+
+impl Drop for AgentsProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_agents(
+    options: &Options,
+    coordinator: SocketAddr,
+    certs: &Path,
+) -> anyhow::Result<AgentsProcess> {
+    let program = std::env::current_exe()?;
+    Ok(AgentsProcess(
+        std::process::Command::new(program)
+            .args(["--role", "agents", "--coordinator"])
+            .arg(coordinator.to_string())
+            .arg("--certs")
+            .arg(certs)
+            .args(["--agents", &options.agents.to_string()])
+            .args(["--slots", &options.slots.to_string()])
+            .args(["--trial-ms", &options.trial_ms.to_string()])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the load agents' process")?,
+    ))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+struct Measured {
+    registered_s: f64,
+    idle_memory: f64,
+    connected_memory: f64,
+    peak_memory: f64,
+    cpu_used: f64,
+    wall: f64,
+    window_ms: (u64, u64),
+}
+
+fn percentile_ms(sorted: &[u64], fraction: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() - 1) as f64 * fraction).round() as usize;
+    sorted[rank] as f64 / 1000.0
+}
+
+fn report(
+    options: &Options,
+    plans: &[SweepPlan],
+    records: &[(SweepId, Vec<TrialRecord>)],
+    measured: Measured,
+) {
+    let mut latencies: Vec<u64> = records
+        .iter()
+        .flat_map(|(_, trials)| trials.iter().filter_map(|t| t.dispatch_latency_us))
+        .collect();
+    latencies.sort_unstable();
+    let (from, to) = measured.window_ms;
+    // Slot-milliseconds each sweep held in the window (a trial still running at the cancel
+    // counts to the cancel).
+    let held: Vec<f64> = records
+        .iter()
+        .zip(plans)
+        .map(|((_, trials), plan)| {
+            trials
+                .iter()
+                .filter_map(|t| Some((t.started_ms?, t.finished_ms.unwrap_or(to))))
+                .map(|(start, end)| end.min(to).saturating_sub(start.max(from)) as f64)
+                .sum::<f64>()
+                * f64::from(plan.slots)
+        })
+        .collect();
+    let used: f64 = held.iter().sum();
+    let weights: f64 = plans.iter().map(|plan| plan.share).sum();
+    let ratios: Vec<f64> = held
+        .iter()
+        .zip(plans)
+        .map(|(held, plan)| held / (used * plan.share / weights))
+        .collect();
+    let finished: usize = records
+        .iter()
+        .map(|(_, trials)| {
+            trials
+                .iter()
+                .filter(|t| t.finished_ms.is_some_and(|end| end <= to))
+                .count()
+        })
+        .sum();
+    let capacity = f64::from(options.agents * options.slots) * (to - from) as f64;
+    let within = ratios.iter().filter(|r| (0.8..=1.2).contains(*r)).count();
+    let (low, high) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    println!(
+        "| agents × slots | sweeps | trial s | registered in s | placements | dispatch p50 ms | p99 ms | max ms | trials/s | slots busy | coordinator CPU | RSS MiB (idle / agents up / peak) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} × {} | {} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} % | {:.0} % of a core | {:.0} / {:.0} / {:.0} |",
+        options.agents,
+        options.slots,
+        options.sweeps,
+        options.trial_ms as f64 / 1000.0,
+        measured.registered_s,
+        latencies.len(),
+        percentile_ms(&latencies, 0.5),
+        percentile_ms(&latencies, 0.99),
+        percentile_ms(&latencies, 1.0),
+        finished as f64 / measured.wall,
+        100.0 * used / capacity,
+        100.0 * measured.cpu_used / measured.wall,
+        measured.idle_memory,
+        measured.connected_memory,
+        measured.peak_memory,
+    );
+    println!();
+    println!(
+        "fair share over {:.0} s: {within} of {} sweeps within 20 %; held / fair from {low:.2} to {high:.2}",
+        (to - from) as f64 / 1000.0,
+        plans.len()
+    );
+    let mut by_kind: BTreeMap<(u32, u64), Vec<f64>> = BTreeMap::new();
+    for (plan, ratio) in plans.iter().zip(&ratios) {
+        by_kind
+            .entry((plan.slots, (plan.share * 10.0) as u64))
+            .or_default()
+            .push(*ratio);
+    }
+    println!("| trial slots | share | sweeps | held / fair: min | median | max |");
+    println!("|---|---|---|---|---|---|");
+    for ((slots, share), mut ratios) in by_kind {
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "| {slots} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            share as f64 / 10.0,
+            ratios.len(),
+            ratios[0],
+            ratios[ratios.len() / 2],
+            ratios[ratios.len() - 1]
+        );
+    }
+}
