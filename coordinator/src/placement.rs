@@ -15,8 +15,10 @@
 //! Large demands are not starved by small ones: when the most deprived sweep's head (say a
 //! 4-slot or one-GPU trial) fits nowhere because 1-slot trials keep taking each freed slot,
 //! it gets a *reservation* on the agent closest to holding it. Other sweeps place nothing on
-//! that agent until the head fits there (or anywhere else) and is placed. One reservation is
-//! held at a time, as in a backfilling batch scheduler without run-time estimates.
+//! that agent until the head fits there (or anywhere else) and is placed. A sweep holds one
+//! reservation for each large trial it is short of its part (its weight's part of the
+//! cluster), on distinct agents, and at most one agent in ten is reserved at once (always at
+//! least one), as in a backfilling batch scheduler without run-time estimates.
 //!
 //! Spread: a trial goes to the eligible agent with the most free slots (ties: the lowest
 //! agent id), which keeps load even and process start-up parallel across hosts.
@@ -26,7 +28,7 @@
 //! already runs it (a new leader keeps replicas where they are), then to the agent with the
 //! fewest replicas, then the most free GPUs (GPU replicas) or slots.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use flotilla_protocol::models::ModelRef;
 use flotilla_protocol::spec::Scheduling;
@@ -90,17 +92,31 @@ pub struct Reservation {
 }
 
 /// The placement state kept between calls: whose turn is next among equals, and the
-/// reservation held for a large demand.
+/// reservations held for large demands.
 #[derive(Debug, Clone, Default)]
 pub struct FairShare {
     last_served: Option<SweepId>,
-    reservation: Option<Reservation>,
+    /// At most one per sweep, on distinct agents.
+    reservations: Vec<Reservation>,
 }
 
+/// Agents per reservation: at most one agent in this many is held back at once (at least
+/// one reservation is always allowed), so reservations cost little capacity however many
+/// sweeps of large trials wait.
+const AGENTS_PER_RESERVATION: usize = 10;
+
 impl FairShare {
-    /// The reservation held now, if any.
-    pub fn reservation(&self) -> Option<&Reservation> {
-        self.reservation.as_ref()
+    /// The reservations held now.
+    pub fn reservations(&self) -> &[Reservation] {
+        &self.reservations
+    }
+
+    /// How many agents `sweep` holds back.
+    fn reserved_by(&self, sweep: SweepId) -> usize {
+        self.reservations
+            .iter()
+            .filter(|r| r.sweep == sweep)
+            .count()
     }
 
     /// Pops every trial that fits somewhere and says where it goes. `held` is what each
@@ -124,29 +140,77 @@ impl FairShare {
             .keys()
             .map(|sweep| (*sweep, held.get(sweep).copied().unwrap_or_default()))
             .collect();
-        self.drop_stale_reservation(queues, agents);
+        self.drop_stale_reservations(queues, agents);
+        let most_reservations = (agents.len() / AGENTS_PER_RESERVATION).max(1);
         let mut placed = Vec::new();
         loop {
             // With the cluster full (the common case when a result frees nothing useful),
             // no head is tried against every agent.
-            let most_free = agents.iter().fold(Usage::default(), |most, agent| Usage {
-                slots: most.slots.max(agent.free_slots),
-                gpus: most.gpus.max(agent.free_gpus),
-            });
             let order = self.turn_order(queues, &holding, weights, total);
             let most_served = order.last().map_or(0.0, |(_, share)| *share);
+            let weight_sum: f64 = order
+                .iter()
+                .map(|(sweep, _)| weight_of(weights, sweep))
+                .sum();
+            // How many large heads each sweep is short of its part: as many reservations as
+            // that (a reservation yields one start each time its agent drains).
+            let wanted = |sweep: &SweepId, queues: &BTreeMap<SweepId, VecDeque<T>>| {
+                let Some(head) = queues.get(sweep).and_then(VecDeque::front) else {
+                    return 0;
+                };
+                let (slots, gpus) = (head.slots(), head.gpus());
+                if slots <= 1 && gpus == 0 {
+                    return 0;
+                }
+                let part = weight_of(weights, sweep) / weight_sum;
+                let has = holding
+                    .get(sweep)
+                    .copied()
+                    .unwrap_or_default()
+                    .dominant_share(total);
+                let per_trial = Usage { slots, gpus }.dominant_share(total);
+                if part <= has || per_trial <= 0.0 {
+                    return 0;
+                }
+                ((part - has) / per_trial).ceil() as usize
+            };
+            let mut kept: BTreeMap<SweepId, usize> = BTreeMap::new();
+            self.reservations.retain(|r| {
+                let count = kept.entry(r.sweep).or_default();
+                *count += 1;
+                *count <= wanted(&r.sweep, queues)
+            });
+            // Reserved agent → the sweep it is held for.
+            let mut reserved: HashMap<AgentId, SweepId> = self
+                .reservations
+                .iter()
+                .map(|r| (r.agent.clone(), r.sweep))
+                .collect();
+            // The most free on agents open to all, and on those held for each sweep (only
+            // agents with something free are looked up).
+            let mut most_free = Usage::default();
+            let mut own_free: BTreeMap<SweepId, Usage> = BTreeMap::new();
+            for agent in agents.iter() {
+                if agent.free_slots == 0 && agent.free_gpus == 0 {
+                    continue;
+                }
+                let most = match reserved.get(&agent.agent) {
+                    Some(holder) => own_free.entry(*holder).or_default(),
+                    None => &mut most_free,
+                };
+                most.slots = most.slots.max(agent.free_slots);
+                most.gpus = most.gpus.max(agent.free_gpus);
+            }
             let mut progressed = false;
             for (sweep, share) in order {
                 let Some(head) = queues.get(&sweep).and_then(VecDeque::front) else {
                     continue;
                 };
                 let (slots, gpus) = (head.slots(), head.gpus());
-                let could_fit = slots <= most_free.slots && gpus <= most_free.gpus;
-                let withheld = self
-                    .reservation
-                    .as_ref()
-                    .filter(|reservation| reservation.sweep != sweep)
-                    .map(|reservation| &reservation.agent);
+                let fits = |free: Usage| slots <= free.slots && gpus <= free.gpus;
+                let could_fit = fits(most_free) || own_free.get(&sweep).is_some_and(|f| fits(*f));
+                let withheld =
+                    |agent: &AgentId| reserved.get(agent).is_some_and(|holder| *holder != sweep);
                 let chosen = could_fit
                     .then(|| choose_agent_except(agents, slots, gpus, withheld))
                     .flatten();
@@ -159,33 +223,30 @@ impl FairShare {
                     holding.entry(sweep).or_default().add(slots, gpus);
                     placed.push((trial, agents[index].agent.clone()));
                     self.last_served = Some(sweep);
-                    if self
-                        .reservation
-                        .as_ref()
-                        .is_some_and(|reservation| reservation.sweep == sweep)
-                    {
-                        self.reservation = None;
-                    }
+                    let used = &agents[index].agent;
+                    self.reservations
+                        .retain(|r| !(r.sweep == sweep && &r.agent == used));
                     progressed = true;
                     break;
                 }
-                // The most deprived sweep whose head fits nowhere holds an agent back, if it
-                // is below another sweep's share, and unless any one freed slot would do
-                // (it is ahead of the others for that anyway).
-                if self.reservation.is_none()
-                    && (slots > 1 || gpus > 0)
-                    && share < most_served
-                    && let Some(index) = closest_agent(agents, slots, gpus)
-                {
-                    self.reservation = Some(Reservation {
-                        sweep,
-                        agent: agents[index].agent.clone(),
-                    });
+                // A sweep whose head fits nowhere holds agents back, if it is below another
+                // sweep's share, and unless any one freed slot would do (it is ahead of the
+                // others for that anyway): one agent for each large head it is short of
+                // its part. The most deprived come first.
+                if share < most_served {
+                    let more = wanted(&sweep, queues)
+                        .saturating_sub(self.reserved_by(sweep))
+                        .min(most_reservations.saturating_sub(self.reservations.len()));
+                    for index in closest_agents(agents, slots, gpus, &reserved, more) {
+                        let agent = agents[index].agent.clone();
+                        reserved.insert(agent.clone(), sweep);
+                        self.reservations.push(Reservation { sweep, agent });
+                    }
                 }
             }
             queues.retain(|_, queue| !queue.is_empty());
             if !progressed || queues.is_empty() {
-                self.drop_stale_reservation(queues, agents);
+                self.drop_stale_reservations(queues, agents);
                 return placed;
             }
         }
@@ -193,25 +254,24 @@ impl FairShare {
 
     /// A reservation ends when its sweep has nothing queued or its agent is gone (left,
     /// draining, cordoned) or could never hold the head.
-    fn drop_stale_reservation<T: Demand>(
+    fn drop_stale_reservations<T: Demand>(
         &mut self,
         queues: &BTreeMap<SweepId, VecDeque<T>>,
         agents: &[Capacity],
     ) {
-        let Some(reservation) = &self.reservation else {
+        if self.reservations.is_empty() {
             return;
-        };
-        let head = queues.get(&reservation.sweep).and_then(VecDeque::front);
-        let still = head.is_some_and(|head| {
-            agents.iter().any(|agent| {
-                agent.agent == reservation.agent
-                    && agent.slots >= head.slots()
-                    && agent.gpus >= head.gpus()
+        }
+        let by_id: BTreeMap<&AgentId, &Capacity> =
+            agents.iter().map(|agent| (&agent.agent, agent)).collect();
+        self.reservations.retain(|reservation| {
+            let head = queues.get(&reservation.sweep).and_then(VecDeque::front);
+            head.is_some_and(|head| {
+                by_id
+                    .get(&reservation.agent)
+                    .is_some_and(|agent| agent.slots >= head.slots() && agent.gpus >= head.gpus())
             })
         });
-        if !still {
-            self.reservation = None;
-        }
     }
 
     /// Sweeps with queued trials and their weighted dominant shares, the lowest first;
@@ -224,7 +284,7 @@ impl FairShare {
         total: Usage,
     ) -> Vec<(SweepId, f64)> {
         let weighted = |sweep: &SweepId| {
-            let weight = weights.get(sweep).copied().unwrap_or(1.0).max(1e-6);
+            let weight = weight_of(weights, sweep);
             holding
                 .get(sweep)
                 .copied()
@@ -288,19 +348,23 @@ pub fn weights(
         .collect()
 }
 
-/// The eligible agent with the most free slots, leaving out `withheld`; ties go to the
-/// lowest agent id.
+fn weight_of(weights: &BTreeMap<SweepId, f64>, sweep: &SweepId) -> f64 {
+    weights.get(sweep).copied().unwrap_or(1.0).max(1e-6)
+}
+
+/// The eligible agent with the most free slots, leaving out those `withheld`; ties go to
+/// the lowest agent id.
 fn choose_agent_except(
     agents: &[Capacity],
     slots: u32,
     gpus: u32,
-    withheld: Option<&AgentId>,
+    withheld: impl Fn(&AgentId) -> bool,
 ) -> Option<usize> {
     agents
         .iter()
         .enumerate()
-        .filter(|(_, agent)| Some(&agent.agent) != withheld)
         .filter(|(_, agent)| agent.free_slots >= slots && agent.free_gpus >= gpus)
+        .filter(|(_, agent)| !withheld(&agent.agent))
         .max_by(|(_, left), (_, right)| {
             left.free_slots
                 .cmp(&right.free_slots)
@@ -309,22 +373,39 @@ fn choose_agent_except(
         .map(|(index, _)| index)
 }
 
-/// The agent that could hold `slots` and `gpus` once enough of what runs there finishes,
-/// and is closest to it now: the fewest GPUs missing, then the fewest slots, then the
-/// lowest id.
-fn closest_agent(agents: &[Capacity], slots: u32, gpus: u32) -> Option<usize> {
-    agents
+/// Up to `count` agents not yet reserved that could hold `slots` and `gpus` once enough of
+/// what runs there finishes, the closest to it now first: the fewest GPUs missing, then the
+/// fewest slots, then the lowest id.
+fn closest_agents(
+    agents: &[Capacity],
+    slots: u32,
+    gpus: u32,
+    reserved: &HashMap<AgentId, SweepId>,
+    count: usize,
+) -> Vec<usize> {
+    if count == 0 {
+        return Vec::new();
+    }
+    let mut candidates: Vec<(u32, u32, &AgentId, usize)> = agents
         .iter()
         .enumerate()
         .filter(|(_, agent)| agent.slots >= slots && agent.gpus >= gpus)
-        .min_by_key(|(_, agent)| {
+        .filter(|(_, agent)| !reserved.contains_key(&agent.agent))
+        .map(|(index, agent)| {
             (
                 gpus.saturating_sub(agent.free_gpus),
                 slots.saturating_sub(agent.free_slots),
-                agent.agent.clone(),
+                &agent.agent,
+                index,
             )
         })
-        .map(|(index, _)| index)
+        .collect();
+    candidates.sort_unstable();
+    candidates
+        .into_iter()
+        .take(count)
+        .map(|(_, _, _, index)| index)
+        .collect()
 }
 
 /// A served program's version that wants `replicas` agents, each replica holding `slots`
@@ -648,11 +729,11 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(
-            fair.reservation(),
-            Some(&Reservation {
+            fair.reservations(),
+            &[Reservation {
                 sweep: SweepId(2),
                 agent: AgentId("a".into())
-            }),
+            }],
             "the deprived sweep's head holds the agent closest to fitting it"
         );
         // Slots free on both agents in turn: those on `b` go to sweep 1, those on `a` wait.
@@ -673,7 +754,65 @@ mod tests {
         // Sweep 2 now holds half the slots, as much as sweep 1: no new reservation while it
         // has its fair share.
         assert_eq!(holding[&SweepId(2)].slots, 4);
-        assert_eq!(fair.reservation(), None);
+        assert!(fair.reservations().is_empty());
+    }
+
+    #[test]
+    fn a_waiting_large_sweep_reserves_an_agent_per_trial_it_is_short_within_the_cap() {
+        // 40 full agents of 4 slots held by sweep 1 (weight 18); sweeps 2 and 3 (weight 1
+        // each) ask for 4-slot trials: each is owed 1/20 of 160 slots, two trials.
+        let full = |n: usize| -> Vec<Capacity> {
+            (0..n)
+                .map(|i| Capacity {
+                    free_slots: 0,
+                    ..agent(&format!("agent-{i:02}"), 4, 0)
+                })
+                .collect()
+        };
+        let queues = || {
+            BTreeMap::from([
+                (SweepId(1), queue(1, 100, 1, 0)),
+                (SweepId(2), queue(2, 5, 4, 0)),
+                (SweepId(3), queue(3, 5, 4, 0)),
+            ])
+        };
+        let weights = BTreeMap::from([(SweepId(1), 18.0)]);
+        let mut fair = FairShare::default();
+        let mut agents = full(40);
+        fair.assign(&mut queues(), &held(&[(1, 160, 0)]), &weights, &mut agents);
+        let reserved: Vec<(u64, &str)> = fair
+            .reservations()
+            .iter()
+            .map(|r| (r.sweep.0, r.agent.0.as_str()))
+            .collect();
+        assert_eq!(
+            reserved,
+            vec![
+                (2, "agent-00"),
+                (2, "agent-01"),
+                (3, "agent-02"),
+                (3, "agent-03")
+            ]
+        );
+        // Sweep 2 gets one trial running: it keeps one reservation.
+        let mut queue_now = queues();
+        fair.assign(
+            &mut queue_now,
+            &held(&[(1, 156, 0), (2, 4, 0)]),
+            &weights,
+            &mut agents,
+        );
+        assert_eq!(fair.reserved_by(SweepId(2)), 1);
+        // Two agents: one in ten rounds down to the one reservation always allowed.
+        let mut fair = FairShare::default();
+        let mut agents = full(2);
+        fair.assign(
+            &mut queues(),
+            &held(&[(1, 8, 0)]),
+            &BTreeMap::new(),
+            &mut agents,
+        );
+        assert_eq!(fair.reservations().len(), 1);
     }
 
     #[test]
@@ -714,20 +853,20 @@ mod tests {
             fair.assign(&mut queues, &holding, &none, &mut agents)
                 .is_empty()
         );
-        assert!(fair.reservation().is_some());
+        assert_eq!(fair.reservations().len(), 1);
         // The agent leaves (or drains, or is cordoned): the reservation goes with it.
         let mut others = vec![agent("b", 1, 0)];
         let placed = fair.assign(&mut queues, &holding, &none, &mut others);
         assert_eq!(placed.len(), 1, "sweep 1 uses what sweep 2 cannot");
-        assert!(fair.reservation().is_none());
+        assert!(fair.reservations().is_empty());
         fair.assign(&mut queues, &holding, &none, &mut agents);
-        assert!(fair.reservation().is_some());
+        assert_eq!(fair.reservations().len(), 1);
         // Sweep 2's queue is withdrawn (cancelled): the reservation ends and sweep 1 may
         // use `a`.
         queues.remove(&SweepId(2));
         let placed = fair.assign(&mut queues, &holding, &none, &mut agents);
         assert_eq!(placed.len(), 1);
-        assert!(fair.reservation().is_none());
+        assert!(fair.reservations().is_empty());
     }
 
     #[test]
