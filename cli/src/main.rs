@@ -912,13 +912,24 @@ async fn router(args: RouterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `flotilla up --list-examples`. A reader that stops early (`| head`) is not an error.
+fn list_examples(out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let mut write = || -> std::io::Result<()> {
+        for example in examples::EXAMPLES {
+            writeln!(out, "{}\n    {}\n", example.name, example.description())?;
+        }
+        writeln!(out, "Run one with `flotilla up --example NAME`.")?;
+        out.flush()
+    };
+    match write() {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(()),
+    }
+}
+
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.list_examples {
-        for example in examples::EXAMPLES {
-            println!("{}\n    {}\n", example.name, example.description());
-        }
-        println!("Run one with `flotilla up --example NAME`.");
-        return Ok(());
+        return list_examples(&mut std::io::stdout().lock());
     }
     let spec = match &args.sweep {
         Some(path) => SweepSpec::from_file(path)?,
@@ -1405,7 +1416,29 @@ async fn agent_admin(command: AgentAdminCommand) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_team_share;
+    use super::{list_examples, parse_team_share};
+
+    /// A reader that went away, as `flotilla up --list-examples | head` leaves behind.
+    struct ClosedPipe;
+
+    impl std::io::Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn listing_examples_into_a_closed_pipe_is_not_an_error() {
+        list_examples(&mut ClosedPipe).expect("a closed pipe ends the listing quietly");
+        let mut listed = Vec::new();
+        list_examples(&mut listed).expect("listing");
+        let listed = String::from_utf8(listed).expect("text");
+        assert!(listed.starts_with("quickstart\n"), "{listed}");
+        assert!(listed.ends_with("`flotilla up --example NAME`.\n"));
+    }
 
     #[test]
     fn team_shares_are_parsed_and_bad_ones_named() {
