@@ -32,16 +32,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use flotilla_coordinator::{Coordinator, CoordinatorConfig};
+use flotilla_protocol::AttemptId;
 use flotilla_protocol::framing;
-use flotilla_protocol::handshake;
 use flotilla_protocol::messages::{
-    AgentMessage, Command, CoordinatorCommand, Heartbeat, HelloReply, MetricPoint, Metrics,
-    Registration, Role, SweepEvent, SweepState, TrialOutcome,
+    AgentMessage, Command, CoordinatorCommand, Heartbeat, MetricPoint, Metrics, Role, SweepEvent,
+    SweepState, TrialOutcome,
 };
-use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME, ClusterCa, Identity};
-use flotilla_protocol::{AgentId, AttemptId};
+use flotilla_protocol::tls::{self, ClusterCa, Identity};
 use flotilla_sdk::{Client, EventStream, LocalCluster, LocalClusterOptions, SweepBuilder};
 use tokio::sync::Barrier;
+
+mod common;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Setup {
@@ -172,25 +173,8 @@ async fn load_agent(
 ) -> anyhow::Result<u64> {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     endpoint.set_default_client_config(tls::client_config(&identity)?);
-    let connection = endpoint
-        .connect(coordinator, COORDINATOR_SERVER_NAME)?
-        .await?;
-    let (mut send, mut recv) = connection.open_bi().await?;
-    framing::write_frame(&mut send, &handshake::hello(Role::Agent, name.clone())).await?;
-    match framing::read_frame::<_, HelloReply>(&mut recv).await? {
-        Some(HelloReply::Welcome(_)) => {}
-        other => bail!("{name}: the coordinator did not welcome the agent: {other:?}"),
-    }
-    let registration = Registration {
-        agent_id: AgentId(name.clone()),
-        hostname: name.clone(),
-        slots: 1,
-        gpus: 0,
-        running: Vec::new(),
-        finished: Vec::new(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    framing::write_frame(&mut send, &AgentMessage::Register(registration)).await?;
+    let (connection, mut send, mut recv) =
+        common::register(&endpoint, coordinator, &name, 1).await?;
     let attempt: AttemptId = loop {
         match framing::read_frame::<_, CoordinatorCommand>(&mut recv).await? {
             Some(CoordinatorCommand {
@@ -369,14 +353,6 @@ async fn agents_setup(options: &Options) -> anyhow::Result<(u64, Watched)> {
     Ok((options.points * u64::from(options.agents), watched))
 }
 
-fn percentile_ms(sorted: &[u64], fraction: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((sorted.len() - 1) as f64 * fraction).round() as usize;
-    sorted[rank] as f64 / 1000.0
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = parse_options()?;
@@ -415,9 +391,9 @@ async fn main() -> anyhow::Result<()> {
         options.agents,
         watched.points,
         watched.points as f64 / seconds,
-        percentile_ms(&watched.lags_us, 0.5),
-        percentile_ms(&watched.lags_us, 0.99),
-        percentile_ms(&watched.lags_us, 1.0),
+        common::percentile_ms(&watched.lags_us, 0.5),
+        common::percentile_ms(&watched.lags_us, 0.99),
+        common::percentile_ms(&watched.lags_us, 1.0),
     );
     anyhow::ensure!(
         watched.points == sent,

@@ -37,13 +37,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use flotilla_coordinator::{Coordinator, CoordinatorConfig};
 use flotilla_protocol::messages::{
-    AgentMessage, Command, CoordinatorCommand, Heartbeat, HelloReply, Metrics, Registration, Role,
-    StopReason, TrialOutcome, TrialRecord,
+    AgentMessage, Command, CoordinatorCommand, Heartbeat, Metrics, Role, StopReason, TrialOutcome,
+    TrialRecord,
 };
-use flotilla_protocol::tls::{self, COORDINATOR_SERVER_NAME, ClusterCa, Identity};
-use flotilla_protocol::{AgentId, AttemptId, ParamValue, framing, handshake};
+use flotilla_protocol::tls::{self, ClusterCa, Identity};
+use flotilla_protocol::{AttemptId, ParamValue, framing};
 use flotilla_sdk::{AlgorithmName, Client, SweepBuilder, SweepId};
 use tokio::sync::mpsc;
+
+mod common;
 
 #[derive(Clone, Debug)]
 struct Options {
@@ -160,25 +162,8 @@ async fn load_agent(
     slots: u32,
     trial_ms: u64,
 ) -> anyhow::Result<()> {
-    let connection = endpoint
-        .connect(coordinator, COORDINATOR_SERVER_NAME)?
-        .await?;
-    let (mut send, mut recv) = connection.open_bi().await?;
-    framing::write_frame(&mut send, &handshake::hello(Role::Agent, name)).await?;
-    match framing::read_frame::<_, HelloReply>(&mut recv).await? {
-        Some(HelloReply::Welcome(_)) => {}
-        other => bail!("not welcomed: {other:?}"),
-    }
-    let registration = Registration {
-        agent_id: AgentId(name.to_string()),
-        hostname: name.to_string(),
-        slots,
-        gpus: 0,
-        running: Vec::new(),
-        finished: Vec::new(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    framing::write_frame(&mut send, &AgentMessage::Register(registration)).await?;
+    let (_connection, mut send, mut recv) =
+        common::register(endpoint, coordinator, name, slots).await?;
     // One writer owns the send stream; trial timers and the heartbeat queue messages to it.
     let (outbox, mut queued) = mpsc::unbounded_channel::<AgentMessage>();
     let writer = tokio::spawn(async move {
@@ -483,14 +468,6 @@ struct Measured {
     window_ms: (u64, u64),
 }
 
-fn percentile_ms(sorted: &[u64], fraction: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((sorted.len() - 1) as f64 * fraction).round() as usize;
-    sorted[rank] as f64 / 1000.0
-}
-
 fn report(
     options: &Options,
     plans: &[SweepPlan],
@@ -550,9 +527,9 @@ fn report(
         options.trial_ms as f64 / 1000.0,
         measured.registered_s,
         latencies.len(),
-        percentile_ms(&latencies, 0.5),
-        percentile_ms(&latencies, 0.99),
-        percentile_ms(&latencies, 1.0),
+        common::percentile_ms(&latencies, 0.5),
+        common::percentile_ms(&latencies, 0.99),
+        common::percentile_ms(&latencies, 1.0),
         finished as f64 / measured.wall,
         100.0 * used / capacity,
         100.0 * measured.cpu_used / measured.wall,
