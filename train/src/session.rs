@@ -267,7 +267,8 @@ impl Session<'_> {
         let writing = std::time::Instant::now();
         let uri = self
             .runtime
-            .block_on(self.job.artifacts.put_new(&key, bytes))?;
+            .block_on(self.job.artifacts.put_new(&key, bytes))
+            .map_err(checkpoint::CheckpointError::from)?;
         self.events.checkpoint_written(size, writing.elapsed());
         let reference = CheckpointRef {
             uri,
