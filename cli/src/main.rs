@@ -310,6 +310,15 @@ struct CoordinatorArgs {
     /// Between checks of each canary rollout (each check may advance, promote or roll back).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     rollout_check_interval: Duration,
+    /// The artifact store settled sweeps are archived in after --retain-finished (under
+    /// archive/sweeps/): a folder or s3://bucket/prefix. Default: the state file's folder;
+    /// with --etcd none, so set one that every coordinator reads.
+    #[arg(long, env = "FLOTILLA_ARCHIVE")]
+    archive: Option<String>,
+    /// How long a finished sweep stays in the state store (etcd or the state file) before
+    /// it moves to the archive, e.g. 7d or 12h; `never` keeps it there.
+    #[arg(long, default_value = "7d", value_parser = parse_retention)]
+    retain_finished: Retention,
     /// etcd client URLs, separated by commas: run highly available (leader election, state
     /// in etcd) instead of on the local state file.
     #[arg(long, env = "FLOTILLA_ETCD", value_delimiter = ',')]
@@ -694,6 +703,21 @@ async fn shutdown_signal() {
 }
 
 /// `--team-share NAME=WEIGHT`.
+/// `--retain-finished`: a duration, or `never`.
+#[derive(Debug, Clone, Copy)]
+struct Retention(Option<Duration>);
+
+fn parse_retention(text: &str) -> Result<Retention, String> {
+    if text.trim() == "never" {
+        return Ok(Retention(None));
+    }
+    humantime::parse_duration(text.trim())
+        .map(|retain| Retention(Some(retain)))
+        .map_err(|error| {
+            format!("{text:?}: expected a duration (7d, 12h, 30m) or `never`: {error}")
+        })
+}
+
 fn parse_team_share(text: &str) -> Result<(String, f64), String> {
     let (name, weight) = text
         .split_once('=')
@@ -721,6 +745,8 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.agent_timeout = args.agent_timeout;
     config.cordon_after_losses = args.cordon_after_losses;
     config.team_shares = args.team_shares.into_iter().collect();
+    config.archive = args.archive;
+    config.retain_finished = args.retain_finished.0;
     config.rollout_check_interval = args.rollout_check_interval;
     config.advertise = args.advertise;
     config.metrics_listen = args.metrics_listen;

@@ -703,9 +703,12 @@ async fn answer(request: ClientRequest, context: &SessionContext) -> ClientRespo
                 Err(error) => unavailable(error),
             }
         }
-        ClientRequest::ListSweeps => ask(&context.leader, LeaderMsg::List)
-            .await
-            .map_or_else(unavailable, ClientResponse::Sweeps),
+        ClientRequest::ListSweeps => ask(&context.leader, |reply| LeaderMsg::List {
+            archived: true,
+            reply,
+        })
+        .await
+        .map_or_else(unavailable, ClientResponse::Sweeps),
         ClientRequest::SweepStatus(sweep) => match lookup(context, sweep).await {
             Ok(actor) => ask(&actor, SweepMsg::Summary)
                 .await

@@ -21,6 +21,7 @@
 //! and are redirected), its actors stopped, its store closed.
 
 pub mod actors;
+pub mod archive;
 mod clock;
 pub mod gateway;
 pub mod ha;
@@ -93,9 +94,35 @@ pub struct CoordinatorConfig {
     /// Bearer tokens (read scope) for the web view's API and `/metrics`, reloaded when the
     /// file changes. None: those paths are open to whoever reaches `metrics_listen`.
     pub http_tokens: Option<flotilla_telemetry::tokens::TokenFile>,
+    /// The artifact store settled sweeps are archived in, under `archive/sweeps/` (a folder
+    /// or `s3://bucket/prefix`). Default: the state file's folder without etcd; with etcd
+    /// none, so nothing is archived until every coordinator can read the same location.
+    pub archive: Option<String>,
+    /// How long a settled sweep stays in the state store before it is archived; `None`:
+    /// for ever.
+    pub retain_finished: Option<Duration>,
 }
 
+/// How long a settled sweep stays in the state store by default: a week.
+pub const DEFAULT_RETAIN_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl CoordinatorConfig {
+    /// The archive this coordinator reads and writes, if any (see [`Self::archive`]).
+    pub fn archive_location(&self) -> Option<String> {
+        match (&self.archive, &self.etcd) {
+            (Some(location), _) => Some(location.clone()),
+            (None, Some(_)) => None,
+            (None, None) => Some(
+                self.state_path
+                    .parent()
+                    .filter(|parent| !parent.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."))
+                    .display()
+                    .to_string(),
+            ),
+        }
+    }
+
     pub fn new(listen: SocketAddr, identity: Identity, state_path: PathBuf) -> CoordinatorConfig {
         CoordinatorConfig {
             listen,
@@ -115,6 +142,8 @@ impl CoordinatorConfig {
             crl_path: None,
             require_agent_ids: false,
             http_tokens: None,
+            archive: None,
+            retain_finished: Some(DEFAULT_RETAIN_FINISHED),
         }
     }
 }
@@ -249,6 +278,7 @@ struct Base {
     /// Where peers reach this coordinator.
     advertise: SocketAddr,
     notifier: Option<notify::Notifier>,
+    retention: Option<actors::leader::Retention>,
 }
 
 impl Base {
@@ -268,6 +298,7 @@ impl Base {
             notifier: self.notifier.clone(),
             autoscaler: self.config.autoscaler.clone(),
             rollout_check_interval: self.config.rollout_check_interval,
+            retention: self.retention.clone(),
         };
         let (leader, leader_done) = Actor::spawn(None, Leader, args)
             .await
@@ -357,11 +388,30 @@ impl Coordinator {
             tasks.spawn(delivery);
             Some(notifier)
         };
+        let retention = match config.archive_location() {
+            Some(location) => {
+                let archive = archive::Archive::open(&location)
+                    .with_context(|| format!("opening the sweep archive at {location}"))?;
+                Some(actors::leader::Retention {
+                    archive: Arc::new(archive),
+                    retain: config.retain_finished,
+                })
+            }
+            None => {
+                if config.retain_finished.is_some() {
+                    tracing::warn!(
+                        "no --archive location: settled sweeps stay in etcd; set one every coordinator reads (s3://…) to archive them"
+                    );
+                }
+                None
+            }
+        };
         let base = Base {
             config: config.clone(),
             connections: Arc::new(AtomicU64::new(1)),
             advertise,
             notifier,
+            retention,
         };
         let (standing_sender, standing) = watch::channel(Standing::Following { leader: None });
         let lifecycle = match &config.etcd {

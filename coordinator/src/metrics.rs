@@ -60,6 +60,18 @@ pub struct CoordinatorMetrics {
     pub revoked_connections_closed: IntCounter,
     pub agents_auto_cordoned: IntCounter,
     pub sweep_failures: IntCounter,
+    /// Finished sweeps moved to the archive, and archive passes that failed.
+    pub sweeps_archived: IntCounter,
+    pub archive_failures: IntCounter,
+    /// Sweeps whose trials the leader holds in memory (running, and finished ones read
+    /// recently), and trials held in them.
+    pub sweeps_resident: IntGauge,
+    /// etcd's database size per member (allocated, and in use), the quota they are measured
+    /// against, and the leader's maintenance passes (compaction, defragmentation).
+    pub etcd_db_size: IntGaugeVec,
+    pub etcd_db_size_in_use: IntGaugeVec,
+    pub etcd_quota: IntGauge,
+    pub etcd_maintenance: IntCounterVec,
     /// Every family's name (see [`flotilla_telemetry::Families::names`]).
     pub names: Vec<&'static str>,
 }
@@ -182,6 +194,37 @@ impl CoordinatorMetrics {
                 "flotilla_sweep_failures_total",
                 "Sweeps stopped because their own actor failed (the rest of the cluster went on).",
             ),
+            sweeps_archived: families.counter(
+                "flotilla_sweeps_archived_total",
+                "Finished sweeps moved from the state store to the archive after their retention.",
+            ),
+            archive_failures: families.counter(
+                "flotilla_archive_failures_total",
+                "Sweeps the leader could not archive on a pass (kept in the store, tried again).",
+            ),
+            sweeps_resident: families.gauge(
+                "flotilla_sweeps_resident",
+                "Sweeps whose trials the leader holds in memory: running ones and finished ones read recently.",
+            ),
+            etcd_db_size: families.gauge_vec(
+                "flotilla_etcd_db_size_bytes",
+                "Size of each etcd member's database file, as its status reports.",
+                &["member"],
+            ),
+            etcd_db_size_in_use: families.gauge_vec(
+                "flotilla_etcd_db_size_in_use_bytes",
+                "Bytes of each etcd member's database in use (the rest is freed by defragmentation).",
+                &["member"],
+            ),
+            etcd_quota: families.gauge(
+                "flotilla_etcd_quota_bytes",
+                "The etcd backend quota the database size is measured against (--etcd-quota-bytes).",
+            ),
+            etcd_maintenance: families.counter_vec(
+                "flotilla_etcd_maintenance_total",
+                "etcd maintenance the leader ran, by operation (compact, defragment) and result (ok, error).",
+                &["operation", "result"],
+            ),
             agents_auto_cordoned: families.counter(
                 "flotilla_agents_auto_cordoned_total",
                 "Agents cordoned automatically for losing the trials they ran too often.",
@@ -246,7 +289,12 @@ async fn refresh(standing: &Standing) {
     metrics.is_leader.set(1);
     metrics.leader_epoch.set(context.epoch.0 as i64);
     let mut totals = [0i64; 6];
-    if let Ok(sweeps) = ask(&context.leader, LeaderMsg::List).await {
+    if let Ok(sweeps) = ask(&context.leader, |reply| LeaderMsg::List {
+        archived: false,
+        reply,
+    })
+    .await
+    {
         for sweep in &sweeps {
             for (total, count) in totals.iter_mut().zip(trial_counts(&sweep.counts)) {
                 *total += count;

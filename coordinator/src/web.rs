@@ -170,9 +170,12 @@ async fn sweeps(
     State(standing): State<watch::Receiver<Standing>>,
 ) -> Result<Json<Vec<Value>>, Refusal> {
     let context = leading(&standing)?;
-    let mut list = ask(&context.leader, LeaderMsg::List)
-        .await
-        .map_err(unavailable)?;
+    let mut list = ask(&context.leader, |reply| LeaderMsg::List {
+        archived: true,
+        reply,
+    })
+    .await
+    .map_err(unavailable)?;
     list.sort_by_key(|summary| std::cmp::Reverse(summary.id.0));
     Ok(Json(list.iter().map(summary_json).collect()))
 }

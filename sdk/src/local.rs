@@ -30,6 +30,9 @@ pub struct LocalClusterOptions {
     pub autoscale: Option<LocalAutoscale>,
     /// In-process agents also serve model versions over HTTP on a free loopback port.
     pub serve: bool,
+    /// How long a finished sweep stays in the state file before it moves to the archive
+    /// (`archive/sweeps/` in the cluster's artifact folder); `None`: for ever.
+    pub retain_finished: Option<Duration>,
 }
 
 /// Autoscaled local agents: separate `flotilla agent` processes, one per "instance".
@@ -52,6 +55,7 @@ impl Default for LocalClusterOptions {
             stop_grace: Duration::from_secs(5),
             autoscale: None,
             serve: true,
+            retain_finished: Some(flotilla_coordinator::DEFAULT_RETAIN_FINISHED),
         }
     }
 }
@@ -92,6 +96,8 @@ impl LocalCluster {
         // Every agent has a certificate bound to its id (issued here, or by the launcher when
         // it starts one), so none may register as another.
         config.require_agent_ids = true;
+        config.archive = Some(dir.join("artifacts").display().to_string());
+        config.retain_finished = options.retain_finished;
         // The launcher needs the coordinator's address, known once it has bound.
         let address = Arc::new(OnceLock::new());
         let fleet = match &options.autoscale {

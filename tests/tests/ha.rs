@@ -1079,3 +1079,62 @@ fn a_failing_sweep_fails_alone_and_stays_failed_across_a_failover() {
         .count();
     assert_eq!(unfinished, 0, "the failed sweep runs nothing: {failed:#}");
 }
+
+/// Bounded state on etcd: a settled sweep moves to the archive (a folder every coordinator
+/// reads) after its retention, and its keys leave etcd. A new leader, which loads no settled
+/// sweep's trials, still lists the archived sweep and returns its results from the archive,
+/// and hands out a new id to the next sweep.
+#[test]
+fn a_settled_sweep_leaves_etcd_for_the_archive_and_a_new_leader_still_answers() {
+    let mut cluster = Cluster::new(1, 2, TTL);
+    let archive = cluster.path("archive");
+    cluster.coordinator_args = vec![
+        "--archive".into(),
+        archive.display().to_string(),
+        "--retain-finished".into(),
+        "2s".into(),
+    ];
+    for index in 0..2 {
+        cluster.start_coordinator(index);
+    }
+    let (leader, epoch) = cluster.wait_for_leader(0, Duration::from_secs(30));
+    cluster.start_agent("a0", 2);
+    cluster.wait_for_agents(1, Duration::from_secs(30));
+    let file = cluster.write_logged_sweep("kept", 6, 2, "0.1");
+    let sweep = cluster.submit(&file);
+    let results = wait_completed(&cluster, &sweep, Duration::from_secs(120));
+    assert_eq!(succeeded_params(&results).len(), 6);
+    let id: u64 = sweep.trim_start_matches('s').parse().expect("a sweep id");
+    let summary = archive.join(format!("archive/sweeps/{id:020}.summary"));
+    wait_until("the sweep to be archived", Duration::from_secs(60), || {
+        summary.exists()
+    });
+    let digits = format!("{id:020}");
+    wait_until("its keys to leave etcd", Duration::from_secs(30), || {
+        let output = cluster
+            .etcd
+            .etcdctl()
+            .args(["get", "--prefix", "--keys-only", "/flotilla"])
+            .output()
+            .expect("etcdctl get");
+        assert!(output.status.success(), "etcdctl: {output:?}");
+        !String::from_utf8_lossy(&output.stdout).contains(&digits)
+    });
+
+    cluster.kill_coordinator(leader);
+    cluster.wait_for_leader(epoch, Duration::from_secs(30));
+    let after = cluster
+        .results(&sweep)
+        .expect("the archived sweep's results from the new leader");
+    assert_eq!(after["sweep"], results["sweep"], "{after:#}");
+    assert_eq!(after["trials"], results["trials"], "{after:#}");
+    let listed = cluster.flotilla_ok(&["sweep", "list"]);
+    assert!(
+        listed.contains("kept"),
+        "the archived sweep is listed: {listed}"
+    );
+    let next = cluster.write_logged_sweep("next", 2, 1, "0.1");
+    let next = cluster.submit(&next);
+    let next_id: u64 = next.trim_start_matches('s').parse().expect("a sweep id");
+    assert!(next_id > id, "{next} reuses no archived id ({sweep})");
+}

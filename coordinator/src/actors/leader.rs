@@ -1,18 +1,24 @@
 //! Leader: the root of the coordinator's actors while this process leads.
 //!
-//! Place in the tree: the root. It loads the store, spawns the Registry, the Scheduler, the
-//! Models actor (registry of model versions, serving, rollouts) and one Sweep actor per stored
-//! sweep (resuming unfinished ones), accepts submissions and
-//! answers listings. High availability (etcd election) will put an Election actor above it.
+//! Place in the tree: the root. It loads the store's live state, spawns the Registry, the
+//! Scheduler, the Models actor (registry of model versions, serving, rollouts) and one Sweep
+//! actor per unsettled sweep (resuming it), accepts submissions and answers listings.
+//!
+//! Memory tracks live work, not history. A settled sweep (finished, its trials final) keeps
+//! only its record here; its trials stay in the store until someone asks for it, when a
+//! read-only Sweep actor is spawned from the store (or the archive) and kept among the
+//! [`VIEWS`] most recently read. A sweep that finishes while this leader runs hands its actor
+//! to that set too. After the retention period (`--retain-finished`), settled sweeps move to
+//! the archive (`crate::archive`) and leave the store.
 //!
 //! Failure: any child's failure stops the Leader (see [`super`]); the process then exits
-//! and a restart resumes from the store.
+//! and a restart resumes from the store. A Sweep actor's failure fails that sweep alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_protocol::messages::{ApiError, ApiErrorKind, SweepState, SweepSummary};
+use flotilla_protocol::messages::{ApiError, ApiErrorKind, SweepState, SweepSummary, TrialRecord};
 use flotilla_protocol::spec::{FieldProblem, SweepSpec};
 use flotilla_protocol::{Epoch, SweepId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -22,22 +28,44 @@ use super::models::{Models, ModelsArgs, ModelsMsg};
 use super::registry::{Registry, RegistryArgs, RegistryMsg};
 use super::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
 use super::sweep::{SweepActor, SweepArgs, SweepMsg, WarmSource};
+use crate::archive::Archive;
 use crate::clock::now_ms;
 use crate::metrics::METRICS;
-use crate::store::{StateStore, StateWrite, SweepRecord};
+use crate::store::{StateStore, StateWrite, StoredSweep, SweepRecord};
+
+/// How many settled sweeps keep a (read-only) actor in memory: the most recently read.
+pub const VIEWS: usize = 32;
+/// `sweep list` shows at most this many archived sweeps, the newest; `sweep status` and the
+/// rest answer for any archived sweep.
+pub const ARCHIVED_LISTED: usize = 1000;
+/// Sweeps archived in one pass, so a backlog does not keep the leader busy for long.
+const ARCHIVE_BATCH: usize = 16;
 
 pub enum LeaderMsg {
     Submit {
         spec: Box<SweepSpec>,
         reply: RpcReplyPort<Result<SweepSummary, ApiError>>,
     },
-    List(RpcReplyPort<Vec<SweepSummary>>),
+    /// Every stored sweep's summary; with `archived`, the newest archived ones too.
+    List {
+        archived: bool,
+        reply: RpcReplyPort<Vec<SweepSummary>>,
+    },
+    /// The actor that answers for a sweep: its own while it runs, or a read-only one made
+    /// from the store or the archive. `None` if no sweep has the id.
     Lookup {
         sweep: SweepId,
         reply: RpcReplyPort<Option<ActorRef<SweepMsg>>>,
     },
     /// The Registry, Scheduler and Autoscaler, for sessions.
     Parts(RpcReplyPort<LeaderParts>),
+    /// A Sweep actor's sweep settled.
+    SweepFinished {
+        record: Box<SweepRecord>,
+        summary: Box<SweepSummary>,
+    },
+    /// Time to archive settled sweeps past their retention.
+    ArchiveDue,
 }
 
 /// The Leader's children that sessions talk to.
@@ -48,6 +76,15 @@ pub struct LeaderParts {
     /// Present when the coordinator autoscales.
     pub autoscaler: Option<ActorRef<AutoscalerMsg>>,
     pub models: ActorRef<ModelsMsg>,
+}
+
+/// Where settled sweeps go, and when.
+#[derive(Clone)]
+pub struct Retention {
+    pub archive: Arc<Archive>,
+    /// How long a settled sweep stays in the store; `None`: for ever (nothing is archived,
+    /// but archived sweeps are still read).
+    pub retain: Option<Duration>,
 }
 
 pub struct LeaderArgs {
@@ -64,6 +101,8 @@ pub struct LeaderArgs {
     pub autoscaler: Option<AutoscalerConfig>,
     /// Between checks of each canary rollout.
     pub rollout_check_interval: Duration,
+    /// The archive; `None`: settled sweeps stay in the store.
+    pub retention: Option<Retention>,
 }
 
 pub struct LeaderState {
@@ -73,7 +112,18 @@ pub struct LeaderState {
     autoscaler: Option<ActorRef<AutoscalerMsg>>,
     models: ActorRef<ModelsMsg>,
     notifier: Option<crate::notify::Notifier>,
+    /// Every stored sweep's record (its spec and where it stands), not its trials.
+    records: BTreeMap<SweepId, SweepRecord>,
+    /// Sweep actors: every unsettled sweep's, and read-only ones for the settled sweeps in
+    /// `views`.
     sweeps: BTreeMap<SweepId, ActorRef<SweepMsg>>,
+    /// Settled sweeps with an actor, least recently read first.
+    views: VecDeque<SweepId>,
+    /// Summaries of settled stored sweeps, once known (they no longer change).
+    summaries: BTreeMap<SweepId, SweepSummary>,
+    retention: Option<Retention>,
+    /// The newest archived sweeps' summaries, read on the first listing that wants them.
+    archived: Option<BTreeMap<SweepId, SweepSummary>>,
     next_sweep: u64,
     epoch: Epoch,
 }
@@ -131,6 +181,7 @@ impl Actor for Leader {
             scheduler: scheduler.clone(),
         };
         let (models, _) = Actor::spawn_linked(None, Models, models_args, myself.get_cell()).await?;
+        let next_sweep = stored.next_sweep.max(1);
         let mut state = LeaderState {
             store: args.store,
             registry,
@@ -139,31 +190,44 @@ impl Actor for Leader {
             models,
             notifier: args.notifier,
             epoch: args.epoch,
+            records: stored.sweeps,
             sweeps: BTreeMap::new(),
-            next_sweep: stored
-                .sweeps
-                .keys()
-                .next_back()
-                .map_or(1, |last| last.0 + 1),
+            views: VecDeque::new(),
+            summaries: BTreeMap::new(),
+            retention: args.retention,
+            archived: None,
+            next_sweep,
         };
         let mut trials = stored.trials;
-        // Warm sources are read before their trials move into their own sweeps' actors.
-        let mut warm: BTreeMap<SweepId, Vec<WarmSource>> = stored
-            .sweeps
+        let unsettled: Vec<SweepRecord> = state
+            .records
             .values()
-            .filter(|record| record.state == SweepState::Running)
-            .map(|record| {
-                let sources = warm_sources(record.id, &record.spec, &stored.sweeps, &trials);
-                (record.id, sources)
-            })
+            .filter(|record| !record.is_settled())
+            .cloned()
             .collect();
-        for (id, record) in stored.sweeps {
+        // Warm sources are read before the loaded trials move into their own sweeps' actors.
+        let mut warm = BTreeMap::new();
+        for record in unsettled
+            .iter()
+            .filter(|record| record.state == SweepState::Running)
+        {
+            let sources = state.warm_sources(record.id, &record.spec, &trials).await;
+            warm.insert(record.id, sources);
+        }
+        for record in unsettled {
+            let id = record.id;
             let sweep_trials = trials.remove(&id).unwrap_or_default();
             let sweep_warm = warm.remove(&id).unwrap_or_default();
             // A sweep that cannot be restored fails alone instead of keeping every leader
             // from starting.
             if let Err(error) = state
-                .spawn_sweep(&myself, record.clone(), sweep_trials.clone(), sweep_warm)
+                .spawn_sweep(
+                    &myself,
+                    record.clone(),
+                    sweep_trials.clone(),
+                    sweep_warm,
+                    false,
+                )
                 .await
             {
                 let reason = format!("its actor failed to start: {error}");
@@ -172,7 +236,16 @@ impl Actor for Leader {
                     .await;
             }
         }
-        tracing::info!(epoch = %args.epoch, sweeps = state.sweeps.len(), "leading");
+        if let Some(retain) = state
+            .retention
+            .as_ref()
+            .and_then(|retention| retention.retain)
+        {
+            let every = (retain / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            myself.send_interval(every, || LeaderMsg::ArchiveDue);
+        }
+        state.count_resident();
+        tracing::info!(epoch = %args.epoch, sweeps = state.records.len(), running = state.sweeps.len(), "leading");
         Ok(state)
     }
 
@@ -187,17 +260,12 @@ impl Actor for Leader {
                 let result = state.submit(&myself, *spec).await;
                 let _ = reply.send(result);
             }
-            LeaderMsg::List(reply) => {
-                let mut summaries = Vec::with_capacity(state.sweeps.len());
-                for sweep in state.sweeps.values() {
-                    if let Ok(summary) = super::ask(sweep, SweepMsg::Summary).await {
-                        summaries.push(summary);
-                    }
-                }
+            LeaderMsg::List { archived, reply } => {
+                let summaries = state.list(&myself, archived).await;
                 let _ = reply.send(summaries);
             }
             LeaderMsg::Lookup { sweep, reply } => {
-                let _ = reply.send(state.sweeps.get(&sweep).cloned());
+                let _ = reply.send(state.lookup(&myself, sweep).await);
             }
             LeaderMsg::Parts(reply) => {
                 let _ = reply.send(LeaderParts {
@@ -207,6 +275,16 @@ impl Actor for Leader {
                     models: state.models.clone(),
                 });
             }
+            LeaderMsg::SweepFinished { record, summary } => {
+                let id = record.id;
+                state.records.insert(id, *record);
+                state.summaries.insert(id, *summary);
+                if state.sweeps.contains_key(&id) && !state.views.contains(&id) {
+                    state.views.push_back(id);
+                    state.evict_views();
+                }
+            }
+            LeaderMsg::ArchiveDue => state.archive_due(&myself).await,
         }
         Ok(())
     }
@@ -250,9 +328,11 @@ impl LeaderState {
     async fn isolate(&mut self, myself: &ActorRef<LeaderMsg>, id: SweepId, error: String) {
         tracing::error!(sweep = %id, %error, "a sweep's actor failed; failing that sweep alone");
         self.sweeps.remove(&id);
+        self.views.retain(|view| *view != id);
         let _ = self.scheduler.cast(SchedulerMsg::ForgetSweep { sweep: id });
-        let stored = match self.store.reload().await {
-            Ok(stored) => stored,
+        let stored = match self.store.sweep(id).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return,
             Err(load) => {
                 tracing::error!(sweep = %id, %load, "cannot read the failed sweep back; stopping so a restart resumes from the store");
                 myself.stop(Some(format!(
@@ -261,12 +341,13 @@ impl LeaderState {
                 return;
             }
         };
-        let Some(record) = stored.sweeps.get(&id).cloned() else {
-            return;
-        };
-        let trials = stored.trials.get(&id).cloned().unwrap_or_default();
-        self.fail_sweep(myself, record, trials, format!("its actor failed: {error}"))
-            .await;
+        self.fail_sweep(
+            myself,
+            stored.record,
+            stored.trials,
+            format!("its actor failed: {error}"),
+        )
+        .await;
     }
 
     /// Stores `record` as failed with `reason` and serves it read-only (a final sweep's actor
@@ -275,7 +356,7 @@ impl LeaderState {
         &mut self,
         myself: &ActorRef<LeaderMsg>,
         mut record: SweepRecord,
-        trials: BTreeMap<u32, flotilla_protocol::messages::TrialRecord>,
+        trials: BTreeMap<u32, TrialRecord>,
         reason: String,
     ) {
         let id = record.id;
@@ -294,7 +375,11 @@ impl LeaderState {
         {
             tracing::warn!(sweep = %id, %error, "the failed sweep's state is not stored; a later leader will try it again");
         }
-        if let Err(error) = self.spawn_sweep(myself, record, trials, Vec::new()).await {
+        self.records.insert(id, record.clone());
+        if let Err(error) = self
+            .spawn_sweep(myself, record, trials, Vec::new(), false)
+            .await
+        {
             tracing::error!(sweep = %id, %error, "the failed sweep cannot be shown either");
         }
     }
@@ -303,9 +388,10 @@ impl LeaderState {
         &mut self,
         myself: &ActorRef<LeaderMsg>,
         record: SweepRecord,
-        trials: BTreeMap<u32, flotilla_protocol::messages::TrialRecord>,
+        trials: BTreeMap<u32, TrialRecord>,
         warm: Vec<WarmSource>,
-    ) -> Result<(), ActorProcessingErr> {
+        read_only: bool,
+    ) -> Result<ActorRef<SweepMsg>, ActorProcessingErr> {
         let id = record.id;
         let args = SweepArgs {
             record,
@@ -315,10 +401,293 @@ impl LeaderState {
             store: self.store.clone(),
             notifier: self.notifier.clone(),
             epoch: self.epoch,
+            leader: Some(myself.clone()),
+            read_only,
         };
         let (sweep, _) = Actor::spawn_linked(None, SweepActor, args, myself.get_cell()).await?;
-        self.sweeps.insert(id, sweep);
+        self.sweeps.insert(id, sweep.clone());
+        self.count_resident();
+        Ok(sweep)
+    }
+
+    fn count_resident(&self) {
+        METRICS.sweeps_resident.set(self.sweeps.len() as i64);
+    }
+
+    /// A sweep as stored now, or as archived; `None` if neither holds it.
+    async fn read_sweep(&self, id: SweepId) -> Result<Option<StoredSweep>, String> {
+        if let Some(stored) = self
+            .store
+            .sweep(id)
+            .await
+            .map_err(|error| error.to_string())?
+        {
+            return Ok(Some(stored));
+        }
+        match &self.retention {
+            Some(retention) => retention
+                .archive
+                .read(id)
+                .await
+                .map_err(|error| error.to_string()),
+            None => Ok(None),
+        }
+    }
+
+    /// The actor answering for sweep `id`, made from the store or the archive if it has
+    /// none (a read-only one, kept among the most recently read).
+    async fn lookup(
+        &mut self,
+        myself: &ActorRef<LeaderMsg>,
+        id: SweepId,
+    ) -> Option<ActorRef<SweepMsg>> {
+        if let Some(actor) = self.sweeps.get(&id).cloned() {
+            if let Some(position) = self.views.iter().position(|view| *view == id) {
+                self.views.remove(position);
+                self.views.push_back(id);
+            }
+            return Some(actor);
+        }
+        let stored = match self.read_sweep(id).await {
+            Ok(stored) => stored?,
+            Err(error) => {
+                tracing::warn!(sweep = %id, %error, "cannot read a settled sweep back");
+                return None;
+            }
+        };
+        let actor = match self
+            .spawn_sweep(myself, stored.record, stored.trials, Vec::new(), true)
+            .await
+        {
+            Ok(actor) => actor,
+            Err(error) => {
+                tracing::warn!(sweep = %id, %error, "cannot show a settled sweep");
+                return None;
+            }
+        };
+        self.views.push_back(id);
+        self.evict_views();
+        Some(actor)
+    }
+
+    /// Stops the least recently read settled sweeps' actors beyond [`VIEWS`].
+    fn evict_views(&mut self) {
+        while self.views.len() > VIEWS {
+            let Some(id) = self.views.pop_front() else {
+                break;
+            };
+            if let Some(actor) = self.sweeps.remove(&id) {
+                actor.stop(Some("a settled sweep not read recently".into()));
+                let _ = self.scheduler.cast(SchedulerMsg::Unregister { sweep: id });
+            }
+        }
+        self.count_resident();
+    }
+
+    /// A settled sweep's summary: known, or asked of its actor (made if need be).
+    async fn settled_summary(
+        &mut self,
+        myself: &ActorRef<LeaderMsg>,
+        id: SweepId,
+    ) -> Option<SweepSummary> {
+        if let Some(summary) = self.summaries.get(&id) {
+            return Some(summary.clone());
+        }
+        let actor = self.lookup(myself, id).await?;
+        let summary = super::ask(&actor, SweepMsg::Summary).await.ok()?;
+        self.summaries.insert(id, summary.clone());
+        Some(summary)
+    }
+
+    async fn list(&mut self, myself: &ActorRef<LeaderMsg>, archived: bool) -> Vec<SweepSummary> {
+        let ids: Vec<SweepId> = self.records.keys().copied().collect();
+        let mut summaries = Vec::with_capacity(ids.len());
+        for id in ids {
+            let settled = self.records.get(&id).is_some_and(SweepRecord::is_settled);
+            let summary = match self.sweeps.get(&id) {
+                Some(actor) if !settled || !self.summaries.contains_key(&id) => {
+                    super::ask(actor, SweepMsg::Summary).await.ok()
+                }
+                _ => self.settled_summary(myself, id).await,
+            };
+            summaries.extend(summary);
+        }
+        if archived {
+            let stored: Vec<SweepId> = self.records.keys().copied().collect();
+            if let Some(newest) = self.archived_summaries().await {
+                summaries.extend(
+                    newest
+                        .iter()
+                        .filter(|(id, _)| stored.binary_search(id).is_err())
+                        .map(|(_, summary)| summary.clone()),
+                );
+                summaries.sort_by_key(|summary| summary.id);
+            }
+        }
+        summaries
+    }
+
+    /// The newest archived sweeps' summaries, read from the archive the first time.
+    async fn archived_summaries(&mut self) -> Option<&BTreeMap<SweepId, SweepSummary>> {
+        let retention = self.retention.as_ref()?;
+        if self.archived.is_none() {
+            match retention.archive.newest(ARCHIVED_LISTED).await {
+                Ok(newest) => self.archived = Some(newest),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot list the archive; archived sweeps are left out");
+                    return None;
+                }
+            }
+        }
+        self.archived.as_ref()
+    }
+
+    /// Archives settled sweeps whose retention has passed, oldest first, a batch at a time.
+    async fn archive_due(&mut self, myself: &ActorRef<LeaderMsg>) {
+        let Some(retain) = self
+            .retention
+            .as_ref()
+            .and_then(|retention| retention.retain)
+        else {
+            return;
+        };
+        let now = now_ms();
+        let due: Vec<SweepId> = self
+            .records
+            .values()
+            .filter(|record| record.is_settled())
+            .filter(|record| {
+                record.finished_ms.is_some_and(|finished| {
+                    finished.saturating_add(retain.as_millis() as u64) <= now
+                })
+            })
+            .map(|record| record.id)
+            .take(ARCHIVE_BATCH)
+            .collect();
+        for id in due {
+            if let Err(error) = self.archive_one(myself, id).await {
+                METRICS.archive_failures.inc();
+                tracing::warn!(sweep = %id, %error, "could not archive a sweep; it stays in the store and is tried again");
+                break;
+            }
+        }
+    }
+
+    /// Moves one settled sweep to the archive: written and read back there first, then
+    /// deleted from the store (with the id high-water mark, so the id is never reused).
+    async fn archive_one(
+        &mut self,
+        myself: &ActorRef<LeaderMsg>,
+        id: SweepId,
+    ) -> Result<(), String> {
+        let Some(retention) = self.retention.clone() else {
+            return Ok(());
+        };
+        let stored = self
+            .store
+            .sweep(id)
+            .await
+            .map_err(|error| error.to_string())?
+            .ok_or("no longer stored")?;
+        let summary = self
+            .settled_summary(myself, id)
+            .await
+            .ok_or("its summary cannot be made")?;
+        retention
+            .archive
+            .write(&stored, &summary)
+            .await
+            .map_err(|error| error.to_string())?;
+        self.store
+            .write(vec![
+                StateWrite::SweepIdsFrom(self.next_sweep),
+                StateWrite::ForgetSweep(id),
+            ])
+            .durable()
+            .await
+            .map_err(|error| error.to_string())?;
+        self.records.remove(&id);
+        self.summaries.remove(&id);
+        self.views.retain(|view| *view != id);
+        if let Some(actor) = self.sweeps.remove(&id) {
+            actor.stop(Some("archived".into()));
+            let _ = self.scheduler.cast(SchedulerMsg::Unregister { sweep: id });
+        }
+        self.count_resident();
+        if let Some(archived) = &mut self.archived {
+            archived.insert(id, summary);
+            while archived.len() > ARCHIVED_LISTED {
+                archived.pop_first();
+            }
+        }
+        METRICS.sweeps_archived.inc();
+        tracing::info!(sweep = %id, trials = stored.trials.len(), archive = %retention.archive.location(), "sweep archived");
         Ok(())
+    }
+
+    /// The sweeps `spec` (sweep `id`'s) warm-starts from, with their trials: from `loaded`
+    /// (trials read at takeover), a running sweep's actor, the store or the archive. One that
+    /// none of them holds is left out.
+    async fn warm_sources(
+        &self,
+        id: SweepId,
+        spec: &SweepSpec,
+        loaded: &BTreeMap<SweepId, BTreeMap<u32, TrialRecord>>,
+    ) -> Vec<WarmSource> {
+        let mut found = BTreeMap::new();
+        for source in warm_references(id, spec) {
+            let record = self.records.get(&source);
+            let stored = match (record, loaded.get(&source), self.sweeps.get(&source)) {
+                (Some(record), Some(trials), _) => Some(StoredSweep {
+                    record: record.clone(),
+                    trials: trials.clone(),
+                }),
+                (Some(record), None, Some(actor)) => super::ask(actor, SweepMsg::Trials)
+                    .await
+                    .ok()
+                    .map(|trials| StoredSweep {
+                        record: record.clone(),
+                        trials: trials
+                            .into_iter()
+                            .map(|trial| (trial.id.number, trial))
+                            .collect(),
+                    }),
+                _ => self.read_sweep(source).await.ok().flatten(),
+            };
+            if let Some(stored) = stored {
+                found.insert(source, stored);
+            }
+        }
+        warm_sources(id, spec, &found)
+    }
+
+    /// Names of the sweeps a warm start may refer to: every stored one, archived ones among
+    /// the newest listed, and any archived one `spec` names by id.
+    async fn warm_names(&mut self, spec: &SweepSpec) -> BTreeMap<SweepId, String> {
+        let mut names: BTreeMap<SweepId, String> = self
+            .records
+            .values()
+            .map(|record| (record.id, record.spec.name.clone()))
+            .collect();
+        if let Some(archived) = self.archived_summaries().await {
+            for (id, summary) in archived {
+                names.entry(*id).or_insert_with(|| summary.name.clone());
+            }
+        }
+        if let Some(retention) = &self.retention {
+            for reference in &spec.warm_start {
+                let Ok(id) = reference.parse::<SweepId>() else {
+                    continue;
+                };
+                if names.contains_key(&id) {
+                    continue;
+                }
+                if let Ok(Some(summary)) = retention.archive.summary(id).await {
+                    names.insert(id, summary.name);
+                }
+            }
+        }
+        names
     }
 
     async fn submit(
@@ -336,19 +705,11 @@ impl LeaderState {
         }
         let mut warm = Vec::new();
         if !spec.warm_start.is_empty() {
-            let stored = self.store.reload().await.map_err(|error| ApiError {
-                kind: ApiErrorKind::Internal,
-                message: format!("could not read the sweeps to warm-start from: {error}"),
-                problems: vec![],
-            })?;
-            resolve_warm_start(&mut spec, &stored.sweeps)
-                .map_err(|problems| invalid(&spec, problems))?;
-            warm = warm_sources(
-                SweepId(self.next_sweep),
-                &spec,
-                &stored.sweeps,
-                &stored.trials,
-            );
+            let names = self.warm_names(&spec).await;
+            resolve_warm_start(&mut spec, &names).map_err(|problems| invalid(&spec, problems))?;
+            warm = self
+                .warm_sources(SweepId(self.next_sweep), &spec, &BTreeMap::new())
+                .await;
         }
         let id = SweepId(self.next_sweep);
         self.next_sweep += 1;
@@ -373,38 +734,37 @@ impl LeaderState {
             .durable()
             .await
             .map_err(|error| internal(format!("could not store the sweep: {error}")))?;
-        self.spawn_sweep(myself, record, BTreeMap::new(), warm)
+        self.records.insert(id, record.clone());
+        let sweep = self
+            .spawn_sweep(myself, record, BTreeMap::new(), warm, false)
             .await
             .map_err(|error| internal(error.to_string()))?;
         tracing::info!(sweep = %id, "sweep submitted");
-        let sweep = self
-            .sweeps
-            .get(&id)
-            .ok_or_else(|| internal("sweep vanished".into()))?;
-        super::ask(sweep, SweepMsg::Summary)
+        super::ask(&sweep, SweepMsg::Summary)
             .await
             .map_err(|error| internal(error.to_string()))
     }
 }
 
 /// Replaces each of `spec.warm_start`'s references by the id of the sweep it names: an id
-/// (`s3`, `3`) of a stored sweep, or a name (the newest sweep of that name).
+/// (`s3`, `3`) of a known sweep, or a name (the newest sweep of that name). `names` are the
+/// known sweeps' names by id.
 fn resolve_warm_start(
     spec: &mut SweepSpec,
-    sweeps: &BTreeMap<SweepId, SweepRecord>,
+    names: &BTreeMap<SweepId, String>,
 ) -> Result<(), Vec<FieldProblem>> {
     let mut problems = Vec::new();
     for (index, reference) in spec.warm_start.iter_mut().enumerate() {
         let by_id = reference
             .parse::<SweepId>()
             .ok()
-            .filter(|id| sweeps.contains_key(id));
+            .filter(|id| names.contains_key(id));
         let by_name = || {
-            sweeps
-                .values()
+            names
+                .iter()
                 .rev()
-                .find(|record| record.spec.name == *reference)
-                .map(|record| record.id)
+                .find(|(_, name)| *name == reference)
+                .map(|(id, _)| *id)
         };
         match by_id.or_else(by_name) {
             Some(id) => *reference = id.to_string(),
@@ -421,26 +781,30 @@ fn resolve_warm_start(
     }
 }
 
-/// The sweeps that sweep `id` (with `spec`) warm-starts from (ids, as resolved at
-/// submission), with their trials; one no longer stored is left out.
-fn warm_sources(
-    id: SweepId,
-    spec: &SweepSpec,
-    sweeps: &BTreeMap<SweepId, SweepRecord>,
-    trials: &BTreeMap<SweepId, BTreeMap<u32, flotilla_protocol::messages::TrialRecord>>,
-) -> Vec<WarmSource> {
+/// The sweep ids sweep `id`'s `spec` warm-starts from (as resolved at submission), itself
+/// left out.
+fn warm_references(id: SweepId, spec: &SweepSpec) -> Vec<SweepId> {
     spec.warm_start
         .iter()
         .filter_map(|reference| reference.parse::<SweepId>().ok())
         .filter(|source| *source != id)
-        .filter_map(|source_id| {
-            let source = sweeps.get(&source_id)?;
+        .collect()
+}
+
+/// The sweeps that sweep `id` (with `spec`) warm-starts from, with their trials, taken from
+/// `found`; one not found (no longer stored or archived) is left out.
+fn warm_sources(
+    id: SweepId,
+    spec: &SweepSpec,
+    found: &BTreeMap<SweepId, StoredSweep>,
+) -> Vec<WarmSource> {
+    warm_references(id, spec)
+        .into_iter()
+        .filter_map(|source| {
+            let source = found.get(&source)?;
             Some(WarmSource {
-                spec: source.spec.clone(),
-                trials: trials
-                    .get(&source_id)
-                    .map(|trials| trials.values().cloned().collect())
-                    .unwrap_or_default(),
+                spec: source.record.spec.clone(),
+                trials: source.trials.values().cloned().collect(),
             })
         })
         .collect()
@@ -467,13 +831,17 @@ mod tests {
             (SweepId(id), record)
         };
         let sweeps = BTreeMap::from([record(1, "lr"), record(2, "depth"), record(3, "lr")]);
+        let names: BTreeMap<SweepId, String> = sweeps
+            .iter()
+            .map(|(id, record)| (*id, record.spec.name.clone()))
+            .collect();
         let mut spec = SweepSpec::example();
         spec.warm_start = vec!["lr".into(), "2".into(), "s1".into()];
-        resolve_warm_start(&mut spec, &sweeps).expect("resolves");
+        resolve_warm_start(&mut spec, &names).expect("resolves");
         // A name means the newest sweep of that name.
         assert_eq!(spec.warm_start, ["s3", "s2", "s1"]);
         spec.warm_start = vec!["s9".into(), "lr".into(), "width".into()];
-        let problems = resolve_warm_start(&mut spec, &sweeps).expect_err("unknown");
+        let problems = resolve_warm_start(&mut spec, &names).expect_err("unknown");
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,
@@ -498,7 +866,6 @@ mod tests {
             finished_ms: None,
             message: None,
         };
-        let sweeps = BTreeMap::from([(SweepId(1), record(1)), (SweepId(2), record(2))]);
         let trial = |number: u32| {
             let id = flotilla_protocol::TrialId {
                 sweep: SweepId(1),
@@ -509,10 +876,25 @@ mod tests {
                 flotilla_protocol::messages::TrialRecord::pending(id, Default::default(), 0),
             )
         };
-        let trials = BTreeMap::from([(SweepId(1), BTreeMap::from([trial(0), trial(1)]))]);
+        let found = BTreeMap::from([
+            (
+                SweepId(1),
+                StoredSweep {
+                    record: record(1),
+                    trials: BTreeMap::from([trial(0), trial(1)]),
+                },
+            ),
+            (
+                SweepId(2),
+                StoredSweep {
+                    record: record(2),
+                    trials: BTreeMap::new(),
+                },
+            ),
+        ]);
         let mut spec = SweepSpec::example();
         spec.warm_start = vec!["s1".into(), "s2".into(), "s5".into(), "s3".into()];
-        let sources = warm_sources(SweepId(3), &spec, &sweeps, &trials);
+        let sources = warm_sources(SweepId(3), &spec, &found);
         let counts: Vec<usize> = sources.iter().map(|source| source.trials.len()).collect();
         assert_eq!(
             counts,

@@ -154,6 +154,11 @@ pub enum SchedulerMsg {
     ForgetSweep {
         sweep: SweepId,
     },
+    /// A finished sweep's actor is gone (its memory handed back): forget its registration.
+    /// Attempts still ending on agents are released as usual; their reports go nowhere.
+    Unregister {
+        sweep: SweepId,
+    },
     /// Removes a sweep's queued attempts and returns them.
     Withdraw {
         sweep: SweepId,
@@ -497,6 +502,11 @@ impl Actor for Scheduler {
                     };
                     state.send(&agent, command);
                 }
+            }
+            SchedulerMsg::Unregister { sweep } => {
+                state.queues.remove(&sweep);
+                state.sweeps.remove(&sweep);
+                state.scheduling.remove(&sweep);
             }
             SchedulerMsg::Withdraw { sweep, reply } => {
                 let withdrawn = state.queues.remove(&sweep).unwrap_or_default();

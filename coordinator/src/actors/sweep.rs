@@ -135,6 +135,11 @@ pub struct SweepArgs {
     pub notifier: Option<crate::notify::Notifier>,
     /// The leader's epoch: this term numbers the sweep's events above every earlier term's.
     pub epoch: flotilla_protocol::Epoch,
+    /// Told when the sweep ends, so it can hand the finished sweep's memory back.
+    pub leader: Option<ActorRef<super::leader::LeaderMsg>>,
+    /// Only answers questions about a finished sweep (one read back from the store or the
+    /// archive on demand): registers nothing with the scheduler and changes nothing.
+    pub read_only: bool,
 }
 
 /// An earlier sweep whose results seed this one's sampler (`warm_start`).
@@ -225,6 +230,7 @@ pub struct SweepActorState {
     scheduler: ActorRef<SchedulerMsg>,
     store: Arc<dyn StateStore>,
     notifier: Option<crate::notify::Notifier>,
+    leader: Option<ActorRef<super::leader::LeaderMsg>>,
     watchers: Vec<mpsc::UnboundedSender<(u64, SweepEvent)>>,
     /// The last event sequence number handed out: `epoch << 32` plus a count, so a later
     /// leader's numbers are above this one's whatever was stored.
@@ -310,6 +316,7 @@ impl Actor for SweepActor {
             exhausted: false,
             scheduler: args.scheduler,
             notifier: args.notifier,
+            leader: args.leader,
             store: args.store,
             watchers: Vec::new(),
             seq: args.epoch.0 << 32,
@@ -317,6 +324,9 @@ impl Actor for SweepActor {
             myself: myself.clone(),
             record: args.record,
         };
+        if args.read_only {
+            return Ok(state);
+        }
         if spec_has_deadline(&state.record.spec) && !state.record.state.is_final() {
             myself.send_interval(Duration::from_millis(500), || SweepMsg::CheckDeadline);
         }
@@ -1439,6 +1449,12 @@ impl SweepActorState {
         if let Some(notifier) = &self.notifier {
             notifier.sweep_finished(&summary);
         }
+        if let Some(leader) = &self.leader {
+            let _ = leader.cast(super::leader::LeaderMsg::SweepFinished {
+                record: Box::new(self.record.clone()),
+                summary: Box::new(summary.clone()),
+            });
+        }
         self.broadcast(SweepEvent::SweepFinished(summary));
         self.watchers.clear();
     }
@@ -1783,6 +1799,8 @@ metrics = ["loss"]
                 store: Arc::new(store),
                 notifier: None,
                 epoch: flotilla_protocol::Epoch(1),
+                leader: None,
+                read_only: false,
             },
         )
         .await

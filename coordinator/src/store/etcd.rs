@@ -6,7 +6,14 @@
 //! sweeps/<sweep id, 20 digits>                    SweepRecord
 //! trials/<sweep id, 20 digits>/<number, 10 digits> TrialRecord
 //! agents/<agent id>                                AgentRecord (its last registration)
+//! cordons/<agent id>                               bool
+//! models/<name>/<version>                          ModelVersion
+//! rollouts/<rollout id, 20 digits>                 RolloutRecord
+//! meta/next-sweep                                  u64: the lowest sweep id not taken
 //! ```
+//!
+//! An archived sweep's record and trials are deleted in one fenced transaction, after the
+//! archive holds them (see `crate::archive`).
 //!
 //! Each value is `[epoch u64 BE][record in the protocol codec]`: the epoch of the leader that
 //! wrote it, so a record's author can be checked after the fact.
@@ -21,21 +28,24 @@
 //! the store for good; the coordinator then steps down (see [`StateStore::failed`]).
 //!
 //! `load` lists the prefix afresh (linearizable reads, in pages): a new leader trusts what
-//! etcd holds now, not a watch it may have missed events on.
+//! etcd holds now, not a watch it may have missed events on. It reads the trials of running
+//! sweeps only; a finished sweep's trials are read when someone asks for that sweep.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 use flotilla_protocol::messages::TrialRecord;
-use flotilla_protocol::{Epoch, codec};
+use flotilla_protocol::{Epoch, SweepId, codec};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::legacy;
-use super::{CommitTicket, StateStore, StateWrite, StoreError, StoredState, SweepRecord};
+use super::{
+    CommitTicket, StateStore, StateWrite, StoreError, StoredState, StoredSweep, SweepRecord,
+};
 use crate::ha::{EtcdConfig, Fence, Leadership};
 
 /// etcd's default `--max-txn-ops` is 128; one slot goes to the fence comparison.
@@ -83,6 +93,11 @@ pub fn cordon_key(root: &str, agent: &str) -> String {
 /// Where a model version's record lives.
 pub fn model_key(root: &str, name: &str, version: &str) -> String {
     format!("{root}/state/models/{name}/{version}")
+}
+
+/// The lowest sweep id not yet taken (archived sweeps' ids included).
+pub fn next_sweep_key(root: &str) -> String {
+    format!("{root}/state/meta/next-sweep")
 }
 
 /// Where a rollout's record lives.
@@ -154,11 +169,60 @@ impl EtcdStore {
     }
 }
 
-/// Lists every record under the state prefix, in pages.
+/// Lists what a leader starts from: every record under the state prefix except the trials
+/// of finished sweeps, which stay in etcd until someone asks for that sweep.
 pub async fn list(client: &mut Client, root: &str) -> Result<StoredState, StoreError> {
-    let prefix = format!("{root}/state/");
-    let end = prefix_end(prefix.as_bytes());
     let mut state = StoredState::default();
+    for kind in [
+        "sweeps/",
+        "agents/",
+        "cordons/",
+        "models/",
+        "rollouts/",
+        "meta/",
+    ] {
+        list_into(client, root, kind, &mut state).await?;
+    }
+    let running: Vec<u64> = state
+        .sweeps
+        .values()
+        .filter(|sweep| !sweep.is_settled())
+        .map(|sweep| sweep.id.0)
+        .collect();
+    for sweep in running {
+        list_into(client, root, &format!("trials/{sweep:020}/"), &mut state).await?;
+    }
+    Ok(state)
+}
+
+/// One sweep's record and all its trials.
+pub async fn list_sweep(
+    client: &mut Client,
+    root: &str,
+    sweep: SweepId,
+) -> Result<Option<StoredSweep>, StoreError> {
+    let mut state = StoredState::default();
+    list_into(client, root, &format!("sweeps/{:020}", sweep.0), &mut state).await?;
+    list_into(
+        client,
+        root,
+        &format!("trials/{:020}/", sweep.0),
+        &mut state,
+    )
+    .await?;
+    Ok(state.sweep(sweep))
+}
+
+/// Reads every record whose key starts with `{root}/state/{kind}` into `state`, in pages.
+async fn list_into(
+    client: &mut Client,
+    root: &str,
+    kind: &str,
+    state: &mut StoredState,
+) -> Result<(), StoreError> {
+    let base = format!("{root}/state/");
+    let prefix = format!("{base}{kind}");
+    let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     loop {
         let options = GetOptions::new()
@@ -171,43 +235,15 @@ pub async fn list(client: &mut Client, root: &str) -> Result<StoredState, StoreE
             .map_err(|error| etcd_error(format!("listing {prefix}: {error}")))?;
         for kv in page.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            let corrupt = |message: String| StoreError::Corrupt {
-                path: key.clone(),
-                offset: 0,
-                message,
-            };
-            let (_, record) = open_envelope(kv.value())
-                .ok_or_else(|| corrupt("shorter than its header".into()))?;
-            let suffix = &key[prefix.len()..];
-            if suffix.starts_with("sweeps/") {
-                let sweep: SweepRecord =
-                    legacy::read(record).map_err(|error| corrupt(error.to_string()))?;
-                state.apply(StateWrite::Sweep(Box::new(sweep)));
-            } else if suffix.starts_with("trials/") {
-                let trial: TrialRecord =
-                    legacy::read(record).map_err(|error| corrupt(error.to_string()))?;
-                state.apply(StateWrite::Trial(Box::new(trial)));
-            } else if suffix.starts_with("agents/") {
-                let agent: super::AgentRecord =
-                    codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
-                state.apply(StateWrite::Agent(Box::new(agent)));
-            } else if let Some(agent) = suffix.strip_prefix("cordons/") {
-                let cordoned: bool =
-                    codec::decode(record).map_err(|error| corrupt(error.to_string()))?;
-                state.apply(StateWrite::Cordon {
-                    agent: flotilla_protocol::AgentId(agent.to_string()),
-                    cordoned,
-                });
-            } else if suffix.starts_with("models/") {
-                let model: flotilla_protocol::models::ModelVersion =
-                    legacy::read(record).map_err(|error| corrupt(error.to_string()))?;
-                state.apply(StateWrite::Model(Box::new(model)));
-            } else if suffix.starts_with("rollouts/") {
-                let rollout: flotilla_protocol::models::RolloutRecord =
-                    legacy::read(record).map_err(|error| corrupt(error.to_string()))?;
-                state.apply(StateWrite::Rollout(Box::new(rollout)));
-            } else {
-                tracing::warn!(%key, "ignoring an unknown key under the state prefix");
+            let write =
+                decode(&key[base.len()..], kv.value()).map_err(|message| StoreError::Corrupt {
+                    path: key.clone(),
+                    offset: 0,
+                    message,
+                })?;
+            match write {
+                Some(write) => state.apply(write),
+                None => tracing::warn!(%key, "ignoring an unknown key under the state prefix"),
             }
         }
         match page.kvs().last() {
@@ -218,7 +254,35 @@ pub async fn list(client: &mut Client, root: &str) -> Result<StoredState, StoreE
             _ => break,
         }
     }
-    Ok(state)
+    Ok(())
+}
+
+/// The record stored under `suffix` (the key after `{root}/state/`); `None` for a key this
+/// build does not know.
+fn decode(suffix: &str, value: &[u8]) -> Result<Option<StateWrite>, String> {
+    let (_, record) = open_envelope(value).ok_or("shorter than its header")?;
+    let text = |error: flotilla_protocol::codec::CodecError| error.to_string();
+    let write = if suffix.starts_with("sweeps/") {
+        StateWrite::Sweep(Box::new(legacy::read::<SweepRecord>(record).map_err(text)?))
+    } else if suffix.starts_with("trials/") {
+        StateWrite::Trial(Box::new(legacy::read::<TrialRecord>(record).map_err(text)?))
+    } else if suffix.starts_with("agents/") {
+        StateWrite::Agent(Box::new(codec::decode(record).map_err(text)?))
+    } else if let Some(agent) = suffix.strip_prefix("cordons/") {
+        StateWrite::Cordon {
+            agent: flotilla_protocol::AgentId(agent.to_string()),
+            cordoned: codec::decode(record).map_err(text)?,
+        }
+    } else if suffix.starts_with("models/") {
+        StateWrite::Model(Box::new(legacy::read(record).map_err(text)?))
+    } else if suffix.starts_with("rollouts/") {
+        StateWrite::Rollout(Box::new(legacy::read(record).map_err(text)?))
+    } else if suffix == "meta/next-sweep" {
+        StateWrite::SweepIdsFrom(codec::decode(record).map_err(text)?)
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(write))
 }
 
 /// The end of the range of keys starting with `prefix`.
@@ -244,6 +308,11 @@ impl StateStore for EtcdStore {
         let mut state = list(&mut client, &self.root).await?;
         state.epoch = Some(self.epoch);
         Ok(state)
+    }
+
+    async fn sweep(&self, id: SweepId) -> Result<Option<StoredSweep>, StoreError> {
+        let mut client = self.client.clone();
+        list_sweep(&mut client, &self.root, id).await
     }
 
     async fn next_epoch(&self) -> Result<Epoch, StoreError> {
@@ -316,7 +385,8 @@ impl Writer {
         }
     }
 
-    /// Sends the newest record per key, in fenced transactions.
+    /// Sends the newest record per key, in fenced transactions, in order: puts queued before
+    /// a sweep is forgotten are sent before its keys are deleted.
     async fn send<'a>(
         &mut self,
         writes: impl Iterator<Item = &'a StateWrite>,
@@ -344,15 +414,32 @@ impl Writer {
                 StateWrite::Rollout(rollout) => {
                     (rollout_key(&self.root, rollout.id), codec::encode(rollout))
                 }
+                StateWrite::SweepIdsFrom(next) => (next_sweep_key(&self.root), codec::encode(next)),
+                StateWrite::ForgetSweep(sweep) => {
+                    self.put(std::mem::take(&mut newest)).await?;
+                    let trials = format!("{}/state/trials/{:020}/", self.root, sweep.0);
+                    let range = DeleteOptions::new().with_range(prefix_end(trials.as_bytes()));
+                    self.commit(vec![
+                        TxnOp::delete(sweep_key(&self.root, sweep.0), None),
+                        TxnOp::delete(trials, Some(range)),
+                    ])
+                    .await?;
+                    continue;
+                }
                 // The epoch is the election key's revision; nothing to store.
                 StateWrite::Epoch(_) => continue,
             };
             let record = record.map_err(|error| etcd_error(format!("encoding {key}: {error}")))?;
             newest.insert(key, envelope(self.epoch, &record));
         }
+        self.put(newest).await
+    }
+
+    /// Puts the records, as few transactions as etcd's limits allow.
+    async fn put(&mut self, records: BTreeMap<String, Vec<u8>>) -> Result<(), StoreError> {
         let mut operations = Vec::new();
         let mut bytes = 0;
-        for (key, value) in newest {
+        for (key, value) in records {
             if !operations.is_empty()
                 && (operations.len() >= MAX_OPS_PER_TXN
                     || bytes + key.len() + value.len() > MAX_TXN_BYTES)

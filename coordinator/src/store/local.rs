@@ -5,27 +5,30 @@
 //! queued since its last pass, appends them, `fdatasync`s once, and resolves their tickets
 //! (group commit). On open, the file is replayed; a torn or corrupt tail (a crash in the
 //! middle of an append) is cut off at the last whole record, which loses only writes whose
-//! tickets never resolved. When the log holds many superseded records, it is compacted by
-//! writing the live records to a new file and renaming it over the old one.
+//! tickets never resolved. When the log holds many superseded (or archived) records — on
+//! open, and while running — it is compacted by writing the live records to a new file and
+//! renaming it over the old one, so the file tracks what is stored, not its history.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use flotilla_protocol::{Epoch, codec};
 use tokio::sync::oneshot;
 
-use super::{CommitTicket, StateStore, StateWrite, StoreError, StoredState};
+use flotilla_protocol::SweepId;
+
+use super::{CommitTicket, StateStore, StateWrite, StoreError, StoredState, StoredSweep};
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 type Queue = mpsc::Sender<(Vec<StateWrite>, Reply)>;
 
 pub struct LocalStore {
     path: PathBuf,
-    /// State as of open, handed to the coordinator by `load`.
-    loaded: StoredState,
+    /// What the file holds: as of open, then updated by the writer after each durable batch.
+    current: Arc<Mutex<StoredState>>,
     /// Queue to the writer thread; `None` after shutdown.
     queue: Mutex<Option<Queue>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -48,8 +51,9 @@ impl LocalStore {
             std::fs::create_dir_all(parent).map_err(io_error)?;
         }
         let (loaded, valid_length, records) = replay(path)?;
-        let file = if records > 64 && records > loaded.record_count() * 2 {
-            compact(path, &loaded).map_err(io_error)?
+        let (file, records) = if worth_compacting(records, &loaded, false) {
+            let file = compact(path, &loaded).map_err(io_error)?;
+            (file, loaded.record_count())
         } else {
             let file = OpenOptions::new()
                 .create(true)
@@ -59,19 +63,25 @@ impl LocalStore {
                 .map_err(io_error)?;
             // Cut a torn tail so new records follow the last whole one.
             file.set_len(valid_length).map_err(io_error)?;
-            file
+            (file, records)
         };
         let (sender, receiver) = mpsc::channel();
         let (failure_sender, failure) = tokio::sync::watch::channel(None);
-        let thread_path = path.to_path_buf();
+        let next_epoch = loaded.epoch.map_or(1, |epoch| epoch.0 + 1);
+        let current = Arc::new(Mutex::new(loaded));
+        let log = Log {
+            file,
+            path: path.to_path_buf(),
+            records,
+            state: current.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("flotilla-state-writer".into())
-            .spawn(move || write_loop(file, &thread_path, receiver, &failure_sender))
+            .spawn(move || write_loop(log, receiver, &failure_sender))
             .map_err(io_error)?;
-        let next_epoch = loaded.epoch.map_or(1, |epoch| epoch.0 + 1);
         Ok(LocalStore {
             path: path.to_path_buf(),
-            loaded,
+            current,
             queue: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(writer)),
             next_epoch: Mutex::new(next_epoch),
@@ -111,17 +121,13 @@ impl Drop for LocalStore {
 #[async_trait::async_trait]
 impl StateStore for LocalStore {
     async fn load(&self) -> Result<StoredState, StoreError> {
-        Ok(self.loaded.clone())
+        let current = self.current.lock().map_err(|_| StoreError::Closed)?;
+        Ok(current.live())
     }
 
-    /// The file read again, so writes since it was opened are included.
-    async fn reload(&self) -> Result<StoredState, StoreError> {
-        let path = self.path.clone();
-        match tokio::task::spawn_blocking(move || replay(&path)).await {
-            Ok(Ok((state, _, _))) => Ok(state),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Ok(self.loaded.clone()),
-        }
+    async fn sweep(&self, id: SweepId) -> Result<Option<StoredSweep>, StoreError> {
+        let current = self.current.lock().map_err(|_| StoreError::Closed)?;
+        Ok(current.sweep(id))
     }
 
     async fn next_epoch(&self) -> Result<Epoch, StoreError> {
@@ -156,9 +162,72 @@ impl StateStore for LocalStore {
     }
 }
 
+/// The open file and what it holds, owned by the writer thread.
+struct Log {
+    file: File,
+    path: PathBuf,
+    /// Records in the file, superseded ones included.
+    records: usize,
+    /// What the records describe, shared with the store's readers.
+    state: Arc<Mutex<StoredState>>,
+}
+
+/// Whether a file of `records` records holding `state` is worth rewriting: half of it is
+/// superseded, and it is not tiny or a sweep just left it (archived sweeps leave the file
+/// soon, not only once it grows).
+fn worth_compacting(records: usize, state: &StoredState, forgot: bool) -> bool {
+    records > state.record_count() * 2 && (forgot || records > 64)
+}
+
+impl Log {
+    /// Appends the batch and syncs once.
+    fn append(
+        &mut self,
+        batch: &[(Vec<StateWrite>, Reply)],
+        buffer: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        buffer.clear();
+        let mut appended = 0;
+        for (writes, _) in batch {
+            for write in writes {
+                append_record(buffer, write)?;
+                appended += 1;
+            }
+        }
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all(buffer)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|error| self.io_error(&error))?;
+        self.records += appended;
+        let mut state = self.state.lock().map_err(|_| StoreError::Closed)?;
+        let mut forgot = false;
+        for (writes, _) in batch {
+            for write in writes {
+                forgot |= matches!(write, StateWrite::ForgetSweep(_));
+                state.apply(write.clone());
+            }
+        }
+        if worth_compacting(self.records, &state, forgot) {
+            self.file = compact(&self.path, &state).map_err(|error| self.io_error(&error))?;
+            self.records = state.record_count();
+            tracing::debug!(path = %self.path.display(), records = self.records, "state file compacted");
+        }
+        Ok(())
+    }
+
+    fn io_error(&self, error: &std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: self.path.display().to_string(),
+            message: error.to_string(),
+        }
+    }
+}
+
 fn write_loop(
-    mut file: File,
-    path: &Path,
+    mut log: Log,
     receiver: mpsc::Receiver<(Vec<StateWrite>, Reply)>,
     failure: &tokio::sync::watch::Sender<Option<StoreError>>,
 ) {
@@ -176,26 +245,9 @@ fn write_loop(
             }
             continue;
         }
-        buffer.clear();
-        let mut result = Ok(());
-        for (writes, _) in &batch {
-            for write in writes {
-                if let Err(error) = append_record(&mut buffer, write) {
-                    result = Err(error);
-                }
-            }
-        }
-        if result.is_ok() && !buffer.is_empty() {
-            result = file
-                .write_all(&buffer)
-                .and_then(|()| file.sync_data())
-                .map_err(|error| StoreError::Io {
-                    path: path.display().to_string(),
-                    message: error.to_string(),
-                });
-        }
+        let result = log.append(&batch, &mut buffer);
         if let Err(error) = &result {
-            tracing::error!(path = %path.display(), %error, "a state write failed; the store accepts no more writes");
+            tracing::error!(path = %log.path.display(), %error, "a state write failed; the store accepts no more writes");
             failed = Some(error.clone());
             failure.send_replace(Some(error.clone()));
         }
@@ -425,10 +477,97 @@ mod tests {
         );
     }
 
+    fn sweep(state: flotilla_protocol::messages::SweepState) -> StateWrite {
+        StateWrite::Sweep(Box::new(super::super::SweepRecord {
+            id: SweepId(1),
+            spec: flotilla_protocol::spec::SweepSpec::example(),
+            seed: 0,
+            state,
+            created_ms: 1,
+            finished_ms: state.is_final().then_some(2),
+            message: None,
+        }))
+    }
+
+    /// A leader loads a running sweep's trials, not a settled one's (read on demand); a
+    /// forgotten (archived) sweep leaves the file, and its id stays taken across reopening.
+    #[tokio::test]
+    async fn settled_trials_load_on_demand_and_a_forgotten_sweep_leaves_the_file() {
+        use flotilla_protocol::messages::SweepState;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.log");
+        let store = LocalStore::open(&path).expect("open");
+        store.write(vec![
+            sweep(SweepState::Running),
+            trial(0, TrialState::Running),
+        ]);
+        store.flush().await.expect("flush");
+        assert_eq!(
+            store.load().await.expect("load").trials[&SweepId(1)].len(),
+            1
+        );
+        store.write(vec![
+            sweep(SweepState::Completed),
+            trial(0, TrialState::Succeeded),
+        ]);
+        store.flush().await.expect("flush");
+        let loaded = store.load().await.expect("load");
+        assert!(loaded.sweeps.contains_key(&SweepId(1)));
+        assert!(
+            !loaded.trials.contains_key(&SweepId(1)),
+            "settled: trials on demand"
+        );
+        let read = store
+            .sweep(SweepId(1))
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(read.trials[&0].state, TrialState::Succeeded);
+        store
+            .write(vec![
+                StateWrite::SweepIdsFrom(2),
+                StateWrite::ForgetSweep(SweepId(1)),
+            ])
+            .durable()
+            .await
+            .expect("durable");
+        assert_eq!(store.sweep(SweepId(1)).await.expect("read"), None);
+        let bytes = std::fs::read(&path).expect("read");
+        let name = SweepSpecName::of();
+        assert!(
+            !bytes.windows(name.len()).any(|window| window == name),
+            "the file was compacted without the sweep"
+        );
+        store.close();
+        drop(store);
+        let store = LocalStore::open(&path).expect("reopen");
+        let loaded = store.load().await.expect("load");
+        assert!(loaded.sweeps.is_empty());
+        assert_eq!(loaded.next_sweep, 2, "sweep 1's id is not handed out again");
+    }
+
+    /// The example spec's name, as it appears in a stored record.
+    struct SweepSpecName;
+
+    impl SweepSpecName {
+        fn of() -> Vec<u8> {
+            flotilla_protocol::spec::SweepSpec::example()
+                .name
+                .into_bytes()
+        }
+    }
+
     #[tokio::test]
     async fn corruption_in_the_middle_is_refused_and_compaction_keeps_live_records() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("state.log");
+        let one_record = {
+            let path = dir.path().join("one.log");
+            let store = LocalStore::open(&path).expect("open");
+            store.write(vec![trial(0, TrialState::Running)]);
+            store.flush().await.expect("flush");
+            std::fs::metadata(&path).expect("meta").len()
+        };
         {
             let store = LocalStore::open(&path).expect("open");
             for round in 0..100 {
@@ -441,15 +580,19 @@ mod tests {
             }
             store.flush().await.expect("flush");
         }
-        let before = std::fs::metadata(&path).expect("meta").len();
+        // 200 records were written; the file was compacted as it went.
+        let size = std::fs::metadata(&path).expect("meta").len();
+        assert!(
+            size < 200 * one_record / 10,
+            "{size} bytes after 200 records of {one_record}"
+        );
         {
-            let store = LocalStore::open(&path).expect("reopen compacts");
+            let store = LocalStore::open(&path).expect("reopen");
             assert_eq!(
                 store.load().await.expect("load").trials[&SweepId(1)][&0].state,
                 TrialState::Succeeded
             );
         }
-        assert!(std::fs::metadata(&path).expect("meta").len() < before / 10);
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[10] ^= 0xff;
         bytes.extend_from_slice(&bytes.clone());

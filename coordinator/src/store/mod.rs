@@ -37,6 +37,14 @@ pub struct SweepRecord {
     pub message: Option<String>,
 }
 
+impl SweepRecord {
+    /// Final and finished: nothing about it changes any more (a cancelled sweep whose
+    /// trials are still stopping is final but not yet settled).
+    pub fn is_settled(&self) -> bool {
+        self.state.is_final() && self.finished_ms.is_some()
+    }
+}
+
 /// An agent as it last registered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
@@ -68,6 +76,11 @@ pub enum StateWrite {
     Model(Box<ModelVersion>),
     /// A canary rollout, as it is now (every decision rewrites it). Appended last.
     Rollout(Box<RolloutRecord>),
+    /// The sweep was archived: its record and its trials leave the store. Appended last.
+    ForgetSweep(SweepId),
+    /// Sweep ids below this one are taken (by stored or archived sweeps), so a new sweep
+    /// never reuses an archived sweep's id. Appended last.
+    SweepIdsFrom(u64),
 }
 
 /// Everything a coordinator needs to resume.
@@ -85,12 +98,15 @@ pub struct StoredState {
     pub models: BTreeMap<(String, SemVer), ModelVersion>,
     /// Canary rollouts by id.
     pub rollouts: BTreeMap<u64, RolloutRecord>,
+    /// The lowest sweep id no sweep, stored or archived, has had.
+    pub next_sweep: u64,
 }
 
 impl StoredState {
     pub fn apply(&mut self, write: StateWrite) {
         match write {
             StateWrite::Sweep(sweep) => {
+                self.next_sweep = self.next_sweep.max(sweep.id.0 + 1);
                 self.sweeps.insert(sweep.id, *sweep);
             }
             StateWrite::Trial(trial) => {
@@ -117,7 +133,40 @@ impl StoredState {
             StateWrite::Rollout(rollout) => {
                 self.rollouts.insert(rollout.id, *rollout);
             }
+            StateWrite::ForgetSweep(sweep) => {
+                self.next_sweep = self.next_sweep.max(sweep.0 + 1);
+                self.sweeps.remove(&sweep);
+                self.trials.remove(&sweep);
+            }
+            StateWrite::SweepIdsFrom(next) => self.next_sweep = self.next_sweep.max(next),
         }
+    }
+
+    /// This state without the trials of settled sweeps: what a leader loads eagerly.
+    pub fn live(&self) -> StoredState {
+        let running = |id: &SweepId| !self.sweeps.get(id).is_some_and(SweepRecord::is_settled);
+        StoredState {
+            epoch: self.epoch,
+            sweeps: self.sweeps.clone(),
+            trials: self
+                .trials
+                .iter()
+                .filter(|(id, _)| running(id))
+                .map(|(id, trials)| (*id, trials.clone()))
+                .collect(),
+            agents: self.agents.clone(),
+            cordoned: self.cordoned.clone(),
+            models: self.models.clone(),
+            rollouts: self.rollouts.clone(),
+            next_sweep: self.next_sweep,
+        }
+    }
+
+    /// One sweep's record and trials, if it is stored.
+    pub fn sweep(&self, id: SweepId) -> Option<StoredSweep> {
+        let record = self.sweeps.get(&id)?.clone();
+        let trials = self.trials.get(&id).cloned().unwrap_or_default();
+        Some(StoredSweep { record, trials })
     }
 
     /// The records that describe this state, for compaction.
@@ -147,6 +196,9 @@ impl StoredState {
         for rollout in self.rollouts.values() {
             writes.push(StateWrite::Rollout(Box::new(rollout.clone())));
         }
+        if self.next_sweep > 0 {
+            writes.push(StateWrite::SweepIdsFrom(self.next_sweep));
+        }
         writes
     }
 
@@ -158,7 +210,15 @@ impl StoredState {
             + self.cordoned.len()
             + self.models.len()
             + self.rollouts.len()
+            + usize::from(self.next_sweep > 0)
     }
+}
+
+/// One sweep as stored: its record and its trials by number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSweep {
+    pub record: SweepRecord,
+    pub trials: BTreeMap<u32, TrialRecord>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -210,15 +270,14 @@ pub async fn first_failure(
 
 #[async_trait::async_trait]
 pub trait StateStore: Send + Sync + 'static {
-    /// Everything stored when this term's store was opened (what a leader starts from).
+    /// What a leader starts from: every stored record except the trials of finished sweeps
+    /// (those are read one sweep at a time, by [`sweep`](Self::sweep), when someone asks), so
+    /// taking over costs the live work, not the history.
     async fn load(&self) -> Result<StoredState, StoreError>;
 
-    /// Everything stored now, writes since the store was opened included: for reading back
-    /// one sweep after its actor failed. Stores whose `load` already reads the present keep
-    /// this default.
-    async fn reload(&self) -> Result<StoredState, StoreError> {
-        self.load().await
-    }
+    /// One sweep with all its trials as stored now (writes made durable so far included);
+    /// `None` if it is not stored (never was, or archived).
+    async fn sweep(&self, id: SweepId) -> Result<Option<StoredSweep>, StoreError>;
 
     /// Hands out the next leader epoch (greater than every earlier one) and stores it.
     async fn next_epoch(&self) -> Result<Epoch, StoreError>;
