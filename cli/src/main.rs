@@ -328,6 +328,25 @@ struct CoordinatorArgs {
     etcd_prefix: String,
     #[command(flatten)]
     etcd_tls: EtcdTlsArgs,
+    /// Between the leader's readings of each etcd member's database size (metrics).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    etcd_status_every: Duration,
+    /// Between the leader's compactions of etcd's history (each keeps one interval of it).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    etcd_compact_every: Duration,
+    /// Between the leader's defragmentations of the etcd members (one at a time); sooner
+    /// when more than half of a large database is free. Needs --etcd-maintenance-cert.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    etcd_defrag_every: Duration,
+    /// The backend quota etcd runs with (its --quota-backend-bytes), exported beside the
+    /// database size for the near-quota alert.
+    #[arg(long, default_value_t = 2 << 30)]
+    etcd_quota_bytes: u64,
+    /// The certificate of an etcd user allowed to defragment (etcd's root user; its key is
+    /// the name with -key.pem, the CA is --etcd-ca's). Without it the leader compacts and
+    /// reports sizes but leaves defragmentation to the operator.
+    #[arg(long, env = "FLOTILLA_ETCD_MAINTENANCE_CERT")]
+    etcd_maintenance_cert: Option<PathBuf>,
     /// The leader's etcd lease (whole seconds): a dead leader is replaced about this long
     /// after it died.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -802,6 +821,26 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
             bail!("--lease-ttl must be at least 1s (etcd leases are whole seconds)");
         }
         etcd.lease_ttl = args.lease_ttl;
+        let admin = args.etcd_maintenance_cert.map(|cert| {
+            let name = cert.file_stem().unwrap_or_default().to_string_lossy();
+            let key = cert.with_file_name(format!("{name}-key.pem"));
+            let ca = etcd.tls.as_ref().map_or_else(
+                || {
+                    args.certs
+                        .join(flotilla_protocol::etcd_pki::DIR)
+                        .join("ca.pem")
+                },
+                |tls| tls.ca.clone(),
+            );
+            flotilla_etcd::EtcdTls { ca, cert, key }
+        });
+        config.etcd_maintenance = flotilla_coordinator::maintenance::Maintenance {
+            status_every: args.etcd_status_every,
+            compact_every: args.etcd_compact_every,
+            defrag_every: args.etcd_defrag_every,
+            quota_bytes: args.etcd_quota_bytes,
+            admin,
+        };
         config.etcd = Some(etcd);
     }
     let mut coordinator = Coordinator::start(config).await?;

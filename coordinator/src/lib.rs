@@ -25,6 +25,7 @@ pub mod archive;
 mod clock;
 pub mod gateway;
 pub mod ha;
+pub mod maintenance;
 pub mod metrics;
 pub mod notify;
 pub mod placement;
@@ -101,6 +102,8 @@ pub struct CoordinatorConfig {
     /// How long a settled sweep stays in the state store before it is archived; `None`:
     /// for ever.
     pub retain_finished: Option<Duration>,
+    /// etcd compaction, defragmentation and size reporting while leading (with etcd).
+    pub etcd_maintenance: maintenance::Maintenance,
 }
 
 /// How long a settled sweep stays in the state store by default: a week.
@@ -144,6 +147,7 @@ impl CoordinatorConfig {
             http_tokens: None,
             archive: None,
             retain_finished: Some(DEFAULT_RETAIN_FINISHED),
+            etcd_maintenance: maintenance::Maintenance::default(),
         }
     }
 }
@@ -666,6 +670,13 @@ async fn campaign_once(
         }
     };
     standing.send_replace(Standing::Leading(term.context.clone()));
+    let upkeep = term_stop.child_token();
+    terms.spawn(maintenance::run(
+        client.clone(),
+        config.clone(),
+        base.config.etcd_maintenance.clone(),
+        upkeep.clone(),
+    ));
     let reason = tokio::select! {
         () = shutdown.cancelled() => None,
         () = fence.lost() => Some("the leader's lease ran out".to_string()),
@@ -673,6 +684,7 @@ async fn campaign_once(
         _ = &mut term.leader_done => Some("the coordinator's actors stopped".to_string()),
     };
     standing.send_replace(Standing::Following { leader: None });
+    upkeep.cancel();
     match &reason {
         Some(reason) => {
             tracing::error!(%epoch, %reason, "stepping down");

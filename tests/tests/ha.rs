@@ -1138,3 +1138,80 @@ fn a_settled_sweep_leaves_etcd_for_the_archive_and_a_new_leader_still_answers() 
     let next_id: u64 = next.trim_start_matches('s').parse().expect("a sweep id");
     assert!(next_id > id, "{next} reuses no archived id ({sweep})");
 }
+
+/// The value of an unlabelled or labelled series in a `/metrics` text, if present.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// The leader owns etcd's upkeep: it exports each member's database size against the quota,
+/// compacts history (an old revision can no longer be read) and, with the root identity
+/// given for it, defragments the member.
+#[test]
+fn the_leader_compacts_and_defragments_etcd_and_reports_its_size() {
+    let mut cluster = Cluster::new(1, 1, TTL);
+    let root = cluster.etcd.pki.join("root.pem");
+    cluster.coordinator_args = vec![
+        "--etcd-status-every".into(),
+        "500ms".into(),
+        "--etcd-compact-every".into(),
+        "1s".into(),
+        "--etcd-defrag-every".into(),
+        "2s".into(),
+        "--etcd-quota-bytes".into(),
+        "1073741824".into(),
+        "--etcd-maintenance-cert".into(),
+        root.display().to_string(),
+    ];
+    cluster.start_coordinator(0);
+    cluster.wait_for_leader(0, Duration::from_secs(30));
+    let metrics = cluster.coordinators[0].metrics.clone();
+    let scrape = || {
+        flotilla_cluster_tests::http_get(&metrics, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape();
+        let counted = |operation: &str| {
+            let name = format!(
+                r#"flotilla_etcd_maintenance_total{{operation="{operation}",result="ok"}}"#
+            );
+            series(&text, &name).is_some_and(|count| count >= 1.0)
+        };
+        if counted("compact") && counted("defragment") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no compaction and defragmentation within 30 s:\n{text}\n{}",
+            log_of(&cluster, "c0")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = scrape();
+    assert_eq!(
+        series(&text, "flotilla_etcd_quota_bytes"),
+        Some(1073741824.0)
+    );
+    let size = series(&text, r#"flotilla_etcd_db_size_bytes{member="etcd0"}"#);
+    assert!(size.is_some_and(|size| size > 0.0), "{text}");
+    assert!(
+        !text.contains(r#"result="error""#),
+        "no maintenance step failed: {text}"
+    );
+    let old = cluster
+        .etcd
+        .etcdctl()
+        .args(["get", "--prefix", "/flotilla", "--rev", "1"])
+        .output()
+        .expect("etcdctl get");
+    assert!(
+        String::from_utf8_lossy(&old.stderr).contains("compacted"),
+        "revision 1 was compacted away: {old:?}"
+    );
+}
