@@ -140,7 +140,9 @@ impl Actor for Leader {
         myself: ActorRef<LeaderMsg>,
         args: LeaderArgs,
     ) -> Result<LeaderState, ActorProcessingErr> {
+        let started = std::time::Instant::now();
         let stored = args.store.load().await?;
+        let loaded_ms = started.elapsed().as_millis() as u64;
         let scheduler_args = SchedulerArgs {
             epoch: args.epoch,
             adoption_grace: args.agent_timeout + Duration::from_secs(2),
@@ -193,7 +195,7 @@ impl Actor for Leader {
             records: stored.sweeps,
             sweeps: BTreeMap::new(),
             views: VecDeque::new(),
-            summaries: BTreeMap::new(),
+            summaries: stored.summaries,
             retention: args.retention,
             archived: None,
             next_sweep,
@@ -245,7 +247,14 @@ impl Actor for Leader {
             myself.send_interval(every, || LeaderMsg::ArchiveDue);
         }
         state.count_resident();
-        tracing::info!(epoch = %args.epoch, sweeps = state.records.len(), running = state.sweeps.len(), "leading");
+        tracing::info!(
+            epoch = %args.epoch,
+            sweeps = state.records.len(),
+            running = state.sweeps.len(),
+            loaded_ms,
+            ready_ms = started.elapsed().as_millis() as u64,
+            "leading"
+        );
         Ok(state)
     }
 
@@ -496,6 +505,14 @@ impl LeaderState {
         let actor = self.lookup(myself, id).await?;
         let summary = super::ask(&actor, SweepMsg::Summary).await.ok()?;
         self.summaries.insert(id, summary.clone());
+        // Stored, so no later leader reads the trials again to list the sweep (one settled
+        // before summaries were stored).
+        if self.records.contains_key(&id) {
+            drop(
+                self.store
+                    .write(vec![StateWrite::Summary(Box::new(summary.clone()))]),
+            );
+        }
         Some(summary)
     }
 

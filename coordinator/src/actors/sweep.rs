@@ -1438,13 +1438,14 @@ impl SweepActorState {
             self.record.state = SweepState::Completed;
         }
         self.record.finished_ms = Some(now_ms());
-        let ticket = self
-            .store
-            .write(vec![StateWrite::Sweep(Box::new(self.record.clone()))]);
+        let summary = self.summary();
+        let ticket = self.store.write(vec![
+            StateWrite::Sweep(Box::new(self.record.clone())),
+            StateWrite::Summary(Box::new(summary.clone())),
+        ]);
         if let Err(error) = ticket.durable().await {
             tracing::error!(sweep = %self.id(), %error, "could not store the sweep's end");
         }
-        let summary = self.summary();
         tracing::info!(sweep = %self.id(), state = ?summary.state, succeeded = summary.counts.succeeded, failed = summary.counts.failed, "sweep finished");
         if let Some(notifier) = &self.notifier {
             notifier.sweep_finished(&summary);

@@ -9,6 +9,7 @@
 //! cordons/<agent id>                               bool
 //! models/<name>/<version>                          ModelVersion
 //! rollouts/<rollout id, 20 digits>                 RolloutRecord
+//! summaries/<sweep id, 20 digits>                  SweepSummary (of a settled sweep)
 //! meta/next-sweep                                  u64: the lowest sweep id not taken
 //! ```
 //!
@@ -93,6 +94,11 @@ pub fn cordon_key(root: &str, agent: &str) -> String {
 /// Where a model version's record lives.
 pub fn model_key(root: &str, name: &str, version: &str) -> String {
     format!("{root}/state/models/{name}/{version}")
+}
+
+/// Where a settled sweep's summary lives.
+pub fn summary_key(root: &str, sweep: u64) -> String {
+    format!("{root}/state/summaries/{sweep:020}")
 }
 
 /// The lowest sweep id not yet taken (archived sweeps' ids included).
@@ -277,6 +283,13 @@ fn decode(suffix: &str, value: &[u8]) -> Result<Option<StateWrite>, String> {
         StateWrite::Model(Box::new(legacy::read(record).map_err(text)?))
     } else if suffix.starts_with("rollouts/") {
         StateWrite::Rollout(Box::new(legacy::read(record).map_err(text)?))
+    } else if suffix.starts_with("summaries/") {
+        // A summary is a cache of what the trials say: one this build cannot read is left
+        // out (and made again from the trials when asked for).
+        match codec::decode(record) {
+            Ok(summary) => StateWrite::Summary(Box::new(summary)),
+            Err(_) => return Ok(None),
+        }
     } else if suffix == "meta/next-sweep" {
         StateWrite::SweepIdsFrom(codec::decode(record).map_err(text)?)
     } else {
@@ -415,12 +428,17 @@ impl Writer {
                     (rollout_key(&self.root, rollout.id), codec::encode(rollout))
                 }
                 StateWrite::SweepIdsFrom(next) => (next_sweep_key(&self.root), codec::encode(next)),
+                StateWrite::Summary(summary) => (
+                    summary_key(&self.root, summary.id.0),
+                    codec::encode(summary),
+                ),
                 StateWrite::ForgetSweep(sweep) => {
                     self.put(std::mem::take(&mut newest)).await?;
                     let trials = format!("{}/state/trials/{:020}/", self.root, sweep.0);
                     let range = DeleteOptions::new().with_range(prefix_end(trials.as_bytes()));
                     self.commit(vec![
                         TxnOp::delete(sweep_key(&self.root, sweep.0), None),
+                        TxnOp::delete(summary_key(&self.root, sweep.0), None),
                         TxnOp::delete(trials, Some(range)),
                     ])
                     .await?;

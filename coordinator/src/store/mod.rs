@@ -16,7 +16,7 @@ pub mod local;
 
 use std::collections::BTreeMap;
 
-use flotilla_protocol::messages::{SweepState, TrialRecord};
+use flotilla_protocol::messages::{SweepState, SweepSummary, TrialRecord};
 use flotilla_protocol::models::{ModelVersion, RolloutRecord, SemVer};
 use flotilla_protocol::spec::SweepSpec;
 use flotilla_protocol::{AgentId, Epoch, SweepId};
@@ -81,6 +81,8 @@ pub enum StateWrite {
     /// Sweep ids below this one are taken (by stored or archived sweeps), so a new sweep
     /// never reuses an archived sweep's id. Appended last.
     SweepIdsFrom(u64),
+    /// A settled sweep's summary, so listings need not read its trials. Appended last.
+    Summary(Box<SweepSummary>),
 }
 
 /// Everything a coordinator needs to resume.
@@ -100,6 +102,8 @@ pub struct StoredState {
     pub rollouts: BTreeMap<u64, RolloutRecord>,
     /// The lowest sweep id no sweep, stored or archived, has had.
     pub next_sweep: u64,
+    /// Settled sweeps' summaries (written when they settle).
+    pub summaries: BTreeMap<SweepId, SweepSummary>,
 }
 
 impl StoredState {
@@ -137,8 +141,12 @@ impl StoredState {
                 self.next_sweep = self.next_sweep.max(sweep.0 + 1);
                 self.sweeps.remove(&sweep);
                 self.trials.remove(&sweep);
+                self.summaries.remove(&sweep);
             }
             StateWrite::SweepIdsFrom(next) => self.next_sweep = self.next_sweep.max(next),
+            StateWrite::Summary(summary) => {
+                self.summaries.insert(summary.id, *summary);
+            }
         }
     }
 
@@ -159,6 +167,7 @@ impl StoredState {
             models: self.models.clone(),
             rollouts: self.rollouts.clone(),
             next_sweep: self.next_sweep,
+            summaries: self.summaries.clone(),
         }
     }
 
@@ -199,6 +208,9 @@ impl StoredState {
         if self.next_sweep > 0 {
             writes.push(StateWrite::SweepIdsFrom(self.next_sweep));
         }
+        for summary in self.summaries.values() {
+            writes.push(StateWrite::Summary(Box::new(summary.clone())));
+        }
         writes
     }
 
@@ -211,6 +223,7 @@ impl StoredState {
             + self.models.len()
             + self.rollouts.len()
             + usize::from(self.next_sweep > 0)
+            + self.summaries.len()
     }
 }
 
