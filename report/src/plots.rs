@@ -600,6 +600,100 @@ pub fn learning_curves(curves: &[LearningCurve], best: Option<u32>) -> Plot {
     }
 }
 
+/// A benchmark's growth curve: one or more series of `y_label` values measured at each of
+/// `xs` (the sizes tried: stored trials, agents, sweeps), drawn evenly spaced and labelled
+/// with their values, since the sizes span orders of magnitude.
+pub fn growth_curve(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    xs: &[String],
+    series: &[(&str, Vec<f64>)],
+) -> Plot {
+    const COLORS: [&str; 4] = ["#1f5fb4", "#d9711c", "#2e9b4f", "#9b2e8a"];
+    if xs.is_empty() || series.is_empty() {
+        return empty("growth", title.to_string(), "no measurements");
+    }
+    let mut svg = open("growth", title);
+    let high = range(series.iter().flat_map(|(_, ys)| ys.iter().copied()))
+        .map_or(1.0, |(_, high)| high.max(f64::MIN_POSITIVE));
+    let x = Scale::new(
+        (0.0, (xs.len() - 1) as f64),
+        LEFT + 24.0,
+        WIDTH - RIGHT - 24.0,
+    );
+    let y = Scale::new((0.0, high * 1.1), HEIGHT - BOTTOM, TOP);
+    let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
+    svg.push_str(&format!(
+        "<g stroke=\"#444\"><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\"/><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{y1}\"/></g>"
+    ));
+    for (index, label) in xs.iter().enumerate() {
+        let px = x.at(index as f64);
+        svg.push_str(&format!(
+            "<text class=\"tick x\" x=\"{px:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            y0 + 16.0,
+            escape(label)
+        ));
+    }
+    for yv in ticks(0.0, high * 1.1, false) {
+        let py = y.at(yv);
+        svg.push_str(&format!(
+            "<text class=\"tick y\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
+<line x1=\"{x0}\" y1=\"{py:.1}\" x2=\"{x1}\" y2=\"{py:.1}\" stroke=\"#eee\"/>",
+            x0 - 6.0,
+            py + 4.0,
+            escape(&tick_label(yv)),
+        ));
+    }
+    svg.push_str(&format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
+<text transform=\"translate(14 {:.1}) rotate(-90)\" text-anchor=\"middle\">{}</text>",
+        (x0 + x1) / 2.0,
+        HEIGHT - 8.0,
+        escape(x_label),
+        (y0 + y1) / 2.0,
+        escape(y_label)
+    ));
+    for (index, (name, ys)) in series.iter().enumerate() {
+        let color = COLORS[index % COLORS.len()];
+        let points: Vec<(f64, f64)> = ys
+            .iter()
+            .enumerate()
+            .filter(|(_, value)| value.is_finite())
+            .map(|(at, value)| (x.at(at as f64), y.at(*value)))
+            .collect();
+        let path: Vec<String> = points
+            .iter()
+            .map(|(px, py)| format!("{px:.1},{py:.1}"))
+            .collect();
+        svg.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            path.join(" ")
+        ));
+        for ((px, py), value) in points.iter().zip(ys.iter().filter(|v| v.is_finite())) {
+            svg.push_str(&format!(
+                "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"3.5\" fill=\"{color}\" data-series=\"{}\" data-value=\"{value}\"/>",
+                escape(name)
+            ));
+        }
+        svg.push_str(&format!(
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{color}\"/>\
+<text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            WIDTH - RIGHT - 190.0,
+            TOP + 4.0 + 16.0 * index as f64,
+            WIDTH - RIGHT - 174.0,
+            TOP + 13.0 + 16.0 * index as f64,
+            escape(name)
+        ));
+    }
+    svg.push_str("</svg>");
+    Plot {
+        id: "growth",
+        title: title.to_string(),
+        svg,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,5 +767,28 @@ mod tests {
     fn a_flat_range_maps_to_the_middle() {
         let scale = Scale::new((2.0, 2.0), 0.0, 100.0);
         assert_eq!(scale.at(2.0), 50.0);
+    }
+
+    #[test]
+    fn a_growth_curve_marks_every_measurement_of_every_series() {
+        let xs: Vec<String> = ["0", "10k", "100k"].map(String::from).to_vec();
+        let plot = growth_curve(
+            "Takeover",
+            "stored trials",
+            "seconds",
+            &xs,
+            &[
+                ("p50", vec![2.1, 2.2, f64::NAN]),
+                ("p99", vec![2.5, 2.6, 2.9]),
+            ],
+        );
+        assert_eq!(plot.svg.matches("data-series=\"p50\"").count(), 2);
+        assert_eq!(plot.svg.matches("data-series=\"p99\"").count(), 3);
+        assert!(plot.svg.contains(">100k</text>"));
+        assert!(
+            growth_curve("t", "x", "y", &[], &[])
+                .svg
+                .contains("no measurements")
+        );
     }
 }

@@ -17,6 +17,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+pub mod bench;
+
 /// The `flotilla` binary under test.
 pub fn flotilla_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("FLOTILLA_BIN") {
