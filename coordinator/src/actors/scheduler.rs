@@ -189,6 +189,8 @@ pub enum SchedulerMsg {
         reply: Option<RpcReplyPort<bool>>,
     },
     ExpireExpected,
+    /// Places what is queued (sent to itself once after changes that may free room).
+    Place,
 }
 
 pub struct SchedulerArgs {
@@ -249,6 +251,10 @@ impl Replicas {
 
 pub struct SchedulerState {
     epoch: Epoch,
+    /// Something changed that may let queued trials start: place before long.
+    place_wanted: bool,
+    /// A `Place` message is in the mailbox.
+    place_queued: bool,
     adoption_grace: Duration,
     agents: BTreeMap<AgentId, AgentSlots>,
     queues: BTreeMap<SweepId, VecDeque<QueuedTrial>>,
@@ -290,6 +296,8 @@ impl Actor for Scheduler {
         myself.send_interval(Duration::from_millis(500), || SchedulerMsg::ExpireExpected);
         Ok(SchedulerState {
             epoch: args.epoch,
+            place_wanted: false,
+            place_queued: false,
             adoption_grace: args.adoption_grace,
             agents: BTreeMap::new(),
             queues: BTreeMap::new(),
@@ -311,7 +319,7 @@ impl Actor for Scheduler {
 
     async fn handle(
         &self,
-        _myself: ActorRef<SchedulerMsg>,
+        myself: ActorRef<SchedulerMsg>,
         message: SchedulerMsg,
         state: &mut SchedulerState,
     ) -> Result<(), ActorProcessingErr> {
@@ -332,7 +340,7 @@ impl Actor for Scheduler {
                         .or_default()
                         .push_back(trial);
                 }
-                state.place();
+                state.place_wanted = true;
             }
             SchedulerMsg::Expect(attempts) => {
                 let deadline = Instant::now() + state.adoption_grace;
@@ -353,7 +361,7 @@ impl Actor for Scheduler {
             } => {
                 let adopted = state.agent_up(agent, slots, gpus, link, running, finished);
                 let _ = reply.send(adopted);
-                state.place();
+                state.place_wanted = true;
             }
             SchedulerMsg::AgentDown { agent } => {
                 state.agent_down(&agent);
@@ -365,7 +373,7 @@ impl Actor for Scheduler {
                 }
                 // Its serving replicas are placed elsewhere while it finishes.
                 state.release_replicas_on(&agent);
-                state.place();
+                state.place_wanted = true;
             }
             SchedulerMsg::TrialStarted { agent, attempt } => {
                 if let Some(assignment) = state
@@ -422,7 +430,7 @@ impl Actor for Scheduler {
                 outcome,
             } => {
                 state.finish(&agent, attempt, outcome);
-                state.place();
+                state.place_wanted = true;
             }
             SchedulerMsg::CommandRejected {
                 agent,
@@ -437,7 +445,7 @@ impl Actor for Scheduler {
                             LossCause::NotStarted(format!("agent {agent} refused it: {reason}"));
                         state.to_sweep(attempt, SweepMsg::Lost { attempt, cause });
                     }
-                    state.place();
+                    state.place_wanted = true;
                 }
             }
             SchedulerMsg::Send {
@@ -470,7 +478,7 @@ impl Actor for Scheduler {
             }
             SchedulerMsg::Abandon { agent, attempt } => {
                 if state.release(&agent, attempt) {
-                    state.place();
+                    state.place_wanted = true;
                 }
             }
             SchedulerMsg::Stop { attempts, reason } => {
@@ -516,6 +524,7 @@ impl Actor for Scheduler {
                 state.replica_demands = demands;
                 state.release_unwanted_replicas();
                 state.update_failed_replicas();
+                // The answer says where the replicas are: placed now, not after the burst.
                 state.place();
                 let placed = state
                     .replica_demands
@@ -626,7 +635,7 @@ impl Actor for Scheduler {
                     tracing::info!(%agent, "agent uncordoned");
                     state.cordoned.remove(&agent);
                     state.losses.remove(&agent);
-                    state.place();
+                    state.place_wanted = true;
                 }
                 // Answered once stored: an acknowledged cordon survives a leader change.
                 state.store_cordon(agent, cordoned).await;
@@ -639,13 +648,18 @@ impl Actor for Scheduler {
                 // Its serving replicas move too (placed elsewhere now; the agent stops its
                 // programs when Models takes them off it).
                 state.release_replicas_on(&agent);
-                state.place();
+                state.place_wanted = true;
                 if newly {
                     state.store_cordon(agent, true).await;
                 }
                 if let Some(reply) = reply {
                     let _ = reply.send(known);
                 }
+            }
+            SchedulerMsg::Place => {
+                state.place_queued = false;
+                state.place_wanted = false;
+                state.place();
             }
             SchedulerMsg::ExpireExpected => {
                 let now = Instant::now();
@@ -662,6 +676,12 @@ impl Actor for Scheduler {
                     state.to_sweep(attempt, SweepMsg::Lost { attempt, cause });
                 }
             }
+        }
+        // Placement runs once after a burst of messages (results, enqueues, agents) rather
+        // than once per message: the request goes to the back of the mailbox.
+        if state.place_wanted && !state.place_queued {
+            state.place_queued = true;
+            myself.cast(SchedulerMsg::Place)?;
         }
         Ok(())
     }
@@ -934,7 +954,7 @@ impl SchedulerState {
         if lost_running > 0 {
             self.count_loss(agent);
         }
-        self.place();
+        self.place_wanted = true;
     }
 
     /// One more time `agent` went down (or came back) without the trials it ran. An agent
