@@ -23,9 +23,14 @@
 //! ```text
 //! cargo bench -p flotilla-sdk --features embedded --bench scale -- \
 //!     [--agents 1000] [--slots 8] [--sweeps 50] [--trial-ms 4000] [--seconds 60] [--warmup 15]
+//!     [--svg DIR]
 //! ```
 //!
-//! Prints Markdown table rows for `docs/benchmarks.md`.
+//! Prints Markdown table rows for `docs/benchmarks.md`. `--agents` and `--sweeps` take lists
+//! (`--agents 100,300,1000`): each combination then runs in a fresh process of its own (so
+//! one run's memory does not count in the next), and with `--svg DIR` the growth curves
+//! against agents and against sweeps are drawn there (`scale-agents.svg`, `scale-sweeps.svg`:
+//! dispatch p50/p99, coordinator CPU, peak RSS).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -52,6 +57,12 @@ struct Options {
     agents: u32,
     slots: u32,
     sweeps: u32,
+    /// More than one: run each combination of these in its own process.
+    agent_counts: Vec<u32>,
+    sweep_counts: Vec<u32>,
+    svg: Option<PathBuf>,
+    /// A single run's figures as JSON here (for the parent of a growth run).
+    row_json: Option<PathBuf>,
     trial_ms: u64,
     seconds: f64,
     warmup: f64,
@@ -66,6 +77,10 @@ fn parse_options() -> anyhow::Result<Options> {
         agents: 1000,
         slots: 8,
         sweeps: 50,
+        agent_counts: vec![1000],
+        sweep_counts: vec![50],
+        svg: None,
+        row_json: None,
         trial_ms: 4000,
         seconds: 60.0,
         warmup: 15.0,
@@ -82,9 +97,11 @@ fn parse_options() -> anyhow::Result<Options> {
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--agents" => options.agents = value.parse()?,
+            "--agents" => options.agent_counts = list(&value)?,
             "--slots" => options.slots = value.parse()?,
-            "--sweeps" => options.sweeps = value.parse()?,
+            "--sweeps" => options.sweep_counts = list(&value)?,
+            "--svg" => options.svg = Some(value.into()),
+            "--row-json" => options.row_json = Some(value.into()),
             "--trial-ms" => options.trial_ms = value.parse()?,
             "--seconds" => options.seconds = value.parse()?,
             "--warmup" => options.warmup = value.parse()?,
@@ -92,7 +109,7 @@ fn parse_options() -> anyhow::Result<Options> {
             "--coordinator" => options.coordinator = Some(value.parse()?),
             "--certs" => options.certs = Some(value.into()),
             other => bail!(
-                "unknown option {other} (use --agents, --slots, --sweeps, --trial-ms, --seconds, --warmup)"
+                "unknown option {other} (use --agents, --slots, --sweeps, --trial-ms, --seconds, --warmup, --svg)"
             ),
         }
     }
@@ -100,11 +117,28 @@ fn parse_options() -> anyhow::Result<Options> {
         options.seconds > options.warmup,
         "--seconds must exceed --warmup"
     );
+    options.agents = options.agent_counts[0];
+    options.sweeps = options.sweep_counts[0];
     anyhow::ensure!(
-        options.sweeps > 0 && options.agents > 0 && options.slots > 0,
+        options
+            .agent_counts
+            .iter()
+            .chain(&options.sweep_counts)
+            .all(|n| *n > 0)
+            && options.slots > 0,
         "--agents, --slots and --sweeps must be at least 1"
     );
     Ok(options)
+}
+
+fn list(text: &str) -> anyhow::Result<Vec<u32>> {
+    let values: Vec<u32> = text
+        .split(',')
+        .map(|value| value.trim().parse())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{text:?}: expected counts separated by commas"))?;
+    anyhow::ensure!(!values.is_empty(), "{text:?}: no count");
+    Ok(values)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,8 +149,130 @@ fn main() -> anyhow::Result<()> {
     match options.role.as_deref() {
         Some("agents") => runtime.block_on(load_agents(options)),
         Some(other) => bail!("--role is agents, not {other}"),
+        None if options.agent_counts.len() > 1 || options.sweep_counts.len() > 1 => {
+            growth(&options)
+        }
         None => runtime.block_on(run(options)),
     }
+}
+
+/// One run's figures, as a growth run collects them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Row {
+    agents: u32,
+    sweeps: u32,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_percent: f64,
+    peak_rss_mib: f64,
+    trials_per_s: f64,
+    fair_min: f64,
+    fair_max: f64,
+}
+
+/// Runs every combination of `--agents` and `--sweeps` in a process of its own and draws
+/// the growth curves.
+fn growth(options: &Options) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    for agents in &options.agent_counts {
+        for sweeps in &options.sweep_counts {
+            let json = dir.path().join(format!("{agents}-{sweeps}.json"));
+            let status = std::process::Command::new(std::env::current_exe()?)
+                .args([
+                    "--agents",
+                    &agents.to_string(),
+                    "--sweeps",
+                    &sweeps.to_string(),
+                ])
+                .args(["--slots", &options.slots.to_string()])
+                .args(["--trial-ms", &options.trial_ms.to_string()])
+                .args(["--seconds", &options.seconds.to_string()])
+                .args(["--warmup", &options.warmup.to_string()])
+                .arg("--row-json")
+                .arg(&json)
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "the run with {agents} agents and {sweeps} sweeps failed"
+            );
+            let row: Row = serde_json::from_slice(&std::fs::read(&json)?)?;
+            rows.push(row);
+        }
+    }
+    println!(
+        "| agents | sweeps | dispatch p50 ms | p99 ms | trials/s | coordinator CPU % | peak RSS MiB | held / fair |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2}–{:.2} |",
+            row.agents,
+            row.sweeps,
+            row.p50_ms,
+            row.p99_ms,
+            row.trials_per_s,
+            row.cpu_percent,
+            row.peak_rss_mib,
+            row.fair_min,
+            row.fair_max
+        );
+    }
+    if let Some(svg) = &options.svg {
+        std::fs::create_dir_all(svg)?;
+        let curves = [
+            (
+                "agents",
+                options.agent_counts.len() > 1,
+                "agents (× slots each)",
+            ),
+            (
+                "sweeps",
+                options.sweep_counts.len() > 1,
+                "concurrent sweeps",
+            ),
+        ];
+        for (name, varied, label) in curves {
+            if !varied {
+                continue;
+            }
+            let xs: Vec<String> = rows
+                .iter()
+                .map(|row| {
+                    if name == "agents" {
+                        row.agents
+                    } else {
+                        row.sweeps
+                    }
+                    .to_string()
+                })
+                .collect();
+            let column = |pick: fn(&Row) -> f64| rows.iter().map(pick).collect::<Vec<f64>>();
+            let latency = flotilla_report::plots::growth_curve(
+                &format!("Dispatch latency against {label}"),
+                label,
+                "milliseconds",
+                &xs,
+                &[("p50", column(|r| r.p50_ms)), ("p99", column(|r| r.p99_ms))],
+            );
+            let cost = flotilla_report::plots::growth_curve(
+                &format!("Coordinator cost against {label}"),
+                label,
+                "% of a core / MiB",
+                &xs,
+                &[
+                    ("CPU (% of a core)", column(|r| r.cpu_percent)),
+                    ("peak RSS (MiB)", column(|r| r.peak_rss_mib)),
+                ],
+            );
+            for (suffix, plot) in [("latency", latency), ("cost", cost)] {
+                let path = svg.join(format!("scale-{name}-{suffix}.svg"));
+                std::fs::write(&path, plot.svg)?;
+                println!("chart: {}", path.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 // ---- the load agents (child process) ----
@@ -515,6 +671,25 @@ fn report(
     let (low, high) = ratios
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    if let Some(path) = &options.row_json {
+        let row = Row {
+            agents: options.agents,
+            sweeps: options.sweeps,
+            p50_ms: common::percentile_ms(&latencies, 0.5),
+            p99_ms: common::percentile_ms(&latencies, 0.99),
+            cpu_percent: 100.0 * measured.cpu_used / measured.wall,
+            peak_rss_mib: measured.peak_memory,
+            trials_per_s: finished as f64 / measured.wall,
+            fair_min: low,
+            fair_max: high,
+        };
+        let written = serde_json::to_vec(&row)
+            .map_err(|error| error.to_string())
+            .and_then(|json| std::fs::write(path, json).map_err(|error| error.to_string()));
+        if let Err(error) = written {
+            eprintln!("cannot write {}: {error}", path.display());
+        }
+    }
     println!(
         "| agents × slots | sweeps | trial s | registered in s | placements | dispatch p50 ms | p99 ms | max ms | trials/s | slots busy | coordinator CPU | RSS MiB (idle / agents up / peak) |"
     );

@@ -102,6 +102,13 @@ pub trait Sampler: Send {
         let _ = (trial_number, history);
         false
     }
+
+    /// Whether suggestions depend on `history` at all. Those that do not (random, Sobol,
+    /// grid) may be given an empty one, which spares a caller rebuilding a long history for
+    /// every suggestion.
+    fn reads_history(&self) -> bool {
+        true
+    }
 }
 
 /// Whether a model-based sampler with `initial_trials` fits its model for `trial_number`:
@@ -128,6 +135,10 @@ impl RandomSampler {
 }
 
 impl Sampler for RandomSampler {
+    fn reads_history(&self) -> bool {
+        false
+    }
+
     fn suggest(&mut self, trial_number: u32, _history: &[Observation]) -> Option<Point> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(u64::from(trial_number));
@@ -288,6 +299,10 @@ fn grid_value(space: &SearchSpace, index: usize, unit: f64) -> Value {
 }
 
 impl Sampler for GridSampler {
+    fn reads_history(&self) -> bool {
+        false
+    }
+
     fn suggest(&mut self, trial_number: u32, _history: &[Observation]) -> Option<Point> {
         let mut flat = *self.order.get(trial_number as usize)?;
         if !self.points.is_empty() {
@@ -342,6 +357,10 @@ pub fn sobol_units(index: u32, dims: usize, seed: u64) -> Vec<f64> {
 }
 
 impl Sampler for SobolSampler {
+    fn reads_history(&self) -> bool {
+        false
+    }
+
     fn suggest(&mut self, trial_number: u32, _history: &[Observation]) -> Option<Point> {
         let units = sobol_units(trial_number, self.space.dimensions().len(), self.seed);
         let point = units
@@ -367,6 +386,36 @@ mod tests {
             Dimension::categorical("opt", 3),
         ])
         .expect("valid space")
+    }
+
+    /// A sampler that says it ignores the history suggests the same points with it as
+    /// without it (callers may then give it none).
+    #[test]
+    fn design_samplers_ignore_the_history_they_say_they_do_not_read() {
+        let history: Vec<Observation> = (0..20)
+            .map(|trial| {
+                let point = RandomSampler::new(space(), 3)
+                    .suggest(trial, &[])
+                    .expect("point");
+                let outcome = Outcome::Complete {
+                    value: f64::from(trial),
+                    constraints: Vec::new(),
+                };
+                Observation { point, outcome }
+            })
+            .collect();
+        let samplers: Vec<Box<dyn Fn() -> Box<dyn Sampler>>> = vec![
+            Box::new(|| Box::new(RandomSampler::new(space(), 5))),
+            Box::new(|| Box::new(SobolSampler::new(space(), 5))),
+            Box::new(|| Box::new(GridSampler::new(&space(), 3, 5, 1000))),
+        ];
+        for make in samplers {
+            let (mut with, mut without) = (make(), make());
+            assert!(!with.reads_history());
+            for trial in 0..10 {
+                assert_eq!(with.suggest(trial, &history), without.suggest(trial, &[]));
+            }
+        }
     }
 
     #[test]

@@ -850,7 +850,17 @@ impl SweepActorState {
             }
             let number = self.trials.len() as u32;
             let index = self.sampler_index(number);
-            let history = self.history();
+            // Random, Sobol and grid suggestions ignore the history: not rebuilt (it grows
+            // with every trial) for them.
+            let reads_history = self.plans[self.phase]
+                .sampler
+                .as_ref()
+                .is_some_and(|sampler| sampler.reads_history());
+            let history = if reads_history {
+                self.history()
+            } else {
+                Vec::new()
+            };
             let Some(sampler) = self.plans[self.phase].sampler.as_mut() else {
                 break;
             };

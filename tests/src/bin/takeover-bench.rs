@@ -15,7 +15,8 @@
 //! takeover is measured from the kill to the new leader's first dispatch (the trials' own
 //! start times; see `failover-bench`). After each takeover the new leader's resident memory
 //! (VmRSS) is read once it has dispatched for 3 s, and its "leading" log line gives how long
-//! loading the store took. The figures go to stdout as one line per count and, with
+//! loading the store took. `FLOTILLA_BIN` runs another build's coordinators (an older one,
+//! for a before/after comparison). The figures go to stdout as one line per count and, with
 //! `--svg DIR`, as growth curves (takeover-time.svg, takeover-rss.svg) drawn into DIR.
 
 use std::collections::BTreeMap;
@@ -201,7 +202,15 @@ struct Figures {
 
 fn measure(stored: u64, kills: usize, runtime: &tokio::runtime::Runtime) -> Figures {
     let mut cluster = Cluster::new(1, 2, Duration::from_secs(2));
-    cluster.coordinator_args = vec!["--retain-finished".into(), "never".into()];
+    // Keep the history in etcd. A build from before archiving (FLOTILLA_BIN, for a
+    // comparison) has no such flag and keeps everything anyway.
+    let help = std::process::Command::new(flotilla_cluster_tests::flotilla_bin())
+        .args(["coordinator", "--help"])
+        .output()
+        .expect("flotilla coordinator --help");
+    if String::from_utf8_lossy(&help.stdout).contains("--retain-finished") {
+        cluster.coordinator_args = vec!["--retain-finished".into(), "never".into()];
+    }
     let fabricate_s = runtime.block_on(fabricate(&cluster, stored)).as_secs_f64();
     for index in 0..2 {
         cluster.start_coordinator(index);
