@@ -40,6 +40,8 @@ pub struct CoordinatorMetrics {
     pub leader_epoch: IntGauge,
     pub elections_won: IntCounter,
     pub dispatch_latency: Histogram,
+    /// The coordinator's own part of it: decision → the start handed to the agent's link.
+    pub placement_latency: Histogram,
     pub trial_duration: Histogram,
     pub trials_finished: IntCounterVec,
     pub early_stopped: IntCounter,
@@ -121,6 +123,14 @@ impl CoordinatorMetrics {
                 "From the placement decision to the agent's report that the attempt started.",
                 vec![
                     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
+            placement_latency: families.histogram(
+                "flotilla_placement_seconds",
+                "From the placement decision to the start command handed to the agent's connection (the placement's durable write included).",
+                vec![
+                    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5,
+                    1.0,
                 ],
             ),
             trial_duration: families.histogram(

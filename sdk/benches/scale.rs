@@ -15,7 +15,8 @@
 //! 4-slot trials, the rest 1 slot and share 1. After `--seconds` they are cancelled and
 //! every trial record is read back. Placement latency is the trial's `dispatch_latency_us`
 //! (placement decision → the agent's `TrialStarted`, the durable write of the placement
-//! included). Fair share: over the window from `--warmup` seconds after the submits to the
+//! included), over the trials started after `--warmup` (the first placements fill the whole
+//! cluster at once; their p99 is printed beside). Fair share: over the window from `--warmup` seconds after the submits to the
 //! cancel, each sweep's slot-seconds against its weight's part of all slot-seconds used
 //! (weighted dominant-resource fairness with slots the only resource; a 4-slot sweep is
 //! owed slots, not trials).
@@ -161,6 +162,8 @@ fn main() -> anyhow::Result<()> {
 struct Row {
     agents: u32,
     sweeps: u32,
+    placement_p50_ms: f64,
+    placement_p99_ms: f64,
     p50_ms: f64,
     p99_ms: f64,
     cpu_percent: f64,
@@ -539,10 +542,21 @@ async fn run(options: Options) -> anyhow::Result<()> {
         sweeps.push(client.submit(spec).await?.id);
     }
     let mut peak_memory = connected_memory;
+    let mut warm_buckets = None;
     while submitted.elapsed().as_secs_f64() < options.seconds {
         tokio::time::sleep(Duration::from_millis(500)).await;
         peak_memory = peak_memory.max(memory_mib().0);
+        if warm_buckets.is_none() && submitted.elapsed().as_secs_f64() >= options.warmup {
+            warm_buckets = Some(placement_buckets());
+        }
     }
+    let end_buckets = placement_buckets();
+    let warm_buckets =
+        warm_buckets.unwrap_or_else(|| end_buckets.iter().map(|(b, _)| (*b, 0)).collect());
+    let placement_ms = (
+        bucket_quantile(&warm_buckets, &end_buckets, 0.5),
+        bucket_quantile(&warm_buckets, &end_buckets, 0.99),
+    );
     let cpu_used = cpu_seconds() - cpu_start;
     let wall = submitted.elapsed().as_secs_f64();
     let cancelled_ms = now_ms();
@@ -568,6 +582,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
             peak_memory,
             cpu_used,
             wall,
+            placement_ms,
             window_ms: (
                 submitted_ms + (options.warmup * 1000.0) as u64,
                 cancelled_ms,
@@ -608,6 +623,39 @@ fn spawn_agents(
     ))
 }
 
+/// `flotilla_placement_seconds` (the coordinator in this process): each bucket's upper bound
+/// and cumulative count.
+fn placement_buckets() -> Vec<(f64, u64)> {
+    use prometheus::core::Metric;
+    let metric = flotilla_coordinator::metrics::METRICS
+        .placement_latency
+        .metric();
+    metric
+        .get_histogram()
+        .get_bucket()
+        .iter()
+        .map(|bucket| (bucket.get_upper_bound(), bucket.get_cumulative_count()))
+        .collect()
+}
+
+/// The `q` quantile of the placements between two bucket snapshots, as the upper bound of
+/// the bucket it falls in (so "≤ 5 ms" reads as 5).
+fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> f64 {
+    let counts: Vec<(f64, u64)> = after
+        .iter()
+        .zip(before)
+        .map(|((bound, late), (_, early))| (*bound, late - early))
+        .collect();
+    let Some(total) = counts.last().map(|(_, count)| *count) else {
+        return f64::NAN;
+    };
+    let wanted = (q * total as f64).ceil() as u64;
+    counts
+        .iter()
+        .find(|(_, count)| *count >= wanted)
+        .map_or(f64::INFINITY, |(bound, _)| bound * 1000.0)
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -621,6 +669,9 @@ struct Measured {
     peak_memory: f64,
     cpu_used: f64,
     wall: f64,
+    /// The coordinator's placement latency (decision → start handed to the agent's link)
+    /// p50 and p99 after the warm-up, from `flotilla_placement_seconds`'s buckets.
+    placement_ms: (f64, f64),
     window_ms: (u64, u64),
 }
 
@@ -630,12 +681,24 @@ fn report(
     records: &[(SweepId, Vec<TrialRecord>)],
     measured: Measured,
 ) {
+    let (from, to) = measured.window_ms;
+    // Steady state: the placements made after the warm-up (the first seconds place every
+    // slot of the cluster at once, a burst no steady load has).
     let mut latencies: Vec<u64> = records
+        .iter()
+        .flat_map(|(_, trials)| {
+            trials
+                .iter()
+                .filter(|t| t.started_ms.is_some_and(|start| start >= from))
+                .filter_map(|t| t.dispatch_latency_us)
+        })
+        .collect();
+    latencies.sort_unstable();
+    let mut all_latencies: Vec<u64> = records
         .iter()
         .flat_map(|(_, trials)| trials.iter().filter_map(|t| t.dispatch_latency_us))
         .collect();
-    latencies.sort_unstable();
-    let (from, to) = measured.window_ms;
+    all_latencies.sort_unstable();
     // Slot-milliseconds each sweep held in the window (a trial still running at the cancel
     // counts to the cancel).
     let held: Vec<f64> = records
@@ -675,6 +738,8 @@ fn report(
         let row = Row {
             agents: options.agents,
             sweeps: options.sweeps,
+            placement_p50_ms: measured.placement_ms.0,
+            placement_p99_ms: measured.placement_ms.1,
             p50_ms: common::percentile_ms(&latencies, 0.5),
             p99_ms: common::percentile_ms(&latencies, 0.99),
             cpu_percent: 100.0 * measured.cpu_used / measured.wall,
@@ -691,20 +756,23 @@ fn report(
         }
     }
     println!(
-        "| agents × slots | sweeps | trial s | registered in s | placements | dispatch p50 ms | p99 ms | max ms | trials/s | slots busy | coordinator CPU | RSS MiB (idle / agents up / peak) |"
+        "| agents × slots | sweeps | trial s | registered in s | placements after warm-up | placement p50 / p99 ms (≤ bucket) | dispatch p50 ms | p99 ms | max ms | p99 ms, warm-up burst included | trials/s | slots busy | coordinator CPU | RSS MiB (idle / agents up / peak) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} × {} | {} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} % | {:.0} % of a core | {:.0} / {:.0} / {:.0} |",
+        "| {} × {} | {} | {:.1} | {:.1} | {} | {} / {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} % | {:.0} % of a core | {:.0} / {:.0} / {:.0} |",
         options.agents,
         options.slots,
         options.sweeps,
         options.trial_ms as f64 / 1000.0,
         measured.registered_s,
         latencies.len(),
+        measured.placement_ms.0,
+        measured.placement_ms.1,
         common::percentile_ms(&latencies, 0.5),
         common::percentile_ms(&latencies, 0.99),
         common::percentile_ms(&latencies, 1.0),
+        common::percentile_ms(&all_latencies, 0.99),
         finished as f64 / measured.wall,
         100.0 * used / capacity,
         100.0 * measured.cpu_used / measured.wall,

@@ -474,6 +474,9 @@ impl Actor for Scheduler {
                     }
                     command => command,
                 };
+                crate::metrics::METRICS
+                    .placement_latency
+                    .observe(assignment.decided_at.elapsed().as_secs_f64());
                 state.send(&agent, command);
             }
             SchedulerMsg::Abandon { agent, attempt } => {
