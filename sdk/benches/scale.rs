@@ -204,14 +204,16 @@ fn growth(options: &Options) -> anyhow::Result<()> {
         }
     }
     println!(
-        "| agents | sweeps | dispatch p50 ms | p99 ms | trials/s | coordinator CPU % | peak RSS MiB | held / fair |"
+        "| agents | sweeps | placement p50 / p99 ms (≤ bucket) | dispatch p50 ms | p99 ms | trials/s | coordinator CPU % | peak RSS MiB | held / fair |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2}–{:.2} |",
+            "| {} | {} | {} / {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2}–{:.2} |",
             row.agents,
             row.sweeps,
+            row.placement_p50_ms,
+            row.placement_p99_ms,
             row.p50_ms,
             row.p99_ms,
             row.trials_per_s,
@@ -252,11 +254,15 @@ fn growth(options: &Options) -> anyhow::Result<()> {
                 .collect();
             let column = |pick: fn(&Row) -> f64| rows.iter().map(pick).collect::<Vec<f64>>();
             let latency = flotilla_report::plots::growth_curve(
-                &format!("Dispatch latency against {label}"),
+                &format!("Placement and dispatch latency against {label}"),
                 label,
                 "milliseconds",
                 &xs,
-                &[("p50", column(|r| r.p50_ms)), ("p99", column(|r| r.p99_ms))],
+                &[
+                    ("placement p99", column(|r| r.placement_p99_ms)),
+                    ("dispatch p50", column(|r| r.p50_ms)),
+                    ("dispatch p99", column(|r| r.p99_ms)),
+                ],
             );
             let cost = flotilla_report::plots::growth_curve(
                 &format!("Coordinator cost against {label}"),
@@ -634,7 +640,7 @@ fn placement_buckets() -> Vec<(f64, u64)> {
         .get_histogram()
         .get_bucket()
         .iter()
-        .map(|bucket| (bucket.get_upper_bound(), bucket.get_cumulative_count()))
+        .map(|bucket| (bucket.upper_bound(), bucket.cumulative_count()))
         .collect()
 }
 

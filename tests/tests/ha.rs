@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use flotilla_cluster_tests::{
-    Cluster, Etcd, assert_no_trial_ran_twice_at_once, run_events, wait_until,
+    Cluster, Etcd, Moto, assert_no_trial_ran_twice_at_once, run_events, wait_until,
 };
 use flotilla_protocol::etcd_pki::EtcdCert;
 use serde_json::Value;
@@ -1080,17 +1080,19 @@ fn a_failing_sweep_fails_alone_and_stays_failed_across_a_failover() {
     assert_eq!(unfinished, 0, "the failed sweep runs nothing: {failed:#}");
 }
 
-/// Bounded state on etcd: a settled sweep moves to the archive (a folder every coordinator
-/// reads) after its retention, and its keys leave etcd. A new leader, which loads no settled
-/// sweep's trials, still lists the archived sweep and returns its results from the archive,
-/// and hands out a new id to the next sweep.
+/// Bounded state on etcd: a settled sweep moves to the archive (the cluster's S3 bucket,
+/// moto here, which every coordinator reads) after its retention, and its keys leave etcd. A
+/// new leader, which loads no settled sweep's trials, still lists the archived sweep and
+/// returns its results from the archive, and hands out a new id to the next sweep.
 #[test]
 fn a_settled_sweep_leaves_etcd_for_the_archive_and_a_new_leader_still_answers() {
     let mut cluster = Cluster::new(1, 2, TTL);
-    let archive = cluster.path("archive");
+    let moto = Moto::start(&cluster.path("moto.log"));
+    moto.create_bucket("flotilla-archive");
+    cluster.coordinator_env = moto.environment();
     cluster.coordinator_args = vec![
         "--archive".into(),
-        archive.display().to_string(),
+        "s3://flotilla-archive/cluster".into(),
         "--retain-finished".into(),
         "2s".into(),
     ];
@@ -1105,9 +1107,11 @@ fn a_settled_sweep_leaves_etcd_for_the_archive_and_a_new_leader_still_answers() 
     let results = wait_completed(&cluster, &sweep, Duration::from_secs(120));
     assert_eq!(succeeded_params(&results).len(), 6);
     let id: u64 = sweep.trim_start_matches('s').parse().expect("a sweep id");
-    let summary = archive.join(format!("archive/sweeps/{id:020}.summary"));
+    let summary = format!("cluster/archive/sweeps/{id:020}.summary");
     wait_until("the sweep to be archived", Duration::from_secs(60), || {
-        summary.exists()
+        moto.keys("flotilla-archive", "cluster/")
+            .iter()
+            .any(|key| *key == summary)
     });
     let digits = format!("{id:020}");
     wait_until("its keys to leave etcd", Duration::from_secs(30), || {
