@@ -1109,9 +1109,7 @@ fn a_settled_sweep_leaves_etcd_for_the_archive_and_a_new_leader_still_answers() 
     let id: u64 = sweep.trim_start_matches('s').parse().expect("a sweep id");
     let summary = format!("cluster/archive/sweeps/{id:020}.summary");
     wait_until("the sweep to be archived", Duration::from_secs(60), || {
-        moto.keys("flotilla-archive", "cluster/")
-            .iter()
-            .any(|key| *key == summary)
+        moto.keys("flotilla-archive", "cluster/").contains(&summary)
     });
     let digits = format!("{id:020}");
     wait_until("its keys to leave etcd", Duration::from_secs(30), || {
