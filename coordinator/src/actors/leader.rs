@@ -385,11 +385,20 @@ impl LeaderState {
             tracing::warn!(sweep = %id, %error, "the failed sweep's state is not stored; a later leader will try it again");
         }
         self.records.insert(id, record.clone());
-        if let Err(error) = self
+        let settled = record.is_settled();
+        match self
             .spawn_sweep(myself, record, trials, Vec::new(), false)
             .await
         {
-            tracing::error!(sweep = %id, %error, "the failed sweep cannot be shown either");
+            // Already settled, it will not say so: it joins the recently read at once.
+            Ok(_) if settled => {
+                self.views.push_back(id);
+                self.evict_views();
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(sweep = %id, %error, "the failed sweep cannot be shown either");
+            }
         }
     }
 

@@ -235,10 +235,7 @@ async fn list_into(
             .with_range(end.clone())
             .with_limit(PAGE)
             .with_sort(etcd_client::SortTarget::Key, etcd_client::SortOrder::Ascend);
-        let page = tokio::time::timeout(REQUEST_TIMEOUT, client.get(from.clone(), Some(options)))
-            .await
-            .map_err(|_| etcd_error(format!("listing {prefix} timed out")))?
-            .map_err(|error| etcd_error(format!("listing {prefix}: {error}")))?;
+        let page = get_page(client, &prefix, from.clone(), options).await?;
         for kv in page.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let write =
@@ -261,6 +258,38 @@ async fn list_into(
         }
     }
     Ok(())
+}
+
+/// Reads are tried this many times: with an endpoint down, the client's balancer may send a
+/// request to it before it notices, and the next try goes to another member.
+const READ_TRIES: u32 = 4;
+
+/// One page of a listing, tried again on a failure (reads change nothing).
+async fn get_page(
+    client: &mut Client,
+    prefix: &str,
+    from: Vec<u8>,
+    options: GetOptions,
+) -> Result<etcd_client::GetResponse, StoreError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let answer = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            client.get(from.clone(), Some(options.clone())),
+        )
+        .await;
+        let error = match answer {
+            Ok(Ok(page)) => return Ok(page),
+            Ok(Err(error)) => format!("listing {prefix}: {error}"),
+            Err(_) => format!("listing {prefix} timed out"),
+        };
+        if tries >= READ_TRIES {
+            return Err(etcd_error(error));
+        }
+        tracing::debug!(%error, tries, "an etcd read failed; trying again");
+        tokio::time::sleep(Duration::from_millis(50 * u64::from(tries))).await;
+    }
 }
 
 /// The record stored under `suffix` (the key after `{root}/state/`); `None` for a key this
