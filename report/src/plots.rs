@@ -123,10 +123,8 @@ pub fn ticks(low: f64, high: f64, integer: bool) -> Vec<f64> {
 
 /// Axes with round ticks and their labels; `x_integer` for an axis of trial numbers or steps.
 fn axes(out: &mut String, x: Scale, y: Scale, x_label: &str, y_label: &str, x_integer: bool) {
-    let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
-    out.push_str(&format!(
-        "<g stroke=\"#444\"><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\"/><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{y1}\"/></g>"
-    ));
+    let y0 = HEIGHT - BOTTOM;
+    frame(out);
     for xv in ticks(x.low, x.high, x_integer) {
         let px = x.at(xv);
         out.push_str(&format!(
@@ -137,6 +135,21 @@ fn axes(out: &mut String, x: Scale, y: Scale, x_label: &str, y_label: &str, x_in
             y0 + 4.0,
         ));
     }
+    y_ticks(out, y);
+    titles(out, x_label, y_label);
+}
+
+/// The two axis lines.
+fn frame(out: &mut String) {
+    let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
+    out.push_str(&format!(
+        "<g stroke=\"#444\"><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\"/><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{y1}\"/></g>"
+    ));
+}
+
+/// Round ticks, their labels and grid lines on the y axis.
+fn y_ticks(out: &mut String, y: Scale) {
+    let (x0, x1) = (LEFT, WIDTH - RIGHT);
     for yv in ticks(y.low, y.high, false) {
         let py = y.at(yv);
         out.push_str(&format!(
@@ -147,6 +160,11 @@ fn axes(out: &mut String, x: Scale, y: Scale, x_label: &str, y_label: &str, x_in
             escape(&tick_label(yv)),
         ));
     }
+}
+
+/// The axes' titles: below the x axis, and up the y axis.
+fn titles(out: &mut String, x_label: &str, y_label: &str) {
+    let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
     out.push_str(&format!(
         "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
 <text transform=\"translate(14 {:.1}) rotate(-90)\" text-anchor=\"middle\">{}</text>",
@@ -623,10 +641,8 @@ pub fn growth_curve(
         WIDTH - RIGHT - 24.0,
     );
     let y = Scale::new((0.0, high * 1.1), HEIGHT - BOTTOM, TOP);
-    let (x0, x1, y0, y1) = (LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP);
-    svg.push_str(&format!(
-        "<g stroke=\"#444\"><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\"/><line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{y1}\"/></g>"
-    ));
+    let y0 = HEIGHT - BOTTOM;
+    frame(&mut svg);
     for (index, label) in xs.iter().enumerate() {
         let px = x.at(index as f64);
         svg.push_str(&format!(
@@ -635,25 +651,8 @@ pub fn growth_curve(
             escape(label)
         ));
     }
-    for yv in ticks(0.0, high * 1.1, false) {
-        let py = y.at(yv);
-        svg.push_str(&format!(
-            "<text class=\"tick y\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
-<line x1=\"{x0}\" y1=\"{py:.1}\" x2=\"{x1}\" y2=\"{py:.1}\" stroke=\"#eee\"/>",
-            x0 - 6.0,
-            py + 4.0,
-            escape(&tick_label(yv)),
-        ));
-    }
-    svg.push_str(&format!(
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
-<text transform=\"translate(14 {:.1}) rotate(-90)\" text-anchor=\"middle\">{}</text>",
-        (x0 + x1) / 2.0,
-        HEIGHT - 8.0,
-        escape(x_label),
-        (y0 + y1) / 2.0,
-        escape(y_label)
-    ));
+    y_ticks(&mut svg, y);
+    titles(&mut svg, x_label, y_label);
     for (index, (name, ys)) in series.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
         let points: Vec<(f64, f64)> = ys
