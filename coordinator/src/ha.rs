@@ -26,6 +26,29 @@ pub async fn current_leader(client: &mut Client, config: &EtcdConfig) -> Option<
         .map(str::to_string)
 }
 
+/// One etcd member's status, asked of that member alone (its own connection, `config`'s
+/// credentials) within `timeout`; the error says why there is none.
+pub async fn member_status(
+    config: &EtcdConfig,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<etcd_client::StatusResponse, String> {
+    let one = EtcdConfig {
+        endpoints: vec![endpoint.to_string()],
+        ..config.clone()
+    };
+    let answer = tokio::time::timeout(timeout, async {
+        let mut single = connect(&one).await?;
+        single.status().await
+    })
+    .await;
+    match answer {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+    }
+}
+
 /// What a won election gives the new leader.
 #[derive(Debug, Clone)]
 pub struct Leadership {

@@ -225,17 +225,8 @@ impl ClusterView {
                 db_size_bytes: 0,
                 error: None,
             };
-            let one = EtcdConfig {
-                endpoints: vec![endpoint],
-                ..self.config.clone()
-            };
-            let answer = tokio::time::timeout(timeout, async {
-                let mut single = ha::connect(&one).await?;
-                single.status().await
-            })
-            .await;
-            match answer {
-                Ok(Ok(answer)) => {
+            match ha::member_status(&self.config, &endpoint, timeout).await {
+                Ok(answer) => {
                     status.healthy = answer.leader() != 0;
                     status.raft_leader = answer.leader() == member.id();
                     status.version = answer.version().to_string();
@@ -244,8 +235,7 @@ impl ClusterView {
                         status.error = Some("the member has no raft leader".into());
                     }
                 }
-                Ok(Err(error)) => status.error = Some(error.to_string()),
-                Err(_) => status.error = Some("no answer within 2 s".into()),
+                Err(error) => status.error = Some(error),
             }
             members.push(status);
         }

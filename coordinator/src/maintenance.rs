@@ -104,14 +104,19 @@ pub async fn run(
             last_compact = Instant::now();
             compact_to = compact(&client, &config, compact_to).await;
         }
-        let fragmented = sizes
-            .iter()
-            .any(|member| member.size >= EARLY_DEFRAG_BYTES && member.in_use * 2 < member.size);
-        if last_defrag.elapsed() >= maintenance.defrag_every || fragmented {
+        if last_defrag.elapsed() >= maintenance.defrag_every || fragmented(&sizes) {
             last_defrag = Instant::now();
             defragment(&config, &maintenance, &sizes, &stop).await;
         }
     }
+}
+
+/// Whether a member's database is large and more than half of it free: worth defragmenting
+/// before the schedule says so.
+fn fragmented(sizes: &[MemberSize]) -> bool {
+    sizes
+        .iter()
+        .any(|member| member.size >= EARLY_DEFRAG_BYTES && member.in_use * 2 < member.size)
 }
 
 fn count(operation: &str, result: &str) {
@@ -133,26 +138,16 @@ async fn member_sizes(client: &etcd_client::Client, config: &EtcdConfig) -> Vec<
         let Some(endpoint) = member.client_urls().first().cloned() else {
             continue;
         };
-        let one = EtcdConfig {
-            endpoints: vec![endpoint.clone()],
-            ..config.clone()
-        };
-        let answer = tokio::time::timeout(timeout, async {
-            let mut single = flotilla_etcd::connect(&one).await?;
-            single.status().await
-        })
-        .await;
-        match answer {
-            Ok(Ok(status)) => sizes.push(MemberSize {
+        match crate::ha::member_status(config, &endpoint, timeout).await {
+            Ok(status) => sizes.push(MemberSize {
                 name: member.name().to_string(),
                 endpoint,
                 size: status.db_size(),
                 in_use: status.raft_used_db_size(),
             }),
-            Ok(Err(error)) => {
+            Err(error) => {
                 tracing::debug!(member = member.name(), %error, "no status from an etcd member");
             }
-            Err(_) => tracing::debug!(member = member.name(), "no status within 2 s"),
         }
     }
     sizes
@@ -248,5 +243,32 @@ async fn defragment(
                 tracing::warn!(member = %member.name, "etcd defragmentation took over 60 s");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(size: i64, in_use: i64) -> MemberSize {
+        MemberSize {
+            name: "etcd0".into(),
+            endpoint: "https://127.0.0.1:2379".into(),
+            size,
+            in_use,
+        }
+    }
+
+    #[test]
+    fn only_a_large_database_mostly_free_is_defragmented_early() {
+        let mib = 1 << 20;
+        assert!(fragmented(&[member(100 * mib, 40 * mib)]));
+        assert!(!fragmented(&[member(100 * mib, 60 * mib)]), "half in use");
+        assert!(!fragmented(&[member(32 * mib, mib)]), "small");
+        assert!(fragmented(&[
+            member(32 * mib, mib),
+            member(80 * mib, 10 * mib)
+        ]));
+        assert!(!fragmented(&[]));
     }
 }
