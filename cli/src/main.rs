@@ -1481,7 +1481,7 @@ async fn agent_admin(command: AgentAdminCommand) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{list_examples, parse_team_share};
+    use super::{list_examples, parse_retention, parse_team_share};
 
     /// A reader that went away, as `flotilla up --list-examples | head` leaves behind.
     struct ClosedPipe;
@@ -1524,5 +1524,19 @@ mod tests {
             let error = parse_team_share(bad).expect_err(bad);
             assert!(error.contains(says), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn retention_is_a_duration_or_never() {
+        assert_eq!(
+            parse_retention("7d").expect("a week").0,
+            Some(std::time::Duration::from_secs(7 * 24 * 3600))
+        );
+        assert_eq!(parse_retention("never").expect("never").0, None);
+        let error = parse_retention("soon").expect_err("not a duration");
+        assert!(
+            error.contains("\"soon\"") && error.contains("never"),
+            "{error}"
+        );
     }
 }
