@@ -13,7 +13,6 @@
 //! - [`tls`]: the cluster CA, role-carrying certificates and the QUIC/TLS configurations.
 //! - [`trainers`]: the built-in trainers' hyperparameters and metrics, as data.
 //! - [`handshake`]: `Hello`/`Welcome` version negotiation shared by both ends.
-//! - [`tuning`]: the spec's space, trial parameters and metrics in the tuner's terms.
 
 pub mod codec;
 pub mod etcd_pki;
@@ -27,7 +26,6 @@ pub mod revocation;
 pub mod spec;
 pub mod tls;
 pub mod trainers;
-pub mod tuning;
 pub mod value;
 
 pub use ids::{AgentId, AttemptId, Epoch, SweepId, TrialId};

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_protocol::messages::Params;
 use flotilla_protocol::spec::{AlgorithmName, AlgorithmSpec, Direction, ParamSpec, validate_space};
-use flotilla_protocol::tuning::{TunerSpace, observation};
+use flotilla_suggest::{TunerSpace, observation};
 use flotilla_tuner::{Observation, Outcome};
 use serde::{Deserialize, Serialize};
 
@@ -366,7 +366,7 @@ impl Study {
                 name: loaded.sampler,
                 ..AlgorithmSpec::default()
             };
-            let mut sampler = flotilla_protocol::tuning::sampler(
+            let mut sampler = flotilla_suggest::sampler(
                 &algorithm,
                 &space,
                 loaded.seed,

@@ -42,8 +42,8 @@ use flotilla_protocol::messages::{
 };
 use flotilla_protocol::spec::{Direction, Objective, StoppingRule, SweepSpec, TrialSpec};
 use flotilla_protocol::trainers::BUDGET_HYPERPARAMETER;
-use flotilla_protocol::tuning::{self, TunerSpace};
 use flotilla_protocol::{AgentId, AttemptId, SweepId, TrialId};
+use flotilla_suggest::{self as suggest, TunerSpace};
 use flotilla_tuner::stopping::{Asha, AshaSettings, Decision, Hyperband, MedianRule};
 use flotilla_tuner::{Observation, Outcome, Point, Sampler};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -258,7 +258,7 @@ impl Actor for SweepActor {
             let space = TunerSpace::new(phase.space)?;
             // Each phase draws from its own stream of the sweep's seed.
             let seed = args.record.seed.wrapping_add(index as u64);
-            let sampler = tuning::sampler(
+            let sampler = suggest::sampler(
                 phase.algorithm,
                 &space,
                 seed,
@@ -1017,7 +1017,7 @@ impl SweepActorState {
         warm.iter()
             .cloned()
             .chain(self.phase_trials().iter().filter_map(|trial| {
-                tuning::observation(space, &trial.params, outcome(spec, spec, trial, full))
+                suggest::observation(space, &trial.params, outcome(spec, spec, trial, full))
             }))
             .collect()
     }
@@ -1595,7 +1595,7 @@ fn outcome(
                 _ => fidelity(source, trial, full),
             };
             match values.collect::<Option<Vec<f64>>>() {
-                Some(values) => tuning::completed_objectives(
+                Some(values) => suggest::completed_objectives(
                     &values,
                     &spec.objective,
                     &spec.constraints,
@@ -1607,7 +1607,7 @@ fn outcome(
             }
         }
         (TrialState::Succeeded | TrialState::Stopped | TrialState::Paused, Some(objective)) => {
-            let outcome = tuning::completed(
+            let outcome = suggest::completed(
                 objective,
                 spec.objective.direction,
                 &spec.constraints,
@@ -1673,7 +1673,7 @@ fn warm_observations(
                 if matches!(outcome, Outcome::Pending | Outcome::Stopped) {
                     return None;
                 }
-                tuning::observation(space, &trial.params, outcome)
+                suggest::observation(space, &trial.params, outcome)
             })
         })
         .collect()

@@ -1,7 +1,7 @@
 //! Between the sweep specification and the tuner: spaces, points, observations, samplers.
 //!
 //! The coordinator's Sweep actor and the SDK's `Study` (and through it `flotilla study`)
-//! both choose parameters with the `flotilla-tuner` samplers; this module is the one place
+//! both choose parameters with the `flotilla-tuner` samplers; this crate is the one place
 //! that translates a spec's space, a trial's parameters and its metrics into the tuner's
 //! terms and back.
 
@@ -13,9 +13,9 @@ use flotilla_tuner::{
     TpeSampler, TpeSettings, Value,
 };
 
-use crate::ParamValue;
-use crate::messages::{Metrics, Params};
-use crate::spec::{
+use flotilla_protocol::ParamValue;
+use flotilla_protocol::messages::{Metrics, Params};
+use flotilla_protocol::spec::{
     AlgorithmName, AlgorithmSpec, Constraint, ConstraintOp, Direction, Objective, ParamKind,
     ParamSpec,
 };
@@ -306,7 +306,7 @@ mod tests {
         let mut space = params();
         space.insert(
             "momentum".into(),
-            ParamSpec::float(0.0, 0.99).when(crate::spec::When::new("opt", [sgd()])),
+            ParamSpec::float(0.0, 0.99).when(flotilla_protocol::spec::When::new("opt", [sgd()])),
         );
         let space = TunerSpace::new(&space).expect("space");
         let adam = Params::from([
