@@ -10,16 +10,15 @@
 //! a virtualenv and sets it).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_autoscaling::Client;
 use aws_sdk_autoscaling::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use flotilla_autoscale::aws::{AwsOptions, AwsProvider};
 use flotilla_autoscale::{ClusterView, Lifecycle, Policy, Provider, Reconciler};
+use flotilla_harness::Moto;
 
 fn client(endpoint: &str) -> Client {
     let http = aws_smithy_http_client::Builder::new()
@@ -35,52 +34,10 @@ fn client(endpoint: &str) -> Client {
     Client::from_conf(config)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_moto() -> (Moto, String) {
-    let program = std::env::var("FLOTILLA_MOTO_SERVER").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/flotilla-moto-venv/bin/moto_server")
-    });
-    let port = free_port();
-    let child = Command::new(&program)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|error| {
-            panic!(
-                "cannot start {program}: {error} (install it with `python3 -m venv V && \
-                 V/bin/pip install \"moto[server]\"` and set FLOTILLA_MOTO_SERVER, or run \
-                 scripts/test.sh)"
-            )
-        });
-    let moto = Moto(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (moto, format!("http://127.0.0.1:{port}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scales_a_moto_group_from_demand_and_keeps_the_busy_instance() {
-    let (_moto, endpoint) = start_moto();
+    let moto = Moto::start_temporary();
+    let endpoint = moto.endpoint();
     let client = client(&endpoint);
     client
         .create_launch_configuration()

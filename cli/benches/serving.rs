@@ -19,16 +19,13 @@
 //!
 //! Run by bench/serving.sh; results in docs/benchmarks.md.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::cluster::{Cluster, wait_until};
+use flotilla_harness::{Cluster, one_trial_sweep, wait_until};
 
 const SEQ_LEN: usize = 48;
 const FEATURES: usize = 4;
@@ -248,27 +245,17 @@ fn throughput(target: &Target, path: &str, body: &str, clients: usize, seconds: 
 
 fn main() {
     let options = options();
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     let agent_port = cluster.start_serving_agent("serve-0", 1);
-    cluster.wait_for_agents(1);
-    let (_router, router_port) = cluster.start_router();
-    let sweep = cluster.path("bench.toml");
-    std::fs::write(
-        &sweep,
-        format!(
-            r#"
-name = "bench"
-[objective]
-metric = "accuracy"
-direction = "maximize"
-[space.learning_rate]
-type = "categorical"
-choices = [0.003]
-[budget]
-max_trials = 1
-max_parallel = 1
-[trial]
+    cluster.wait_for_agents(1, Duration::from_secs(60));
+    let (_router, router_port) = cluster.start_router(&[]);
+    let sweep = cluster.write_file(
+        "bench.toml",
+        &one_trial_sweep(
+            "bench",
+            &format!(
+                r#"[trial]
 trainer = "lstm_classifier"
 [trial.settings]
 samples = 600
@@ -279,9 +266,9 @@ num_heads = 2
 epochs = 2
 checkpoint_every = 0
 "#
+            ),
         ),
-    )
-    .expect("write sweep");
+    );
     cluster.flotilla_ok(&["sweep", "submit", sweep.to_str().expect("utf-8"), "--watch"]);
     cluster.flotilla_ok(&[
         "model",

@@ -30,14 +30,11 @@
 //!
 //! Run by bench/spot.sh; results in docs/benchmarks.md.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use support::cluster::{Cluster, free_tcp_port, scrape, sweep_state, trials, wait_until};
-use support::imds::ImdsResponder;
+use flotilla_harness::imds::ImdsResponder;
+use flotilla_harness::{Cluster, scrape, small_lstm_trial, trials, wait_until};
 
 #[derive(Clone, Copy, PartialEq)]
 enum TrialKind {
@@ -127,21 +124,7 @@ struct Round {
 fn sweep_file(cluster: &Cluster, options: &Options) -> std::path::PathBuf {
     let path = cluster.path("spot.toml");
     let trial = match options.trial {
-        TrialKind::Lstm => format!(
-            r#"[trial]
-trainer = "lstm_classifier"
-
-[trial.settings]
-samples = 800
-seq_len = 32
-hidden_size = 32
-num_heads = 2
-epochs = {epochs}
-checkpoint_every = {every}
-"#,
-            epochs = options.epochs,
-            every = options.checkpoint_every,
-        ),
+        TrialKind::Lstm => small_lstm_trial(options.epochs, options.checkpoint_every),
         TrialKind::Command => {
             let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../examples/trials/resumable.py");
@@ -230,12 +213,10 @@ fn resume_lines(log: &str) -> Vec<(String, u64)> {
 
 fn round(mode: Mode, options: &Options) -> Round {
     let imds = ImdsResponder::start();
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     let artifacts = cluster.path("artifacts");
     let artifacts = artifacts.to_str().expect("utf-8 path").to_string();
-    let metrics_port = free_tcp_port();
-    let metrics_listen = format!("127.0.0.1:{metrics_port}");
     let imds_url = imds.url();
     cluster.start_agent_with(
         "spot",
@@ -249,11 +230,10 @@ fn round(mode: Mode, options: &Options) -> Round {
             &imds_url,
             "--imds-interval",
             &options.imds_interval,
-            "--metrics-listen",
-            &metrics_listen,
         ],
     );
-    cluster.wait_for_agents(1);
+    let metrics_port = cluster.agent("spot").metrics_port();
+    cluster.wait_for_agents(1, Duration::from_secs(60));
     let sweep = sweep_file(&cluster, options);
     cluster.flotilla_ok(&["sweep", "submit", sweep.to_str().expect("utf-8")]);
     // Progress from the spot agent's own gauge: `flotilla_agent_trial_step{sweep,trial}` is
@@ -279,7 +259,7 @@ fn round(mode: Mode, options: &Options) -> Round {
     let interrupted = Instant::now();
     match mode {
         Mode::Notice => imds.post_interruption(),
-        Mode::Kill => cluster.agents[0].1.kill(),
+        Mode::Kill => cluster.agents[0].kill(),
     }
     cluster.start_agent_with(
         "on-demand",
@@ -287,7 +267,7 @@ fn round(mode: Mode, options: &Options) -> Round {
         &["--artifacts", &artifacts, "--device", "cpu"],
     );
     wait_until("the sweep to complete", Duration::from_secs(900), || {
-        sweep_state(&cluster, "s1")["state"] == "Completed"
+        cluster.sweep_state("s1")["state"] == "Completed"
     });
     let recovery = interrupted.elapsed().as_secs_f64();
 
@@ -308,13 +288,13 @@ fn round(mode: Mode, options: &Options) -> Round {
         }
         Mode::Kill => None,
     };
-    let log = std::fs::read_to_string(cluster.path("on-demand.log")).unwrap_or_default();
+    let log = cluster.agent_log("on-demand");
     let resumes = match options.trial {
         TrialKind::Lstm => resume_lines(&log),
         TrialKind::Command => command_resume_lines(&log),
     };
     let mut lost = Vec::new();
-    for trial in trials(&cluster.results("s1")) {
+    for trial in trials(&cluster.expect_results("s1")) {
         let id = trial["id"].as_str().expect("trial id");
         assert_eq!(trial["state"], "succeeded", "{trial}");
         assert_eq!(trial["failures"], 0, "no retry spent: {trial}");
@@ -338,7 +318,7 @@ fn round(mode: Mode, options: &Options) -> Round {
         let lost_epochs = (reached[id] - resumed_epochs).max(0.0);
         lost.push((lost_epochs, lost_epochs * epoch_seconds));
     }
-    for (_, agent) in &mut cluster.agents {
+    for agent in &mut cluster.agents {
         agent.kill();
     }
     Round {

@@ -1,25 +1,23 @@
 //! Multi-process cluster tests: a real `flotilla coordinator` and real `flotilla agent`
 //! processes talking QUIC with mutual TLS on loopback, driven through the CLI.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use support::cluster::*;
-use support::imds::ImdsResponder;
+use flotilla_harness::imds::ImdsResponder;
+use flotilla_harness::*;
 
 #[test]
 fn forty_trial_sweep_on_three_agents_completes_and_best_agrees() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     for index in 0..3 {
         cluster.start_agent(&format!("agent-{index}"), 2);
     }
-    cluster.wait_for_agents(3);
+    cluster.wait_for_agents(3, Duration::from_secs(60));
     let sweep_file = cluster.write_sweep("forty", 40, 6, "0.05");
     let results_path = cluster.path("forty.json");
     let stdout = cluster.flotilla_ok(&[
@@ -76,17 +74,17 @@ fn forty_trial_sweep_on_three_agents_completes_and_best_agrees() {
 
 #[test]
 fn killing_an_agent_mid_sweep_loses_no_trial() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     for index in 0..3 {
         cluster.start_agent(&format!("agent-{index}"), 2);
     }
-    cluster.wait_for_agents(3);
+    cluster.wait_for_agents(3, Duration::from_secs(60));
     let sweep_file = cluster.write_sweep("kill-agent", 40, 6, "0.6");
     cluster.flotilla_ok(&["sweep", "submit", sweep_file.to_str().expect("utf-8")]);
     let mut victims = Vec::new();
     wait_until("trials running on agent-1", Duration::from_secs(60), || {
-        let results = cluster.results("s1");
+        let results = cluster.expect_results("s1");
         victims = trials(&results)
             .iter()
             .filter(|trial| trial["state"] == "running" && trial["agent"] == "agent-1")
@@ -94,11 +92,11 @@ fn killing_an_agent_mid_sweep_loses_no_trial() {
             .collect();
         !victims.is_empty()
     });
-    cluster.agents[1].1.kill();
+    cluster.agents[1].kill();
     wait_until("the sweep to complete", Duration::from_secs(180), || {
-        sweep_state(&cluster, "s1")["state"] == "Completed"
+        cluster.sweep_state("s1")["state"] == "Completed"
     });
-    let results = cluster.results("s1");
+    let results = cluster.expect_results("s1");
     assert_all_succeeded_once(&results, 40);
     for victim in &victims {
         let trial = trials(&results)
@@ -115,23 +113,21 @@ fn killing_an_agent_mid_sweep_loses_no_trial() {
 
 #[test]
 fn restarting_the_coordinator_mid_sweep_resumes_it() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     cluster.start_agent("agent-0", 2);
     cluster.start_agent("agent-1", 2);
-    cluster.wait_for_agents(2);
+    cluster.wait_for_agents(2, Duration::from_secs(60));
     let sweep_file = cluster.write_sweep("restart", 30, 4, "0.4");
     cluster.flotilla_ok(&["sweep", "submit", sweep_file.to_str().expect("utf-8")]);
     wait_until("some trials to finish", Duration::from_secs(60), || {
-        sweep_state(&cluster, "s1")["counts"]["succeeded"]
+        cluster.sweep_state("s1")["counts"]["succeeded"]
             .as_u64()
             .unwrap_or(0)
             >= 5
     });
-    if let Some(coordinator) = cluster.coordinator.as_mut() {
-        coordinator.kill();
-    }
-    cluster.start_coordinator();
+    cluster.kill_coordinator(0);
+    cluster.start_coordinator(0);
     wait_until(
         "the resumed sweep to complete",
         Duration::from_secs(180),
@@ -140,15 +136,17 @@ fn restarting_the_coordinator_mid_sweep_resumes_it() {
             output.status.success() && String::from_utf8_lossy(&output.stdout).contains("Completed")
         },
     );
-    let results = cluster.results("s1");
+    let results = cluster.expect_results("s1");
     assert_all_succeeded_once(&results, 30);
-    let log = std::fs::read_to_string(cluster.path("coordinator.log")).unwrap_or_default();
+    let log = cluster.log("coordinator");
     assert!(
         log.contains("sweep resumed from the store"),
         "the second coordinator resumed the sweep"
     );
-    for (_, agent) in &mut cluster.agents {
-        agent.terminate();
+    for agent in &mut cluster.agents {
+        if let Some(mut process) = agent.process.take() {
+            process.terminate();
+        }
     }
 }
 
@@ -158,53 +156,21 @@ fn restarting_the_coordinator_mid_sweep_resumes_it() {
 /// without interruption next to it (training is deterministic and resume is exact).
 #[test]
 fn a_trainer_trial_on_a_killed_agent_resumes_from_its_checkpoint_elsewhere() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     let artifacts = cluster.path("artifacts");
     let artifacts = artifacts.to_str().expect("utf-8 path");
     for name in ["agent-0", "agent-1"] {
         cluster.start_agent_with(name, 1, &["--artifacts", artifacts, "--device", "cpu"]);
     }
-    cluster.wait_for_agents(2);
-    let sweep = |name: &str| {
-        let path = cluster.path(&format!("{name}.toml"));
-        let text = format!(
-            r#"
-name = "{name}"
-
-[objective]
-metric = "accuracy"
-direction = "maximize"
-
-[space.learning_rate]
-type = "categorical"
-choices = [0.003]
-
-[budget]
-max_trials = 1
-max_parallel = 1
-
-[trial]
-trainer = "lstm_classifier"
-
-[trial.settings]
-samples = 800
-seq_len = 32
-hidden_size = 32
-num_heads = 2
-epochs = 30
-checkpoint_every = 1
-"#
-        );
-        std::fs::write(&path, text).expect("write sweep file");
-        path
-    };
+    cluster.wait_for_agents(2, Duration::from_secs(60));
+    let sweep = |name: &str| cluster.write_lstm_sweep(name, 30);
     let interrupted = sweep("interrupted");
     cluster.flotilla_ok(&["sweep", "submit", interrupted.to_str().expect("utf-8")]);
     // The victim is whichever agent runs the trial once it has checkpointed twice.
     let mut victim = None;
     wait_until("two checkpoints of s1-t0", Duration::from_secs(120), || {
-        let trial = trials(&cluster.results("s1")).remove(0);
+        let trial = trials(&cluster.expect_results("s1")).remove(0);
         assert_ne!(
             trial["state"], "succeeded",
             "finished before it could be interrupted: {trial}"
@@ -219,9 +185,9 @@ checkpoint_every = 1
     let index = cluster
         .agents
         .iter()
-        .position(|(name, _)| *name == victim)
+        .position(|agent| agent.name == victim)
         .expect("victim agent");
-    cluster.agents[index].1.kill();
+    cluster.agents[index].kill();
     let survivor = if victim == "agent-0" {
         "agent-1"
     } else {
@@ -231,10 +197,10 @@ checkpoint_every = 1
     wait_until("both sweeps to complete", Duration::from_secs(240), || {
         ["s1", "s2"]
             .iter()
-            .all(|sweep| sweep_state(&cluster, sweep)["state"] == "Completed")
+            .all(|sweep| cluster.sweep_state(sweep)["state"] == "Completed")
     });
-    let resumed = trials(&cluster.results("s1")).remove(0);
-    let straight = trials(&cluster.results("s2")).remove(0);
+    let resumed = trials(&cluster.expect_results("s1")).remove(0);
+    let straight = trials(&cluster.expect_results("s2")).remove(0);
     assert_eq!(resumed["state"], "succeeded", "{resumed}");
     assert_eq!(resumed["agent"], survivor, "{resumed}");
     assert_eq!(
@@ -249,7 +215,7 @@ checkpoint_every = 1
     );
     assert_eq!(resumed["checkpoint"]["epoch"], 30, "{resumed}");
 
-    let log = std::fs::read_to_string(cluster.path(&format!("{survivor}.log"))).unwrap_or_default();
+    let log = cluster.agent_log(survivor);
     let resume_line = log
         .lines()
         .find(|line| line.contains("resuming from") && line.contains("attempt 0"))
@@ -275,9 +241,9 @@ checkpoint_every = 1
 
 #[test]
 fn peers_without_the_right_certificate_are_refused() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
-    cluster.wait_for_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
+    cluster.wait_for_coordinator(Duration::from_secs(60));
 
     // An agent certificate trying to act as a client.
     let output = cluster.flotilla(&["sweep", "list", "--identity", "agent"]);
@@ -290,7 +256,7 @@ fn peers_without_the_right_certificate_are_refused() {
 
     // A client certificate from another CA (the coordinator's CA is trusted, the client's is not).
     let other = cluster.path("other-ca");
-    let output = Command::new(BIN)
+    let output = Command::new(flotilla_bin())
         .args(["certs", "init", "--out"])
         .arg(&other)
         .output()
@@ -314,7 +280,7 @@ fn peers_without_the_right_certificate_are_refused() {
         .enable_all()
         .build()
         .expect("runtime");
-    let address = cluster.address.parse().expect("address");
+    let address = cluster.addresses().parse().expect("address");
     let refused = runtime.block_on(connect_without_certificate(
         &cluster.path("certs/ca.pem"),
         address,
@@ -415,7 +381,7 @@ fn malformed_sweep_files_name_the_field() {
     for (name, text, expected) in cases {
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("write");
-        let output = Command::new(BIN)
+        let output = Command::new(flotilla_bin())
             .args(["sweep", "validate"])
             .arg(&path)
             .output()
@@ -432,7 +398,7 @@ fn malformed_sweep_files_name_the_field() {
         );
     }
     for example in ["examples/logreg.toml", "examples/quickstart.toml"] {
-        let output = Command::new(BIN)
+        let output = Command::new(flotilla_bin())
             .args(["sweep", "validate"])
             .arg(repo_file(example))
             .output()
@@ -457,11 +423,11 @@ fn repo_file(relative: &str) -> std::path::PathBuf {
 
 #[test]
 fn an_operator_cordons_uncordons_and_drains_agents_from_the_cli() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     cluster.start_agent("agent-0", 2);
     cluster.start_agent("agent-1", 2);
-    cluster.wait_for_agents(2);
+    cluster.wait_for_agents(2, Duration::from_secs(60));
 
     // Without --autoscale there is no fleet to size, and the CLI says so.
     let status = cluster.flotilla_ok(&["cluster", "status"]);
@@ -479,8 +445,8 @@ fn an_operator_cordons_uncordons_and_drains_agents_from_the_cli() {
     // stored, so it holds across a coordinator restart.
     let out = cluster.flotilla_ok(&["agent", "cordon", "agent-1"]);
     assert!(out.contains("agent-1 cordoned"), "{out}");
-    cluster.coordinator.take().expect("coordinator").terminate();
-    cluster.start_coordinator();
+    cluster.terminate_coordinator(0);
+    cluster.start_coordinator(0);
     // A cordoned agent is listed as draining, not as connected.
     wait_until(
         "agent-0 back and agent-1 back, still cordoned",
@@ -499,9 +465,9 @@ fn an_operator_cordons_uncordons_and_drains_agents_from_the_cli() {
     let file = cluster.write_sweep("cordoned", 4, 4, "0.2");
     cluster.flotilla_ok(&["sweep", "submit", file.to_str().expect("utf-8")]);
     wait_until("sweep s1 to complete", Duration::from_secs(60), || {
-        sweep_state(&cluster, "s1")["state"] == "Completed"
+        cluster.sweep_state("s1")["state"] == "Completed"
     });
-    let results = cluster.results("s1");
+    let results = cluster.expect_results("s1");
     assert_all_succeeded_once(&results, 4);
     for trial in trials(&results) {
         assert_eq!(trial["agent"], "agent-0", "{trial}");
@@ -516,7 +482,7 @@ fn an_operator_cordons_uncordons_and_drains_agents_from_the_cli() {
         "both trials running on agent-0",
         Duration::from_secs(60),
         || {
-            trials(&cluster.results("s2"))
+            trials(&cluster.expect_results("s2"))
                 .iter()
                 .filter(|t| t["state"] == "running" && t["agent"] == "agent-0")
                 .count()
@@ -528,9 +494,9 @@ fn an_operator_cordons_uncordons_and_drains_agents_from_the_cli() {
     let out = cluster.flotilla_ok(&["agent", "drain", "agent-0"]);
     assert!(out.contains("agent-0 draining"), "{out}");
     wait_until("sweep s2 to complete", Duration::from_secs(60), || {
-        sweep_state(&cluster, "s2")["state"] == "Completed"
+        cluster.sweep_state("s2")["state"] == "Completed"
     });
-    let results = cluster.results("s2");
+    let results = cluster.expect_results("s2");
     assert_all_succeeded_once(&results, 2);
     for trial in trials(&results) {
         assert_eq!(trial["agent"], "agent-1", "{trial}");
@@ -554,13 +520,11 @@ fn an_operator_cordons_uncordons_and_drains_agents_from_the_cli() {
 #[test]
 fn a_spot_interruption_notice_checkpoints_the_trial_which_resumes_elsewhere() {
     let imds = ImdsResponder::start();
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     let artifacts = cluster.path("artifacts");
     let artifacts = artifacts.to_str().expect("utf-8 path");
     let imds_url = imds.url();
-    let metrics_port = free_tcp_port();
-    let metrics_listen = format!("127.0.0.1:{metrics_port}");
     cluster.start_agent_with(
         "spot-0",
         1,
@@ -573,11 +537,10 @@ fn a_spot_interruption_notice_checkpoints_the_trial_which_resumes_elsewhere() {
             &imds_url,
             "--imds-interval",
             "200ms",
-            "--metrics-listen",
-            &metrics_listen,
         ],
     );
-    cluster.wait_for_agents(1);
+    let metrics_port = cluster.agent("spot-0").metrics_port();
+    cluster.wait_for_agents(1, Duration::from_secs(60));
     let sweep = cluster.path("spot.toml");
     std::fs::write(
         &sweep,
@@ -616,7 +579,7 @@ checkpoint_every = 0
     // Progress comes from the spot agent's own metrics (the coordinator keeps a running
     // attempt's metrics out of its record until the attempt ends).
     wait_until("two epochs of s1-t0", Duration::from_secs(120), || {
-        let trial = trials(&cluster.results("s1")).remove(0);
+        let trial = trials(&cluster.expect_results("s1")).remove(0);
         assert_ne!(trial["state"], "succeeded", "finished too soon: {trial}");
         scrape(metrics_port, "flotilla_agent_trial_step")
             .iter()
@@ -627,7 +590,7 @@ checkpoint_every = 0
         1,
         &["--artifacts", artifacts, "--device", "cpu"],
     );
-    cluster.wait_for_agents(2);
+    cluster.wait_for_agents(2, Duration::from_secs(60));
 
     // A rebalance recommendation: the spot agent takes nothing new, its trial goes on.
     imds.post_rebalance();
@@ -641,7 +604,7 @@ checkpoint_every = 0
                 .any(|line| line.contains("spot-0") && line.contains("draining"))
         },
     );
-    let trial = trials(&cluster.results("s1")).remove(0);
+    let trial = trials(&cluster.expect_results("s1")).remove(0);
     assert_eq!(trial["state"], "running", "{trial}");
     assert_eq!(trial["agent"], "spot-0", "{trial}");
     assert_eq!(trial["attempt"], 0, "{trial}");
@@ -649,9 +612,9 @@ checkpoint_every = 0
     // The interruption notice: checkpoint now, resume elsewhere.
     imds.post_interruption();
     wait_until("sweep s1 to complete", Duration::from_secs(240), || {
-        sweep_state(&cluster, "s1")["state"] == "Completed"
+        cluster.sweep_state("s1")["state"] == "Completed"
     });
-    let trial = trials(&cluster.results("s1")).remove(0);
+    let trial = trials(&cluster.expect_results("s1")).remove(0);
     assert_eq!(trial["state"], "succeeded", "{trial}");
     assert_eq!(trial["agent"], "on-demand-0", "{trial}");
     assert_eq!(
@@ -680,7 +643,7 @@ checkpoint_every = 0
         )]
     );
 
-    let spot_log = std::fs::read_to_string(cluster.path("spot-0.log")).unwrap_or_default();
+    let spot_log = cluster.agent_log("spot-0");
     assert!(
         spot_log.contains("spot interruption notice"),
         "the spot agent did not act on the notice:\n{spot_log}"
@@ -689,7 +652,7 @@ checkpoint_every = 0
         spot_log.contains("every trial checkpointed and stopped"),
         "{spot_log}"
     );
-    let log = std::fs::read_to_string(cluster.path("on-demand-0.log")).unwrap_or_default();
+    let log = cluster.agent_log("on-demand-0");
     let resume_line = log
         .lines()
         .find(|line| line.contains("resuming from") && line.contains("attempt 0"))
@@ -729,10 +692,10 @@ checkpoint_every = 0
 /// trial lost. At the end a certificate from the old CA is refused.
 #[test]
 fn the_cluster_ca_is_rotated_in_three_phases_without_losing_a_trial() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     cluster.start_agent("agent-0", 2);
-    cluster.wait_for_agents(1);
+    cluster.wait_for_agents(1, Duration::from_secs(60));
     let file = cluster.write_sweep("rotation", 12, 2, "2");
     cluster.flotilla_ok(&["sweep", "submit", file.to_str().expect("utf-8")]);
 
@@ -747,7 +710,7 @@ fn the_cluster_ca_is_rotated_in_three_phases_without_losing_a_trial() {
             std::fs::copy(&path, old.join(path.file_name().expect("name"))).expect("copy");
         }
     }
-    let output = Command::new(BIN)
+    let output = Command::new(flotilla_bin())
         .args(["certs", "init", "--out"])
         .arg(&new)
         .output()
@@ -767,13 +730,15 @@ fn the_cluster_ca_is_rotated_in_three_phases_without_losing_a_trial() {
         dir
     };
     let restart_all = |cluster: &mut Cluster| {
-        cluster.coordinator.take().expect("coordinator").terminate();
-        cluster.start_coordinator();
-        cluster.wait_for_agents(1);
-        let (name, mut agent) = cluster.agents.remove(0);
-        agent.terminate();
-        cluster.start_agent(&name, 2);
-        cluster.wait_for_agents(1);
+        cluster.terminate_coordinator(0);
+        cluster.start_coordinator(0);
+        cluster.wait_for_agents(1, Duration::from_secs(60));
+        let mut agent = cluster.agents.remove(0);
+        if let Some(mut process) = agent.process.take() {
+            process.terminate();
+        }
+        cluster.start_agent(&agent.name, 2);
+        cluster.wait_for_agents(1, Duration::from_secs(60));
     };
     let works = |cluster: &Cluster, dir: &Path| {
         cluster
@@ -814,9 +779,9 @@ fn the_cluster_ca_is_rotated_in_three_phases_without_losing_a_trial() {
     assert!(works(&cluster, &certs), "the new certificates work");
 
     wait_until("the sweep to complete", Duration::from_secs(120), || {
-        sweep_state(&cluster, "s1")["state"] == "Completed"
+        cluster.sweep_state("s1")["state"] == "Completed"
     });
-    assert_all_succeeded_once(&cluster.results("s1"), 12);
+    assert_all_succeeded_once(&cluster.expect_results("s1"), 12);
 }
 
 /// The permission table (docs/protocol.md, `ClientRequest::access`) is what a real
@@ -829,14 +794,14 @@ fn every_request_is_answered_only_for_the_roles_the_table_names() {
     use flotilla_protocol::messages::{ApiErrorKind, ClientRequest, ClientResponse, Role};
     use flotilla_protocol::tls::Identity;
 
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
-    cluster.wait_for_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
+    cluster.wait_for_coordinator(Duration::from_secs(60));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let address = cluster.address.parse().expect("address");
+    let address = cluster.addresses().parse().expect("address");
     let mut checked = 0;
     for role in [Role::Client, Role::Admin, Role::Router] {
         let identity =
@@ -910,7 +875,7 @@ fn agents_are_bound_to_their_ids_and_revoked_certificates_are_dropped() {
     use flotilla_protocol::messages::{HelloReply, RefusalReason, Role};
     use flotilla_protocol::tls::Identity;
 
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::standalone();
     let certs = cluster.path("certs");
     let certs_arg = certs.to_str().expect("utf-8").to_string();
     for id in ["gpu-1", "gpu-2"] {
@@ -932,15 +897,15 @@ fn agents_are_bound_to_their_ids_and_revoked_certificates_are_dropped() {
         "{shown}"
     );
 
-    cluster.start_coordinator_with(&["--require-agent-ids"]);
+    cluster.start_coordinator_with(0, &["--require-agent-ids"], &[]);
     cluster.start_agent_with("gpu-1", 1, &["--identity", "agent-gpu-1"]);
-    cluster.wait_for_agents(1);
+    cluster.wait_for_agents(1, Duration::from_secs(60));
 
     // The CLI refuses a certificate bound to another id before connecting.
     let output = cluster.flotilla(&[
         "agent",
         "--coordinator",
-        &cluster.address,
+        &cluster.addresses(),
         "--certs",
         &certs_arg,
         "--identity",
@@ -960,7 +925,7 @@ fn agents_are_bound_to_their_ids_and_revoked_certificates_are_dropped() {
         .enable_all()
         .build()
         .expect("runtime");
-    let address: std::net::SocketAddr = cluster.address.parse().expect("address");
+    let address: std::net::SocketAddr = cluster.addresses().parse().expect("address");
     let hello_as = |identity: &str, name: &str| {
         let identity = Identity::load_from_dir(&certs, identity).expect("identity");
         runtime.block_on(hello(address, &identity, Role::Agent, name))
@@ -1021,7 +986,7 @@ fn agents_are_bound_to_their_ids_and_revoked_certificates_are_dropped() {
     // It keeps trying; it stays out.
     std::thread::sleep(Duration::from_secs(6));
     assert!(!gpu1_connected(&cluster), "a revoked agent got back in");
-    let log = std::fs::read_to_string(cluster.path("coordinator.log")).expect("log");
+    let log = cluster.log("coordinator");
     assert!(log.contains("its certificate was revoked"), "{log}");
     let output = cluster.flotilla(&["sweep", "list", "--identity", "alice"]);
     assert!(
@@ -1045,8 +1010,9 @@ fn agents_are_bound_to_their_ids_and_revoked_certificates_are_dropped() {
         "the coordinator to report the spoiled list",
         Duration::from_secs(30),
         || {
-            std::fs::read_to_string(cluster.path("coordinator.log"))
-                .is_ok_and(|log| log.contains("the revocation list changed but cannot be used"))
+            cluster
+                .log("coordinator")
+                .contains("the revocation list changed but cannot be used")
         },
     );
     let output = cluster.flotilla(&["sweep", "list", "--identity", "alice"]);

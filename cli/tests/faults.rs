@@ -9,13 +9,11 @@
 //!   would) fails after `max_reschedules` re-runs, naming the agents it took down, and an
 //!   agent that lost its trials twice is cordoned automatically.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use support::cluster::*;
+use flotilla_harness::*;
 
 /// A one-trial sweep running `script` under `sh -c`, with `extra` TOML appended.
 fn one_trial_sweep(cluster: &Cluster, name: &str, script: &str, extra: &str) -> String {
@@ -45,7 +43,7 @@ metrics = ["loss"]
 }
 
 fn only_trial(cluster: &Cluster, sweep: &str) -> Value {
-    let results = cluster.results(sweep);
+    let results = cluster.expect_results(sweep);
     assert_eq!(results["sweep"]["state"], "Completed", "{results:#}");
     let trials = trials(&results);
     assert_eq!(trials.len(), 1, "{results:#}");
@@ -54,10 +52,10 @@ fn only_trial(cluster: &Cluster, sweep: &str) -> Value {
 
 #[test]
 fn a_crashing_trial_fails_after_exactly_its_retries_and_a_hung_one_at_its_timeout() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     cluster.start_agent("agent-0", 2);
-    cluster.wait_for_agents(1);
+    cluster.wait_for_agents(1, Duration::from_secs(60));
 
     // Crashes on every attempt: 1 + max_retries attempts, then failed.
     let attempts = cluster.path("attempts.txt");
@@ -105,13 +103,13 @@ fn a_crashing_trial_fails_after_exactly_its_retries_and_a_hung_one_at_its_timeou
 
 #[test]
 fn a_trial_that_kills_its_agent_fails_after_max_reschedules_and_the_agent_is_cordoned() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator_with(&["--cordon-after-losses", "2"]);
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator_with(0, &["--cordon-after-losses", "2"], &[]);
     let names = ["agent-0", "agent-1", "agent-2"];
     for name in names {
         cluster.start_agent(name, 1);
     }
-    cluster.wait_for_agents(3);
+    cluster.wait_for_agents(3, Duration::from_secs(60));
     // The trial's parent is its agent: SIGKILL it, every time.
     let poison = one_trial_sweep(
         &cluster,
@@ -123,7 +121,7 @@ fn a_trial_that_kills_its_agent_fails_after_max_reschedules_and_the_agent_is_cor
     // Killed agents come back, as a supervisor (systemd) would bring them.
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let state = sweep_state(&cluster, "s1");
+        let state = cluster.sweep_state("s1");
         if state["state"] == "Completed" {
             break;
         }
@@ -132,11 +130,13 @@ fn a_trial_that_kills_its_agent_fails_after_max_reschedules_and_the_agent_is_cor
             "the sweep did not end: {state:#}"
         );
         for index in 0..cluster.agents.len() {
-            let exited = matches!(cluster.agents[index].1.child.try_wait(), Ok(Some(_)));
+            let exited = cluster.agents[index]
+                .process
+                .as_mut()
+                .is_some_and(|process| !process.is_running());
             if exited {
-                let name = cluster.agents[index].0.clone();
-                cluster.agents.remove(index);
-                cluster.start_agent(&name, 1);
+                let agent = cluster.agents.remove(index);
+                cluster.start_agent(&agent.name, 1);
                 break;
             }
         }
@@ -185,7 +185,7 @@ fn a_trial_that_kills_its_agent_fails_after_max_reschedules_and_the_agent_is_cor
         assert!(line.contains("draining"), "{name} is cordoned: {listed}");
     }
     if !twice.is_empty() {
-        let log = std::fs::read_to_string(cluster.path("coordinator.log")).expect("log");
+        let log = cluster.log("coordinator");
         assert!(log.contains("cordoned automatically"), "{log}");
     }
 }
@@ -196,18 +196,18 @@ fn a_trial_that_kills_its_agent_fails_after_max_reschedules_and_the_agent_is_cor
 #[cfg(feature = "fault-injection")]
 #[test]
 fn a_sweep_whose_actor_fails_fails_alone_and_stays_failed() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator_env(&[], &[("FLOTILLA_FAULT_FAIL_SWEEP", "doomed")]);
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator_with(0, &[], &[("FLOTILLA_FAULT_FAIL_SWEEP", "doomed")]);
     cluster.start_agent("agent-0", 2);
     cluster.start_agent("agent-1", 2);
-    cluster.wait_for_agents(2);
+    cluster.wait_for_agents(2, Duration::from_secs(60));
     let doomed = cluster.write_sweep("doomed", 12, 2, "0.3");
     let healthy = cluster.write_sweep("healthy", 12, 2, "0.3");
     cluster.flotilla_ok(&["sweep", "submit", doomed.to_str().expect("utf-8")]);
     cluster.flotilla_ok(&["sweep", "submit", healthy.to_str().expect("utf-8")]);
 
     wait_until("the doomed sweep to fail", Duration::from_secs(60), || {
-        sweep_state(&cluster, "s1")["state"] == "Failed"
+        cluster.sweep_state("s1")["state"] == "Failed"
     });
     let status = cluster.flotilla_ok(&["sweep", "status", "s1"]);
     assert!(
@@ -217,23 +217,19 @@ fn a_sweep_whose_actor_fails_fails_alone_and_stays_failed() {
     // The other sweep goes on under the same leader, to the end.
     let results = wait_completed_cli(&cluster, "s2");
     assert_all_succeeded_once(&results, 12);
-    let failed = sweep_state(&cluster, "s1");
+    let failed = cluster.sweep_state("s1");
     assert_eq!(failed["counts"]["running"], 0, "{failed:#}");
-    let log = std::fs::read_to_string(cluster.path("coordinator.log")).expect("log");
+    let log = cluster.log("coordinator");
     assert!(
         !log.contains("stopping so a restart resumes"),
         "the leader must not stop for one sweep: {log}"
     );
 
     // A restart reads the failed sweep back as failed; it does not fail again.
-    cluster
-        .coordinator
-        .as_mut()
-        .expect("coordinator")
-        .terminate();
-    cluster.start_coordinator_env(&[], &[("FLOTILLA_FAULT_FAIL_SWEEP", "doomed")]);
-    cluster.wait_for_agents(2);
-    let again = sweep_state(&cluster, "s1");
+    cluster.terminate_coordinator(0);
+    cluster.start_coordinator_with(0, &[], &[("FLOTILLA_FAULT_FAIL_SWEEP", "doomed")]);
+    cluster.wait_for_agents(2, Duration::from_secs(60));
+    let again = cluster.sweep_state("s1");
     assert_eq!(again["state"], "Failed", "{again:#}");
     assert!(
         again["message"]
@@ -241,7 +237,7 @@ fn a_sweep_whose_actor_fails_fails_alone_and_stays_failed() {
             .is_some_and(|message| message.contains("injected fault")),
         "{again:#}"
     );
-    assert_eq!(sweep_state(&cluster, "s2")["state"], "Completed");
+    assert_eq!(cluster.sweep_state("s2")["state"], "Completed");
 }
 
 #[cfg(feature = "fault-injection")]
@@ -251,7 +247,7 @@ fn wait_completed_cli(cluster: &Cluster, sweep: &str) -> Value {
         &format!("{sweep} to complete"),
         Duration::from_secs(120),
         || {
-            last = cluster.results(sweep);
+            last = cluster.expect_results(sweep);
             last["sweep"]["state"] == "Completed"
         },
     );

@@ -11,8 +11,6 @@
 //! 3. A registered artifact whose bytes changed in the store is refused at load: the agents
 //!    report it failed with a digest mismatch and the rollout of it is rolled back.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::cluster::*;
+use flotilla_harness::*;
 
 // Wide margins: the test is about the loop (stages, promotion, rollback, failover), and its
 // agents share two cores with the rest of the suite, so latency is noisy.
@@ -119,7 +117,7 @@ fn check_serving_endpoint_trust(cluster: &Cluster, port: u16) {
         "TLS without a client certificate was answered: {body}"
     );
     let other = cluster.path("other-ca");
-    let output = std::process::Command::new(BIN)
+    let output = std::process::Command::new(flotilla_bin())
         .args(["certs", "init", "--out"])
         .arg(&other)
         .output()
@@ -329,15 +327,15 @@ fn versions(cluster: &Cluster) -> BTreeMap<String, String> {
 
 #[test]
 fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_back() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     let serving_ports: Vec<u16> = ["serve-0", "serve-1"]
         .into_iter()
         .map(|name| cluster.start_serving_agent(name, 2))
         .collect();
-    cluster.wait_for_agents(2);
+    cluster.wait_for_agents(2, Duration::from_secs(60));
     check_serving_endpoint_trust(&cluster, serving_ports[0]);
-    let (_router, router_port) = cluster.start_router();
+    let (_router, router_port) = cluster.start_router(&[]);
 
     // Train: two reasonable models, and a degraded one.
     let good = cluster.path("churn.toml");
@@ -453,7 +451,7 @@ fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_bac
     );
     // A router started with --gate-predictions wants the predict scope for predictions and
     // routes as well.
-    let (gated_router, gated_port) = cluster.start_router_with(&["--gate-predictions"]);
+    let (gated_router, gated_port) = cluster.start_router(&["--gate-predictions"]);
     wait_until(
         "the gated router to answer its routes",
         Duration::from_secs(30),
@@ -507,8 +505,8 @@ fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_bac
             current["stage"] == 1
         },
     );
-    cluster.coordinator.take().expect("coordinator").kill();
-    cluster.start_coordinator();
+    cluster.kill_coordinator(0);
+    cluster.start_coordinator(0);
     let promoted = finished_rollout(&cluster);
     assert_eq!(promoted["state"], "Promoted", "{promoted:#}");
     let stages: Vec<u64> = promoted["decisions"]
@@ -595,7 +593,7 @@ fn a_sweep_winner_is_promoted_behind_the_router_and_a_degraded_canary_rolled_bac
         reason.contains("SHA-256") && reason.contains("refusing to load"),
         "{reason}"
     );
-    let log = std::fs::read_to_string(cluster.path("serve-0.log")).expect("agent log");
+    let log = cluster.agent_log("serve-0");
     assert!(log.contains("is not the one recorded"), "{log}");
     assert_eq!(
         load.take_failures(),

@@ -15,8 +15,6 @@
 //!    `flotilla model show`; the corrupted one never starts its program.
 //! 5. The agent holding a replica is killed: the replica is placed on the other agent.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +23,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::cluster::*;
+use flotilla_harness::*;
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -300,12 +298,12 @@ fn submit(cluster: &Cluster, file: &str, text: &str) {
 
 #[test]
 fn a_sweeps_own_serving_program_is_served_canaried_restarted_refused_and_replaced() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     cluster.start_serving_agent("serve-0", 2);
     cluster.start_serving_agent("serve-1", 2);
-    cluster.wait_for_agents(2);
-    let (_router, router) = cluster.start_router();
+    cluster.wait_for_agents(2, Duration::from_secs(60));
+    let (_router, router) = cluster.start_router(&[]);
 
     // The serving program, copied where only this test's processes run it.
     let program = cluster.path("softmax_serve.py");
@@ -438,7 +436,7 @@ fn a_sweeps_own_serving_program_is_served_canaried_restarted_refused_and_replace
     let agents = wait_ready(&cluster, "demo@1.1.0");
     let (status, _, answer) = http(router, "POST", "/v1/predict", &body, "");
     assert_eq!(status, 200, "after the restart: {answer}");
-    let log = std::fs::read_to_string(cluster.path(&format!("{}.log", agents[0]))).expect("log");
+    let log = cluster.agent_log(&agents[0]);
     assert!(log.contains("restarting the serving program"), "{log}");
 
     // 4. Refused before any traffic: a crash on every start, a hang, a corrupted artifact.
@@ -480,7 +478,7 @@ fn a_sweeps_own_serving_program_is_served_canaried_restarted_refused_and_replace
     let message = wait_failed(&cluster, "corrupt@1.0.0");
     assert!(message.contains("SHA-256"), "{message}");
     for agent in ["serve-0", "serve-1"] {
-        let log = std::fs::read_to_string(cluster.path(&format!("{agent}.log"))).expect("log");
+        let log = cluster.agent_log(agent);
         assert!(
             !log.lines()
                 .any(|line| line.contains("corrupt@1.0.0")
@@ -494,9 +492,9 @@ fn a_sweeps_own_serving_program_is_served_canaried_restarted_refused_and_replace
     let index = cluster
         .agents
         .iter()
-        .position(|(name, _)| *name == holder)
+        .position(|agent| agent.name == holder)
         .expect("the holder");
-    cluster.agents[index].1.kill();
+    cluster.agents[index].kill();
     wait_until(
         "demo's replica to be placed again",
         Duration::from_secs(90),
@@ -532,8 +530,8 @@ flotilla_serve.serve(predict)
 /// holds waits instead of sharing it.
 #[test]
 fn serving_replicas_hold_their_slots_and_gpus_like_trials() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     let artifacts = cluster.path("artifacts");
     let artifacts = artifacts.to_str().expect("utf-8").to_string();
     for name in ["gpu-a", "gpu-b"] {
@@ -553,8 +551,8 @@ fn serving_replicas_hold_their_slots_and_gpus_like_trials() {
             ],
         );
     }
-    cluster.wait_for_agents(2);
-    let (_router, router) = cluster.start_router();
+    cluster.wait_for_agents(2, Duration::from_secs(60));
+    let (_router, router) = cluster.start_router(&[]);
     let program = cluster.path("gpu_echo.py");
     std::fs::write(&program, GPU_ECHO).expect("write the serving program");
     let serving = format!(
@@ -607,7 +605,7 @@ fn serving_replicas_hold_their_slots_and_gpus_like_trials() {
         "gpu.toml",
         &sweep("gpu", "0.3, 0.25", 2, 0.0, &gpu_serving),
     );
-    let results = cluster.results("s2");
+    let results = cluster.expect_results("s2");
     assert_all_succeeded_once(&results, 2);
     for trial in trials(&results) {
         assert_eq!(trial["agent"], other, "{trial}");
@@ -617,9 +615,9 @@ fn serving_replicas_hold_their_slots_and_gpus_like_trials() {
     let index = cluster
         .agents
         .iter()
-        .position(|(name, _)| *name == holder)
+        .position(|agent| agent.name == holder)
         .expect("the holder");
-    cluster.agents[index].1.kill();
+    cluster.agents[index].kill();
     wait_until("gpudemo's replica to move", Duration::from_secs(90), || {
         let now = show(&cluster, "gpudemo@1.0.0")["placements"].clone();
         now.as_array()
@@ -639,14 +637,14 @@ fn serving_replicas_hold_their_slots_and_gpus_like_trials() {
     std::fs::write(&path, sweep("waits", "0.3", 2, 0.0, &gpu_serving)).expect("write");
     cluster.flotilla_ok(&["sweep", "submit", path.to_str().expect("utf-8")]);
     std::thread::sleep(Duration::from_secs(6));
-    let waiting = sweep_state(&cluster, "s3");
+    let waiting = cluster.sweep_state("s3");
     assert_eq!(waiting["state"], "Running", "{waiting:#}");
     assert_eq!(waiting["counts"]["running"], 0, "{waiting:#}");
     assert_eq!(waiting["counts"]["succeeded"], 0, "{waiting:#}");
     // Out of production, the replica lets go and the trial runs.
     cluster.flotilla_ok(&["model", "stage", "gpudemo@1.0.0", "archived"]);
     wait_until("the waiting trial to run", Duration::from_secs(90), || {
-        sweep_state(&cluster, "s3")["state"] == "Completed"
+        cluster.sweep_state("s3")["state"] == "Completed"
     });
 }
 
@@ -725,12 +723,12 @@ fn regression_rows() -> Vec<(Value, Value)> {
 /// latency left out of the gates by the policy.
 #[test]
 fn a_served_regression_model_is_canaried_on_squared_error() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator();
+    let mut cluster = Cluster::standalone();
+    cluster.start_coordinator(0);
     cluster.start_serving_agent("serve-0", 2);
     cluster.start_serving_agent("serve-1", 2);
-    cluster.wait_for_agents(2);
-    let (_router, router) = cluster.start_router();
+    cluster.wait_for_agents(2, Duration::from_secs(60));
+    let (_router, router) = cluster.start_router(&[]);
     let trial = cluster.path("regression_trial.py");
     std::fs::write(&trial, REGRESSION_TRIAL).expect("trial");
     let serve = cluster.path("regression_serve.py");

@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use flotilla_harness::{Process, free_tcp_port, processes_with_all};
+
 const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 
 fn repo_root() -> PathBuf {
@@ -432,19 +434,9 @@ checkpoint_every = 0
 }
 
 /// The agent processes of an autoscaled `up` are `flotilla agent … --certs DIR/certs …`.
-fn agent_processes_under(dir: &std::path::Path) -> Vec<String> {
-    let needle = dir.join("certs").display().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(" agent ") && cmdline.contains(&needle) {
-            found.push(cmdline);
-        }
-    }
-    found
+fn agent_processes_under(dir: &std::path::Path) -> Vec<u32> {
+    let certs = dir.join("certs").display().to_string();
+    processes_with_all(&["\0agent\0", &certs])
 }
 
 #[test]
@@ -584,24 +576,18 @@ checkpoint_every = 0
 "#,
     )
     .expect("write the sweep");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let router = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
-        .current_dir(dir.path())
-        .arg("up")
-        .arg(&sweep)
-        .args(["--agents", "1", "--slots", "1", "--serve", "churn"])
-        .args(["--router-listen", &router])
-        .arg("--dir")
-        .arg(dir.path().join("run"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start flotilla up --serve");
-    let seen = serving_lines(&mut child);
+    let router = format!("127.0.0.1:{}", free_tcp_port());
+    let mut up = Process::spawn_piped(
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .arg("up")
+            .arg(&sweep)
+            .args(["--agents", "1", "--slots", "1", "--serve", "churn"])
+            .args(["--router-listen", &router])
+            .arg("--dir")
+            .arg(dir.path().join("run")),
+    );
+    let seen = serving_lines(&mut up.child);
     let token = seen
         .split("Authorization: Bearer ")
         .nth(1)
@@ -656,12 +642,7 @@ checkpoint_every = 0
     );
     assert_eq!(status, 200, "{answer}");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .expect("SIGINT");
-    let status = child.wait().expect("flotilla up exits");
+    let status = up.interrupt().expect("flotilla up exits on Ctrl-C");
     assert!(status.success(), "{status:?}");
 }
 
@@ -672,24 +653,18 @@ checkpoint_every = 0
 #[test]
 fn up_serve_runs_a_command_sweeps_own_serving_program_behind_the_router() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let router = format!("127.0.0.1:{port}");
+    let router = format!("127.0.0.1:{}", free_tcp_port());
     let run = dir.path().join("run");
     // From an empty directory: the example's programs come out of the binary.
-    let mut child = Command::new(BIN)
-        .current_dir(dir.path())
-        .args(["up", "--example", "served-command", "--serve", "demo"])
-        .args(["--router-listen", &router])
-        .arg("--dir")
-        .arg(&run)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start flotilla up --serve");
-    let seen = serving_lines(&mut child);
+    let mut up = Process::spawn_piped(
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["up", "--example", "served-command", "--serve", "demo"])
+            .args(["--router-listen", &router])
+            .arg("--dir")
+            .arg(&run),
+    );
+    let seen = serving_lines(&mut up.child);
     assert!(seen.contains("serving demo@1.0.0"), "{seen}");
     assert!(
         seen.contains(&format!("http://{router}/v1/predict")),
@@ -733,12 +708,7 @@ fn up_serve_runs_a_command_sweeps_own_serving_program_behind_the_router() {
             .count()
     };
     assert_eq!(programs(), 1, "one replica of the serving program runs");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .expect("SIGINT");
-    let status = child.wait().expect("flotilla up exits");
+    let status = up.interrupt().expect("flotilla up exits on Ctrl-C");
     assert!(status.success(), "{status:?}");
     assert_eq!(programs(), 0, "Ctrl-C stops the serving program");
 }

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use flotilla_coordinator::{Coordinator, CoordinatorConfig};
+use flotilla_harness::Process;
 use flotilla_protocol::messages::{
     AgentMessage, Command, CoordinatorCommand, Heartbeat, Metrics, Role, StopReason, TrialOutcome,
     TrialRecord,
@@ -508,7 +509,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
             Instant::now() < deadline,
             "the load agents did not all register"
         );
-        if let Some(status) = child.0.try_wait()? {
+        if let Some(status) = child.child.try_wait()? {
             bail!("the load agents' process ended: {status}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -599,22 +600,13 @@ async fn run(options: Options) -> anyhow::Result<()> {
 }
 
 /// The load agents' process, killed when dropped (also when the run fails early).
-struct AgentsProcess(std::process::Child);
-
-impl Drop for AgentsProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_agents(
     options: &Options,
     coordinator: SocketAddr,
     certs: &Path,
-) -> anyhow::Result<AgentsProcess> {
+) -> anyhow::Result<Process> {
     let program = std::env::current_exe()?;
-    Ok(AgentsProcess(
+    Ok(Process::from(
         std::process::Command::new(program)
             .args(["--role", "agents", "--coordinator"])
             .arg(coordinator.to_string())

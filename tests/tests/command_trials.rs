@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_cluster_tests::{Cluster, Moto, wait_until};
+use flotilla_harness::{Cluster, Moto, wait_until};
 use flotilla_protocol::etcd_pki::EtcdCert;
 use flotilla_protocol::messages::CheckpointRef;
 use serde_json::Value;
@@ -274,7 +274,7 @@ fn a_command_trial_resumes_through_s3_on_an_agent_that_shares_only_the_bucket() 
     let mut cluster = Cluster::new(1, 1, Duration::from_secs(2));
     let moto = Moto::start(&cluster.path("moto.log"));
     moto.create_bucket("flotilla-trials");
-    cluster.artifacts = "s3://flotilla-trials/team-a".into();
+    cluster.artifacts = Some("s3://flotilla-trials/team-a".into());
     cluster.agent_env = moto.environment();
     a_killed_agents_command_trial_resumes_elsewhere(&mut cluster, "agent-{}.log");
     let keys = moto.keys("flotilla-trials", "team-a/");
@@ -292,7 +292,7 @@ fn a_command_trial_resumes_through_s3_on_an_agent_that_shares_only_the_bucket() 
 /// Every value the trial's `latest` pointer has held in etcd, oldest first (a watch from
 /// revision 1 replays the key's history).
 fn pointer_history(cluster: &Cluster, trial: &str) -> Vec<CheckpointRef> {
-    let config = cluster.etcd.config(EtcdCert::Root);
+    let config = cluster.etcd().config(EtcdCert::Root);
     let key = config.checkpoint_latest_key(trial);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {

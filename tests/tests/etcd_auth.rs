@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use flotilla_cluster_tests::{Etcd, flotilla_bin};
 use flotilla_etcd::EtcdConfig;
 use flotilla_etcd::etcd_client::{
     self, Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp,
 };
+use flotilla_harness::{Etcd, flotilla_bin};
 use flotilla_protocol::etcd_pki::EtcdCert;
 use flotilla_protocol::messages::Role;
 use flotilla_protocol::tls::ClusterCa;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use flotilla_cluster_tests::{
+use flotilla_harness::{
     Cluster, Etcd, Moto, assert_no_trial_ran_twice_at_once, run_events, wait_until,
 };
 use flotilla_protocol::etcd_pki::EtcdCert;
@@ -81,7 +81,7 @@ fn killing_the_leader_five_times_loses_no_trial_and_runs_none_twice() {
     // failover to its end and then write its results.
     let submit_out = cluster.path("submit.out");
     let submit_results = cluster.path("submit-results.json");
-    let mut submitter = std::process::Command::new(flotilla_cluster_tests::flotilla_bin())
+    let mut submitter = std::process::Command::new(flotilla_harness::flotilla_bin())
         .args(["sweep", "submit"])
         .arg(&chaos)
         .arg("--watch")
@@ -113,7 +113,7 @@ fn killing_the_leader_five_times_loses_no_trial_and_runs_none_twice() {
     // A second client watches the whole sweep event by event (`sweep watch` resumes after
     // the last event it printed).
     let watch_out = cluster.path("watch.out");
-    let mut watcher = std::process::Command::new(flotilla_cluster_tests::flotilla_bin())
+    let mut watcher = std::process::Command::new(flotilla_harness::flotilla_bin())
         .args([
             "sweep",
             "watch",
@@ -346,7 +346,7 @@ fn one_etcd_member_lost_keeps_scheduling_two_lost_stops_it_until_they_return() {
     assert_eq!(healthy.len(), 3, "{healthy:?}");
     assert!(healthy.iter().all(|(_, ok)| *ok), "{healthy:?}");
 
-    cluster.etcd.kill_member(0);
+    cluster.etcd_mut().kill_member(0);
     // `cluster status` reports the dead member and the two live ones.
     wait_until(
         "cluster status to show etcd0 down",
@@ -369,7 +369,7 @@ fn one_etcd_member_lost_keeps_scheduling_two_lost_stops_it_until_they_return() {
         },
     );
 
-    cluster.etcd.kill_member(1);
+    cluster.etcd_mut().kill_member(1);
     // Within a couple of leases every replica has stepped down and none can win.
     wait_until(
         "every coordinator to stop leading",
@@ -385,9 +385,9 @@ fn one_etcd_member_lost_keeps_scheduling_two_lost_stops_it_until_they_return() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    cluster.etcd.start_member(0);
-    cluster.etcd.start_member(1);
-    cluster.etcd.wait_healthy(Duration::from_secs(60));
+    cluster.etcd_mut().start_member(0);
+    cluster.etcd_mut().start_member(1);
+    cluster.etcd().wait_healthy(Duration::from_secs(60));
     cluster.wait_for_leader(0, Duration::from_secs(60));
     let results = wait_completed(&cluster, &sweep, Duration::from_secs(180));
     assert_eq!(succeeded_params(&results).len(), 80);
@@ -399,7 +399,7 @@ fn one_etcd_member_lost_keeps_scheduling_two_lost_stops_it_until_they_return() {
 /// must come from `new_epoch` or later.
 fn assert_no_writes_after_takeover(cluster: &Cluster, old_epoch: u64, new_epoch: u64) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let election = runtime.block_on(history(&cluster.etcd, "/flotilla/v1/election"));
+    let election = runtime.block_on(history(cluster.etcd(), "/flotilla/v1/election"));
     let old_key = election
         .iter()
         .find(|event| event.put && event.create_revision == old_epoch as i64)
@@ -410,7 +410,7 @@ fn assert_no_writes_after_takeover(cluster: &Cluster, old_epoch: u64, new_epoch:
         .find(|event| !event.put && event.key == old_key)
         .map(|event| event.revision)
         .expect("the old leader's election key was deleted");
-    let writes = runtime.block_on(history(&cluster.etcd, "/flotilla/v1/state/"));
+    let writes = runtime.block_on(history(cluster.etcd(), "/flotilla/v1/state/"));
     let after_takeover: Vec<_> = writes
         .iter()
         .filter(|event| event.put && event.revision > takeover)
@@ -451,7 +451,7 @@ fn a_leader_shut_down_revokes_its_lease_and_a_follower_takes_over() {
     });
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let election = runtime.block_on(history(&cluster.etcd, "/flotilla/v1/election"));
+    let election = runtime.block_on(history(cluster.etcd(), "/flotilla/v1/election"));
     let lease = election
         .iter()
         .find(|event| event.put && event.create_revision == epoch as i64)
@@ -465,7 +465,7 @@ fn a_leader_shut_down_revokes_its_lease_and_a_follower_takes_over() {
         .expect("the leader exits");
     assert!(status.success(), "{status:?}");
     let remaining = runtime.block_on(async {
-        let mut client = flotilla_etcd::connect(&cluster.etcd.config(EtcdCert::Root))
+        let mut client = flotilla_etcd::connect(&cluster.etcd().config(EtcdCert::Root))
             .await
             .expect("connect");
         client
@@ -558,7 +558,7 @@ fn a_follower_names_the_new_leader_on_the_open_refusal_once_the_election_ends() 
     cluster.kill_coordinator(leader);
     // A command typed during the election waits for the new leader instead of failing on the
     // dead one the followers still name (`Client::connect_leader`).
-    let during = std::process::Command::new(flotilla_cluster_tests::flotilla_bin())
+    let during = std::process::Command::new(flotilla_harness::flotilla_bin())
         .args(["cluster", "status", "--coordinator", &cluster.addresses()])
         .arg("--certs")
         .arg(cluster.path("certs"))
@@ -616,7 +616,7 @@ fn a_follower_names_the_new_leader_on_the_open_refusal_once_the_election_ends() 
 /// namespace that cannot be made fails it instead of skipping.
 #[test]
 fn a_leader_cut_off_by_a_partition_steps_down_and_rejoins_as_a_follower() {
-    if let Err(reason) = flotilla_cluster_tests::Netns::supported() {
+    if let Err(reason) = flotilla_harness::Netns::supported() {
         assert!(
             std::env::var_os("FLOTILLA_REQUIRE_NETNS").is_none(),
             "network namespaces worked for the suite's probe but not here: {reason}"
@@ -624,7 +624,7 @@ fn a_leader_cut_off_by_a_partition_steps_down_and_rejoins_as_a_follower() {
         eprintln!("SKIPPED: network namespaces are not available here: {reason}");
         return;
     }
-    let netns = flotilla_cluster_tests::Netns::create(0).expect("a namespace");
+    let netns = flotilla_harness::Netns::create(0).expect("a namespace");
     let mut cluster = Cluster::with_namespaces(1, 3, TTL, vec![netns]);
     // The replica in the namespace campaigns first, so it leads.
     cluster.start_coordinator(0);
@@ -759,7 +759,7 @@ fn a_trainer_trial_on_a_killed_agent_resumes_from_its_latest_checkpoint_elsewher
         cluster.start_agent_with(name, 1, &["--device", "cpu"]);
     }
     cluster.wait_for_agents(2, Duration::from_secs(30));
-    let interrupted = cluster.submit(&trainer_sweep(&cluster, "interrupted", 30));
+    let interrupted = cluster.submit(&cluster.write_lstm_sweep("interrupted", 30));
     let mut victim = None;
     let mut checkpointed = 0;
     wait_until("two checkpoints", Duration::from_secs(120), || {
@@ -773,7 +773,7 @@ fn a_trainer_trial_on_a_killed_agent_resumes_from_its_latest_checkpoint_elsewher
         checkpointed >= 2
     });
     let victim = victim.expect("the trial's agent");
-    let reference = cluster.submit(&trainer_sweep(&cluster, "reference", 30));
+    let reference = cluster.submit(&cluster.write_lstm_sweep("reference", 30));
     let index = cluster
         .agents
         .iter()
@@ -819,41 +819,6 @@ fn a_trainer_trial_on_a_killed_agent_resumes_from_its_latest_checkpoint_elsewher
     }
 }
 
-/// A built-in trainer sweep of one trial with a checkpoint every epoch.
-fn trainer_sweep(cluster: &Cluster, name: &str, epochs: u32) -> std::path::PathBuf {
-    let path = cluster.path(&format!("{name}.toml"));
-    let text = format!(
-        r#"
-name = "{name}"
-
-[objective]
-metric = "accuracy"
-direction = "maximize"
-
-[space.learning_rate]
-type = "categorical"
-choices = [0.003]
-
-[budget]
-max_trials = 1
-max_parallel = 1
-
-[trial]
-trainer = "lstm_classifier"
-
-[trial.settings]
-samples = 800
-seq_len = 32
-hidden_size = 32
-num_heads = 2
-epochs = {epochs}
-checkpoint_every = 1
-"#
-    );
-    std::fs::write(&path, text).expect("write sweep file");
-    path
-}
-
 /// Acceptance: an agent paused (SIGSTOP) past its checkpoint lease while a new attempt
 /// resumes the trial on another agent, then resumed. The trial's `latest` pointer in etcd
 /// never moves backwards and, once the new attempt has moved it, never points at the stale
@@ -867,7 +832,7 @@ fn an_agent_paused_past_its_checkpoint_lease_never_moves_the_pointer_back() {
         cluster.start_agent_with(name, 1, &["--device", "cpu"]);
     }
     cluster.wait_for_agents(2, Duration::from_secs(30));
-    let sweep = cluster.submit(&trainer_sweep(&cluster, "paused-agent", 60));
+    let sweep = cluster.submit(&cluster.write_lstm_sweep("paused-agent", 60));
     let mut victim = None;
     wait_until("two checkpoints", Duration::from_secs(120), || {
         let Some(results) = cluster.results(&sweep) else {
@@ -915,7 +880,7 @@ fn an_agent_paused_past_its_checkpoint_lease_never_moves_the_pointer_back() {
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let history = runtime.block_on(history(
-        &cluster.etcd,
+        cluster.etcd(),
         "/flotilla/v1/checkpoints/s1-t0/latest",
     ));
     let pointers: Vec<Value> = history
@@ -966,7 +931,7 @@ fn model_versions_and_a_rollout_survive_a_leader_failover() {
     cluster.start_coordinator(1);
     cluster.start_agent_with("a0", 1, &["--device", "cpu"]);
     cluster.wait_for_agents(1, Duration::from_secs(30));
-    let file = trainer_sweep(&cluster, "model", 2);
+    let file = cluster.write_lstm_sweep("model", 2);
     let sweep = cluster.submit(&file);
     wait_completed(&cluster, &sweep, Duration::from_secs(120));
     let out = cluster.flotilla_ok(&[
@@ -1114,7 +1079,7 @@ fn a_settled_sweep_leaves_etcd_for_the_archive_and_a_new_leader_still_answers() 
     let digits = format!("{id:020}");
     wait_until("its keys to leave etcd", Duration::from_secs(30), || {
         let output = cluster
-            .etcd
+            .etcd()
             .etcdctl()
             .args(["get", "--prefix", "--keys-only", "/flotilla"])
             .output()
@@ -1155,7 +1120,7 @@ fn series(text: &str, name: &str) -> Option<f64> {
 #[test]
 fn the_leader_compacts_and_defragments_etcd_and_reports_its_size() {
     let mut cluster = Cluster::new(1, 1, TTL);
-    let root = cluster.etcd.pki.join("root.pem");
+    let root = cluster.etcd().pki.join("root.pem");
     cluster.coordinator_args = vec![
         "--etcd-status-every".into(),
         "500ms".into(),
@@ -1172,7 +1137,7 @@ fn the_leader_compacts_and_defragments_etcd_and_reports_its_size() {
     cluster.wait_for_leader(0, Duration::from_secs(30));
     let metrics = cluster.coordinators[0].metrics.clone();
     let scrape = || {
-        flotilla_cluster_tests::http_get(&metrics, "/metrics")
+        flotilla_harness::http_get(&metrics, "/metrics")
             .map(|(_, body)| body)
             .unwrap_or_default()
     };
@@ -1207,7 +1172,7 @@ fn the_leader_compacts_and_defragments_etcd_and_reports_its_size() {
         "no maintenance step failed: {text}"
     );
     let old = cluster
-        .etcd
+        .etcd()
         .etcdctl()
         .args(["get", "--prefix", "/flotilla", "--rev", "1"])
         .output()

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use aws_sdk_autoscaling::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-use flotilla_cluster_tests::{Moto, flotilla_bin};
+use flotilla_harness::{Moto, flotilla_bin};
 
 const ROLE_ID: &str = "AROATESTAGENTROLE";
 

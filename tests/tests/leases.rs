@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use flotilla_agent::leases::{CheckpointLeases, LeaseError};
-use flotilla_cluster_tests::Etcd;
 use flotilla_coordinator::ha::EtcdConfig;
+use flotilla_harness::Etcd;
 use flotilla_protocol::etcd_pki::EtcdCert;
 use flotilla_protocol::messages::CheckpointRef;
 use flotilla_protocol::{AttemptId, SweepId, TrialId};

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_cluster_tests::{Cluster, wait_until};
+use flotilla_harness::{Cluster, wait_until};
 use serde_json::Value;
 
 /// One request as the receiver saw it.

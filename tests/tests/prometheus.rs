@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_cluster_tests::{Cluster, Process, free_tcp_port, http_get, url_encode, wait_until};
+use flotilla_harness::{Cluster, Process, free_tcp_port, http_get, url_encode, wait_until};
 use serde_json::Value;
 
 /// The value of an instant query's single sample, if there is exactly one.

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flotilla_cluster_tests::{Cluster, wait_until};
+use flotilla_harness::{Cluster, wait_until};
 
 /// The trial: fails (exit 3) if `momentum` is given where it does not apply or missing where
 /// it does, else reports (after `PAUSE` seconds) a loss that only sgd with momentum near 0.9

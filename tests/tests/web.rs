@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use flotilla_cluster_tests::{Cluster, chromium, flotilla_bin, http_get_with, wait_until};
+use flotilla_harness::{Cluster, chromium, flotilla_bin, http_get_with, wait_until};
 
 /// A token with `scope` added to the token file at `path`.
 fn create_token(path: &std::path::Path, name: &str, scope: &str) -> String {

@@ -3,62 +3,8 @@
 //! `scripts/test.sh` installs it): checkpoints are written under the prefix, read back by
 //! URI, never overwritten, and a missing bucket is a clear error.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
+use flotilla_harness::Moto;
 use flotilla_train::ArtifactStore;
-
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_moto() -> (Moto, u16) {
-    let program = std::env::var("FLOTILLA_MOTO_SERVER").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/flotilla-moto-venv/bin/moto_server")
-    });
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port");
-    let child = Command::new(&program)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|error| {
-            panic!(
-                "cannot start {program}: {error} (run scripts/test.sh, or set FLOTILLA_MOTO_SERVER)"
-            )
-        });
-    let moto = Moto(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (moto, port)
-}
-
-/// CreateBucket, unsigned (moto does not check signatures).
-fn create_bucket(port: u16, bucket: &str) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(
-        stream,
-        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-}
 
 fn options(port: u16) -> Vec<(&'static str, String)> {
     vec![
@@ -72,8 +18,9 @@ fn options(port: u16) -> Vec<(&'static str, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_round_trip_through_s3() {
-    let (_moto, port) = start_moto();
-    create_bucket(port, "flotilla-checkpoints");
+    let moto = Moto::start_temporary();
+    let port = moto.port;
+    moto.create_bucket("flotilla-checkpoints");
     let options = options(port);
     let options: Vec<(&str, &str)> = options.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let store = ArtifactStore::open_with("s3://flotilla-checkpoints/team-a", &options)

@@ -17,8 +17,8 @@
 
 use std::time::Duration;
 
-use flotilla_cluster_tests::bench::{leader_change, now_ns, summary};
-use flotilla_cluster_tests::{Cluster, run_events, wait_until};
+use flotilla_harness::bench::{leader_change, now_ns, summary};
+use flotilla_harness::{Cluster, run_events, wait_until};
 
 fn main() {
     let mut args = std::env::args().skip(1);

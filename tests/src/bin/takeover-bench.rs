@@ -22,12 +22,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use flotilla_cluster_tests::bench::{leader_change, percentile};
-use flotilla_cluster_tests::{Cluster, wait_until};
 use flotilla_coordinator::store::SweepRecord;
 use flotilla_coordinator::store::etcd::{
     envelope, next_sweep_key, summary_key, sweep_key, trial_key,
 };
+use flotilla_harness::bench::{leader_change, percentile};
+use flotilla_harness::{Cluster, wait_until};
 use flotilla_protocol::messages::{SweepState, SweepSummary, TrialCounts, TrialRecord, TrialState};
 use flotilla_protocol::spec::SweepSpec;
 use flotilla_protocol::{Epoch, ParamValue, SweepId, TrialId, codec, etcd_pki::EtcdCert};
@@ -104,7 +104,7 @@ fn sweep(id: u64) -> (SweepRecord, SweepSummary) {
 /// long it took.
 async fn fabricate(cluster: &Cluster, trials: u64) -> Duration {
     let started = Instant::now();
-    let config = cluster.etcd.config(EtcdCert::Root);
+    let config = cluster.etcd().config(EtcdCert::Root);
     let client = flotilla_etcd::connect(&config)
         .await
         .expect("connect to etcd");
@@ -204,7 +204,7 @@ fn measure(stored: u64, kills: usize, runtime: &tokio::runtime::Runtime) -> Figu
     let mut cluster = Cluster::new(1, 2, Duration::from_secs(2));
     // Keep the history in etcd. A build from before archiving (FLOTILLA_BIN, for a
     // comparison) has no such flag and keeps everything anyway.
-    let help = std::process::Command::new(flotilla_cluster_tests::flotilla_bin())
+    let help = std::process::Command::new(flotilla_harness::flotilla_bin())
         .args(["coordinator", "--help"])
         .output()
         .expect("flotilla coordinator --help");

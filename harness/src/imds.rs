@@ -1,7 +1,5 @@
 //! An IMDSv2 responder for the spot tests and the interruption benchmark.
 
-#![allow(dead_code)] // each test or benchmark crate uses a part
-
 use std::time::Duration;
 
 /// A stand-in for the EC2 instance metadata service (no real one runs off EC2): it speaks

@@ -1,4 +1,4 @@
-//! Measuring helpers the cluster benchmarks share (`src/bin/*-bench.rs`).
+//! Measuring helpers the benchmarks share.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
