@@ -47,9 +47,24 @@ export FLOTILLA_MOTO_SERVER="$moto_venv/bin/moto_server"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-cargo fmt --all -- --check
+# Where the time goes: each step's seconds, printed when the script ends (also on failure).
+timings=()
+timed() {
+  local name=$1 started=$SECONDS status=0
+  shift
+  "$@" || status=$?
+  timings+=("$(printf '%6d s  %s' $((SECONDS - started)) "$name")")
+  return "$status"
+}
+report_timings() {
+  echo "time per step (total ${SECONDS} s):"
+  printf '  %s\n' "${timings[@]}"
+}
+trap report_timings EXIT
+
+timed fmt cargo fmt --all -- --check
 # Licences, banned crates and sources need only the lockfile and the registry.
-cargo deny --all-features check --hide-inclusion-graph bans licenses sources
+timed "cargo deny" cargo deny --all-features check --hide-inclusion-graph bans licenses sources
 # Advisories need the RustSec database, cloned from GitHub: checked whenever it can be
 # fetched (a vulnerable, unsound or yanked crate fails the run), and said plainly when not.
 if cargo deny fetch db >/dev/null 2>&1; then
@@ -57,16 +72,16 @@ if cargo deny fetch db >/dev/null 2>&1; then
 else
   echo "cargo deny: the RustSec advisory database (github.com/rustsec/advisory-db) cannot be fetched from this machine; advisories NOT checked in this run"
 fi
-promtool check config monitoring/prometheus.yml
+timed promtool promtool check config monitoring/prometheus.yml
 promtool check rules monitoring/rules/flotilla.yml
 promtool test rules monitoring/rules/flotilla_test.yml
 # terraform/ and ansible/: checkov, an HCL parse of every file, ansible-lint, syntax check.
-./scripts/check-infra.sh
-cargo clippy --workspace --all-targets --all-features -- -D warnings
+timed "terraform/ and ansible/ checks" ./scripts/check-infra.sh
+timed clippy cargo clippy --workspace --all-targets --all-features -- -D warnings
 # The command-trial helper (python/flotilla_trial, stdlib only) and its resumable example.
-python3 -m unittest discover -s python/tests
+timed "python helper tests" python3 -m unittest discover -s python/tests
 # Doc tests are not run by nextest; run them first so the suite's summary closes the log.
-cargo test --workspace --all-features --doc
+timed "doc tests" cargo test --workspace --all-features --doc
 # The partition test needs network namespaces (root). Where a probe namespace can be made it
 # must run, and fails rather than skips; where not, it is left out and the summary says so.
 partition_test='test(a_leader_cut_off_by_a_partition_steps_down_and_rejoins_as_a_follower)'
@@ -80,7 +95,9 @@ else
   echo "$skipped"
 fi
 status=0
-cargo nextest run --workspace --all-features --no-fail-fast "${filter[@]}" || status=$?
+# Built first so that the build's minutes and the tests' are told apart.
+timed "test build" cargo nextest run --workspace --all-features --no-run
+timed tests cargo nextest run --workspace --all-features --no-fail-fast "${filter[@]}" || status=$?
 if [ -n "$skipped" ]; then echo "$skipped"; fi
 [ "$status" -eq 0 ] || exit "$status"
 echo "test artifacts (the web view's screenshot): ${CARGO_TARGET_DIR}/tmp/artifacts"

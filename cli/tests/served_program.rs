@@ -448,6 +448,16 @@ fn a_sweeps_own_serving_program_is_served_canaried_restarted_refused_and_replace
             && message.contains("each of 3 starts"),
         "{message}"
     );
+    // The router learns of the new production model at its next sync (every second).
+    wait_until(
+        "the router to route crashy",
+        Duration::from_secs(30),
+        || {
+            http(router, "GET", "/v1/routes", "", "")
+                .2
+                .contains("\"crashy\"")
+        },
+    );
     let crashy = serde_json::json!({ "model": "crashy", "instances": instances }).to_string();
     let (status, _, answer) = http(router, "POST", "/v1/predict", &crashy, "");
     assert_eq!(status, 503, "no ready endpoint: {answer}");
