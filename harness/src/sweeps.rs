@@ -66,39 +66,12 @@ impl Cluster {
     /// `<name>.toml`: `trials` command trials (`parallel` at once) that sleep `sleep`
     /// seconds, print a line, and report `loss = x` for x searched in [1, 100].
     pub fn write_sweep(&self, name: &str, trials: u32, parallel: u32, sleep: &str) -> PathBuf {
+        let space = "[space.kind]\ntype = \"categorical\"\nchoices = [\"a\", \"b\"]\n";
+        let args =
+            format!(r#""-c", "sleep {sleep}; echo working; echo '@flotilla step=0 loss={{x}}'""#);
         self.write_file(
             &format!("{name}.toml"),
-            &format!(
-                r#"
-name = "{name}"
-
-[objective]
-metric = "loss"
-direction = "minimize"
-
-[space.x]
-type = "float"
-low = 1.0
-high = 100.0
-
-[space.kind]
-type = "categorical"
-choices = ["a", "b"]
-
-[algorithm]
-name = "random"
-seed = 3
-
-[budget]
-max_trials = {trials}
-max_parallel = {parallel}
-
-[trial]
-command = "sh"
-args = ["-c", "sleep {sleep}; echo working; echo '@flotilla step=0 loss={{x}}'"]
-metrics = ["loss"]
-"#
-            ),
+            &loss_sweep(name, space, 3, trials, parallel, &args),
         )
     }
 
@@ -113,10 +86,9 @@ metrics = ["loss"]
         sleep: &str,
     ) -> PathBuf {
         let runs = self.path(&format!("{name}.runs"));
-        let script = self.path(&format!("{name}.sh"));
-        std::fs::write(
-            &script,
-            format!(
+        let script = self.write_file(
+            &format!("{name}.sh"),
+            &format!(
                 r#"#!/bin/sh
 log() {{ echo "$1 $FLOTILLA_TRIAL_ID $FLOTILLA_ATTEMPT $(date +%s%N) $2" >> {runs}; }}
 trap 'log end stopped; exit 143' TERM
@@ -127,13 +99,27 @@ echo "@flotilla step=0 loss=$1"
 "#,
                 runs = runs.display()
             ),
+        );
+        let args = format!(r#""{}", "{{x}}""#, script.display());
+        self.write_file(
+            &format!("{name}.toml"),
+            &loss_sweep(name, "", 11, trials, parallel, &args),
         )
-        .expect("write the trial script");
-        let path = self.path(&format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                r#"
+    }
+}
+
+/// A random-search sweep of `sh` command trials minimizing `loss`, x searched in [1, 100]
+/// (plus the `space` tables given), with `args` as the trial's argument list.
+fn loss_sweep(
+    name: &str,
+    space: &str,
+    seed: u64,
+    trials: u32,
+    parallel: u32,
+    args: &str,
+) -> String {
+    format!(
+        r#"
 name = "{name}"
 
 [objective]
@@ -145,9 +131,10 @@ type = "float"
 low = 1.0
 high = 100.0
 
+{space}
 [algorithm]
 name = "random"
-seed = 11
+seed = {seed}
 
 [budget]
 max_trials = {trials}
@@ -155,15 +142,10 @@ max_parallel = {parallel}
 
 [trial]
 command = "sh"
-args = ["{script}", "{{x}}"]
+args = [{args}]
 metrics = ["loss"]
-"#,
-                script = script.display()
-            ),
-        )
-        .expect("write the sweep file");
-        path
-    }
+"#
+    )
 }
 
 /// The trials of a results JSON.
